@@ -1,0 +1,307 @@
+"""Synchronous client for the Workers API (httpx, pooled, with the retry policy).
+
+    client = WorkersClient("https://api.example", api_key)
+    worker = client.create("Summarise today's tickets", budget="low")
+    for update in client.stream_updates(worker.id):
+        print(update.index, update.data)
+
+Every method validates its input first (:class:`~orchestrator.errors.InputError`,
+nothing sent), retries what :mod:`orchestrator.retry` says is retryable, and raises the
+typed errors of :mod:`orchestrator.errors`. The API key is sent as a Bearer header and
+appears in no error, log line or repr.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource
+from pydantic import BaseModel, SecretStr
+
+from . import calls
+from .calls import Call
+from .errors import APIConnectionError, APIError, APITimeoutError, StreamError, status_error
+from .models import Budget, ScheduleCancel, ScheduleList, Worker, WorkerSchedule
+from .retry import RetryPolicy
+from .settings import Settings
+
+__all__ = ["DownloadedFile", "Update", "WorkersClient", "client_options"]
+
+CHUNK_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One event of an update stream: ``index`` counts events of the connection from 0."""
+
+    index: int
+    data: Any
+
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    path: Path
+    size: int
+    sha256: str
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for either client, from the settings."""
+    if settings.workers_api_url is None or settings.workers_api_key is None:
+        raise APIError("WORKERS_API_URL and WORKERS_API_KEY must be set", call="configure")
+    return {
+        "base_url": settings.workers_api_url,
+        "api_key": settings.workers_api_key,
+        "timeout": settings.http_timeout,
+        "connect_timeout": settings.http_connect_timeout,
+        "stream_read_timeout": settings.stream_read_timeout,
+        "retry": RetryPolicy(
+            max_retries=settings.max_retries,
+            initial_delay=settings.retry_initial_delay,
+            max_delay=settings.retry_max_delay,
+        ),
+    }
+
+
+def auth_headers(api_key: str | SecretStr) -> dict[str, str]:
+    key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+    return {"Authorization": f"Bearer {key}", "Accept": "application/json"}
+
+
+def transport_error(call: Call, exc: httpx.TransportError) -> APIConnectionError:
+    """A typed error for a failed exchange; httpx's message holds no header values."""
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(f"timed out ({type(exc).__name__})", call=call.name)
+    return APIConnectionError(f"{type(exc).__name__}: {exc}", call=call.name)
+
+
+# Called after each attempt: (call name, HTTP status or 0 for no answer, seconds).
+AttemptHook = Callable[[str, int, float], None]
+
+
+class WorkersClient:
+    """Blocking client for every route of the Workers API. Thread-safe; close when done."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | SecretStr,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        stream_read_timeout: float = 120.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        on_attempt: AttemptHook | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self._stream_timeout = httpx.Timeout(
+            timeout, connect=connect_timeout, read=stream_read_timeout
+        )
+        self._http = httpx.Client(
+            base_url=base_url,
+            headers=auth_headers(api_key),
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            transport=transport,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+        self._on_attempt = on_attempt
+        self._sleep = sleep
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> WorkersClient:
+        return cls(**{**client_options(settings), **kwargs})
+
+    def __repr__(self) -> str:
+        return f"WorkersClient(base_url={str(self._http.base_url)!r})"
+
+    def __enter__(self) -> WorkersClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- the routes ----------------------------------------------------------------
+
+    def create(
+        self, input: str, *, budget: Budget | None = None, idempotency_key: str | None = None
+    ) -> Worker:
+        """Create a worker and start its first turn."""
+        return self._json(calls.create(input, budget, idempotency_key=idempotency_key), Worker)
+
+    def create_streaming(
+        self, input: str, *, budget: Budget | None = None, idempotency_key: str | None = None
+    ) -> Iterator[Update]:
+        """Create a worker with ``stream: true``: its updates, as they come."""
+        call = calls.create(input, budget, stream=True, idempotency_key=idempotency_key)
+        return self._events(call)
+
+    def retrieve(self, worker_id: str) -> Worker:
+        """The worker's current snapshot."""
+        return self._json(calls.retrieve(worker_id), Worker)
+
+    def continue_(
+        self,
+        worker_id: str,
+        input: str,
+        *,
+        budget: Budget | None = None,
+        idempotency_key: str | None = None,
+    ) -> Worker:
+        """Start the worker's next turn with a new input."""
+        call = calls.continue_(worker_id, input, budget, idempotency_key=idempotency_key)
+        return self._json(call, Worker)
+
+    def continue_streaming(
+        self,
+        worker_id: str,
+        input: str,
+        *,
+        budget: Budget | None = None,
+        idempotency_key: str | None = None,
+    ) -> Iterator[Update]:
+        call = calls.continue_(
+            worker_id, input, budget, stream=True, idempotency_key=idempotency_key
+        )
+        return self._events(call)
+
+    def stream_updates(self, worker_id: str, *, via_retrieve: bool = False) -> Iterator[Update]:
+        """Every stored update of the worker, then live ones until the turn ends.
+
+        A reconnect starts from update 0 again, so ``Update.index`` is the worker's
+        update number. A stream cut mid-way raises :class:`StreamError`.
+        """
+        return self._events(calls.stream_updates(worker_id, via_retrieve=via_retrieve))
+
+    def retrieve_email(self, worker_id: str) -> str:
+        """The worker's email address."""
+        call = calls.retrieve_email(worker_id)
+        response = self._send(call)
+        return calls.parse_email(call, response)
+
+    def download_file(
+        self, worker_id: str, file_path: str, dest: Path, *, chunk_size: int = CHUNK_SIZE
+    ) -> DownloadedFile:
+        """Stream a published file to ``dest`` in chunks (never whole in memory).
+
+        The bytes land in a temporary sibling first and are renamed into place, so a
+        failed download leaves no partial file at ``dest``.
+        """
+        call = calls.retrieve_file(worker_id, file_path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+        digest, size = hashlib.sha256(), 0
+        try:
+            with self._streaming(call) as response, open(tmp, "wb") as out:
+                try:
+                    for chunk in response.iter_bytes(chunk_size):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                except httpx.TransportError as exc:
+                    raise transport_error(call, exc) from None
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return DownloadedFile(dest, size, digest.hexdigest())
+
+    def list_schedules(self, worker_id: str) -> ScheduleList:
+        return self._json(calls.list_schedules(worker_id), ScheduleList)
+
+    def create_schedule(
+        self,
+        worker_id: str,
+        *,
+        input: str,
+        when: Mapping[str, Any] | BaseModel,
+        budget: Budget | None = None,
+        idempotency_key: str | None = None,
+    ) -> WorkerSchedule:
+        """Create an upstream schedule; ``when`` is a When model or its wire dict."""
+        call = calls.create_schedule(
+            worker_id, input, when, budget, idempotency_key=idempotency_key
+        )
+        response = self._send(call)
+        return calls.parse_schedule(call, response)
+
+    def cancel_schedule(self, worker_id: str, schedule_id: str) -> ScheduleCancel:
+        return self._json(calls.cancel_schedule(worker_id, schedule_id), ScheduleCancel)
+
+    # --- plumbing ------------------------------------------------------------------
+
+    def _json(self, call: Call, model: type[calls.M]) -> calls.M:
+        return calls.parse(call, self._send(call), model)
+
+    def _send(self, call: Call, *, stream: bool = False) -> httpx.Response:
+        """Send with retries; returns a successful response (unread if ``stream``)."""
+        request = self._http.build_request(
+            call.method,
+            call.path,
+            json=call.json,
+            params=call.params,
+            headers=call.headers,
+            timeout=self._stream_timeout if stream else httpx.USE_CLIENT_DEFAULT,
+        )
+        retries = 0
+        while True:
+            started = time.monotonic()
+            headers: Mapping[str, str] = {}
+            try:
+                response = self._http.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                self._record(call, 0, started)
+                error: APIError = transport_error(call, exc)
+            else:
+                self._record(call, response.status_code, started)
+                if response.is_success:
+                    return response
+                response.read()
+                response.close()
+                error = status_error(call.name, response.status_code, calls.response_body(response))
+                headers = response.headers
+                if not self.retry.should_retry_status(response.status_code, headers):
+                    raise error
+            if retries >= self.retry.max_retries:
+                raise error
+            retries += 1
+            self._sleep(self.retry.delay(retries, headers))
+
+    def _record(self, call: Call, status: int, started: float) -> None:
+        if self._on_attempt is not None:
+            self._on_attempt(call.name, status, time.monotonic() - started)
+
+    @contextmanager
+    def _streaming(self, call: Call) -> Iterator[httpx.Response]:
+        response = self._send(call, stream=True)
+        try:
+            yield response
+        finally:
+            response.close()
+
+    def _events(self, call: Call) -> Iterator[Update]:
+        with self._streaming(call) as response:
+            content_type = response.headers.get("content-type", "")
+            if "text/event-stream" not in content_type:
+                raise StreamError(f"expected an event stream, got {content_type!r}", call=call.name)
+            index = 0
+            try:
+                for event in EventSource(response).iter_sse():
+                    yield Update(index, calls.decode_event(call, event.data))
+                    index += 1
+            except httpx.TransportError as exc:
+                raise StreamError(
+                    f"stream broken after {index} events ({type(exc).__name__})", call=call.name
+                ) from None

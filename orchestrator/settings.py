@@ -1,0 +1,111 @@
+"""Settings, read from the environment (and an optional ``.env`` file).
+
+Every variable is documented in the README's configuration table. A wrong value stops
+the program with one line naming the variable (see :func:`load_settings`). The API
+key and the passwords are :class:`~pydantic.SecretStr`: printing the settings shows
+``**********``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class Settings(BaseSettings):
+    """All knobs of the orchestrator. Field ``foo_bar`` is read from ``FOO_BAR``."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # Upstream API. With neither set, the local stack runs the emulator instead.
+    workers_api_url: str | None = None
+    workers_api_key: SecretStr | None = None
+
+    # Redis: unset means "start an embedded server" (dev stack and tests only).
+    redis_url: str | None = None
+    key_prefix: Annotated[
+        str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    ] = "orch"
+
+    # HTTP client.
+    http_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    http_connect_timeout: Annotated[float, Field(gt=0, le=120)] = 5.0
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 5
+    retry_initial_delay: Annotated[float, Field(ge=0, le=60)] = 0.5
+    retry_max_delay: Annotated[float, Field(gt=0, le=300)] = 8.0
+    stream_read_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
+
+    # Jobs and files.
+    files_dir: Path = Path("var/files")
+    max_input_chars: Annotated[int, Field(gt=0, le=1_000_000)] = 100_000
+    updates_maxlen: Annotated[int, Field(gt=0)] = 100_000
+
+    # Celery.
+    visibility_timeout: Annotated[int, Field(ge=10)] = 3600
+    task_max_retries: Annotated[int, Field(ge=0, le=1000)] = 20
+
+    # Stream following: a follower's lease on a stream, and how many one process holds.
+    follow_lease_seconds: Annotated[float, Field(ge=1, le=600)] = 30.0
+    follower_capacity: Annotated[int, Field(gt=0, le=100_000)] = 2000
+
+    # Monitoring.
+    flower_user: str | None = None
+    flower_password: SecretStr | None = None
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9808
+
+    @field_validator("workers_api_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(_REDIS_SCHEMES):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("workers_api_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        return value
+
+    @property
+    def uses_emulator(self) -> bool:
+        """True when no hosted API is configured (the dev stack then runs the emulator)."""
+        return self.workers_api_url is None or self.workers_api_key is None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, raising :class:`ConfigError` naming the first bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        variable = str(first["loc"][0]).upper() if first["loc"] else "settings"
+        # Never echo the rejected value: it may be a secret.
+        raise ConfigError(variable, first["msg"]) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()
