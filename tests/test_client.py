@@ -70,9 +70,7 @@ def test_stream_via_retrieve_and_create_streaming(emulator: Emulator) -> None:
         assert [u.index for u in live] == list(range(5))
         ledger = emulator.ledger()
         assert ledger["workers_created"] == 1
-        worker_id = emulator.http.get("/_emulator/ledger").json().get("last_worker_id")
-        if worker_id is None:  # fall back: the only worker is the one just made
-            pytest.skip("emulator does not expose last_worker_id")
+        worker_id = ledger["last_worker_id"]
         replay = list(client.stream_updates(worker_id, via_retrieve=True))
         assert [u.data for u in replay] == [u.data for u in live]
 
@@ -127,11 +125,13 @@ def test_schedules_list_create_cancel(emulator: Emulator) -> None:
 
 def test_auth_and_not_found_are_typed_and_not_retried(emulator: Emulator) -> None:
     attempts: list[int] = []
-    with WorkersClient(
-        emulator.url, "sk-wrong", retry=FAST, on_attempt=lambda _c, s, _t: attempts.append(s)
-    ) as bad:
-        with pytest.raises(AuthenticationError) as info:
-            bad.create("hello")
+    with (
+        WorkersClient(
+            emulator.url, "sk-wrong", retry=FAST, on_attempt=lambda _c, s, _t: attempts.append(s)
+        ) as bad,
+        pytest.raises(AuthenticationError) as info,
+    ):
+        bad.create("hello")
     assert attempts == [401]
     assert "sk-wrong" not in str(info.value) and "sk-wrong" not in repr(info.value.body)
     with make_client(emulator) as client, pytest.raises(NotFoundError) as nf:
@@ -146,14 +146,24 @@ def test_bad_input_is_rejected_before_any_request(emulator: Emulator) -> None:
             (lambda: client.create(""), "input"),
             (lambda: client.create("x", budget="huge"), "budget"),  # type: ignore[arg-type]
             (lambda: client.continue_("", "x"), "worker_id"),
-            (lambda: client.create_schedule(
-                "wrk_1", input="x", when={"type": "cron", "cron": "* * * *"}), "when.cron"),
-            (lambda: client.create_schedule(
-                "wrk_1", input="x", when={"type": "interval", "intervalSeconds": -1}),
-             "when.interval_seconds"),
-            (lambda: client.create_schedule(
-                "wrk_1", input="x", when={"type": "delayed", "delayInSeconds": -30}),
-             "when.delay_in_seconds"),
+            (
+                lambda: client.create_schedule(
+                    "wrk_1", input="x", when={"type": "cron", "cron": "* * * *"}
+                ),
+                "when.cron",
+            ),
+            (
+                lambda: client.create_schedule(
+                    "wrk_1", input="x", when={"type": "interval", "intervalSeconds": -1}
+                ),
+                "when.interval_seconds",
+            ),
+            (
+                lambda: client.create_schedule(
+                    "wrk_1", input="x", when={"type": "delayed", "delayInSeconds": -30}
+                ),
+                "when.delay_in_seconds",
+            ),
             (lambda: client.retrieve_email("a/b"), "worker_id"),
         ]
         for call, field in cases:
@@ -211,9 +221,9 @@ def test_lost_response_with_idempotency_key_creates_one_worker(emulator: Emulato
 
 def test_timeouts_and_connection_errors(emulator: Emulator) -> None:
     emulator.faults(rate_slow=1.0, slow_seconds=1.0)
-    with make_client(emulator, timeout=0.2, retry=RetryPolicy(max_retries=1, initial_delay=0.01)) as c:
-        with pytest.raises(APITimeoutError):
-            c.retrieve("wrk_x")
+    quick = RetryPolicy(max_retries=1, initial_delay=0.01)
+    with make_client(emulator, timeout=0.2, retry=quick) as c, pytest.raises(APITimeoutError):
+        c.retrieve("wrk_x")
     dead = WorkersClient(
         f"http://127.0.0.1:{free_port()}", "k", retry=RetryPolicy(max_retries=2, initial_delay=0.01)
     )
