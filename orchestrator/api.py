@@ -1,0 +1,227 @@
+"""The facade a backend calls: ``from orchestrator import Orchestrator``.
+
+    orch = Orchestrator()                     # settings from the environment
+    job = orch.submit("Summarise today's tickets", budget="low", tags={"tenant": "acme"})
+    for index, update in orch.updates(job.id):
+        ...
+    job = orch.wait(job.id, timeout=600)
+    print(orch.costs(by="tag")["total"])
+
+Every method validates first and raises :class:`~orchestrator.errors.InputError`
+naming the field; nothing is written or enqueued for a rejected call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from .errors import InputError
+from .jobs import TERMINAL, Job, validate_submission
+from .models import Budget
+from .runtime import Runtime, store_for
+from .settings import Settings, load_settings
+
+
+class Orchestrator:
+    """Submit, continue, watch and cost jobs. Thread-safe; cheap to construct once."""
+
+    def __init__(self, settings: Settings | None = None, *, app: Celery | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.store = store_for(self.settings)
+        self.rt = Runtime(self.settings, self.store)
+        if app is None:
+            from .celery import make_app
+
+            app = make_app(self.settings)
+        self.app = app
+
+    def close(self) -> None:
+        self.rt.close()
+
+    def __enter__(self) -> Orchestrator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- submitting --------------------------------------------------------------
+
+    def submit(
+        self,
+        input: str,
+        *,
+        budget: Budget = "standard",
+        tags: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        fetch_files: bool = False,
+        schedule_id: str | None = None,
+    ) -> Job:
+        """Create a new upstream worker with ``input``. Same idempotency key, same job."""
+        sub = validate_submission(
+            self.settings.max_input_chars,
+            kind="create",
+            input=input,
+            budget=budget,
+            tags=tags or {},
+            idempotency_key=idempotency_key,
+            fetch_files=fetch_files,
+            schedule_id=schedule_id,
+        )
+        return self._enqueue(sub)
+
+    def continue_(
+        self,
+        worker_or_job: str,
+        input: str,
+        *,
+        budget: Budget = "standard",
+        tags: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        fetch_files: bool = False,
+        schedule_id: str | None = None,
+    ) -> Job:
+        """Add a turn to a worker, named by its id or by a job of ours that made it."""
+        worker_id = self._worker_id(worker_or_job)
+        sub = validate_submission(
+            self.settings.max_input_chars,
+            kind="continue",
+            worker_id=worker_id,
+            input=input,
+            budget=budget,
+            tags=tags or {},
+            idempotency_key=idempotency_key,
+            fetch_files=fetch_files,
+            schedule_id=schedule_id,
+        )
+        return self._enqueue(sub)
+
+    def _enqueue(self, sub: Any) -> Job:
+        from .pipeline import dispatch
+
+        job, created = self.store.create_job(sub)
+        if created:
+            dispatch(self.app, self.rt, job)
+        return job
+
+    def _worker_id(self, worker_or_job: str) -> str:
+        if not isinstance(worker_or_job, str) or not worker_or_job:
+            raise InputError("worker_id", "must be a worker id or a job id")
+        if worker_or_job.startswith("job_"):
+            job = self.store.require_job(worker_or_job)
+            if job.worker_id is None:
+                raise InputError("worker_id", f"job {job.id} has no worker yet ({job.status})")
+            return job.worker_id
+        return worker_or_job
+
+    # --- watching ----------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        """The job as stored now; InputError for an unknown id."""
+        return self.store.require_job(job_id)
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        """Status transitions with their times (epoch ms)."""
+        self.store.require_job(job_id)
+        return self.store.history(job_id)
+
+    def wait(self, job_id: str, timeout: float = 600.0, *, poll: float = 0.2) -> Job:
+        """Block until the job is completed, failed or cancelled; TimeoutError after."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.store.require_job(job_id)
+            if job.status in TERMINAL:
+                return job
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
+            # Block on the job's history stream instead of spinning.
+            last = self.store.r.xrevrange(self.store.keys.job_history(job_id), count=1)
+            last_id = last[0][0] if last else "0-0"
+            block = int(min(remaining, 5.0) * 1000) or 1
+            self.store.r.xread({self.store.keys.job_history(job_id): last_id}, block=block)
+
+    def updates(
+        self, job_id: str, *, after: int | None = None, block: bool = True, timeout: float = 600.0
+    ) -> Iterator[tuple[int, Any]]:
+        """This job's turn's updates as ``(index, data)``, in order, each once.
+
+        ``index`` is the worker's update number. With ``block`` the iterator waits for
+        live ones and ends when the turn ends; without, it yields what is stored now.
+        """
+        job = self.store.require_job(job_id)
+        deadline = time.monotonic() + timeout
+        position = after
+        while True:
+            job = self.store.require_job(job_id)
+            if job.worker_id is None:
+                if not block or job.done:
+                    return
+                self.wait_status(job_id, ("submitted", "running"), deadline)
+                continue
+            start = job.update_from or 0
+            if position is None or position < start - 1:
+                position = start - 1
+            batch = self.store.read_updates(
+                job.worker_id, position, block_ms=1000 if block else None
+            )
+            for index, data in batch:
+                position = index
+                yield index, data
+            if batch:
+                continue
+            if not block:
+                return
+            if job.done and (job.update_to is None or position + 1 >= job.update_to):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no end of updates for {job_id} after {timeout}s")
+
+    def wait_status(self, job_id: str, statuses: tuple[str, ...], deadline: float) -> None:
+        while time.monotonic() < deadline:
+            job = self.store.require_job(job_id)
+            if job.status in statuses or job.done:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"job {job_id} did not reach {statuses}")
+
+    # --- results -----------------------------------------------------------------
+
+    def worker(self, job_id: str) -> Any:
+        """The latest stored snapshot of the job's upstream worker (or None)."""
+        job = self.store.require_job(job_id)
+        return self.store.snapshot(job.worker_id) if job.worker_id else None
+
+    def files(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """Fetched files of a job: name -> {path, size, sha256} (or {refused|error})."""
+        self.store.require_job(job_id)
+        return self.store.files(job_id)
+
+    def download(self, job_id: str, name: str, dest: Path) -> dict[str, Any]:
+        """Download one published file of the job's worker now, to ``dest``."""
+        from .pipeline import safe_path
+
+        job = self.store.require_job(job_id)
+        if job.worker_id is None:
+            raise InputError("job_id", f"job {job_id} has no worker yet")
+        safe_path(Path("/"), name)  # refuse traversal before any request
+        got = self.rt.client.download_file(job.worker_id, name, dest)
+        return {"path": str(got.path), "size": got.size, "sha256": got.sha256}
+
+    def email(self, worker_or_job: str) -> str:
+        """The worker's email address (asked of the API)."""
+        return self.rt.client.retrieve_email(self._worker_id(worker_or_job))
+
+    def costs(
+        self, by: str = "day", *, since: date | None = None, until: date | None = None
+    ) -> dict[str, Any]:
+        """The ledger: ``{"by", "rows": [{"key", fields...}], "total": {fields...}}``.
+
+        Money fields are integer micro-dollars (``*_micro``), token fields integers.
+        """
+        return self.store.costs(by, since=since, until=until)

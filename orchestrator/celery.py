@@ -1,0 +1,94 @@
+"""The Celery app (``celery -A orchestrator worker``) and its configuration.
+
+Two queues: ``api`` for short upstream calls (create, continue, finalize, file fetches,
+schedule runs) and ``streams`` for stream following. Following itself is not one task
+per stream: a ``workers.follow`` task only registers the job in Redis, and the async
+follower inside each ``streams`` worker process (:mod:`orchestrator.follower`) claims
+and relays up to thousands of streams on one event loop, under leases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu.entity import Queue
+
+from .settings import Settings, get_settings
+
+API_QUEUE = "api"
+STREAMS_QUEUE = "streams"
+QUEUES = (API_QUEUE, STREAMS_QUEUE)
+
+TASK_ROUTES = {
+    "workers.create": API_QUEUE,
+    "workers.continue": API_QUEUE,
+    "workers.finalize": API_QUEUE,
+    "workers.fetch_file": API_QUEUE,
+    "workers.run_schedule": API_QUEUE,
+    "workers.sweep": API_QUEUE,
+    "workers.follow": STREAMS_QUEUE,
+}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings derived from ours. Raises ConfigError without REDIS_URL."""
+    from .errors import ConfigError
+
+    if settings.redis_url is None:
+        raise ConfigError("REDIS_URL", "is not set (the dev stack sets it; workers need it)")
+    timeout = settings.visibility_timeout
+    return {
+        "broker_url": settings.redis_url,
+        # Results live in our own store; Celery's result backend is not used.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # JSON only: no pickle on the broker (invariant 7).
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Never lose a job: ack after the task ran, requeue when the worker dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # Every task is far shorter than this; the Redis transport redelivers a task
+        # not acked within it, so nothing may outlive it (followers hand over earlier).
+        # A dead worker's unacked tasks are restored after the visibility timeout; sweep
+        # for them at a tenth of it rather than kombu's default of every ~100 s.
+        "broker_transport_options": {
+            "visibility_timeout": timeout,
+            "unacked_restore_interval": max(1, min(10, timeout // 10)),
+            "unacked_restore_throttle": 1,
+        },
+        "task_time_limit": max(timeout // 2, 60),
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # Flower: workers send task events, producers send task-sent.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_queues": [Queue(name) for name in QUEUES],  # type: ignore[no-untyped-call]
+        "task_default_queue": API_QUEUE,
+        "task_routes": TASK_ROUTES,
+        "include": ["workers_tasks.tasks"],
+        "worker_hijack_root_logger": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+def make_app(settings: Settings) -> Celery:
+    """A Celery app configured from explicit settings (a producer, say)."""
+    instance = Celery("orchestrator", set_as_current=False)
+    instance.conf.update(celery_config(settings))
+    return instance
+
+
+# The app that `celery -A orchestrator` and `orchestrator worker` run: configured
+# lazily from the environment.
+app = Celery("orchestrator")
+
+
+@app.on_configure.connect  # type: ignore[untyped-decorator]
+def _configure(sender: Celery, **_: Any) -> None:
+    # Lazy, so importing the app (for the CLI's --help, say) needs no settings.
+    sender.conf.update(celery_config(get_settings()))

@@ -1,0 +1,101 @@
+"""Commands that run a long-lived part of the system: the emulator and Celery workers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from ..celery import QUEUES, STREAMS_QUEUE
+from ..errors import InputError
+from ..settings import load_settings
+
+POOLS = ("threads", "prefork", "solo", "gevent", "eventlet")
+
+
+def register(sub: Any) -> None:
+    emu = sub.add_parser("emulator", help="serve the local Workers API emulator")
+    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument("--port", type=int, default=8765)
+    emu.add_argument(
+        "--api-key",
+        default=None,
+        help="the key clients must send (default: $EMULATOR_API_KEY or $WORKERS_API_KEY)",
+    )
+    emu.add_argument("--turn-seconds", type=float, default=1.0)
+    emu.add_argument("--events-per-turn", type=int, default=10)
+    emu.add_argument("--seed", type=int, default=None)
+    emu.add_argument("--rate-429", type=float, default=0.0)
+    emu.add_argument("--rate-500", type=float, default=0.0)
+    emu.add_argument("--rate-503", type=float, default=0.0)
+    emu.add_argument("--rate-cut-stream", type=float, default=0.0)
+    emu.set_defaults(func=run_emulator)
+
+    work = sub.add_parser(
+        "worker",
+        help="run a Celery worker (no flags: every queue in one process, the one-box default)",
+    )
+    work.add_argument("--queues", default=",".join(QUEUES), help="comma-separated queues")
+    work.add_argument("--pool", choices=POOLS, default="threads")
+    work.add_argument("--concurrency", type=int, default=8)
+    work.add_argument("--hostname", default=None, help="Celery node name (default: generated)")
+    work.add_argument("--loglevel", default="INFO")
+    work.set_defaults(func=run_worker)
+
+
+def run_emulator(args: argparse.Namespace) -> int:
+    from ..emulator import EmulatorConfig, FaultConfig, serve
+
+    api_key = (
+        args.api_key or os.environ.get("EMULATOR_API_KEY") or os.environ.get("WORKERS_API_KEY")
+    )
+    if not api_key:
+        raise InputError("api_key", "give --api-key or set EMULATOR_API_KEY")
+    if not 0 < args.port < 65536:
+        raise InputError("port", "must be 1-65535")
+    try:
+        config = EmulatorConfig(
+            turn_seconds=args.turn_seconds,
+            events_per_turn=args.events_per_turn,
+            seed=args.seed,
+            faults=FaultConfig(
+                rate_429=args.rate_429,
+                rate_500=args.rate_500,
+                rate_503=args.rate_503,
+                rate_cut_stream=args.rate_cut_stream,
+                seed=args.seed,
+            ),
+        )
+    except ValueError as exc:
+        raise InputError("emulator", str(exc).splitlines()[0]) from None
+    print(f"emulator on http://{args.host}:{args.port}/api", file=sys.stderr, flush=True)
+    serve(args.host, args.port, api_key, config)
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = sorted(set(queues) - set(QUEUES))
+    if not queues or unknown:
+        raise InputError("queues", f"unknown {unknown}; choose from {', '.join(QUEUES)}")
+    if args.concurrency < 1:
+        raise InputError("concurrency", "must be at least 1")
+    settings = load_settings()
+    from ..celery import app, celery_config
+
+    celery_config(settings)  # fail early, one line, if REDIS_URL is missing
+    argv = [
+        "worker",
+        "-Q", ",".join(queues),
+        "-P", args.pool,
+        "-c", str(args.concurrency),
+        "-E",
+        "--loglevel", args.loglevel,
+    ]  # fmt: skip
+    if args.hostname:
+        argv += ["-n", args.hostname]
+    if STREAMS_QUEUE in queues and args.pool == "prefork":
+        print("note: the stream follower runs in the main process beside the pool", file=sys.stderr)
+    app.worker_main(argv)
+    return 0

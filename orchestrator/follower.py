@@ -1,0 +1,237 @@
+"""The stream follower: relays many workers' update streams into Redis at once.
+
+One asyncio loop per ``streams`` worker process follows up to ``capacity`` streams.
+Jobs to follow sit in a Redis sorted set scored by lease expiry; the follower claims
+due entries atomically, renews its leases by heartbeat, and a crashed follower's jobs
+are claimed by another once their lease runs out. Relaying is exactly-once whatever
+the leases do: update n is stored only if n equals the worker's stored count (Lua).
+
+All streams share one :class:`UpdateWriter`, which gathers pending updates for a few
+milliseconds and writes them in one pipelined round trip, so a thousand streams cost a
+handful of Redis calls per tick, not one per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from . import scripts
+from .aclient import AsyncWorkersClient
+from .errors import APIConnectionError, APIStatusError, StreamError
+from .keys import Keys
+
+log = logging.getLogger(__name__)
+
+FinishedHook = Callable[[str], Awaitable[None]]
+
+
+class UpdateWriter:
+    """Batches updates of many streams into pipelined APPEND_UPDATES calls."""
+
+    def __init__(
+        self, r: aioredis.Redis, keys: Keys, *, maxlen: int, max_delay: float = 0.003
+    ) -> None:
+        self.r = r
+        self.keys = keys
+        self.maxlen = maxlen
+        self.max_delay = max_delay
+        self._script = r.register_script(scripts.APPEND_UPDATES)
+        self._pending: dict[str, tuple[int, list[str]]] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+        self._wakeup = asyncio.Event()
+        self.written = 0
+
+    def add(self, worker_id: str, index: int, payload: str) -> None:
+        """Queue update ``index`` of a worker (callers add each worker's in order)."""
+        entry = self._pending.get(worker_id)
+        if entry is None:
+            self._pending[worker_id] = (index, [payload])
+        else:
+            entry[1].append(payload)
+        self._wakeup.set()
+
+    async def barrier(self) -> None:
+        """Wait until everything added so far is written (raises if the write failed)."""
+        if not self._pending:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        self._wakeup.set()
+        await future
+
+    async def run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self.max_delay:
+                await asyncio.sleep(self.max_delay)  # let more events gather
+            batch, self._pending = self._pending, {}
+            waiters, self._waiters = self._waiters, []
+            error: BaseException | None = None
+            if batch:
+                try:
+                    await self._write(batch)
+                except Exception as exc:  # reported to every waiter; they reconnect
+                    log.warning("update write failed: %s", exc)
+                    error = exc
+            for future in waiters:
+                if not future.done():
+                    if error is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(StreamError(str(error), call="relay"))
+
+    async def _write(self, batch: dict[str, tuple[int, list[str]]]) -> None:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for worker_id, (first, payloads) in batch.items():
+                keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
+                await self._script(keys=keys, args=[first, self.maxlen, *payloads], client=pipe)
+            results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        self.written += sum(len(p) for _, p in batch.values())
+
+
+class Follower:
+    """Claims followed jobs from Redis and relays their streams until each turn ends."""
+
+    def __init__(
+        self,
+        r: aioredis.Redis,
+        keys: Keys,
+        client: AsyncWorkersClient,
+        on_finished: FinishedHook,
+        *,
+        capacity: int = 2000,
+        lease_seconds: float = 30.0,
+        poll_seconds: float = 0.25,
+        updates_maxlen: int = 100_000,
+        owner: str | None = None,
+    ) -> None:
+        self.r = r
+        self.keys = keys
+        self.client = client
+        self.on_finished = on_finished
+        self.capacity = capacity
+        self.lease_ms = int(lease_seconds * 1000)
+        self.poll_seconds = poll_seconds
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.writer = UpdateWriter(r, keys, maxlen=updates_maxlen)
+        self.active: dict[str, asyncio.Task[None]] = {}
+        self._claim = r.register_script(scripts.CLAIM_FOLLOWS)
+        self._renew = r.register_script(scripts.RENEW_FOLLOWS)
+        self._transition = r.register_script(scripts.TRANSITION)
+        self.events_relayed = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim, follow and renew until ``stop`` is set; then let leases lapse."""
+        writer = asyncio.create_task(self.writer.run())
+        last_renew = 0.0
+        try:
+            while not stop.is_set():
+                try:
+                    now = time.monotonic()
+                    if self.active and now - last_renew > self.lease_ms / 3000:
+                        await self._renew_leases()
+                        last_renew = now
+                    await self._claim_more()
+                except (aioredis.RedisError, OSError) as exc:
+                    log.warning("follower cannot reach Redis: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.poll_seconds)
+        finally:
+            for task in self.active.values():
+                task.cancel()
+            await asyncio.gather(*self.active.values(), return_exceptions=True)
+            writer.cancel()
+
+    async def _claim_more(self) -> None:
+        room = self.capacity - len(self.active)
+        if room <= 0:
+            return
+        now = int(time.time() * 1000)
+        claimed = await self._claim(
+            keys=[self.keys.follows, self.keys.follow_owners],
+            args=[now, now + self.lease_ms, min(room, 500), self.owner],
+        )
+        for job_id in claimed:
+            if job_id not in self.active:
+                task = asyncio.create_task(self._follow(job_id))
+                self.active[job_id] = task
+                task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        for job_id, held in list(self.active.items()):
+            if held is task:
+                del self.active[job_id]
+
+    async def _renew_leases(self) -> None:
+        expiry = int(time.time() * 1000) + self.lease_ms
+        lost = await self._renew(
+            keys=[self.keys.follows, self.keys.follow_owners],
+            args=[expiry, self.owner, *self.active],
+        )
+        for job_id in lost:  # someone else holds it now: stop, they relay the rest
+            task = self.active.get(job_id)
+            if task is not None:
+                task.cancel()
+
+    async def _follow(self, job_id: str) -> None:
+        fields = await self.r.hmget(self.keys.job(job_id), ["worker_id", "status"])
+        worker_id, status = str(fields[0] or ""), fields[1]
+        if not worker_id or status in ("completed", "failed", "cancelled"):
+            await self.on_finished(job_id)
+            return
+        delay = 0.2
+        marked_running = status == "running"
+        while True:
+            relayed = int(await self.r.hget(self.keys.worker(worker_id), "relayed") or 0)
+            try:
+                async for update in self.client.stream_updates(worker_id):
+                    if update.index < relayed:
+                        continue  # a reconnect replays from 0: stored already
+                    self.writer.add(worker_id, update.index, json.dumps(update.data))
+                    self.events_relayed += 1
+                    if not marked_running:
+                        marked_running = True
+                        await self._mark(job_id, "running")
+                await self.writer.barrier()
+                break
+            except (StreamError, APIConnectionError) as exc:
+                log.info("stream of %s broke (%s); reconnecting in %.1fs", job_id, exc, delay)
+            except APIStatusError as exc:
+                if exc.retryable:
+                    log.info("stream of %s: %s; retrying in %.1fs", job_id, exc, delay)
+                else:
+                    await self._mark(job_id, "failed", str(exc))
+                    break
+            except (aioredis.RedisError, OSError) as exc:
+                log.warning("relay of %s failed: %s; retrying", job_id, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        await self.on_finished(job_id)
+
+    async def _mark(self, job_id: str, status: str, detail: str = "") -> None:
+        keys = [self.keys.job(job_id), self.keys.job_history(job_id), self.keys.job_states]
+        await self._transition(keys=keys, args=[status, int(time.time() * 1000), detail, 100])
+
+
+def describe_state(follower: Follower) -> dict[str, Any]:
+    return {
+        "owner": follower.owner,
+        "active": len(follower.active),
+        "events_relayed": follower.events_relayed,
+        "written": follower.writer.written,
+    }

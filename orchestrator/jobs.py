@@ -1,0 +1,171 @@
+"""Typed records for jobs: what a backend submits, and what the store keeps.
+
+A job is one turn of an upstream worker: ``create`` starts a new worker, ``continue``
+adds a turn to an existing one. Its status only moves forward::
+
+    queued -> submitted -> running -> completed | failed | cancelled
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InputError
+from .models import Budget, error_field
+
+JobKind = Literal["create", "continue"]
+JobStatus = Literal["queued", "submitted", "running", "completed", "failed", "cancelled"]
+STATUSES: tuple[JobStatus, ...] = (
+    "queued", "submitted", "running", "completed", "failed", "cancelled",
+)  # fmt: skip
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+TAG_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
+TAG_VALUE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:@+=-]{1,200}$")
+MAX_TAGS = 16
+
+
+def new_job_id() -> str:
+    return "job_" + uuid.uuid4().hex
+
+
+def _check_input(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or only whitespace")
+    bad = [c for c in value if ord(c) < 32 and c not in "\n\r\t"]
+    if bad:
+        raise ValueError(f"contains control character {ord(bad[0]):#04x}")
+    return value
+
+
+class Submission(BaseModel):
+    """What a backend hands in. Validated before anything is written or enqueued."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: JobKind = "create"
+    input: str
+    budget: Budget = "standard"
+    tags: dict[str, str] = Field(default_factory=dict)
+    idempotency_key: str | None = None
+    fetch_files: bool = False
+    worker_id: str | None = None
+    schedule_id: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, value: str) -> str:
+        return _check_input(value)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_TAGS:
+            raise ValueError(f"at most {MAX_TAGS} tags")
+        for key, tag_value in value.items():
+            if not TAG_KEY.match(key):
+                raise ValueError(f"tag key {key!r} must match {TAG_KEY.pattern}")
+            if not isinstance(tag_value, str) or not TAG_VALUE.match(tag_value):
+                raise ValueError(f"tag {key}={tag_value!r}: value must match {TAG_VALUE.pattern}")
+        return value
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _idem(cls, value: str | None) -> str | None:
+        if value is not None and not IDEMPOTENCY_KEY.match(value):
+            raise ValueError(f"must match {IDEMPOTENCY_KEY.pattern}")
+        return value
+
+    @field_validator("worker_id")
+    @classmethod
+    def _worker(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9_-]{1,128}$", value):
+            raise ValueError("must be a worker id (letters, digits, '_' or '-')")
+        return value
+
+
+def validate_submission(max_input_chars: int, **fields: Any) -> Submission:
+    """Build a :class:`Submission`, raising :class:`InputError` naming the bad field."""
+    try:
+        sub = Submission.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InputError(error_field(first["loc"]), first["msg"]) from None
+    if len(sub.input) > max_input_chars:
+        raise InputError("input", f"is {len(sub.input)} characters; the limit is {max_input_chars}")
+    if sub.kind == "continue" and sub.worker_id is None:
+        raise InputError("worker_id", "is required to continue a worker")
+    return sub
+
+
+def parse_tag(text: str) -> tuple[str, str]:
+    """``key=value`` (as given on the command line) to a pair; InputError if malformed."""
+    key, sep, value = text.partition("=")
+    if not sep or not TAG_KEY.match(key) or not TAG_VALUE.match(value):
+        raise InputError("tags", f"{text!r} is not key=value (key {TAG_KEY.pattern})")
+    return key, value
+
+
+class Job(BaseModel):
+    """A job as stored: the submission plus what happened to it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    kind: JobKind
+    input: str
+    budget: Budget
+    tags: dict[str, str] = Field(default_factory=dict)
+    idempotency_key: str | None = None
+    fetch_files: bool = False
+    schedule_id: str | None = None
+    status: JobStatus
+    worker_id: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    update_from: int | None = None
+    update_to: int | None = None
+    cost_known: bool | None = None
+    created_at: int
+    timestamps: dict[str, int] = Field(default_factory=dict)
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str]) -> Job:
+        """Rebuild from the store's hash (all values are strings there)."""
+
+        def opt_int(name: str) -> int | None:
+            return int(data[name]) if data.get(name) not in (None, "") else None
+
+        return cls(
+            id=data["id"],
+            kind=data["kind"],
+            input=data["input"],
+            budget=data["budget"],
+            tags=json.loads(data.get("tags") or "{}"),
+            idempotency_key=data.get("idempotency_key") or None,
+            fetch_files=data.get("fetch_files") == "1",
+            schedule_id=data.get("schedule_id") or None,
+            status=data["status"],
+            worker_id=data.get("worker_id") or None,
+            attempts=int(data.get("attempts") or 0),
+            error=data.get("error") or None,
+            update_from=opt_int("update_from"),
+            update_to=opt_int("update_to"),
+            cost_known=None if "cost_known" not in data else data["cost_known"] == "1",
+            created_at=int(data["created_at"]),
+            timestamps={k[3:]: int(v) for k, v in data.items() if k.startswith("at_")},
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    def short_input(self, limit: int = 40) -> str:
+        text = " ".join(self.input.split())
+        return text if len(text) <= limit else text[: limit - 1] + "…"

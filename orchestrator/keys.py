@@ -1,0 +1,107 @@
+"""Every Redis key the orchestrator uses, in one place (see docs/redis-layout.md).
+
+All keys start with the configurable prefix, so several deployments (or test runs)
+can share one Redis. Nothing outside :mod:`orchestrator.store` and this module builds
+a key by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LEDGER_DIMENSIONS = ("day", "budget", "tag", "schedule", "worker")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str
+
+    # --- jobs ---
+    def job(self, job_id: str) -> str:
+        """Hash: the job record (see :class:`orchestrator.jobs.Job`)."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def job_history(self, job_id: str) -> str:
+        """Stream: one entry per status transition (status, at, detail)."""
+        return f"{self.prefix}:job:{job_id}:history"
+
+    def job_files(self, job_id: str) -> str:
+        """Hash: file path -> JSON {size, sha256, path} of fetched files."""
+        return f"{self.prefix}:job:{job_id}:files"
+
+    @property
+    def jobs(self) -> str:
+        """Sorted set: job id by creation time (ms)."""
+        return f"{self.prefix}:jobs"
+
+    @property
+    def job_states(self) -> str:
+        """Hash: status -> number of jobs currently in it (for gauges)."""
+        return f"{self.prefix}:jobs:states"
+
+    def idempotency(self, key: str) -> str:
+        """String: the job id that a submission idempotency key maps to."""
+        return f"{self.prefix}:idem:{key}"
+
+    @property
+    def outbox(self) -> str:
+        """Sorted set: job ids written but whose task is not yet known sent (ms)."""
+        return f"{self.prefix}:outbox"
+
+    # --- upstream workers ---
+    def worker(self, worker_id: str) -> str:
+        """Hash: latest snapshot JSON, relayed-update count, counted cumulative costs."""
+        return f"{self.prefix}:worker:{worker_id}"
+
+    def updates(self, worker_id: str) -> str:
+        """Stream: the worker's updates; entry id ``0-(n+1)`` is SSE update n."""
+        return f"{self.prefix}:updates:{worker_id}"
+
+    @property
+    def follows(self) -> str:
+        """Sorted set: job ids whose stream must be followed, by lease expiry (ms)."""
+        return f"{self.prefix}:follows"
+
+    @property
+    def follow_owners(self) -> str:
+        """Hash: job id -> the follower process holding its lease."""
+        return f"{self.prefix}:follow-owners"
+
+    # --- ledger ---
+    def ledger(self, dimension: str, value: str) -> str:
+        """Hash: summed cost/usage fields for one value of a dimension."""
+        return f"{self.prefix}:ledger:{dimension}:{value}"
+
+    @property
+    def ledger_total(self) -> str:
+        return f"{self.prefix}:ledger:total"
+
+    def ledger_index(self, dimension: str) -> str:
+        """Set: the values seen for a dimension (days, tiers, tags, ...)."""
+        return f"{self.prefix}:ledger-index:{dimension}"
+
+    @property
+    def ledger_turns(self) -> str:
+        """Hash: turn id (worker:job) -> JSON of what was posted; a replay is a no-op."""
+        return f"{self.prefix}:ledger:turns"
+
+    # --- schedules ---
+    def schedule(self, schedule_id: str) -> str:
+        return f"{self.prefix}:schedule:{schedule_id}"
+
+    def schedule_runs(self, schedule_id: str) -> str:
+        return f"{self.prefix}:schedule:{schedule_id}:runs"
+
+    @property
+    def schedules_due(self) -> str:
+        return f"{self.prefix}:schedules:due"
+
+    @property
+    def schedules_all(self) -> str:
+        return f"{self.prefix}:schedules"
+
+    # --- operations ---
+    def heartbeat(self, name: str) -> str:
+        return f"{self.prefix}:heartbeat:{name}"

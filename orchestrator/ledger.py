@@ -1,0 +1,80 @@
+"""Cost and usage maths: what a Worker snapshot says was spent, as integer fields.
+
+The upstream reports cumulative ``costs`` (USD) and ``usage`` per worker. A turn's cost
+is the difference between the cumulative figures after it and those already counted;
+:mod:`orchestrator.scripts` (POST_TURN) applies that difference atomically. This module
+only turns a snapshot into the integer fields the ledger sums.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from .models import Worker
+from .money import to_micro
+
+MONEY_FIELDS = (
+    "internal_cost_micro",
+    "model_cost_micro",
+    "sandbox_cost_micro",
+    "tool_cost_micro",
+    "usage_cost_micro",
+)
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "total_tokens",
+    "steps",
+    "credits",
+)
+FIELDS = MONEY_FIELDS + TOKEN_FIELDS
+REPORT_FIELDS = (*FIELDS, "turns")
+
+
+def cumulative(worker: Worker) -> dict[str, int] | None:
+    """The worker's cumulative figures as integers, or None while costs are unknown.
+
+    ``costs: null`` means *unknown*, not zero: nothing is posted until a snapshot says.
+    """
+    costs, usage = worker.costs, worker.usage
+    if costs is None or usage is None:
+        return None
+    return {
+        "internal_cost_micro": to_micro(costs.internal_cost_usd),
+        "model_cost_micro": to_micro(costs.model_cost_usd),
+        "sandbox_cost_micro": to_micro(costs.sandbox_cost_usd),
+        "tool_cost_micro": to_micro(costs.tool_cost_usd),
+        "usage_cost_micro": to_micro(usage.cost_usd),
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "total_tokens": usage.total_tokens,
+        "steps": usage.steps,
+        "credits": usage.credits or 0,
+    }
+
+
+def total_cost_micro(row: dict[str, int]) -> int:
+    """The money of a row: the four cost components (usage cost is their mirror)."""
+    return sum(row.get(f, 0) for f in MONEY_FIELDS[:4])
+
+
+def utc_day(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+def empty_row() -> dict[str, int]:
+    return dict.fromkeys(REPORT_FIELDS, 0)
+
+
+def parse_row(data: dict[str, str]) -> dict[str, int]:
+    row = empty_row()
+    for key, value in data.items():
+        if key in row:
+            row[key] = int(value)
+    return row

@@ -1,0 +1,63 @@
+"""Process-wide resources (settings, Redis store, API client), built once per process.
+
+Celery's prefork pool forks after import, and sockets must not be shared across a
+fork, so :func:`reset` is called in each child (see ``workers_tasks.tasks``).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from .client import WorkersClient
+from .settings import Settings, get_settings
+from .store import RedisStore, connect
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: RedisStore
+    _client: WorkersClient | None = None
+
+    @property
+    def client(self) -> WorkersClient:
+        """The upstream client (built on first use: only tasks that call out need it)."""
+        if self._client is None:
+            self._client = WorkersClient.from_settings(self.settings)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self.store.r.close()
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def store_for(settings: Settings) -> RedisStore:
+    from .errors import ConfigError
+
+    if settings.redis_url is None:
+        raise ConfigError("REDIS_URL", "is not set")
+    return RedisStore(
+        connect(settings.redis_url), settings.key_prefix, updates_maxlen=settings.updates_maxlen
+    )
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            settings = get_settings()
+            _runtime = Runtime(settings, store_for(settings))
+        return _runtime
+
+
+def reset() -> None:
+    """Forget the resources (after a fork, or in tests)."""
+    global _runtime
+    with _lock:
+        _runtime = None

@@ -1,0 +1,155 @@
+"""End to end: real Redis, real `celery worker` processes, the emulator over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.api import Orchestrator
+from orchestrator.ledger import FIELDS
+from orchestrator.settings import load_settings
+
+from .conftest import Emulator
+from .processes import Proc, celery_worker, stack_env, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(redis_url: str, key_prefix: str, emulator: Emulator, tmp_path: Path) -> dict[str, str]:
+    return stack_env(
+        redis_url, key_prefix, emulator.url, emulator.api_key,
+        FILES_DIR=str(tmp_path / "files"), FOLLOW_LEASE_SECONDS="3", VISIBILITY_TIMEOUT="10",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def orch(env: dict[str, str]) -> Iterator[Orchestrator]:
+    settings = load_settings(
+        redis_url=env["REDIS_URL"], key_prefix=env["KEY_PREFIX"],
+        workers_api_url=env["WORKERS_API_URL"], workers_api_key=env["WORKERS_API_KEY"],
+        files_dir=env["FILES_DIR"],
+    )  # fmt: skip
+    with Orchestrator(settings) as o:
+        yield o
+
+
+def assert_updates_exact(orch: Orchestrator, job_id: str, expected: int) -> None:
+    job = orch.get(job_id)
+    assert job.worker_id
+    got = list(orch.updates(job_id, block=False))
+    indices = [i for i, _ in got]
+    start = job.update_from or 0
+    assert indices == list(range(start, start + expected)), indices
+    assert orch.store.relayed(job.worker_id) == start + expected
+
+
+def ledger_matches(orch: Orchestrator, emulator: Emulator) -> None:
+    total = orch.costs(by="day")["total"]
+    truth = emulator.ledger()
+    for field in FIELDS:
+        if field in truth:
+            assert total[field] == truth[field], (field, total[field], truth[field])
+    assert total["turns"] == truth["turns_completed"]
+
+
+def test_fifty_jobs_complete_exactly(
+    orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    emulator.configure(turn_seconds=0.5, events_per_turn=8)
+    worker = celery_worker(env, tmp_path / "worker.log").start()
+    try:
+        jobs = [
+            orch.submit(
+                f"task {i}",
+                budget="low" if i % 2 else "high",
+                tags={"tenant": "acme" if i % 3 else "globex"},
+                fetch_files=(i == 0),
+            )
+            for i in range(50)
+        ]
+        for job in jobs:
+            done = orch.wait(job.id, timeout=120)
+            assert done.status == "completed", (done.status, done.error)
+        for job in jobs:
+            assert_updates_exact(orch, job.id, 8)
+        ledger = emulator.ledger()
+        assert ledger["workers_created"] == 50 and ledger["turns_completed"] == 50
+        ledger_matches(orch, emulator)
+        by_tag = {r["key"]: r["turns"] for r in orch.costs(by="tag")["rows"]}
+        assert by_tag == {"tenant=acme": 33, "tenant=globex": 17}
+        by_budget = {r["key"]: r["turns"] for r in orch.costs(by="budget")["rows"]}
+        assert by_budget == {"low": 25, "high": 25}
+        # Files of job 0 were fetched, nested and binary, hashes recorded.
+        files = wait_for(
+            lambda: len(orch.files(jobs[0].id)) >= 2 and orch.files(jobs[0].id), 30, "files fetched"
+        )
+        for name, info in files.items():
+            assert "sha256" in info, (name, info)
+            assert Path(info["path"]).is_relative_to(Path(env["FILES_DIR"]).resolve())
+            assert Path(info["path"]).stat().st_size == info["size"]
+        # Continue the first worker: a second turn, counted once more.
+        nxt = orch.continue_(jobs[1].id, "and once more", budget="low")
+        assert orch.wait(nxt.id, timeout=60).status == "completed"
+        assert_updates_exact(orch, nxt.id, 8)
+        ledger_matches(orch, emulator)
+    finally:
+        worker.stop()
+
+
+def test_sigkill_worker_loses_nothing(
+    orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    emulator.configure(turn_seconds=2.0, events_per_turn=20)
+    emulator.faults(
+        rate_lost_response=0.2, rate_cut_stream=0.1, rate_429=0.1, retry_after_seconds=0.1, seed=5
+    )
+    first: Proc = celery_worker(env, tmp_path / "w1.log", name="w1").start()
+    jobs = [orch.submit(f"kill test {i}", tags={"tenant": "t"}) for i in range(20)]
+    try:
+        # Kill while creates are in flight and streams are being followed.
+        wait_for(
+            lambda: sum(orch.get(j.id).status == "running" for j in jobs) >= 3,
+            60,
+            "some jobs running",
+        )
+        first.kill()
+    finally:
+        first.kill()
+    second = celery_worker(env, tmp_path / "w2.log", name="w2").start()
+    try:
+        for job in jobs:
+            done = orch.wait(job.id, timeout=150)
+            assert done.status == "completed", (done.status, done.error)
+        for job in jobs:
+            assert_updates_exact(orch, job.id, 20)
+        ledger = emulator.ledger()
+        assert ledger["workers_created"] == len(jobs)
+        ledger_matches(orch, emulator)
+    finally:
+        second.stop()
+
+
+def test_permanent_errors_fail_at_once(
+    orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    bad_env = {**env, "WORKERS_API_KEY": "sk-wrong-key"}
+    worker = celery_worker(bad_env, tmp_path / "bad.log").start()
+    try:
+        job = orch.submit("will be refused")
+        done = orch.wait(job.id, timeout=30)
+        assert done.status == "failed" and done.error and "401" in done.error
+        assert done.attempts == 1
+    finally:
+        worker.stop()
+    assert emulator.ledger()["workers_created"] == 0
+    worker = celery_worker(env, tmp_path / "good.log").start()
+    try:
+        missing = orch.continue_("wrk_does_not_exist", "hello")
+        done = orch.wait(missing.id, timeout=30)
+        assert done.status == "failed" and "404" in (done.error or ""), done.error
+        assert done.attempts == 1
+    finally:
+        worker.stop()

@@ -1,0 +1,99 @@
+"""Runs the async stream follower inside every worker process that consumes the
+``streams`` queue: a daemon thread with its own event loop, started when the worker is
+ready and stopped when it shuts down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+import redis.asyncio as aioredis
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+from orchestrator import runtime
+from orchestrator.aclient import AsyncWorkersClient
+from orchestrator.celery import STREAMS_QUEUE, app
+from orchestrator.follower import Follower
+from orchestrator.keys import Keys
+
+log = logging.getLogger(__name__)
+
+_state: dict[str, Any] = {}
+
+
+async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
+    settings = runtime.get_settings()
+    assert settings.redis_url is not None
+    r = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = AsyncWorkersClient.from_settings(settings)
+    loop = asyncio.get_running_loop()
+
+    async def finished(job_id: str) -> None:
+        # send_task blocks on Redis: keep it off the event loop.
+        await loop.run_in_executor(
+            None, lambda: app.send_task("workers.finalize", args=[job_id], argsrepr=job_id)
+        )
+
+    follower = Follower(
+        r,
+        Keys(settings.key_prefix),
+        client,
+        finished,
+        capacity=settings.follower_capacity,
+        lease_seconds=settings.follow_lease_seconds,
+        updates_maxlen=settings.updates_maxlen,
+    )
+    _state["follower"] = follower
+    ready.set()
+    log.info("stream follower %s started (capacity %d)", follower.owner, follower.capacity)
+    try:
+        await follower.run(stop)
+    finally:
+        await client.aclose()
+        await r.aclose()
+
+
+def start() -> None:
+    """Start the follower thread (idempotent)."""
+    if "thread" in _state:
+        return
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    ready = threading.Event()
+
+    def target() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(_main(stop, ready))
+
+    thread = threading.Thread(target=target, name="stream-follower", daemon=True)
+    _state.update(thread=thread, loop=loop, stop=stop)
+    thread.start()
+    ready.wait(timeout=10)
+
+
+def stop() -> None:
+    thread, loop, stop_event = _state.get("thread"), _state.get("loop"), _state.get("stop")
+    if thread is None:
+        return
+    loop.call_soon_threadsafe(stop_event.set)
+    thread.join(timeout=10)
+    _state.clear()
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    runtime.reset()
+
+
+@worker_ready.connect
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    queues = {q.name for q in getattr(sender.task_consumer, "queues", [])} if sender else set()
+    if STREAMS_QUEUE in queues:
+        start()
+
+
+@worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    stop()

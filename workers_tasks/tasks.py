@@ -1,0 +1,121 @@
+"""The Celery tasks. Thin: they carry job ids only (never the API key or payloads),
+call a step of :mod:`orchestrator.pipeline`, and map its errors to retry or fail.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from celery.exceptions import MaxRetriesExceededError
+
+from orchestrator import pipeline
+from orchestrator.celery import app
+from orchestrator.errors import APIError, APIStatusError, InputError
+from orchestrator.runtime import get_runtime
+from orchestrator.store import RedisStore
+
+from . import follower_service  # noqa: F401  (connects the worker signals)
+
+log = logging.getLogger(__name__)
+
+
+def _retry_or_fail(task: Task, job_id: str, exc: APIError, argsrepr: str) -> None:
+    """Retry a transient failure with backoff; fail the job once retries run out."""
+    rt = get_runtime()
+    if isinstance(exc, APIStatusError) and not exc.retryable:
+        rt.store.transition(job_id, "failed", str(exc))
+        return
+    retries = task.request.retries
+    countdown = rt.client.retry.delay(retries + 1)
+    try:
+        # argsrepr is passed again: retry() would otherwise drop it (celery#6086).
+        raise task.retry(
+            countdown=countdown,
+            max_retries=rt.settings.task_max_retries,
+            argsrepr=argsrepr,
+            exc=exc,
+        )
+    except MaxRetriesExceededError:
+        rt.store.transition(job_id, "failed", f"gave up after {retries} retries: {exc}")
+
+
+def _job_repr(store: RedisStore, job_id: str) -> str:
+    job = store.get_job(job_id)
+    return pipeline.describe(job) if job else job_id
+
+
+@app.task(name="workers.create", bind=True)
+def create(self: Task, job_id: str) -> str:
+    return _start(self, job_id)
+
+
+@app.task(name="workers.continue", bind=True)
+def continue_(self: Task, job_id: str) -> str:
+    return _start(self, job_id)
+
+
+def _start(task: Task, job_id: str) -> str:
+    rt = get_runtime()
+    try:
+        return pipeline.start_turn(rt, job_id).status
+    except InputError as exc:
+        log.error("dropping task for %s: %s", job_id, exc)
+        return "unknown"
+    except APIError as exc:
+        _retry_or_fail(task, job_id, exc, _job_repr(rt.store, job_id))
+        return "failed"
+
+
+@app.task(name="workers.follow")
+def follow(job_id: str) -> str:
+    """Ask the followers to (re)follow a job's stream; cheap, returns at once."""
+    get_runtime().store.request_follow(job_id)
+    return "requested"
+
+
+@app.task(name="workers.finalize", bind=True)
+def finalize(self: Task, job_id: str) -> str:
+    rt = get_runtime()
+    try:
+        return pipeline.finalize(rt, app, job_id)
+    except InputError as exc:
+        log.error("dropping finalize for %s: %s", job_id, exc)
+        return "unknown"
+    except APIError as exc:
+        _retry_or_fail(self, job_id, exc, job_id)
+        return "failed"
+
+
+@app.task(name="workers.fetch_file", bind=True)
+def fetch_file(self: Task, job_id: str, name: str) -> dict[str, Any]:
+    rt = get_runtime()
+    try:
+        return pipeline.fetch_file(rt, job_id, name)
+    except APIError as exc:
+        if isinstance(exc, APIStatusError) and not exc.retryable:
+            info = {"error": str(exc)}
+            rt.store.record_file(job_id, name, info)
+            return info
+        raise self.retry(
+            countdown=rt.client.retry.delay(self.request.retries + 1),
+            max_retries=rt.settings.task_max_retries,
+            exc=exc,
+        ) from None
+
+
+@app.task(name="workers.sweep")
+def sweep(older_than_seconds: float = 30.0) -> int:
+    """Re-send jobs whose first task was never known sent (a producer died between
+    writing the job and sending it). Safe: start_turn is idempotent."""
+    rt = get_runtime()
+    resent = 0
+    for job_id in rt.store.unsent(int(older_than_seconds * 1000)):
+        job = rt.store.get_job(job_id)
+        if job is None or job.status != "queued":
+            rt.store.mark_sent(job_id)
+            continue
+        pipeline.dispatch(app, rt, job)
+        resent += 1
+    return resent
