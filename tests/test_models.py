@@ -104,14 +104,37 @@ def test_create_schedule_round_trip(when: dict[str, object]) -> None:
 def test_schedule_list_union_round_trip() -> None:
     wire = {
         "schedules": [
-            {"id": "s1", "budget": "low", "input": "a", "nextRunAt": "2030-01-01T00:00:00.000Z",
-             "type": "scheduled"},
-            {"id": "s2", "budget": "high", "input": "b", "nextRunAt": "2030-01-01T00:00:30.000Z",
-             "type": "delayed", "delayInSeconds": 30},
-            {"id": "s3", "budget": "standard", "input": "c",
-             "nextRunAt": "2030-01-01T00:05:00.000Z", "type": "cron", "cron": "*/5 * * * *"},
-            {"id": "s4", "budget": "unlimited", "input": "d",
-             "nextRunAt": "2030-01-01T00:01:00.000Z", "type": "interval", "intervalSeconds": 60},
+            {
+                "id": "s1",
+                "budget": "low",
+                "input": "a",
+                "nextRunAt": "2030-01-01T00:00:00.000Z",
+                "type": "scheduled",
+            },
+            {
+                "id": "s2",
+                "budget": "high",
+                "input": "b",
+                "nextRunAt": "2030-01-01T00:00:30.000Z",
+                "type": "delayed",
+                "delayInSeconds": 30,
+            },
+            {
+                "id": "s3",
+                "budget": "standard",
+                "input": "c",
+                "nextRunAt": "2030-01-01T00:05:00.000Z",
+                "type": "cron",
+                "cron": "*/5 * * * *",
+            },
+            {
+                "id": "s4",
+                "budget": "unlimited",
+                "input": "d",
+                "nextRunAt": "2030-01-01T00:01:00.000Z",
+                "type": "interval",
+                "intervalSeconds": 60,
+            },
         ],
         "workerId": "wrk_1",
     }
@@ -129,15 +152,27 @@ def test_schedule_list_union_round_trip() -> None:
         (CreateWorker, {"input": "x", "budget": "huge"}, "budget"),
         (CreateWorker, {"input": 5}, "input"),
         (CreateSchedule, {"input": "x", "when": {"type": "cron", "cron": "* * *"}}, "when.cron"),
-        (CreateSchedule, {"input": "x", "when": {"type": "cron", "cron": "61 * * * *"}},
-         "when.cron"),
-        (CreateSchedule, {"input": "x", "when": {"type": "interval", "intervalSeconds": -5}},
-         "when.interval_seconds"),
-        (CreateSchedule, {"input": "x", "when": {"type": "delayed", "delayInSeconds": 0}},
-         "when.delay_in_seconds"),
+        (
+            CreateSchedule,
+            {"input": "x", "when": {"type": "cron", "cron": "61 * * * *"}},
+            "when.cron",
+        ),
+        (
+            CreateSchedule,
+            {"input": "x", "when": {"type": "interval", "intervalSeconds": -5}},
+            "when.interval_seconds",
+        ),
+        (
+            CreateSchedule,
+            {"input": "x", "when": {"type": "delayed", "delayInSeconds": 0}},
+            "when.delay_in_seconds",
+        ),
         (CreateSchedule, {"input": "x", "when": {"type": "weekly"}}, "when"),
-        (CreateSchedule, {"input": "x", "when": {"type": "scheduled", "date": "tomorrow"}},
-         "when.date"),
+        (
+            CreateSchedule,
+            {"input": "x", "when": {"type": "scheduled", "date": "tomorrow"}},
+            "when.date",
+        ),
     ],
 )
 def test_bad_input_names_the_field(model: type, data: dict[str, object], field: str) -> None:
