@@ -17,9 +17,12 @@ import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
+
+if TYPE_CHECKING:
+    from .schedule_api import ScheduleAPI
 
 from .errors import InputError
 from .jobs import TERMINAL, Job, validate_submission
@@ -40,6 +43,7 @@ class Orchestrator:
 
             app = make_app(self.settings)
         self.app = app
+        self._schedules: ScheduleAPI | None = None
 
     def close(self) -> None:
         self.rt.close()
@@ -189,6 +193,15 @@ class Orchestrator:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"job {job_id} did not reach {statuses}")
+
+    @property
+    def schedules(self) -> ScheduleAPI:
+        """Recurring and one-shot runs: create, list, pause, resume, cancel, history."""
+        from .schedule_api import ScheduleAPI
+
+        if self._schedules is None:
+            self._schedules = ScheduleAPI(self)
+        return self._schedules
 
     # --- results -----------------------------------------------------------------
 

@@ -69,7 +69,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": [Queue(name) for name in QUEUES],  # type: ignore[no-untyped-call]
         "task_default_queue": API_QUEUE,
         "task_routes": TASK_ROUTES,
-        "include": ["workers_tasks.tasks"],
+        "include": ["workers_tasks.tasks", "workers_tasks.schedule_tasks"],
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
         "enable_utc": True,

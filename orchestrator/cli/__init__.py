@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ConfigError, InputError, OrchestratorError
-from . import jobs, serve
+from . import jobs, schedules, serve
 
 EXIT_INPUT = 2
 EXIT_ERROR = 1
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     serve.register(sub)
     jobs.register(sub)
+    schedules.register(sub)
     return parser
 
 

@@ -1,0 +1,7 @@
+"""Schedule commands (placeholder until written)."""
+
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    return None

@@ -1,0 +1,1 @@
+"""Schedule tasks (placeholder until written)."""
