@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ConfigError, InputError, OrchestratorError
-from . import jobs, schedules, serve
+from . import jobs, ops, schedules, serve, stack
 
 EXIT_INPUT = 2
 EXIT_ERROR = 1
@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(sub)
     jobs.register(sub)
     schedules.register(sub)
+    stack.register(sub)
+    ops.register(sub)
     return parser
 
 

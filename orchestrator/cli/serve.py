@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 from typing import Any
 
@@ -42,6 +43,15 @@ def register(sub: Any) -> None:
     work.add_argument("--hostname", default=None, help="Celery node name (default: generated)")
     work.add_argument("--loglevel", default="INFO")
     work.set_defaults(func=run_worker)
+
+    flower = sub.add_parser("flower", help="run Flower (basic auth from FLOWER_USER/PASSWORD)")
+    flower.add_argument("--address", default="127.0.0.1")
+    flower.add_argument("--port", type=int, default=5555)
+    flower.add_argument("--max-tasks", type=int, default=10_000, help="tasks kept in memory")
+    flower.add_argument(
+        "--no-auth", action="store_true", help="serve without auth (local use only)"
+    )
+    flower.set_defaults(func=run_flower)
 
 
 def run_emulator(args: argparse.Namespace) -> int:
@@ -99,3 +109,31 @@ def run_worker(args: argparse.Namespace) -> int:
         print("note: the stream follower runs in the main process beside the pool", file=sys.stderr)
     app.worker_main(argv)
     return 0
+
+
+def run_flower(args: argparse.Namespace) -> int:
+    """Exec Flower on our app. Secrets travel in its environment, never in argv."""
+    settings = load_settings()
+    from ..celery import celery_config
+
+    celery_config(settings)
+    env = dict(os.environ)
+    if not args.no_auth:
+        if not settings.flower_user or settings.flower_password is None:
+            raise InputError(
+                "FLOWER_USER", "and FLOWER_PASSWORD must be set (or pass --no-auth for local use)"
+            )
+        password = settings.flower_password.get_secret_value()
+        env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{password}"
+    else:
+        env.pop("FLOWER_BASIC_AUTH", None)
+    env.setdefault("FLOWER_COOKIE_SECRET", secrets.token_urlsafe(32))
+    argv = [
+        sys.executable, "-m", "celery", "-A", "orchestrator", "flower",
+        f"--address={args.address}", f"--port={args.port}",
+        # Bounded memory: Flower keeps a window of recent tasks, not a history.
+        f"--max_tasks={args.max_tasks}", "--max_workers=200",
+        "--persistent=False", "--purge_offline_workers=300",
+    ]  # fmt: skip
+    os.execvpe(sys.executable, argv, env)
+    return 0  # not reached

@@ -1,0 +1,206 @@
+"""The local stack: every part of the system on one machine, in the foreground.
+
+``orchestrator up`` (and ``demo``) use this. Redis comes from ``REDIS_URL`` or is an
+embedded real server; the hosted API comes from ``WORKERS_API_URL``/``WORKERS_API_KEY``
+or, when those are unset, the local emulator stands in (and says so). A Celery worker
+serving every queue, beat and Flower run as child processes in their own process
+groups, and :meth:`Stack.stop` ends every one of them, so no orphan is left.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import httpx
+
+from .redis_server import RedisServer, free_port
+from .settings import Settings
+
+
+@dataclass
+class Component:
+    """One child process, with a readiness line to look for in its log."""
+
+    name: str
+    args: list[str]
+    ready_line: str
+    url: str = ""
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    ready: bool = False
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class Stack:
+    """Starts and stops the parts; ``env`` is what every child process sees."""
+
+    settings: Settings
+    workdir: Path
+    with_beat: bool = True
+    with_flower: bool = True
+    flower_port: int = 5555
+    out: TextIO = sys.stdout
+    env: dict[str, str] = field(default_factory=dict)
+    components: list[Component] = field(default_factory=list)
+    redis: RedisServer | None = None
+    emulator_key: str | None = None
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Start every part and wait (bounded) until each says it is ready."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.env = {k: v for k, v in os.environ.items()}
+        self.env["PYTHONUNBUFFERED"] = "1"
+        self.env.setdefault("FILES_DIR", str(self.workdir / "files"))
+        redis_url = self.settings.redis_url
+        if redis_url is None:
+            self.redis = RedisServer(data_dir=self.workdir / "redis").start()
+            redis_url = self.redis.url
+            self._say(f"redis     embedded redis-server at {redis_url} (AOF on, noeviction)")
+        else:
+            self._say(f"redis     {_redact(redis_url)} (from REDIS_URL)")
+        self.env["REDIS_URL"] = redis_url
+        if self.settings.uses_emulator:
+            self._start_emulator()
+        else:
+            self._say(f"api       {self.settings.workers_api_url} (hosted API, key from env)")
+        py = sys.executable
+        self._spawn(
+            Component("worker", [py, "-m", "orchestrator", "worker"], ready_line="ready.")
+        )
+        if self.with_beat:
+            self._spawn(Component("beat", [py, "-m", "orchestrator", "beat"], "beat: Starting"))
+        if self.with_flower and _has_flower():
+            self._start_flower()
+        deadline = time.monotonic() + timeout
+        for comp in self.components:
+            self._wait_ready(comp, deadline)
+
+    def _start_emulator(self) -> None:
+        self.emulator_key = "emu-" + secrets.token_urlsafe(16)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        self.env.update(
+            WORKERS_API_URL=url, WORKERS_API_KEY=self.emulator_key,
+            EMULATOR_API_KEY=self.emulator_key,
+        )  # fmt: skip
+        args = [sys.executable, "-m", "orchestrator", "emulator", "--port", str(port)]
+        args += ["--turn-seconds", os.environ.get("EMULATOR_TURN_SECONDS", "2")]
+        self._say(
+            f"api       no WORKERS_API_URL/WORKERS_API_KEY configured: the local emulator "
+            f"stands in for the hosted API at {url}"
+        )
+        self._spawn(Component("emulator", args, "Uvicorn running", url=url))
+
+    def _start_flower(self) -> None:
+        user = os.environ.get("FLOWER_USER") or "admin"
+        password = os.environ.get("FLOWER_PASSWORD") or secrets.token_urlsafe(12)
+        self.env.update(FLOWER_USER=user, FLOWER_PASSWORD=password)
+        args = [sys.executable, "-m", "orchestrator", "flower", "--port", str(self.flower_port)]
+        url = f"http://127.0.0.1:{self.flower_port}"
+        self._spawn(Component("flower", args, "Visit me at", url=url))
+        shown = password if "FLOWER_PASSWORD" not in os.environ else "(from FLOWER_PASSWORD)"
+        self._say(f"flower    {url}  user {user}  password {shown}")
+
+    def _spawn(self, comp: Component) -> None:
+        comp.log = self.workdir / f"{comp.name}.log"
+        with open(comp.log, "ab") as out:
+            comp.process = subprocess.Popen(
+                comp.args, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self.components.append(comp)
+
+    def _wait_ready(self, comp: Component, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if not comp.alive():
+                tail = "\n".join(comp.log_text().splitlines()[-15:])
+                raise RuntimeError(f"{comp.name} exited at start; its log ends:\n{tail}")
+            if comp.ready_line in comp.log_text():
+                comp.ready = True
+                self._say(f"{comp.name:<9} ready{'  ' + comp.url if comp.url else ''}")
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{comp.name} was not ready in time (log: {comp.log})")
+
+    def health(self) -> dict[str, str]:
+        """One word per part: ok, or what is wrong."""
+        report: dict[str, str] = {}
+        if self.redis is not None:
+            alive = self.redis.process is not None and self.redis.process.poll() is None
+            report["redis"] = "ok" if alive else "down"
+        for comp in self.components:
+            report[comp.name] = "ok" if comp.alive() else f"exited ({comp.log})"
+        if self.emulator_key:
+            emu = next(c for c in self.components if c.name == "emulator")
+            try:
+                httpx.get(
+                    f"{emu.url}/_emulator/ledger",
+                    headers={"Authorization": f"Bearer {self.emulator_key}"},
+                    timeout=2,
+                ).raise_for_status()
+            except httpx.HTTPError:
+                report["emulator"] = "not answering"
+        return report
+
+    def stop(self) -> None:
+        """Stop every child (SIGTERM, then SIGKILL after a grace period) and Redis."""
+        for comp in reversed(self.components):
+            if comp.alive():
+                assert comp.process is not None
+                _signal_group(comp.process, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for comp in self.components:
+            if comp.process is None:
+                continue
+            try:
+                comp.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                _signal_group(comp.process, signal.SIGKILL)
+                comp.process.wait(timeout=10)
+            # Children of the component (pool processes) share its group.
+            _signal_group(comp.process, signal.SIGKILL)
+        if self.redis is not None:
+            self.redis.stop()
+        self._say("stopped   every process this stack started")
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _has_flower() -> bool:
+    try:
+        import flower  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _redact(url: str) -> str:
+    """A Redis URL without its password, for printing."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
