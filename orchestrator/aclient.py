@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -39,6 +40,7 @@ class AsyncWorkersClient:
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 2000,
+        pool_shards: int = 1,
         on_attempt: AttemptHook | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -46,15 +48,22 @@ class AsyncWorkersClient:
         self._stream_timeout = httpx.Timeout(
             timeout, connect=connect_timeout, read=stream_read_timeout
         )
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            headers=auth_headers(api_key),
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            transport=transport,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-        )
+        # httpcore's pool scans every connection on each request and release, so one
+        # pool of a thousand open streams burns the CPU (quadratic). Several small
+        # pools, picked by worker id, keep each scan short.
+        per_shard = max(1, -(-max_connections // pool_shards))
+        self._pools = [
+            httpx.AsyncClient(
+                base_url=base_url,
+                headers=auth_headers(api_key),
+                timeout=httpx.Timeout(timeout, connect=connect_timeout),
+                transport=transport,
+                limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
+            )
+            for _ in range(max(1, pool_shards))
+        ]
+        self._http = self._pools[0]
+        self._next = 0
         self._on_attempt = on_attempt
         self._sleep = sleep
 
@@ -72,7 +81,16 @@ class AsyncWorkersClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for pool in self._pools:
+            await pool.aclose()
+
+    def _pool(self, key: str | None) -> httpx.AsyncClient:
+        if len(self._pools) == 1:
+            return self._http
+        if key is None:
+            self._next = (self._next + 1) % len(self._pools)
+            return self._pools[self._next]
+        return self._pools[zlib.crc32(key.encode()) % len(self._pools)]
 
     async def create(
         self, input: str, *, budget: Budget | None = None, idempotency_key: str | None = None
@@ -100,7 +118,7 @@ class AsyncWorkersClient:
     ) -> AsyncIterator[Update]:
         """Every stored update, then live ones until the turn ends (see the sync client)."""
         call = calls.stream_updates(worker_id, via_retrieve=via_retrieve)
-        response = await self._send(call, stream=True)
+        response = await self._send(call, stream=True, key=worker_id)
         try:
             content_type = response.headers.get("content-type", "")
             if "text/event-stream" not in content_type:
@@ -117,8 +135,11 @@ class AsyncWorkersClient:
         finally:
             await response.aclose()
 
-    async def _send(self, call: Call, *, stream: bool = False) -> httpx.Response:
-        request = self._http.build_request(
+    async def _send(
+        self, call: Call, *, stream: bool = False, key: str | None = None
+    ) -> httpx.Response:
+        http = self._pool(key)
+        request = http.build_request(
             call.method,
             call.path,
             json=call.json,
@@ -131,7 +152,7 @@ class AsyncWorkersClient:
             started = time.monotonic()
             headers: Mapping[str, str] = {}
             try:
-                response = await self._http.send(request, stream=stream)
+                response = await http.send(request, stream=stream)
             except httpx.TransportError as exc:
                 self._record(call, 0, started)
                 error: APIError = transport_error(call, exc)

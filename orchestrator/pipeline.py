@@ -33,6 +33,24 @@ def dispatch(app: Celery, rt: Runtime, job: Job) -> None:
     rt.store.mark_sent(job.id)
 
 
+def resend_unsent(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) -> int:
+    """Send again the jobs written but never known sent (the producer died in between).
+
+    Safe to run anywhere, any number of times: a job that already left ``queued`` is
+    only cleared from the outbox, and ``start_turn`` is idempotent.
+    """
+    resent = 0
+    for job_id in rt.store.unsent(int(older_than_seconds * 1000)):
+        job = rt.store.get_job(job_id)
+        if job is None or job.status != "queued":
+            rt.store.mark_sent(job_id)
+            continue
+        log.warning("re-sending job %s: its first task was never known sent", job_id)
+        dispatch(app, rt, job)
+        resent += 1
+    return resent
+
+
 def start_turn(rt: Runtime, job_id: str) -> Job:
     """Create the worker (or continue it) upstream, exactly once per job.
 

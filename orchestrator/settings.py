@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     # Celery.
     visibility_timeout: Annotated[int, Field(ge=10)] = 3600
     task_max_retries: Annotated[int, Field(ge=0, le=1000)] = 20
+    # A job written but never known sent is sent again after this long.
+    resend_after_seconds: Annotated[float, Field(ge=1, le=86_400)] = 30.0
 
     # Stream following: a follower's lease on a stream, and how many one process holds.
     follow_lease_seconds: Annotated[float, Field(ge=1, le=600)] = 30.0

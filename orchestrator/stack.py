@@ -9,6 +9,7 @@ groups, and :meth:`Stack.stop` ends every one of them, so no orphan is left.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -80,9 +81,7 @@ class Stack:
         else:
             self._say(f"api       {self.settings.workers_api_url} (hosted API, key from env)")
         py = sys.executable
-        self._spawn(
-            Component("worker", [py, "-m", "orchestrator", "worker"], ready_line="ready.")
-        )
+        self._spawn(Component("worker", [py, "-m", "orchestrator", "worker"], ready_line="ready."))
         if self.with_beat:
             self._spawn(Component("beat", [py, "-m", "orchestrator", "beat"], "beat: Starting"))
         if self.with_flower and _has_flower():
@@ -184,10 +183,8 @@ class Stack:
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _has_flower() -> bool:

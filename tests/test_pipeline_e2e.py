@@ -153,3 +153,88 @@ def test_permanent_errors_fail_at_once(
         assert done.attempts == 1
     finally:
         worker.stop()
+
+
+def test_job_whose_task_was_never_sent_is_sent_again(
+    orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    from orchestrator.jobs import validate_submission
+
+    # A producer that died between writing the job and sending its task.
+    sub = validate_submission(1000, input="orphan", budget="low")
+    job, created = orch.store.create_job(sub)
+    assert created and orch.store.unsent(0) == [job.id]
+    worker = celery_worker({**env, "RESEND_AFTER_SECONDS": "1"}, tmp_path / "w.log").start()
+    try:
+        assert orch.wait(job.id, timeout=30).status == "completed"
+        assert orch.store.unsent(0) == []
+        assert emulator.ledger()["workers_created"] == 1
+    finally:
+        worker.stop()
+
+
+def test_fault_storm_all_jobs_finish_with_exact_ledger(
+    orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    emulator.configure(turn_seconds=0.6, events_per_turn=12)
+    emulator.faults(
+        rate_429=0.25, rate_500=0.1, rate_503=0.1, rate_cut_stream=0.3, rate_slow=0.05,
+        slow_seconds=0.3, rate_lost_response=0.1, retry_after_seconds=0.2, seed=21,
+    )  # fmt: skip
+    worker = celery_worker(env, tmp_path / "w.log").start()
+    try:
+        jobs = [orch.submit(f"storm {i}", budget="standard") for i in range(20)]
+        for job in jobs:
+            done = orch.wait(job.id, timeout=120)
+            assert done.status == "completed", (done.status, done.error)
+            assert_updates_exact(orch, job.id, 12)
+        requests = emulator.ledger()["requests_by_route"]
+        statuses = {s for by_status in requests.values() for s in by_status}
+        assert {"429", "500", "503"} <= {str(s) for s in statuses}, requests
+        assert emulator.ledger()["workers_created"] == 20
+        ledger_matches(orch, emulator)
+    finally:
+        worker.stop()
+
+
+def test_api_key_appears_nowhere_in_redis(
+    orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    import redis as redis_lib
+
+    key = env["WORKERS_API_KEY"]
+    # Leave messages on the broker too: submit with no worker running first.
+    queued = [orch.submit(f"secret audit {i}", tags={"tenant": "audit"}) for i in range(3)]
+    r = redis_lib.Redis.from_url(env["REDIS_URL"])
+
+    def scan_all() -> int:
+        hits = 0
+        for name in r.scan_iter(count=1000):
+            kind = r.type(name).decode()
+            if kind == "string":
+                values = [r.get(name) or b""]
+            elif kind == "hash":
+                values = [k + b"=" + v for k, v in r.hgetall(name).items()]
+            elif kind == "list":
+                values = r.lrange(name, 0, -1)
+            elif kind == "set":
+                values = list(r.smembers(name))
+            elif kind == "zset":
+                values = [m for m, _ in r.zrange(name, 0, -1, withscores=True)]
+            elif kind == "stream":
+                values = [str(f).encode() for _, f in r.xrange(name)]
+            else:
+                values = []
+            hits += sum(key.encode() in v for v in [name, *values])
+        return hits
+
+    assert r.llen("api") >= 3  # the task messages are there to be scanned
+    assert scan_all() == 0
+    worker = celery_worker(env, tmp_path / "w.log").start()
+    try:
+        for job in queued:
+            assert orch.wait(job.id, timeout=60).status == "completed"
+    finally:
+        worker.stop()
+    assert scan_all() == 0
+    assert key not in (tmp_path / "w.log").read_text()

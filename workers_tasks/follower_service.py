@@ -5,6 +5,7 @@ ready and stopped when it shuts down."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -27,7 +28,12 @@ async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
     settings = runtime.get_settings()
     assert settings.redis_url is not None
     r = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-    client = AsyncWorkersClient.from_settings(settings)
+    # Small connection pools (see AsyncWorkersClient): about 50 streams each.
+    client = AsyncWorkersClient.from_settings(
+        settings,
+        max_connections=settings.follower_capacity + 50,
+        pool_shards=max(1, settings.follower_capacity // 50),
+    )
     loop = asyncio.get_running_loop()
 
     async def finished(job_id: str) -> None:
@@ -48,11 +54,31 @@ async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
     _state["follower"] = follower
     ready.set()
     log.info("stream follower %s started (capacity %d)", follower.owner, follower.capacity)
+    housekeeping = asyncio.create_task(_housekeeping(stop))
     try:
         await follower.run(stop)
     finally:
+        housekeeping.cancel()
         await client.aclose()
         await r.aclose()
+
+
+async def _housekeeping(stop: asyncio.Event) -> None:
+    """Periodic repairs that need no beat: re-send jobs a dead producer left unsent."""
+    from orchestrator import pipeline
+
+    loop = asyncio.get_running_loop()
+    after = runtime.get_settings().resend_after_seconds
+    every = min(15.0, after / 2)
+    while not stop.is_set():
+        try:
+            await loop.run_in_executor(
+                None, lambda: pipeline.resend_unsent(app, runtime.get_runtime(), after)
+            )
+        except Exception as exc:  # keep going: Redis may be briefly away
+            log.warning("housekeeping failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
 
 
 def start() -> None:

@@ -107,15 +107,5 @@ def fetch_file(self: Task, job_id: str, name: str) -> dict[str, Any]:
 
 @app.task(name="workers.sweep")
 def sweep(older_than_seconds: float = 30.0) -> int:
-    """Re-send jobs whose first task was never known sent (a producer died between
-    writing the job and sending it). Safe: start_turn is idempotent."""
-    rt = get_runtime()
-    resent = 0
-    for job_id in rt.store.unsent(int(older_than_seconds * 1000)):
-        job = rt.store.get_job(job_id)
-        if job is None or job.status != "queued":
-            rt.store.mark_sent(job_id)
-            continue
-        pipeline.dispatch(app, rt, job)
-        resent += 1
-    return resent
+    """Re-send jobs whose first task was never known sent (see ``pipeline.resend_unsent``)."""
+    return pipeline.resend_unsent(app, get_runtime(), older_than_seconds)

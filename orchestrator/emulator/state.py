@@ -325,7 +325,9 @@ class EmulatorState:
 
 def _emit(worker: WorkerRecord, event: dict[str, Any], ledger: Ledger) -> None:
     index = len(worker.updates)
-    data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    # "at" (epoch ms) lets a client measure its relay lag; clients treat it as opaque.
+    stamped = {**event, "at": round(time.time() * 1000, 1)}
+    data = json.dumps(stamped, separators=(",", ":"), ensure_ascii=False)
     worker.updates.append(f"id: {index}\ndata: {data}\n\n".encode())
     ledger.events_emitted += 1
 

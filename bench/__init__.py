@@ -1,0 +1,1 @@
+"""Benchmarks: each scenario runs its baseline in the same run and reports a ratio."""
