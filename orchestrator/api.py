@@ -228,7 +228,8 @@ class Orchestrator:
 
     def email(self, worker_or_job: str) -> str:
         """The worker's email address (asked of the API)."""
-        return self.rt.client.retrieve_email(self._worker_id(worker_or_job))
+        worker_id = self._worker_id(worker_or_job)  # validate before building a client
+        return self.rt.client.retrieve_email(worker_id)
 
     def costs(
         self, by: str = "day", *, since: date | None = None, until: date | None = None

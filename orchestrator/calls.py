@@ -23,7 +23,7 @@ from .models import (
     CreateSchedule,
     CreateWorker,
     WorkerSchedule,
-    error_field,
+    input_error,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -47,8 +47,7 @@ def validate(model: type[M], data: Mapping[str, Any]) -> M:
     try:
         return model.model_validate(dict(data))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InputError(error_field(first["loc"]), first["msg"]) from None
+        raise input_error(exc) from None
 
 
 def _segment(name: str, value: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InputError
-from .models import Budget, error_field
+from .models import Budget, input_error
 
 JobKind = Literal["create", "continue"]
 JobStatus = Literal["queued", "submitted", "running", "completed", "failed", "cancelled"]
@@ -95,8 +95,7 @@ def validate_submission(max_input_chars: int, **fields: Any) -> Submission:
     try:
         sub = Submission.model_validate(fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InputError(error_field(first["loc"]), first["msg"]) from None
+        raise input_error(exc) from None
     if len(sub.input) > max_input_chars:
         raise InputError("input", f"is {len(sub.input)} characters; the limit is {max_input_chars}")
     if sub.kind == "continue" and sub.worker_id is None:

@@ -22,8 +22,11 @@ from pydantic import (
     Field,
     PlainSerializer,
     TypeAdapter,
+    ValidationError,
 )
 from pydantic.alias_generators import to_camel
+
+from .errors import InputError
 
 Budget = Literal["low", "standard", "high", "unlimited"]
 BUDGETS: tuple[Budget, ...] = ("low", "standard", "high", "unlimited")
@@ -260,6 +263,17 @@ class ScheduleCancel(WireModel):
 # --- validation helpers -----------------------------------------------------------
 
 _UNION_TAGS = frozenset({"scheduled", "delayed", "cron", "interval"})
+
+
+def input_error(exc: ValidationError) -> InputError:
+    """The first problem of a validation error, as an InputError naming the field."""
+    first = exc.errors()[0]
+    return InputError(error_field(first["loc"]), error_message(first["msg"]))
+
+
+def error_message(msg: str) -> str:
+    """pydantic's message without its ``Value error, `` prefix."""
+    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
 def error_field(loc: tuple[int | str, ...]) -> str:

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
+from .models import error_message
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -104,7 +105,7 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         variable = str(first["loc"][0]).upper() if first["loc"] else "settings"
         # Never echo the rejected value: it may be a secret.
-        raise ConfigError(variable, first["msg"]) from None
+        raise ConfigError(variable, error_message(first["msg"])) from None
 
 
 @lru_cache(maxsize=1)

@@ -268,7 +268,7 @@ class RedisStore:
             raise InputError("by", f"must be one of {', '.join(LEDGER_DIMENSIONS)}")
         if by == "day" and (since or until):
             start = since or until or date.today()
-            end = until or date.today()
+            end = until or max(start, date.today())
             if end < start:
                 raise InputError("until", "is before since")
             if (end - start).days > 3660:

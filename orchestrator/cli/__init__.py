@@ -11,6 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+
 from ..errors import ConfigError, InputError, OrchestratorError
 from . import jobs, ops, schedules, serve, stack
 
@@ -54,6 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except TimeoutError as exc:
         print(f"timeout: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (RedisError, OperationalError) as exc:
+        # Never a traceback for an unreachable Redis or broker; and never the URL,
+        # which may carry a password.
+        print(f"error: REDIS_URL: cannot reach Redis ({type(exc).__name__})", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,384 @@
+"""Job commands: submit, continue, status, tail, files, email, costs.
+
+Every command prints for people by default and takes ``--json`` for scripts. Input is
+checked (by the :class:`~orchestrator.api.Orchestrator` facade, or here for what only
+the command line has) before anything is written or enqueued; a rejection is one
+``error: <field>: <message>`` line on stderr and exit status 2 (see ``cli.main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import redis
+from kombu.exceptions import OperationalError
+
+from ..api import Orchestrator
+from ..errors import InputError, OrchestratorError
+from ..jobs import Job, parse_tag
+from ..keys import LEDGER_DIMENSIONS
+from ..ledger import total_cost_micro
+from ..models import BUDGETS
+from ..money import format_usd
+from ..settings import load_settings
+
+Command = Callable[[argparse.Namespace], int]
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add the job commands to the ``orchestrator`` parser's sub-commands."""
+    submit = sub.add_parser("submit", help="start a new worker with INPUT")
+    submit.add_argument("input", metavar="INPUT", help="the task text; '-' reads stdin")
+    _submission_options(submit)
+    submit.set_defaults(func=_guarded(run_submit))
+
+    cont = sub.add_parser("continue", help="add a turn to a worker (by worker or job id)")
+    cont.add_argument("worker_or_job", metavar="WORKER_OR_JOB")
+    cont.add_argument("input", metavar="INPUT", help="the task text; '-' reads stdin")
+    _submission_options(cont)
+    cont.set_defaults(func=_guarded(run_continue))
+
+    status = sub.add_parser("status", help="show a job")
+    status.add_argument("job_id", metavar="JOB_ID")
+    status.add_argument("--history", action="store_true", help="also list status changes")
+    _json_option(status)
+    status.set_defaults(func=_guarded(run_status))
+
+    tail = sub.add_parser("tail", help="print a job's updates live until its turn ends")
+    tail.add_argument("job_id", metavar="JOB_ID")
+    tail.add_argument("--after", type=int, default=None, help="only updates after index N")
+    tail.add_argument("--no-follow", action="store_true", help="print what is stored, exit")
+    tail.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+    _json_option(tail, "one {index, data} object per line")
+    tail.set_defaults(func=_guarded(run_tail))
+
+    files = sub.add_parser("files", help="list a job's fetched files, or download one")
+    files.add_argument("job_id", metavar="JOB_ID")
+    files.add_argument("--download", metavar="NAME", help="download this published file now")
+    files.add_argument("--to", metavar="PATH", type=Path, help="where --download writes")
+    _json_option(files)
+    files.set_defaults(func=_guarded(run_files))
+
+    email = sub.add_parser("email", help="show a worker's email address")
+    email.add_argument("worker_or_job", metavar="WORKER_OR_JOB")
+    _json_option(email)
+    email.set_defaults(func=_guarded(run_email))
+
+    costs = sub.add_parser("costs", help="the cost ledger, grouped by one dimension")
+    costs.add_argument("--by", choices=LEDGER_DIMENSIONS, default="day")
+    costs.add_argument("--since", metavar="YYYY-MM-DD", help="first day (with --by day)")
+    costs.add_argument("--until", metavar="YYYY-MM-DD", help="last day (with --by day)")
+    _json_option(costs, "print the report as returned by Orchestrator.costs")
+    costs.set_defaults(func=_guarded(run_costs))
+
+
+def _json_option(parser: argparse.ArgumentParser, text: str = "print JSON") -> None:
+    parser.add_argument("--json", action="store_true", help=text)
+
+
+def _submission_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--budget", choices=BUDGETS, default="standard")
+    parser.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    parser.add_argument("--idempotency-key", metavar="K", help="same key, same job")
+    parser.add_argument("--fetch-files", action="store_true", help="fetch published files")
+    parser.add_argument("--wait", action="store_true", help="wait until the job ends")
+    parser.add_argument("--tail", action="store_true", help="print updates until the turn ends")
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds for --wait/--tail (default 600)"
+    )
+    _json_option(parser, "print the job as JSON (after updates, one per line, with --tail)")
+
+
+def _guarded(command: Command) -> Command:
+    """Turn an unreachable Redis or a closed stdout into one line, not a traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+            raise OrchestratorError(f"REDIS_URL: cannot reach Redis ({exc})") from None
+        except BrokenPipeError:
+            # The reader went away (``| head``): stop quietly, and keep Python's
+            # final flush of stdout from complaining too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+
+    return run
+
+
+# --- submit and continue ---------------------------------------------------------
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    """Start a new worker; see :func:`_enqueue`."""
+    return _enqueue(args, None)
+
+
+def run_continue(args: argparse.Namespace) -> int:
+    """Add a turn to a worker named by its id or a job's; see :func:`_enqueue`."""
+    return _enqueue(args, args.worker_or_job)
+
+
+def _enqueue(args: argparse.Namespace, worker_or_job: str | None) -> int:
+    """Enqueue the job, print it, then optionally tail its updates and wait for it.
+
+    Exit status 1 when ``--wait`` or ``--tail`` sees the job fail or be cancelled.
+    """
+    if args.timeout <= 0:
+        raise InputError("timeout", "must be a positive number of seconds")
+    tags: dict[str, str] = {}
+    for text in args.tag:
+        key, value = parse_tag(text)
+        if key in tags:
+            raise InputError("tags", f"key {key!r} is given twice")
+        tags[key] = value
+    text = sys.stdin.read() if args.input == "-" else args.input
+    options: dict[str, Any] = {
+        "budget": args.budget,
+        "tags": tags,
+        "idempotency_key": args.idempotency_key,
+        "fetch_files": args.fetch_files,
+    }
+    with Orchestrator(load_settings()) as orch:
+        if worker_or_job is not None:
+            job = orch.continue_(worker_or_job, text, **options)
+        else:
+            job = orch.submit(text, **options)
+        if not args.json:
+            print(f"{job.id}  {job.status}", flush=True)
+        try:
+            if args.tail:
+                _print_updates(orch.updates(job.id, timeout=args.timeout), as_json=args.json)
+            if args.wait or args.tail:
+                job = orch.wait(job.id, timeout=args.timeout)
+                if not args.json:
+                    _print_outcome(orch, job)
+        except TimeoutError:
+            if args.json:  # a script still learns the job id and where it stands
+                _print_job(orch.get(job.id), one_line=args.tail)
+            raise
+        if args.json:
+            _print_job(job, one_line=args.tail)
+    return 1 if job.status in ("failed", "cancelled") else 0
+
+
+def _print_job(job: Job, *, one_line: bool) -> None:
+    dumped = job.model_dump(mode="json")
+    print(json.dumps(dumped) if one_line else json.dumps(dumped, indent=2))
+
+
+def _print_outcome(orch: Orchestrator, job: Job) -> None:
+    """The final status line, then the error or the worker's output text."""
+    print(f"{job.id}  {job.status}")
+    if job.error:
+        print(f"error     {job.error}")
+    worker = orch.worker(job.id)
+    if job.status == "completed" and worker is not None and worker.output_text:
+        print(worker.output_text)
+
+
+# --- watching --------------------------------------------------------------------
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Show one job's fields (and with ``--history`` its status changes)."""
+    with Orchestrator(load_settings()) as orch:
+        job = orch.get(args.job_id)
+        history = orch.history(job.id) if args.history else None
+    if args.json:
+        dumped = job.model_dump(mode="json")
+        if history is not None:
+            dumped["history"] = history
+        print(json.dumps(dumped, indent=2))
+        return 0
+    tags = " ".join(f"{k}={v}" for k, v in sorted(job.tags.items()))
+    if job.update_from is not None:
+        end = "" if job.update_to is None else str(job.update_to - 1)
+        updates = f"{job.update_from}..{end}"
+    else:
+        updates = "-"
+    fields = [
+        ("id", job.id),
+        ("kind", job.kind),
+        ("status", job.status),
+        ("budget", job.budget),
+        ("tags", tags or "-"),
+        ("worker", job.worker_id or "-"),
+        ("attempts", str(job.attempts)),
+        ("created", _when(job.created_at)),
+        ("updates", updates),
+        ("input", job.short_input(60)),
+    ]
+    if job.schedule_id:
+        fields.append(("schedule", job.schedule_id))
+    if job.cost_known is False:
+        fields.append(("costs", "unknown so far"))
+    if job.error:
+        fields.append(("error", job.error))
+    for name, value in fields:
+        print(f"{name:<10}{value}")
+    if history is not None:
+        print("history")
+        for entry in history:
+            detail = f"  {entry['detail']}" if entry["detail"] else ""
+            print(f"  {_when(entry['at'])}  {entry['status']}{detail}")
+    return 0
+
+
+def run_tail(args: argparse.Namespace) -> int:
+    """Print a job's updates as they arrive, until its turn ends."""
+    if args.after is not None and args.after < 0:
+        raise InputError("after", "must be an update index (0 or more)")
+    if args.timeout <= 0:
+        raise InputError("timeout", "must be a positive number of seconds")
+    with Orchestrator(load_settings()) as orch:
+        updates = orch.updates(
+            args.job_id, after=args.after, block=not args.no_follow, timeout=args.timeout
+        )
+        _print_updates(updates, as_json=args.json)
+    return 0
+
+
+def _print_updates(updates: Iterable[tuple[int, Any]], *, as_json: bool) -> None:
+    for index, data in updates:
+        if as_json:
+            print(json.dumps({"index": index, "data": data}), flush=True)
+        else:
+            print(f"{index}\t{json.dumps(data, separators=(',', ':'))}", flush=True)
+
+
+# --- results ---------------------------------------------------------------------
+
+
+def run_files(args: argparse.Namespace) -> int:
+    """List the files fetched for a job, or download one published file now."""
+    if (args.download is None) != (args.to is None):
+        field = "to" if args.to is None else "download"
+        raise InputError(field, "--download NAME and --to PATH go together")
+    with Orchestrator(load_settings()) as orch:
+        if args.download is not None:
+            dest: Path = args.to
+            if dest.is_dir():
+                dest = dest / PurePosixPath(args.download).name
+            got = orch.download(args.job_id, args.download, dest)
+            if args.json:
+                print(json.dumps(got, indent=2))
+            else:
+                print(f"saved {args.download} to {got['path']} ({got['size']} bytes)")
+                print(f"sha256 {got['sha256']}")
+            return 0
+        files = orch.files(args.job_id)
+    if args.json:
+        print(json.dumps(files, indent=2))
+    elif not files:
+        print("no files fetched")
+    else:
+        rows = [
+            [name, str(info.get("size", "-")), info.get("sha256", "-"), _file_place(info)]
+            for name, info in files.items()
+        ]
+        _print_table(["name", "size", "sha256", "path"], rows, right=(1,))
+    return 0
+
+
+def _file_place(info: dict[str, Any]) -> str:
+    if "refused" in info:
+        return f"refused: {info['refused']}"
+    if "error" in info:
+        return f"error: {info['error']}"
+    return str(info.get("path", "-"))
+
+
+def run_email(args: argparse.Namespace) -> int:
+    """Print the worker's email address (asked of the upstream API)."""
+    with Orchestrator(load_settings()) as orch:
+        address = orch.email(args.worker_or_job)
+    print(json.dumps({"email": address}) if args.json else address)
+    return 0
+
+
+def run_costs(args: argparse.Namespace) -> int:
+    """The ledger by a dimension: turns, USD and tokens per key, and the total."""
+    since = _day("since", args.since)
+    until = _day("until", args.until)
+    if args.by != "day" and (since or until):
+        raise InputError("since" if since else "until", "only filters --by day")
+    with Orchestrator(load_settings()) as orch:
+        report = orch.costs(args.by, since=since, until=until)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    rows = [_cost_cells(row["key"], row) for row in report["rows"]]
+    label = "total (all time)" if since or until else "total"
+    if not rows:
+        rows.append(["(no turns)", "", "", ""])
+    _print_table(
+        [args.by, "turns", "usd", "tokens"],
+        rows,
+        right=(1, 2, 3),
+        footer=_cost_cells(label, report["total"]),
+    )
+    return 0
+
+
+def _cost_cells(key: str, row: dict[str, Any]) -> list[str]:
+    return [key, str(row["turns"]), format_usd(total_cost_micro(row)), str(row["total_tokens"])]
+
+
+def _day(field: str, text: str | None) -> date | None:
+    if text is None:
+        return None
+    if _DATE.match(text):
+        try:
+            return date.fromisoformat(text)
+        except ValueError:  # e.g. 2026-02-30
+            pass
+    raise InputError(field, f"{text!r} is not a date YYYY-MM-DD")
+
+
+# --- output ----------------------------------------------------------------------
+
+
+def _when(epoch_ms: int) -> str:
+    """Epoch milliseconds as a UTC ISO time, e.g. ``2026-01-31T12:00:00.000Z``."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _print_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    right: tuple[int, ...] = (),
+    footer: Sequence[str] | None = None,
+) -> None:
+    """Columns padded to their widest cell; ``right`` lists right-aligned columns."""
+    every = [headers, *rows, *([footer] if footer else [])]
+    widths = [max(len(line[i]) for line in every) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(padded).rstrip()
+
+    print(line(headers))
+    for row in rows:
+        print(line(row))
+    if footer:
+        print(line(["-" * w for w in widths]))
+        print(line(footer))

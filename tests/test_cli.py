@@ -1,0 +1,556 @@
+"""The job commands of the ``orchestrator`` CLI against a real Redis, without workers.
+
+With no Celery worker running, a submitted job stays queued and its task stays on the
+broker: the Redis list ``api``. Each test gets its own key prefix and its own Redis
+database (so that list is its own too), and checks what a command wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from orchestrator.cli import main
+from orchestrator.client import WorkersClient
+from orchestrator.jobs import Job, Submission
+from orchestrator.ledger import MONEY_FIELDS, REPORT_FIELDS
+from orchestrator.models import Costs, Usage, Worker
+from orchestrator.redis_server import free_port
+from orchestrator.settings import load_settings
+from orchestrator.store import RedisStore
+
+from .conftest import Emulator
+
+ROOT = Path(__file__).resolve().parents[1]
+_databases = itertools.count()
+
+
+@dataclass
+class Env:
+    url: str
+    prefix: str
+    r: Any
+    store: RedisStore
+
+    def depth(self) -> int:
+        """Messages waiting on the broker's ``api`` queue."""
+        return int(self.r.llen("api"))
+
+    def job_ids(self) -> list[str]:
+        return list(self.r.zrange(f"{self.prefix}:jobs", 0, -1))
+
+    def our_keys(self) -> list[str]:
+        return list(self.r.scan_iter(f"{self.prefix}:*"))
+
+
+@pytest.fixture
+def env(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Env]:
+    """REDIS_URL on a database of its own (1-15), KEY_PREFIX fresh, cwd without .env."""
+    db = 1 + next(_databases) % 15
+    url = re.sub(r"(/[0-9]+)?$", f"/{db}", redis_url, count=1)
+    monkeypatch.setenv("REDIS_URL", url)
+    monkeypatch.setenv("KEY_PREFIX", key_prefix)
+    monkeypatch.setenv("MAX_INPUT_CHARS", "1000")
+    # An upstream that is configured but never reached (the emulator test sets its own).
+    monkeypatch.setenv("WORKERS_API_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("WORKERS_API_KEY", "sk-cli-unused")
+    monkeypatch.chdir(tmp_path)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    yield Env(url, key_prefix, client, RedisStore(client, key_prefix))
+    client.close()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``orchestrator ARGV`` in-process: (exit status, stdout, stderr)."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse's own usage errors and --help
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def queued_job(env: Env, **fields: Any) -> Job:
+    job, created = env.store.create_job(Submission(input="a task", **fields))
+    assert created
+    return job
+
+
+def worker(worker_id: str, usd: tuple[str, str, str, str], tokens: int) -> Worker:
+    """A finished worker whose cumulative costs are ``usd`` (internal, model, sandbox, tool)."""
+    costs = Costs(
+        internal_cost_usd=Decimal(usd[0]),
+        model_cost_usd=Decimal(usd[1]),
+        sandbox_cost_usd=Decimal(usd[2]),
+        tool_cost_usd=Decimal(usd[3]),
+    )
+    usage = Usage(
+        cache_read_tokens=0,
+        cache_write_tokens=0,
+        cost_usd=sum((Decimal(x) for x in usd), Decimal(0)),
+        input_tokens=tokens - tokens // 4,
+        output_tokens=tokens // 4,
+        reasoning_tokens=0,
+        steps=1,
+        total_tokens=tokens,
+    )
+    return Worker(id=worker_id, status="completed", costs=costs, usage=usage)
+
+
+def day_ms(day: str) -> int:
+    """Noon UTC of ``day`` in epoch ms (the ledger's days are UTC days)."""
+    return int(datetime.fromisoformat(day + "T12:00:00+00:00").timestamp() * 1000)
+
+
+# --- bad input -------------------------------------------------------------------
+
+BAD_INPUT = [
+    (["submit", ""], "error: input:"),
+    (["submit", "  \n "], "error: input:"),
+    (["submit", "x" * 1001], "error: input:"),
+    (["submit", "bell \x07 inside"], "error: input:"),
+    (["submit", "ok", "--budget", "huge"], "error: argument --budget"),
+    (["submit", "ok", "--tag", "tenant"], "error: tags:"),
+    (["submit", "ok", "--tag", "Bad Key=x"], "error: tags:"),
+    (["submit", "ok", "--tag", "tenant=has space"], "error: tags:"),
+    (["submit", "ok", "--tag", "a=1", "--tag", "a=2"], "error: tags:"),
+    (["submit", "ok", "--idempotency-key", "has space"], "error: idempotency_key:"),
+    (["submit", "ok", "--wait", "--timeout", "0"], "error: timeout:"),
+    (["continue", "job_nope", "more"], "error: job_id:"),
+    (["continue", "wrk/../x", "more"], "error: worker_id:"),
+    (["continue", "wrk_1", ""], "error: input:"),
+    (["status", "job_nope"], "error: job_id:"),
+    (["status", "not-a-job", "--history"], "error: job_id:"),
+    (["tail", "job_nope", "--no-follow"], "error: job_id:"),
+    (["tail", "job_nope", "--after", "-2"], "error: after:"),
+    (["files", "job_nope"], "error: job_id:"),
+    (["files", "job_nope", "--download", "a.txt"], "error: to:"),
+    (["email", ""], "error: worker_id:"),
+    (["email", "job_nope"], "error: job_id:"),
+    (["costs", "--by", "month"], "error: argument --by"),
+    (["costs", "--since", "2026-1-5"], "error: since:"),
+    (["costs", "--until", "yesterday"], "error: until:"),
+    (["costs", "--until", "2026-02-30"], "error: until:"),
+    (["costs", "--since", "2026-02-01", "--until", "2026-01-01"], "error: until:"),
+    (["costs", "--by", "tag", "--since", "2026-01-01"], "error: since:"),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), BAD_INPUT, ids=lambda v: repr(v)[:40])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(
+    env: Env, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    depth = env.depth()
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert expected in err, err
+    assert "Traceback" not in err + out
+    assert env.job_ids() == [] and env.our_keys() == []
+    assert env.depth() == depth
+
+
+def test_empty_stdin_is_refused(
+    env: Env, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    depth = env.depth()
+    code, _, err = run(capsys, "submit", "-")
+    assert code == 2 and err.startswith("error: input:")
+    assert env.job_ids() == [] and env.depth() == depth
+
+
+def test_help_needs_no_redis(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    for command in ("submit", "continue", "status", "tail", "files", "email", "costs"):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0 and "--json" in out, command
+
+
+# --- submit, continue, status ----------------------------------------------------
+
+
+def test_submit_json_is_the_queued_job_and_one_message(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    depth = env.depth()
+    code, out, err = run(
+        capsys, "submit", "hello", "--budget", "low", "--tag", "tenant=acme", "--json"
+    )
+    assert code == 0, err
+    job = json.loads(out)
+    assert job["status"] == "queued" and job["kind"] == "create"
+    assert job["budget"] == "low" and job["tags"] == {"tenant": "acme"}
+    assert env.job_ids() == [job["id"]]
+    assert env.depth() == depth + 1
+
+    code, out, _ = run(capsys, "status", job["id"], "--json")
+    assert code == 0 and json.loads(out) == job
+
+
+def test_submit_prints_the_id_reads_stdin_and_honours_the_idempotency_key(
+    env: Env, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    depth = env.depth()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("from stdin"))
+    code, out, _ = run(capsys, "submit", "-", "--idempotency-key", "order-42")
+    assert code == 0
+    job_id, status = out.split()
+    assert job_id.startswith("job_") and status == "queued"
+    stored = env.store.get_job(job_id)
+    assert stored is not None and stored.input == "from stdin"
+
+    code, out, _ = run(capsys, "submit", "again", "--idempotency-key", "order-42")
+    assert code == 0 and out.split()[0] == job_id
+    assert env.job_ids() == [job_id] and env.depth() == depth + 1
+
+
+def test_continue_a_worker_by_its_id_or_by_a_job_that_made_it(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = queued_job(env)
+    env.store.set_submitted(first, Worker(id="wrk_cli1"))
+    code, out, _ = run(capsys, "continue", first.id, "more", "--fetch-files", "--json")
+    assert code == 0
+    job = json.loads(out)
+    assert job["kind"] == "continue" and job["worker_id"] == "wrk_cli1"
+    assert job["fetch_files"] is True
+    code, out, _ = run(capsys, "continue", "wrk_cli1", "and more", "--json")
+    assert code == 0 and json.loads(out)["worker_id"] == "wrk_cli1"
+    assert len(env.job_ids()) == 3
+
+
+def test_status_history_lists_each_transition(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    job = queued_job(env, tags={"tenant": "acme"})
+    code, out, _ = run(capsys, "status", job.id, "--history")
+    assert code == 0
+    assert re.search(r"^status\s+queued$", out, re.M)
+    assert re.search(r"^tags\s+tenant=acme$", out, re.M)
+    assert re.search(r"^history\n  \d{4}-\d\d-\d\dT[0-9:.]+Z  queued$", out, re.M)
+
+    env.store.transition(job.id, "submitted")
+    env.store.transition(job.id, "failed", "upstream said no")
+    code, out, _ = run(capsys, "status", job.id, "--history", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["id"] == job.id and report["status"] == "failed"
+    assert [h["status"] for h in report["history"]] == ["queued", "submitted", "failed"]
+    assert report["history"][-1]["detail"] == "upstream said no"
+    code, out, _ = run(capsys, "status", job.id)
+    assert re.search(r"^error\s+upstream said no$", out, re.M) and "history" not in out
+
+
+def test_wait_that_times_out_leaves_the_job_queued(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    depth = env.depth()
+    code, out, err = run(capsys, "submit", "slow", "--wait", "--timeout", "0.3")
+    assert code == 1 and err.startswith("timeout:") and "Traceback" not in err
+    (job_id,) = env.job_ids()
+    assert out.split() == [job_id, "queued"]
+    assert env.depth() == depth + 1
+    # Scripts still get the job, as JSON, to look at later.
+    code, out, err = run(capsys, "submit", "slow", "--wait", "--timeout", "0.2", "--json")
+    assert code == 1 and err.startswith("timeout:")
+    assert json.loads(out)["status"] == "queued" and json.loads(out)["id"] in env.job_ids()
+
+
+def _play_turn(env: Env, outputs: list[str]) -> None:
+    """Stand in for the Celery side: take the first job through one turn."""
+    deadline = time.monotonic() + 10
+    while not env.job_ids() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    job = env.store.get_job(env.job_ids()[0])
+    assert job is not None
+    env.store.set_submitted(job, Worker(id="wrk_play", status="running"))
+    env.store.transition(job.id, "running")
+    for index, text in enumerate(outputs):
+        env.store.append_updates("wrk_play", index, [json.dumps({"text": text})])
+        time.sleep(0.05)
+    env.store.save_snapshot(Worker(id="wrk_play", status="completed", output_text="all done"))
+    env.r.hset(env.store.keys.job(job.id), "update_to", len(outputs))
+    env.store.transition(job.id, "completed")
+
+
+def test_submit_tail_prints_updates_live_then_the_finished_job(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    player = threading.Thread(target=_play_turn, args=(env, ["one", "two", "three"]))
+    player.start()
+    code, out, err = run(capsys, "submit", "go", "--tail", "--json", "--timeout", "10")
+    player.join()
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines[:3] == [
+        {"index": i, "data": {"text": t}} for i, t in enumerate(["one", "two", "three"])
+    ]
+    assert lines[3]["status"] == "completed" and lines[3]["worker_id"] == "wrk_play"
+    assert len(lines) == 4
+
+
+def test_submit_wait_prints_the_outcome_and_output(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    player = threading.Thread(target=_play_turn, args=(env, ["one"]))
+    player.start()
+    code, out, err = run(capsys, "submit", "go", "--wait", "--timeout", "10")
+    player.join()
+    assert code == 0, err
+    job_id = env.job_ids()[0]
+    assert out.splitlines() == [f"{job_id}  queued", f"{job_id}  completed", "all done"]
+
+
+# --- tail and files --------------------------------------------------------------
+
+
+def test_tail_prints_stored_updates_in_order(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    job = queued_job(env)
+    env.store.set_submitted(job, Worker(id="wrk_tail"))
+    payloads = [json.dumps({"n": i, "text": f"step {i}"}) for i in range(4)]
+    env.store.append_updates("wrk_tail", 0, payloads)
+
+    code, out, _ = run(capsys, "tail", job.id, "--no-follow")
+    assert code == 0
+    assert out.splitlines() == [f'{i}\t{{"n":{i},"text":"step {i}"}}' for i in range(4)]
+
+    code, out, _ = run(capsys, "tail", job.id, "--no-follow", "--after", "1", "--json")
+    assert [json.loads(line)["index"] for line in out.splitlines()] == [2, 3]
+
+    # Following ends by itself once the job is done and every update was printed.
+    env.r.hset(env.store.keys.job(job.id), "update_to", 4)
+    env.store.transition(job.id, "completed")
+    started = time.monotonic()
+    code, out, _ = run(capsys, "tail", job.id, "--json", "--timeout", "10")
+    assert code == 0 and time.monotonic() - started < 5
+    assert [json.loads(line)["data"]["n"] for line in out.splitlines()] == [0, 1, 2, 3]
+
+
+def test_files_lists_fetched_refused_and_failed_files(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = queued_job(env)
+    code, out, _ = run(capsys, "files", job.id)
+    assert code == 0 and out.strip() == "no files fetched"
+    sha = "ab" * 32
+    env.store.record_file(
+        job.id, "report.txt", {"path": "/f/report.txt", "size": 1234, "sha256": sha}
+    )
+    env.store.record_file(job.id, "../etc/passwd", {"refused": "escapes the files directory"})
+    env.store.record_file(job.id, "big.bin", {"error": "HTTP 404: not found"})
+
+    code, out, _ = run(capsys, "files", job.id)
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert lines["report.txt"].split() == ["report.txt", "1234", sha, "/f/report.txt"]
+    assert "refused: escapes the files directory" in lines["../etc/passwd"]
+    assert "error: HTTP 404: not found" in lines["big.bin"]
+
+    code, out, _ = run(capsys, "files", job.id, "--json")
+    assert json.loads(out)["report.txt"]["size"] == 1234
+
+
+def test_email_and_download_ask_the_upstream(
+    env: Env,
+    emulator: Emulator,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("WORKERS_API_URL", emulator.url)
+    monkeypatch.setenv("WORKERS_API_KEY", emulator.api_key)
+    with WorkersClient.from_settings(load_settings()) as client:
+        upstream = client.create("write a report")
+        deadline = time.monotonic() + 10
+        while upstream.running or not upstream.files:
+            assert time.monotonic() < deadline, "the emulator's turn never finished"
+            time.sleep(0.05)
+            upstream = client.retrieve(upstream.id)
+        expected_email = client.retrieve_email(upstream.id)
+    job = queued_job(env)
+    env.store.set_submitted(job, upstream)
+
+    code, out, _ = run(capsys, "email", job.id)
+    assert code == 0 and out.strip() == expected_email and "@" in expected_email
+    code, out, _ = run(capsys, "email", upstream.id, "--json")
+    assert json.loads(out) == {"email": expected_email}
+
+    name = upstream.files[0].filename or upstream.files[0].url.rsplit("/", 1)[-1]
+    code, out, err = run(
+        capsys, "files", job.id, "--download", name, "--to", str(tmp_path), "--json"
+    )
+    assert code == 0, err
+    got = json.loads(out)
+    saved = Path(got["path"])
+    assert saved.parent == tmp_path and saved.stat().st_size == got["size"] > 0
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == got["sha256"]
+
+    code, _, err = run(capsys, "files", job.id, "--download", "../x", "--to", str(tmp_path))
+    assert code == 2 and err.startswith("error: file_path:")
+
+
+# --- costs -----------------------------------------------------------------------
+
+
+def test_costs_json_of_an_empty_ledger_is_all_zero(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "costs", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["by"] == "day" and report["rows"] == []
+    assert set(report["total"]) == set(REPORT_FIELDS)
+    assert all(report["total"][f] == 0 and type(report["total"][f]) is int for f in REPORT_FIELDS)
+    code, out, _ = run(capsys, "costs")
+    assert out.splitlines()[-1].split() == ["total", "0", "$0.000000", "0"]
+
+
+@pytest.fixture
+def ledger(env: Env) -> Env:
+    """Three posted turns over two days, two tiers and two tags."""
+    a = queued_job(env, budget="low", tags={"tenant": "acme"})
+    b = queued_job(env, budget="high", tags={"tenant": "acme", "team": "ml"})
+    c = queued_job(env, budget="low")
+    posts = [
+        (a, worker("wrk_a", ("0.0001", "0.0012", "0.00003", "0.000004"), 1500), "2026-01-10"),
+        (b, worker("wrk_b", ("0.5", "1.25", "0", "0.000001"), 20000), "2026-01-11"),
+        (c, worker("wrk_c", ("0", "0.000002", "0", "0"), 10), "2026-01-11"),
+    ]
+    for job, snapshot, day in posts:
+        assert env.store.post_turn(job, snapshot, day_ms(day)) is not None
+    return env
+
+
+def table(out: str) -> dict[str, list[str]]:
+    """A printed table as key -> the row's other cells (``total`` from its footer)."""
+    rows = {}
+    for line in out.splitlines()[1:]:
+        if line.startswith("total"):
+            label, cells = line.rsplit(None, 3)[0], line.rsplit(None, 3)[1:]
+            rows[label] = cells
+        elif not line.startswith("-"):
+            key, *cells = line.split()
+            rows[key] = cells
+    return rows
+
+
+def test_costs_by_day_budget_and_tag(ledger: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    total = ["3", "$1.751337", "21510"]
+    code, out, _ = run(capsys, "costs", "--by", "day")
+    assert code == 0 and out.split()[:4] == ["day", "turns", "usd", "tokens"]
+    assert table(out) == {
+        "2026-01-10": ["1", "$0.001334", "1500"],
+        "2026-01-11": ["2", "$1.750003", "20010"],
+        "total": total,
+    }
+    code, out, _ = run(capsys, "costs", "--by", "budget")
+    assert table(out) == {
+        "high": ["1", "$1.750001", "20000"],
+        "low": ["2", "$0.001336", "1510"],
+        "total": total,
+    }
+    code, out, _ = run(capsys, "costs", "--by", "tag")
+    assert table(out) == {
+        "tenant=acme": ["2", "$1.751335", "21500"],
+        "team=ml": ["1", "$1.750001", "20000"],
+        "total": total,
+    }
+
+
+def test_costs_json_is_the_ledger_in_integer_micro_dollars(
+    ledger: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "costs", "--by", "tag", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["by"] == "tag"
+    assert [row["key"] for row in report["rows"]] == ["team=ml", "tenant=acme"]
+    total = report["total"]
+    assert {f: total[f] for f in MONEY_FIELDS} == {
+        "internal_cost_micro": 500_100,
+        "model_cost_micro": 1_251_202,
+        "sandbox_cost_micro": 30,
+        "tool_cost_micro": 5,
+        "usage_cost_micro": 1_751_337,
+    }
+    assert total["turns"] == 3 and total["total_tokens"] == 21510
+
+
+def test_costs_since_until_filters_days(ledger: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "costs", "--since", "2026-01-11", "--until", "2026-01-31")
+    assert code == 0
+    assert table(out) == {
+        "2026-01-11": ["2", "$1.750003", "20010"],
+        "total (all time)": ["3", "$1.751337", "21510"],
+    }
+    code, out, _ = run(capsys, "costs", "--until", "2026-01-10", "--since", "2026-01-01", "--json")
+    assert [row["key"] for row in json.loads(out)["rows"]] == ["2026-01-10"]
+
+
+# --- as a real process -----------------------------------------------------------
+
+
+def cli(
+    env: Env, *argv: str, stdin: str = "", redis_url: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m orchestrator ARGV`` as a child process with this test's settings."""
+    child_env = {
+        **os.environ,
+        "REDIS_URL": redis_url or env.url,
+        "KEY_PREFIX": env.prefix,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=60,
+    )
+
+
+def test_process_refuses_bad_input_with_one_line_and_no_traceback(env: Env) -> None:
+    depth = env.depth()
+    done = cli(env, "submit", "ok", "--tag", "Bad Key=x")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: tags:") and len(done.stderr.splitlines()) == 1
+    assert "Traceback" not in done.stderr + done.stdout and done.stdout == ""
+    done = cli(env, "submit", "-", stdin="   ")
+    assert done.returncode == 2 and done.stderr.startswith("error: input:")
+    assert "Traceback" not in done.stderr
+    assert env.our_keys() == [] and env.depth() == depth
+
+
+def test_process_submits_and_reports_unreachable_redis_in_one_line(env: Env) -> None:
+    depth = env.depth()
+    done = cli(env, "submit", "-", "--json", stdin="from a pipe")
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["input"] == "from a pipe" and env.job_ids() == [job["id"]]
+    assert env.depth() == depth + 1
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    done = cli(env, "status", job["id"], redis_url=dead)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: REDIS_URL: cannot reach Redis")
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
