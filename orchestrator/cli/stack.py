@@ -117,6 +117,8 @@ def demo(stack: Stack, *, jobs: int) -> None:
             cost = format_usd(row["usage_cost_micro"])
             print(f"  {row['key']:<16} {row['turns']:>5} {cost:>14} {row['total_tokens']:>9}")
         total = report["total"]
-        print(f"  {'total':<16} {total['turns']:>5} {format_usd(total['usage_cost_micro']):>14}"
-              f" {total['total_tokens']:>9}")
+        print(
+            f"  {'total':<16} {total['turns']:>5} {format_usd(total['usage_cost_micro']):>14}"
+            f" {total['total_tokens']:>9}"
+        )
     sys.stdout.flush()
