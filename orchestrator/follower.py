@@ -152,10 +152,25 @@ class Follower:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.poll_seconds)
         finally:
+            held = list(self.active)
             for task in self.active.values():
                 task.cancel()
             await asyncio.gather(*self.active.values(), return_exceptions=True)
             writer.cancel()
+            await self._hand_back(held)
+
+    async def _hand_back(self, job_ids: list[str]) -> None:
+        """On a clean stop, make our streams claimable at once instead of at lease end."""
+        if not job_ids:
+            return
+        try:
+            await self._renew(
+                keys=[self.keys.follows, self.keys.follow_owners], args=[0, self.owner, *job_ids]
+            )
+        except (aioredis.RedisError, OSError) as exc:
+            log.warning(
+                "could not hand back %d streams (their leases will lapse): %s", len(job_ids), exc
+            )
 
     async def _claim_more(self) -> None:
         room = self.capacity - len(self.active)

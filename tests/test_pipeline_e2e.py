@@ -238,3 +238,23 @@ def test_api_key_appears_nowhere_in_redis(
         worker.stop()
     assert scan_all() == 0
     assert key not in (tmp_path / "w.log").read_text()
+
+
+def test_clean_worker_stop_hands_streams_over_at_once(
+    orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    emulator.configure(turn_seconds=4.0, events_per_turn=20)
+    slow_lease = {**env, "FOLLOW_LEASE_SECONDS": "120"}
+    first = celery_worker(slow_lease, tmp_path / "w1.log", name="w1").start()
+    jobs = [orch.submit(f"handover {i}") for i in range(5)]
+    try:
+        wait_for(lambda: all(orch.get(j.id).status == "running" for j in jobs), 30, "running")
+    finally:
+        first.stop()  # warm shutdown: leases are handed back, not left to lapse (120 s)
+    second = celery_worker(slow_lease, tmp_path / "w2.log", name="w2").start()
+    try:
+        for job in jobs:
+            assert orch.wait(job.id, timeout=40).status == "completed"
+            assert_updates_exact(orch, job.id, 20)
+    finally:
+        second.stop()
