@@ -1,0 +1,337 @@
+"""Prometheus metrics: a collector that reads the Redis store on each scrape, and the
+process-local instruments that the clients, the follower and beat update as they work.
+
+Read from Redis at scrape time (:class:`StoreCollector`, served by ``orchestrator
+metrics``), so every exporter replica reports the same cluster-wide figures — aggregate
+them with ``max``, never ``sum``:
+
+- ``orchestrator_jobs{state}`` — jobs currently in each status (gauge);
+- ``orchestrator_queue_depth{queue}`` — messages waiting on the broker (gauge);
+- ``orchestrator_queue_unacked{queue}`` — messages a worker took and has not acked yet,
+  i.e. running or prefetched (gauge); ``depth + unacked`` is the load to scale on;
+- ``orchestrator_streams_followed`` — update streams to follow, claimed or not (gauge);
+- ``orchestrator_cost_usd_total`` and ``orchestrator_cost_micro_usd_total`` — money
+  (counters), one sample per ``budget``, one per ``tag`` (``key=value``) and one with
+  neither label for the overall total. Select a dimension (``{budget!=""}``) before
+  summing: the three sets overlap, and a job with two tags counts under both;
+- ``orchestrator_tokens_total`` and ``orchestrator_turns_total`` — per ``budget`` and
+  overall (counters);
+- ``orchestrator_store_up`` (1 if Redis answered the scrape) and
+  ``orchestrator_scrape_duration_seconds``.
+
+Process-local, in the default registry (each process exports its own, if it serves them):
+:data:`UPSTREAM_LATENCY`, :data:`UPSTREAM_RETRIES` (both fed by :func:`record_attempt`,
+the clients' ``on_attempt`` hook), :data:`EVENTS_RELAYED`, :data:`SCHEDULE_RUNS` and
+:data:`SCHEDULE_LATENESS`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .ledger import total_cost_micro
+from .money import MICRO_PER_USD
+
+if TYPE_CHECKING:
+    from .store import RedisStore
+
+# The broker queues (as in :mod:`orchestrator.celery`, which this module does not import
+# so that a client can use :func:`record_attempt` without loading Celery).
+QUEUES = ("api", "streams")
+
+__all__ = [
+    "EVENTS_RELAYED",
+    "SCHEDULE_LATENESS",
+    "SCHEDULE_RUNS",
+    "UPSTREAM_LATENCY",
+    "UPSTREAM_RETRIES",
+    "StoreCollector",
+    "StoreSnapshot",
+    "queue_keys",
+    "read_snapshot",
+    "record_attempt",
+    "retry_reason",
+    "serve",
+    "store_registry",
+]
+
+log = logging.getLogger(__name__)
+
+# --- process-local instruments ----------------------------------------------------
+
+UPSTREAM_LATENCY = Histogram(
+    "orchestrator_upstream_request_duration_seconds",
+    "Duration of each attempt of a call to the Workers API, by call and HTTP status "
+    "(status 0: no answer).",
+    ["call", "status"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0),
+)
+UPSTREAM_RETRIES = Counter(
+    "orchestrator_upstream_retries_total",
+    "Attempts of a Workers API call that failed in a way the retry policy retries, by reason.",
+    ["call", "reason"],
+)
+EVENTS_RELAYED = Counter(
+    "orchestrator_stream_events_relayed_total",
+    "Update-stream events stored (each once) by this process.",
+)
+SCHEDULE_RUNS = Counter(
+    "orchestrator_schedule_runs_total",
+    "Schedule slots handled by this process, by outcome.",
+    ["outcome"],
+)
+SCHEDULE_LATENESS = Histogram(
+    "orchestrator_schedule_lateness_seconds",
+    "How long after its due time a schedule slot was fired.",
+    buckets=(0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0),
+)
+
+
+def retry_reason(status: int) -> str | None:
+    """Why an attempt with this outcome is retried, or None if it is not retryable.
+
+    Mirrors :meth:`orchestrator.retry.RetryPolicy.should_retry_status` without headers
+    (an ``x-should-retry`` override is not visible to the hook).
+    """
+    if status == 0:
+        return "connection"
+    if status == 408:
+        return "timeout"
+    if status == 409:
+        return "conflict"
+    if status == 429:
+        return "rate_limited"
+    if status >= 500:
+        return "server_error"
+    return None
+
+
+def record_attempt(call: str, status: int, seconds: float) -> None:
+    """The clients' ``on_attempt`` hook: observe one attempt's latency, count a retry.
+
+    ``status`` is the HTTP status, or 0 when no answer came (connection error, timeout).
+    A retryable failure is counted in :data:`UPSTREAM_RETRIES` whether or not the
+    client has retries left, so the counter measures how often the upstream misbehaves.
+    Pass it as ``WorkersClient(..., on_attempt=record_attempt)``.
+    """
+    UPSTREAM_LATENCY.labels(call=call, status=str(status)).observe(max(seconds, 0.0))
+    reason = retry_reason(status)
+    if reason is not None:
+        UPSTREAM_RETRIES.labels(call=call, reason=reason).inc()
+
+
+# --- figures read from Redis ------------------------------------------------------
+
+# kombu's Redis transport keeps a queue as a list named after it, plus one list per
+# non-zero priority step ("<queue>\x06\x16<step>"), and every message taken but not yet
+# acknowledged in the hash "unacked" as JSON [message, exchange, routing_key].
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITY_STEPS = (3, 6, 9)
+UNACKED_KEY = "unacked"
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The broker lists that together hold a queue's waiting messages."""
+    return [queue, *(f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS)]
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """Everything one scrape reports, read from Redis (money in integer micro-dollars)."""
+
+    jobs: dict[str, int]
+    queue_depth: dict[str, int]
+    queue_unacked: dict[str, int]
+    streams_followed: int
+    by_budget: list[dict[str, Any]]
+    by_tag: list[dict[str, Any]]
+    total: dict[str, int]
+    tags_dropped: int = 0
+
+
+def read_snapshot(
+    store: RedisStore,
+    *,
+    broker: Any = None,
+    queues: Sequence[str] = QUEUES,
+    unacked_key: str = UNACKED_KEY,
+    max_tags: int = 1000,
+) -> StoreSnapshot:
+    """Read the figures: one pipeline (LLEN of each queue list, HVALS of the unacked hash,
+    which holds at most a prefetch per worker slot) and the store's few HGETALLs.
+    Raises :class:`redis.RedisError` when Redis does not answer.
+
+    ``broker`` is the broker's Redis client (default: the store's; they share REDIS_URL).
+    ``max_tags`` bounds the series: beyond it only the costliest tags are kept.
+    """
+    client = store.r if broker is None else broker
+    with client.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            for key in queue_keys(queue):
+                pipe.llen(key)
+        pipe.hvals(unacked_key)
+        replies = pipe.execute()
+    per_queue = len(_PRIORITY_STEPS) + 1
+    depth = {
+        queue: sum(int(n) for n in replies[i * per_queue : (i + 1) * per_queue])
+        for i, queue in enumerate(queues)
+    }
+    unacked = dict.fromkeys(queues, 0)
+    for raw in replies[-1]:
+        routing_key = _routing_key(raw)
+        if routing_key in unacked:
+            unacked[routing_key] += 1
+    budgets = store.costs(by="budget")
+    tags = store.costs(by="tag")["rows"]
+    tags.sort(key=lambda row: (-total_cost_micro(row), row["key"]))
+    return StoreSnapshot(
+        jobs=store.job_states(),
+        queue_depth=depth,
+        queue_unacked=unacked,
+        streams_followed=store.following(),
+        by_budget=budgets["rows"],
+        by_tag=tags[:max_tags],
+        total=budgets["total"],
+        tags_dropped=max(len(tags) - max_tags, 0),
+    )
+
+
+def _routing_key(raw: str | bytes) -> str | None:
+    try:
+        entry = json.loads(raw)
+        return str(entry[2])
+    except (ValueError, TypeError, IndexError, KeyError):
+        return None
+
+
+def _counter(name: str, doc: str) -> Metric:
+    return Metric(name, doc, "counter")
+
+
+def families(snap: StoreSnapshot) -> list[Metric]:
+    """The metric families of one snapshot (pure: no I/O)."""
+    jobs = GaugeMetricFamily("orchestrator_jobs", "Jobs currently in each state.", labels=["state"])
+    for state, count in snap.jobs.items():
+        jobs.add_metric([state], count)
+    depth = GaugeMetricFamily(
+        "orchestrator_queue_depth", "Messages waiting on a broker queue.", labels=["queue"]
+    )
+    for queue, count in snap.queue_depth.items():
+        depth.add_metric([queue], count)
+    unacked = GaugeMetricFamily(
+        "orchestrator_queue_unacked",
+        "Messages of a queue taken by a worker and not yet acknowledged (running or prefetched).",
+        labels=["queue"],
+    )
+    for queue, count in snap.queue_unacked.items():
+        unacked.add_metric([queue], count)
+    followed = GaugeMetricFamily(
+        "orchestrator_streams_followed",
+        "Update streams registered for following (claimed by a follower or waiting).",
+        value=snap.streams_followed,
+    )
+    usd = _counter("orchestrator_cost_usd", "Money spent upstream, in USD.")
+    micro = _counter("orchestrator_cost_micro_usd", "Money spent upstream, in micro-dollars.")
+    tokens = _counter("orchestrator_tokens", "Tokens used upstream (total_tokens).")
+    turns = _counter("orchestrator_turns", "Turns whose cost was posted to the ledger.")
+    labelled: list[tuple[dict[str, str], dict[str, Any]]] = [({}, snap.total)]
+    labelled += [({"budget": row["key"]}, row) for row in snap.by_budget]
+    for labels, row in labelled:
+        money = total_cost_micro(row)
+        usd.add_sample("orchestrator_cost_usd_total", labels, money / MICRO_PER_USD)
+        micro.add_sample("orchestrator_cost_micro_usd_total", labels, money)
+        tokens.add_sample("orchestrator_tokens_total", labels, row["total_tokens"])
+        turns.add_sample("orchestrator_turns_total", labels, row["turns"])
+    for row in snap.by_tag:
+        money = total_cost_micro(row)
+        usd.add_sample("orchestrator_cost_usd_total", {"tag": row["key"]}, money / MICRO_PER_USD)
+        micro.add_sample("orchestrator_cost_micro_usd_total", {"tag": row["key"]}, money)
+    dropped = GaugeMetricFamily(
+        "orchestrator_metrics_tags_dropped",
+        "Tags left out of the cost series to bound their number (the cheapest ones).",
+        value=snap.tags_dropped,
+    )
+    return [jobs, depth, unacked, followed, usd, micro, tokens, turns, dropped]
+
+
+class StoreCollector(Collector):
+    """Reads the store on each scrape. If Redis does not answer, only
+    ``orchestrator_store_up 0`` and the scrape duration are reported (never an error page).
+
+    Register it on a registry of its own (see :func:`store_registry`)."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        *,
+        broker: Any = None,
+        queues: Sequence[str] = QUEUES,
+        unacked_key: str = UNACKED_KEY,
+        max_tags: int = 1000,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.queues = tuple(queues)
+        self.unacked_key = unacked_key
+        self.max_tags = max_tags
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only, so registering the collector does not read Redis.
+        empty = StoreSnapshot({}, {}, {}, 0, [], [], dict.fromkeys(("turns", "total_tokens"), 0))
+        return [*families(empty), *self._health(1, 0.0)]
+
+    def collect(self) -> Iterable[Metric]:
+        started = time.perf_counter()
+        try:
+            snap = read_snapshot(
+                self.store,
+                broker=self.broker,
+                queues=self.queues,
+                unacked_key=self.unacked_key,
+                max_tags=self.max_tags,
+            )
+        except (redis.RedisError, OSError) as exc:
+            log.warning("metrics: Redis did not answer: %s", type(exc).__name__)
+            return self._health(0, time.perf_counter() - started)
+        return [*families(snap), *self._health(1, time.perf_counter() - started)]
+
+    @staticmethod
+    def _health(up: int, seconds: float) -> list[Metric]:
+        return [
+            GaugeMetricFamily(
+                "orchestrator_store_up", "1 if Redis answered this scrape, else 0.", value=up
+            ),
+            GaugeMetricFamily(
+                "orchestrator_scrape_duration_seconds",
+                "Time spent reading Redis for this scrape.",
+                value=seconds,
+            ),
+        ]
+
+
+def store_registry(store: RedisStore, **options: Any) -> CollectorRegistry:
+    """A fresh registry holding a :class:`StoreCollector` (options are passed to it)."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(StoreCollector(store, **options))
+    return registry
+
+
+def serve(store: RedisStore, address: str, port: int) -> tuple[str, int]:
+    """Serve the store's metrics over HTTP in a daemon thread; returns the bound address.
+
+    Every path answers with the metrics (``/metrics`` by convention). Port 0 picks a free
+    port. The caller keeps the process alive.
+    """
+    server, _thread = start_http_server(port, addr=address, registry=store_registry(store))
+    host, bound = server.server_address[:2]
+    return str(host), int(bound)

@@ -1,0 +1,431 @@
+"""The deployment files, checked offline: docker-compose.yml, .env.example, the
+Dockerfile, deploy/redis.conf (run by a real redis-server when one >= 7 is here) and the
+Kubernetes manifests. Every `orchestrator` command they run must parse with the real
+CLI, every variable they set must be a setting (or a known non-setting), and no secret
+value may be committed."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.cli import build_parser
+from orchestrator.redis_server import find_redis_server, free_port
+from orchestrator.settings import Settings
+
+yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the deployment files")
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+REDIS_CONF = ROOT / "deploy" / "redis.conf"
+K8S = ROOT / "deploy" / "k8s"
+SERVICES = {"redis", "emulator", "worker-api", "worker-streams", "beat", "flower", "metrics"}
+
+SETTINGS = {name.upper() for name in Settings.model_fields}
+# Variables read by something other than Settings, or by compose/docker/Kubernetes.
+NOT_SETTINGS = {
+    "REDIS_PASSWORD",  # compose: redis --requirepass and REDIS_URL
+    "FLOWER_BASIC_AUTH",  # built by `orchestrator flower` from FLOWER_USER/PASSWORD
+    "FLOWER_COOKIE_SECRET",  # read by Flower itself
+    "EMULATOR_API_KEY",  # `orchestrator emulator`
+    "COMPOSE_PROFILES",  # docker compose
+    "ORCHESTRATOR_IMAGE",  # docker-compose.yml
+    "POD_NAME",  # Kubernetes downward API, for the Celery node name
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONUNBUFFERED",
+    "PIP_NO_CACHE_DIR",
+    "PIP_DISABLE_PIP_VERSION_CHECK",
+    "PYTHON_IMAGE",  # Dockerfile ARG
+}
+SECRET_NAMES = re.compile(r"(PASSWORD|API_KEY|SECRET|TOKEN)$|^REDIS_URL$")
+# Commands other work registers; listed so this test holds while that lands.
+PENDING_COMMANDS = {"beat"}
+
+
+def manifests() -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                yield path, doc
+
+
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def cli_commands() -> set[str]:
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    raise AssertionError("the CLI has no subcommands")
+
+
+def orchestrator_argvs() -> list[tuple[str, list[str]]]:
+    """Every argv (after `orchestrator`) that the deployment files run."""
+    found: list[tuple[str, list[str]]] = []
+    for name, svc in compose()["services"].items():
+        if svc.get("image", "").startswith("redis:"):
+            continue
+        found.append((f"compose {name}", [str(a) for a in svc["command"]]))
+        test = svc["healthcheck"]["test"]
+        if test[1] == "orchestrator":
+            found.append((f"compose {name} healthcheck", test[2:]))
+    for path, doc in manifests():
+        if doc["kind"] != "Deployment":
+            continue
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            where = f"{path.name} {container['name']}"
+            found.append((where, container["args"]))
+            for probe in ("livenessProbe", "readinessProbe"):
+                command = container.get(probe, {}).get("exec", {}).get("command", [])
+                if command[:1] == ["orchestrator"]:
+                    found.append((f"{where} {probe}", command[1:]))
+    return found
+
+
+# --- docker-compose.yml -------------------------------------------------------------
+
+
+def test_compose_services_and_policies() -> None:
+    data = compose()
+    services = data["services"]
+    assert set(services) == SERVICES
+    assert set(data["volumes"]) >= {"redis-data"}
+    for name, svc in services.items():
+        assert svc.get("restart") == "unless-stopped", name
+        assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        if name != "redis":
+            assert svc["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}, name
+            assert svc["env_file"] == ".env", name
+            assert svc["environment"]["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD")
+            assert svc["environment"]["REDIS_URL"].endswith("@redis:6379/0")
+    assert services["emulator"]["profiles"] == ["emulator"]
+    for name in SERVICES - {"redis", "emulator"}:
+        # The emulator is optional: nothing fails when its profile is off.
+        dep = services[name]["depends_on"]
+        assert dep["redis"]["condition"] == "service_healthy"
+        assert dep["emulator"]["required"] is False
+    for name in ("flower", "metrics"):
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
+    assert not any("ports" in services[n] for n in SERVICES - {"flower", "metrics"})
+    cmd = {n: services[n]["command"] for n in ("worker-api", "worker-streams")}
+    api = ["worker", "--queues", "api", "--pool", "prefork", "--concurrency", "4"]
+    assert cmd["worker-api"] == api
+    assert cmd["worker-streams"][:5] == ["worker", "--queues", "streams", "--pool", "threads"]
+    assert services["flower"]["command"][:3] == ["flower", "--address", "0.0.0.0"]
+
+
+def test_compose_redis_is_durable_and_password_protected() -> None:
+    redis = compose()["services"]["redis"]
+    assert redis["image"] == "redis:7-alpine"
+    script = " ".join(redis["command"])
+    assert "redis-server /usr/local/etc/redis/redis.conf -" in script
+    assert "requirepass $$REDIS_PASSWORD" in script  # from the container's env, on stdin
+    assert redis["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    assert "./deploy/redis.conf:/usr/local/etc/redis/redis.conf:ro" in redis["volumes"]
+    assert any(v.startswith("redis-data:") for v in redis["volumes"])
+    health = " ".join(redis["healthcheck"]["test"])
+    assert "redis-cli ping" in health and "REDISCLI_AUTH" in health
+
+
+def test_docker_compose_config_validates(tmp_path: Path) -> None:
+    docker = shutil.which("docker")
+    probe = docker and subprocess.run([docker, "compose", "version"], capture_output=True)
+    if not probe or probe.returncode != 0:
+        pytest.skip("no `docker compose` client here (PyYAML checks above still ran)")
+    # A copy with .env made from .env.example, so the real .env is never needed here.
+    shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
+    shutil.copy(ENV_EXAMPLE, tmp_path / ".env")
+    for profile in ([], ["--profile", "emulator"]):
+        result = subprocess.run(
+            [docker, "compose", *profile, "config", "-q"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+# --- commands and variables -----------------------------------------------------------
+
+
+def test_every_orchestrator_command_used_parses_with_the_cli() -> None:
+    known = cli_commands()
+    parser = build_parser()
+    argvs = orchestrator_argvs()
+    assert len(argvs) >= 15
+    used = {argv[0] for _, argv in argvs}
+    assert used >= {"emulator", "worker", "beat", "flower", "metrics", "health"}
+    for where, argv in argvs:
+        command = argv[0]
+        assert command in known | PENDING_COMMANDS, f"{where}: no command {command!r}"
+        if command in known:
+            try:
+                parser.parse_args(argv)
+            except SystemExit:
+                pytest.fail(f"{where}: `orchestrator {' '.join(argv)}` does not parse")
+    entrypoint = [ln for ln in DOCKERFILE.read_text().splitlines() if ln.startswith("ENTRYPOINT")]
+    assert entrypoint == ['ENTRYPOINT ["orchestrator"]']
+
+
+def compose_variables() -> set[str]:
+    text = COMPOSE.read_text()
+    names = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", text))
+    names |= set(re.findall(r"\$\$([A-Z_][A-Z0-9_]*)", text))
+    for svc in compose()["services"].values():
+        names |= set(svc.get("environment", {}))
+    return names
+
+
+def env_example() -> dict[str, str]:
+    """NAME -> value of every line `NAME=value` or `# NAME=value` in .env.example."""
+    pairs = re.findall(r"^#?\s*([A-Z_][A-Z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), re.M)
+    return dict(pairs)
+
+
+def manifest_variables() -> set[str]:
+    names: set[str] = set()
+    for _, doc in manifests():
+        if doc["kind"] == "ConfigMap":
+            names |= set(doc["data"])
+        elif doc["kind"] == "Secret":
+            names |= set(doc.get("stringData", {})) | set(doc.get("data", {}))
+        elif doc["kind"] == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                names |= {e["name"] for e in container.get("env", [])}
+    return names
+
+
+def dockerfile_variables() -> set[str]:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    names = set(re.findall(r"^ARG\s+([A-Z_][A-Z0-9_]*)", text, re.M))
+    for line in re.findall(r"^ENV\s+(.*)$", text, re.M):
+        names |= set(re.findall(r"([A-Z_][A-Z0-9_]*)=", line))
+    return names
+
+
+def env_example_variables() -> set[str]:
+    return set(env_example())
+
+
+@pytest.mark.parametrize(
+    "source",
+    [compose_variables, env_example_variables, manifest_variables, dockerfile_variables],
+)
+def test_every_variable_is_a_setting_or_a_known_other(source: Any) -> None:
+    names = source()
+    assert names, "found no variables"
+    unknown = sorted(names - SETTINGS - NOT_SETTINGS)
+    assert not unknown, f"not settings: {unknown}"
+
+
+def test_env_example_lists_every_setting() -> None:
+    missing = sorted(SETTINGS - set(env_example()))
+    assert not missing, f".env.example lacks {missing}"
+
+
+def test_kubernetes_config_covers_what_the_workers_need() -> None:
+    names = manifest_variables()
+    assert {"REDIS_URL", "WORKERS_API_URL", "WORKERS_API_KEY", "FLOWER_PASSWORD"} <= names
+    for _, doc in manifests():
+        if doc["kind"] == "ConfigMap":
+            secret = sorted(n for n in doc["data"] if SECRET_NAMES.search(n))
+            assert not secret, f"secrets belong in the Secret, not the ConfigMap: {secret}"
+
+
+# --- no committed secrets -------------------------------------------------------------
+
+
+def test_no_secret_values_are_committed() -> None:
+    secrets = [doc for _, doc in manifests() if doc["kind"] == "Secret"]
+    assert secrets, "expected the Secret template"
+    for doc in secrets:
+        assert "data" not in doc, "base64 data could hide a real value: use stringData"
+        for name, value in doc["stringData"].items():
+            assert "PLACEHOLDER" in value, f"Secret {name} is not a placeholder"
+    for name, value in env_example().items():
+        if SECRET_NAMES.search(name):
+            assert "change-me" in value, f".env.example {name} is not a placeholder"
+    assert not (ROOT / ".env").exists() or ".env" in (ROOT / ".gitignore").read_text().split()
+    text = DOCKERFILE.read_text()
+    baked = re.findall(r"^(?:ENV|ARG)\s+.*(PASSWORD|API_KEY|SECRET|TOKEN|REDIS_URL)", text, re.M)
+    assert not baked, f"Dockerfile bakes in {baked}"
+    compose_text = COMPOSE.read_text()
+    assert not re.search(r"(PASSWORD|API_KEY|SECRET)\s*[:=]\s*[\"']?[A-Za-z0-9]", compose_text)
+
+
+# --- Dockerfile -------------------------------------------------------------------------
+
+
+def test_dockerfile_runs_as_non_root_from_slim_python() -> None:
+    lines = [ln.strip() for ln in DOCKERFILE.read_text().splitlines()]
+    users = [ln.split(None, 1)[1] for ln in lines if ln.startswith("USER ")]
+    assert users, "no USER: the image would run as root"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), f"runs as {users[-1]}"
+    assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in lines
+    assert any(ln.startswith("RUN pip wheel") and ln.endswith(" .") for ln in lines)
+    ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
+    rules = [ln for ln in ignore if ln.strip() and not ln.startswith("#")]
+    assert rules[0] == "*"  # the context holds only what is listed after it: no .env
+    assert ".env" not in "".join(rules)
+
+
+# --- deploy/redis.conf --------------------------------------------------------------------
+
+
+def redis_conf() -> dict[str, str]:
+    pairs = {}
+    for line in REDIS_CONF.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            pairs[key] = value
+    return pairs
+
+
+REDIS_CHOICES = {
+    "appendonly": "yes",
+    "appendfsync": "everysec",
+    "maxmemory-policy": "noeviction",
+    "protected-mode": "yes",
+    "no-appendfsync-on-rewrite": "no",
+}
+
+
+def test_redis_conf_choices() -> None:
+    conf = redis_conf()
+    assert {k: conf.get(k) for k in REDIS_CHOICES} == REDIS_CHOICES
+    assert "requirepass" not in conf
+
+
+def test_redis_conf_runs_on_a_real_server(tmp_path: Path) -> None:
+    try:
+        binary = find_redis_server()
+    except Exception:
+        pytest.skip("no redis-server here")
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    major = re.search(r"v=(\d+)\.", version)
+    if not major or int(major.group(1)) < 7:
+        pytest.skip(f"the conf targets redis:7; this is {version.strip()}")
+    conf = REDIS_CONF.read_text().replace("dir /data", f"dir {tmp_path}")
+    (tmp_path / "redis.conf").write_text(conf)
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, str(tmp_path / "redis.conf"), "--port", str(port), "--bind", "127.0.0.1", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b"requirepass s3cret-test\n")
+    proc.stdin.close()
+    import redis
+
+    try:
+        client = redis.Redis(port=port, password="s3cret-test", decode_responses=True)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None, "redis-server refused deploy/redis.conf"
+                time.sleep(0.05)
+        assert {k: client.config_get(k)[k] for k in REDIS_CHOICES} == REDIS_CHOICES
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# --- Kubernetes -------------------------------------------------------------------------
+
+
+def test_every_manifest_is_a_named_kubernetes_object() -> None:
+    kinds: dict[str, set[str]] = {}
+    for path, doc in manifests():
+        assert doc.get("apiVersion") and doc.get("kind"), path.name
+        assert doc.get("metadata", {}).get("name"), f"{path.name}: no metadata.name"
+        if doc["kind"] not in ("Namespace", "Kustomization"):
+            assert doc["metadata"].get("namespace") == "orchestrator", path.name
+        kinds.setdefault(doc["kind"], set()).add(doc["metadata"]["name"])
+    assert kinds["Deployment"] == {"worker-api", "worker-streams", "beat", "flower", "metrics"}
+    assert kinds["Service"] == {"flower", "metrics"}
+    assert kinds["HorizontalPodAutoscaler"] >= {"worker-api"}
+    assert {"Namespace", "ConfigMap", "Secret"} <= set(kinds)
+
+
+def test_kubernetes_workloads() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in manifests()}
+    for name in ("worker-api", "worker-streams", "beat", "flower", "metrics"):
+        pod = docs[("Deployment", name)]["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for c in pod["containers"]:
+            assert c["resources"]["requests"] and c["resources"]["limits"], name
+            assert c.get("livenessProbe") and c.get("readinessProbe"), name
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False
+            refs = {next(iter(ref.values()))["name"] for ref in c["envFrom"]}
+            assert refs == {"orchestrator-config", "orchestrator-secrets"}, name
+    for name in ("worker-api", "worker-streams"):
+        probe = docs[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]
+        liveness = " ".join(probe["livenessProbe"]["exec"]["command"])
+        assert 'inspect ping -d "celery@$POD_NAME"' in liveness
+        assert "celery@$(POD_NAME)" in probe["args"]
+    assert docs[("Deployment", "beat")]["spec"]["replicas"] == 2
+    assert docs[("Service", "flower")]["spec"]["type"] == "ClusterIP"
+    annotations = docs[("Service", "metrics")]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "9808"
+    hpa = docs[("HorizontalPodAutoscaler", "worker-api")]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "worker-api"
+    external = hpa["metrics"][0]
+    assert external["type"] == "External"
+    assert external["external"]["metric"]["selector"]["matchLabels"] == {"queue": "api"}
+    kustomization = docs[("Kustomization", "orchestrator")]
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk - {"secret.template.yaml"}  # the real Secret is made apart
+
+
+def test_adapter_rules_define_the_hpa_metrics() -> None:
+    values = yaml.safe_load((ROOT / "deploy" / "prometheus" / "adapter-values.yaml").read_text())
+    names = {
+        rule["name"].get("as") or rule["name"]["matches"].strip("^$")
+        for rule in values["rules"]["external"]
+    }
+    wanted = {
+        m["external"]["metric"]["name"]
+        for _, doc in manifests()
+        if doc["kind"] == "HorizontalPodAutoscaler"
+        for m in doc["spec"]["metrics"]
+    }
+    assert wanted <= names
+    exported = (ROOT / "orchestrator" / "metrics.py").read_text()
+    for rule in values["rules"]["external"]:
+        for series in re.findall(r"orchestrator_[a-z_]+", rule["metricsQuery"]):
+            assert f'"{series}"' in exported, f"{series} is not exported"
+
+
+def test_operations_doc_names_every_metric() -> None:
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    exported = set(
+        re.findall(r'"(orchestrator_[a-z_]+)"', (ROOT / "orchestrator" / "metrics.py").read_text())
+    )
+    missing = sorted(name for name in exported if name not in doc)
+    assert not missing, f"docs/operations.md does not mention {missing}"
