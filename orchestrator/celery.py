@@ -27,6 +27,7 @@ TASK_ROUTES = {
     "workers.fetch_file": API_QUEUE,
     "workers.run_schedule": API_QUEUE,
     "workers.sweep": API_QUEUE,
+    # workers.heartbeat is sent to each worker's own direct queue, never routed here.
     "workers.follow": STREAMS_QUEUE,
 }
 
@@ -66,6 +67,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Flower: workers send task events, producers send task-sent.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
+        # Each worker also consumes its own direct queue: the heartbeat task is sent
+        # there, so a fresh heartbeat proves that this very worker still takes tasks.
+        "worker_direct": True,
         "task_queues": [Queue(name) for name in QUEUES],  # type: ignore[no-untyped-call]
         "task_default_queue": API_QUEUE,
         "task_routes": TASK_ROUTES,

@@ -30,6 +30,7 @@ from . import scripts
 from .aclient import AsyncWorkersClient
 from .errors import APIConnectionError, APIStatusError, StreamError
 from .keys import Keys
+from .metrics import EVENTS_RELAYED
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,7 @@ class Follower:
                         continue  # a reconnect replays from 0: stored already
                     self.writer.add(worker_id, update.index, json.dumps(update.data))
                     self.events_relayed += 1
+                    EVENTS_RELAYED.inc()
                     if not marked_running:
                         marked_running = True
                         await self._mark(job_id, "running")

@@ -24,7 +24,9 @@ class Runtime:
     def client(self) -> WorkersClient:
         """The upstream client (built on first use: only tasks that call out need it)."""
         if self._client is None:
-            self._client = WorkersClient.from_settings(self.settings)
+            from .metrics import record_attempt
+
+            self._client = WorkersClient.from_settings(self.settings, on_attempt=record_attempt)
         return self._client
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ from orchestrator.aclient import AsyncWorkersClient
 from orchestrator.celery import STREAMS_QUEUE, app
 from orchestrator.follower import Follower
 from orchestrator.keys import Keys
+from orchestrator.metrics import record_attempt
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
         settings,
         max_connections=settings.follower_capacity + 50,
         pool_shards=max(1, settings.follower_capacity // 50),
+        on_attempt=record_attempt,
     )
     loop = asyncio.get_running_loop()
 

@@ -16,7 +16,7 @@ from orchestrator.errors import APIError, APIStatusError, InputError
 from orchestrator.runtime import get_runtime
 from orchestrator.store import RedisStore
 
-from . import follower_service  # noqa: F401  (connects the worker signals)
+from . import follower_service, heartbeat  # noqa: F401  (connect the worker signals)
 
 log = logging.getLogger(__name__)
 
