@@ -105,3 +105,27 @@ class Keys:
     # --- operations ---
     def heartbeat(self, name: str) -> str:
         return f"{self.prefix}:heartbeat:{name}"
+
+    # --- schedules: beat and runs (see docs/schedules.md) ---
+    def schedule_slots(self, schedule_id: str) -> str:
+        """Sorted set: the slots (ms) of the schedule's recorded runs, for order and trim."""
+        return f"{self.prefix}:schedule:{schedule_id}:slots"
+
+    @property
+    def schedules_pending(self) -> str:
+        """Sorted set: ``<schedule id>|<slot ms>`` claimed by a beat, not yet known sent."""
+        return f"{self.prefix}:schedules:pending"
+
+    @property
+    def schedules_buffered(self) -> str:
+        """Sorted set: schedule id -> the one slot (ms) waiting for its previous run."""
+        return f"{self.prefix}:schedules:buffered"
+
+    def worker_schedules(self, worker_id: str) -> str:
+        """Set: ids of the schedules that run the worker."""
+        return f"{self.prefix}:worker:{worker_id}:schedules"
+
+    @property
+    def schedules_upstream(self) -> str:
+        """Hash: imported upstream schedule id -> our schedule id."""
+        return f"{self.prefix}:schedules:upstream"

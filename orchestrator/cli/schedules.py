@@ -1,7 +1,259 @@
-"""Schedule commands (placeholder until written)."""
+"""Schedule commands (``orchestrator schedules ...``) and the beat (``orchestrator beat``)."""
 
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from collections.abc import Callable
 from typing import Any
+
+import redis
+from kombu.exceptions import OperationalError
+
+from ..errors import InputError, OrchestratorError
+from ..models import BUDGETS
+
+SCHEDULER = "orchestrator.beat:RedisScheduler"
+Command = Callable[[argparse.Namespace], int]
+
+
+def _guarded(command: Command) -> Command:
+    """An unreachable Redis or broker is one line, not a traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+            raise OrchestratorError(f"REDIS_URL: cannot reach Redis ({exc})") from None
+
+    return run
 
 
 def register(sub: Any) -> None:
-    return None
+    sched = sub.add_parser("schedules", help="recurring and one-shot runs of a worker")
+    ssub = sched.add_subparsers(dest="schedules_command", metavar="ACTION")
+    ssub.required = True
+
+    create = ssub.add_parser("create", help="create a schedule (prints it with its next run)")
+    create.add_argument(
+        "worker", nargs="?", default=None,
+        help="worker id or job id (none: the first run creates a worker)",
+    )  # fmt: skip
+    create.add_argument("--input", required=True, help="the input each run sends")
+    kind = create.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--cron", help="5-field cron expression (see --tz)")
+    kind.add_argument("--every", type=int, metavar="SECONDS", help="interval in seconds")
+    kind.add_argument("--at", metavar="ISO", help="once, at this date-time (with zone)")
+    kind.add_argument("--in", dest="delay", type=int, metavar="SECONDS", help="once, from now")
+    create.add_argument("--tz", default="UTC", help="IANA time zone of --cron (default UTC)")
+    create.add_argument("--budget", choices=BUDGETS, default="standard")
+    create.add_argument("--catch-up", choices=("skip", "once"), default="skip")
+    create.add_argument("--overlap", choices=("skip", "buffer"), default="skip")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(func=_guarded(cmd_create))
+
+    lst = ssub.add_parser("list", help="a worker's schedules, or all with their next runs")
+    lst.add_argument("worker", nargs="?", default=None)
+    lst.add_argument("--all", action="store_true", help="include done and cancelled ones")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=_guarded(cmd_list))
+
+    show = ssub.add_parser("show", help="one schedule: next 10 runs, counts, cost")
+    show.add_argument("schedule_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_guarded(cmd_show))
+
+    for name, text in (
+        ("pause", "stop running until resumed"),
+        ("resume", "run again from the next slot"),
+        ("cancel", "stop for good (history stays)"),
+        ("trigger", "run now"),
+    ):
+        p = ssub.add_parser(name, help=text)
+        p.add_argument("schedule_id")
+        p.set_defaults(func=_guarded(cmd_action), action=name)
+
+    hist = ssub.add_parser("history", help="a schedule's runs, newest first")
+    hist.add_argument("schedule_id")
+    hist.add_argument("--limit", type=int, default=20)
+    hist.add_argument("--json", action="store_true")
+    hist.set_defaults(func=_guarded(cmd_history))
+
+    imp = ssub.add_parser("import", help="copy a worker's upstream schedules into ours")
+    imp.add_argument("worker")
+    imp.add_argument("--cancel-upstream", action="store_true", help="cancel the upstream copies")
+    imp.set_defaults(func=_guarded(cmd_import))
+
+    beat = sub.add_parser("beat", help="run the beat scheduler (any number may run at once)")
+    beat.add_argument("--loglevel", default="INFO")
+    beat.add_argument("--max-interval", type=float, default=1.0, help="longest sleep (s)")
+    beat.add_argument("--batch", type=int, default=500, help="due slots per Redis call")
+    beat.add_argument(
+        "--resend-after", type=float, default=10.0,
+        help="seconds after which a claimed but unsent run is sent by another beat",
+    )  # fmt: skip
+    beat.add_argument(
+        "--misfire-grace", type=float, default=5.0,
+        help="seconds late a recurring slot may be and still run (later: missed)",
+    )  # fmt: skip
+    beat.set_defaults(func=_guarded(run_beat))
+
+
+def _orch() -> Any:
+    from ..api import Orchestrator
+
+    return Orchestrator()
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    if args.cron is not None:
+        when: dict[str, Any] = {"type": "cron", "cron": args.cron}
+    elif args.every is not None:
+        when = {"type": "interval", "interval_seconds": args.every}
+    elif args.at is not None:
+        when = {"type": "scheduled", "date": args.at}
+    else:
+        when = {"type": "delayed", "delay_in_seconds": args.delay}
+    with _orch() as orch:
+        made = orch.schedules.create(
+            args.worker,
+            args.input,
+            when,
+            budget=args.budget,
+            timezone=args.tz,
+            catch_up=args.catch_up,
+            overlap=args.overlap,
+        )
+    if args.json:
+        _print_json(made.to_wire())
+    else:
+        print(f"{made.id}  {made.type}  next run {made.to_wire()['nextRunAt']}")
+    return 0
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _orch() as orch:
+        if args.worker:
+            listing = orch.schedules.list(args.worker)
+            if args.json:
+                _print_json(listing.to_wire())
+                return 0
+            rows = [s.to_wire() for s in listing.schedules]
+            print(f"worker {listing.worker_id}: {len(rows)} schedule(s)")
+            _table(rows, ("id", "type", "nextRunAt", "budget", "input"))
+            return 0
+        found = orch.schedules.list_all(include_finished=args.all)
+    if args.json:
+        _print_json(found)
+    else:
+        _table(found, ("id", "status", "when", "next_run_at", "runs", "missed", "skipped"))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _orch() as orch:
+        info = orch.schedules.describe(args.schedule_id)
+    if args.json:
+        _print_json(info)
+        return 0
+    for key in ("id", "status", "when", "worker_id", "budget", "timezone", "catch_up", "overlap"):
+        print(f"{key:>12}: {info[key] if info[key] is not None else '-'}")
+    counts = info["counts"]
+    print(f"{'runs':>12}: {counts['runs']} done, {counts['missed']} missed, "
+          f"{counts['skipped']} skipped")  # fmt: skip
+    print(f"{'cost':>12}: {info['cost']['total_cost_micro'] / 1e6:.6f} USD over "
+          f"{info['cost']['turns']} turn(s)")  # fmt: skip
+    print(f"{'next runs':>12}:")
+    for at in info["next_runs"]:
+        print(f"{'':>14}{at}")
+    return 0
+
+
+def cmd_action(args: argparse.Namespace) -> int:
+    with _orch() as orch:
+        api = orch.schedules
+        if args.action == "cancel":
+            print(json.dumps(api.cancel(args.schedule_id).to_wire()))
+        elif args.action == "trigger":
+            slot = api.trigger(args.schedule_id)
+            print(f"{args.schedule_id}: run sent for slot {slot}")
+        elif args.action == "pause":
+            print(f"{args.schedule_id}: {'paused' if api.pause(args.schedule_id) else 'unchanged'}")
+        else:
+            done = api.resume(args.schedule_id)
+            print(f"{args.schedule_id}: {'resumed' if done else 'unchanged'}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise InputError("limit", "must be at least 1")
+    with _orch() as orch:
+        runs = orch.schedules.history(args.schedule_id, args.limit)
+    if args.json:
+        _print_json(runs)
+    else:
+        _table(runs, ("slot", "fired_at", "status", "job_id", "job_status", "cost_micro"))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    with _orch() as orch:
+        result = orch.schedules.import_upstream(args.worker, cancel_upstream=args.cancel_upstream)
+    for s in result["imported"]:
+        print(f"imported {s.id}  {s.type}  next run {s.to_wire()['nextRunAt']}")
+    for up in result["already"]:
+        print(f"already imported upstream {up}")
+    for up in result["cancelled_upstream"]:
+        print(f"cancelled upstream {up}")
+    return 0
+
+
+def run_beat(args: argparse.Namespace) -> int:
+    """Run ``celery beat`` with the Redis scheduler; refuses an evicting Redis first."""
+    if args.max_interval <= 0:
+        raise InputError("max_interval", "must be positive")
+    if args.batch < 1:
+        raise InputError("batch", "must be at least 1")
+    if args.resend_after <= 0:
+        raise InputError("resend_after", "must be positive")
+    if args.misfire_grace < 0:
+        raise InputError("misfire_grace", "must not be negative")
+    from ..beat import CONF_BATCH, CONF_GRACE, CONF_RESEND_AFTER
+    from ..celery import app, celery_config
+    from ..runtime import store_for
+    from ..settings import load_settings
+
+    settings = load_settings()
+    celery_config(settings)  # one line, not a traceback, if REDIS_URL is missing
+    store = store_for(settings)
+    try:
+        store.check_eviction_policy()
+    finally:
+        store.r.close()
+    app.conf.update(
+        {
+            CONF_BATCH: args.batch,
+            CONF_RESEND_AFTER: args.resend_after,
+            CONF_GRACE: args.misfire_grace,
+            "beat_max_loop_interval": args.max_interval,
+        }
+    )
+    print(f"starting beat ({SCHEDULER})", file=sys.stderr, flush=True)
+    app.start(["beat", "-S", SCHEDULER, "--loglevel", args.loglevel])
+    return 0

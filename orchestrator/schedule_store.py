@@ -1,0 +1,333 @@
+"""The Redis side of schedules: records, the due index, claims, run records.
+
+Layout (``docs/schedules.md``): a hash per schedule, a sorted set ``schedules:due`` of
+active schedules by next run (ms), a sorted set ``schedules:pending`` of claimed slots
+not yet known sent, and per schedule a runs hash (slot -> JSON) with a sorted set of
+its slots. Every multi-key change is one Lua script of :mod:`orchestrator.scripts`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import scripts
+from .errors import InputError
+from .schedules import COUNTERS, SCHEDULE_ID, CatchUp, Plan, Schedule, Timing
+from .store import RedisStore
+
+# Runs kept per schedule; older records are dropped and their slots stay deduped by
+# a floor (no slot at or below the newest dropped one runs again).
+RUNS_KEPT = 10_000
+# A run reserved but whose job was never made (its task died) blocks the next run of
+# the schedule for at most this long.
+RESERVATION_TIMEOUT_MS = 600_000
+
+
+def new_schedule_id() -> str:
+    return "sch_" + uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Peek:
+    """One tick's view: due schedules, claims to re-send, next run, buffered runs."""
+
+    due: list[tuple[str, int]]
+    resend: list[str]
+    next_run_ms: int | None
+    buffered: list[tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A due schedule as read (``due_ms``) and what the beat decided to do with it."""
+
+    schedule_id: str
+    due_ms: int
+    plan: Plan
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The run task's verdict for a slot (see SCHEDULE_DECIDE) and the run's record."""
+
+    verdict: str
+    record: dict[str, Any]
+
+
+def pending_member(schedule_id: str, slot_ms: int) -> str:
+    return f"{schedule_id}|{slot_ms}"
+
+
+def split_member(member: str) -> tuple[str, int]:
+    schedule_id, _, slot = member.rpartition("|")
+    return schedule_id, int(slot)
+
+
+def _pairs(flat: Sequence[Any]) -> list[tuple[str, int]]:
+    return [(str(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+
+# --- the hash of a schedule ------------------------------------------------------------
+
+TIMING_FIELDS = ("kind", "at_ms", "anchor_ms", "interval_ms", "cron", "tz", "catch_up")
+
+
+def timing_from_hash(data: Mapping[str, str | None]) -> Timing:
+    """The Timing of a schedule hash (or of its TIMING_FIELDS)."""
+    return Timing(
+        kind=data["kind"],  # type: ignore[arg-type]
+        at_ms=int(data.get("at_ms") or 0),
+        anchor_ms=int(data.get("anchor_ms") or 0),
+        interval_ms=int(data.get("interval_ms") or 0),
+        cron=data.get("cron") or "",
+        tz=data.get("tz") or "UTC",
+    )
+
+
+def schedule_to_hash(s: Schedule) -> dict[str, str | int]:
+    """The fields a new schedule is stored with (counters start absent, meaning 0)."""
+    t = s.timing
+    return {
+        "id": s.id,
+        "kind": t.kind,
+        "input": s.input,
+        "budget": s.budget,
+        "worker_id": s.worker_id or "",
+        "tz": t.tz,
+        "cron": t.cron,
+        "interval_ms": t.interval_ms,
+        "at_ms": t.at_ms,
+        "anchor_ms": t.anchor_ms,
+        "delay_s": s.delay_seconds,
+        "catch_up": s.catch_up,
+        "overlap": s.overlap,
+        "status": s.status,
+        "next_run_ms": s.next_run_ms,
+        "created_at": s.created_at,
+        "upstream_id": s.upstream_id or "",
+        "last_job": s.last_job,
+    }
+
+
+def schedule_from_hash(data: Mapping[str, str]) -> Schedule:
+    return Schedule(
+        id=data["id"],
+        timing=timing_from_hash(data),
+        input=data["input"],
+        budget=data["budget"],  # type: ignore[arg-type]
+        worker_id=data.get("worker_id") or None,
+        catch_up=data.get("catch_up", "skip"),  # type: ignore[arg-type]
+        overlap=data.get("overlap", "skip"),  # type: ignore[arg-type]
+        status=data["status"],  # type: ignore[arg-type]
+        next_run_ms=int(data.get("next_run_ms") or 0),
+        created_at=int(data["created_at"]),
+        delay_seconds=int(data.get("delay_s") or 0),
+        upstream_id=data.get("upstream_id") or None,
+        last_job=data.get("last_job") or "",
+        counts={name: int(data.get(name) or 0) for name in COUNTERS},
+    )
+
+
+class ScheduleStore:
+    """Schedules in Redis, over the same client and key prefix as a RedisStore."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.r: Any = store.r
+        self.keys = store.keys
+        self._peek = store.r.register_script(scripts.SCHEDULE_PEEK)
+        self._claim = store.r.register_script(scripts.SCHEDULE_CLAIM)
+        self._decide = store.r.register_script(scripts.SCHEDULE_DECIDE)
+        self._set_job = store.r.register_script(scripts.SCHEDULE_SET_JOB)
+        self._state = store.r.register_script(scripts.SCHEDULE_STATE)
+
+    # --- records -----------------------------------------------------------------
+
+    def add(self, schedule: Schedule) -> None:
+        """Store a new schedule and put it in the due index (one transaction)."""
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.schedule(schedule.id), mapping=schedule_to_hash(schedule))
+            pipe.zadd(self.keys.schedules_all, {schedule.id: schedule.created_at})
+            if schedule.status == "active":
+                pipe.zadd(self.keys.schedules_due, {schedule.id: schedule.next_run_ms})
+            if schedule.worker_id:
+                pipe.sadd(self.keys.worker_schedules(schedule.worker_id), schedule.id)
+            if schedule.upstream_id:
+                pipe.hset(self.keys.schedules_upstream, schedule.upstream_id, schedule.id)
+            pipe.execute()
+
+    def get(self, schedule_id: str) -> Schedule | None:
+        data = self.r.hgetall(self.keys.schedule(schedule_id))
+        return schedule_from_hash(data) if data else None
+
+    def require(self, schedule_id: str) -> Schedule:
+        """The schedule, or InputError ``schedule_id``."""
+        if not isinstance(schedule_id, str) or not SCHEDULE_ID.match(schedule_id):
+            raise InputError("schedule_id", f"{schedule_id!r} is not a schedule id")
+        found = self.get(schedule_id)
+        if found is None:
+            raise InputError("schedule_id", f"no schedule {schedule_id}")
+        return found
+
+    def many(self, ids: Iterable[str]) -> list[Schedule]:
+        ids = list(ids)
+        with self.r.pipeline(transaction=False) as pipe:
+            for sid in ids:
+                pipe.hgetall(self.keys.schedule(sid))
+            replies = pipe.execute()
+        return [schedule_from_hash(data) for data in replies if data]
+
+    def all_ids(self) -> list[str]:
+        return list(self.r.zrange(self.keys.schedules_all, 0, -1))
+
+    def for_worker(self, worker_id: str) -> list[Schedule]:
+        ids = sorted(self.r.smembers(self.keys.worker_schedules(worker_id)))
+        found = self.many(ids)
+        return sorted(found, key=lambda s: (s.created_at, s.id))
+
+    def by_upstream(self, upstream_id: str) -> str | None:
+        found = self.r.hget(self.keys.schedules_upstream, upstream_id)
+        return str(found) if found else None
+
+    def worker_known(self, worker_id: str) -> bool:
+        """Whether a job of ours has run the worker (we hold its snapshot)."""
+        return bool(self.r.exists(self.keys.worker(worker_id)))
+
+    def set_worker(self, schedule_id: str, worker_id: str) -> None:
+        """Record the worker a worker-less schedule's first run created."""
+        key = self.keys.schedule(schedule_id)
+        # Racing runs can only learn the same worker (from the same previous job).
+        if not self.r.hget(key, "worker_id"):
+            self.r.hset(key, "worker_id", worker_id)
+        self.r.sadd(self.keys.worker_schedules(worker_id), schedule_id)
+
+    def change_state(self, schedule_id: str, action: str, next_run_ms: int = 0) -> int:
+        """Pause, resume or cancel (SCHEDULE_STATE): 1 changed, 0 not, -1 unknown."""
+        keys = [
+            self.keys.schedule(schedule_id),
+            self.keys.schedules_due,
+            self.keys.schedules_buffered,
+        ]
+        return int(self._state(keys=keys, args=[schedule_id, action, next_run_ms]))
+
+    # --- beat --------------------------------------------------------------------
+
+    def peek(self, now_ms: int, batch: int, resend_before_ms: int, buffered: int) -> Peek:
+        """What a tick needs, in one round trip (claims older than the cutoff are taken)."""
+        keys = [self.keys.schedules_due, self.keys.schedules_pending, self.keys.schedules_buffered]
+        due, stale, nxt, buf = self._peek(
+            keys=keys, args=[now_ms, batch, resend_before_ms, buffered]
+        )
+        return Peek(
+            due=_pairs(due),
+            resend=[str(m) for m in stale],
+            next_run_ms=int(float(nxt)) if nxt else None,
+            buffered=_pairs(buf),
+        )
+
+    def timings(self, ids: Sequence[str]) -> dict[str, tuple[Timing, CatchUp]]:
+        """The next-run inputs of each schedule (ids whose hash is gone are left out)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for sid in ids:
+                pipe.hmget(self.keys.schedule(sid), TIMING_FIELDS)
+            replies = pipe.execute()
+        out: dict[str, tuple[Timing, CatchUp]] = {}
+        for sid, values in zip(ids, replies, strict=True):
+            data = dict(zip(TIMING_FIELDS, values, strict=True))
+            if data["kind"]:
+                out[sid] = (timing_from_hash(data), data["catch_up"] or "skip")
+        return out
+
+    def drop_due(self, schedule_id: str) -> None:
+        """Take an id whose record is gone out of the due index."""
+        if not self.r.exists(self.keys.schedule(schedule_id)):
+            self.r.zrem(self.keys.schedules_due, schedule_id)
+
+    def claim(self, claims: Sequence[Claim], now_ms: int) -> list[str]:
+        """Compare-and-advance each schedule; the pending members this caller won."""
+        if not claims:
+            return []
+        keys = [self.keys.schedules_due, self.keys.schedules_pending]
+        args: list[Any] = [now_ms]
+        for c in claims:
+            keys.append(self.keys.schedule(c.schedule_id))
+            nxt = "" if c.plan.next_ms is None else c.plan.next_ms
+            args += [c.schedule_id, c.due_ms, nxt, c.plan.missed, ",".join(map(str, c.plan.fire))]
+        return [str(m) for m in self._claim(keys=keys, args=args)]
+
+    def add_pending(self, members: Sequence[str], now_ms: int) -> None:
+        if members:
+            self.r.zadd(self.keys.schedules_pending, dict.fromkeys(members, now_ms))
+
+    def sent(self, members: Sequence[str]) -> None:
+        """These claimed runs are on the broker: forget the claims."""
+        if members:
+            self.r.zrem(self.keys.schedules_pending, *members)
+
+    def due_count(self) -> int:
+        return int(self.r.zcard(self.keys.schedules_due))
+
+    def pending(self) -> int:
+        return int(self.r.zcard(self.keys.schedules_pending))
+
+    def last_jobs(self, ids: Sequence[str]) -> dict[str, str]:
+        """schedule id -> the status of its last run's job ('' none, 'reserved', or status)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for sid in ids:
+                pipe.hget(self.keys.schedule(sid), "last_job")
+            lasts = pipe.execute()
+        jobs = {sid: last for sid, last in zip(ids, lasts, strict=True) if last}
+        real = {sid: last for sid, last in jobs.items() if last.startswith("job_")}
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_id in real.values():
+                pipe.hget(self.keys.job(job_id), "status")
+            statuses = pipe.execute()
+        out = dict.fromkeys(ids, "")
+        for sid in jobs:
+            out[sid] = "reserved"
+        for sid, status in zip(real, statuses, strict=True):
+            out[sid] = status or ""
+        return out
+
+    # --- runs ----------------------------------------------------------------------
+
+    def decide(self, schedule: Schedule, slot_ms: int, now_ms: int) -> Decision:
+        """Decide the slot's run once (fire, skip, buffer; or see it was done already)."""
+        last = schedule.last_job
+        job_key = self.keys.job(last if last.startswith("job_") else "-")
+        keys = [
+            self.keys.schedule(schedule.id),
+            self.keys.schedule_runs(schedule.id),
+            self.keys.schedule_slots(schedule.id),
+            self.keys.schedules_buffered,
+            job_key,
+        ]
+        args = [schedule.id, slot_ms, now_ms, last, RUNS_KEPT, RESERVATION_TIMEOUT_MS]
+        verdict, raw = self._decide(keys=keys, args=args)
+        return Decision(str(verdict), json.loads(raw) if raw else {})
+
+    def set_job(self, schedule_id: str, slot_ms: int, job_id: str, error: str = "") -> None:
+        keys = [self.keys.schedule(schedule_id), self.keys.schedule_runs(schedule_id)]
+        self._set_job(keys=keys, args=[slot_ms, job_id, error[:500]])
+
+    def runs(self, schedule_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest ``limit`` run records, newest first."""
+        slots = self.r.zrevrange(self.keys.schedule_slots(schedule_id), 0, max(limit, 1) - 1)
+        if not slots:
+            return []
+        raws = self.r.hmget(self.keys.schedule_runs(schedule_id), slots)
+        return [json.loads(raw) for raw in raws if raw]
+
+    def job_states(self, job_ids: Sequence[str]) -> list[str | None]:
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.keys.job(job_id), "status")
+            return list(pipe.execute())
+
+    def schedule_cost(self, schedule_id: str) -> dict[str, str]:
+        """The raw ledger row of the schedule (all its runs' turns)."""
+        return dict(self.r.hgetall(self.keys.ledger("schedule", schedule_id)))
