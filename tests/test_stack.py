@@ -1,0 +1,102 @@
+"""`orchestrator up` from nothing: embedded Redis, emulator, worker, beat and Flower as
+real processes; a job through the CLI; Flower's auth; and nothing left after SIGINT."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from orchestrator.redis_server import free_port
+
+from .processes import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process whose ancestry reaches ``pid`` (read from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_up_runs_everything_and_leaves_nothing(tmp_path: Path) -> None:
+    flower_port = free_port()
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("REDIS_", "WORKERS_", "FLOWER_", "KEY_PREFIX"))
+    }  # fmt: skip
+    env.update(FLOWER_USER="ops", FLOWER_PASSWORD="flower-test-pw", EMULATOR_TURN_SECONDS="0.5",
+               PYTHONUNBUFFERED="1")  # fmt: skip
+    log = tmp_path / "up.log"
+    started = time.monotonic()
+    with open(log, "wb") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "up", "--workdir", str(tmp_path / "stack"),
+             "--flower-port", str(flower_port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: "every part is ready" in log.read_text() or up.poll() is not None,
+                 90, "the stack to come up")  # fmt: skip
+        text = log.read_text()
+        assert up.poll() is None, text
+        assert "the local emulator stands in for the hosted API" in text
+        children = descendants(up.pid)
+        assert len(children) >= 5, text  # redis, emulator, worker, beat, flower (+ pools)
+        redis_url = re.search(r"redis-server at (redis://\S+)", text)
+        api_url = re.search(r"hosted API at (http://\S+)", text)
+        assert redis_url and api_url
+
+        # A job through the CLI, against the running stack.
+        cli_env = {**env, "REDIS_URL": redis_url.group(1)}
+        submit = subprocess.run(
+            [sys.executable, "-m", "orchestrator", "submit", "hello from the CLI",
+             "--wait", "--timeout", "60", "--json"],
+            env=cli_env, capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+        assert submit.returncode == 0, submit.stderr
+        job = json.loads(submit.stdout)
+        assert job["status"] == "completed"
+
+        # Flower answers with auth and refuses without.
+        flower = f"http://127.0.0.1:{flower_port}"
+        assert httpx.get(f"{flower}/api/workers", timeout=10).status_code == 401
+        authed = httpx.get(f"{flower}/api/tasks", auth=("ops", "flower-test-pw"), timeout=10)
+        assert authed.status_code == 200
+        assert "flower-test-pw" not in authed.text
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(timeout=60)
+    assert "stopped   every process this stack started" in log.read_text()
+    wait_for(lambda: not any(alive(p) for p in children), 20, "every child to exit")
+    assert time.monotonic() - started < 120
