@@ -76,6 +76,7 @@ class WorkersApi:
 
     def _guarded(self, name: str, handler: Handler) -> Handler:
         async def endpoint(request: Request) -> Answer:
+            self.state.ledger.count_arrival()
             answer = await self._answer(request, handler)
             self.state.ledger.count_request(name, answer.status_code)
             return answer

@@ -5,6 +5,8 @@ Served as JSON by ``GET /_emulator/ledger``.
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -43,8 +45,36 @@ class Ledger:
     max_concurrent_turns: int = 0
     # The newest worker: how a test finds the worker of a ``stream: true`` create.
     last_worker_id: str | None = None
+    # Turns running at once per budget tier: lets a test check a per-key limit.
+    concurrent_by_budget: dict[str, int] = field(default_factory=dict)
+    max_concurrent_by_budget: dict[str, int] = field(default_factory=dict)
     requests: int = 0
+    # The most /api requests that arrived within any one-second window.
+    max_requests_per_second: int = 0
     requests_by_route: dict[str, dict[str, int]] = field(default_factory=dict)
+    _recent: deque[float] = field(default_factory=deque, repr=False)
+
+    def turn_started(self, budget: str) -> None:
+        self.turns_started += 1
+        self.concurrent_turns += 1
+        self.max_concurrent_turns = max(self.max_concurrent_turns, self.concurrent_turns)
+        now = self.concurrent_by_budget.get(budget, 0) + 1
+        self.concurrent_by_budget[budget] = now
+        self.max_concurrent_by_budget[budget] = max(
+            self.max_concurrent_by_budget.get(budget, 0), now
+        )
+
+    def turn_ended(self, budget: str) -> None:
+        self.concurrent_turns -= 1
+        self.concurrent_by_budget[budget] = self.concurrent_by_budget.get(budget, 1) - 1
+
+    def count_arrival(self) -> None:
+        """Record the arrival time of one ``/api`` request (before any fault)."""
+        now = time.monotonic()
+        self._recent.append(now)
+        while self._recent and self._recent[0] <= now - 1.0:
+            self._recent.popleft()
+        self.max_requests_per_second = max(self.max_requests_per_second, len(self._recent))
 
     def count_request(self, route: str, status: int) -> None:
         """Record one ``/api`` request answered with ``status``."""
@@ -72,6 +102,6 @@ class Ledger:
 
     def to_json(self) -> dict[str, Any]:
         """The ledger as a JSON object (``requests_by_route``: route → status → count)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
         data["requests_by_route"] = {k: dict(v) for k, v in self.requests_by_route.items()}
         return data

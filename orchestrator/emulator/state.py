@@ -64,6 +64,7 @@ class WorkerRecord:
     updates: list[bytes] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    turn_budget: str = "standard"
     costs_micro: list[int] | None = None  # internal, model, sandbox, tool
     usage: dict[str, int] | None = None
     output: list[Output] = field(default_factory=list)
@@ -211,9 +212,8 @@ class EmulatorState:
         worker.planned_end = len(worker.updates) + len(plan.events)
         worker.messages.append(plan.messages[0])
         ledger = self.ledger
-        ledger.turns_started += 1
-        ledger.concurrent_turns += 1
-        ledger.max_concurrent_turns = max(ledger.max_concurrent_turns, ledger.concurrent_turns)
+        worker.turn_budget = budget
+        ledger.turn_started(budget)
         worker.task = asyncio.get_running_loop().create_task(
             self._run_turn(worker, plan, self.config.turn_seconds, ledger),
             name=f"turn {worker.id}#{plan.turn}",
@@ -336,5 +336,5 @@ def _end_turn(worker: WorkerRecord, ledger: Ledger) -> None:
     worker.active = False
     worker.planned_end = len(worker.updates)
     worker.task = None
-    ledger.concurrent_turns -= 1
+    ledger.turn_ended(worker.turn_budget)
     worker.notify()
