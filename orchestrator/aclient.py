@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from . import calls
 from .calls import Call
 from .client import AttemptHook, Update, auth_headers, client_options, transport_error
-from .errors import APIError, StreamError, status_error
+from .errors import APIError, RateLimitError, StreamError, status_error
 from .models import Budget, Worker
 from .retry import RetryPolicy
 from .settings import Settings
@@ -42,6 +42,7 @@ class AsyncWorkersClient:
         max_connections: int = 2000,
         pool_shards: int = 1,
         on_attempt: AttemptHook | None = None,
+        throttle: Any = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.retry = retry or RetryPolicy()
@@ -65,6 +66,8 @@ class AsyncWorkersClient:
         self._http = self._pools[0]
         self._next = 0
         self._on_attempt = on_attempt
+        # Fleet-wide rate limit (orchestrator.limits.FleetRate or its async twin).
+        self._throttle = throttle
         self._sleep = sleep
 
     @classmethod
@@ -151,6 +154,8 @@ class AsyncWorkersClient:
         while True:
             started = time.monotonic()
             headers: Mapping[str, str] = {}
+            if self._throttle is not None:
+                await self._throttle.before(call.name)
             try:
                 response = await http.send(request, stream=stream)
             except httpx.TransportError as exc:
@@ -169,7 +174,10 @@ class AsyncWorkersClient:
             if retries >= self.retry.max_retries:
                 raise error
             retries += 1
-            await self._sleep(self.retry.delay(retries, headers))
+            delay = self.retry.delay(retries, headers)
+            if self._throttle is not None and isinstance(error, RateLimitError):
+                await self._throttle.rate_limited(delay)  # the whole fleet backs off
+            await self._sleep(delay)
 
     def _record(self, call: Call, status: int, started: float) -> None:
         if self._on_attempt is not None:

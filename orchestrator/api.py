@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 
 if TYPE_CHECKING:
+    from .budgets import Budgets
+    from .limits import Limits
     from .schedule_api import ScheduleAPI
 
 from .errors import InputError
@@ -65,8 +67,12 @@ class Orchestrator:
         idempotency_key: str | None = None,
         fetch_files: bool = False,
         schedule_id: str | None = None,
+        priority: str = "interactive",
     ) -> Job:
-        """Create a new upstream worker with ``input``. Same idempotency key, same job."""
+        """Create a new upstream worker with ``input``. Same idempotency key, same job.
+
+        ``priority``: ``interactive`` (someone is waiting) is taken before ``batch``.
+        """
         sub = validate_submission(
             self.settings.max_input_chars,
             kind="create",
@@ -76,6 +82,7 @@ class Orchestrator:
             idempotency_key=idempotency_key,
             fetch_files=fetch_files,
             schedule_id=schedule_id,
+            priority=priority,
         )
         return self._enqueue(sub)
 
@@ -89,9 +96,10 @@ class Orchestrator:
         idempotency_key: str | None = None,
         fetch_files: bool = False,
         schedule_id: str | None = None,
+        priority: str = "interactive",
     ) -> Job:
         """Add a turn to a worker, named by its id or by a job of ours that made it."""
-        worker_id = self._worker_id(worker_or_job)
+        worker_id = self.worker_id_of(worker_or_job)
         sub = validate_submission(
             self.settings.max_input_chars,
             kind="continue",
@@ -102,6 +110,7 @@ class Orchestrator:
             idempotency_key=idempotency_key,
             fetch_files=fetch_files,
             schedule_id=schedule_id,
+            priority=priority,
         )
         return self._enqueue(sub)
 
@@ -113,7 +122,8 @@ class Orchestrator:
             dispatch(self.app, self.rt, job)
         return job
 
-    def _worker_id(self, worker_or_job: str) -> str:
+    def worker_id_of(self, worker_or_job: str) -> str:
+        """The upstream worker id named directly or by one of our job ids."""
         if not isinstance(worker_or_job, str) or not worker_or_job:
             raise InputError("worker_id", "must be a worker id or a job id")
         if worker_or_job.startswith("job_"):
@@ -195,6 +205,16 @@ class Orchestrator:
         raise TimeoutError(f"job {job_id} did not reach {statuses}")
 
     @property
+    def budgets(self) -> Budgets:
+        """Budget caps per UTC day/month, globally or per tag: set, remove, status."""
+        return self.rt.budgets
+
+    @property
+    def limits(self) -> Limits:
+        """Concurrency limits per tag value or budget tier: set, remove, status."""
+        return self.rt.limits
+
+    @property
     def schedules(self) -> ScheduleAPI:
         """Recurring and one-shot runs: create, list, pause, resume, cancel, history."""
         from .schedule_api import ScheduleAPI
@@ -228,7 +248,7 @@ class Orchestrator:
 
     def email(self, worker_or_job: str) -> str:
         """The worker's email address (asked of the API)."""
-        worker_id = self._worker_id(worker_or_job)  # validate before building a client
+        worker_id = self.worker_id_of(worker_or_job)  # validate before building a client
         return self.rt.client.retrieve_email(worker_id)
 
     def costs(

@@ -60,7 +60,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": timeout,
             "unacked_restore_interval": max(1, min(10, timeout // 10)),
             "unacked_restore_throttle": 1,
+            # Interactive jobs (priority 0) are taken before batch ones (9): each queue
+            # is one list per step and the worker pops them in order.
+            "priority_steps": [0, 3, 6, 9],
+            "queue_order_strategy": "priority",
         },
+        "task_default_priority": 0,
         "task_time_limit": max(timeout // 2, 60),
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,

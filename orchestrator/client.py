@@ -29,7 +29,14 @@ from pydantic import BaseModel, SecretStr
 
 from . import calls
 from .calls import Call
-from .errors import APIConnectionError, APIError, APITimeoutError, StreamError, status_error
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    RateLimitError,
+    StreamError,
+    status_error,
+)
 from .models import Budget, ScheduleCancel, ScheduleList, Worker, WorkerSchedule
 from .retry import RetryPolicy
 from .settings import Settings
@@ -102,6 +109,7 @@ class WorkersClient:
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
         on_attempt: AttemptHook | None = None,
+        throttle: Any = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.retry = retry or RetryPolicy()
@@ -116,6 +124,8 @@ class WorkersClient:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
         self._on_attempt = on_attempt
+        # Fleet-wide rate limit (orchestrator.limits.FleetRate or its async twin).
+        self._throttle = throttle
         self._sleep = sleep
 
     @classmethod
@@ -259,6 +269,8 @@ class WorkersClient:
         while True:
             started = time.monotonic()
             headers: Mapping[str, str] = {}
+            if self._throttle is not None:
+                self._throttle.before(call.name)
             try:
                 response = self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
@@ -277,7 +289,10 @@ class WorkersClient:
             if retries >= self.retry.max_retries:
                 raise error
             retries += 1
-            self._sleep(self.retry.delay(retries, headers))
+            delay = self.retry.delay(retries, headers)
+            if self._throttle is not None and isinstance(error, RateLimitError):
+                self._throttle.rate_limited(delay)  # the whole fleet backs off
+            self._sleep(delay)
 
     def _record(self, call: Call, status: int, started: float) -> None:
         if self._on_attempt is not None:

@@ -19,6 +19,7 @@ from .errors import InputError
 from .models import Budget, input_error
 
 JobKind = Literal["create", "continue"]
+Priority = Literal["interactive", "batch"]
 JobStatus = Literal["queued", "submitted", "running", "completed", "failed", "cancelled"]
 STATUSES: tuple[JobStatus, ...] = (
     "queued", "submitted", "running", "completed", "failed", "cancelled",
@@ -57,6 +58,7 @@ class Submission(BaseModel):
     fetch_files: bool = False
     worker_id: str | None = None
     schedule_id: str | None = None
+    priority: Priority = "interactive"
 
     @field_validator("input")
     @classmethod
@@ -124,6 +126,7 @@ class Job(BaseModel):
     idempotency_key: str | None = None
     fetch_files: bool = False
     schedule_id: str | None = None
+    priority: Priority = "interactive"
     status: JobStatus
     worker_id: str | None = None
     attempts: int = 0
@@ -150,6 +153,7 @@ class Job(BaseModel):
             idempotency_key=data.get("idempotency_key") or None,
             fetch_files=data.get("fetch_files") == "1",
             schedule_id=data.get("schedule_id") or None,
+            priority="batch" if data.get("priority") == "batch" else "interactive",
             status=data["status"],
             worker_id=data.get("worker_id") or None,
             attempts=int(data.get("attempts") or 0),

@@ -129,3 +129,64 @@ class Keys:
     def schedules_upstream(self) -> str:
         """Hash: imported upstream schedule id -> our schedule id."""
         return f"{self.prefix}:schedules:upstream"
+
+    # --- spend and traffic control (see docs/controls.md) ---
+    @property
+    def budget_caps(self) -> str:
+        """Hash: scope (``global`` or ``tag:k=v``) -> JSON of its cap."""
+        return f"{self.prefix}:budget:caps"
+
+    def budget_reserved(self, scope: str, period: str) -> str:
+        """String: micro-dollars held by turns in flight for a scope and period key."""
+        return f"{self.prefix}:budget:reserved:{scope}:{period}"
+
+    @property
+    def budget_holds(self) -> str:
+        """Hash: job id -> JSON of its hold (amount and the reserved keys it went into)."""
+        return f"{self.prefix}:budget:holds"
+
+    @property
+    def budget_hold_times(self) -> str:
+        """Sorted set: job id -> when its hold was taken (ms), to reclaim leaked holds."""
+        return f"{self.prefix}:budget:hold-times"
+
+    @property
+    def budget_overshoots(self) -> str:
+        """Hash: scope -> JSON {count, micro} of turns that cost more than their hold."""
+        return f"{self.prefix}:budget:overshoots"
+
+    def budget_warned(self, cap: str, period: str) -> str:
+        """String (with TTL): set once a cap's warning threshold was reported."""
+        return f"{self.prefix}:budget:warned:{cap}:{period}"
+
+    @property
+    def budget_waiting(self) -> str:
+        """Sorted set: job id -> start of the period it waits for (ms)."""
+        return f"{self.prefix}:budget:waiting"
+
+    @property
+    def limits(self) -> str:
+        """Hash: limit key (``tag:k=v`` or ``budget:tier``) -> max running turns."""
+        return f"{self.prefix}:limits"
+
+    def limit_running(self, key: str) -> str:
+        """Set: job ids holding a running slot of a limit key."""
+        return f"{self.prefix}:limit:{key}:running"
+
+    def limit_waiting(self, key: str, group: str) -> str:
+        """List: job ids of one fairness group waiting for a slot, oldest first."""
+        return f"{self.prefix}:limit:{key}:waiting:{group}"
+
+    def limit_groups(self, key: str) -> str:
+        """List: fairness groups with waiting jobs, in round-robin order."""
+        return f"{self.prefix}:limit:{key}:groups"
+
+    @property
+    def limit_parked(self) -> str:
+        """Hash: job id -> the limit key it waits on (a job waits in one queue at once)."""
+        return f"{self.prefix}:limit:parked"
+
+    @property
+    def rate(self) -> str:
+        """Hash: the fleet rate limit: ``tat`` (ms), ``pause_until`` (ms), settings."""
+        return f"{self.prefix}:rate"

@@ -13,8 +13,10 @@ from typing import Any
 
 from celery import Celery
 
+from .budgets import BudgetExceeded, next_period_ms, turn_members
 from .errors import APIStatusError, InputError
 from .jobs import Job
+from .ledger import total_cost_micro
 from .runtime import Runtime
 from .store import now_ms
 
@@ -26,11 +28,76 @@ def describe(job: Job) -> str:
     return f"{job.id} budget={job.budget} input={job.short_input()!r}"
 
 
+# Redis transport priorities: lower runs first (see the Celery app's priority_steps).
+PRIORITY = {"interactive": 0, "batch": 9}
+
+
 def dispatch(app: Celery, rt: Runtime, job: Job) -> None:
     """Send the job's first task, then clear it from the outbox."""
     name = "workers.create" if job.kind == "create" else "workers.continue"
-    app.send_task(name, args=[job.id], argsrepr=describe(job))
+    app.send_task(name, args=[job.id], argsrepr=describe(job), priority=PRIORITY[job.priority])
     rt.store.mark_sent(job.id)
+
+
+def admit(app: Celery, rt: Runtime, job: Job) -> bool:
+    """Take the job's concurrency slots and budget hold before it goes upstream.
+
+    False when it must wait (for a slot: it is sent again when one frees; for the next
+    budget period, when the cap says so) or was refused (its status says why); nothing
+    was sent upstream then.
+    """
+    waiting_on = rt.limits.acquire(job)
+    if waiting_on is not None:
+        log.info("job %s waits for a slot of %s", job.id, waiting_on)
+        return False
+    try:
+        rt.budgets.reserve(job)
+    except BudgetExceeded as exc:
+        if exc.cap.on_exceed == "wait":
+            until = next_period_ms(exc.cap.period, now_ms())
+            rt.store.r.zadd(rt.store.keys.budget_waiting, {job.id: until})
+            log.info("job %s waits for the next period: %s", job.id, exc)
+            release_slots(app, rt, job)
+        else:
+            fail(app, rt, job.id, str(exc))
+        return False
+    return True
+
+
+def release_slots(app: Celery, rt: Runtime, job: Job) -> None:
+    """Free the job's concurrency slots and send the jobs that were waiting for them."""
+    for promoted_id in rt.limits.release(job):
+        promoted = rt.store.get_job(promoted_id)
+        if promoted is not None and promoted.status == "queued":
+            dispatch(app, rt, promoted)
+        else:
+            rt.store.mark_sent(promoted_id)
+
+
+def turn_ended(app: Celery, rt: Runtime, job: Job) -> None:
+    """A turn is over (completed or failed): release its hold and slots. Idempotent."""
+    rt.budgets.release(job.id)
+    release_slots(app, rt, job)
+
+
+def fail(app: Celery, rt: Runtime, job_id: str, message: str) -> None:
+    """Mark the job failed and give back what it held."""
+    rt.store.transition(job_id, "failed", message)
+    job = rt.store.get_job(job_id)
+    if job is not None:
+        turn_ended(app, rt, job)
+
+
+def release_budget_waiters(app: Celery, rt: Runtime) -> int:
+    """Send again the jobs that waited for a new budget period that has now begun."""
+    key = rt.store.keys.budget_waiting
+    due = rt.store.r.zrangebyscore(key, "-inf", now_ms())
+    for job_id in due:
+        if rt.store.r.zrem(key, job_id):
+            job = rt.store.get_job(job_id)
+            if job is not None and job.status == "queued":
+                dispatch(app, rt, job)
+    return len(due)
 
 
 def resend_unsent(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) -> int:
@@ -51,7 +118,7 @@ def resend_unsent(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) ->
     return resent
 
 
-def start_turn(rt: Runtime, job_id: str) -> Job:
+def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
     """Create the worker (or continue it) upstream, exactly once per job.
 
     The job id is the ``Idempotency-Key``; an attempt is recorded before the call and
@@ -64,6 +131,8 @@ def start_turn(rt: Runtime, job_id: str) -> Job:
         if job.status in ("submitted", "running"):
             store.request_follow(job.id)
         return job
+    if not admit(app, rt, job):
+        return store.require_job(job.id)
     store.count_attempt(job.id)
     try:
         if job.kind == "create":
@@ -75,7 +144,7 @@ def start_turn(rt: Runtime, job_id: str) -> Job:
             )
     except APIStatusError as exc:
         if not exc.retryable:
-            store.transition(job.id, "failed", str(exc))
+            fail(app, rt, job.id, str(exc))
         raise
     store.set_submitted(job, worker)
     log.info("job %s submitted as worker %s", job.id, worker.id)
@@ -92,13 +161,19 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
     job = store.require_job(job_id)
     if job.done or job.worker_id is None:
         store.release_follow(job.id)
+        if job.done:
+            turn_ended(app, rt, job)  # e.g. failed by the follower: give back its hold
         return "noop"
     worker = rt.client.retrieve(job.worker_id)
     store.save_snapshot(worker)
     if worker.running or worker.status == "running":
         store.request_follow(job.id, now=True)
         return "refollow"
-    store.post_turn(job, worker, now_ms())
+    at = now_ms()
+    posted = store.post_turn(job, worker, at, extra=turn_members(job.tags, at))
+    hold = rt.budgets.hold_of(job.id)
+    if posted is not None and hold is not None and total_cost_micro(posted) > hold:
+        rt.budgets.record_overshoot(job, hold, total_cost_micro(posted))
     store.r.hset(store.keys.job(job.id), "update_to", store.relayed(worker.id))
     if job.fetch_files:
         for file in worker.files:
@@ -108,6 +183,7 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
             )
     store.transition(job.id, "completed")
     store.release_follow(job.id)
+    turn_ended(app, rt, job)
     return "completed"
 
 

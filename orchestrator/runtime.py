@@ -9,7 +9,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from .budgets import Budgets
 from .client import WorkersClient
+from .limits import FleetRate, Limits
 from .settings import Settings, get_settings
 from .store import RedisStore, connect
 
@@ -19,6 +21,8 @@ class Runtime:
     settings: Settings
     store: RedisStore
     _client: WorkersClient | None = None
+    _budgets: Budgets | None = None
+    _limits: Limits | None = None
 
     @property
     def client(self) -> WorkersClient:
@@ -26,8 +30,30 @@ class Runtime:
         if self._client is None:
             from .metrics import record_attempt
 
-            self._client = WorkersClient.from_settings(self.settings, on_attempt=record_attempt)
+            throttle = None
+            if self.settings.fleet_rate_per_second is not None:
+                throttle = FleetRate(
+                    self.store.r,
+                    self.store.keys,
+                    self.settings.fleet_rate_per_second,
+                    self.settings.fleet_rate_burst,
+                )
+            self._client = WorkersClient.from_settings(
+                self.settings, on_attempt=record_attempt, throttle=throttle
+            )
         return self._client
+
+    @property
+    def budgets(self) -> Budgets:
+        if self._budgets is None:
+            self._budgets = Budgets(self.store, self.settings.budget_holds_usd)
+        return self._budgets
+
+    @property
+    def limits(self) -> Limits:
+        if self._limits is None:
+            self._limits = Limits(self.store, self.settings.fair_share_tag)
+        return self._limits
 
     def close(self) -> None:
         if self._client is not None:

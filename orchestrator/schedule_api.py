@@ -107,6 +107,7 @@ def run_slot(rt: Runtime, app: Celery, schedule_id: str, slot_ms: int) -> str:
             worker_id=schedule.worker_id,
             schedule_id=schedule.id,
             idempotency_key=f"sched:{schedule.id}:{slot_ms}",
+            priority="batch",  # nobody waits on a screen for a scheduled run
         )
     except InputError as exc:
         ss.set_job(schedule.id, slot_ms, "", str(exc))
@@ -166,7 +167,7 @@ class ScheduleAPI:
             ScheduleRequest,
             {"when": when_data, "timezone": timezone, "catch_up": catch_up, "overlap": overlap},
         )
-        wid = self.orch._worker_id(worker_id) if worker_id is not None else None
+        wid = self.orch.worker_id_of(worker_id) if worker_id is not None else None
         sub = validate_submission(
             self.orch.settings.max_input_chars,
             kind="continue" if wid else "create",
@@ -189,7 +190,7 @@ class ScheduleAPI:
 
     def list(self, worker_id: str) -> ScheduleList:
         """The worker's live (active or paused) schedules, in the reference's list shape."""
-        wid = self.orch._worker_id(worker_id)
+        wid = self.orch.worker_id_of(worker_id)
         live = [s.wire() for s in self.store.for_worker(wid) if s.live]
         return ScheduleList(schedules=live, worker_id=wid)
 
@@ -301,7 +302,7 @@ class ScheduleAPI:
         Returns ``{"imported": [WorkerSchedule], "already": [upstream ids],
         "cancelled_upstream": [upstream ids]}``.
         """
-        wid = self.orch._worker_id(worker_id)
+        wid = self.orch.worker_id_of(worker_id)
         client = self.orch.rt.client
         try:
             listing = client.list_schedules(wid)

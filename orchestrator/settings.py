@@ -61,10 +61,34 @@ class Settings(BaseSettings):
     follow_lease_seconds: Annotated[float, Field(ge=1, le=600)] = 30.0
     follower_capacity: Annotated[int, Field(gt=0, le=100_000)] = 2000
 
+    # Spend and traffic control (see docs/controls.md).
+    budget_holds_usd: dict[str, str] = Field(
+        default_factory=lambda: {"low": "0.25", "standard": "1", "high": "5", "unlimited": "25"}
+    )
+    hold_reclaim_seconds: Annotated[float, Field(ge=60)] = 6 * 3600.0
+    fair_share_tag: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,62}$")] = "tenant"
+    fleet_rate_per_second: Annotated[float | None, Field(gt=0, le=100_000)] = None
+    fleet_rate_burst: Annotated[int, Field(ge=1, le=10_000)] = 1
+
     # Monitoring.
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9808
+
+    @field_validator("budget_holds_usd")
+    @classmethod
+    def _check_holds(cls, value: dict[str, str]) -> dict[str, str]:
+        from decimal import Decimal, InvalidOperation
+
+        for tier, amount in value.items():
+            if tier not in ("low", "standard", "high", "unlimited"):
+                raise ValueError(f"unknown budget tier {tier!r}")
+            try:
+                if Decimal(str(amount)) < 0:
+                    raise ValueError(f"hold of {tier} must not be negative")
+            except InvalidOperation:
+                raise ValueError(f"hold of {tier} is not a number") from None
+        return {k: str(v) for k, v in value.items()}
 
     @field_validator("workers_api_url")
     @classmethod

@@ -90,6 +90,7 @@ class RedisStore:
                         "idempotency_key": sub.idempotency_key or "",
                         "fetch_files": "1" if sub.fetch_files else "0",
                         "schedule_id": sub.schedule_id or "",
+                        "priority": sub.priority,
                         "worker_id": sub.worker_id or "",
                         "status": "queued",
                         "attempts": 0,
@@ -228,7 +229,13 @@ class RedisStore:
 
     # --- ledger ------------------------------------------------------------------
 
-    def post_turn(self, job: Job, worker: Worker, at_ms: int) -> dict[str, int] | None:
+    def post_turn(
+        self,
+        job: Job,
+        worker: Worker,
+        at_ms: int,
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> dict[str, int] | None:
         """Post the turn's cost delta (cumulative now minus counted) exactly once.
 
         Returns the deltas, or None if costs are still unknown or it was already posted.
@@ -241,6 +248,7 @@ class RedisStore:
         members += [("tag", f"{k}={v}") for k, v in sorted(job.tags.items())]
         if job.schedule_id:
             members.append(("schedule", job.schedule_id))
+        members += extra
         keys = [self.keys.worker(worker.id), self.keys.ledger_turns, self.keys.ledger_total]
         keys += [self.keys.ledger(dim, value) for dim, value in members]
         keys += [self.keys.ledger_index(dim) for dim, _ in members]

@@ -66,17 +66,23 @@ async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
 
 
 async def _housekeeping(stop: asyncio.Event) -> None:
-    """Periodic repairs that need no beat: re-send jobs a dead producer left unsent."""
+    """Periodic repairs that need no beat: re-send jobs a dead producer left unsent,
+    wake jobs whose budget period began, reclaim holds of jobs that died."""
     from orchestrator import pipeline
 
     loop = asyncio.get_running_loop()
     after = runtime.get_settings().resend_after_seconds
     every = min(15.0, after / 2)
+
+    def repairs() -> None:
+        rt = runtime.get_runtime()
+        pipeline.resend_unsent(app, rt, after)
+        pipeline.release_budget_waiters(app, rt)
+        rt.budgets.reclaim(int(rt.settings.hold_reclaim_seconds * 1000))
+
     while not stop.is_set():
         try:
-            await loop.run_in_executor(
-                None, lambda: pipeline.resend_unsent(app, runtime.get_runtime(), after)
-            )
+            await loop.run_in_executor(None, repairs)
         except Exception as exc:  # keep going: Redis may be briefly away
             log.warning("housekeeping failed: %s", exc)
         with contextlib.suppress(TimeoutError):

@@ -25,7 +25,7 @@ def _retry_or_fail(task: Task, job_id: str, exc: APIError, argsrepr: str) -> Non
     """Retry a transient failure with backoff; fail the job once retries run out."""
     rt = get_runtime()
     if isinstance(exc, APIStatusError) and not exc.retryable:
-        rt.store.transition(job_id, "failed", str(exc))
+        pipeline.fail(app, rt, job_id, str(exc))
         return
     retries = task.request.retries
     countdown = rt.client.retry.delay(retries + 1)
@@ -38,7 +38,7 @@ def _retry_or_fail(task: Task, job_id: str, exc: APIError, argsrepr: str) -> Non
             exc=exc,
         )
     except MaxRetriesExceededError:
-        rt.store.transition(job_id, "failed", f"gave up after {retries} retries: {exc}")
+        pipeline.fail(app, rt, job_id, f"gave up after {retries} retries: {exc}")
 
 
 def _job_repr(store: RedisStore, job_id: str) -> str:
@@ -59,7 +59,7 @@ def continue_(self: Task, job_id: str) -> str:
 def _start(task: Task, job_id: str) -> str:
     rt = get_runtime()
     try:
-        return pipeline.start_turn(rt, job_id).status
+        return pipeline.start_turn(rt, app, job_id).status
     except InputError as exc:
         log.error("dropping task for %s: %s", job_id, exc)
         return "unknown"

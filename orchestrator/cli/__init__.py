@@ -15,7 +15,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from ..errors import ConfigError, InputError, OrchestratorError
-from . import jobs, ops, schedules, serve, stack
+from . import controls, jobs, ops, schedules, serve, stack
 
 EXIT_INPUT = 2
 EXIT_ERROR = 1
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     schedules.register(sub)
     stack.register(sub)
     ops.register(sub)
+    controls.register(sub)
     return parser
 
 

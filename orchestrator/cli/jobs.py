@@ -93,6 +93,10 @@ def _submission_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--idempotency-key", metavar="K", help="same key, same job")
     parser.add_argument("--fetch-files", action="store_true", help="fetch published files")
+    parser.add_argument(
+        "--priority", choices=("interactive", "batch"), default="interactive",
+        help="interactive jobs are taken before batch ones",
+    )  # fmt: skip
     parser.add_argument("--wait", action="store_true", help="wait until the job ends")
     parser.add_argument("--tail", action="store_true", help="print updates until the turn ends")
     parser.add_argument(
@@ -151,6 +155,7 @@ def _enqueue(args: argparse.Namespace, worker_or_job: str | None) -> int:
         "tags": tags,
         "idempotency_key": args.idempotency_key,
         "fetch_files": args.fetch_files,
+        "priority": args.priority,
     }
     with Orchestrator(load_settings()) as orch:
         if worker_or_job is not None:

@@ -1,0 +1,261 @@
+"""Budget caps: USD per UTC day or month, for the whole deployment or one tag value.
+
+Enforcement is reserve-then-settle, atomic in Redis. Before a turn goes upstream a hold
+for its budget tier is reserved against every cap that applies (the deployment's, and
+one per tag of the job); the script refuses if spent + reserved + hold would pass any
+cap, so concurrent submissions can never together start more than a cap allows. When
+the turn completes its real cost is already in the ledger (which is where "spent" is
+read from) and the hold is released. A turn that costs more than its hold is recorded
+as an overshoot: the upstream bills what it bills.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import spend_scripts
+from .errors import InputError, OrchestratorError
+from .jobs import TAG_KEY, TAG_VALUE, Job
+from .ledger import total_cost_micro
+from .models import input_error
+from .money import format_usd, to_micro
+from .store import RedisStore, now_ms
+
+log = logging.getLogger(__name__)
+
+Period = Literal["day", "month"]
+DEFAULT_HOLDS_USD = {"low": "0.25", "standard": "1", "high": "5", "unlimited": "25"}
+
+
+class BudgetCap(BaseModel):
+    """A cap on spend: ``scope`` is ``global`` or ``tag:key=value``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scope: str
+    period: Period = "day"
+    limit_usd: Annotated[Decimal, Field(gt=0, le=Decimal("1e9"))]
+    warn_at: Annotated[float, Field(gt=0, le=1)] = 0.8
+    on_exceed: Literal["refuse", "wait"] = "refuse"
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, value: str) -> str:
+        try:
+            parse_scope(value)
+        except InputError as exc:
+            raise ValueError(exc.message) from None
+        return value
+
+    @property
+    def limit_micro(self) -> int:
+        return to_micro(self.limit_usd)
+
+    @property
+    def name(self) -> str:
+        return f"{self.scope}/{self.period}"
+
+
+class BudgetExceeded(OrchestratorError):
+    """A cap would be passed: names the cap and what is left of it."""
+
+    def __init__(self, cap: BudgetCap, left_micro: int, hold_micro: int) -> None:
+        self.cap = cap
+        self.left_micro = max(left_micro, 0)
+        super().__init__(
+            f"budget cap {cap.name} of {format_usd(cap.limit_micro)} reached: "
+            f"{format_usd(self.left_micro)} left, this turn holds {format_usd(hold_micro)}"
+        )
+
+
+def parse_scope(scope: str) -> tuple[str, str] | None:
+    """``None`` for ``global``; ``(key, value)`` for ``tag:key=value``; InputError else."""
+    if scope == "global":
+        return None
+    kind, _, rest = scope.partition(":")
+    key, sep, value = rest.partition("=")
+    if kind != "tag" or not sep or not TAG_KEY.match(key) or not TAG_VALUE.match(value):
+        raise InputError("scope", f"{scope!r} is not 'global' or 'tag:key=value'")
+    return key, value
+
+
+def period_key(period: Period, at_ms: int) -> str:
+    at = datetime.fromtimestamp(at_ms / 1000, UTC)
+    return at.strftime("%Y-%m-%d") if period == "day" else at.strftime("%Y-%m")
+
+
+def next_period_ms(period: Period, at_ms: int) -> int:
+    """Start of the next UTC day or month, in epoch ms."""
+    at = datetime.fromtimestamp(at_ms / 1000, UTC)
+    if period == "day":
+        start = at.replace(hour=0, minute=0, second=0, microsecond=0)
+        nxt = datetime.fromordinal(start.toordinal() + 1).replace(tzinfo=UTC)
+    else:
+        year, month = (at.year + 1, 1) if at.month == 12 else (at.year, at.month + 1)
+        nxt = datetime(year, month, 1, tzinfo=UTC)
+    return int(nxt.timestamp() * 1000)
+
+
+def ledger_member(scope: str, period: Period, at_ms: int) -> tuple[str, str]:
+    """The ledger rollup that holds a scope's spend in the period containing ``at_ms``."""
+    key = period_key(period, at_ms)
+    tag = parse_scope(scope)
+    if tag is None:
+        return period, key
+    return f"tag-{period}", f"{tag[0]}={tag[1]}|{key}"
+
+
+def turn_members(tags: dict[str, str], at_ms: int) -> list[tuple[str, str]]:
+    """Extra ledger rollups a turn is posted to, so caps can read spend per period."""
+    members = [("month", period_key("month", at_ms))]
+    for key, value in sorted(tags.items()):
+        for period in ("day", "month"):
+            members.append((f"tag-{period}", f"{key}={value}|{period_key(period, at_ms)}"))
+    return members
+
+
+class Budgets:
+    """Caps, holds and spend, over one :class:`RedisStore`."""
+
+    def __init__(self, store: RedisStore, holds_usd: dict[str, str] | None = None) -> None:
+        self.store = store
+        self.r = store.r
+        self.keys = store.keys
+        holds = {**DEFAULT_HOLDS_USD, **(holds_usd or {})}
+        self.holds = {tier: to_micro(Decimal(str(v))) for tier, v in holds.items()}
+        self._reserve = self.r.register_script(spend_scripts.RESERVE_BUDGET)
+        self._release = self.r.register_script(spend_scripts.RELEASE_HOLD)
+
+    # --- caps ----------------------------------------------------------------------
+
+    def set_cap(self, **fields: Any) -> BudgetCap:
+        """Create or replace a cap; InputError naming the field if it is malformed."""
+        try:
+            cap = BudgetCap.model_validate(fields)
+        except ValidationError as exc:
+            raise input_error(exc) from None
+        self.r.hset(self.keys.budget_caps, cap.name, cap.model_dump_json())
+        return cap
+
+    def remove_cap(self, scope: str, period: Period = "day") -> bool:
+        parse_scope(scope)
+        return bool(self.r.hdel(self.keys.budget_caps, f"{scope}/{period}"))
+
+    def caps(self) -> list[BudgetCap]:
+        raw = self.r.hgetall(self.keys.budget_caps)
+        return [BudgetCap.model_validate_json(v) for _, v in sorted(raw.items())]
+
+    def applicable(self, job: Job) -> list[BudgetCap]:
+        scopes = {"global"} | {f"tag:{k}={v}" for k, v in job.tags.items()}
+        return [cap for cap in self.caps() if cap.scope in scopes]
+
+    # --- holds ---------------------------------------------------------------------
+
+    def reserve(self, job: Job, at_ms: int | None = None) -> int:
+        """Hold the tier's amount against every applicable cap; returns the hold (micro).
+
+        Raises :class:`BudgetExceeded` for the first cap that would be passed; nothing
+        is held then. A job that already holds returns at once (a redelivered task).
+        """
+        caps = self.applicable(job)
+        if not caps:
+            return 0
+        at = at_ms or now_ms()
+        amount = self.holds.get(job.budget, self.holds["standard"])
+        keys = [self.keys.budget_holds, self.keys.budget_hold_times]
+        for cap in caps:
+            dim, value = ledger_member(cap.scope, cap.period, at)
+            keys += [
+                self.keys.ledger(dim, value),
+                self.keys.budget_reserved(cap.scope, period_key(cap.period, at)),
+            ]
+        args = [job.id, amount, at, len(caps), *[cap.limit_micro for cap in caps]]
+        result = self._reserve(keys=keys, args=args)
+        if int(result[0]) == 0:
+            raise BudgetExceeded(caps[int(result[1]) - 1], int(result[2]), amount)
+        self._warn(caps, at)
+        return amount
+
+    def release(self, job_id: str) -> int | None:
+        """Release a job's hold (idempotent); returns the amount, or None if none held."""
+        raw = self.r.hget(self.keys.budget_holds, job_id)
+        if raw is None:
+            return None
+        hold = json.loads(raw)
+        keys = [self.keys.budget_holds, self.keys.budget_hold_times, *hold["keys"]]
+        done = self._release(keys=keys, args=[job_id, raw, hold["amount"]])
+        return int(hold["amount"]) if int(done) == 1 else None
+
+    def hold_of(self, job_id: str) -> int | None:
+        raw = self.r.hget(self.keys.budget_holds, job_id)
+        return int(json.loads(raw)["amount"]) if raw else None
+
+    def record_overshoot(self, job: Job, hold_micro: int, cost_micro: int) -> None:
+        """A turn cost more than its hold: count it per scope, and say so in the log."""
+        over = cost_micro - hold_micro
+        for cap in self.applicable(job):
+            raw = self.r.hget(self.keys.budget_overshoots, cap.name)
+            entry = json.loads(raw) if raw else {"count": 0, "micro": 0}
+            entry = {"count": entry["count"] + 1, "micro": entry["micro"] + over}
+            self.r.hset(self.keys.budget_overshoots, cap.name, json.dumps(entry))
+        log.warning(
+            "job %s cost %s, %s more than its %s hold", job.id, format_usd(cost_micro),
+            format_usd(over), format_usd(hold_micro),
+        )  # fmt: skip
+
+    def reclaim(self, older_than_ms: int) -> int:
+        """Release holds older than this (their job died between reserve and settle)."""
+        cutoff = now_ms() - older_than_ms
+        stale = self.r.zrangebyscore(self.keys.budget_hold_times, "-inf", cutoff)
+        released = 0
+        for job_id in stale:
+            job = self.store.get_job(job_id)
+            if job is not None and not job.done and job.status != "queued":
+                continue  # still running: its finalize settles it
+            released += self.release(job_id) is not None
+        return released
+
+    # --- reporting -----------------------------------------------------------------
+
+    def status(self, at_ms: int | None = None) -> list[dict[str, Any]]:
+        """Per cap: spent, reserved, cap and left (micro), ratio, overshoots."""
+        at = at_ms or now_ms()
+        rows = []
+        overshoots = self.r.hgetall(self.keys.budget_overshoots)
+        for cap in self.caps():
+            dim, value = ledger_member(cap.scope, cap.period, at)
+            spent = total_cost_micro(
+                {k: int(v) for k, v in self.r.hgetall(self.keys.ledger(dim, value)).items()}
+            )
+            reserved = int(
+                self.r.get(self.keys.budget_reserved(cap.scope, period_key(cap.period, at))) or 0
+            )
+            over = json.loads(overshoots.get(cap.name, '{"count": 0, "micro": 0}'))
+            rows.append({
+                "cap": cap.name, "scope": cap.scope, "period": period_key(cap.period, at),
+                "cap_micro": cap.limit_micro, "spent_micro": spent, "reserved_micro": reserved,
+                "left_micro": cap.limit_micro - spent - reserved,
+                "ratio": (spent + reserved) / cap.limit_micro, "warn_at": cap.warn_at,
+                "on_exceed": cap.on_exceed, "overshoots": over["count"],
+                "overshoot_micro": over["micro"],
+            })  # fmt: skip
+        return rows
+
+    def _warn(self, caps: list[BudgetCap], at: int) -> None:
+        for row in self.status(at):
+            cap = next((c for c in caps if c.name == row["cap"]), None)
+            if cap is None or row["ratio"] < cap.warn_at:
+                continue
+            flag = self.keys.budget_warned(cap.name, row["period"])
+            if self.r.set(flag, 1, nx=True, ex=40 * 86_400):
+                used = format_usd(row["spent_micro"] + row["reserved_micro"])
+                log.warning(
+                    "budget %s at %.0f%% (%s of %s)",
+                    cap.name, row["ratio"] * 100, used, format_usd(cap.limit_micro),
+                )  # fmt: skip

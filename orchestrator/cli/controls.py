@@ -1,0 +1,134 @@
+"""Spend and traffic commands: ``orchestrator budgets ...`` and ``orchestrator limits ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ..api import Orchestrator
+from ..errors import InputError
+from ..money import format_usd
+from ..settings import load_settings
+
+BAR = 24
+
+
+def register(sub: Any) -> None:
+    budgets = sub.add_parser("budgets", help="budget caps: show (default), set, remove")
+    budgets.add_argument("--json", action="store_true")
+    budgets.set_defaults(func=run_budgets_show)
+    actions = budgets.add_subparsers(dest="action", metavar="ACTION")
+    show = actions.add_parser("show", help="spent, reserved and cap per scope, with a bar")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=run_budgets_show)
+    put = actions.add_parser("set", help="create or replace a cap")
+    put.add_argument("scope", metavar="SCOPE", help="'global' or 'tag:key=value'")
+    put.add_argument("--usd", required=True, help="the cap in USD, e.g. 25 or 12.50")
+    put.add_argument("--period", choices=("day", "month"), default="day")
+    put.add_argument("--warn-at", type=float, default=0.8, help="warn at this share (0-1]")
+    put.add_argument("--on-exceed", choices=("refuse", "wait"), default="refuse")
+    put.set_defaults(func=run_budgets_set)
+    rm = actions.add_parser("remove", help="remove a cap")
+    rm.add_argument("scope", metavar="SCOPE")
+    rm.add_argument("--period", choices=("day", "month"), default="day")
+    rm.set_defaults(func=run_budgets_remove)
+
+    limits = sub.add_parser("limits", help="concurrency limits: show (default), set, remove")
+    limits.add_argument("--json", action="store_true")
+    limits.set_defaults(func=run_limits_show)
+    lact = limits.add_subparsers(dest="action", metavar="ACTION")
+    lshow = lact.add_parser("show")
+    lshow.add_argument("--json", action="store_true")
+    lshow.set_defaults(func=run_limits_show)
+    lset = lact.add_parser("set", help="at most N running turns for KEY")
+    lset.add_argument("key", metavar="KEY", help="'tag:key=value' or 'budget:<tier>'")
+    lset.add_argument("limit", metavar="N", type=int)
+    lset.set_defaults(func=run_limits_set)
+    lrm = lact.add_parser("remove")
+    lrm.add_argument("key", metavar="KEY")
+    lrm.set_defaults(func=run_limits_remove)
+
+
+def _bar(ratio: float) -> str:
+    filled = min(BAR, round(ratio * BAR))
+    return "[" + "#" * filled + "." * (BAR - filled) + "]"
+
+
+def run_budgets_show(args: argparse.Namespace) -> int:
+    with Orchestrator(load_settings()) as orch:
+        rows = orch.budgets.status()
+    if args.json:
+        print(json.dumps({"caps": rows}, indent=2))
+        return 0
+    if not rows:
+        print("no budget caps (set one: orchestrator budgets set global --usd 50)")
+        return 0
+    print(f"{'cap':<28} {'period':<10} {'spent':>12} {'reserved':>12} {'cap':>12}  use")
+    for row in rows:
+        mark = " !" if row["ratio"] >= row["warn_at"] else ""
+        print(
+            f"{row['cap']:<28} {row['period']:<10} {format_usd(row['spent_micro']):>12} "
+            f"{format_usd(row['reserved_micro']):>12} {format_usd(row['cap_micro']):>12}  "
+            f"{_bar(row['ratio'])} {row['ratio'] * 100:5.1f}%{mark}"
+        )
+        if row["overshoots"]:
+            print(
+                f"{'':<28} {row['overshoots']} turn(s) cost more than their hold, "
+                f"by {format_usd(row['overshoot_micro'])} in all"
+            )
+    return 0
+
+
+def run_budgets_set(args: argparse.Namespace) -> int:
+    try:
+        usd = Decimal(args.usd)
+    except InvalidOperation:
+        raise InputError("usd", f"{args.usd!r} is not an amount") from None
+    with Orchestrator(load_settings()) as orch:
+        cap = orch.budgets.set_cap(
+            scope=args.scope, period=args.period, limit_usd=usd, warn_at=args.warn_at,
+            on_exceed=args.on_exceed,
+        )  # fmt: skip
+    print(f"cap {cap.name}: {format_usd(cap.limit_micro)}, {cap.on_exceed} when reached")
+    return 0
+
+
+def run_budgets_remove(args: argparse.Namespace) -> int:
+    with Orchestrator(load_settings()) as orch:
+        removed = orch.budgets.remove_cap(args.scope, args.period)
+    if not removed:
+        raise InputError("scope", f"no cap {args.scope}/{args.period}")
+    print(f"removed cap {args.scope}/{args.period}")
+    return 0
+
+
+def run_limits_show(args: argparse.Namespace) -> int:
+    with Orchestrator(load_settings()) as orch:
+        rows = orch.limits.status()
+    if args.json:
+        print(json.dumps({"limits": rows}, indent=2))
+        return 0
+    if not rows:
+        print("no concurrency limits (set one: orchestrator limits set tag:tenant=acme 5)")
+        return 0
+    print(f"{'key':<32} {'limit':>6} {'running':>8} {'waiting':>8}")
+    for row in rows:
+        print(f"{row['key']:<32} {row['limit']:>6} {row['running']:>8} {row['waiting']:>8}")
+    return 0
+
+
+def run_limits_set(args: argparse.Namespace) -> int:
+    with Orchestrator(load_settings()) as orch:
+        orch.limits.set(args.key, args.limit)
+    print(f"limit {args.key}: at most {args.limit} running")
+    return 0
+
+
+def run_limits_remove(args: argparse.Namespace) -> int:
+    with Orchestrator(load_settings()) as orch:
+        if not orch.limits.remove(args.key):
+            raise InputError("key", f"no limit on {args.key}")
+    print(f"removed limit {args.key}")
+    return 0
