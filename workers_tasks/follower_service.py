@@ -18,6 +18,7 @@ from orchestrator.aclient import AsyncWorkersClient
 from orchestrator.celery import STREAMS_QUEUE, app
 from orchestrator.follower import Follower
 from orchestrator.keys import Keys
+from orchestrator.limits import AsyncFleetRate
 from orchestrator.metrics import record_attempt
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,18 @@ async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
     settings = runtime.get_settings()
     assert settings.redis_url is not None
     r = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    throttle = None
+    if settings.fleet_rate_per_second is not None:
+        throttle = AsyncFleetRate(
+            r, Keys(settings.key_prefix), settings.fleet_rate_per_second, settings.fleet_rate_burst
+        )
     # Small connection pools (see AsyncWorkersClient): about 50 streams each.
     client = AsyncWorkersClient.from_settings(
         settings,
         max_connections=settings.follower_capacity + 50,
         pool_shards=max(1, settings.follower_capacity // 50),
         on_attempt=record_attempt,
+        throttle=throttle,
     )
     loop = asyncio.get_running_loop()
 
