@@ -20,6 +20,7 @@ from . import spend_scripts
 from .errors import InputError
 from .jobs import TAG_KEY, TAG_VALUE, Job
 from .keys import Keys
+from .metrics import RATE_LIMIT_WAITS
 from .models import BUDGETS
 from .store import RedisStore, now_ms
 
@@ -123,6 +124,7 @@ class FleetRate:
             if wait_ms <= 0 or time.monotonic() > deadline:
                 return
             self.waits += 1
+            RATE_LIMIT_WAITS.inc()
             time.sleep(wait_ms / 1000)
 
     def rate_limited(self, seconds: float) -> None:
@@ -150,6 +152,7 @@ class AsyncFleetRate:
             if wait_ms <= 0 or time.monotonic() > deadline:
                 return
             self.waits += 1
+            RATE_LIMIT_WAITS.inc()
             await asyncio.sleep(wait_ms / 1000)
 
     async def rate_limited(self, seconds: float) -> None:

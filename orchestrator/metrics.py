@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -89,6 +89,10 @@ SCHEDULE_RUNS = Counter(
     "orchestrator_schedule_runs_total",
     "Schedule slots handled by this process, by outcome.",
     ["outcome"],
+)
+RATE_LIMIT_WAITS = Counter(
+    "orchestrator_rate_limit_waits_total",
+    "Times a request waited for the fleet-wide rate limit or a 429 pause.",
 )
 SCHEDULE_LATENESS = Histogram(
     "orchestrator_schedule_lateness_seconds",
@@ -157,6 +161,8 @@ class StoreSnapshot:
     by_tag: list[dict[str, Any]]
     total: dict[str, int]
     tags_dropped: int = 0
+    budgets: list[dict[str, Any]] = field(default_factory=list)
+    limits: list[dict[str, Any]] = field(default_factory=list)
 
 
 def read_snapshot(
@@ -174,6 +180,10 @@ def read_snapshot(
     ``broker`` is the broker's Redis client (default: the store's; they share REDIS_URL).
     ``max_tags`` bounds the series: beyond it only the costliest tags are kept.
     """
+    # Imported here: limits and budgets use this module's counters.
+    from .budgets import Budgets
+    from .limits import Limits
+
     client = store.r if broker is None else broker
     with client.pipeline(transaction=False) as pipe:
         for queue in queues:
@@ -203,6 +213,8 @@ def read_snapshot(
         by_tag=tags[:max_tags],
         total=budgets["total"],
         tags_dropped=max(len(tags) - max_tags, 0),
+        budgets=Budgets(store).status(),
+        limits=Limits(store).status(),
     )
 
 
@@ -261,7 +273,32 @@ def families(snap: StoreSnapshot) -> list[Metric]:
         "Tags left out of the cost series to bound their number (the cheapest ones).",
         value=snap.tags_dropped,
     )
-    return [jobs, depth, unacked, followed, usd, micro, tokens, turns, dropped]
+    return [jobs, depth, unacked, followed, usd, micro, tokens, turns, dropped, *_controls(snap)]
+
+
+def _controls(snap: StoreSnapshot) -> list[Metric]:
+    """Budget caps (spent, reserved, cap in USD) and limits (running, waiting) per key."""
+    names = ("spent", "reserved", "cap")
+    gauges = {
+        name: GaugeMetricFamily(
+            f"orchestrator_budget_{name}_usd", f"Budget {name} in the current period, USD.",
+            labels=["cap"],
+        )
+        for name in names
+    }  # fmt: skip
+    for row in snap.budgets:
+        for name in names:
+            gauges[name].add_metric([row["cap"]], row[f"{name}_micro"] / MICRO_PER_USD)
+    running = GaugeMetricFamily(
+        "orchestrator_limit_running", "Turns running under a concurrency limit.", labels=["key"]
+    )
+    waiting = GaugeMetricFamily(
+        "orchestrator_limit_waiting", "Jobs waiting for a slot of a limit.", labels=["key"]
+    )
+    for row in snap.limits:
+        running.add_metric([row["key"]], row["running"])
+        waiting.add_metric([row["key"]], row["waiting"])
+    return [*gauges.values(), running, waiting]
 
 
 class StoreCollector(Collector):

@@ -169,3 +169,23 @@ def test_fleet_rate_limit_holds_across_clients(store: RedisStore) -> None:
     started = time.monotonic()
     limiters[3].before("retrieve")
     assert 0.45 <= time.monotonic() - started <= 1.5
+
+
+def test_budget_and_limit_gauges(store: RedisStore) -> None:
+    from prometheus_client import generate_latest
+
+    from orchestrator.metrics import store_registry
+
+    budgets = Budgets(store, {"standard": "1"})
+    budgets.set_cap(scope="global", limit_usd=Decimal("20"))
+    limits = Limits(store)
+    limits.set("tag:tenant=a", 1)
+    jobs = [make_job(store, i, tags={"tenant": "a"}) for i in range(3)]
+    budgets.reserve(jobs[0])
+    for job in jobs:
+        limits.acquire(job)
+    text = generate_latest(store_registry(store)).decode()
+    assert 'orchestrator_budget_reserved_usd{cap="global/day"} 1.0' in text
+    assert 'orchestrator_budget_cap_usd{cap="global/day"} 20.0' in text
+    assert 'orchestrator_limit_running{key="tag:tenant=a"} 1.0' in text
+    assert 'orchestrator_limit_waiting{key="tag:tenant=a"} 2.0' in text
