@@ -8,6 +8,7 @@ a non-zero exit status, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -65,7 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: REDIS_URL: cannot reach Redis ({type(exc).__name__})", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
-        return EXIT_ERROR
+        # The reader went away (``| head``): stop quietly, and keep Python's final
+        # flush of stdout from complaining too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return 130
 

@@ -9,21 +9,16 @@ the command line has) before anything is written or enqueued; a rejection is one
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import redis
-from kombu.exceptions import OperationalError
-
 from ..api import Orchestrator
-from ..errors import InputError, OrchestratorError
+from ..errors import InputError
 from ..jobs import Job, parse_tag
 from ..keys import LEDGER_DIMENSIONS
 from ..ledger import total_cost_micro
@@ -31,7 +26,6 @@ from ..models import BUDGETS
 from ..money import format_usd
 from ..settings import load_settings
 
-Command = Callable[[argparse.Namespace], int]
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
@@ -40,19 +34,19 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     submit = sub.add_parser("submit", help="start a new worker with INPUT")
     submit.add_argument("input", metavar="INPUT", help="the task text; '-' reads stdin")
     _submission_options(submit)
-    submit.set_defaults(func=_guarded(run_submit))
+    submit.set_defaults(func=run_submit)
 
     cont = sub.add_parser("continue", help="add a turn to a worker (by worker or job id)")
     cont.add_argument("worker_or_job", metavar="WORKER_OR_JOB")
     cont.add_argument("input", metavar="INPUT", help="the task text; '-' reads stdin")
     _submission_options(cont)
-    cont.set_defaults(func=_guarded(run_continue))
+    cont.set_defaults(func=run_continue)
 
     status = sub.add_parser("status", help="show a job")
     status.add_argument("job_id", metavar="JOB_ID")
     status.add_argument("--history", action="store_true", help="also list status changes")
     _json_option(status)
-    status.set_defaults(func=_guarded(run_status))
+    status.set_defaults(func=run_status)
 
     tail = sub.add_parser("tail", help="print a job's updates live until its turn ends")
     tail.add_argument("job_id", metavar="JOB_ID")
@@ -60,26 +54,26 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     tail.add_argument("--no-follow", action="store_true", help="print what is stored, exit")
     tail.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
     _json_option(tail, "one {index, data} object per line")
-    tail.set_defaults(func=_guarded(run_tail))
+    tail.set_defaults(func=run_tail)
 
     files = sub.add_parser("files", help="list a job's fetched files, or download one")
     files.add_argument("job_id", metavar="JOB_ID")
     files.add_argument("--download", metavar="NAME", help="download this published file now")
     files.add_argument("--to", metavar="PATH", type=Path, help="where --download writes")
     _json_option(files)
-    files.set_defaults(func=_guarded(run_files))
+    files.set_defaults(func=run_files)
 
     email = sub.add_parser("email", help="show a worker's email address")
     email.add_argument("worker_or_job", metavar="WORKER_OR_JOB")
     _json_option(email)
-    email.set_defaults(func=_guarded(run_email))
+    email.set_defaults(func=run_email)
 
     costs = sub.add_parser("costs", help="the cost ledger, grouped by one dimension")
     costs.add_argument("--by", choices=LEDGER_DIMENSIONS, default="day")
     costs.add_argument("--since", metavar="YYYY-MM-DD", help="first day (with --by day)")
     costs.add_argument("--until", metavar="YYYY-MM-DD", help="last day (with --by day)")
     _json_option(costs, "print the report as returned by Orchestrator.costs")
-    costs.set_defaults(func=_guarded(run_costs))
+    costs.set_defaults(func=run_costs)
 
 
 def _json_option(parser: argparse.ArgumentParser, text: str = "print JSON") -> None:
@@ -103,24 +97,6 @@ def _submission_options(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=600.0, help="seconds for --wait/--tail (default 600)"
     )
     _json_option(parser, "print the job as JSON (after updates, one per line, with --tail)")
-
-
-def _guarded(command: Command) -> Command:
-    """Turn an unreachable Redis or a closed stdout into one line, not a traceback."""
-
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
-            raise OrchestratorError(f"REDIS_URL: cannot reach Redis ({exc})") from None
-        except BrokenPipeError:
-            # The reader went away (``| head``): stop quietly, and keep Python's
-            # final flush of stdout from complaining too.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 0
-
-    return run
 
 
 # --- submit and continue ---------------------------------------------------------

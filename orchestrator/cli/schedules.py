@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
 
-import redis
-from kombu.exceptions import OperationalError
-
-from ..errors import InputError, OrchestratorError
+from ..errors import InputError
 from ..models import BUDGETS
 
 SCHEDULER = "orchestrator.beat:RedisScheduler"
-Command = Callable[[argparse.Namespace], int]
-
-
-def _guarded(command: Command) -> Command:
-    """An unreachable Redis or broker is one line, not a traceback."""
-
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
-            raise OrchestratorError(f"REDIS_URL: cannot reach Redis ({exc})") from None
-
-    return run
 
 
 def register(sub: Any) -> None:
@@ -53,18 +34,18 @@ def register(sub: Any) -> None:
     create.add_argument("--catch-up", choices=("skip", "once"), default="skip")
     create.add_argument("--overlap", choices=("skip", "buffer"), default="skip")
     create.add_argument("--json", action="store_true")
-    create.set_defaults(func=_guarded(cmd_create))
+    create.set_defaults(func=cmd_create)
 
     lst = ssub.add_parser("list", help="a worker's schedules, or all with their next runs")
     lst.add_argument("worker", nargs="?", default=None)
     lst.add_argument("--all", action="store_true", help="include done and cancelled ones")
     lst.add_argument("--json", action="store_true")
-    lst.set_defaults(func=_guarded(cmd_list))
+    lst.set_defaults(func=cmd_list)
 
     show = ssub.add_parser("show", help="one schedule: next 10 runs, counts, cost")
     show.add_argument("schedule_id")
     show.add_argument("--json", action="store_true")
-    show.set_defaults(func=_guarded(cmd_show))
+    show.set_defaults(func=cmd_show)
 
     for name, text in (
         ("pause", "stop running until resumed"),
@@ -74,18 +55,18 @@ def register(sub: Any) -> None:
     ):
         p = ssub.add_parser(name, help=text)
         p.add_argument("schedule_id")
-        p.set_defaults(func=_guarded(cmd_action), action=name)
+        p.set_defaults(func=cmd_action, action=name)
 
     hist = ssub.add_parser("history", help="a schedule's runs, newest first")
     hist.add_argument("schedule_id")
     hist.add_argument("--limit", type=int, default=20)
     hist.add_argument("--json", action="store_true")
-    hist.set_defaults(func=_guarded(cmd_history))
+    hist.set_defaults(func=cmd_history)
 
     imp = ssub.add_parser("import", help="copy a worker's upstream schedules into ours")
     imp.add_argument("worker")
     imp.add_argument("--cancel-upstream", action="store_true", help="cancel the upstream copies")
-    imp.set_defaults(func=_guarded(cmd_import))
+    imp.set_defaults(func=cmd_import)
 
     beat = sub.add_parser("beat", help="run the beat scheduler (any number may run at once)")
     beat.add_argument("--loglevel", default="INFO")
@@ -99,7 +80,7 @@ def register(sub: Any) -> None:
         "--misfire-grace", type=float, default=5.0,
         help="seconds late a recurring slot may be and still run (later: missed)",
     )  # fmt: skip
-    beat.set_defaults(func=_guarded(run_beat))
+    beat.set_defaults(func=run_beat)
 
 
 def _orch() -> Any:
