@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from orchestrator.api import Orchestrator
 from orchestrator.emulator import EmulatorConfig, EmulatorServer
 from orchestrator.redis_server import RedisServer
+from orchestrator.settings import load_settings
 
 API_KEY = "sk-test-" + uuid.uuid4().hex
 
@@ -77,6 +80,30 @@ def redis_url() -> Iterator[str]:
         return
     with RedisServer() as server:
         yield server.url
+
+
+@pytest.fixture
+def env(redis_url: str, key_prefix: str, emulator: Emulator, tmp_path: Path) -> dict[str, str]:
+    """Environment for real worker/beat processes of one test: its own key prefix, the
+    emulator, short leases and visibility timeout so recovery tests finish quickly."""
+    from .processes import stack_env
+
+    return stack_env(
+        redis_url, key_prefix, emulator.url, emulator.api_key,
+        FILES_DIR=str(tmp_path / "files"), FOLLOW_LEASE_SECONDS="3", VISIBILITY_TIMEOUT="10",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def orch(env: dict[str, str]) -> Iterator[Orchestrator]:
+    """The facade, configured like the processes of :func:`env`."""
+    settings = load_settings(
+        redis_url=env["REDIS_URL"], key_prefix=env["KEY_PREFIX"],
+        workers_api_url=env["WORKERS_API_URL"], workers_api_key=env["WORKERS_API_KEY"],
+        files_dir=env["FILES_DIR"],
+    )  # fmt: skip
+    with Orchestrator(settings) as o:
+        yield o
 
 
 @pytest.fixture

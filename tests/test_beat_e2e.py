@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,32 +17,18 @@ import pytest
 from orchestrator.api import Orchestrator
 from orchestrator.schedule_store import Claim, ScheduleStore
 from orchestrator.schedules import Schedule, plan
-from orchestrator.settings import load_settings
 from orchestrator.store import now_ms
 
 from .conftest import Emulator
-from .processes import Proc, broker_depth, celery_worker, stack_env, wait_for
+from .processes import Proc, broker_depth, celery_worker, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def env(redis_url: str, key_prefix: str, emulator: Emulator, tmp_path: Path) -> dict[str, str]:
+def env(env: dict[str, str], emulator: Emulator) -> dict[str, str]:
     emulator.configure(turn_seconds=0, events_per_turn=2)
-    return stack_env(
-        redis_url, key_prefix, emulator.url, emulator.api_key,
-        FILES_DIR=str(tmp_path / "files"), FOLLOW_LEASE_SECONDS="3", VISIBILITY_TIMEOUT="10",
-    )  # fmt: skip
-
-
-@pytest.fixture
-def orch(env: dict[str, str]) -> Iterator[Orchestrator]:
-    settings = load_settings(
-        redis_url=env["REDIS_URL"], key_prefix=env["KEY_PREFIX"],
-        workers_api_url=env["WORKERS_API_URL"], workers_api_key=env["WORKERS_API_KEY"],
-    )  # fmt: skip
-    with Orchestrator(settings) as o:
-        yield o
+    return env
 
 
 def beat(env: dict[str, str], log: Path, *flags: str) -> Proc:

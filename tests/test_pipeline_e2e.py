@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from orchestrator.api import Orchestrator
 from orchestrator.ledger import FIELDS
-from orchestrator.settings import load_settings
 
 from .conftest import Emulator
-from .processes import Proc, celery_worker, stack_env, wait_for
+from .processes import Proc, celery_worker, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def env(redis_url: str, key_prefix: str, emulator: Emulator, tmp_path: Path) -> dict[str, str]:
-    return stack_env(
-        redis_url, key_prefix, emulator.url, emulator.api_key,
-        FILES_DIR=str(tmp_path / "files"), FOLLOW_LEASE_SECONDS="3", VISIBILITY_TIMEOUT="10",
-    )  # fmt: skip
-
-
-@pytest.fixture
-def orch(env: dict[str, str]) -> Iterator[Orchestrator]:
-    settings = load_settings(
-        redis_url=env["REDIS_URL"], key_prefix=env["KEY_PREFIX"],
-        workers_api_url=env["WORKERS_API_URL"], workers_api_key=env["WORKERS_API_KEY"],
-        files_dir=env["FILES_DIR"],
-    )  # fmt: skip
-    with Orchestrator(settings) as o:
-        yield o
 
 
 def assert_updates_exact(orch: Orchestrator, job_id: str, expected: int) -> None:
