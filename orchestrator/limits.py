@@ -97,17 +97,12 @@ class Limits:
         return rows
 
 
-class FleetRate:
-    """Requests per second for the whole fleet (GCRA in Redis) and a shared 429 pause.
-
-    Give an instance to the clients as their ``throttle``: they call :meth:`before`
-    before every attempt and :meth:`rate_limited` when the API answers 429.
-    """
+class _Rate:
+    """What both rate limiters share: the GCRA settings and the registered scripts."""
 
     def __init__(self, r: Any, keys: Keys, per_second: float, burst: int = 1) -> None:
         if per_second <= 0:
             raise InputError("per_second", "must be positive")
-        self.r = r
         self.key = keys.rate
         self.interval_ms = 1000.0 / per_second
         self.burst = max(1, burst)
@@ -115,12 +110,25 @@ class FleetRate:
         self._pause = r.register_script(spend_scripts.RATE_PAUSE)
         self.waits = 0
 
+    def _args(self) -> list[float]:
+        return [now_ms(), self.interval_ms, self.burst]
+
+    def _pause_args(self, seconds: float) -> list[int]:
+        return [now_ms() + int(seconds * 1000)]
+
+
+class FleetRate(_Rate):
+    """Requests per second for the whole fleet (GCRA in Redis) and a shared 429 pause.
+
+    Give an instance to the clients as their ``throttle``: they call :meth:`before`
+    before every attempt and :meth:`rate_limited` when the API answers 429.
+    """
+
     def before(self, call: str) -> None:
         """Block until the fleet may send one more request."""
         deadline = time.monotonic() + MAX_RATE_WAIT
         while True:
-            args = [now_ms(), self.interval_ms, self.burst]
-            wait_ms = int(self._acquire(keys=[self.key], args=args))
+            wait_ms = int(self._acquire(keys=[self.key], args=self._args()))
             if wait_ms <= 0 or time.monotonic() > deadline:
                 return
             self.waits += 1
@@ -129,26 +137,16 @@ class FleetRate:
 
     def rate_limited(self, seconds: float) -> None:
         """Pause every client of the fleet for ``seconds`` (the API's Retry-After)."""
-        self._pause(keys=[self.key], args=[now_ms() + int(seconds * 1000)])
+        self._pause(keys=[self.key], args=self._pause_args(seconds))
 
 
-class AsyncFleetRate:
-    """:class:`FleetRate` for asyncio clients (redis.asyncio)."""
-
-    def __init__(self, r: Any, keys: Keys, per_second: float, burst: int = 1) -> None:
-        self.r = r
-        self.key = keys.rate
-        self.interval_ms = 1000.0 / per_second
-        self.burst = max(1, burst)
-        self._acquire = r.register_script(spend_scripts.RATE_ACQUIRE)
-        self._pause = r.register_script(spend_scripts.RATE_PAUSE)
-        self.waits = 0
+class AsyncFleetRate(_Rate):
+    """:class:`FleetRate` for asyncio clients (a redis.asyncio client)."""
 
     async def before(self, call: str) -> None:
         deadline = time.monotonic() + MAX_RATE_WAIT
         while True:
-            args = [now_ms(), self.interval_ms, self.burst]
-            wait_ms = int(await self._acquire(keys=[self.key], args=args))
+            wait_ms = int(await self._acquire(keys=[self.key], args=self._args()))
             if wait_ms <= 0 or time.monotonic() > deadline:
                 return
             self.waits += 1
@@ -156,4 +154,4 @@ class AsyncFleetRate:
             await asyncio.sleep(wait_ms / 1000)
 
     async def rate_limited(self, seconds: float) -> None:
-        await self._pause(keys=[self.key], args=[now_ms() + int(seconds * 1000)])
+        await self._pause(keys=[self.key], args=self._pause_args(seconds))
