@@ -154,7 +154,7 @@ def response_body(response: httpx.Response) -> Any:
     """The decoded body for an error report: JSON if it parses, else (short) text."""
     try:
         return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, bad UTF-8, or absurdly nested
         return response.text[:500]
 
 
@@ -169,7 +169,9 @@ def parse(call: Call, response: httpx.Response, model: type[M]) -> M:
     """Parse a successful JSON answer into ``model``; a malformed one is a StreamError."""
     try:
         return model.model_validate_json(response.content)
-    except ValidationError as exc:
+    except (ValidationError, RecursionError) as exc:
+        if isinstance(exc, RecursionError):
+            raise StreamError("malformed answer: nested too deeply", call=call.name) from None
         raise StreamError(f"malformed answer: {exc.errors()[0]['msg']}", call=call.name) from None
 
 
@@ -184,7 +186,7 @@ def decode_event(call: Call, data: str) -> Any:
     """The JSON value of one SSE event's ``data``."""
     try:
         return json.loads(data)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise StreamError(f"event data is not JSON: {data[:80]!r}", call=call.name) from None
 
 

@@ -13,7 +13,15 @@ import re
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 from .errors import InputError
 from .models import Budget, input_error
@@ -39,7 +47,8 @@ def new_job_id() -> str:
 def _check_input(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty or only whitespace")
-    bad = [c for c in value if ord(c) < 32 and c not in "\n\r\t"]
+    # C0 controls (but tab and newlines), DEL and C1 controls are never meant as text.
+    bad = [c for c in value if (ord(c) < 32 and c not in "\n\r\t") or 127 <= ord(c) < 160]
     if bad:
         raise ValueError(f"contains control character {ord(bad[0]):#04x}")
     return value
@@ -51,11 +60,11 @@ class Submission(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: JobKind = "create"
-    input: str
+    input: StrictStr
     budget: Budget = "standard"
     tags: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = None
-    fetch_files: bool = False
+    fetch_files: StrictBool = False
     worker_id: str | None = None
     schedule_id: str | None = None
     priority: Priority = "interactive"

@@ -21,6 +21,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    StrictBool,
+    StrictStr,
     TypeAdapter,
     ValidationError,
 )
@@ -75,9 +77,9 @@ class CreateWorker(WireModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: Annotated[str, Field(min_length=1)]
+    input: Annotated[StrictStr, Field(min_length=1)]
     budget: Budget | None = None
-    stream: bool | None = None
+    stream: StrictBool | None = None
 
 
 # --- worker ------------------------------------------------------------------------

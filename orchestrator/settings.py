@@ -8,12 +8,13 @@ key and the passwords are :class:`~pydantic.SecretStr`: printing the settings sh
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
 from .models import error_message
@@ -125,6 +126,11 @@ def load_settings(**overrides: object) -> Settings:
     """Read the settings, raising :class:`ConfigError` naming the first bad variable."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        # A complex value (e.g. BUDGET_HOLDS_USD) that is not valid JSON.
+        match = re.search(r'field "(\w+)"', str(exc))
+        variable = match.group(1).upper() if match else "settings"
+        raise ConfigError(variable, "is not valid JSON") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         variable = str(first["loc"][0]).upper() if first["loc"] else "settings"
