@@ -51,10 +51,18 @@ class UpdateWriter:
         self._pending: dict[str, tuple[int, list[str]]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._wakeup = asyncio.Event()
+        # Workers whose write failed, and why, until their follower has been told.
+        self._failed: dict[str, str] = {}
+        self._writing = False
         self.written = 0
 
     def add(self, worker_id: str, index: int, payload: str) -> None:
-        """Queue update ``index`` of a worker (callers add each worker's in order)."""
+        """Queue update ``index`` of a worker (callers add each worker's in order).
+
+        Raises :class:`StreamError` when an earlier write of the worker failed: the
+        caller must resume from the stored count, or the updates after it are lost.
+        """
+        self.check(worker_id)
         entry = self._pending.get(worker_id)
         if entry is None:
             self._pending[worker_id] = (index, [payload])
@@ -62,14 +70,33 @@ class UpdateWriter:
             entry[1].append(payload)
         self._wakeup.set()
 
-    async def barrier(self) -> None:
-        """Wait until everything added so far is written (raises if the write failed)."""
-        if not self._pending:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
-        self._wakeup.set()
-        await future
+    async def barrier(self, worker_id: str | None = None) -> None:
+        """Wait until everything added so far is written; raise StreamError if a write
+        failed (with ``worker_id``: any write of that worker since it was last told).
+
+        A batch already being written counts: the waiter is released after it.
+        """
+        if self._pending or self._writing:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(future)
+            self._wakeup.set()
+            try:
+                await future
+            except StreamError:
+                if worker_id is None:
+                    raise
+        if worker_id is not None:
+            self.check(worker_id)
+
+    def check(self, worker_id: str) -> None:
+        """Raise StreamError (once) if a write of the worker failed since the last check."""
+        failed = self._failed.pop(worker_id, None)
+        if failed is not None:
+            self._pending.pop(worker_id, None)  # queued after the failure: a gap anyway
+            raise StreamError(f"update write failed: {failed}", call="relay")
+
+    def forget(self, worker_id: str) -> None:
+        self._failed.pop(worker_id, None)
 
     async def run(self) -> None:
         while True:
@@ -81,11 +108,14 @@ class UpdateWriter:
             waiters, self._waiters = self._waiters, []
             error: BaseException | None = None
             if batch:
+                self._writing = True
                 try:
                     await self._write(batch)
                 except Exception as exc:  # reported to every waiter; they reconnect
                     log.warning("update write failed: %s", exc)
                     error = exc
+                finally:
+                    self._writing = False
             for future in waiters:
                 if not future.done():
                     if error is None:
@@ -94,15 +124,22 @@ class UpdateWriter:
                         future.set_exception(StreamError(str(error), call="relay"))
 
     async def _write(self, batch: dict[str, tuple[int, list[str]]]) -> None:
-        async with self.r.pipeline(transaction=False) as pipe:
-            for worker_id, (first, payloads) in batch.items():
-                keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
-                await self._script(keys=keys, args=[first, self.maxlen, *payloads], client=pipe)
-            results = await pipe.execute(raise_on_error=False)
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        self.written += sum(len(p) for _, p in batch.values())
+        results: list[Any]
+        try:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for worker_id, (first, payloads) in batch.items():
+                    keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
+                    args: list[int | str] = [first, self.maxlen, *payloads]
+                    await self._script(keys=keys, args=args, client=pipe)
+                results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # the whole batch failed (Redis away)
+            results = [exc] * len(batch)
+        failed = {w: r for w, r in zip(batch, results, strict=True) if isinstance(r, Exception)}
+        for worker_id, error in failed.items():
+            self._failed[worker_id] = f"{type(error).__name__}: {error}"
+        self.written += sum(len(p) for w, (_, p) in batch.items() if w not in failed)
+        if failed:
+            raise next(iter(failed.values()))
 
 
 class Follower:
@@ -212,9 +249,10 @@ class Follower:
             return
         delay = 0.2
         marked_running = status == "running"
+        self.writer.forget(worker_id)  # a failure of an earlier follow is not ours
         while True:
-            relayed = int(await self.r.hget(self.keys.worker(worker_id), "relayed") or 0)
             try:
+                relayed = int(await self.r.hget(self.keys.worker(worker_id), "relayed") or 0)
                 async for update in self.client.stream_updates(worker_id):
                     if update.index < relayed:
                         continue  # a reconnect replays from 0: stored already
@@ -224,7 +262,7 @@ class Follower:
                     if not marked_running:
                         marked_running = True
                         await self._mark(job_id, "running")
-                await self.writer.barrier()
+                await self.writer.barrier(worker_id)
                 break
             except (StreamError, APIConnectionError) as exc:
                 log.info("stream of %s broke (%s); reconnecting in %.1fs", job_id, exc, delay)

@@ -118,10 +118,17 @@ def resend_unsent(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) ->
     return resent
 
 
+def upstream_key(job: Job) -> str:
+    """The ``Idempotency-Key`` of the job's upstream call: the client's own key when it
+    gave one, so that a submission Redis lost (a crash under ``appendfsync everysec``)
+    made again with the same key finds the same upstream worker; else the job id."""
+    return f"idem:{job.idempotency_key}" if job.idempotency_key else job.id
+
+
 def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
     """Create the worker (or continue it) upstream, exactly once per job.
 
-    The job id is the ``Idempotency-Key``; an attempt is recorded before the call and
+    ``upstream_key(job)`` is the ``Idempotency-Key``; an attempt is recorded before the call and
     the worker id after it, so a redelivered task that finds a worker id goes straight
     on to following, and one that does not repeats the call with the same key.
     """
@@ -136,11 +143,13 @@ def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
     store.count_attempt(job.id)
     try:
         if job.kind == "create":
-            worker = rt.client.create(job.input, budget=job.budget, idempotency_key=job.id)
+            worker = rt.client.create(
+                job.input, budget=job.budget, idempotency_key=upstream_key(job)
+            )
         else:
             assert job.worker_id is not None
             worker = rt.client.continue_(
-                job.worker_id, job.input, budget=job.budget, idempotency_key=job.id
+                job.worker_id, job.input, budget=job.budget, idempotency_key=upstream_key(job)
             )
     except APIStatusError as exc:
         if not exc.retryable:

@@ -311,3 +311,79 @@ else
 end
 return 1
 """
+
+# --- reconcile (see orchestrator/reconcile.py) -----------------------------------------
+
+# The upstream is the source of truth for money. What reached the ledger for a worker is
+# the larger of its own ledger row and its 'counted:*' (both are written by POST_TURN in
+# one step, and damage only ever loses data); the rest of the worker's cumulative figure
+# is posted as a correction to the total and every rollup of its latest job, the worker
+# row alone is brought to the upstream figure, and 'counted:*' moves to it. Atomic, so it
+# is safe beside a finalize posting the same worker: whichever runs second adds nothing.
+RECONCILE_WORKER = """
+-- KEYS[1] worker hash, KEYS[2] ledger turns hash, KEYS[3] ledger total hash,
+-- KEYS[4 .. 3+n] rollup hashes of the worker's latest job (one is the worker's own row),
+-- KEYS[4+n .. 3+2n] index sets (one per rollup)
+-- ARGV[1] correction id prefix ('reconcile:<worker>:'), ARGV[2] n,
+-- ARGV[3] JSON {field: upstream cumulative integer}, ARGV[4] position (1..n) of the
+-- worker's own row among the rollups, ARGV[5 .. 4+n] the index member of each rollup
+-- Returns {correction id, JSON {posted, row, counted}} (integers as strings: cjson would
+-- print large ones in exponent form), or false if nothing differed.
+local n = tonumber(ARGV[2])
+local upstream = cjson.decode(ARGV[3])
+local own = KEYS[3 + tonumber(ARGV[4])]
+local posted, row_fix, counted_fix = {}, {}, {}
+local changed = false
+for field, value in pairs(upstream) do
+  local counted = tonumber(redis.call('HGET', KEYS[1], 'counted:' .. field) or '0')
+  local row = tonumber(redis.call('HGET', own, field) or '0')
+  local missing = value - math.max(counted, row)
+  if missing ~= 0 then
+    local text = string.format('%.0f', missing)
+    redis.call('HINCRBY', KEYS[3], field, text)
+    for i = 1, n do redis.call('HINCRBY', KEYS[3 + i], field, text) end
+    posted[field] = text
+    changed = true
+  end
+  local fix = value - (row + missing)
+  if fix ~= 0 then
+    row_fix[field] = string.format('%.0f', fix)
+    redis.call('HINCRBY', own, field, row_fix[field])
+    changed = true
+  end
+  if counted ~= value then
+    redis.call('HSET', KEYS[1], 'counted:' .. field, string.format('%.0f', value))
+    counted_fix[field] = string.format('%.0f', value - counted)
+    changed = true
+  end
+end
+if not changed then return false end
+for i = 1, n do redis.call('SADD', KEYS[3 + n + i], ARGV[4 + i]) end
+local id = ARGV[1] .. redis.call('HINCRBY', KEYS[1], 'corrections', 1)
+local record = cjson.encode({posted = posted, row = row_fix, counted = counted_fix})
+redis.call('HSET', KEYS[2], id, record)
+return {id, record}
+"""
+
+# The ledger total must equal the sum of the per-worker rows (every post adds to both).
+# Read (and, asked to, repaired) in one step, so a turn posted meanwhile cannot show up
+# as a phantom difference.
+RECONCILE_TOTAL = """
+-- KEYS[1] ledger total hash, KEYS[2 ..] every worker's ledger row
+-- ARGV[1] JSON list of the fields to compare, ARGV[2] '1' to repair the total, '0' not
+-- Returns JSON {field: [total, sum of worker rows]} of the fields that differ(ed).
+local fields = cjson.decode(ARGV[1])
+local out = {}
+for _, field in ipairs(fields) do
+  local sum = 0
+  for i = 2, #KEYS do sum = sum + tonumber(redis.call('HGET', KEYS[i], field) or '0') end
+  local total = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+  if total ~= sum then
+    out[field] = {string.format('%.0f', total), string.format('%.0f', sum)}
+    if ARGV[2] == '1' then
+      redis.call('HINCRBY', KEYS[1], field, string.format('%.0f', sum - total))
+    end
+  end
+end
+return cjson.encode(out)
+"""

@@ -166,7 +166,9 @@ class RedisStore:
         ``update_from`` is where this turn's updates start in the worker's stream.
         """
         wkey = self.keys.worker(worker.id)
-        relayed = int(self.r.hget(wkey, "relayed") or 0)
+        # A create's turn is the worker's first, even if a follower left over from a job
+        # Redis lost has already relayed some of it.
+        relayed = 0 if job.kind == "create" else int(self.r.hget(wkey, "relayed") or 0)
         with self.r.pipeline(transaction=True) as pipe:
             pipe.hset(
                 self.keys.job(job.id), mapping={"worker_id": worker.id, "update_from": relayed}

@@ -16,7 +16,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from ..errors import ConfigError, InputError, OrchestratorError
-from . import controls, jobs, ops, schedules, serve, stack
+from . import controls, jobs, ops, repair, schedules, serve, stack
 
 EXIT_INPUT = 2
 EXIT_ERROR = 1
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.register(sub)
     ops.register(sub)
     controls.register(sub)
+    repair.register(sub)
     return parser
 
 
