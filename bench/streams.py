@@ -2,167 +2,292 @@
 
     python -m bench.streams --workers 1000 --turn-seconds 10 --events 10
 
-Starts its own Redis and an emulator subprocess, runs the real :class:`Follower` in this
-process, and reports event lag (emulator emit time to stored in Redis), RSS and CPU of
-the follower process.
+The real :class:`~orchestrator.follower.Follower` runs in this process with its
+production poll interval; a separate process creates the workers at the emulator
+(another process) and registers their jobs, so this process's CPU and RSS are the
+follower's. Lag is emulator emit time (the event's ``at``) to stored in Redis, taken
+when the batch holding the event is written. ``live`` lags leave out each turn's first
+event, which also waits for the job to be registered and claimed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis.asyncio as aioredis
 
 from orchestrator.aclient import AsyncWorkersClient
+from orchestrator.client import Update
 from orchestrator.follower import Follower, UpdateWriter
 from orchestrator.jobs import validate_submission
 from orchestrator.keys import Keys
-from orchestrator.redis_server import RedisServer, free_port
+from orchestrator.redis_server import RedisServer
 from orchestrator.store import RedisStore, connect
 
-KEY = "bench-key"
+from .harness import API_KEY, ROOT, Context, Result, cpu_seconds, percentile, rss_mb
+
+PREFIX = "bs"
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def _create(redis_url: str, api_url: str, workers: int, concurrency: int) -> None:
+    """Create ``workers`` workers and register their jobs (run in a child process)."""
+
+    async def main() -> None:
+        store = RedisStore(connect(redis_url), PREFIX)
+        creator = AsyncWorkersClient(api_url, API_KEY, max_connections=concurrency)
+        sem = asyncio.Semaphore(concurrency)
+        loop = asyncio.get_running_loop()
+
+        async def make(i: int) -> None:
+            async with sem:
+                worker = await creator.create(f"bench {i}")
+                sub = validate_submission(1000, input=f"bench {i}")
+
+                def register() -> None:
+                    job, _ = store.create_job(sub)
+                    store.set_submitted(job, worker)
+
+                await loop.run_in_executor(None, register)
+
+        await asyncio.gather(*(make(i) for i in range(workers)))
+        await creator.aclose()
+
+    asyncio.run(main())
 
 
-def start_emulator(turn_seconds: float, events: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "orchestrator",
-        "emulator",
-        "--port",
-        str(port),
-        "--turn-seconds",
-        str(turn_seconds),
-        "--events-per-turn",
-        str(events),
-    ]
-    proc = subprocess.Popen(
-        args,
-        env={**os.environ, "EMULATOR_API_KEY": KEY},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{url}/_emulator/ledger", headers={"Authorization": f"Bearer {KEY}"})
-            return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("emulator did not start")
+async def _loop_monitor(stalls: list[float], every: float = 0.01) -> None:
+    """How late a 10 ms sleep wakes up: time the follower's event loop was busy (ms)."""
+    while True:
+        t = time.perf_counter()
+        await asyncio.sleep(every)
+        stalls.append((time.perf_counter() - t - every) * 1000)
 
 
-async def run(workers: int, turn_seconds: float, events: int, shards: int) -> dict[str, Any]:
-    with RedisServer(appendonly=False) as server:
-        emu, url = start_emulator(turn_seconds, events)
-        try:
-            return await _measure(server.url, url, workers, turn_seconds, events, shards)
-        finally:
-            emu.terminate()
-            emu.wait(timeout=10)
+class _TimedClient(AsyncWorkersClient):
+    """The follower's client, noting how late each event is read (now - its ``at``)."""
+
+    read_lags: list[float]
+
+    async def stream_updates(self, worker_id: str, **kwargs: Any) -> AsyncIterator[Update]:
+        async for update in super().stream_updates(worker_id, **kwargs):
+            if update.data.get("type") != "start":
+                self.read_lags.append(time.time() * 1000 - update.data["at"])
+            yield update
 
 
-async def _measure(
-    redis_url: str, api_url: str, workers: int, turn_seconds: float, events: int, shards: int
+class _Count(logging.Handler):
+    """Counts the follower's warnings (failed relays, Redis errors) by message start."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.counts: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        key = text.split(" (", 1)[-1][:60] if "broke" in text else text.split(": ", 1)[-1][:60]
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+
+async def measure(
+    redis_url: str,
+    api_url: str,
+    workers: int,
+    turn_seconds: float,
+    events: int,
+    pool: int | None = None,
+    emulator_pid: int | None = None,
+    tune_gc: bool = False,
 ) -> dict[str, Any]:
-    store = RedisStore(connect(redis_url), "bench")
-    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    lags: list[float] = []
-    live_lags: list[float] = []  # all but each turn's first event (which waits for a claim)
+    """Follow ``workers`` concurrent turns; lag, RSS, CPU and peak concurrency.
+
+    ``pool`` gives the follower a blocking Redis pool of that size, a proposed fix
+    (None: redis-py's default pool, as the streams worker has it); ``tune_gc`` tries
+    another (``gc.freeze()`` and a higher collection threshold) in this process.
+    """
+    if tune_gc:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 100)
+    if pool:
+        blocking = aioredis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=pool, timeout=30, decode_responses=True
+        )
+        r = aioredis.Redis(connection_pool=blocking)
+    else:
+        r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    counter = _Count()
+    follower_log = logging.getLogger("orchestrator.follower")
+    level = follower_log.level
+    follower_log.setLevel(logging.INFO)
+    follower_log.addHandler(counter)
+    written: list[tuple[float, list[str]]] = []
     original = UpdateWriter._write
 
     async def timed_write(self: UpdateWriter, batch: dict[str, tuple[int, list[str]]]) -> None:
         await original(self, batch)
-        now = time.time() * 1000
-        for _, payloads in batch.values():
-            for payload in payloads:
-                event = json.loads(payload)
-                lags.append(now - event["at"])
-                if event.get("type") != "start":
-                    live_lags.append(now - event["at"])
+        written.append((time.time() * 1000, [p for _, ps in batch.values() for p in ps]))
 
-    UpdateWriter._write = timed_write  # type: ignore[method-assign]
     finished: set[str] = set()
 
+    keys = Keys(PREFIX)
+
     async def on_finished(job_id: str) -> None:
+        # What the finalize step does first: the stream is no longer followed (else the
+        # job would be claimed again when its lease runs out, and replayed).
         finished.add(job_id)
+        await r.zrem(keys.follows, job_id)
+        await r.hdel(keys.follow_owners, job_id)
 
-    client = AsyncWorkersClient(
-        api_url, KEY, stream_read_timeout=turn_seconds * 3, pool_shards=shards
-    )
-    follower = Follower(
-        r, Keys("bench"), client, on_finished, capacity=workers + 10, poll_seconds=0.05
-    )
+    client = _TimedClient(
+        api_url, API_KEY, stream_read_timeout=turn_seconds * 3 + 30,
+        max_connections=workers + 50, pool_shards=max(1, workers // 50),
+    )  # fmt: skip
+    client.read_lags = []
+    follower = Follower(r, keys, client, on_finished, capacity=workers + 10)
+    UpdateWriter._write = timed_write  # type: ignore[method-assign]
     stop = asyncio.Event()
+    cpu0, t0 = cpu_seconds(), time.monotonic()
+    emu_cpu0 = cpu_seconds(emulator_pid) if emulator_pid else 0.0
     task = asyncio.create_task(follower.run(stop))
-    cpu0 = time.process_time()
-    creator = AsyncWorkersClient(api_url, KEY)
-    sem = asyncio.Semaphore(50)
-
-    async def make(i: int) -> None:
-        async with sem:
-            worker = await creator.create(f"bench {i}")
-        sub = validate_submission(1000, input=f"bench {i}")
-
-        def register() -> None:  # blocking Redis calls: off the follower's loop
-            job, _ = store.create_job(sub)
-            store.set_submitted(job, worker)
-
-        await asyncio.get_running_loop().run_in_executor(None, register)
-
-    started = time.monotonic()
-    await asyncio.gather(*(make(i) for i in range(workers)))
-    created_in = time.monotonic() - started
-    peak = rss_mb()
-    deadline = time.monotonic() + turn_seconds * 3 + 60
-    while len(finished) < workers and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-        peak = max(peak, rss_mb())
-    cpu = time.process_time() - cpu0
-    stop.set()
-    await task
-    await creator.aclose()
-    await client.aclose()
-    await r.aclose()
-    lags.sort()
-    q = statistics.quantiles(lags, n=100) if len(lags) > 1 else [0.0] * 99
-    live = statistics.quantiles(live_lags, n=100) if len(live_lags) > 1 else [0.0] * 99
+    stalls: list[float] = []
+    monitor = asyncio.create_task(_loop_monitor(stalls))
+    code = f"from bench.streams import _create; _create({redis_url!r}, {api_url!r}, {workers}, 50)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    creator = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
+    peak_rss, peak_active, created_in = rss_mb(), 0, None
+    deadline = time.monotonic() + turn_seconds + workers / 50 + 60
+    try:
+        while len(finished) < workers and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            peak_rss = max(peak_rss, rss_mb())
+            peak_active = max(peak_active, len(follower.active))
+            if created_in is None and creator.poll() is not None:
+                if creator.returncode:
+                    raise RuntimeError(f"the creator process failed ({creator.returncode})")
+                created_in = time.monotonic() - t0
+    finally:
+        seconds = time.monotonic() - t0
+        cpu = cpu_seconds() - cpu0
+        emu_cpu = cpu_seconds(emulator_pid) - emu_cpu0 if emulator_pid else 0.0
+        stop.set()
+        monitor.cancel()
+        await task
+        UpdateWriter._write = original  # type: ignore[method-assign]
+        if creator.poll() is None:
+            creator.kill()
+        creator.wait(timeout=10)
+        await client.aclose()
+        await r.aclose()
+        follower_log.removeHandler(counter)
+        follower_log.setLevel(level)
+        if tune_gc:
+            gc.unfreeze()
+            gc.set_threshold(700, 10, 10)
+    lags, live, late = [], [], []
+    created_at = (t0 + (created_in or seconds)) - time.monotonic() + time.time()
+    for at, payloads in written:
+        for payload in payloads:
+            event = json.loads(payload)
+            lags.append(at - event["at"])
+            if event.get("type") != "start":
+                live.append(at - event["at"])
+                if event["at"] > created_at * 1000:
+                    late.append(at - event["at"])
     return {
         "workers": workers,
         "events_expected": workers * events,
         "events_stored": len(lags),
         "finished": len(finished),
-        "create_seconds": round(created_in, 2),
-        "lag_ms_p50": round(q[49], 1),
-        "lag_ms_p99": round(q[98], 1),
-        "lag_ms_max": round(lags[-1], 1) if lags else 0.0,
-        "live_lag_ms_p50": round(live[49], 1),
-        "live_lag_ms_p99": round(live[98], 1),
-        "rss_mb_peak": round(peak, 1),
-        "maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_concurrent": peak_active,
+        "create_seconds": round(created_in or seconds, 2),
+        "seconds": round(seconds, 2),
+        "lag_ms_p50": round(percentile(lags, 50), 1),
+        "lag_ms_p99": round(percentile(lags, 99), 1),
+        "lag_ms_max": round(max(lags, default=0.0), 1),
+        "live_lag_ms_p50": round(percentile(live, 50), 1),
+        "live_lag_ms_p99": round(percentile(live, 99), 1),
+        "live_read_lag_ms_p50": round(percentile(client.read_lags, 50), 1),
+        "live_read_lag_ms_p99": round(percentile(client.read_lags, 99), 1),
+        "live_lag_ms_p99_after_creation": round(percentile(late, 99), 1),
+        "loop_stall_ms_p99": round(percentile(stalls, 99), 1),
+        "loop_stall_ms_max": round(max(stalls, default=0.0), 1),
+        "rss_mb_peak": round(peak_rss, 1),
+        "follower_log": counter.counts,
         "cpu_seconds": round(cpu, 2),
+        "emulator_cpu_seconds": round(emu_cpu, 2),
     }
+
+
+def _once(
+    ctx: Context, workers: int, turn_seconds: float, events: int, pool: int | None = None
+) -> dict[str, Any]:
+    proc, url = ctx.emulator(f"streams-emulator-{workers}", turn_seconds, events)
+    try:
+        return asyncio.run(
+            measure(ctx.redis_url, url, workers, turn_seconds, events, pool, proc.pid)
+        )
+    finally:
+        ctx.stop(proc)
+        ctx.flush()
+
+
+def scenario(ctx: Context) -> Result:
+    events = 10
+    # (workers, turn seconds, blocking Redis pool for the follower or None, repetitions)
+    runs_of: list[tuple[int, float, int | None, int]] = ctx.size(
+        [(1000, 10.0, None, ctx.reps), (5000, 60.0, None, 1), (5000, 60.0, 100, 1)],
+        [(200, 3.0, None, ctx.reps)],
+    )
+    res = Result(
+        "streams",
+        "Concurrent streams followed live by one follower process",
+        params={"events_per_turn": events,
+                "turns": ", ".join(f"{n} workers x {t:g} s" for n, t, _, _ in runs_of),
+                "follower": "in the measuring process, production poll interval 0.25 s",
+                "creator": "a separate process, 50 creates at a time"},
+    )  # fmt: skip
+    for workers, turn_seconds, pool, reps in runs_of:
+        runs = [_once(ctx, workers, turn_seconds, events, pool) for _ in range(reps)]
+
+        def col(key: str, runs: list[dict[str, Any]] = runs) -> list[float]:
+            return [float(run[key]) for run in runs]
+
+        tag = f"{workers} streams" + (f", blocking pool {pool} (proposed fix)" if pool else "")
+        goal = workers == 1000
+        lag = res.add(f"{tag}: live lag p99", "ms", col("live_lag_ms_p99"),
+                      goal="≤ 250 ms" if goal else "")  # fmt: skip
+        res.add(f"{tag}: live lag p50", "ms", col("live_lag_ms_p50"))
+        res.add(f"{tag}: live read lag p99", "ms", col("live_read_lag_ms_p99"),
+                note="emit to read by the follower: the upstream and machine share")  # fmt: skip
+        res.add(f"{tag}: event-loop stall max", "ms", col("loop_stall_ms_max"))
+        res.add(f"{tag}: lag p99 incl. first event", "ms", col("lag_ms_p99"),
+                note="a turn's first event also waits for register + claim")  # fmt: skip
+        rss = res.add(f"{tag}: follower RSS peak", "MiB", col("rss_mb_peak"),
+                      goal="≤ 1024 MiB" if goal else "")  # fmt: skip
+        res.add(f"{tag}: follower CPU", "s", col("cpu_seconds"),
+                note=f"follower process CPU, whole run ({turn_seconds:g} s turns)")  # fmt: skip
+        res.add(f"{tag}: peak concurrent", "streams", col("peak_concurrent"))
+        res.add(f"{tag}: events stored", "events", col("events_stored"),
+                note=f"of {workers * events} expected")  # fmt: skip
+        res.add(f"{tag}: turns finished", "turns", col("finished"), note=f"of {workers}")
+        if goal:
+            lag.met = statistics.median(lag.ours) <= 250
+            rss.met = max(rss.ours) <= 1024
+        res.notes.append(f"{tag}, each repetition: " + json.dumps(runs))
+    return res
 
 
 def main() -> None:
@@ -170,9 +295,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1000)
     parser.add_argument("--turn-seconds", type=float, default=10.0)
     parser.add_argument("--events", type=int, default=10)
-    parser.add_argument("--shards", type=int, default=20)
+    parser.add_argument("--redis-pool", type=int, default=None,
+                        help="give the follower a blocking Redis pool of this size "
+                        "(default: redis-py's default pool, as in the streams worker)")  # fmt: skip
     args = parser.parse_args()
-    result = asyncio.run(run(args.workers, args.turn_seconds, args.events, args.shards))
+    logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    with RedisServer(appendonly=False) as server:
+        ctx = Context(server.url, False, logs, logs)
+        try:
+            result = _once(ctx, args.workers, args.turn_seconds, args.events, args.redis_pool)
+        finally:
+            ctx.stop_all()
     print(json.dumps(result, indent=2))
 
 

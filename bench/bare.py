@@ -1,0 +1,68 @@
+"""The bare-Celery baseline: the orchestrator's own Celery configuration (same broker,
+acks_late, prefetch 1, JSON, task events) with one no-op task on its own queue.
+
+    celery -A bench.bare worker -Q bench -P threads -c 8 -E
+
+The task notes the instant it starts (one HSET), which is both the dispatch
+baseline's end mark and the throughput baseline's completion count.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.entity import Queue
+
+from orchestrator.celery import celery_config
+from orchestrator.settings import Settings, get_settings
+
+QUEUE = "bench"
+TASK = "bench.noop"
+
+
+def bare_config(settings: Settings) -> dict[str, Any]:
+    """Our Celery configuration, routed to the bench queue, with no task modules."""
+    config = celery_config(settings)
+    config.update(
+        include=[],
+        task_routes={TASK: QUEUE},
+        task_queues=[Queue(QUEUE)],  # type: ignore[no-untyped-call]
+        task_default_queue=QUEUE,
+        worker_direct=False,
+    )
+    return config
+
+
+def make_bare_app(settings: Settings) -> Celery:
+    """A producer of the baseline's tasks (the driver side)."""
+    instance = Celery("bare", set_as_current=False)
+    instance.conf.update(bare_config(settings))
+    return instance
+
+
+# The worker side (`celery -A bench.bare worker`), configured from the environment.
+app = Celery("bare")
+
+
+@app.on_configure.connect  # type: ignore[untyped-decorator]
+def _configure(sender: Celery, **_: Any) -> None:
+    sender.conf.update(bare_config(get_settings()))
+
+
+_redis: dict[str, Any] = {}
+
+
+def starts_key(run: str) -> str:
+    return f"bench:bare:{run}"
+
+
+@app.task(name=TASK)  # type: ignore[untyped-decorator]
+def noop(run: str, token: str) -> None:
+    started = time.time()
+    r = _redis.get("r")
+    if r is None:
+        r = _redis["r"] = redis.Redis.from_url(str(get_settings().redis_url))
+    r.hset(starts_key(run), token, started)

@@ -1,0 +1,199 @@
+"""Dispatch overhead and throughput, each against bare Celery in the same run.
+
+- dispatch: ``Orchestrator.submit()`` to the create request reaching the emulator (its
+  arrival time per Idempotency-Key = job id, recorded by ``bench.emulator``), against
+  ``send_task`` to a no-op task's first line. Same broker, same pool (one worker
+  process, threads x 8), one call every ``pace`` seconds so calls do not queue.
+- throughput: N jobs submitted back to back and run to ``completed`` (create, 10
+  updates relayed, finalize, ledger posted) by one ``orchestrator worker`` process
+  (queues api+streams, threads x 8), against N no-op tasks on the same pool.
+
+Repetitions alternate ours and the baseline, so drift on a shared machine hits both.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from typing import Any
+
+from orchestrator.api import Orchestrator
+from orchestrator.settings import load_settings
+
+from .bare import TASK, make_bare_app, starts_key
+from .harness import API_KEY, Context, Result, arrivals, cpu_seconds, percentile, wait_for
+
+BARE_ARGS = [
+    sys.executable, "-m", "celery", "-A", "bench.bare", "worker", "-Q", "bench",
+    "-P", "threads", "-c", "8", "-E", "--loglevel", "INFO", "-n", "bare@%h",
+]  # fmt: skip
+
+
+def _orchestrator(ctx: Context, api_url: str, prefix: str) -> Orchestrator:
+    settings = load_settings(
+        redis_url=ctx.redis_url, key_prefix=prefix, workers_api_url=api_url,
+        workers_api_key=API_KEY,
+    )  # fmt: skip
+    return Orchestrator(settings)
+
+
+def _paced(n: int, pace: float, call: Any) -> list[float]:
+    """Call ``call(i)`` n times, one every ``pace`` seconds; the seconds each call took."""
+    took = []
+    start = time.monotonic()
+    for i in range(n):
+        t = time.monotonic()
+        call(i)
+        took.append(time.monotonic() - t)
+        delay = start + (i + 1) * pace - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    return took
+
+
+def _ours_latencies(orch: Orchestrator, api_url: str, n: int, pace: float) -> dict[str, Any]:
+    sent: dict[str, float] = {}
+
+    def submit(i: int) -> None:
+        t0 = time.time()
+        job = orch.submit(f"dispatch {i}", budget="low")
+        sent[job.id] = t0
+
+    took = _paced(n, pace, submit)
+    seen: dict[str, float] = {}
+
+    def all_arrived() -> bool:
+        seen.update(arrivals(api_url))
+        return all(j in seen for j in sent)
+
+    wait_for(all_arrived, 60, "every create request at the emulator", every=0.2)
+    lat = [(seen[j] - t0) * 1000 for j, t0 in sent.items()]
+    return {"lat": lat, "call": [t * 1000 for t in took]}
+
+
+def _bare_latencies(ctx: Context, app: Any, n: int, pace: float) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:8]
+    sent: dict[str, float] = {}
+
+    def send(i: int) -> None:
+        t0 = time.time()
+        app.send_task(TASK, args=[run, str(i)])
+        sent[str(i)] = t0
+
+    took = _paced(n, pace, send)
+    with ctx.redis() as r:
+        wait_for(lambda: r.hlen(starts_key(run)) >= n, 60, "every bare task to start")
+        starts = r.hgetall(starts_key(run))
+    lat = [(float(starts[k]) - t0) * 1000 for k, t0 in sent.items()]
+    return {"lat": lat, "call": [t * 1000 for t in took]}
+
+
+def dispatch(ctx: Context) -> Result:
+    n = ctx.size(400, 100)
+    warm, pace = 30, 0.02
+    res = Result(
+        "dispatch",
+        "Dispatch overhead: submit() to the create request at the emulator",
+        baseline="bare Celery: send_task to a no-op task's start (same broker, same pool)",
+        params={"calls_per_rep": n, "warmup_calls": warm, "pace_ms": pace * 1000,
+                "pool": "threads x 8, one worker process", "emulator": "turn_seconds=0"},
+    )  # fmt: skip
+    _, url = ctx.emulator("dispatch-emulator")
+    env = ctx.env(url, prefix="bd")
+    ctx.worker("dispatch-api", env, "api")
+    ctx.spawn("dispatch-bare", BARE_ARGS, env, ready="ready.")
+    orch = _orchestrator(ctx, url, "bd")
+    bare_app = make_bare_app(orch.settings)
+    try:
+        _ours_latencies(orch, url, warm, pace)
+        _bare_latencies(ctx, bare_app, warm, pace)
+        ours: dict[str, list[float]] = {"p50": [], "p99": [], "call": []}
+        bare: dict[str, list[float]] = {"p50": [], "p99": [], "call": []}
+        for _ in range(ctx.reps):
+            for figures, got in (
+                (ours, _ours_latencies(orch, url, n, pace)),
+                (bare, _bare_latencies(ctx, bare_app, n, pace)),
+            ):
+                figures["p50"].append(percentile(got["lat"], 50))
+                figures["p99"].append(percentile(got["lat"], 99))
+                figures["call"].append(percentile(got["call"], 50))
+    finally:
+        orch.close()
+    p50 = res.add("latency p50", "ms", ours["p50"], bare["p50"], goal="p50 ≤ 1.5x bare")
+    p50.met = p50.ratio is not None and p50.ratio <= 1.5
+    res.add("latency p99", "ms", ours["p99"], bare["p99"])
+    res.add(
+        "caller blocked p50", "ms", ours["call"], bare["call"],
+        note="time submit() / send_task() itself takes in the caller",
+    )  # fmt: skip
+    return res
+
+
+def _ours_throughput(ctx: Context, orch: Orchestrator, pid: int, n: int) -> dict[str, float]:
+    before = orch.store.job_states()
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    for i in range(n):
+        orch.submit(f"throughput {i}", budget="low", tags={"tenant": f"t{i % 10}"})
+
+    def done() -> bool:
+        states = orch.store.job_states()
+        finished = sum(states[s] - before[s] for s in ("completed", "failed", "cancelled"))
+        return finished >= n
+
+    wait_for(done, 60 + n / 5, f"{n} jobs to finish", every=0.02)
+    seconds = time.monotonic() - t0
+    failed = orch.store.job_states()["failed"] - before["failed"]
+    return {"rate": n / seconds, "cpu_ms": (cpu_seconds(pid) - cpu0) * 1000 / n, "failed": failed}
+
+
+def _bare_throughput(ctx: Context, app: Any, pid: int, n: int) -> dict[str, float]:
+    run = uuid.uuid4().hex[:8]
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    for i in range(n):
+        app.send_task(TASK, args=[run, str(i)])
+    with ctx.redis() as r:
+        wait_for(lambda: r.hlen(starts_key(run)) >= n, 60 + n / 5, f"{n} bare tasks", every=0.02)
+    seconds = time.monotonic() - t0
+    return {"rate": n / seconds, "cpu_ms": (cpu_seconds(pid) - cpu0) * 1000 / n, "failed": 0}
+
+
+def throughput(ctx: Context) -> Result:
+    n = ctx.size(2000, 200)
+    res = Result(
+        "throughput",
+        "Throughput: jobs completed per second (create, 10 updates, finalize, ledger)",
+        baseline="bare Celery no-op tasks/s on the same pool",
+        params={"jobs_per_rep": n, "pool": "one worker process, threads x 8 (api+streams)",
+                "emulator": "turn_seconds=0, events_per_turn=10",
+                "submitter": "one thread in the driver, back to back"},
+    )  # fmt: skip
+    _, url = ctx.emulator("throughput-emulator")
+    env = ctx.env(url, prefix="bt")
+    worker = ctx.worker("throughput-onebox", env, "api,streams")
+    bare = ctx.spawn("throughput-bare", BARE_ARGS, env, ready="ready.")
+    orch = _orchestrator(ctx, url, "bt")
+    bare_app = make_bare_app(orch.settings)
+    ours: dict[str, list[float]] = {"rate": [], "cpu_ms": [], "failed": []}
+    base: dict[str, list[float]] = {"rate": [], "cpu_ms": [], "failed": []}
+    try:
+        _ours_throughput(ctx, orch, worker.pid, 20)
+        _bare_throughput(ctx, bare_app, bare.pid, 20)
+        for _ in range(ctx.reps):
+            for figures, got in (
+                (ours, _ours_throughput(ctx, orch, worker.pid, n)),
+                (base, _bare_throughput(ctx, bare_app, bare.pid, n)),
+            ):
+                for key, value in got.items():
+                    figures[key].append(value)
+    finally:
+        orch.close()
+    rate = res.add("throughput", "jobs/s", ours["rate"], base["rate"], goal="≥ 1/3 of bare")
+    rate.met = rate.ratio is not None and rate.ratio >= 1 / 3
+    res.add(
+        "worker CPU per job", "ms", ours["cpu_ms"], base["cpu_ms"],
+        note="CPU time of the worker process divided by jobs (baseline: by tasks)",
+    )  # fmt: skip
+    if any(ours["failed"]):
+        res.notes.append(f"jobs failed per repetition: {ours['failed']}")
+    return res

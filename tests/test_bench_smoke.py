@@ -1,0 +1,39 @@
+"""The benchmark harness runs end to end: one fast scenario at smoke size writes its
+results to a given directory. Benchmark figures themselves never pass or fail here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_quick_relay_scenario_writes_results(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "relay", "--quick", "--reps", "1", "--out", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    data = json.loads((tmp_path / "RESULTS.json").read_text())
+    assert data["quick"] is True
+    assert data["machine"]["cpus"] >= 1
+    [relay] = data["scenarios"]
+    assert relay["scenario"] == "relay"
+    names = {m["name"] for m in relay["metrics"]}
+    assert "relay rate" in names
+    rate = next(m for m in relay["metrics"] if m["name"] == "relay rate")
+    assert rate["ours"]["median"] > 0 and rate["baseline"]["median"] > 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "# Benchmark results" in text and "relay rate" in text
