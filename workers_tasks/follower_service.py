@@ -29,7 +29,12 @@ _state: dict[str, Any] = {}
 async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
     settings = runtime.get_settings()
     assert settings.redis_url is not None
-    r = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    # A blocking pool: with thousands of streams, a burst of Redis calls waits for a
+    # connection instead of failing ("Too many connections") and killing follow tasks.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, decode_responses=True, max_connections=100, timeout=30
+    )
+    r = aioredis.Redis(connection_pool=pool)
     throttle = None
     if settings.fleet_rate_per_second is not None:
         throttle = AsyncFleetRate(
