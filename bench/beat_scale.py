@@ -121,17 +121,18 @@ def idle_ticks(tick: Any) -> list[float]:
 
 @contextlib.contextmanager
 def recording_ours(log: list[tuple[int, float]]) -> Iterator[None]:
-    real = getattr(beat_module, "send_run")  # noqa: B009 - patched in and out below
+    real = getattr(beat_module, "send_runs")  # noqa: B009 - patched in and out below
 
-    def send(app: Any, schedule_id: str, slot: int, producer: Any = None) -> None:
-        real(app, schedule_id, slot, producer=producer)
-        log.append((slot, time.time() * 1000))
+    def send(app: Any, runs: list[tuple[str, int]], producer: Any = None) -> None:
+        real(app, runs, producer=producer)
+        at = time.time() * 1000
+        log.extend((slot, at) for _, slot in runs)
 
-    setattr(beat_module, "send_run", send)  # noqa: B010
+    setattr(beat_module, "send_runs", send)  # noqa: B010
     try:
         yield
     finally:
-        setattr(beat_module, "send_run", real)  # noqa: B010
+        setattr(beat_module, "send_runs", real)  # noqa: B010
 
 
 def run_loop(tick: Any, done: Any, timeout: float) -> None:

@@ -9,6 +9,7 @@ pending set in the same step; the run task is sent, then the claim is dropped. S
 number of beats may run at once, each slot is claimed once, and a beat killed between
 claim and send loses nothing (another beat, or this one restarted, re-sends it after
 ``resend_after`` seconds; the run task's (schedule, slot) dedupe makes that harmless).
+Runs go up to 100 a message, so a burst of 10,000 due slots is 100 publishes.
 No leader lock: see ``docs/schedules.md``. Future runs are never sent as ETA tasks.
 """
 
@@ -30,7 +31,7 @@ from celery.beat import Scheduler
 from kombu.exceptions import OperationalError
 
 from .runtime import store_for
-from .schedule_api import send_run
+from .schedule_api import RUNS_PER_MESSAGE, send_runs
 from .schedule_store import Claim, ScheduleStore, split_member
 from .schedules import MISFIRE_GRACE_MS, CatchUp, Timing, plan
 from .settings import get_settings
@@ -215,10 +216,10 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
         sent: list[str] = []
         try:
             with self.app.producer_or_acquire() as producer:
-                for member in members:
-                    schedule_id, slot = split_member(member)
-                    send_run(self.app, schedule_id, slot, producer=producer)
-                    sent.append(member)
+                for i in range(0, len(members), RUNS_PER_MESSAGE):
+                    chunk = members[i : i + RUNS_PER_MESSAGE]
+                    send_runs(self.app, [split_member(m) for m in chunk], producer=producer)
+                    sent.extend(chunk)
         finally:
             self.schedules.sent(sent)
             self.stats["sent"] += len(sent)
@@ -238,7 +239,8 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
         if not ready:
             return
         with self.app.producer_or_acquire() as producer:
-            for sid, slot in ready:
-                send_run(self.app, sid, slot, producer=producer)
-                self._buffer_sent[(sid, slot)] = clock
+            for i in range(0, len(ready), RUNS_PER_MESSAGE):
+                chunk = ready[i : i + RUNS_PER_MESSAGE]
+                send_runs(self.app, chunk, producer=producer)
+                self._buffer_sent.update(dict.fromkeys(chunk, clock))
         self.stats["released"] += len(ready)

@@ -26,6 +26,7 @@ TASK_ROUTES = {
     "workers.finalize": API_QUEUE,
     "workers.fetch_file": API_QUEUE,
     "workers.run_schedule": API_QUEUE,
+    "workers.run_schedules": API_QUEUE,
     "workers.sweep": API_QUEUE,
     # workers.heartbeat is sent to each worker's own direct queue, never routed here.
     "workers.follow": STREAMS_QUEUE,

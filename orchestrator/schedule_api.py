@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -55,6 +55,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN_TASK = "workers.run_schedule"
+RUNS_TASK = "workers.run_schedules"
+#: Slots one ``workers.run_schedules`` message carries: a burst of 10,000 due slots is
+#: 100 publishes, not 10,000, and each message is still a short task.
+RUNS_PER_MESSAGE = 100
 
 
 def iso(ms: int | None) -> str | None:
@@ -72,6 +76,17 @@ def send_run(app: Celery, schedule_id: str, slot_ms: int, producer: Any = None) 
         argsrepr=f"{schedule_id} slot={iso(slot_ms)}",
         producer=producer,
     )
+
+
+def send_runs(app: Celery, runs: Sequence[tuple[str, int]], producer: Any = None) -> None:
+    """Put several runs on the broker as one ``workers.run_schedules`` message (ids only).
+
+    Callers keep a message to ``RUNS_PER_MESSAGE`` runs so each task stays short.
+    """
+    first = f"{runs[0][0]} slot={iso(runs[0][1])}"
+    label = first if len(runs) == 1 else f"{len(runs)} runs from {first}"
+    chunk = [[sid, slot] for sid, slot in runs]
+    app.send_task(RUNS_TASK, args=[chunk], argsrepr=label, producer=producer)
 
 
 def run_slot(rt: Runtime, app: Celery, schedule_id: str, slot_ms: int) -> str:

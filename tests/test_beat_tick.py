@@ -38,10 +38,11 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Counter[tuple[str, int]]:
     """What the beats send, by (schedule, slot); no broker involved."""
     got: Counter[tuple[str, int]] = Counter()
 
-    def record(app: Any, schedule_id: str, slot: int, producer: Any = None) -> None:
-        got[(schedule_id, slot)] += 1
+    def record(app: Any, runs: list[tuple[str, int]], producer: Any = None) -> None:
+        assert 0 < len(runs) <= beat_module.RUNS_PER_MESSAGE
+        got.update(runs)
 
-    monkeypatch.setattr(beat_module, "send_run", record)
+    monkeypatch.setattr(beat_module, "send_runs", record)
     return got
 
 
@@ -97,15 +98,13 @@ def test_a_claim_left_unsent_is_taken_over_once(
     def crash(*_: Any, **__: Any) -> None:
         raise ConnectionError("broker gone")
 
-    monkeypatch.setattr(beat_module, "send_run", crash)
+    monkeypatch.setattr(beat_module, "send_runs", crash)
     with pytest.raises(ConnectionError):
         dying.tick_once(now=T0 + 1000)
     ss = ScheduleStore(store)
     assert ss.pending() == 5  # claimed, advanced, not sent
     monkeypatch.undo()
-    monkeypatch.setattr(
-        beat_module, "send_run", lambda app, sid, slot, producer=None: sent.update([(sid, slot)])
-    )
+    monkeypatch.setattr(beat_module, "send_runs", lambda _a, runs, producer=None: sent.update(runs))
     a, b = make_beat(store, resend_after=10.0), make_beat(store, resend_after=10.0)
     a.tick_once(now=T0 + 5_000)  # too early to take over; slots 2..5 are claimed anew
     assert all(slot != T0 + 1000 for _, slot in sent)

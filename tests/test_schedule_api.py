@@ -220,6 +220,33 @@ def test_buffer_overlap_runs_one_slot_when_the_previous_ends(
     assert orch.store.r.zcard(orch.store.keys.schedules_buffered) == 0
 
 
+def test_a_batch_of_runs_keeps_going_past_a_bad_slot(
+    orch: Orchestrator, app: FakeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers_tasks import schedule_tasks
+
+    monkeypatch.setattr(schedule_tasks, "get_runtime", lambda: orch.rt)
+    monkeypatch.setattr(schedule_tasks, "app", app)
+    a, b = (
+        orch.schedules.create(None, f"run {n}", {"type": "interval", "intervalSeconds": 60})
+        for n in "ab"
+    )
+    real = schedule_tasks.run_slot
+
+    def run_slot_failing_on_b(rt: Any, app_: Any, sid: str, slot: int) -> str:
+        if sid == b.id:
+            raise RuntimeError("boom")
+        return real(rt, app_, sid, slot)
+
+    monkeypatch.setattr(schedule_tasks, "run_slot", run_slot_failing_on_b)
+    slot = now_ms()
+    runs: list[list[str | int]] = [[a.id, slot], [b.id, slot], [a.id, slot], ["sch_gone", slot]]
+    verdicts = schedule_tasks.run_schedules.run(runs)
+    assert verdicts == {"fired": 1, "error": 1, "duplicate": 1, "gone": 1}
+    assert [name for name, _ in app.sent] == ["workers.create"]
+    assert len(orch.schedules.history(a.id)) == 1
+
+
 def test_trigger_claims_then_sends(orch: Orchestrator, app: FakeApp) -> None:
     s = orch.schedules.create(None, "now please", {"type": "cron", "cron": "0 0 1 1 *"})
     slot = orch.schedules.trigger(s.id)
