@@ -133,14 +133,15 @@ def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
     on to following, and one that does not repeats the call with the same key.
     """
     store = rt.store
-    job = store.require_job(job_id)
+    job, counted = store.begin_attempt(job_id)
     if job.status != "queued":
         if job.status in ("submitted", "running"):
             store.request_follow(job.id)
         return job
-    if not admit(app, rt, job):
-        return store.require_job(job.id)
-    store.count_attempt(job.id)
+    if not counted:
+        if not admit(app, rt, job):
+            return store.require_job(job.id)
+        store.count_attempt(job.id)
     try:
         if job.kind == "create":
             worker = rt.client.create(
@@ -155,9 +156,10 @@ def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
         if not exc.retryable:
             fail(app, rt, job.id, str(exc))
         raise
-    store.set_submitted(job, worker)
+    if not store.set_submitted(job, worker):
+        return store.require_job(job.id)  # cancelled meanwhile: report what it is now
     log.info("job %s submitted as worker %s", job.id, worker.id)
-    return store.require_job(job.id)
+    return job.model_copy(update={"status": "submitted", "worker_id": worker.id})
 
 
 def finalize(rt: Runtime, app: Celery, job_id: str) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import scripts
+from . import schedule_scripts as scripts
 from .errors import InputError
 from .schedules import COUNTERS, SCHEDULE_ID, CatchUp, Plan, Schedule, Timing
 from .store import RedisStore

@@ -54,6 +54,8 @@ class RedisStore:
         self.keys = Keys(prefix)
         self.updates_maxlen = updates_maxlen
         self._transition = client.register_script(scripts.TRANSITION)
+        self._create = client.register_script(scripts.CREATE_JOB)
+        self._begin = client.register_script(scripts.BEGIN_ATTEMPT)
         self._append = client.register_script(scripts.APPEND_UPDATES)
         self._post_turn = client.register_script(scripts.POST_TURN)
         self._release = client.register_script(scripts.RELEASE_FOLLOW)
@@ -63,57 +65,45 @@ class RedisStore:
     def create_job(self, sub: Submission) -> tuple[Job, bool]:
         """Write a new queued job, or return the one its idempotency key already names.
 
-        Optimistic WATCH/MULTI on the idempotency key makes a duplicate impossible, not
-        merely unlikely: of two racing submissions, one EXEC fails and re-reads.
+        One script checks and sets the idempotency key with the job's writes, so a
+        duplicate is impossible, not merely unlikely: of two racing submissions with the
+        same key, one writes and the other gets its job.
         """
         job_id = new_job_id()
-        idem = self.keys.idempotency(sub.idempotency_key) if sub.idempotency_key else None
-        while True:
-            with self.r.pipeline() as pipe:
-                try:
-                    if idem is not None:
-                        pipe.watch(idem)
-                        existing = pipe.get(idem)
-                        if existing:
-                            pipe.reset()
-                            job = self.get_job(str(existing))
-                            if job is None:
-                                raise InputError("idempotency_key", "names a job that is gone")
-                            return job, False
-                    created = now_ms()
-                    record = {
-                        "id": job_id,
-                        "kind": sub.kind,
-                        "input": sub.input,
-                        "budget": sub.budget,
-                        "tags": json.dumps(sub.tags, sort_keys=True),
-                        "idempotency_key": sub.idempotency_key or "",
-                        "fetch_files": "1" if sub.fetch_files else "0",
-                        "schedule_id": sub.schedule_id or "",
-                        "priority": sub.priority,
-                        "worker_id": sub.worker_id or "",
-                        "status": "queued",
-                        "attempts": 0,
-                        "created_at": created,
-                        "at_queued": created,
-                    }
-                    pipe.multi()
-                    if idem is not None:
-                        pipe.set(idem, job_id)
-                    pipe.hset(self.keys.job(job_id), mapping=record)
-                    pipe.zadd(self.keys.jobs, {job_id: created})
-                    pipe.zadd(self.keys.outbox, {job_id: created})
-                    pipe.hincrby(self.keys.job_states, "queued", 1)
-                    pipe.xadd(
-                        self.keys.job_history(job_id),
-                        {"status": "queued", "at": created, "detail": ""},
-                    )
-                    pipe.execute()
-                    job = self.get_job(job_id)
-                    assert job is not None
-                    return job, True
-                except redis.WatchError:
-                    continue
+        created = now_ms()
+        record = {
+            "id": job_id,
+            "kind": sub.kind,
+            "input": sub.input,
+            "budget": sub.budget,
+            "tags": json.dumps(sub.tags, sort_keys=True),
+            "idempotency_key": sub.idempotency_key or "",
+            "fetch_files": "1" if sub.fetch_files else "0",
+            "schedule_id": sub.schedule_id or "",
+            "priority": sub.priority,
+            "worker_id": sub.worker_id or "",
+            "status": "queued",
+            "attempts": "0",
+            "created_at": str(created),
+            "at_queued": str(created),
+        }
+        keys = [
+            self.keys.job(job_id),
+            self.keys.jobs,
+            self.keys.outbox,
+            self.keys.job_states,
+            self.keys.job_history(job_id),
+        ]
+        if sub.idempotency_key:
+            keys.append(self.keys.idempotency(sub.idempotency_key))
+        flat = [part for item in record.items() for part in item]
+        written, found_id = self._create(keys=keys, args=[job_id, created, *flat])
+        if int(written) == 1:
+            return Job.from_hash(record), True
+        job = self.get_job(str(found_id))
+        if job is None:
+            raise InputError("idempotency_key", "names a job that is gone")
+        return job, False
 
     def mark_sent(self, job_id: str) -> None:
         """The job's first task is on the broker: drop it from the outbox."""
@@ -149,6 +139,22 @@ class RedisStore:
             for _id, f in entries
         ]
 
+    def begin_attempt(self, job_id: str) -> tuple[Job, bool]:
+        """Read a job for its create step; True if its attempt was counted already.
+
+        Counted in the same round trip when the job is queued and no limit or budget
+        cap is configured (there is nothing to admit it against); otherwise the caller
+        admits it, then calls :meth:`count_attempt`.
+        """
+        if not isinstance(job_id, str) or not job_id.startswith("job_"):
+            raise InputError("job_id", f"{job_id!r} is not a job id")
+        keys = [self.keys.job(job_id), self.keys.limits, self.keys.budget_caps]
+        counted, flat = self._begin(keys=keys)
+        if not flat:
+            raise InputError("job_id", f"no job {job_id}")
+        data = dict(zip(flat[::2], flat[1::2], strict=True))
+        return Job.from_hash(data), int(counted) == 1
+
     def count_attempt(self, job_id: str) -> int:
         """Record, before calling upstream, that an attempt is being made."""
         return int(self.r.hincrby(self.keys.job(job_id), "attempts", 1))
@@ -160,8 +166,9 @@ class RedisStore:
     def recent_jobs(self, limit: int = 50) -> list[str]:
         return list(self.r.zrevrange(self.keys.jobs, 0, limit - 1))
 
-    def set_submitted(self, job: Job, worker: Worker) -> None:
-        """After the upstream call: link the worker, store its snapshot, ask for a follower.
+    def set_submitted(self, job: Job, worker: Worker) -> bool:
+        """After the upstream call: link the worker, store its snapshot, ask for a follower,
+        then move the job to ``submitted`` (False if it had moved on already).
 
         ``update_from`` is where this turn's updates start in the worker's stream.
         """
@@ -176,7 +183,7 @@ class RedisStore:
             pipe.hset(wkey, mapping={"snapshot": worker.model_dump_json(), "active_job": job.id})
             pipe.zadd(self.keys.follows, {job.id: 0}, nx=True)
             pipe.execute()
-        self.transition(job.id, "submitted")
+        return self.transition(job.id, "submitted")
 
     def request_follow(self, job_id: str, *, now: bool = False) -> None:
         """Put the job's stream up for a follower to claim.
