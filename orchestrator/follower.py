@@ -241,8 +241,20 @@ class Follower:
             if task is not None:
                 task.cancel()
 
+    async def _job_fields(self, job_id: str) -> list[Any]:
+        """The job's worker id and status; a Redis blip is waited out, not fatal (a
+        follow task that died here would leave its stream until the lease expired)."""
+        delay = 0.2
+        while True:
+            try:
+                return list(await self.r.hmget(self.keys.job(job_id), ["worker_id", "status"]))
+            except (aioredis.RedisError, OSError) as exc:
+                log.warning("reading job %s failed: %s; retrying in %.1fs", job_id, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
     async def _follow(self, job_id: str) -> None:
-        fields = await self.r.hmget(self.keys.job(job_id), ["worker_id", "status"])
+        fields = await self._job_fields(job_id)
         worker_id, status = str(fields[0] or ""), fields[1]
         if not worker_id or status in ("completed", "failed", "cancelled"):
             await self.on_finished(job_id)
