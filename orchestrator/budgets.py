@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import spend_scripts
+from .batch import Batch
 from .errors import InputError, OrchestratorError
 from .jobs import TAG_KEY, TAG_VALUE, Job
 from .ledger import total_cost_micro
@@ -187,14 +188,30 @@ class Budgets:
         raw = self.r.hget(self.keys.budget_holds, job_id)
         if raw is None:
             return None
-        hold = json.loads(raw)
+        batch = Batch(self.r)
+        index = self.release_into(batch, job_id, raw)
+        done = batch.execute()[index]
+        return int(json.loads(raw)["amount"]) if int(done) == 1 else None
+
+    def hold_into(self, batch: Batch, job_id: str) -> int:
+        """Queue a read of the job's raw hold (for :meth:`release_into`); its index."""
+        batch.pipe.hget(self.keys.budget_holds, job_id)
+        return len(batch.pipe) - 1
+
+    def release_into(self, batch: Batch, job_id: str, raw_hold: str) -> int:
+        """Queue the release of a hold read as ``raw_hold`` (the ``budget_holds`` value);
+        the index of its reply (1 if released, 0 if it was released already)."""
+        hold = json.loads(raw_hold)
         keys = [self.keys.budget_holds, self.keys.budget_hold_times, *hold["keys"]]
-        done = self._release(keys=keys, args=[job_id, raw, hold["amount"]])
-        return int(hold["amount"]) if int(done) == 1 else None
+        return batch.script(self._release, keys, [job_id, raw_hold, hold["amount"]])
 
     def hold_of(self, job_id: str) -> int | None:
-        raw = self.r.hget(self.keys.budget_holds, job_id)
-        return int(json.loads(raw)["amount"]) if raw else None
+        return self.amount_of(self.r.hget(self.keys.budget_holds, job_id))
+
+    @staticmethod
+    def amount_of(raw_hold: str | None) -> int | None:
+        """The amount (micro-USD) of a raw ``budget_holds`` value; None for no hold."""
+        return int(json.loads(raw_hold)["amount"]) if raw_hold else None
 
     def record_overshoot(self, job: Job, hold_micro: int, cost_micro: int) -> None:
         """A turn cost more than its hold: count it per scope, and say so in the log."""

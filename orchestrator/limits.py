@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from . import spend_scripts
+from .batch import Batch
 from .errors import InputError
 from .jobs import TAG_KEY, TAG_VALUE, Job
 from .keys import Keys
@@ -79,12 +80,18 @@ class Limits:
 
     def release(self, job: Job) -> list[str]:
         """Free the job's slots; returns the waiting jobs that got them (send them again)."""
+        batch = Batch(self.r)
+        index = self.release_into(batch, job)
+        return [str(j) for j in batch.execute()[index]]
+
+    def release_into(self, batch: Batch, job: Job) -> int:
+        """Queue :meth:`release`; the index of its reply (the promoted job ids)."""
         keys = self.candidate_keys(job)
         script_keys = [self.keys.limits, self.keys.limit_parked, self.keys.outbox]
         for key in keys:
             script_keys += [self.keys.limit_running(key), self.keys.limit_groups(key)]
         args = [job.id, now_ms(), len(keys), *keys, self.keys.prefix]
-        return [str(j) for j in self._promote(keys=script_keys, args=args)]
+        return batch.script(self._promote, script_keys, args)
 
     def status(self) -> list[dict[str, Any]]:
         """Per limited key: limit, running, waiting (all groups)."""

@@ -13,12 +13,13 @@ from typing import Any
 
 from celery import Celery
 
+from .batch import Batch
 from .budgets import BudgetExceeded, next_period_ms, turn_members
 from .errors import APIStatusError, InputError
 from .jobs import Job
 from .ledger import total_cost_micro
 from .runtime import Runtime
-from .store import now_ms
+from .store import now_ms, posted_deltas
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,12 @@ def admit(app: Celery, rt: Runtime, job: Job) -> bool:
 
 def release_slots(app: Celery, rt: Runtime, job: Job) -> None:
     """Free the job's concurrency slots and send the jobs that were waiting for them."""
-    for promoted_id in rt.limits.release(job):
+    dispatch_promoted(app, rt, rt.limits.release(job))
+
+
+def dispatch_promoted(app: Celery, rt: Runtime, promoted_ids: list[str]) -> None:
+    """Send the jobs that a release of slots promoted (clearing any that moved on)."""
+    for promoted_id in promoted_ids:
         promoted = rt.store.get_job(promoted_id)
         if promoted is not None and promoted.status == "queued":
             dispatch(app, rt, promoted)
@@ -176,25 +182,34 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
             turn_ended(app, rt, job)  # e.g. failed by the follower: give back its hold
         return "noop"
     worker = rt.client.retrieve(job.worker_id)
-    store.save_snapshot(worker)
     if worker.running or worker.status == "running":
+        store.save_snapshot(worker)
         store.request_follow(job.id, now=True)
         return "refollow"
+    # Three round trips from here, not one per write: the batches keep the order.
     at = now_ms()
-    posted = store.post_turn(job, worker, at, extra=turn_members(job.tags, at))
-    hold = rt.budgets.hold_of(job.id)
+    settle = Batch(store.r)
+    posted_at, relayed_at = store.settle_into(settle, job, worker, at, turn_members(job.tags, at))
+    hold_at = rt.budgets.hold_into(settle, job.id)
+    replies = settle.execute()
+    posted = None if posted_at is None else posted_deltas(replies[posted_at])
+    raw_hold = replies[hold_at]
+    hold = rt.budgets.amount_of(raw_hold)
     if posted is not None and hold is not None and total_cost_micro(posted) > hold:
         rt.budgets.record_overshoot(job, hold, total_cost_micro(posted))
-    store.r.hset(store.keys.job(job.id), "update_to", store.relayed(worker.id))
     if job.fetch_files:
         for file in worker.files:
             name = file.filename or file.url.rsplit("/", 1)[-1]
             app.send_task(
                 "workers.fetch_file", args=[job.id, name], argsrepr=f"{job.id} file={name!r}"
             )
-    store.transition(job.id, "completed")
-    store.release_follow(job.id)
-    turn_ended(app, rt, job)
+    end = Batch(store.r)
+    store.complete_into(end, job.id, int(replies[relayed_at] or 0))
+    if raw_hold is not None:
+        rt.budgets.release_into(end, job.id, raw_hold)
+    promoted_at = rt.limits.release_into(end, job)
+    promoted = end.execute()[promoted_at]
+    dispatch_promoted(app, rt, [str(p) for p in promoted])
     return "completed"
 
 

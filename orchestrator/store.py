@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from . import scripts
+from .batch import Batch
 from .errors import InputError
 from .jobs import STATUSES, Job, JobStatus, Submission, new_job_id
 from .keys import LEDGER_DIMENSIONS, Keys
@@ -42,6 +43,11 @@ def connect(url: str) -> redis.Redis:
         socket_timeout=30,
         socket_connect_timeout=5,
     )
+
+
+def posted_deltas(reply: Any) -> dict[str, int] | None:
+    """The deltas a POST_TURN reply says were posted (None: posted before)."""
+    return {k: int(v) for k, v in json.loads(reply).items()} if reply else None
 
 
 class RedisStore:
@@ -176,14 +182,16 @@ class RedisStore:
         # A create's turn is the worker's first, even if a follower left over from a job
         # Redis lost has already relayed some of it.
         relayed = 0 if job.kind == "create" else int(self.r.hget(wkey, "relayed") or 0)
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self.keys.job(job.id), mapping={"worker_id": worker.id, "update_from": relayed}
-            )
-            pipe.hset(wkey, mapping={"snapshot": worker.model_dump_json(), "active_job": job.id})
-            pipe.zadd(self.keys.follows, {job.id: 0}, nx=True)
-            pipe.execute()
-        return self.transition(job.id, "submitted")
+        # One round trip, in this order: a follower that claims the job finds its
+        # worker id, and the job is 'submitted' only once it is up for following.
+        batch = Batch(self.r)
+        jkey = self.keys.job(job.id)
+        batch.pipe.hset(jkey, mapping={"worker_id": worker.id, "update_from": relayed})
+        batch.pipe.hset(wkey, mapping={"snapshot": worker.model_dump_json(), "active_job": job.id})
+        batch.pipe.zadd(self.keys.follows, {job.id: 0}, nx=True)
+        history = [jkey, self.keys.job_history(job.id), self.keys.job_states]
+        batch.script(self._transition, history, ["submitted", now_ms(), "", HISTORY_MAXLEN])
+        return int(batch.execute()[-1]) == 1
 
     def request_follow(self, job_id: str, *, now: bool = False) -> None:
         """Put the job's stream up for a follower to claim.
@@ -238,6 +246,26 @@ class RedisStore:
 
     # --- ledger ------------------------------------------------------------------
 
+    def settle_into(
+        self, batch: Batch, job: Job, worker: Worker, at_ms: int, extra: Sequence[tuple[str, str]]
+    ) -> tuple[int | None, int]:
+        """Queue a finished turn's writes: its snapshot, then its ledger delta; returns
+        the reply indexes of the delta (:func:`posted_deltas`) and of the updates
+        relayed so far (the turn's ``update_to``)."""
+        batch.pipe.hset(self.keys.worker(worker.id), "snapshot", worker.model_dump_json())
+        posted = self.post_turn_into(batch, job, worker, at_ms, extra)
+        batch.pipe.hget(self.keys.worker(worker.id), "relayed")
+        return posted, len(batch.pipe) - 1
+
+    def complete_into(self, batch: Batch, job_id: str, update_to: int) -> None:
+        """Queue the end of a settled turn: where its updates end, ``completed``, and
+        the release of its follow lease."""
+        key = self.keys.job(job_id)
+        batch.pipe.hset(key, "update_to", update_to)
+        history = [key, self.keys.job_history(job_id), self.keys.job_states]
+        batch.script(self._transition, history, ["completed", now_ms(), "", HISTORY_MAXLEN])
+        batch.script(self._release, [self.keys.follows, self.keys.follow_owners], [job_id, ""])
+
     def post_turn(
         self,
         job: Job,
@@ -249,9 +277,24 @@ class RedisStore:
 
         Returns the deltas, or None if costs are still unknown or it was already posted.
         """
+        batch = Batch(self.r)
+        index = self.post_turn_into(batch, job, worker, at_ms, extra)
+        replies = batch.execute()
+        return None if index is None else posted_deltas(replies[index])
+
+    def post_turn_into(
+        self,
+        batch: Batch,
+        job: Job,
+        worker: Worker,
+        at_ms: int,
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> int | None:
+        """Queue :meth:`post_turn` on a batch; the index of the reply for
+        :func:`posted_deltas`, or None when the costs are unknown (nothing to post)."""
         figures = cumulative(worker)
         if figures is None:
-            self.r.hset(self.keys.job(job.id), "cost_known", "0")
+            batch.pipe.hset(self.keys.job(job.id), "cost_known", "0")
             return None
         members = [("day", utc_day(at_ms)), ("budget", job.budget), ("worker", worker.id)]
         members += [("tag", f"{k}={v}") for k, v in sorted(job.tags.items())]
@@ -263,11 +306,9 @@ class RedisStore:
         keys += [self.keys.ledger_index(dim) for dim, _ in members]
         args: list[Any] = [job.id, len(members), json.dumps(figures)]
         args += [value for _, value in members]
-        posted = self._post_turn(keys=keys, args=args)
-        self.r.hset(self.keys.job(job.id), "cost_known", "1")
-        if not posted:
-            return None
-        return {k: int(v) for k, v in json.loads(posted).items()}
+        index = batch.script(self._post_turn, keys, args)
+        batch.pipe.hset(self.keys.job(job.id), "cost_known", "1")
+        return index
 
     def turn_cost(self, job_id: str) -> dict[str, int] | None:
         raw = self.r.hget(self.keys.ledger_turns, job_id)

@@ -95,15 +95,18 @@ def test_fleet_rate_limit_across_four_workers(
             workers.append(
                 celery_worker(limited, tmp_path / f"w{n}.log", name=f"r{n}", concurrency=4).start()
             )
-        jobs = [orch.submit(f"rate {i}") for i in range(30)]
+        jobs = [orch.submit(f"rate {i}") for i in range(50)]
         statuses = wait_all(orch, [j.id for j in jobs], timeout=120)
     finally:
         for w in workers:
             w.stop()
     assert set(statuses.values()) == {"completed"}
     ledger = emulator.ledger()
-    assert ledger["requests"] >= 90  # create, stream and retrieve per job
-    assert ledger["max_requests_per_second"] <= 21, ledger["max_requests_per_second"]
+    assert ledger["requests"] >= 150  # create, stream and retrieve per job: 7.5 s at 20/s
+    # 20/s: at most 100 starts in any 5 s (+1 at the window's edge); a one-second
+    # window also sees arrival jitter, so it gets one request more of slack.
+    assert ledger["max_requests_per_5s"] <= 101, ledger["max_requests_per_5s"]
+    assert ledger["max_requests_per_second"] <= 22, ledger["max_requests_per_second"]
 
 
 def test_holds_survive_a_sigkill_between_reserve_and_settle(
