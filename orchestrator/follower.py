@@ -295,6 +295,15 @@ class Follower:
         await self._transition(keys=keys, args=[status, int(time.time() * 1000), detail, 100])
 
 
+def follower_redis(url: str) -> aioredis.Redis:
+    """The follower's Redis client. A blocking pool: with thousands of streams, a burst
+    of Redis calls waits for a connection instead of failing ("Too many connections")."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, max_connections=100, timeout=30
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
 def describe_state(follower: Follower) -> dict[str, Any]:
     return {
         "owner": follower.owner,

@@ -10,13 +10,12 @@ import logging
 import threading
 from typing import Any
 
-import redis.asyncio as aioredis
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from orchestrator import runtime
 from orchestrator.aclient import AsyncWorkersClient
 from orchestrator.celery import STREAMS_QUEUE, app
-from orchestrator.follower import Follower
+from orchestrator.follower import Follower, follower_redis
 from orchestrator.keys import Keys
 from orchestrator.limits import AsyncFleetRate
 from orchestrator.metrics import record_attempt
@@ -29,12 +28,7 @@ _state: dict[str, Any] = {}
 async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
     settings = runtime.get_settings()
     assert settings.redis_url is not None
-    # A blocking pool: with thousands of streams, a burst of Redis calls waits for a
-    # connection instead of failing ("Too many connections") and killing follow tasks.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, decode_responses=True, max_connections=100, timeout=30
-    )
-    r = aioredis.Redis(connection_pool=pool)
+    r = follower_redis(settings.redis_url)
     throttle = None
     if settings.fleet_rate_per_second is not None:
         throttle = AsyncFleetRate(
