@@ -232,12 +232,17 @@ async def measure(
 
 
 def _once(
-    ctx: Context, workers: int, turn_seconds: float, events: int, pool: int | None = None
+    ctx: Context,
+    workers: int,
+    turn_seconds: float,
+    events: int,
+    pool: int | None = None,
+    tune_gc: bool = False,
 ) -> dict[str, Any]:
     proc, url = ctx.emulator(f"streams-emulator-{workers}", turn_seconds, events)
     try:
         return asyncio.run(
-            measure(ctx.redis_url, url, workers, turn_seconds, events, pool, proc.pid)
+            measure(ctx.redis_url, url, workers, turn_seconds, events, pool, proc.pid, tune_gc)
         )
     finally:
         ctx.stop(proc)
@@ -298,12 +303,16 @@ def main() -> None:
     parser.add_argument("--redis-pool", type=int, default=None,
                         help="give the follower a blocking Redis pool of this size "
                         "(default: the streams worker's own client)")  # fmt: skip
+    parser.add_argument("--tune-gc", action="store_true",
+                        help="gc.freeze() and a higher collection threshold first")  # fmt: skip
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     with RedisServer(appendonly=False) as server:
         ctx = Context(server.url, False, logs, logs)
         try:
-            result = _once(ctx, args.workers, args.turn_seconds, args.events, args.redis_pool)
+            result = _once(
+                ctx, args.workers, args.turn_seconds, args.events, args.redis_pool, args.tune_gc
+            )
         finally:
             ctx.stop_all()
     print(json.dumps(result, indent=2))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redis.commands.core import Script
+from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError
 
 
@@ -32,7 +32,9 @@ class Batch:
         self.pipe.evalsha(script.sha, len(keys), *keys, *args)
         return index
 
-    def execute(self) -> list[Any]:
+    def execute(self, *, raise_on_error: bool = True) -> list[Any]:
+        """Every reply in order; with ``raise_on_error=False`` errors stand in their
+        place instead of the first being raised."""
         if not len(self.pipe):
             return []
         with self.pipe:
@@ -40,7 +42,44 @@ class Batch:
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
                 script, keys, args = self._scripts[i]
-                replies[i] = script(keys=keys, args=args)
-            elif isinstance(reply, Exception):
+                try:
+                    replies[i] = script(keys=keys, args=args)
+                except Exception as exc:
+                    replies[i] = exc
+        return _checked(replies, raise_on_error)
+
+
+class AsyncBatch:
+    """:class:`Batch` for ``redis.asyncio`` clients (the stream follower's)."""
+
+    def __init__(self, r: Any) -> None:
+        self.pipe: Any = r.pipeline(transaction=False)
+        self._scripts: dict[int, tuple[AsyncScript, Sequence[Any], Sequence[Any]]] = {}
+
+    def script(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> int:
+        index = len(self.pipe)
+        self._scripts[index] = (script, keys, args)
+        self.pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return index
+
+    async def execute(self, *, raise_on_error: bool = True) -> list[Any]:
+        if not len(self.pipe):
+            return []
+        async with self.pipe:
+            replies = list(await self.pipe.execute(raise_on_error=False))
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                script, keys, args = self._scripts[i]
+                try:
+                    replies[i] = await script(keys=keys, args=args)
+                except Exception as exc:
+                    replies[i] = exc
+        return _checked(replies, raise_on_error)
+
+
+def _checked(replies: list[Any], raise_on_error: bool) -> list[Any]:
+    if raise_on_error:
+        for reply in replies:
+            if isinstance(reply, Exception):
                 raise reply
-        return replies
+    return replies

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 
 from . import scripts
 from .aclient import AsyncWorkersClient
+from .batch import AsyncBatch
 from .errors import APIConnectionError, APIStatusError, StreamError
 from .keys import Keys
 from .metrics import EVENTS_RELAYED
@@ -126,12 +127,12 @@ class UpdateWriter:
     async def _write(self, batch: dict[str, tuple[int, list[str]]]) -> None:
         results: list[Any]
         try:
-            async with self.r.pipeline(transaction=False) as pipe:
-                for worker_id, (first, payloads) in batch.items():
-                    keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
-                    args: list[int | str] = [first, self.maxlen, *payloads]
-                    await self._script(keys=keys, args=args, client=pipe)
-                results = await pipe.execute(raise_on_error=False)
+            # One round trip (redis-py's own script pipelines add a SCRIPT EXISTS each).
+            writes = AsyncBatch(self.r)
+            for worker_id, (first, payloads) in batch.items():
+                keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
+                writes.script(self._script, keys, [first, self.maxlen, *payloads])
+            results = await writes.execute(raise_on_error=False)
         except Exception as exc:  # the whole batch failed (Redis away)
             results = [exc] * len(batch)
         failed = {w: r for w, r in zip(batch, results, strict=True) if isinstance(r, Exception)}
