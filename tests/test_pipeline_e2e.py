@@ -237,3 +237,37 @@ def test_clean_worker_stop_hands_streams_over_at_once(
             assert_updates_exact(orch, job.id, 20)
     finally:
         second.stop()
+
+
+def test_the_follower_settles_a_turn_or_hands_it_to_the_task(
+    orch: Orchestrator, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator import runtime
+    from orchestrator.jobs import validate_submission
+    from orchestrator.models import Worker
+    from workers_tasks import follower_service
+
+    emulator.configure(turn_seconds=0.0, events_per_turn=2)
+    sent: list[tuple[str, list[str]]] = []
+
+    class Producer:
+        def send_task(self, name: str, args: list[str], **_: object) -> None:
+            sent.append((name, args))
+
+    monkeypatch.setattr(follower_service, "app", Producer())
+    monkeypatch.setattr(runtime, "get_runtime", lambda: orch.rt)
+
+    def a_job(worker: Worker) -> str:
+        sub = validate_submission(1000, kind="create", input="settle me", budget="low")
+        job, _ = orch.store.create_job(sub)
+        orch.store.set_submitted(job, worker)
+        return job.id
+
+    done = a_job(orch.rt.client.create("settle me", budget="low"))
+    follower_service.settle(done)
+    assert orch.get(done).status == "completed" and sent == []
+    assert orch.costs(by="worker")  # the turn reached the ledger
+    lost = a_job(Worker(id="wrk_nobody_knows"))
+    follower_service.settle(lost)  # the API says 404: the task takes over
+    assert sent == [("workers.finalize", [lost])]
+    assert orch.get(lost).status == "submitted"
