@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from orchestrator.aclient import AsyncWorkersClient
 from orchestrator.client import Update
 from orchestrator.follower import Follower, UpdateWriter, follower_redis
+from orchestrator.follower import tune_gc as follower_tune_gc
 from orchestrator.jobs import validate_submission
 from orchestrator.keys import Keys
 from orchestrator.redis_server import RedisServer
@@ -40,6 +41,7 @@ from orchestrator.store import RedisStore, connect
 from .harness import API_KEY, ROOT, Context, Result, cpu_seconds, percentile, rss_mb
 
 PREFIX = "bs"
+DEFAULT_GC = gc.get_threshold()
 
 
 def _create(redis_url: str, api_url: str, workers: int, concurrency: int) -> None:
@@ -109,18 +111,16 @@ async def measure(
     events: int,
     pool: int | None = None,
     emulator_pid: int | None = None,
-    tune_gc: bool = False,
+    tune_gc: bool = True,
 ) -> dict[str, Any]:
     """Follow ``workers`` concurrent turns; lag, RSS, CPU and peak concurrency.
 
     ``pool`` gives the follower a blocking Redis pool of that size (None: the streams
-    worker's own client, ``follower_redis``); ``tune_gc`` tries
-    another (``gc.freeze()`` and a higher collection threshold) in this process.
+    worker's own client, ``follower_redis``); ``tune_gc`` sets up the collector as the
+    streams worker does (``follower.tune_gc``; False: Python's defaults).
     """
     if tune_gc:
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 50, 100)
+        follower_tune_gc()  # as the streams worker does when its follower starts
     if pool:
         blocking = aioredis.BlockingConnectionPool.from_url(
             redis_url, max_connections=pool, timeout=30, decode_responses=True
@@ -195,7 +195,7 @@ async def measure(
         follower_log.setLevel(level)
         if tune_gc:
             gc.unfreeze()
-            gc.set_threshold(700, 10, 10)
+            gc.set_threshold(*DEFAULT_GC)
     lags, live, late = [], [], []
     created_at = (t0 + (created_in or seconds)) - time.monotonic() + time.time()
     for at, payloads in written:
@@ -237,7 +237,7 @@ def _once(
     turn_seconds: float,
     events: int,
     pool: int | None = None,
-    tune_gc: bool = False,
+    tune_gc: bool = True,
 ) -> dict[str, Any]:
     proc, url = ctx.emulator(f"streams-emulator-{workers}", turn_seconds, events)
     try:
@@ -303,15 +303,17 @@ def main() -> None:
     parser.add_argument("--redis-pool", type=int, default=None,
                         help="give the follower a blocking Redis pool of this size "
                         "(default: the streams worker's own client)")  # fmt: skip
-    parser.add_argument("--tune-gc", action="store_true",
-                        help="gc.freeze() and a higher collection threshold first")  # fmt: skip
+    parser.add_argument("--default-gc", action="store_true",
+                        help="keep Python's collector settings (the streams worker tunes "
+                        "them: orchestrator.follower.tune_gc)")  # fmt: skip
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     with RedisServer(appendonly=False) as server:
         ctx = Context(server.url, False, logs, logs)
         try:
+            tune = not args.default_gc
             result = _once(
-                ctx, args.workers, args.turn_seconds, args.events, args.redis_pool, args.tune_gc
+                ctx, args.workers, args.turn_seconds, args.events, args.redis_pool, tune
             )
         finally:
             ctx.stop_all()

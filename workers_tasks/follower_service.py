@@ -17,7 +17,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from orchestrator import runtime
 from orchestrator.aclient import AsyncWorkersClient
 from orchestrator.celery import STREAMS_QUEUE, app
-from orchestrator.follower import Follower, follower_redis
+from orchestrator.follower import Follower, follower_redis, tune_gc
 from orchestrator.keys import Keys
 from orchestrator.limits import AsyncFleetRate
 from orchestrator.metrics import record_attempt
@@ -126,6 +126,7 @@ def start() -> None:
     """Start the follower thread (idempotent)."""
     if "thread" in _state:
         return
+    tune_gc()
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     ready = threading.Event()
