@@ -6,9 +6,8 @@ on one event loop (the stream follower).
 from __future__ import annotations
 
 import asyncio
-import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -17,8 +16,17 @@ from pydantic import SecretStr
 
 from . import calls
 from .calls import Call
-from .client import AttemptHook, Update, auth_headers, client_options, transport_error
-from .errors import APIError, RateLimitError, StreamError, status_error
+from .client import (
+    AttemptHook,
+    Attempts,
+    Outcome,
+    Update,
+    auth_headers,
+    build_request,
+    check_event_stream,
+    client_options,
+    stream_broken,
+)
 from .models import Budget, Worker
 from .retry import RetryPolicy
 from .settings import Settings
@@ -127,62 +135,38 @@ class AsyncWorkersClient:
         call = calls.stream_updates(worker_id, via_retrieve=via_retrieve)
         response = await self._send(call, stream=True, key=worker_id)
         try:
-            content_type = response.headers.get("content-type", "")
-            if "text/event-stream" not in content_type:
-                raise StreamError(f"expected an event stream, got {content_type!r}", call=call.name)
+            check_event_stream(call, response)
             index = 0
             try:
                 async for event in EventSource(response).aiter_sse():
                     yield Update(index, calls.decode_event(call, event.data))
                     index += 1
             except httpx.TransportError as exc:
-                raise StreamError(
-                    f"stream broken after {index} events ({type(exc).__name__})", call=call.name
-                ) from None
+                raise stream_broken(call, index, exc) from None
         finally:
             await response.aclose()
 
     async def _send(
         self, call: Call, *, stream: bool = False, key: str | None = None
     ) -> httpx.Response:
+        """Send with retries; returns a successful response (unread if ``stream``)."""
         http = self._pool(key)
-        request = http.build_request(
-            call.method,
-            call.path,
-            json=call.json,
-            params=call.params,
-            headers=call.headers,
-            timeout=self._stream_timeout if stream else httpx.USE_CLIENT_DEFAULT,
-        )
-        retries = 0
+        request = build_request(http, call, self._stream_timeout if stream else None)
+        attempts = Attempts(call, self.retry, self._on_attempt)
         while True:
-            started = time.monotonic()
-            headers: Mapping[str, str] = {}
+            attempts.start()
             if self._throttle is not None:
                 await self._throttle.before(call.name)
             try:
-                response = await http.send(request, stream=stream)
+                outcome: Outcome = await http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                self._record(call, 0, started)
-                error: APIError = transport_error(call, exc)
-            else:
-                self._record(call, response.status_code, started)
-                if response.is_success:
-                    return response
-                await response.aread()
-                await response.aclose()
-                error = status_error(call.name, response.status_code, calls.response_body(response))
-                headers = response.headers
-                if not self.retry.should_retry_status(response.status_code, headers):
-                    raise error
-            if retries >= self.retry.max_retries:
-                raise error
-            retries += 1
-            delay = self.retry.delay(retries, headers)
-            if self._throttle is not None and isinstance(error, RateLimitError):
+                outcome = exc
+            if attempts.succeeded(outcome):
+                return outcome
+            if isinstance(outcome, httpx.Response):
+                await outcome.aread()
+                await outcome.aclose()
+            delay, fleet_wide = attempts.retry_delay(outcome)
+            if fleet_wide and self._throttle is not None:
                 await self._throttle.rate_limited(delay)  # the whole fleet backs off
             await self._sleep(delay)
-
-    def _record(self, call: Call, status: int, started: float) -> None:
-        if self._on_attempt is not None:
-            self._on_attempt(call.name, status, time.monotonic() - started)

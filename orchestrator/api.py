@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .schedule_api import ScheduleAPI
 
 from .errors import InputError
-from .jobs import TERMINAL, Job, validate_submission
+from .jobs import TERMINAL, Job, JobKind, validate_submission
 from .models import Budget
 from .runtime import Runtime, store_for
 from .settings import Settings, load_settings
@@ -73,9 +73,9 @@ class Orchestrator:
 
         ``priority``: ``interactive`` (someone is waiting) is taken before ``batch``.
         """
-        sub = validate_submission(
-            self.settings.max_input_chars,
-            kind="create",
+        return self._enqueue(
+            "create",
+            None,
             input=input,
             budget=budget,
             tags=tags or {},
@@ -84,7 +84,6 @@ class Orchestrator:
             schedule_id=schedule_id,
             priority=priority,
         )
-        return self._enqueue(sub)
 
     def continue_(
         self,
@@ -99,11 +98,9 @@ class Orchestrator:
         priority: str = "interactive",
     ) -> Job:
         """Add a turn to a worker, named by its id or by a job of ours that made it."""
-        worker_id = self.worker_id_of(worker_or_job)
-        sub = validate_submission(
-            self.settings.max_input_chars,
-            kind="continue",
-            worker_id=worker_id,
+        return self._enqueue(
+            "continue",
+            self.worker_id_of(worker_or_job),
             input=input,
             budget=budget,
             tags=tags or {},
@@ -112,9 +109,13 @@ class Orchestrator:
             schedule_id=schedule_id,
             priority=priority,
         )
-        return self._enqueue(sub)
 
-    def _enqueue(self, sub: Any) -> Job:
+    def _enqueue(self, kind: JobKind, worker_id: str | None, **fields: Any) -> Job:
+        """Validate a submission (``fields``: submit's keywords), store it as a job and
+        dispatch it, unless its idempotency key names a job already."""
+        sub = validate_submission(
+            self.settings.max_input_chars, kind=kind, worker_id=worker_id, **fields
+        )
         from .pipeline import dispatch
 
         job, created = self.store.create_job(sub)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 from httpx_sse import EventSource
@@ -93,6 +93,78 @@ def transport_error(call: Call, exc: httpx.TransportError) -> APIConnectionError
 
 # Called after each attempt: (call name, HTTP status or 0 for no answer, seconds).
 AttemptHook = Callable[[str, int, float], None]
+
+# What one attempt ended with: a response (any status) or a failed exchange.
+Outcome = httpx.Response | httpx.TransportError
+
+
+def build_request(
+    http: httpx.Client | httpx.AsyncClient, call: Call, stream_timeout: httpx.Timeout | None
+) -> httpx.Request:
+    """The call's request; ``stream_timeout`` (for a stream) replaces the client's default."""
+    return http.build_request(
+        call.method,
+        call.path,
+        json=call.json,
+        params=call.params,
+        headers=call.headers,
+        timeout=httpx.USE_CLIENT_DEFAULT if stream_timeout is None else stream_timeout,
+    )
+
+
+class Attempts:
+    """The retry decisions for one call, shared by both clients so that each keeps only
+    its own I/O (throttle, send, read, sleep) around them."""
+
+    def __init__(self, call: Call, policy: RetryPolicy, on_attempt: AttemptHook | None) -> None:
+        self._call = call
+        self._policy = policy
+        self._on_attempt = on_attempt
+        self._retries = 0
+        self._started = time.monotonic()
+
+    def start(self) -> None:
+        """Mark an attempt's start; called before the throttle, so its wait is timed too."""
+        self._started = time.monotonic()
+
+    def succeeded(self, outcome: Outcome) -> TypeGuard[httpx.Response]:
+        """Report the attempt to the hook; True if it got a successful response."""
+        if self._on_attempt is not None:
+            status = outcome.status_code if isinstance(outcome, httpx.Response) else 0
+            self._on_attempt(self._call.name, status, time.monotonic() - self._started)
+        return isinstance(outcome, httpx.Response) and outcome.is_success
+
+    def retry_delay(self, outcome: Outcome) -> tuple[float, bool]:
+        """Seconds to wait before retrying a failed attempt, and whether the whole fleet
+        should back off too (a 429); raises the typed error when the failure is final.
+
+        A failed response must be read first: its body goes into the error.
+        """
+        headers: Mapping[str, str] = {}
+        if isinstance(outcome, httpx.TransportError):
+            error: APIError = transport_error(self._call, outcome)
+        else:
+            body = calls.response_body(outcome)
+            error = status_error(self._call.name, outcome.status_code, body)
+            headers = outcome.headers
+            if not self._policy.should_retry_status(outcome.status_code, headers):
+                raise error
+        if self._retries >= self._policy.max_retries:
+            raise error
+        self._retries += 1
+        return self._policy.delay(self._retries, headers), isinstance(error, RateLimitError)
+
+
+def check_event_stream(call: Call, response: httpx.Response) -> None:
+    """Raise :class:`StreamError` unless the response is an SSE stream."""
+    content_type = response.headers.get("content-type", "")
+    if "text/event-stream" not in content_type:
+        raise StreamError(f"expected an event stream, got {content_type!r}", call=call.name)
+
+
+def stream_broken(call: Call, count: int, exc: httpx.TransportError) -> StreamError:
+    """The error for a stream cut after ``count`` events."""
+    return StreamError(f"stream broken after {count} events ({type(exc).__name__})", call=call.name)
 
 
 class WorkersClient:
@@ -257,46 +329,25 @@ class WorkersClient:
 
     def _send(self, call: Call, *, stream: bool = False) -> httpx.Response:
         """Send with retries; returns a successful response (unread if ``stream``)."""
-        request = self._http.build_request(
-            call.method,
-            call.path,
-            json=call.json,
-            params=call.params,
-            headers=call.headers,
-            timeout=self._stream_timeout if stream else httpx.USE_CLIENT_DEFAULT,
-        )
-        retries = 0
+        request = build_request(self._http, call, self._stream_timeout if stream else None)
+        attempts = Attempts(call, self.retry, self._on_attempt)
         while True:
-            started = time.monotonic()
-            headers: Mapping[str, str] = {}
+            attempts.start()
             if self._throttle is not None:
                 self._throttle.before(call.name)
             try:
-                response = self._http.send(request, stream=stream)
+                outcome: Outcome = self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                self._record(call, 0, started)
-                error: APIError = transport_error(call, exc)
-            else:
-                self._record(call, response.status_code, started)
-                if response.is_success:
-                    return response
-                response.read()
-                response.close()
-                error = status_error(call.name, response.status_code, calls.response_body(response))
-                headers = response.headers
-                if not self.retry.should_retry_status(response.status_code, headers):
-                    raise error
-            if retries >= self.retry.max_retries:
-                raise error
-            retries += 1
-            delay = self.retry.delay(retries, headers)
-            if self._throttle is not None and isinstance(error, RateLimitError):
+                outcome = exc
+            if attempts.succeeded(outcome):
+                return outcome
+            if isinstance(outcome, httpx.Response):
+                outcome.read()
+                outcome.close()
+            delay, fleet_wide = attempts.retry_delay(outcome)
+            if fleet_wide and self._throttle is not None:
                 self._throttle.rate_limited(delay)  # the whole fleet backs off
             self._sleep(delay)
-
-    def _record(self, call: Call, status: int, started: float) -> None:
-        if self._on_attempt is not None:
-            self._on_attempt(call.name, status, time.monotonic() - started)
 
     @contextmanager
     def _streaming(self, call: Call) -> Iterator[httpx.Response]:
@@ -308,15 +359,11 @@ class WorkersClient:
 
     def _events(self, call: Call) -> Iterator[Update]:
         with self._streaming(call) as response:
-            content_type = response.headers.get("content-type", "")
-            if "text/event-stream" not in content_type:
-                raise StreamError(f"expected an event stream, got {content_type!r}", call=call.name)
+            check_event_stream(call, response)
             index = 0
             try:
                 for event in EventSource(response).iter_sse():
                     yield Update(index, calls.decode_event(call, event.data))
                     index += 1
             except httpx.TransportError as exc:
-                raise StreamError(
-                    f"stream broken after {index} events ({type(exc).__name__})", call=call.name
-                ) from None
+                raise stream_broken(call, index, exc) from None

@@ -16,8 +16,9 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -47,6 +48,7 @@ from .state import EmulatorState, IdempotentResult, TurnConflict, WorkerRecord
 
 Answer = Response | UpdateStream
 Handler = Callable[[Request], Awaitable[Answer]]
+M = TypeVar("M", bound=BaseModel)
 
 
 class WorkersApi:
@@ -137,35 +139,45 @@ class WorkersApi:
             answer.status_code, bytes(body), stream_worker
         )
 
-    # --- workers -----------------------------------------------------------------
-
-    async def create(self, request: Request) -> Answer:
-        """POST /api/workers: a new worker running its first turn."""
-        body = await request.body()
+    def _parse(self, request: Request, body: bytes, model: type[M]) -> M | Answer:
+        """A POST's body as ``model``, or the answer to give instead: the first answer
+        again for a repeated idempotency key, or 422 for a body that does not validate."""
         replay = self._replay(request)
         if replay is not None:
             return replay
         try:
-            parsed = CreateWorker.model_validate_json(body)
+            return model.model_validate_json(body)
         except ValidationError as exc:
             return invalid_from(exc)
+
+    async def _parse_for_worker(
+        self, request: Request, model: type[M]
+    ) -> tuple[WorkerRecord, M] | Answer:
+        """:meth:`_parse` for a POST under a worker, after a 404 for an unknown one."""
+        body = await request.body()
+        worker = self._worker(request)
+        if worker is None:
+            return not_found("worker")
+        parsed = self._parse(request, body, model)
+        return (worker, parsed) if isinstance(parsed, BaseModel) else parsed
+
+    # --- workers -----------------------------------------------------------------
+
+    async def create(self, request: Request) -> Answer:
+        """POST /api/workers: a new worker running its first turn."""
+        parsed = self._parse(request, await request.body(), CreateWorker)
+        if not isinstance(parsed, CreateWorker):
+            return parsed
         base_url = str(request.base_url)
         worker = self.state.create_worker(parsed.input, parsed.budget or "standard", base_url)
         return self._started(request, worker, stream=bool(parsed.stream))
 
     async def continue_(self, request: Request) -> Answer:
         """POST /api/workers/{id}: the worker's next turn (409 while one runs)."""
-        body = await request.body()
-        worker = self._worker(request)
-        if worker is None:
-            return not_found("worker")
-        replay = self._replay(request)
-        if replay is not None:
-            return replay
-        try:
-            parsed = CreateWorker.model_validate_json(body)
-        except ValidationError as exc:
-            return invalid_from(exc)
+        read = await self._parse_for_worker(request, CreateWorker)
+        if not isinstance(read, tuple):
+            return read
+        worker, parsed = read
         try:
             self.state.start_turn(worker, parsed.input, parsed.budget or "standard")
         except TurnConflict:
@@ -227,17 +239,10 @@ class WorkersApi:
 
     async def create_schedule(self, request: Request) -> Answer:
         """POST /api/workers/{id}/schedules: store a schedule with its next run time."""
-        body = await request.body()
-        worker = self._worker(request)
-        if worker is None:
-            return not_found("worker")
-        replay = self._replay(request)
-        if replay is not None:
-            return replay
-        try:
-            parsed = CreateSchedule.model_validate_json(body)
-        except ValidationError as exc:
-            return invalid_from(exc)
+        read = await self._parse_for_worker(request, CreateSchedule)
+        if not isinstance(read, tuple):
+            return read
+        worker, parsed = read
         when = parsed.when
         if isinstance(when, ScheduledWhen) and when.date <= datetime.now(UTC):
             return invalid("when.date", "must be in the future")
