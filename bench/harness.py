@@ -238,11 +238,14 @@ class Context:
         wait_for(up, 30, "the emulator")
         return proc, url
 
-    def worker(self, name: str, env: dict[str, str], queues: str, concurrency: int = 8) -> Proc:
-        """``orchestrator worker`` (threads pool) consuming ``queues``."""
+    def worker(
+        self, name: str, env: dict[str, str], queues: str, concurrency: int = 8,
+        pool: str = "threads",
+    ) -> Proc:  # fmt: skip
+        """``orchestrator worker`` consuming ``queues``."""
         args = [
             sys.executable, "-m", "orchestrator", "worker", "--queues", queues,
-            "--pool", "threads", "--concurrency", str(concurrency),
+            "--pool", pool, "--concurrency", str(concurrency),
             "--hostname", f"{name}@%h", "--loglevel", "INFO",
         ]  # fmt: skip
         return self.spawn(name, args, env, ready="ready.")

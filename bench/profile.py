@@ -3,7 +3,7 @@
     python -m bench.profile pipeline      # CPU per job, step by step, with cProfile tops
     python -m bench.profile dispatch      # dispatch latency split: caller vs create step
     python -m bench.profile send          # send_task cost, with and without task-sent events
-    python -m bench.profile beat-batch    # 10k due: per-slot messages vs 100 slots a message
+    python -m bench.profile beat-batch    # 10k due: 100 runs a message vs one a slot
     python -m bench.profile follow-burst  # a claim of 300 streams at once, default Redis pool
 
 Each starts its own Redis (and emulator where needed) and prints its findings; none
@@ -184,33 +184,30 @@ def send(ctx: Context, n: int = 2000) -> None:
 
 
 def beat_batch(ctx: Context, n: int = 10_000) -> None:
-    """10k due at once: our beat as is, without task-sent events, and a prototype that
-    sends 100 slots per message (a list-taking run task; not shipped, measured here)."""
+    """10k due at once: our beat as is (100 runs a message), without task-sent events,
+    and the way it was before (one message a slot, ``send_run``)."""
     from orchestrator.beat import RedisScheduler
-    from orchestrator.schedule_api import iso
+    from orchestrator.schedule_api import send_run
     from orchestrator.schedule_store import ScheduleStore, split_member
     from orchestrator.store import RedisStore, connect, now_ms
 
     from . import beat_scale
 
-    class Batched(RedisScheduler):
+    class PerSlot(RedisScheduler):
         def _send(self, members: list[str]) -> None:
             assert self.schedules is not None
             with self.app.producer_or_acquire() as producer:
-                for i in range(0, len(members), 100):
-                    chunk = [split_member(m) for m in members[i : i + 100]]
-                    label = f"{len(chunk)} slots from {iso(chunk[0][1])}"
-                    self.app.send_task("workers.run_schedules", args=[chunk], producer=producer,
-                                       argsrepr=label)  # fmt: skip
+                for member in members:
+                    send_run(self.app, *split_member(member), producer=producer)
             self.schedules.sent(members)
             self.stats["sent"] += len(members)
 
     app = beat_scale._app(ctx)
     store = RedisStore(connect(ctx.redis_url), beat_scale.PREFIX)
     for label, cls, sent_event in (
-        ("as is", RedisScheduler, True),
+        ("as is, 100 runs a message", RedisScheduler, True),
         ("no task-sent events", RedisScheduler, False),
-        ("100 slots per message", Batched, True),
+        ("one message a slot", PerSlot, True),
     ):
         app.conf.task_send_sent_event = sent_event
         due_at = now_ms() - 1

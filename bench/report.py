@@ -81,11 +81,19 @@ def markdown(data: dict[str, Any]) -> str:
     m = data["machine"]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(data["started_at"]))
     kind = "quick (smoke sizes)" if data["quick"] else "full"
+    runs = {(s.get("command"), s.get("measured_at")) for s in data["scenarios"]}
+    if len(runs) > 1:
+        origin = (
+            f"{kind.capitalize()} runs merged (each section says when and by which "
+            f"command); the latest, `{data['command']}`, of {when}. "
+        )
+    else:
+        origin = f"`{data['command']}` — {kind} run of {when}, {data['seconds'] / 60:.1f} min. "
     lines = [
         "# Benchmark results",
         "",
-        f"`{data['command']}` — {kind} run of {when}, {data['seconds'] / 60:.1f} min. "
-        f"Each figure is the median of {data['reps']} repetitions, with min-max in brackets; "
+        origin
+        + f"Each figure is the median of {data['reps']} repetitions, with min-max in brackets; "
         "ratio = ours / baseline (medians), both measured in the same run. Reproduce with "
         "`python -m bench` (add `--quick` for a smoke run).",
         "",
