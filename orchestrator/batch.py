@@ -17,20 +17,24 @@ from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError
 
 
-class Batch:
-    """Queue commands on ``batch.pipe`` and scripts with :meth:`script`; then
-    :meth:`execute` returns every reply in order (raising the first error)."""
+class _Queue:
+    """What both batches share: the pipeline, and scripts queued as bare EVALSHA."""
 
     def __init__(self, r: Any) -> None:
         self.pipe: Any = r.pipeline(transaction=False)
-        self._scripts: dict[int, tuple[Script, Sequence[Any], Sequence[Any]]] = {}
+        self._scripts: dict[int, tuple[Any, Sequence[Any], Sequence[Any]]] = {}
 
-    def script(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> int:
+    def script(self, script: Script | AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> int:
         """Queue a script call; returns the index of its reply."""
         index = len(self.pipe)
         self._scripts[index] = (script, keys, args)
         self.pipe.evalsha(script.sha, len(keys), *keys, *args)
         return index
+
+
+class Batch(_Queue):
+    """Queue commands on ``batch.pipe`` and scripts with :meth:`script`; then
+    :meth:`execute` returns every reply in order (raising the first error)."""
 
     def execute(self, *, raise_on_error: bool = True) -> list[Any]:
         """Every reply in order; with ``raise_on_error=False`` errors stand in their
@@ -49,18 +53,8 @@ class Batch:
         return _checked(replies, raise_on_error)
 
 
-class AsyncBatch:
+class AsyncBatch(_Queue):
     """:class:`Batch` for ``redis.asyncio`` clients (the stream follower's)."""
-
-    def __init__(self, r: Any) -> None:
-        self.pipe: Any = r.pipeline(transaction=False)
-        self._scripts: dict[int, tuple[AsyncScript, Sequence[Any], Sequence[Any]]] = {}
-
-    def script(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> int:
-        index = len(self.pipe)
-        self._scripts[index] = (script, keys, args)
-        self.pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return index
 
     async def execute(self, *, raise_on_error: bool = True) -> list[Any]:
         if not len(self.pipe):
