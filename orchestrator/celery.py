@@ -9,9 +9,11 @@ and relays up to thousands of streams on one event loop, under leases.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_init
 from kombu.entity import Queue
 
 from .settings import Settings, get_settings
@@ -102,3 +104,16 @@ app = Celery("orchestrator")
 def _configure(sender: Celery, **_: Any) -> None:
     # Lazy, so importing the app (for the CLI's --help, say) needs no settings.
     sender.conf.update(celery_config(get_settings()))
+
+
+#: How long a thread may hold the GIL while another waits (Python's default: 5 ms). A
+#: worker's task threads wait on Redis and HTTP while Celery's consumer thread publishes
+#: task events; handing the GIL back sooner after their I/O returns cut the create step
+#: (task start to request at the API) by 10-15% in a threads-pool worker (probe around
+#: start_turn, 300 paced submits, four alternating runs: 1.49-1.50 ms -> 1.24-1.35 ms).
+SWITCH_INTERVAL_SECONDS = 0.0005
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _responsive_threads(**_: Any) -> None:
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)  # inherited by prefork children
