@@ -3,13 +3,14 @@
 - dispatch: ``Orchestrator.submit()`` to the create request reaching the emulator (its
   arrival time per Idempotency-Key = job id, recorded by ``bench.emulator``), against
   ``send_task`` to a no-op task's first line. Same broker, same pool (one worker
-  process: prefork x 4, the api queue's production pool, then threads x 8), one call
-  every 20 ms so calls do not queue.
+  process: prefork x 4, the api queue's production pool, then threads x 8); ours and
+  the baseline alternate, one call every 10 ms, so calls do not queue and drift on the
+  machine hits both alike.
 - throughput: N jobs submitted back to back and run to ``completed`` (create, 10
   updates relayed, finalize, ledger posted) by one ``orchestrator worker`` process
   (queues api+streams, threads x 8), against N no-op tasks on the same pool.
 
-Repetitions alternate ours and the baseline, so drift on a shared machine hits both.
+Throughput repetitions alternate ours and the baseline, so drift hits both.
 """
 
 from __future__ import annotations
@@ -47,55 +48,42 @@ def _orchestrator(ctx: Context, api_url: str, prefix: str) -> Orchestrator:
     return Orchestrator(settings)
 
 
-def _paced(n: int, pace: float, call: Any) -> list[float]:
-    """Call ``call(i)`` n times, one every ``pace`` seconds; the seconds each call took."""
-    took = []
+def _interleaved(
+    ctx: Context, orch: Orchestrator, bare_app: Any, api_url: str, n: int, pace: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """n calls of ours and n of the baseline, alternating every ``pace / 2`` seconds, so
+    drift on a shared machine hits both alike; each side's latencies and call times."""
+    run = uuid.uuid4().hex[:8]
+    ours_sent: dict[str, float] = {}
+    bare_sent: dict[str, float] = {}
+    ours_took: list[float] = []
+    bare_took: list[float] = []
     start = time.monotonic()
     for i in range(n):
-        t = time.monotonic()
-        call(i)
-        took.append(time.monotonic() - t)
-        delay = start + (i + 1) * pace - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-    return took
-
-
-def _ours_latencies(orch: Orchestrator, api_url: str, n: int, pace: float) -> dict[str, Any]:
-    sent: dict[str, float] = {}
-
-    def submit(i: int) -> None:
-        t0 = time.time()
-        job = orch.submit(f"dispatch {i}", budget="low")
-        sent[job.id] = t0
-
-    took = _paced(n, pace, submit)
+        for half, (sent, took) in enumerate(((ours_sent, ours_took), (bare_sent, bare_took))):
+            delay = start + (2 * i + half) * pace / 2 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            t, t0 = time.monotonic(), time.time()
+            if half == 0:
+                sent[orch.submit(f"dispatch {i}", budget="low").id] = t0
+            else:
+                bare_app.send_task(TASK, args=[run, str(i)])
+                sent[str(i)] = t0
+            took.append((time.monotonic() - t) * 1000)
     seen: dict[str, float] = {}
 
     def all_arrived() -> bool:
         seen.update(arrivals(api_url))
-        return all(j in seen for j in sent)
+        return all(j in seen for j in ours_sent)
 
     wait_for(all_arrived, 60, "every create request at the emulator", every=0.2)
-    lat = [(seen[j] - t0) * 1000 for j, t0 in sent.items()]
-    return {"lat": lat, "call": [t * 1000 for t in took]}
-
-
-def _bare_latencies(ctx: Context, app: Any, n: int, pace: float) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
-    sent: dict[str, float] = {}
-
-    def send(i: int) -> None:
-        t0 = time.time()
-        app.send_task(TASK, args=[run, str(i)])
-        sent[str(i)] = t0
-
-    took = _paced(n, pace, send)
     with ctx.redis() as r:
         wait_for(lambda: r.hlen(starts_key(run)) >= n, 60, "every bare task to start")
         starts = r.hgetall(starts_key(run))
-    lat = [(float(starts[k]) - t0) * 1000 for k, t0 in sent.items()]
-    return {"lat": lat, "call": [t * 1000 for t in took]}
+    ours = {"lat": [(seen[j] - t0) * 1000 for j, t0 in ours_sent.items()], "call": ours_took}
+    bare = {"lat": [(float(starts[k]) - t0) * 1000 for k, t0 in bare_sent.items()]}
+    return ours, {**bare, "call": bare_took}
 
 
 def _dispatch_pool(
@@ -112,13 +100,10 @@ def _dispatch_pool(
     ours: dict[str, list[float]] = {"p50": [], "p99": [], "call": []}
     bare: dict[str, list[float]] = {"p50": [], "p99": [], "call": []}
     try:
-        _ours_latencies(orch, url, warm, pace)
-        _bare_latencies(ctx, bare_app, warm, pace)
+        _interleaved(ctx, orch, bare_app, url, warm, pace)
         for _ in range(ctx.reps):
-            for figures, got in (
-                (ours, _ours_latencies(orch, url, n, pace)),
-                (bare, _bare_latencies(ctx, bare_app, n, pace)),
-            ):
+            got_ours, got_bare = _interleaved(ctx, orch, bare_app, url, n, pace)
+            for figures, got in ((ours, got_ours), (bare, got_bare)):
                 figures["p50"].append(percentile(got["lat"], 50))
                 figures["p99"].append(percentile(got["lat"], 99))
                 figures["call"].append(percentile(got["call"], 50))
@@ -135,7 +120,7 @@ def dispatch(ctx: Context) -> Result:
         "dispatch",
         "Dispatch overhead: submit() to the create request at the emulator",
         baseline="bare Celery: send_task to a no-op task's start (same broker, same pool)",
-        params={"calls_per_rep": n, "warmup_calls": 30, "pace_ms": 20.0,
+        params={"calls_per_rep": n, "warmup_calls": 30, "pace_ms": 20.0, "interleaved": True,
                 "pools": "prefork x 4 (the api queue's production pool), then threads x 8; "
                 "one worker process each", "emulator": "turn_seconds=0"},
     )  # fmt: skip
