@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -89,6 +90,24 @@ class Stack:
         deadline = time.monotonic() + timeout
         for comp in self.components:
             self._wait_ready(comp, deadline)
+        self._write_shell_env()
+
+    @property
+    def shell_env(self) -> Path:
+        return self.workdir / "stack.env"
+
+    def _write_shell_env(self) -> None:
+        """What another shell needs to point the CLI at this stack, in a file only the
+        user can read (it holds the emulator's key; a hosted key stays in the user's
+        own environment and is not written)."""
+        names = ["REDIS_URL", "KEY_PREFIX"]
+        if self.emulator_key:
+            names += ["WORKERS_API_URL", "WORKERS_API_KEY"]
+        lines = [f"{name}={shlex.quote(self.env[name])}\n" for name in names if name in self.env]
+        fd = os.open(self.shell_env, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.writelines(lines)
+        self._say(f"shell     set -a; . {self.shell_env}; set +a   # the CLI, in another shell")
 
     def _start_emulator(self) -> None:
         self.emulator_key = "emu-" + secrets.token_urlsafe(16)
@@ -176,6 +195,7 @@ class Stack:
             _signal_group(comp.process, signal.SIGKILL)
         if self.redis is not None:
             self.redis.stop()
+        self.shell_env.unlink(missing_ok=True)
         self._say("stopped   every process this stack started")
 
     def _say(self, line: str) -> None:

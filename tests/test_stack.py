@@ -77,8 +77,15 @@ def test_up_runs_everything_and_leaves_nothing(tmp_path: Path) -> None:
         api_url = re.search(r"hosted API at (http://\S+)", text)
         assert redis_url and api_url
 
-        # A job through the CLI, against the running stack.
-        cli_env = {**env, "REDIS_URL": redis_url.group(1)}
+        # A job through the CLI, against the running stack, from what up wrote for a shell.
+        shell_env = tmp_path / "stack" / "stack.env"
+        assert f". {shell_env};" in text
+        assert shell_env.stat().st_mode & 0o777 == 0o600
+        pairs = dict(line.split("=", 1) for line in shell_env.read_text().splitlines())
+        assert pairs["REDIS_URL"] == redis_url.group(1)
+        assert pairs["WORKERS_API_URL"] == api_url.group(1)
+        assert pairs["WORKERS_API_KEY"] not in text  # the key is in the file, not printed
+        cli_env = {**env, **pairs}
         submit = subprocess.run(
             [sys.executable, "-m", "orchestrator", "submit", "hello from the CLI",
              "--wait", "--timeout", "60", "--json"],
@@ -87,6 +94,11 @@ def test_up_runs_everything_and_leaves_nothing(tmp_path: Path) -> None:
         assert submit.returncode == 0, submit.stderr
         job = json.loads(submit.stdout)
         assert job["status"] == "completed"
+        email = subprocess.run(
+            [sys.executable, "-m", "orchestrator", "email", job["worker_id"]],
+            env=cli_env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert email.returncode == 0 and "@" in email.stdout, email.stderr
 
         # Flower answers with auth and refuses without.
         flower = f"http://127.0.0.1:{flower_port}"
@@ -98,5 +110,6 @@ def test_up_runs_everything_and_leaves_nothing(tmp_path: Path) -> None:
         up.send_signal(signal.SIGINT)
         up.wait(timeout=60)
     assert "stopped   every process this stack started" in log.read_text()
+    assert not shell_env.exists()
     wait_for(lambda: not any(alive(p) for p in children), 20, "every child to exit")
     assert time.monotonic() - started < 120
