@@ -205,9 +205,6 @@ class Budgets:
         keys = [self.keys.budget_holds, self.keys.budget_hold_times, *hold["keys"]]
         return batch.script(self._release, keys, [job_id, raw_hold, hold["amount"]])
 
-    def hold_of(self, job_id: str) -> int | None:
-        return self.amount_of(self.r.hget(self.keys.budget_holds, job_id))
-
     @staticmethod
     def amount_of(raw_hold: str | None) -> int | None:
         """The amount (micro-USD) of a raw ``budget_holds`` value; None for no hold."""

@@ -45,6 +45,13 @@ def connect(url: str) -> redis.Redis:
     )
 
 
+def _job_id(value: object) -> str:
+    """``value`` if it looks like a job id; InputError naming ``job_id`` otherwise."""
+    if not isinstance(value, str) or not value.startswith("job_"):
+        raise InputError("job_id", f"{value!r} is not a job id")
+    return value
+
+
 def posted_deltas(reply: Any) -> dict[str, int] | None:
     """The deltas a POST_TURN reply says were posted (None: posted before)."""
     return {k: int(v) for k, v in json.loads(reply).items()} if reply else None
@@ -125,9 +132,7 @@ class RedisStore:
         return Job.from_hash(data) if data else None
 
     def require_job(self, job_id: str) -> Job:
-        if not isinstance(job_id, str) or not job_id.startswith("job_"):
-            raise InputError("job_id", f"{job_id!r} is not a job id")
-        job = self.get_job(job_id)
+        job = self.get_job(_job_id(job_id))
         if job is None:
             raise InputError("job_id", f"no job {job_id}")
         return job
@@ -152,9 +157,7 @@ class RedisStore:
         cap is configured (there is nothing to admit it against); otherwise the caller
         admits it, then calls :meth:`count_attempt`.
         """
-        if not isinstance(job_id, str) or not job_id.startswith("job_"):
-            raise InputError("job_id", f"{job_id!r} is not a job id")
-        keys = [self.keys.job(job_id), self.keys.limits, self.keys.budget_caps]
+        keys = [self.keys.job(_job_id(job_id)), self.keys.limits, self.keys.budget_caps]
         counted, flat = self._begin(keys=keys)
         if not flat:
             raise InputError("job_id", f"no job {job_id}")

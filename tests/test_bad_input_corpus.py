@@ -9,7 +9,6 @@ local HTTP server answering garbage, JSON and SSE): the client raises typed erro
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -26,7 +25,6 @@ import redis
 
 from orchestrator import cli
 from orchestrator.api import Orchestrator
-from orchestrator.cli import repair
 from orchestrator.client import WorkersClient
 from orchestrator.errors import APIError, InputError
 from orchestrator.pipeline import safe_path
@@ -231,18 +229,8 @@ CLI = [
 
 
 @pytest.fixture
-def run_cli(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], int]:
-    """``orchestrator.cli.main`` with ``reconcile`` registered (whether or not it is wired)."""
-    original = cli.build_parser
-
-    def build() -> argparse.ArgumentParser:
-        parser = original()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "reconcile" not in sub.choices:
-            repair.register(sub)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", build)
+def run_cli() -> Callable[[list[str]], int]:
+    """``orchestrator.cli.main``, as the ``orchestrator`` command runs it."""
 
     def run(argv: list[str]) -> int:
         try:

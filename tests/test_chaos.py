@@ -26,9 +26,10 @@ from orchestrator.aclient import AsyncWorkersClient
 from orchestrator.api import Orchestrator
 from orchestrator.client import WorkersClient
 from orchestrator.follower import Follower, UpdateWriter
-from orchestrator.jobs import validate_submission
+from orchestrator.jobs import Job, validate_submission
 from orchestrator.keys import Keys
 from orchestrator.ledger import MONEY_FIELDS
+from orchestrator.models import Worker
 from orchestrator.redis_server import free_port
 from orchestrator.retry import RetryPolicy
 from orchestrator.store import RedisStore, connect
@@ -65,6 +66,18 @@ class SlowClose(AsyncWorkersClient):
         await asyncio.sleep(0.1)  # the last batch of updates is written meanwhile
 
 
+
+def submitted_turn(
+    redis_url: str, key_prefix: str, emulator: Emulator, text: str
+) -> tuple[RedisStore, Worker, Job]:
+    """A turn running upstream and its job in the store, submitted (ready to follow)."""
+    store = RedisStore(connect(redis_url), key_prefix)
+    with WorkersClient(emulator.url, emulator.api_key) as client:
+        worker = client.create(text, budget="low", idempotency_key=key_prefix)
+    job, _ = store.create_job(validate_submission(100, input=text, budget="low"))
+    store.set_submitted(job, worker)
+    return store, worker, job
+
 def test_follower_never_drops_updates_when_a_write_fails(
     redis_url: str, key_prefix: str, emulator: Emulator
 ) -> None:
@@ -78,11 +91,7 @@ def test_follower_never_drops_updates_when_a_write_fails(
     """
     emulator.configure(turn_seconds=1.5, events_per_turn=15)
     keys = Keys(key_prefix)
-    store = RedisStore(connect(redis_url), key_prefix)
-    with WorkersClient(emulator.url, emulator.api_key) as client:
-        worker = client.create("write failure", budget="low", idempotency_key=key_prefix)
-    job, _ = store.create_job(validate_submission(100, input="write failure", budget="low"))
-    store.set_submitted(job, worker)
+    store, worker, job = submitted_turn(redis_url, key_prefix, emulator, "write failure")
 
     async def scenario() -> int:
         r = aioredis.Redis.from_url(redis_url, decode_responses=True)
@@ -133,11 +142,7 @@ def test_follower_finishes_a_turn_only_once_its_updates_are_stored(
     still being written when the stream closed."""
     emulator.configure(turn_seconds=2.5, events_per_turn=10)  # an event every 0.28 s
     keys = Keys(key_prefix)
-    store = RedisStore(connect(redis_url), key_prefix)
-    with WorkersClient(emulator.url, emulator.api_key) as client:
-        worker = client.create("slow writes", budget="low", idempotency_key=key_prefix)
-    job, _ = store.create_job(validate_submission(100, input="slow writes", budget="low"))
-    store.set_submitted(job, worker)
+    _, worker, _ = submitted_turn(redis_url, key_prefix, emulator, "slow writes")
 
     async def scenario() -> int:
         r = aioredis.Redis.from_url(redis_url, decode_responses=True)

@@ -4,7 +4,6 @@ emulator's ground truth field by field again."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ import pytest
 from orchestrator import cli
 from orchestrator.api import Orchestrator
 from orchestrator.budgets import turn_members
-from orchestrator.cli import repair
 from orchestrator.ledger import FIELDS, MONEY_FIELDS, cumulative, utc_day
 from orchestrator.settings import load_settings
 
@@ -34,18 +32,8 @@ def orch(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Orche
 
 
 @pytest.fixture
-def run_cli(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``orchestrator.cli.main`` with ``reconcile`` registered (whether or not it is wired)."""
-    original = cli.build_parser
-
-    def build() -> argparse.ArgumentParser:
-        parser = original()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "reconcile" not in sub.choices:
-            repair.register(sub)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", build)
+def run_cli() -> Any:
+    """``orchestrator.cli.main``, as the ``orchestrator`` command runs it."""
 
     def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
         capsys.readouterr()
