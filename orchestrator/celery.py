@@ -35,6 +35,10 @@ TASK_ROUTES = {
 }
 
 
+#: How long a dead worker's claim on the unacked-restore pass can hold it back.
+UNACKED_MUTEX_SECONDS = 10
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours. Raises ConfigError without REDIS_URL."""
     from .errors import ConfigError
@@ -63,6 +67,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": timeout,
             "unacked_restore_interval": max(1, min(10, timeout // 10)),
             "unacked_restore_throttle": 1,
+            # A restore pass holds a Redis lock for milliseconds; a worker SIGKILLed inside
+            # one left it for kombu's default 300 s, and no dead worker's task came back
+            # until then (the chaos SIGKILL run hung on it). Overlapping passes are safe:
+            # each message is restored in a transaction watching the unacked hash.
+            "unacked_mutex_expire": UNACKED_MUTEX_SECONDS,
             # Interactive jobs (priority 0) are taken before batch ones (9): each queue
             # is one list per step and the worker pops them in order.
             "priority_steps": [0, 3, 6, 9],

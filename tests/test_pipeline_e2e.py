@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.api import Orchestrator
+from orchestrator.celery import celery_config
 from orchestrator.ledger import FIELDS
 
 from .conftest import Emulator
@@ -107,6 +108,32 @@ def test_sigkill_worker_loses_nothing(
         ledger = emulator.ledger()
         assert ledger["workers_created"] == len(jobs)
         ledger_matches(orch, emulator)
+    finally:
+        second.stop()
+
+
+def test_a_worker_killed_mid_create_is_redelivered_even_if_it_held_the_restore_lock(
+    orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The create task of a SIGKILLed worker comes back after the visibility timeout,
+    even when the worker died inside kombu's restore pass, holding its Redis lock."""
+    emulator.faults(rate_slow=1.0, slow_seconds=3.0)
+    first: Proc = celery_worker(env, tmp_path / "w1.log", name="w1").start()
+    try:
+        job = orch.submit("killed mid-create")
+        wait_for(lambda: orch.get(job.id).attempts == 1, 30, "the create call in flight")
+        options = celery_config(orch.settings)["broker_transport_options"]
+        orch.store.r.set("unacked_mutex", "a-dead-worker", ex=options["unacked_mutex_expire"])
+        first.kill()
+    finally:
+        first.kill()
+    emulator.faults(rate_slow=0.0)
+    second = celery_worker(env, tmp_path / "w2.log", name="w2").start()
+    try:
+        # Visibility timeout (10 s) plus the lock's life plus the turn: well inside this.
+        assert orch.wait(job.id, timeout=60).status == "completed"
+        assert_updates_exact(orch, job.id, 5)
+        assert emulator.ledger()["workers_created"] == 1
     finally:
         second.stop()
 
