@@ -214,6 +214,7 @@ class Cluster:
         left = self.wait(known, timeout)
         failed = [j for j in known if j not in left and _status(self.store, j) == "failed"]
         row.jobs, row.lost = len(ids), len(gone) + len(left) + len(failed)
+        row.note = "; ".join(n for n in (row.note, *map(self.describe, left[:3])) if n)
         truth = self.truth()
         row.dup_turns = truth["turns_started"] - (len(known) - len(left) - len(failed))
         row.bad_updates = sum(self.update_errors(j) for j in known if j not in left)
@@ -223,6 +224,17 @@ class Cluster:
         notes = [row.note, f"{len(failed)} failed" * bool(failed)]
         row.note = "; ".join(n for n in [*notes, f"{tokens} token fields off" * bool(tokens)] if n)
         return row
+
+    def describe(self, job_id: str) -> str:
+        """Where a job that never finished stands: its record, history and follow state."""
+        r, keys = self.store.r, self.store.keys
+        record = r.hgetall(keys.job(job_id))
+        fields = ("status", "worker_id", "attempts", "turn", "update_from", "update_to")
+        history = [h.get("status") for h in self.store.history(job_id)]
+        follow = (r.zscore(keys.follows, job_id), r.hget(keys.follow_owners, job_id))
+        outbox = r.zscore(keys.outbox, job_id)
+        shown = {f: record[f] for f in fields if f in record}
+        return f"stuck {job_id}: {shown} history {history} follow {follow} outbox {outbox}"
 
     def update_errors(self, job_id: str) -> int:
         """Updates of the job's turn missing, doubled or unlike the emulator's own log."""
@@ -277,7 +289,10 @@ def sigkill(c: Cluster, jobs: int, per_second: float = 10.0) -> Row:
         c.start(name, queue)
     feeder, ids = c.feed(jobs, per_second)
     rng, kills = random.Random(5), 0
-    while feeder.is_alive() or c.pending(ids):
+    # Kill while jobs arrive and for a while after, but not for ever: a slow machine must
+    # not turn the kills into a livelock; measure() then reports any job left behind.
+    stop_by = time.monotonic() + jobs / per_second + 30
+    while (feeder.is_alive() or c.pending(ids)) and time.monotonic() < stop_by:
         time.sleep(rng.uniform(2, 4))
         c.kill(rng.choice(sorted(c.procs)))
         kills += 1
