@@ -170,6 +170,10 @@ class Follower:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.writer = UpdateWriter(r, keys, maxlen=updates_maxlen)
         self.active: dict[str, asyncio.Task[None]] = {}
+        # Jobs claimed again while their follow task was still ending (its finalize saw
+        # the turn still running and put the stream up again): followed once more by
+        # that task, not left to wait out the new lease.
+        self.again: set[str] = set()
         self._claim = r.register_script(scripts.CLAIM_FOLLOWS)
         self._renew = r.register_script(scripts.RENEW_FOLLOWS)
         self._transition = r.register_script(scripts.TRANSITION)
@@ -222,7 +226,9 @@ class Follower:
             args=[now, now + self.lease_ms, min(room, 500), self.owner],
         )
         for job_id in claimed:
-            if job_id not in self.active:
+            if job_id in self.active:
+                self.again.add(job_id)
+            else:
                 task = asyncio.create_task(self._follow(job_id))
                 self.active[job_id] = task
                 task.add_done_callback(self._forget)
@@ -231,6 +237,7 @@ class Follower:
         for job_id, held in list(self.active.items()):
             if held is task:
                 del self.active[job_id]
+                self.again.discard(job_id)
 
     async def _renew_leases(self) -> None:
         expiry = int(time.time() * 1000) + self.lease_ms
@@ -256,6 +263,12 @@ class Follower:
             delay = min(delay * 2, 5.0)
 
     async def _follow(self, job_id: str) -> None:
+        await self._follow_turn(job_id)
+        while job_id in self.again:
+            self.again.discard(job_id)
+            await self._follow_turn(job_id)
+
+    async def _follow_turn(self, job_id: str) -> None:
         fields = await self._job_fields(job_id)
         worker_id, status = str(fields[0] or ""), fields[1]
         if not worker_id or status in ("completed", "failed", "cancelled"):

@@ -12,6 +12,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,45 @@ def test_follower_finishes_a_turn_only_once_its_updates_are_stored(
         return relayed_when_finished
 
     assert asyncio.run(scenario()) == 10, "finished before its last updates were stored"
+
+
+def test_a_stream_put_up_again_while_its_follow_task_ends_is_followed_again_at_once(
+    redis_url: str, key_prefix: str, emulator: Emulator
+) -> None:
+    """Finalize found the turn still running and put the stream up again; this same
+    follower claimed it before the ending follow task was gone. It must follow it again
+    now, not after the new lease (30 s here) runs out."""
+    emulator.configure(turn_seconds=0.3, events_per_turn=3)
+    keys = Keys(key_prefix)
+    store, _, job = submitted_turn(redis_url, key_prefix, emulator, "put up again")
+
+    async def scenario() -> float:
+        r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        calls: asyncio.Queue[float] = asyncio.Queue()
+        seen = 0
+
+        async def on_finished(job_id: str) -> None:
+            nonlocal seen
+            seen += 1
+            if seen == 1:
+                store.request_follow(job_id, now=True)  # as a "refollow" finalize does
+                while await r.hget(keys.follow_owners, job_id) != follower.owner:
+                    await asyncio.sleep(0.01)  # claimed again by us, this task still alive
+            await calls.put(time.monotonic())
+
+        async with AsyncWorkersClient(emulator.url, emulator.api_key) as api:
+            follower = Follower(r, keys, api, on_finished, lease_seconds=30, poll_seconds=0.05)
+            stop = asyncio.Event()
+            running = asyncio.create_task(follower.run(stop))
+            first = await asyncio.wait_for(calls.get(), 30)
+            second = await asyncio.wait_for(calls.get(), 10)
+            stop.set()
+            await running
+        await r.aclose()
+        return second - first
+
+    assert asyncio.run(scenario()) < 5, "the stream waited for its own lease to lapse"
+    assert store.relayed(str(store.get_job(job.id).worker_id)) == 3
 
 
 def test_a_job_lost_with_redis_data_submitted_again_reuses_its_upstream_worker(
