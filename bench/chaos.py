@@ -262,7 +262,7 @@ def slot_errors(c: Cluster, ids: list[str]) -> tuple[int, int, int]:
     ss = ScheduleStore(c.store)
 
     def settled() -> bool:
-        if ss.pending() or c.store.r.llen("api"):
+        if ss.pending() or c.store.r.llen(c.store.keys.broker_queue("api")):
             return False
         recorded = sum(c.store.r.zcard(c.store.keys.schedule_slots(i)) for i in ids)
         return recorded >= sum(s.counts["claimed"] for s in ss.many(ids))

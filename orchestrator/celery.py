@@ -16,6 +16,7 @@ from celery import Celery
 from celery.signals import worker_init
 from kombu.entity import Queue
 
+from .keys import Keys
 from .settings import Settings, get_settings
 
 API_QUEUE = "api"
@@ -64,6 +65,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A dead worker's unacked tasks are restored after the visibility timeout; sweep
         # for them at a tenth of it rather than kombu's default of every ~100 s.
         "broker_transport_options": {
+            # Broker keys under our prefix too, so deployments sharing a Redis never
+            # take (or restore) each other's tasks.
+            "global_keyprefix": Keys(settings.key_prefix).broker_prefix,
             "visibility_timeout": timeout,
             "unacked_restore_interval": max(1, min(10, timeout // 10)),
             "unacked_restore_throttle": 1,

@@ -50,6 +50,17 @@ class Keys:
         """Sorted set: job ids written but whose task is not yet known sent (ms)."""
         return f"{self.prefix}:outbox"
 
+    # --- Celery's broker ---
+    @property
+    def broker_prefix(self) -> str:
+        """Prefix kombu puts on every broker key (its ``global_keyprefix``): the queue
+        lists, ``unacked`` / ``unacked_index``, the restore lock and the bindings."""
+        return f"{self.prefix}:broker:"
+
+    def broker_queue(self, queue: str) -> str:
+        """List: the messages waiting on ``queue`` at the default priority."""
+        return self.broker_prefix + queue
+
     # --- upstream workers ---
     def worker(self, worker_id: str) -> str:
         """Hash: latest snapshot JSON, relayed-update count, counted cumulative costs."""

@@ -138,7 +138,8 @@ def record_attempt(call: str, status: int, seconds: float) -> None:
 
 # kombu's Redis transport keeps a queue as a list named after it, plus one list per
 # non-zero priority step ("<queue>\x06\x16<step>"), and every message taken but not yet
-# acknowledged in the hash "unacked" as JSON [message, exchange, routing_key].
+# acknowledged in the hash "unacked" as JSON [message, exchange, routing_key]; all of
+# them under the broker prefix (Keys.broker_prefix).
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = (3, 6, 9)
 UNACKED_KEY = "unacked"
@@ -170,7 +171,6 @@ def read_snapshot(
     *,
     broker: Any = None,
     queues: Sequence[str] = QUEUES,
-    unacked_key: str = UNACKED_KEY,
     max_tags: int = 1000,
 ) -> StoreSnapshot:
     """Read the figures: one pipeline (LLEN of each queue list, HVALS of the unacked hash,
@@ -185,11 +185,12 @@ def read_snapshot(
     from .limits import Limits
 
     client = store.r if broker is None else broker
+    prefix = store.keys.broker_prefix
     with client.pipeline(transaction=False) as pipe:
         for queue in queues:
             for key in queue_keys(queue):
-                pipe.llen(key)
-        pipe.hvals(unacked_key)
+                pipe.llen(prefix + key)
+        pipe.hvals(prefix + UNACKED_KEY)
         replies = pipe.execute()
     per_queue = len(_PRIORITY_STEPS) + 1
     depth = {
@@ -313,13 +314,11 @@ class StoreCollector(Collector):
         *,
         broker: Any = None,
         queues: Sequence[str] = QUEUES,
-        unacked_key: str = UNACKED_KEY,
         max_tags: int = 1000,
     ) -> None:
         self.store = store
         self.broker = broker
         self.queues = tuple(queues)
-        self.unacked_key = unacked_key
         self.max_tags = max_tags
 
     def describe(self) -> Iterable[Metric]:
@@ -334,7 +333,6 @@ class StoreCollector(Collector):
                 self.store,
                 broker=self.broker,
                 queues=self.queues,
-                unacked_key=self.unacked_key,
                 max_tags=self.max_tags,
             )
         except (redis.RedisError, OSError) as exc:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import redis
 
+from orchestrator.keys import Keys
+
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
     """Poll ``predicate`` until truthy; fail the test (AssertionError) after ``timeout``."""
@@ -107,6 +109,7 @@ def celery_worker(
     return Proc(args, env, log, ready_line="ready.")
 
 
-def broker_depth(url: str, queues: tuple[str, ...] = ("api", "streams")) -> int:
-    r = redis.Redis.from_url(url)
-    return sum(int(r.llen(q)) for q in queues)
+def broker_depth(env: dict[str, str], queues: tuple[str, ...] = ("api", "streams")) -> int:
+    """Messages waiting on the broker queues of the deployment ``env`` describes."""
+    r = redis.Redis.from_url(env["REDIS_URL"])
+    return sum(int(r.llen(Keys(env["KEY_PREFIX"]).broker_queue(q))) for q in queues)

@@ -24,7 +24,7 @@ def orch(redis_url: str, key_prefix: str) -> Iterator[Orchestrator]:
 def written(orch: Orchestrator) -> tuple[int, list[Any]]:
     r = redis.Redis.from_url(orch.settings.redis_url or "")
     keys = list(r.scan_iter(f"{orch.settings.key_prefix}:*"))
-    return r.llen("api"), keys
+    return r.llen(orch.store.keys.broker_queue("api")), keys
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,8 @@ class World:
 
     def state(self) -> tuple[int, list[str]]:
         """The broker's ``api`` queue length and every key under our prefix."""
-        return int(self.r.llen("api")), sorted(self.r.scan_iter(f"{self.prefix}:*"))
+        depth = self.r.llen(self.orch.store.keys.broker_queue("api"))
+        return int(depth), sorted(self.r.scan_iter(f"{self.prefix}:*"))
 
 
 @pytest.fixture

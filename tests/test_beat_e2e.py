@@ -54,7 +54,7 @@ def settle(orch: Orchestrator, ids: list[str], env: dict[str, str], timeout: flo
 
     def done() -> bool:
         state["pending"] = ss.pending()
-        state["queued"] = broker_depth(env["REDIS_URL"], ("api",))
+        state["queued"] = broker_depth(env, ("api",))
         state["claimed"] = sum(s.counts["claimed"] for s in ss.many(ids))
         state["recorded"] = sum(orch.store.r.zcard(orch.store.keys.schedule_slots(i)) for i in ids)
         return (

@@ -51,7 +51,7 @@ class Env:
 
     def depth(self) -> int:
         """Messages waiting on the broker's ``api`` queue."""
-        return int(self.r.llen("api"))
+        return int(self.r.llen(self.store.keys.broker_queue("api")))
 
     def job_ids(self) -> list[str]:
         return list(self.r.zrange(f"{self.prefix}:jobs", 0, -1))

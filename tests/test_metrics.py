@@ -89,13 +89,15 @@ def test_collector_reports_exact_store_figures(store: RedisStore, key_prefix: st
     store.post_turn(high, worker("wrk_high", "1.000000", 250), at)
     assert store.post_turn(high, worker("wrk_high", "1.000000", 250), at) is None  # replay
 
-    # Broker lists under this test's own names, so a shared Redis cannot disturb them.
-    api, streams, unacked = f"{key_prefix}-api", f"{key_prefix}-streams", f"{key_prefix}-unacked"
-    store.r.rpush(api, "m1", "m2")
-    store.r.rpush(api + "\x06\x169", "m3")
-    store.r.rpush(streams, "m4")
-    store.r.hset(unacked, mapping={"t1": json.dumps(["{}", api, api]), "t2": "not json"})
-    registry = metrics.store_registry(store, queues=(api, streams), unacked_key=unacked)
+    # The broker's lists, under this test's prefix as kombu keeps them (global_keyprefix).
+    api, streams, broker = "api", "streams", store.keys.broker_prefix
+    store.r.rpush(broker + api, "m1", "m2")
+    store.r.rpush(broker + api + "\x06\x169", "m3")
+    store.r.rpush(broker + streams, "m4")
+    store.r.rpush("api", "another deployment's task")  # not ours: not counted
+    unacked = {"t1": json.dumps(["{}", api, api]), "t2": "not json"}
+    store.r.hset(broker + "unacked", mapping=unacked)
+    registry = metrics.store_registry(store)
     samples = scrape(registry)
 
     states = {"queued": 1, "submitted": 0, "running": 1, "completed": 1, "failed": 0}

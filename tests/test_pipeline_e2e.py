@@ -9,6 +9,7 @@ import pytest
 from orchestrator.api import Orchestrator
 from orchestrator.celery import celery_config
 from orchestrator.ledger import FIELDS
+from orchestrator.settings import load_settings
 
 from .conftest import Emulator
 from .processes import Proc, celery_worker, wait_for
@@ -123,7 +124,8 @@ def test_a_worker_killed_mid_create_is_redelivered_even_if_it_held_the_restore_l
         job = orch.submit("killed mid-create")
         wait_for(lambda: orch.get(job.id).attempts == 1, 30, "the create call in flight")
         options = celery_config(orch.settings)["broker_transport_options"]
-        orch.store.r.set("unacked_mutex", "a-dead-worker", ex=options["unacked_mutex_expire"])
+        lock = orch.store.keys.broker_prefix + "unacked_mutex"
+        orch.store.r.set(lock, "a-dead-worker", ex=options["unacked_mutex_expire"])
         first.kill()
     finally:
         first.kill()
@@ -234,7 +236,8 @@ def test_api_key_appears_nowhere_in_redis(
             hits += sum(key.encode() in v for v in [name, *values])
         return hits
 
-    assert r.llen("api") >= 3  # the task messages are there to be scanned
+    # The task messages are there to be scanned.
+    assert r.llen(orch.store.keys.broker_queue("api")) >= 3
     assert scan_all() == 0
     worker = celery_worker(env, tmp_path / "w.log").start()
     try:
@@ -244,6 +247,34 @@ def test_api_key_appears_nowhere_in_redis(
         worker.stop()
     assert scan_all() == 0
     assert key not in (tmp_path / "w.log").read_text()
+
+
+def test_deployments_sharing_a_redis_never_take_each_others_tasks(
+    orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two key prefixes on one Redis: the other deployment's worker leaves our queued
+    job alone (its broker keys live under its own prefix), and ours runs it."""
+    other_env = {**env, "KEY_PREFIX": env["KEY_PREFIX"] + "-other"}
+    other = Orchestrator(load_settings(
+        redis_url=env["REDIS_URL"], key_prefix=other_env["KEY_PREFIX"],
+        workers_api_url=env["WORKERS_API_URL"], workers_api_key=env["WORKERS_API_KEY"],
+    ))  # fmt: skip
+    ours = orch.submit("ours, sent first")
+    theirs = other.submit("theirs, sent second")
+    worker = celery_worker(other_env, tmp_path / "other.log", name="other").start()
+    try:
+        assert other.wait(theirs.id, timeout=60).status == "completed"
+        assert orch.get(ours.id).status == "queued"
+        assert orch.store.r.llen(orch.store.keys.broker_queue("api")) == 1
+    finally:
+        worker.stop()
+        other.close()
+    assert ours.id not in worker.log.read_text()
+    mine = celery_worker(env, tmp_path / "ours.log", name="ours").start()
+    try:
+        assert orch.wait(ours.id, timeout=60).status == "completed"
+    finally:
+        mine.stop()
 
 
 def test_clean_worker_stop_hands_streams_over_at_once(
