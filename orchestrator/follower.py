@@ -226,9 +226,10 @@ class Follower:
             args=[now, now + self.lease_ms, min(room, 500), self.owner],
         )
         for job_id in claimed:
-            if job_id in self.active:
+            held = self.active.get(job_id)
+            if held is not None and not held.done():
                 self.again.add(job_id)
-            else:
+            else:  # a task done but not yet forgotten is replaced, not relied on
                 task = asyncio.create_task(self._follow(job_id))
                 self.active[job_id] = task
                 task.add_done_callback(self._forget)
