@@ -50,6 +50,12 @@ class Keys:
         """Sorted set: job ids written but whose task is not yet known sent (ms)."""
         return f"{self.prefix}:outbox"
 
+    @property
+    def dispatched(self) -> str:
+        """Sorted set: job ids whose first task was sent but not yet taken by a worker,
+        by send time (ms); left when the create step begins."""
+        return f"{self.prefix}:dispatched"
+
     # --- Celery's broker ---
     @property
     def broker_prefix(self) -> str:

@@ -27,7 +27,6 @@ the clients' ``on_attempt`` hook), :data:`EVENTS_RELAYED`, :data:`SCHEDULE_RUNS`
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -39,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .broker import PRIORITY_STEPS, UNACKED_KEY, queue_keys, routing_key
 from .ledger import total_cost_micro
 from .money import MICRO_PER_USD
 
@@ -136,19 +136,6 @@ def record_attempt(call: str, status: int, seconds: float) -> None:
 
 # --- figures read from Redis ------------------------------------------------------
 
-# kombu's Redis transport keeps a queue as a list named after it, plus one list per
-# non-zero priority step ("<queue>\x06\x16<step>"), and every message taken but not yet
-# acknowledged in the hash "unacked" as JSON [message, exchange, routing_key]; all of
-# them under the broker prefix (Keys.broker_prefix).
-_PRIORITY_SEP = "\x06\x16"
-_PRIORITY_STEPS = (3, 6, 9)
-UNACKED_KEY = "unacked"
-
-
-def queue_keys(queue: str) -> list[str]:
-    """The broker lists that together hold a queue's waiting messages."""
-    return [queue, *(f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS)]
-
 
 @dataclass(frozen=True)
 class StoreSnapshot:
@@ -192,16 +179,16 @@ def read_snapshot(
                 pipe.llen(prefix + key)
         pipe.hvals(prefix + UNACKED_KEY)
         replies = pipe.execute()
-    per_queue = len(_PRIORITY_STEPS) + 1
+    per_queue = len(PRIORITY_STEPS) + 1
     depth = {
         queue: sum(int(n) for n in replies[i * per_queue : (i + 1) * per_queue])
         for i, queue in enumerate(queues)
     }
     unacked = dict.fromkeys(queues, 0)
     for raw in replies[-1]:
-        routing_key = _routing_key(raw)
-        if routing_key in unacked:
-            unacked[routing_key] += 1
+        taken_from = routing_key(raw)
+        if taken_from in unacked:
+            unacked[taken_from] += 1
     budgets = store.costs(by="budget")
     tags = store.costs(by="tag")["rows"]
     tags.sort(key=lambda row: (-total_cost_micro(row), row["key"]))
@@ -217,14 +204,6 @@ def read_snapshot(
         budgets=Budgets(store).status(),
         limits=Limits(store).status(),
     )
-
-
-def _routing_key(raw: str | bytes) -> str | None:
-    try:
-        entry = json.loads(raw)
-        return str(entry[2])
-    except (ValueError, TypeError, IndexError, KeyError):
-        return None
 
 
 def _counter(name: str, doc: str) -> Metric:

@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Celery
 
+from . import broker
 from .batch import Batch
 from .budgets import BudgetExceeded, next_period_ms, turn_members
 from .errors import APIStatusError, InputError
@@ -77,7 +78,7 @@ def dispatch_promoted(app: Celery, rt: Runtime, promoted_ids: list[str]) -> None
         if promoted is not None and promoted.status == "queued":
             dispatch(app, rt, promoted)
         else:
-            rt.store.mark_sent(promoted_id)
+            rt.store.drop_unsent(promoted_id)
 
 
 def turn_ended(app: Celery, rt: Runtime, job: Job) -> None:
@@ -116,11 +117,40 @@ def resend_unsent(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) ->
     for job_id in rt.store.unsent(int(older_than_seconds * 1000)):
         job = rt.store.get_job(job_id)
         if job is None or job.status != "queued":
-            rt.store.mark_sent(job_id)
+            rt.store.drop_unsent(job_id)
             continue
         log.warning("re-sending job %s: its first task was never known sent", job_id)
         dispatch(app, rt, job)
         resent += 1
+    return resent
+
+
+def resend_lost(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) -> int:
+    """Send again the jobs whose first task the broker lost after it was sent.
+
+    kombu's Redis transport pops a message, then records it as unacked: a worker killed
+    between the two loses it, and no visibility timeout brings it back. A job sent
+    ``older_than_seconds`` ago that no worker has begun is taken for lost only when the
+    ``api`` queue is empty (so it is not waiting in a backlog) and no worker holds its
+    message unacked (which kombu restores if that worker died). A second copy of a task
+    that was not lost after all is harmless: ``start_turn`` is idempotent.
+    """
+    from .celery import API_QUEUE  # here: the facade imports this module without the app
+
+    store = rt.store
+    due = store.untaken(int(older_than_seconds * 1000))
+    if not due or broker.waiting(store.r, store.keys, API_QUEUE):
+        return 0
+    held = "\n".join(broker.unacked(store.r, store.keys))
+    resent = 0
+    for job_id in due:
+        job = store.get_job(job_id)
+        if job is None or job.status != "queued" or job.attempts:
+            store.forget_dispatched(job_id)  # begun (it left the set then) or gone
+        elif job_id not in held:
+            log.warning("re-sending job %s: the broker lost its first task", job_id)
+            dispatch(app, rt, job)
+            resent += 1
     return resent
 
 

@@ -49,8 +49,10 @@ return {1, ARGV[1]}
 # admit against) a queued job's attempt is counted in the same step, so the step reaches
 # the API after one round trip; otherwise the caller admits it first, then counts.
 BEGIN_ATTEMPT = """
--- KEYS[1] job hash, KEYS[2] limits hash, KEYS[3] budget caps hash
+-- KEYS[1] job hash, KEYS[2] limits hash, KEYS[3] budget caps hash, KEYS[4] dispatched zset
+-- ARGV[1] job id
 -- Returns {1 if the attempt was counted else 0, job hash (flat field, value, ...)}.
+redis.call('ZREM', KEYS[4], ARGV[1])
 local job = redis.call('HGETALL', KEYS[1])
 if #job == 0 then return {0, job} end
 local counted = 0

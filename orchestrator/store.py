@@ -119,13 +119,31 @@ class RedisStore:
         return job, False
 
     def mark_sent(self, job_id: str) -> None:
-        """The job's first task is on the broker: drop it from the outbox."""
+        """The job's first task is on the broker: out of the outbox, and watched until a
+        worker takes it (:meth:`begin_attempt`)."""
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.outbox, job_id)
+            pipe.zadd(self.keys.dispatched, {job_id: now_ms()})
+            pipe.execute()
+
+    def drop_unsent(self, job_id: str) -> None:
+        """Out of the outbox without being sent (the job moved on without it)."""
         self.r.zrem(self.keys.outbox, job_id)
 
     def unsent(self, older_than_ms: int, limit: int = 500) -> list[str]:
         """Jobs written but never known sent (the sender died in between)."""
         cutoff = now_ms() - older_than_ms
         return list(self.r.zrangebyscore(self.keys.outbox, "-inf", cutoff, start=0, num=limit))
+
+    def untaken(self, older_than_ms: int, limit: int = 500) -> list[str]:
+        """Jobs whose first task was sent at least ``older_than_ms`` ago and that no
+        worker has begun (the task waits in a backlog, or the broker lost it)."""
+        cutoff = now_ms() - older_than_ms
+        key = self.keys.dispatched
+        return list(self.r.zrangebyscore(key, "-inf", cutoff, start=0, num=limit))
+
+    def forget_dispatched(self, job_id: str) -> None:
+        self.r.zrem(self.keys.dispatched, job_id)
 
     def get_job(self, job_id: str) -> Job | None:
         data = self.r.hgetall(self.keys.job(job_id))
@@ -157,8 +175,10 @@ class RedisStore:
         cap is configured (there is nothing to admit it against); otherwise the caller
         admits it, then calls :meth:`count_attempt`.
         """
-        keys = [self.keys.job(_job_id(job_id)), self.keys.limits, self.keys.budget_caps]
-        counted, flat = self._begin(keys=keys)
+        job_id = _job_id(job_id)
+        keys = [self.keys.job(job_id), self.keys.limits, self.keys.budget_caps,
+                self.keys.dispatched]  # fmt: skip
+        counted, flat = self._begin(keys=keys, args=[job_id])
         if not flat:
             raise InputError("job_id", f"no job {job_id}")
         data = dict(zip(flat[::2], flat[1::2], strict=True))

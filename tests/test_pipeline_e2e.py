@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,37 @@ def test_job_whose_task_was_never_sent_is_sent_again(
         assert orch.wait(job.id, timeout=30).status == "completed"
         assert orch.store.unsent(0) == []
         assert emulator.ledger()["workers_created"] == 1
+    finally:
+        worker.stop()
+
+
+def test_a_task_the_broker_lost_is_sent_again_but_a_backlog_is_not(
+    orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """kombu loses a message when a worker dies between popping it and recording it as
+    unacked. Jobs sent but never begun are sent again once the ``api`` queue is empty;
+    while they wait in the queue (a backlog) nothing is sent twice."""
+    fast = {**env, "RESEND_AFTER_SECONDS": "1"}
+    queue = orch.store.keys.broker_queue("api")
+    r = orch.store.r
+    # Housekeeping runs in the streams worker; nobody consumes ``api`` yet: a backlog.
+    streams = celery_worker(fast, tmp_path / "s.log", queues="streams", name="s").start()
+    try:
+        jobs = [orch.submit(f"lost {i}") for i in range(3)]
+        wait_for(lambda: len(orch.store.untaken(1500)) == 3, 30, "the jobs to be overdue")
+        time.sleep(1.0)  # three more housekeeping passes (every 0.5 s) over overdue jobs
+        assert r.llen(queue) == 3, "a job waiting in a backlog was sent twice"
+        r.delete(queue)  # the broker lost them
+        wait_for(lambda: r.llen(queue) == 3, 30, "the lost tasks to be sent again")
+        assert streams.text().count("the broker lost its first task") == 3
+    finally:
+        streams.stop()
+    worker = celery_worker(fast, tmp_path / "w.log", queues="api,streams").start()
+    try:
+        for job in jobs:
+            assert orch.wait(job.id, timeout=60).status == "completed"
+        assert emulator.ledger()["workers_created"] == 3
+        wait_for(lambda: orch.store.untaken(0) == [], 10, "nothing left to watch")
     finally:
         worker.stop()
 

@@ -99,8 +99,9 @@ def settle(job_id: str) -> None:
 
 
 async def _housekeeping(stop: asyncio.Event) -> None:
-    """Periodic repairs that need no beat: re-send jobs a dead producer left unsent,
-    wake jobs whose budget period began, reclaim holds of jobs that died."""
+    """Periodic repairs that need no beat: re-send jobs a dead producer left unsent or
+    whose task the broker lost, wake jobs whose budget period began, reclaim holds of
+    jobs that died."""
     from orchestrator import pipeline
 
     loop = asyncio.get_running_loop()
@@ -110,6 +111,7 @@ async def _housekeeping(stop: asyncio.Event) -> None:
     def repairs() -> None:
         rt = runtime.get_runtime()
         pipeline.resend_unsent(app, rt, after)
+        pipeline.resend_lost(app, rt, after)
         pipeline.release_budget_waiters(app, rt)
         rt.budgets.reclaim(int(rt.settings.hold_reclaim_seconds * 1000))
 

@@ -107,5 +107,9 @@ def fetch_file(self: Task, job_id: str, name: str) -> dict[str, Any]:
 
 @app.task(name="workers.sweep")
 def sweep(older_than_seconds: float = 30.0) -> int:
-    """Re-send jobs whose first task was never known sent (see ``pipeline.resend_unsent``)."""
-    return pipeline.resend_unsent(app, get_runtime(), older_than_seconds)
+    """Re-send jobs whose first task was never known sent, or was lost by the broker
+    (see ``pipeline.resend_unsent`` and ``pipeline.resend_lost``)."""
+    rt = get_runtime()
+    return pipeline.resend_unsent(app, rt, older_than_seconds) + pipeline.resend_lost(
+        app, rt, older_than_seconds
+    )
