@@ -9,6 +9,8 @@ all of them under the broker prefix (:attr:`Keys.broker_prefix`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any
 
@@ -41,10 +43,18 @@ def waiting(r: Any, keys: Keys, queue: str) -> int:
         return sum(int(n) for n in pipe.execute())
 
 
-def unacked(r: Any, keys: Keys) -> list[str]:
-    """The raw entries of messages that workers took and have not acknowledged (at most
-    a prefetch per worker slot): a task's ``argsrepr`` header is plain text in them."""
-    return [
-        v.decode() if isinstance(v, bytes) else str(v)
-        for v in r.hvals(keys.broker_prefix + UNACKED_KEY)
-    ]
+def held_tasks(r: Any, keys: Keys) -> list[tuple[str, list[Any]]]:
+    """(task name, args) of every message workers took and have not acknowledged (at
+    most a prefetch per worker slot); entries that cannot be read are left out."""
+    held = []
+    for raw in r.hvals(keys.broker_prefix + UNACKED_KEY):
+        try:
+            message = json.loads(raw)[0]
+            body = message["body"]
+            if message.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            args = json.loads(body)[0]
+            held.append((str(message["headers"]["task"]), list(args)))
+        except (ValueError, TypeError, IndexError, KeyError, binascii.Error):
+            continue
+    return held

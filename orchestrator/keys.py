@@ -129,6 +129,12 @@ class Keys:
         return f"{self.prefix}:schedule:{schedule_id}:slots"
 
     @property
+    def schedules_dispatched(self) -> str:
+        """Sorted set: ``<schedule id>|<slot ms>`` sent, not yet begun by a worker, by
+        send time (ms)."""
+        return f"{self.prefix}:schedules:dispatched"
+
+    @property
     def schedules_pending(self) -> str:
         """Sorted set: ``<schedule id>|<slot ms>`` claimed by a beat, not yet known sent."""
         return f"{self.prefix}:schedules:pending"

@@ -141,7 +141,7 @@ def resend_lost(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) -> i
     due = store.untaken(int(older_than_seconds * 1000))
     if not due or broker.waiting(store.r, store.keys, API_QUEUE):
         return 0
-    held = "\n".join(broker.unacked(store.r, store.keys))
+    held = {str(args[0]) for _, args in broker.held_tasks(store.r, store.keys) if args}
     resent = 0
     for job_id in due:
         job = store.get_job(job_id)

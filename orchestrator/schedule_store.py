@@ -18,6 +18,7 @@ from . import schedule_scripts as scripts
 from .errors import InputError
 from .schedules import COUNTERS, SCHEDULE_ID, CatchUp, Plan, Schedule, Timing
 from .store import RedisStore
+from .store import now_ms as current_ms
 
 # Runs kept per schedule; older records are dropped and their slots stay deduped by
 # a floor (no slot at or below the newest dropped one runs again).
@@ -264,9 +265,31 @@ class ScheduleStore:
             self.r.zadd(self.keys.schedules_pending, dict.fromkeys(members, now_ms))
 
     def sent(self, members: Sequence[str]) -> None:
-        """These claimed runs are on the broker: forget the claims."""
+        """These claimed runs are on the broker: forget the claims, and watch the runs
+        until a worker begins them (:meth:`begun`)."""
         if members:
-            self.r.zrem(self.keys.schedules_pending, *members)
+            with self.r.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.keys.schedules_pending, *members)
+                pipe.zadd(self.keys.schedules_dispatched, dict.fromkeys(members, current_ms()))
+                pipe.execute()
+
+    def begun(self, runs: Sequence[tuple[str, int]]) -> None:
+        """A worker took these runs' message: the broker can no longer lose them."""
+        if runs:
+            self.r.zrem(self.keys.schedules_dispatched, *[pending_member(*r) for r in runs])
+
+    def untaken(self, older_than_ms: int, limit: int = 500) -> list[tuple[str, int]]:
+        """Runs sent at least ``older_than_ms`` ago that no worker has begun."""
+        cutoff = current_ms() - older_than_ms
+        key = self.keys.schedules_dispatched
+        return [split_member(m) for m in self.r.zrangebyscore(key, "-inf", cutoff, 0, limit)]
+
+    def recorded(self, runs: Sequence[tuple[str, int]]) -> list[bool]:
+        """Whether each (schedule, slot) already has its run recorded."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for sid, slot in runs:
+                pipe.zscore(self.keys.schedule_slots(sid), slot)
+            return [score is not None for score in pipe.execute()]
 
     def due_count(self) -> int:
         return int(self.r.zcard(self.keys.schedules_due))

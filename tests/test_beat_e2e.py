@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from orchestrator.api import Orchestrator
-from orchestrator.schedule_store import Claim, ScheduleStore
+from orchestrator.schedule_api import send_runs
+from orchestrator.schedule_store import Claim, ScheduleStore, pending_member
 from orchestrator.schedules import Schedule, plan
 from orchestrator.store import now_ms
 
@@ -123,6 +124,40 @@ def test_two_beats_fire_each_slot_of_200_schedules_once(
         assert all(by_schedule.get(s.id, 0) >= 1 for s in sample)
     finally:
         worker.stop()
+
+
+def test_a_run_the_broker_lost_is_sent_again_and_runs_once(
+    orch: Orchestrator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """beat sent a run and a worker died as it took the message (kombu pops it before it
+    records it unacked): the workers' housekeeping sends it again; it runs once."""
+    fast = {**env, "RESEND_AFTER_SECONDS": "1"}
+    ss = ScheduleStore(orch.store)
+    hourly = {"type": "interval", "intervalSeconds": 3600}
+    created = orch.schedules.create(None, "a lost run", hourly, budget="low")
+    schedule = ss.get(created.id)
+    assert schedule is not None
+    slot = schedule.next_run_ms
+    send_runs(orch.app, [(schedule.id, slot)])  # as beat does: send, then note it sent
+    ss.sent([pending_member(schedule.id, slot)])
+    queue, r = orch.store.keys.broker_queue("api"), orch.store.r
+    assert r.llen(queue) == 1
+    r.delete(queue)  # the broker lost it
+    streams = celery_worker(fast, tmp_path / "s.log", queues="streams", name="s").start()
+    try:
+        wait_for(lambda: r.llen(queue) == 1, 30, "the lost run to be sent again")
+    finally:
+        streams.stop()
+    assert "schedule runs the broker lost" in streams.text()
+    worker = celery_worker(fast, tmp_path / "w.log").start()
+    try:
+        wait_for(lambda: ss.runs(schedule.id), 30, "the run to be recorded")
+        wait_for(lambda: ss.untaken(0) == [], 10, "nothing left to watch")
+    finally:
+        worker.stop()
+    (done,) = ScheduleStore(orch.store).many([schedule.id])
+    assert [int(run["slot"]) for run in ss.runs(schedule.id)] == [slot]
+    assert done.counts["duplicates"] == 0
 
 
 def test_beat_sigkill_and_restart_loses_and_doubles_nothing(

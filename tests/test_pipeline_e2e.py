@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import broker
 from orchestrator.api import Orchestrator
 from orchestrator.celery import celery_config
 from orchestrator.ledger import FIELDS
@@ -130,6 +131,8 @@ def test_a_worker_killed_mid_create_is_redelivered_even_if_it_held_the_restore_l
         first.kill()
     finally:
         first.kill()
+    # The dead worker's message is held unacked, readable (a lost-task sweep spares it).
+    assert ("workers.create", [job.id]) in broker.held_tasks(orch.store.r, orch.store.keys)
     emulator.faults(rate_slow=0.0)
     second = celery_worker(env, tmp_path / "w2.log", name="w2").start()
     try:

@@ -104,6 +104,8 @@ async def _housekeeping(stop: asyncio.Event) -> None:
     jobs that died."""
     from orchestrator import pipeline
 
+    from .schedule_tasks import resend_lost_runs
+
     loop = asyncio.get_running_loop()
     after = runtime.get_settings().resend_after_seconds
     every = min(15.0, after / 2)
@@ -112,6 +114,7 @@ async def _housekeeping(stop: asyncio.Event) -> None:
         rt = runtime.get_runtime()
         pipeline.resend_unsent(app, rt, after)
         pipeline.resend_lost(app, rt, after)
+        resend_lost_runs(rt, after)
         pipeline.release_budget_waiters(app, rt)
         rt.budgets.reclaim(int(rt.settings.hold_reclaim_seconds * 1000))
 

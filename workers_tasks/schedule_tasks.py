@@ -1,4 +1,5 @@
-"""The schedule run tasks: thin, ids only; the logic is ``schedule_api.run_slot``."""
+"""The schedule run tasks: thin, ids only; the logic is ``schedule_api.run_slot``.
+Also the repair of runs the broker lost after beat sent them (``resend_lost_runs``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from collections import Counter
 import redis
 from celery import Task
 
-from orchestrator.celery import app
+from orchestrator import broker
+from orchestrator.celery import API_QUEUE, app
 from orchestrator.errors import InputError
-from orchestrator.runtime import get_runtime
-from orchestrator.schedule_api import run_slot
+from orchestrator.runtime import Runtime, get_runtime
+from orchestrator.schedule_api import RUN_TASK, RUNS_PER_MESSAGE, RUNS_TASK, run_slot, send_runs
+from orchestrator.schedule_store import ScheduleStore, pending_member
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +24,7 @@ def run_schedule(self: Task, schedule_id: str, slot_ms: int) -> str:
     """Run one slot of a schedule; a repeated delivery of the same slot does nothing."""
     rt = get_runtime()
     try:
+        ScheduleStore(rt.store).begun([(schedule_id, int(slot_ms))])
         return run_slot(rt, app, schedule_id, int(slot_ms))
     except InputError as exc:
         log.error("dropping run of %s slot %s: %s", schedule_id, slot_ms, exc)
@@ -39,6 +43,10 @@ def run_schedules(self: Task, runs: list[list[str | int]]) -> dict[str, int]:
     """
     rt = get_runtime()
     verdicts: Counter[str] = Counter()
+    try:
+        ScheduleStore(rt.store).begun([(str(s), int(t)) for s, t in runs])
+    except redis.RedisError as exc:
+        raise self.retry(countdown=1.0, max_retries=rt.settings.task_max_retries, exc=exc) from exc
     for i, (schedule_id, slot_ms) in enumerate(runs):
         try:
             verdicts[run_slot(rt, app, str(schedule_id), int(slot_ms))] += 1
@@ -53,3 +61,27 @@ def run_schedules(self: Task, runs: list[list[str | int]]) -> dict[str, int]:
             log.exception("run of %s slot %s failed", schedule_id, slot_ms)
             verdicts["error"] += 1
     return dict(verdicts)
+
+
+def resend_lost_runs(rt: Runtime, older_than_seconds: float) -> int:
+    """Send again the runs beat sent that the broker lost (see ``pipeline.resend_lost``:
+    the same kombu window, the same guards). A run sent twice is recorded once."""
+    ss = ScheduleStore(rt.store)
+    due = ss.untaken(int(older_than_seconds * 1000))
+    if not due or broker.waiting(rt.store.r, rt.store.keys, API_QUEUE):
+        return 0
+    held: set[tuple[str, int]] = set()
+    for name, args in broker.held_tasks(rt.store.r, rt.store.keys):
+        if name == RUN_TASK and len(args) == 2:
+            held.add((str(args[0]), int(args[1])))
+        elif name == RUNS_TASK and args:
+            held.update((str(s), int(t)) for s, t in args[0])
+    recorded = ss.recorded(due)
+    ss.begun([run for run, done in zip(due, recorded, strict=True) if done])
+    lost = [run for run, done in zip(due, recorded, strict=True) if not done and run not in held]
+    for i in range(0, len(lost), RUNS_PER_MESSAGE):
+        chunk = lost[i : i + RUNS_PER_MESSAGE]
+        log.warning("re-sending %d schedule runs the broker lost, from %s", len(chunk), chunk[0])
+        send_runs(app, chunk)
+        ss.sent([pending_member(sid, slot) for sid, slot in chunk])
+    return len(lost)
