@@ -1,5 +1,6 @@
 """What Celery's broker keeps in Redis, read directly: how many messages wait on a
-queue, and which messages workers hold unacknowledged.
+queue, and which messages workers hold unacknowledged; used by the metrics and by the
+sweeps that re-send tasks the broker lost (one worker of the fleet at a time).
 
 kombu's Redis transport keeps a queue as a list named after it, plus one list per
 non-zero priority step (``<queue>\\x06\\x16<step>``), and every message taken but not
@@ -58,3 +59,9 @@ def held_tasks(r: Any, keys: Keys) -> list[tuple[str, list[Any]]]:
         except (ValueError, TypeError, IndexError, KeyError, binascii.Error):
             continue
     return held
+
+
+def take_pass(r: Any, lock: str, period_seconds: float) -> bool:
+    """True for one caller per half ``period_seconds`` across the fleet: a lost-task
+    sweep re-sends under it, so two workers never send a second copy of one task."""
+    return bool(r.set(lock, "1", nx=True, px=max(1, int(period_seconds * 500))))

@@ -56,6 +56,11 @@ class Keys:
         by send time (ms); left when the create step begins."""
         return f"{self.prefix}:dispatched"
 
+    def pass_lock(self, name: str) -> str:
+        """String (with a TTL): one worker of the fleet runs the repair pass ``name``
+        per TTL, so two never re-send the same lost task at once."""
+        return f"{self.prefix}:pass:{name}"
+
     # --- Celery's broker ---
     @property
     def broker_prefix(self) -> str:

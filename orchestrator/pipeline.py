@@ -141,6 +141,8 @@ def resend_lost(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) -> i
     due = store.untaken(int(older_than_seconds * 1000))
     if not due or broker.waiting(store.r, store.keys, API_QUEUE):
         return 0
+    if not broker.take_pass(store.r, store.keys.pass_lock("resend-lost"), older_than_seconds):
+        return 0  # another worker runs this pass now
     held = {str(args[0]) for _, args in broker.held_tasks(store.r, store.keys) if args}
     resent = 0
     for job_id in due:

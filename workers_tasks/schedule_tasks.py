@@ -70,6 +70,8 @@ def resend_lost_runs(rt: Runtime, older_than_seconds: float) -> int:
     due = ss.untaken(int(older_than_seconds * 1000))
     if not due or broker.waiting(rt.store.r, rt.store.keys, API_QUEUE):
         return 0
+    if not broker.take_pass(rt.store.r, rt.store.keys.pass_lock("resend-runs"), older_than_seconds):
+        return 0
     held: set[tuple[str, int]] = set()
     for name, args in broker.held_tasks(rt.store.r, rt.store.keys):
         if name == RUN_TASK and len(args) == 2:
