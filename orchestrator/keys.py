@@ -27,6 +27,12 @@ class Keys:
         """Stream: one entry per status transition (status, at, detail)."""
         return f"{self.prefix}:job:{job_id}:history"
 
+    @property
+    def files_dispatched(self) -> str:
+        """Sorted set: ``<job id>|<file name>`` fetches sent, not yet begun by a worker,
+        by send time (ms)."""
+        return f"{self.prefix}:files:dispatched"
+
     def job_files(self, job_id: str) -> str:
         """Hash: file path -> JSON {size, sha256, path} of fetched files."""
         return f"{self.prefix}:job:{job_id}:files"

@@ -229,13 +229,15 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
     hold = rt.budgets.amount_of(raw_hold)
     if posted is not None and hold is not None and total_cost_micro(posted) > hold:
         rt.budgets.record_overshoot(job, hold, total_cost_micro(posted))
+    fetches = {}
     if job.fetch_files:
         for file in worker.files:
             name = file.filename or file.url.rsplit("/", 1)[-1]
-            app.send_task(
-                "workers.fetch_file", args=[job.id, name], argsrepr=f"{job.id} file={name!r}"
-            )
+            send_fetch(app, job.id, name)
+            fetches[file_member(job.id, name)] = now_ms()
     end = Batch(store.r)
+    if fetches:  # watched until a worker begins each (see resend_lost_files)
+        end.pipe.zadd(store.keys.files_dispatched, fetches)
     store.complete_into(end, job.id, int(replies[relayed_at] or 0))
     if raw_hold is not None:
         rt.budgets.release_into(end, job.id, raw_hold)
@@ -243,6 +245,45 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
     promoted = end.execute()[promoted_at]
     dispatch_promoted(app, rt, [str(p) for p in promoted])
     return "completed"
+
+
+def file_member(job_id: str, name: str) -> str:
+    """A file fetch's member of ``files_dispatched`` (job ids never hold a ``|``)."""
+    return f"{job_id}|{name}"
+
+
+def send_fetch(app: Celery, job_id: str, name: str) -> None:
+    app.send_task("workers.fetch_file", args=[job_id, name], argsrepr=f"{job_id} file={name!r}")
+
+
+def resend_lost_files(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) -> int:
+    """Send again the file fetches the broker lost (the guards of :func:`resend_lost`);
+    a fetch whose file is recorded already is only forgotten."""
+    from .celery import API_QUEUE
+
+    store, key = rt.store, rt.store.keys.files_dispatched
+    cutoff = now_ms() - int(older_than_seconds * 1000)
+    due = store.r.zrangebyscore(key, "-inf", cutoff, start=0, num=500)
+    if not due or broker.waiting(store.r, store.keys, API_QUEUE):
+        return 0
+    if not broker.take_pass(store.r, store.keys.pass_lock("resend-files"), older_than_seconds):
+        return 0
+    held = {
+        file_member(str(args[0]), str(args[1]))
+        for task, args in broker.held_tasks(store.r, store.keys)
+        if task == "workers.fetch_file" and len(args) == 2
+    }
+    resent = 0
+    for member in due:
+        job_id, _, name = member.partition("|")
+        if store.r.hexists(store.keys.job_files(job_id), name):
+            store.r.zrem(key, member)
+        elif member not in held:
+            log.warning("re-sending the fetch of %r for job %s: the broker lost it", name, job_id)
+            send_fetch(app, job_id, name)
+            store.r.zadd(key, {member: now_ms()})
+            resent += 1
+    return resent
 
 
 def safe_path(root: Path, name: str) -> Path:
@@ -261,6 +302,7 @@ def safe_path(root: Path, name: str) -> Path:
 
 def fetch_file(rt: Runtime, job_id: str, name: str) -> dict[str, Any]:
     """Stream one published file to ``FILES_DIR/<job id>/<name>``; record size and hash."""
+    rt.store.r.zrem(rt.store.keys.files_dispatched, file_member(job_id, name))
     job = rt.store.require_job(job_id)
     assert job.worker_id is not None
     root = Path(rt.settings.files_dir) / job.id

@@ -7,12 +7,16 @@ from pathlib import Path
 import pytest
 
 from orchestrator import pipeline
+from orchestrator.api import Orchestrator
 from orchestrator.errors import InputError
 from orchestrator.jobs import validate_submission
 from orchestrator.models import Worker
 from orchestrator.runtime import Runtime
 from orchestrator.settings import load_settings
 from orchestrator.store import RedisStore, connect
+
+from .conftest import Emulator
+from .processes import celery_worker, wait_for
 
 
 @pytest.mark.parametrize(
@@ -55,3 +59,34 @@ def test_escaping_file_is_recorded_as_refused_and_not_fetched(
     assert store.files(job.id) == {"../../outside.txt": info}
     assert not (tmp_path / "outside.txt").exists()
     assert not list((tmp_path).rglob("outside.txt"))
+
+
+@pytest.mark.slow
+def test_a_file_fetch_the_broker_lost_is_sent_again_and_fetched_once(
+    orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Finalize sent the job's file fetches and a worker died as it took them (kombu
+    pops a message before it records it unacked): housekeeping sends them again."""
+    fast = {**env, "RESEND_AFTER_SECONDS": "1"}
+    queue, r = orch.store.keys.broker_queue("api"), orch.store.r
+    job = orch.submit("files, lost on the way", fetch_files=True)
+    # The create step here, so that no worker consumes the api queue yet.
+    pipeline.start_turn(orch.rt, orch.app, job.id)
+    r.delete(queue)
+    streams = celery_worker(fast, tmp_path / "s.log", queues="streams", name="s").start()
+    try:
+        assert orch.wait(job.id, timeout=30).status == "completed"
+        count = len(emulator.server.state.workers[str(orch.get(job.id).worker_id)].files)
+        assert count >= 2 and r.llen(queue) == count  # the fetches, sent
+        r.delete(queue)  # and lost
+        wait_for(lambda: r.llen(queue) == count, 30, "the fetches to be sent again")
+    finally:
+        streams.stop()
+    assert streams.text().count("the broker lost it") == count
+    worker = celery_worker(fast, tmp_path / "w.log", queues="api").start()
+    try:
+        wait_for(lambda: len(orch.files(job.id)) == count, 30, "the files fetched")
+        wait_for(lambda: r.zcard(orch.store.keys.files_dispatched) == 0, 10, "none left")
+    finally:
+        worker.stop()
+    assert all("sha256" in info for info in orch.files(job.id).values())

@@ -114,6 +114,7 @@ async def _housekeeping(stop: asyncio.Event) -> None:
         rt = runtime.get_runtime()
         pipeline.resend_unsent(app, rt, after)
         pipeline.resend_lost(app, rt, after)
+        pipeline.resend_lost_files(app, rt, after)
         resend_lost_runs(rt, after)
         pipeline.release_budget_waiters(app, rt)
         rt.budgets.reclaim(int(rt.settings.hold_reclaim_seconds * 1000))

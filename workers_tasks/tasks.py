@@ -107,9 +107,8 @@ def fetch_file(self: Task, job_id: str, name: str) -> dict[str, Any]:
 
 @app.task(name="workers.sweep")
 def sweep(older_than_seconds: float = 30.0) -> int:
-    """Re-send jobs whose first task was never known sent, or was lost by the broker
-    (see ``pipeline.resend_unsent`` and ``pipeline.resend_lost``)."""
+    """Re-send jobs whose first task was never known sent, or was lost by the broker, and
+    file fetches the broker lost (see ``pipeline.resend_*``)."""
     rt = get_runtime()
-    return pipeline.resend_unsent(app, rt, older_than_seconds) + pipeline.resend_lost(
-        app, rt, older_than_seconds
-    )
+    sweeps = (pipeline.resend_unsent, pipeline.resend_lost, pipeline.resend_lost_files)
+    return sum(sweep(app, rt, older_than_seconds) for sweep in sweeps)
