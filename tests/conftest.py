@@ -19,6 +19,7 @@ from orchestrator.api import Orchestrator
 from orchestrator.emulator import EmulatorConfig, EmulatorServer
 from orchestrator.redis_server import RedisServer
 from orchestrator.settings import load_settings
+from orchestrator.store import RedisStore, connect
 
 API_KEY = "sk-test-" + uuid.uuid4().hex
 
@@ -104,6 +105,14 @@ def orch(env: dict[str, str]) -> Iterator[Orchestrator]:
     )  # fmt: skip
     with Orchestrator(settings) as o:
         yield o
+
+
+@pytest.fixture
+def store(redis_url: str, key_prefix: str) -> Iterator[RedisStore]:
+    """The store under this test's own prefix."""
+    s = RedisStore(connect(redis_url), key_prefix)
+    yield s
+    s.r.close()
 
 
 @pytest.fixture

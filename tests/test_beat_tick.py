@@ -8,7 +8,6 @@ import contextlib
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,13 +23,6 @@ from orchestrator.settings import load_settings
 from orchestrator.store import RedisStore, connect
 
 T0 = 1_800_000_000_000  # a fixed "now" (ms) the schedules are created at
-
-
-@pytest.fixture
-def store(redis_url: str, key_prefix: str) -> Iterator[RedisStore]:
-    s = RedisStore(connect(redis_url), key_prefix)
-    yield s
-    s.r.close()
 
 
 @pytest.fixture

@@ -4,21 +4,11 @@ sweep's fleet-wide pass, and what a real publish puts under our prefix."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from orchestrator import broker
 from orchestrator.celery import make_app
 from orchestrator.settings import load_settings
-from orchestrator.store import RedisStore, connect
-
-
-@pytest.fixture
-def store(redis_url: str, key_prefix: str) -> Iterator[RedisStore]:
-    s = RedisStore(connect(redis_url), key_prefix)
-    yield s
-    s.r.close()
+from orchestrator.store import RedisStore
 
 
 def test_waiting_counts_every_priority_list_of_the_queue_only(store: RedisStore) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
@@ -15,14 +14,7 @@ from orchestrator.errors import InputError
 from orchestrator.jobs import Job, validate_submission
 from orchestrator.limits import FleetRate, Limits
 from orchestrator.models import Worker
-from orchestrator.store import RedisStore, connect, now_ms
-
-
-@pytest.fixture
-def store(redis_url: str, key_prefix: str) -> Iterator[RedisStore]:
-    s = RedisStore(connect(redis_url), key_prefix)
-    yield s
-    s.r.close()
+from orchestrator.store import RedisStore, now_ms
 
 
 def make_job(store: RedisStore, i: int = 0, **fields: object) -> Job:

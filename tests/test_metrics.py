@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -27,13 +26,6 @@ from orchestrator.store import RedisStore, connect, now_ms
 from tests.processes import wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-@pytest.fixture
-def store(redis_url: str, key_prefix: str) -> Iterator[RedisStore]:
-    s = RedisStore(connect(redis_url), key_prefix)
-    yield s
-    s.r.close()
 
 
 def scrape(registry: object) -> Samples:
