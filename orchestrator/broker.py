@@ -13,13 +13,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from .keys import Keys
 
 PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (3, 6, 9)
 UNACKED_KEY = "unacked"
+
+T = TypeVar("T")
 
 
 def queue_keys(queue: str) -> list[str]:
@@ -65,3 +68,30 @@ def take_pass(r: Any, lock: str, period_seconds: float) -> bool:
     """True for one caller per half ``period_seconds`` across the fleet: a lost-task
     sweep re-sends under it, so two workers never send a second copy of one task."""
     return bool(r.set(lock, "1", nx=True, px=max(1, int(period_seconds * 500))))
+
+
+def lost(
+    r: Any,
+    keys: Keys,
+    due: Sequence[T],
+    sweep: str,
+    period_seconds: float,
+    held_of: Callable[[str, list[Any]], Iterable[T]],
+) -> list[T]:
+    """Of ``due`` (tasks sent ``period_seconds`` ago or more that no worker has begun),
+    those the broker lost: kombu pops a message before it records it unacked, so a
+    worker killed in between leaves no copy, and no visibility timeout brings it back.
+
+    Empty while the ``api`` queue has messages (``due`` may be waiting in a backlog) or
+    another worker runs the sweep named ``sweep``; a task a worker holds unacked (which
+    kombu restores if that worker dies) is not lost. ``held_of(task name, args)`` says
+    which items of ``due`` a held message carries.
+    """
+    from .celery import API_QUEUE  # here: the facade imports broker users without the app
+
+    if not due or waiting(r, keys, API_QUEUE):
+        return []
+    if not take_pass(r, keys.pass_lock(sweep), period_seconds):
+        return []  # another worker runs this sweep now
+    held = {item for task, args in held_tasks(r, keys) for item in held_of(task, args)}
+    return [item for item in due if item not in held]

@@ -34,9 +34,14 @@ def describe(job: Job) -> str:
 PRIORITY = {"interactive": 0, "batch": 9}
 
 
+#: Task names of a job's first step, and of a file fetch.
+FIRST_TASKS = ("workers.create", "workers.continue")
+FETCH_TASK = "workers.fetch_file"
+
+
 def dispatch(app: Celery, rt: Runtime, job: Job) -> None:
     """Send the job's first task, then clear it from the outbox."""
-    name = "workers.create" if job.kind == "create" else "workers.continue"
+    name = FIRST_TASKS[0] if job.kind == "create" else FIRST_TASKS[1]
     app.send_task(name, args=[job.id], argsrepr=describe(job), priority=PRIORITY[job.priority])
     rt.store.mark_sent(job.id)
 
@@ -126,34 +131,26 @@ def resend_unsent(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) ->
 
 
 def resend_lost(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) -> int:
-    """Send again the jobs whose first task the broker lost after it was sent.
-
-    kombu's Redis transport pops a message, then records it as unacked: a worker killed
-    between the two loses it, and no visibility timeout brings it back. A job sent
-    ``older_than_seconds`` ago that no worker has begun is taken for lost only when the
-    ``api`` queue is empty (so it is not waiting in a backlog) and no worker holds its
-    message unacked (which kombu restores if that worker died). A second copy of a task
-    that was not lost after all is harmless: ``start_turn`` is idempotent.
+    """Send again the jobs whose first task the broker lost after it was sent (see
+    :func:`broker.lost`). A second copy of a task that was not lost after all is
+    harmless: ``start_turn`` is idempotent.
     """
-    from .celery import API_QUEUE  # here: the facade imports this module without the app
-
     store = rt.store
     due = store.untaken(int(older_than_seconds * 1000))
-    if not due or broker.waiting(store.r, store.keys, API_QUEUE):
-        return 0
-    if not broker.take_pass(store.r, store.keys.pass_lock("resend-lost"), older_than_seconds):
-        return 0  # another worker runs this pass now
-    held = {str(args[0]) for _, args in broker.held_tasks(store.r, store.keys) if args}
     resent = 0
-    for job_id in due:
+    for job_id in broker.lost(store.r, store.keys, due, "resend-lost", older_than_seconds, _job_of):
         job = store.get_job(job_id)
         if job is None or job.status != "queued" or job.attempts:
             store.forget_dispatched(job_id)  # begun (it left the set then) or gone
-        elif job_id not in held:
+        else:
             log.warning("re-sending job %s: the broker lost its first task", job_id)
             dispatch(app, rt, job)
             resent += 1
     return resent
+
+
+def _job_of(task: str, args: list[Any]) -> list[str]:
+    return [str(args[0])] if task in FIRST_TASKS and args else []
 
 
 def upstream_key(job: Job) -> str:
@@ -253,32 +250,28 @@ def file_member(job_id: str, name: str) -> str:
 
 
 def send_fetch(app: Celery, job_id: str, name: str) -> None:
-    app.send_task("workers.fetch_file", args=[job_id, name], argsrepr=f"{job_id} file={name!r}")
+    app.send_task(FETCH_TASK, args=[job_id, name], argsrepr=f"{job_id} file={name!r}")
+
+
+def _fetch_of(task: str, args: list[Any]) -> list[str]:
+    if task != FETCH_TASK or len(args) != 2:
+        return []
+    return [file_member(str(args[0]), str(args[1]))]
 
 
 def resend_lost_files(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) -> int:
-    """Send again the file fetches the broker lost (the guards of :func:`resend_lost`);
-    a fetch whose file is recorded already is only forgotten."""
-    from .celery import API_QUEUE
-
+    """Send again the file fetches the broker lost (see :func:`broker.lost`); a fetch
+    whose file is recorded already is only forgotten."""
     store, key = rt.store, rt.store.keys.files_dispatched
     cutoff = now_ms() - int(older_than_seconds * 1000)
     due = store.r.zrangebyscore(key, "-inf", cutoff, start=0, num=500)
-    if not due or broker.waiting(store.r, store.keys, API_QUEUE):
-        return 0
-    if not broker.take_pass(store.r, store.keys.pass_lock("resend-files"), older_than_seconds):
-        return 0
-    held = {
-        file_member(str(args[0]), str(args[1]))
-        for task, args in broker.held_tasks(store.r, store.keys)
-        if task == "workers.fetch_file" and len(args) == 2
-    }
+    lost = broker.lost(store.r, store.keys, due, "resend-files", older_than_seconds, _fetch_of)
     resent = 0
-    for member in due:
+    for member in lost:
         job_id, _, name = member.partition("|")
         if store.r.hexists(store.keys.job_files(job_id), name):
             store.r.zrem(key, member)
-        elif member not in held:
+        else:
             log.warning("re-sending the fetch of %r for job %s: the broker lost it", name, job_id)
             send_fetch(app, job_id, name)
             store.r.zadd(key, {member: now_ms()})

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Any
 
 import redis
 from celery import Task
 
 from orchestrator import broker
-from orchestrator.celery import API_QUEUE, app
+from orchestrator.celery import app
 from orchestrator.errors import InputError
 from orchestrator.runtime import Runtime, get_runtime
 from orchestrator.schedule_api import RUN_TASK, RUNS_PER_MESSAGE, RUNS_TASK, run_slot, send_runs
@@ -63,24 +64,23 @@ def run_schedules(self: Task, runs: list[list[str | int]]) -> dict[str, int]:
     return dict(verdicts)
 
 
+def _runs_of(task: str, args: list[Any]) -> list[tuple[str, int]]:
+    if task == RUN_TASK and len(args) == 2:
+        return [(str(args[0]), int(args[1]))]
+    if task == RUNS_TASK and args:
+        return [(str(s), int(t)) for s, t in args[0]]
+    return []
+
+
 def resend_lost_runs(rt: Runtime, older_than_seconds: float) -> int:
-    """Send again the runs beat sent that the broker lost (see ``pipeline.resend_lost``:
-    the same kombu window, the same guards). A run sent twice is recorded once."""
+    """Send again the runs beat sent that the broker lost (see ``broker.lost``); a run
+    already recorded is only forgotten, and one sent twice is recorded once."""
     ss = ScheduleStore(rt.store)
     due = ss.untaken(int(older_than_seconds * 1000))
-    if not due or broker.waiting(rt.store.r, rt.store.keys, API_QUEUE):
-        return 0
-    if not broker.take_pass(rt.store.r, rt.store.keys.pass_lock("resend-runs"), older_than_seconds):
-        return 0
-    held: set[tuple[str, int]] = set()
-    for name, args in broker.held_tasks(rt.store.r, rt.store.keys):
-        if name == RUN_TASK and len(args) == 2:
-            held.add((str(args[0]), int(args[1])))
-        elif name == RUNS_TASK and args:
-            held.update((str(s), int(t)) for s, t in args[0])
+    due = broker.lost(rt.store.r, rt.store.keys, due, "resend-runs", older_than_seconds, _runs_of)
     recorded = ss.recorded(due)
     ss.begun([run for run, done in zip(due, recorded, strict=True) if done])
-    lost = [run for run, done in zip(due, recorded, strict=True) if not done and run not in held]
+    lost = [run for run, done in zip(due, recorded, strict=True) if not done]
     for i in range(0, len(lost), RUNS_PER_MESSAGE):
         chunk = lost[i : i + RUNS_PER_MESSAGE]
         log.warning("re-sending %d schedule runs the broker lost, from %s", len(chunk), chunk[0])
