@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from types import FrameType
 
-from orchestrator.redis_server import RedisServer
+from orchestrator.ops.redis_server import RedisServer
 
 from . import report
 from .harness import Context, Result, machine

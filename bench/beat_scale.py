@@ -26,13 +26,13 @@ from typing import Any
 from celery import Celery
 from celery.schedules import schedule as every
 
-from orchestrator import beat as beat_module
-from orchestrator.beat import RedisScheduler
 from orchestrator.celery import make_app
-from orchestrator.schedule_store import ScheduleStore, schedule_to_hash
-from orchestrator.schedules import ScheduleRequest, new_schedule
+from orchestrator.schedules import beat as beat_module
+from orchestrator.schedules.beat import RedisScheduler
+from orchestrator.schedules.timing import ScheduleRequest, new_schedule
 from orchestrator.settings import load_settings
-from orchestrator.store import RedisStore, connect, now_ms
+from orchestrator.store.jobs import RedisStore, connect, now_ms
+from orchestrator.store.schedules import ScheduleStore, schedule_to_hash
 
 from .harness import API_KEY, Context, Result, percentile
 

@@ -34,13 +34,13 @@ import httpx
 import redis
 from kombu.exceptions import OperationalError
 
-from orchestrator.api import Orchestrator
 from orchestrator.emulator import EmulatorConfig, EmulatorServer
-from orchestrator.jobs import TERMINAL
+from orchestrator.facade import Orchestrator
+from orchestrator.jobs.model import TERMINAL
 from orchestrator.ledger import FIELDS, MONEY_FIELDS
-from orchestrator.redis_server import RedisServer
-from orchestrator.schedule_store import ScheduleStore
+from orchestrator.ops.redis_server import RedisServer
 from orchestrator.settings import load_settings
+from orchestrator.store.schedules import ScheduleStore
 from tests.processes import Proc, celery_worker, stack_env, wait_for
 
 API_KEY = "sk-chaos-" + secrets.token_hex(16)

@@ -17,11 +17,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from orchestrator.jobs import Job
-from orchestrator.keys import Keys
+from orchestrator.jobs.model import Job
 from orchestrator.ledger import FIELDS
-from orchestrator.models import Worker
-from orchestrator.store import RedisStore, connect
+from orchestrator.store.jobs import RedisStore, connect
+from orchestrator.store.keys import Keys
+from orchestrator.wire.models import Worker
 
 from .harness import Context, Result, percentile
 

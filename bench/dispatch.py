@@ -20,7 +20,7 @@ import time
 import uuid
 from typing import Any
 
-from orchestrator.api import Orchestrator
+from orchestrator.facade import Orchestrator
 from orchestrator.settings import load_settings
 
 from .bare import TASK, make_bare_app, starts_key

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import redis
 
-from orchestrator.redis_server import free_port
+from orchestrator.ops.redis_server import free_port
 
 API_KEY = "bench-key"
 ROOT = Path(__file__).resolve().parent.parent

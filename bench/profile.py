@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from orchestrator.redis_server import RedisServer
+from orchestrator.ops.redis_server import RedisServer
 
 from .harness import Context
 
@@ -52,12 +52,12 @@ def _cpu(step: Callable[[], Any], n: int, label: str, show: bool) -> float:
 
 def pipeline(ctx: Context, n: int = 300) -> None:
     """Each step of a job's life, in this process, without Celery: CPU per job."""
-    from orchestrator import pipeline as steps
-    from orchestrator.aclient import AsyncWorkersClient
-    from orchestrator.api import Orchestrator
-    from orchestrator.follower import Follower
-    from orchestrator.keys import Keys
+    from orchestrator.facade import Orchestrator
+    from orchestrator.jobs import steps
+    from orchestrator.jobs.follower import Follower
     from orchestrator.settings import load_settings
+    from orchestrator.store.keys import Keys
+    from orchestrator.wire.aclient import AsyncWorkersClient
 
     from .harness import API_KEY
 
@@ -107,8 +107,8 @@ def pipeline(ctx: Context, n: int = 300) -> None:
 def dispatch(ctx: Context, n: int = 300) -> None:
     """Where dispatch latency goes, without Celery: submit() in the caller, then the
     create step from its start to the request reaching the emulator; Redis commands each."""
-    from orchestrator import pipeline as steps
-    from orchestrator.api import Orchestrator
+    from orchestrator.facade import Orchestrator
+    from orchestrator.jobs import steps
     from orchestrator.settings import load_settings
 
     from .harness import API_KEY, arrivals, percentile
@@ -186,10 +186,10 @@ def send(ctx: Context, n: int = 2000) -> None:
 def beat_batch(ctx: Context, n: int = 10_000) -> None:
     """10k due at once: our beat as is (100 runs a message), without task-sent events,
     and the way it was before (one message a slot, ``send_run``)."""
-    from orchestrator.beat import RedisScheduler
-    from orchestrator.schedule_api import send_run
-    from orchestrator.schedule_store import ScheduleStore, split_member
-    from orchestrator.store import RedisStore, connect, now_ms
+    from orchestrator.schedules.beat import RedisScheduler
+    from orchestrator.schedules.facade import send_run
+    from orchestrator.store.jobs import RedisStore, connect, now_ms
+    from orchestrator.store.schedules import ScheduleStore, split_member
 
     from . import beat_scale
 
@@ -234,9 +234,9 @@ def follow_burst(ctx: Context, n: int = 300) -> None:
     (redis-py's default pool): how many follow tasks die, and how long the streams take."""
     import redis.asyncio as aioredis
 
-    from orchestrator.aclient import AsyncWorkersClient
-    from orchestrator.follower import Follower
-    from orchestrator.keys import Keys
+    from orchestrator.jobs.follower import Follower
+    from orchestrator.store.keys import Keys
+    from orchestrator.wire.aclient import AsyncWorkersClient
 
     from . import streams
     from .harness import API_KEY

@@ -3,7 +3,7 @@
 The emulator runs a turn of N events with ``turn_seconds=0``, so the stream is pure
 replay and the source is never the limit. Three readers of that same stream:
 
-- ours: the real :class:`~orchestrator.follower.Follower` (claim, stream, dedupe Lua,
+- ours: the real :class:`~orchestrator.jobs.follower.Follower` (claim, stream, dedupe Lua,
   batched writer) in this process, from claim to the last event stored;
 - bare relay: an httpx-sse read loop that XADDs each event, pipelined in batches of 100
   (redis-py asyncio), no JSON decoding, no dedupe;
@@ -20,12 +20,12 @@ import httpx
 import redis.asyncio as aioredis
 from httpx_sse import EventSource
 
-from orchestrator.aclient import AsyncWorkersClient
-from orchestrator.follower import Follower
-from orchestrator.jobs import validate_submission
-from orchestrator.keys import Keys
-from orchestrator.models import Worker
-from orchestrator.store import RedisStore, connect
+from orchestrator.jobs.follower import Follower
+from orchestrator.jobs.model import validate_submission
+from orchestrator.store.jobs import RedisStore, connect
+from orchestrator.store.keys import Keys
+from orchestrator.wire.aclient import AsyncWorkersClient
+from orchestrator.wire.models import Worker
 
 from .harness import API_KEY, Context, Result, wait_for
 

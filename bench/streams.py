@@ -2,7 +2,7 @@
 
     python -m bench.streams --workers 1000 --turn-seconds 10 --events 10
 
-The real :class:`~orchestrator.follower.Follower` runs in this process with its
+The real :class:`~orchestrator.jobs.follower.Follower` runs in this process with its
 production poll interval; a separate process creates the workers at the emulator
 (another process) and registers their jobs, so this process's CPU and RSS are the
 follower's. Lag is emulator emit time (the event's ``at``) to stored in Redis, taken
@@ -29,14 +29,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from orchestrator.aclient import AsyncWorkersClient
-from orchestrator.client import Update
-from orchestrator.follower import Follower, UpdateWriter, follower_redis
-from orchestrator.follower import tune_gc as follower_tune_gc
-from orchestrator.jobs import validate_submission
-from orchestrator.keys import Keys
-from orchestrator.redis_server import RedisServer
-from orchestrator.store import RedisStore, connect
+from orchestrator.jobs.follower import Follower, UpdateWriter, follower_redis
+from orchestrator.jobs.follower import tune_gc as follower_tune_gc
+from orchestrator.jobs.model import validate_submission
+from orchestrator.ops.redis_server import RedisServer
+from orchestrator.store.jobs import RedisStore, connect
+from orchestrator.store.keys import Keys
+from orchestrator.wire.aclient import AsyncWorkersClient
+from orchestrator.wire.client import Update
 
 from .harness import API_KEY, ROOT, Context, Result, cpu_seconds, percentile, rss_mb
 
@@ -129,7 +129,7 @@ async def measure(
     else:
         r = follower_redis(redis_url)
     counter = _Count()
-    follower_log = logging.getLogger("orchestrator.follower")
+    follower_log = logging.getLogger("orchestrator.jobs.follower")
     level = follower_log.level
     follower_log.setLevel(logging.INFO)
     follower_log.addHandler(counter)
@@ -305,7 +305,7 @@ def main() -> None:
                         "(default: the streams worker's own client)")  # fmt: skip
     parser.add_argument("--default-gc", action="store_true",
                         help="keep Python's collector settings (the streams worker tunes "
-                        "them: orchestrator.follower.tune_gc)")  # fmt: skip
+                        "them: orchestrator.jobs.follower.tune_gc)")  # fmt: skip
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     with RedisServer(appendonly=False) as server:

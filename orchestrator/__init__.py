@@ -1,6 +1,6 @@
 """orchestrator: a distributed job orchestrator for a hosted AI Workers API."""
 
-from .errors import (
+from orchestrator.errors import (
     APIConnectionError,
     APIError,
     APIStatusError,
@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> object:
     # Lazy, so that importing the package (the Celery app, the emulator) stays light.
     if name == "Orchestrator":
-        from .api import Orchestrator
+        from orchestrator.facade import Orchestrator
 
         return Orchestrator
     raise AttributeError(name)

@@ -3,7 +3,7 @@
 Two queues: ``api`` for short upstream calls (create, continue, finalize, file fetches,
 schedule runs) and ``streams`` for stream following. Following itself is not one task
 per stream: a ``workers.follow`` task only registers the job in Redis, and the async
-follower inside each ``streams`` worker process (:mod:`orchestrator.follower`) claims
+follower inside each ``streams`` worker process (:mod:`orchestrator.jobs.follower`) claims
 and relays up to thousands of streams on one event loop, under leases.
 """
 
@@ -16,8 +16,8 @@ from celery import Celery
 from celery.signals import worker_init
 from kombu.entity import Queue
 
-from .keys import Keys
-from .settings import Settings, get_settings
+from orchestrator.settings import Settings, get_settings
+from orchestrator.store.keys import Keys
 
 API_QUEUE = "api"
 STREAMS_QUEUE = "streams"
@@ -42,7 +42,7 @@ UNACKED_MUTEX_SECONDS = 10
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours. Raises ConfigError without REDIS_URL."""
-    from .errors import ConfigError
+    from orchestrator.errors import ConfigError
 
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set (the dev stack sets it; workers need it)")

@@ -2,7 +2,7 @@
 
 The upstream reports cumulative ``costs`` (USD) and ``usage`` per worker. A turn's cost
 is the difference between the cumulative figures after it and those already counted;
-:mod:`orchestrator.scripts` (POST_TURN) applies that difference atomically. This module
+:mod:`orchestrator.store.scripts.jobs` (POST_TURN) applies that difference atomically. This module
 only turns a snapshot into the integer fields the ledger sums.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from .models import Worker
-from .money import to_micro
+from orchestrator.money import to_micro
+from orchestrator.wire.models import Worker
 
 MONEY_FIELDS = (
     "internal_cost_micro",

@@ -9,11 +9,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from .budgets import Budgets
-from .client import WorkersClient
-from .limits import FleetRate, Limits
-from .settings import Settings, get_settings
-from .store import RedisStore, connect
+from orchestrator.controls.budgets import Budgets
+from orchestrator.controls.limits import FleetRate, Limits
+from orchestrator.settings import Settings, get_settings
+from orchestrator.store.jobs import RedisStore, connect
+from orchestrator.wire.client import WorkersClient
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Runtime:
     def client(self) -> WorkersClient:
         """The upstream client (built on first use: only tasks that call out need it)."""
         if self._client is None:
-            from .metrics import record_attempt
+            from orchestrator.ops.metrics import record_attempt
 
             throttle = None
             if self.settings.fleet_rate_per_second is not None:
@@ -66,7 +66,7 @@ _runtime: Runtime | None = None
 
 
 def store_for(settings: Settings) -> RedisStore:
-    from .errors import ConfigError
+    from orchestrator.errors import ConfigError
 
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set")

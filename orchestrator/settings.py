@@ -16,8 +16,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from .errors import ConfigError
-from .models import error_message
+from orchestrator.errors import ConfigError
+from orchestrator.wire.models import error_message
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 

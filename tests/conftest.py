@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.api import Orchestrator
 from orchestrator.emulator import EmulatorConfig, EmulatorServer
-from orchestrator.redis_server import RedisServer
+from orchestrator.facade import Orchestrator
+from orchestrator.ops.redis_server import RedisServer
 from orchestrator.settings import load_settings
-from orchestrator.store import RedisStore, connect
+from orchestrator.store.jobs import RedisStore, connect
 
 API_KEY = "sk-test-" + uuid.uuid4().hex
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from orchestrator.keys import Keys
+from orchestrator.store.keys import Keys
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import redis
 
-from orchestrator.api import Orchestrator
 from orchestrator.errors import InputError
+from orchestrator.facade import Orchestrator
 from orchestrator.settings import load_settings
 
 

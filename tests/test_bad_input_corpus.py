@@ -24,12 +24,12 @@ import pytest
 import redis
 
 from orchestrator import cli
-from orchestrator.api import Orchestrator
-from orchestrator.client import WorkersClient
 from orchestrator.errors import APIError, InputError
-from orchestrator.pipeline import safe_path
-from orchestrator.retry import RetryPolicy
+from orchestrator.facade import Orchestrator
+from orchestrator.jobs.steps import safe_path
 from orchestrator.settings import load_settings
+from orchestrator.wire.client import WorkersClient
+from orchestrator.wire.retry import RetryPolicy
 
 from .conftest import Emulator
 

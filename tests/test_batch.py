@@ -10,8 +10,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from orchestrator.batch import AsyncBatch, Batch
-from orchestrator.redis_server import RedisServer
+from orchestrator.ops.redis_server import RedisServer
+from orchestrator.store.batch import AsyncBatch, Batch
 
 SCRIPT = "redis.call('INCR', KEYS[1]); return ARGV[1] .. redis.call('GET', KEYS[1])"
 

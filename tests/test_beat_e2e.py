@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.api import Orchestrator
-from orchestrator.schedule_api import send_runs
-from orchestrator.schedule_store import Claim, ScheduleStore, pending_member
-from orchestrator.schedules import Schedule, plan
-from orchestrator.store import now_ms
+from orchestrator.facade import Orchestrator
+from orchestrator.schedules.facade import send_runs
+from orchestrator.schedules.timing import Schedule, plan
+from orchestrator.store.jobs import now_ms
+from orchestrator.store.schedules import Claim, ScheduleStore, pending_member
 
 from .conftest import Emulator
 from .processes import Proc, broker_depth, celery_worker, wait_for

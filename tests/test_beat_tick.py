@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from orchestrator import beat as beat_module
-from orchestrator.beat import RedisScheduler
 from orchestrator.celery import make_app
 from orchestrator.errors import InputError
-from orchestrator.redis_server import RedisServer
-from orchestrator.schedule_store import ScheduleStore, schedule_to_hash
-from orchestrator.schedules import ScheduleRequest, new_schedule
+from orchestrator.ops.redis_server import RedisServer
+from orchestrator.schedules import beat as beat_module
+from orchestrator.schedules.beat import RedisScheduler
+from orchestrator.schedules.timing import ScheduleRequest, new_schedule
 from orchestrator.settings import load_settings
-from orchestrator.store import RedisStore, connect
+from orchestrator.store.jobs import RedisStore, connect
+from orchestrator.store.schedules import ScheduleStore, schedule_to_hash
 
 T0 = 1_800_000_000_000  # a fixed "now" (ms) the schedules are created at
 
@@ -124,7 +124,7 @@ def test_due_slots_go_in_bounded_batches(store: RedisStore, sent: Counter[tuple[
 def test_tick_sleeps_until_the_next_run_at_most_max_interval(store: RedisStore) -> None:
     beat = make_beat(store)
     assert beat.tick_once() == beat.max_interval  # nothing at all
-    from orchestrator.store import now_ms
+    from orchestrator.store.jobs import now_ms
 
     req = ScheduleRequest.model_validate({"when": {"type": "delayed", "delayInSeconds": 1}})
     s = new_schedule("sch_soon", req, input="x", budget="low", worker_id=None, now_ms=now_ms())
@@ -193,7 +193,7 @@ def test_a_buffered_run_is_released_when_the_previous_job_ends(
     store: RedisStore, sent: Counter[tuple[str, int]]
 ) -> None:
     from orchestrator.runtime import Runtime
-    from orchestrator.schedule_api import run_slot
+    from orchestrator.schedules.facade import run_slot
 
     add(store, "sch_buf", {"type": "interval", "intervalSeconds": 3600}, overlap="buffer")
     store.r.hset(store.keys.schedule("sch_buf"), "worker_id", "wrk_x")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
-from orchestrator import broker
 from orchestrator.celery import make_app
 from orchestrator.settings import load_settings
-from orchestrator.store import RedisStore
+from orchestrator.store import broker
+from orchestrator.store.jobs import RedisStore
 
 
 def test_waiting_counts_every_priority_list_of_the_queue_only(store: RedisStore) -> None:

@@ -23,17 +23,17 @@ import redis
 import redis.asyncio as aioredis
 
 from bench import chaos
-from orchestrator.aclient import AsyncWorkersClient
-from orchestrator.api import Orchestrator
-from orchestrator.client import WorkersClient
-from orchestrator.follower import Follower, UpdateWriter
-from orchestrator.jobs import Job, validate_submission
-from orchestrator.keys import Keys
+from orchestrator.facade import Orchestrator
+from orchestrator.jobs.follower import Follower, UpdateWriter
+from orchestrator.jobs.model import Job, validate_submission
 from orchestrator.ledger import MONEY_FIELDS
-from orchestrator.models import Worker
-from orchestrator.redis_server import free_port
-from orchestrator.retry import RetryPolicy
-from orchestrator.store import RedisStore, connect
+from orchestrator.ops.redis_server import free_port
+from orchestrator.store.jobs import RedisStore, connect
+from orchestrator.store.keys import Keys
+from orchestrator.wire.aclient import AsyncWorkersClient
+from orchestrator.wire.client import WorkersClient
+from orchestrator.wire.models import Worker
+from orchestrator.wire.retry import RetryPolicy
 
 from .conftest import Emulator
 from .processes import Proc, celery_worker, wait_for

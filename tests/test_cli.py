@@ -28,13 +28,13 @@ import pytest
 import redis
 
 from orchestrator.cli import main
-from orchestrator.client import WorkersClient
-from orchestrator.jobs import Job, Submission
+from orchestrator.jobs.model import Job, Submission
 from orchestrator.ledger import MONEY_FIELDS, REPORT_FIELDS
-from orchestrator.models import Costs, Usage, Worker
-from orchestrator.redis_server import free_port
+from orchestrator.ops.redis_server import free_port
 from orchestrator.settings import load_settings
-from orchestrator.store import RedisStore
+from orchestrator.store.jobs import RedisStore
+from orchestrator.wire.client import WorkersClient
+from orchestrator.wire.models import Costs, Usage, Worker
 
 from .conftest import Emulator
 

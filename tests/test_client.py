@@ -10,8 +10,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator.aclient import AsyncWorkersClient
-from orchestrator.client import WorkersClient
 from orchestrator.errors import (
     APIConnectionError,
     APITimeoutError,
@@ -23,9 +21,11 @@ from orchestrator.errors import (
     StreamError,
     UnprocessableEntityError,
 )
-from orchestrator.models import CronWhen, Worker
-from orchestrator.redis_server import free_port
-from orchestrator.retry import RetryPolicy
+from orchestrator.ops.redis_server import free_port
+from orchestrator.wire.aclient import AsyncWorkersClient
+from orchestrator.wire.client import WorkersClient
+from orchestrator.wire.models import CronWhen, Worker
+from orchestrator.wire.retry import RetryPolicy
 
 from .conftest import Emulator
 

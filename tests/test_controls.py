@@ -9,12 +9,12 @@ from decimal import Decimal
 
 import pytest
 
-from orchestrator.budgets import BudgetExceeded, Budgets, next_period_ms, period_key
+from orchestrator.controls.budgets import BudgetExceeded, Budgets, next_period_ms, period_key
+from orchestrator.controls.limits import FleetRate, Limits
 from orchestrator.errors import InputError
-from orchestrator.jobs import Job, validate_submission
-from orchestrator.limits import FleetRate, Limits
-from orchestrator.models import Worker
-from orchestrator.store import RedisStore, now_ms
+from orchestrator.jobs.model import Job, validate_submission
+from orchestrator.store.jobs import RedisStore, now_ms
+from orchestrator.wire.models import Worker
 
 
 def make_job(store: RedisStore, i: int = 0, **fields: object) -> Job:
@@ -57,7 +57,7 @@ def test_spend_comes_from_the_ledger_and_tag_caps_apply_per_tag(store: RedisStor
     other = make_job(store, 9, budget="low", tags={"tenant": "globex"})
     assert budgets.reserve(acme[0]) == 250_000
     # A completed turn that cost $0.30 counts as spent (read from the ledger).
-    from orchestrator.budgets import turn_members
+    from orchestrator.controls.budgets import turn_members
 
     worker = Worker.model_validate({
         "id": "wrk_a", "status": "completed",
@@ -166,7 +166,7 @@ def test_fleet_rate_limit_holds_across_clients(store: RedisStore) -> None:
 def test_budget_and_limit_gauges(store: RedisStore) -> None:
     from prometheus_client import generate_latest
 
-    from orchestrator.metrics import store_registry
+    from orchestrator.ops.metrics import store_registry
 
     budgets = Budgets(store, {"standard": "1"})
     budgets.set_cap(scope="global", limit_usd=Decimal("20"))

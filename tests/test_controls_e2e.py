@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.api import Orchestrator
+from orchestrator.facade import Orchestrator
 
 from .conftest import Emulator
 from .processes import Proc, celery_worker, wait_for

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from orchestrator.cli import build_parser
-from orchestrator.redis_server import find_redis_server, free_port
+from orchestrator.ops.redis_server import find_redis_server, free_port
 from orchestrator.settings import Settings
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the deployment files")

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import pipeline
-from orchestrator.api import Orchestrator
 from orchestrator.errors import InputError
-from orchestrator.jobs import validate_submission
-from orchestrator.models import Worker
+from orchestrator.facade import Orchestrator
+from orchestrator.jobs import steps as pipeline
+from orchestrator.jobs.model import validate_submission
 from orchestrator.runtime import Runtime
 from orchestrator.settings import load_settings
-from orchestrator.store import RedisStore, connect
+from orchestrator.store.jobs import RedisStore, connect
+from orchestrator.wire.models import Worker
 
 from .conftest import Emulator
 from .processes import celery_worker, wait_for

@@ -17,12 +17,12 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator import metrics
 from orchestrator.celery import QUEUES
-from orchestrator.jobs import Submission
-from orchestrator.models import Costs, Usage, Worker
-from orchestrator.redis_server import free_port
-from orchestrator.store import RedisStore, connect, now_ms
+from orchestrator.jobs.model import Submission
+from orchestrator.ops import metrics
+from orchestrator.ops.redis_server import free_port
+from orchestrator.store.jobs import RedisStore, connect, now_ms
+from orchestrator.wire.models import Costs, Usage, Worker
 from tests.processes import wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -7,16 +7,16 @@ from decimal import Decimal
 
 import pytest
 
-from orchestrator.calls import validate
 from orchestrator.errors import InputError
-from orchestrator.models import (
+from orchestrator.money import format_usd, from_micro, to_micro
+from orchestrator.wire.models import (
     WORKER_SCHEDULE_ADAPTER,
     CreateSchedule,
     CreateWorker,
     ScheduleList,
     Worker,
 )
-from orchestrator.money import format_usd, from_micro, to_micro
+from orchestrator.wire.routes import validate
 
 WORKER_JSON = {
     "id": "wrk_1",

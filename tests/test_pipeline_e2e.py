@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import broker
-from orchestrator.api import Orchestrator
 from orchestrator.celery import celery_config
+from orchestrator.facade import Orchestrator
 from orchestrator.ledger import FIELDS
 from orchestrator.settings import load_settings
+from orchestrator.store import broker
 
 from .conftest import Emulator
 from .processes import Proc, celery_worker, wait_for
@@ -170,7 +170,7 @@ def test_permanent_errors_fail_at_once(
 def test_job_whose_task_was_never_sent_is_sent_again(
     orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
 ) -> None:
-    from orchestrator.jobs import validate_submission
+    from orchestrator.jobs.model import validate_submission
 
     # A producer that died between writing the job and sending its task.
     sub = validate_submission(1000, input="orphan", budget="low")
@@ -336,8 +336,8 @@ def test_the_follower_settles_a_turn_or_hands_it_to_the_task(
     orch: Orchestrator, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from orchestrator import runtime
-    from orchestrator.jobs import validate_submission
-    from orchestrator.models import Worker
+    from orchestrator.jobs.model import validate_submission
+    from orchestrator.wire.models import Worker
     from workers_tasks import follower_service
 
     emulator.configure(turn_seconds=0.0, events_per_turn=2)

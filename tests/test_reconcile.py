@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from orchestrator import cli
-from orchestrator.api import Orchestrator
-from orchestrator.budgets import turn_members
+from orchestrator.controls.budgets import turn_members
+from orchestrator.facade import Orchestrator
 from orchestrator.ledger import FIELDS, MONEY_FIELDS, cumulative, utc_day
 from orchestrator.settings import load_settings
 

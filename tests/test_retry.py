@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from orchestrator.retry import RetryPolicy, retry_after
+from orchestrator.wire.retry import RetryPolicy, retry_after
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import redis
 
-from orchestrator.api import Orchestrator
 from orchestrator.cli import main
 from orchestrator.errors import InputError
-from orchestrator.schedule_api import run_slot
-from orchestrator.schedule_store import Claim, ScheduleStore
-from orchestrator.schedules import plan
+from orchestrator.facade import Orchestrator
+from orchestrator.schedules.facade import run_slot
+from orchestrator.schedules.timing import plan
 from orchestrator.settings import load_settings
-from orchestrator.store import now_ms
+from orchestrator.store.jobs import now_ms
+from orchestrator.store.schedules import Claim, ScheduleStore
 
 from .conftest import Emulator
 

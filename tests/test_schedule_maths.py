@@ -7,10 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from orchestrator.calls import validate
 from orchestrator.errors import InputError
-from orchestrator.schedule_store import schedule_from_hash, schedule_to_hash, timing_from_hash
-from orchestrator.schedules import (
+from orchestrator.schedules.timing import (
     MISFIRE_GRACE_MS,
     Schedule,
     ScheduleRequest,
@@ -21,6 +19,8 @@ from orchestrator.schedules import (
     to_ms,
     upcoming,
 )
+from orchestrator.store.schedules import schedule_from_hash, schedule_to_hash, timing_from_hash
+from orchestrator.wire.routes import validate
 
 
 def ms(text: str) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator.redis_server import free_port
+from orchestrator.ops.redis_server import free_port
 
 from .processes import wait_for
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from orchestrator.api import Orchestrator
-from orchestrator.redis_server import RedisServer, find_redis_server
+from orchestrator.facade import Orchestrator
+from orchestrator.ops.redis_server import RedisServer, find_redis_server
 from orchestrator.settings import load_settings
 
 from .conftest import Emulator

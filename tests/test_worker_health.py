@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from orchestrator.keys import Keys
+from orchestrator.store.keys import Keys
 
 from .conftest import Emulator
 from .processes import celery_worker, stack_env, wait_for

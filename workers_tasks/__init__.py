@@ -1,1 +1,1 @@
-"""Celery tasks of the orchestrator: thin wrappers over :mod:`orchestrator.pipeline`."""
+"""Celery tasks of the orchestrator: thin wrappers over :mod:`orchestrator.jobs.steps`."""

@@ -15,12 +15,12 @@ from typing import Any
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from orchestrator import runtime
-from orchestrator.aclient import AsyncWorkersClient
 from orchestrator.celery import STREAMS_QUEUE, app
-from orchestrator.follower import Follower, follower_redis, tune_gc
-from orchestrator.keys import Keys
-from orchestrator.limits import AsyncFleetRate
-from orchestrator.metrics import record_attempt
+from orchestrator.controls.limits import AsyncFleetRate
+from orchestrator.jobs.follower import Follower, follower_redis, tune_gc
+from orchestrator.ops.metrics import record_attempt
+from orchestrator.store.keys import Keys
+from orchestrator.wire.aclient import AsyncWorkersClient
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def settle(job_id: str) -> None:
     process dies first, the lease lapses and the follower that claims the job again
     replays the stream and settles it (finalize is idempotent).
     """
-    from orchestrator import pipeline
+    from orchestrator.jobs import steps as pipeline
 
     try:
         outcome = pipeline.finalize(runtime.get_runtime(), app, job_id)
@@ -102,9 +102,8 @@ async def _housekeeping(stop: asyncio.Event) -> None:
     """Periodic repairs that need no beat: re-send jobs a dead producer left unsent or
     whose task the broker lost, wake jobs whose budget period began, reclaim holds of
     jobs that died."""
-    from orchestrator import pipeline
-
-    from .schedule_tasks import resend_lost_runs
+    from orchestrator.jobs import steps as pipeline
+    from workers_tasks.schedule_tasks import resend_lost_runs
 
     loop = asyncio.get_running_loop()
     after = runtime.get_settings().resend_after_seconds

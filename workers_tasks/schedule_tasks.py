@@ -10,12 +10,18 @@ from typing import Any
 import redis
 from celery import Task
 
-from orchestrator import broker
 from orchestrator.celery import app
 from orchestrator.errors import InputError
 from orchestrator.runtime import Runtime, get_runtime
-from orchestrator.schedule_api import RUN_TASK, RUNS_PER_MESSAGE, RUNS_TASK, run_slot, send_runs
-from orchestrator.schedule_store import ScheduleStore, pending_member
+from orchestrator.schedules.facade import (
+    RUN_TASK,
+    RUNS_PER_MESSAGE,
+    RUNS_TASK,
+    run_slot,
+    send_runs,
+)
+from orchestrator.store import broker
+from orchestrator.store.schedules import ScheduleStore, pending_member
 
 log = logging.getLogger(__name__)
 

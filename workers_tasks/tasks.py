@@ -1,5 +1,5 @@
 """The Celery tasks. Thin: they carry job ids only (never the API key or payloads),
-call a step of :mod:`orchestrator.pipeline`, and map its errors to retry or fail.
+call a step of :mod:`orchestrator.jobs.steps`, and map its errors to retry or fail.
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ from typing import Any
 from celery import Task
 from celery.exceptions import MaxRetriesExceededError
 
-from orchestrator import pipeline
 from orchestrator.celery import app
 from orchestrator.errors import APIError, APIStatusError, InputError
+from orchestrator.jobs import steps as pipeline
 from orchestrator.runtime import get_runtime
-from orchestrator.store import RedisStore
-
-from . import follower_service, heartbeat  # noqa: F401  (connect the worker signals)
+from orchestrator.store.jobs import RedisStore
+from workers_tasks import follower_service, heartbeat  # noqa: F401  (connect the worker signals)
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from ..errors import ConfigError, InputError, OrchestratorError
-from . import controls, jobs, ops, repair, schedules, serve, stack
+from orchestrator.cli import controls, jobs, ops, repair, schedules, serve, stack
+from orchestrator.errors import ConfigError, InputError, OrchestratorError
 
 EXIT_INPUT = 2
 EXIT_ERROR = 1

@@ -7,10 +7,10 @@ import json
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ..api import Orchestrator
-from ..errors import InputError
-from ..money import format_usd
-from ..settings import load_settings
+from orchestrator.errors import InputError
+from orchestrator.facade import Orchestrator
+from orchestrator.money import format_usd
+from orchestrator.settings import load_settings
 
 BAR = 24
 

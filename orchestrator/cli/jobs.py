@@ -1,7 +1,7 @@
 """Job commands: submit, continue, status, tail, files, email, costs.
 
 Every command prints for people by default and takes ``--json`` for scripts. Input is
-checked (by the :class:`~orchestrator.api.Orchestrator` facade, or here for what only
+checked (by the :class:`~orchestrator.facade.Orchestrator` facade, or here for what only
 the command line has) before anything is written or enqueued; a rejection is one
 ``error: <field>: <message>`` line on stderr and exit status 2 (see ``cli.main``).
 """
@@ -17,14 +17,14 @@ from datetime import UTC, date, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..api import Orchestrator
-from ..errors import InputError
-from ..jobs import Job, parse_tag
-from ..keys import LEDGER_DIMENSIONS
-from ..ledger import total_cost_micro
-from ..models import BUDGETS
-from ..money import format_usd
-from ..settings import load_settings
+from orchestrator.errors import InputError
+from orchestrator.facade import Orchestrator
+from orchestrator.jobs.model import Job, parse_tag
+from orchestrator.ledger import total_cost_micro
+from orchestrator.money import format_usd
+from orchestrator.settings import load_settings
+from orchestrator.store.keys import LEDGER_DIMENSIONS
+from orchestrator.wire.models import BUDGETS
 
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 

@@ -25,8 +25,8 @@ import threading
 import time
 from typing import Any
 
-from ..errors import InputError
-from ..settings import Settings, load_settings
+from orchestrator.errors import InputError
+from orchestrator.settings import Settings, load_settings
 
 EXIT_UNHEALTHY = 1
 _CREDENTIALS = re.compile(r"(\w+://)[^@/\s]*@")
@@ -67,8 +67,8 @@ def run_metrics(args: argparse.Namespace) -> int:
     port = settings.metrics_port if args.port is None else args.port
     if not 0 <= port < 65536:
         raise InputError("port", "must be 0-65535")
-    from .. import metrics
-    from ..runtime import store_for
+    from orchestrator.ops import metrics
+    from orchestrator.runtime import store_for
 
     store = store_for(settings)  # ConfigError without REDIS_URL
     try:
@@ -96,7 +96,7 @@ def run_health(args: argparse.Namespace) -> int:
     if args.max_age is not None and args.max_age <= 0:
         raise InputError("max_age", "must be positive")
     settings = load_settings()
-    from ..runtime import store_for
+    from orchestrator.runtime import store_for
 
     store = store_for(settings)  # ConfigError without REDIS_URL
     notes: list[str] = []
@@ -138,7 +138,7 @@ def _check_redis(store: Any) -> str:
 
 
 def _check_broker(settings: Settings, timeout: float) -> str:
-    from ..celery import make_app
+    from orchestrator.celery import make_app
 
     app = make_app(settings)
     try:

@@ -1,7 +1,7 @@
 """Repair commands: ``orchestrator reconcile [--hours H] [--fix] [--json]``.
 
 ``reconcile`` compares the store with fresh upstream snapshots of the workers of recent
-jobs and prints one line per difference (see :mod:`orchestrator.reconcile`); with
+jobs and prints one line per difference (see :mod:`orchestrator.ops.reconcile`); with
 ``--fix`` it repairs each one (the upstream is the source of truth for money). Exit
 status 0 when nothing is left to repair, 1 when differences remain (found without
 ``--fix``) or a worker could not be read upstream, 2 for bad input.
@@ -13,8 +13,8 @@ import argparse
 import json
 from typing import Any
 
-from ..errors import InputError
-from ..settings import load_settings
+from orchestrator.errors import InputError
+from orchestrator.settings import load_settings
 
 
 def register(sub: Any) -> None:
@@ -39,17 +39,17 @@ def register(sub: Any) -> None:
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
-    from ..reconcile import MAX_HOURS
+    from orchestrator.ops.reconcile import MAX_HOURS
 
     if not 0 < args.hours <= MAX_HOURS:
         raise InputError("hours", f"must be more than 0 and at most {MAX_HOURS}")
     if args.grace < 0:
         raise InputError("grace", "must not be negative")
     settings = load_settings()
-    from ..celery import make_app
-    from ..client import WorkersClient
-    from ..reconcile import Reconciler, render
-    from ..runtime import store_for
+    from orchestrator.celery import make_app
+    from orchestrator.ops.reconcile import Reconciler, render
+    from orchestrator.runtime import store_for
+    from orchestrator.wire.client import WorkersClient
 
     store = store_for(settings)  # ConfigError without REDIS_URL
     app = make_app(settings)

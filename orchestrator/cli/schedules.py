@@ -7,10 +7,10 @@ import json
 import sys
 from typing import Any
 
-from ..errors import InputError
-from ..models import BUDGETS
+from orchestrator.errors import InputError
+from orchestrator.wire.models import BUDGETS
 
-SCHEDULER = "orchestrator.beat:RedisScheduler"
+SCHEDULER = "orchestrator.schedules.beat:RedisScheduler"
 
 
 def register(sub: Any) -> None:
@@ -84,7 +84,7 @@ def register(sub: Any) -> None:
 
 
 def _orch() -> Any:
-    from ..api import Orchestrator
+    from orchestrator.facade import Orchestrator
 
     return Orchestrator()
 
@@ -215,10 +215,10 @@ def run_beat(args: argparse.Namespace) -> int:
         raise InputError("resend_after", "must be positive")
     if args.misfire_grace < 0:
         raise InputError("misfire_grace", "must not be negative")
-    from ..beat import CONF_BATCH, CONF_GRACE, CONF_RESEND_AFTER
-    from ..celery import app, celery_config
-    from ..runtime import store_for
-    from ..settings import load_settings
+    from orchestrator.celery import app, celery_config
+    from orchestrator.runtime import store_for
+    from orchestrator.schedules.beat import CONF_BATCH, CONF_GRACE, CONF_RESEND_AFTER
+    from orchestrator.settings import load_settings
 
     settings = load_settings()
     celery_config(settings)  # one line, not a traceback, if REDIS_URL is missing

@@ -8,9 +8,9 @@ import secrets
 import sys
 from typing import Any
 
-from ..celery import QUEUES, STREAMS_QUEUE
-from ..errors import InputError
-from ..settings import load_settings
+from orchestrator.celery import QUEUES, STREAMS_QUEUE
+from orchestrator.errors import InputError
+from orchestrator.settings import load_settings
 
 POOLS = ("threads", "prefork", "solo", "gevent", "eventlet")
 
@@ -55,7 +55,7 @@ def register(sub: Any) -> None:
 
 
 def run_emulator(args: argparse.Namespace) -> int:
-    from ..emulator import EmulatorConfig, FaultConfig, serve
+    from orchestrator.emulator import EmulatorConfig, FaultConfig, serve
 
     api_key = (
         args.api_key or os.environ.get("EMULATOR_API_KEY") or os.environ.get("WORKERS_API_KEY")
@@ -92,7 +92,7 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         raise InputError("concurrency", "must be at least 1")
     settings = load_settings()
-    from ..celery import app, celery_config
+    from orchestrator.celery import app, celery_config
 
     celery_config(settings)  # fail early, one line, if REDIS_URL is missing
     argv = [
@@ -114,7 +114,7 @@ def run_worker(args: argparse.Namespace) -> int:
 def run_flower(args: argparse.Namespace) -> int:
     """Exec Flower on our app. Secrets travel in its environment, never in argv."""
     settings = load_settings()
-    from ..celery import celery_config
+    from orchestrator.celery import celery_config
 
     celery_config(settings)
     env = dict(os.environ)

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..settings import load_settings
-from ..stack import Stack
+from orchestrator.ops.stack import Stack
+from orchestrator.settings import load_settings
 
 
 def register(sub: Any) -> None:
@@ -82,8 +82,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def demo(stack: Stack, *, jobs: int) -> None:
     """Submit a few jobs (and a schedule when beat runs), tail one, print costs."""
-    from ..api import Orchestrator
-    from ..money import format_usd
+    from orchestrator.facade import Orchestrator
+    from orchestrator.money import format_usd
 
     settings = load_settings(
         redis_url=stack.env["REDIS_URL"],

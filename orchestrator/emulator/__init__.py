@@ -14,8 +14,8 @@ what it really did, to check a client's bookkeeping against.
 From the command line: ``orchestrator emulator --port 8765`` (see ``orchestrator.cli``).
 """
 
-from .app import create_app
-from .config import EmulatorConfig, FaultConfig
-from .server import EmulatorServer, serve
+from orchestrator.emulator.app import create_app
+from orchestrator.emulator.config import EmulatorConfig, FaultConfig
+from orchestrator.emulator.server import EmulatorServer, serve
 
 __all__ = ["EmulatorConfig", "EmulatorServer", "FaultConfig", "create_app", "serve"]

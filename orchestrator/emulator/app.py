@@ -25,16 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..models import (
-    CreateSchedule,
-    CreateWorker,
-    ScheduleCancel,
-    ScheduledWhen,
-    ScheduleList,
-)
-from .config import EmulatorConfig
-from .control import control_routes
-from .responses import (
+from orchestrator.emulator.config import EmulatorConfig
+from orchestrator.emulator.control import control_routes
+from orchestrator.emulator.responses import (
     authorized,
     error_response,
     invalid,
@@ -43,8 +36,15 @@ from .responses import (
     not_found,
     unauthorized,
 )
-from .sse import UpdateStream
-from .state import EmulatorState, IdempotentResult, TurnConflict, WorkerRecord
+from orchestrator.emulator.sse import UpdateStream
+from orchestrator.emulator.state import EmulatorState, IdempotentResult, TurnConflict, WorkerRecord
+from orchestrator.wire.models import (
+    CreateSchedule,
+    CreateWorker,
+    ScheduleCancel,
+    ScheduledWhen,
+    ScheduleList,
+)
 
 Answer = Response | UpdateStream
 Handler = Callable[[Request], Awaitable[Answer]]

@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .responses import authorized, invalid, invalid_from, unauthorized
-from .state import EmulatorState
+from orchestrator.emulator.responses import authorized, invalid, invalid_from, unauthorized
+from orchestrator.emulator.state import EmulatorState
 
 Handler = Callable[[Request], Awaitable[Response]]
 

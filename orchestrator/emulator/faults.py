@@ -11,8 +11,8 @@ import random
 
 from starlette.responses import Response
 
-from .config import FaultConfig
-from .responses import error_response
+from orchestrator.emulator.config import FaultConfig
+from orchestrator.emulator.responses import error_response
 
 
 class FaultInjector:

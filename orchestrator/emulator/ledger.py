@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .simulation import TurnCharges
+from orchestrator.emulator.simulation import TurnCharges
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..models import error_field
+from orchestrator.wire.models import error_field
 
 
 def error_response(

@@ -14,9 +14,9 @@ from typing import Self
 
 import uvicorn
 
-from .app import create_app
-from .config import EmulatorConfig
-from .state import EmulatorState
+from orchestrator.emulator.app import create_app
+from orchestrator.emulator.config import EmulatorConfig
+from orchestrator.emulator.state import EmulatorState
 
 
 class _QuietCutStreams(logging.Filter):

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from ..models import Output, OutputContent, Source
+from orchestrator.wire.models import Output, OutputContent, Source
 
 REPORT_PATH = "report.md"
 PLOT_PATH = "data/charts/plot.bin"

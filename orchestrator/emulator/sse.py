@@ -18,7 +18,7 @@ import contextlib
 
 from starlette.types import Receive, Scope, Send
 
-from .state import WorkerRecord
+from orchestrator.emulator.state import WorkerRecord
 
 _HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),

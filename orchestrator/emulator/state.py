@@ -22,7 +22,12 @@ from urllib.parse import quote
 
 from croniter import croniter
 
-from ..models import (
+from orchestrator.emulator.config import EmulatorConfig
+from orchestrator.emulator.faults import FaultInjector
+from orchestrator.emulator.ledger import Ledger
+from orchestrator.emulator.simulation import TurnPlan, WorkerFile, plan_turn
+from orchestrator.money import from_micro
+from orchestrator.wire.models import (
     WORKER_SCHEDULE_ADAPTER,
     CreateSchedule,
     CronWhen,
@@ -34,11 +39,6 @@ from ..models import (
     Worker,
     WorkerSchedule,
 )
-from ..money import from_micro
-from .config import EmulatorConfig
-from .faults import FaultInjector
-from .ledger import Ledger
-from .simulation import TurnPlan, WorkerFile, plan_turn
 
 
 @dataclass

@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from .keys import Keys
+from orchestrator.store.keys import Keys
 
 PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (3, 6, 9)
@@ -87,7 +87,9 @@ def lost(
     kombu restores if that worker dies) is not lost. ``held_of(task name, args)`` says
     which items of ``due`` a held message carries.
     """
-    from .celery import API_QUEUE  # here: the facade imports broker users without the app
+    from orchestrator.celery import (
+        API_QUEUE,  # here: the facade imports broker users without the app
+    )
 
     if not due or waiting(r, keys, API_QUEUE):
         return []

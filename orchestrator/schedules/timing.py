@@ -25,8 +25,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from .errors import InputError
-from .models import (
+from orchestrator.errors import InputError
+from orchestrator.wire.models import (
     Budget,
     CronSchedule,
     CronWhen,

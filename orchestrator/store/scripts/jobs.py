@@ -162,7 +162,7 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 """
 
-# --- reconcile (see orchestrator/reconcile.py) -----------------------------------------
+# --- reconcile (see orchestrator/ops/reconcile.py) -----------------------------------------
 
 # The upstream is the source of truth for money. What reached the ledger for a worker is
 # the larger of its own ledger row and its 'counted:*' (both are written by POST_TURN in

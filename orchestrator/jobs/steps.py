@@ -13,14 +13,14 @@ from typing import Any
 
 from celery import Celery
 
-from . import broker
-from .batch import Batch
-from .budgets import BudgetExceeded, next_period_ms, turn_members
-from .errors import APIStatusError, InputError
-from .jobs import Job
-from .ledger import total_cost_micro
-from .runtime import Runtime
-from .store import now_ms, posted_deltas
+from orchestrator.controls.budgets import BudgetExceeded, next_period_ms, turn_members
+from orchestrator.errors import APIStatusError, InputError
+from orchestrator.jobs.model import Job
+from orchestrator.ledger import total_cost_micro
+from orchestrator.runtime import Runtime
+from orchestrator.store import broker
+from orchestrator.store.batch import Batch
+from orchestrator.store.jobs import now_ms, posted_deltas
 
 log = logging.getLogger(__name__)
 

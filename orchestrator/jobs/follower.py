@@ -27,12 +27,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from . import scripts
-from .aclient import AsyncWorkersClient
-from .batch import AsyncBatch
-from .errors import APIConnectionError, APIStatusError, StreamError
-from .keys import Keys
-from .metrics import EVENTS_RELAYED
+from orchestrator.errors import APIConnectionError, APIStatusError, StreamError
+from orchestrator.ops.metrics import EVENTS_RELAYED
+from orchestrator.store.batch import AsyncBatch
+from orchestrator.store.keys import Keys
+from orchestrator.store.scripts import jobs as scripts
+from orchestrator.wire.aclient import AsyncWorkersClient
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
         print(update.index, update.data)
 
 Every method validates its input first (:class:`~orchestrator.errors.InputError`,
-nothing sent), retries what :mod:`orchestrator.retry` says is retryable, and raises the
+nothing sent), retries what :mod:`orchestrator.wire.retry` says is retryable, and raises the
 typed errors of :mod:`orchestrator.errors`. The API key is sent as a Bearer header and
 appears in no error, log line or repr.
 """
@@ -27,9 +27,7 @@ import httpx
 from httpx_sse import EventSource
 from pydantic import BaseModel, SecretStr
 
-from . import calls
-from .calls import Call
-from .errors import (
+from orchestrator.errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
@@ -37,9 +35,11 @@ from .errors import (
     StreamError,
     status_error,
 )
-from .models import Budget, ScheduleCancel, ScheduleList, Worker, WorkerSchedule
-from .retry import RetryPolicy
-from .settings import Settings
+from orchestrator.settings import Settings
+from orchestrator.wire import routes as calls
+from orchestrator.wire.models import Budget, ScheduleCancel, ScheduleList, Worker, WorkerSchedule
+from orchestrator.wire.retry import RetryPolicy
+from orchestrator.wire.routes import Call
 
 __all__ = ["DownloadedFile", "Update", "WorkersClient", "client_options"]
 
@@ -196,7 +196,7 @@ class WorkersClient:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
         self._on_attempt = on_attempt
-        # Fleet-wide rate limit (orchestrator.limits.FleetRate or its async twin).
+        # Fleet-wide rate limit (orchestrator.controls.limits.FleetRate or its async twin).
         self._throttle = throttle
         self._sleep = sleep
 

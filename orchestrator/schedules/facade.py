@@ -21,23 +21,11 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 from pydantic import BaseModel
 
-from .calls import validate
-from .errors import InputError, NotFoundError
-from .jobs import validate_submission
-from .ledger import parse_row, total_cost_micro
-from .models import (
-    Budget,
-    CronWhen,
-    DelayedWhen,
-    IntervalWhen,
-    ScheduleCancel,
-    ScheduledWhen,
-    ScheduleList,
-    WorkerSchedule,
-)
-from .runtime import Runtime
-from .schedule_store import ScheduleStore, new_schedule_id, pending_member
-from .schedules import (
+from orchestrator.errors import InputError, NotFoundError
+from orchestrator.jobs.model import validate_submission
+from orchestrator.ledger import parse_row, total_cost_micro
+from orchestrator.runtime import Runtime
+from orchestrator.schedules.timing import (
     CatchUp,
     Overlap,
     Schedule,
@@ -47,10 +35,22 @@ from .schedules import (
     to_ms,
     upcoming,
 )
-from .store import now_ms
+from orchestrator.store.jobs import now_ms
+from orchestrator.store.schedules import ScheduleStore, new_schedule_id, pending_member
+from orchestrator.wire.models import (
+    Budget,
+    CronWhen,
+    DelayedWhen,
+    IntervalWhen,
+    ScheduleCancel,
+    ScheduledWhen,
+    ScheduleList,
+    WorkerSchedule,
+)
+from orchestrator.wire.routes import validate
 
 if TYPE_CHECKING:
-    from .api import Orchestrator
+    from orchestrator.facade import Orchestrator
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def run_slot(rt: Runtime, app: Celery, schedule_id: str, slot_ms: int) -> str:
         ss.set_job(schedule.id, slot_ms, "", str(exc))
         log.error("schedule %s slot %s: %s", schedule.id, slot_ms, exc)
         return "error"
-    from .pipeline import dispatch
+    from orchestrator.jobs.steps import dispatch
 
     job, created = rt.store.create_job(sub)
     if created:

@@ -32,14 +32,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import scripts
-from .budgets import turn_members
-from .client import WorkersClient
-from .errors import APIError, InputError
-from .jobs import Job
-from .ledger import FIELDS, cumulative, utc_day
-from .models import Worker
-from .store import RedisStore, now_ms
+from orchestrator.controls.budgets import turn_members
+from orchestrator.errors import APIError, InputError
+from orchestrator.jobs.model import Job
+from orchestrator.ledger import FIELDS, cumulative, utc_day
+from orchestrator.store.jobs import RedisStore, now_ms
+from orchestrator.store.scripts import jobs as scripts
+from orchestrator.wire.client import WorkersClient
+from orchestrator.wire.models import Worker
 
 SendFinalize = Callable[[str], None]
 MAX_HOURS = 24 * 366

@@ -23,8 +23,8 @@ from pydantic import (
     field_validator,
 )
 
-from .errors import InputError
-from .models import Budget, input_error
+from orchestrator.errors import InputError
+from orchestrator.wire.models import Budget, input_error
 
 JobKind = Literal["create", "continue"]
 Priority = Literal["interactive", "batch"]

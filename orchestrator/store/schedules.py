@@ -3,7 +3,7 @@
 Layout (``docs/schedules.md``): a hash per schedule, a sorted set ``schedules:due`` of
 active schedules by next run (ms), a sorted set ``schedules:pending`` of claimed slots
 not yet known sent, and per schedule a runs hash (slot -> JSON) with a sorted set of
-its slots. Every multi-key change is one Lua script of :mod:`orchestrator.scripts`.
+its slots. Every multi-key change is one Lua script of :mod:`orchestrator.store.scripts.schedules`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import schedule_scripts as scripts
-from .errors import InputError
-from .schedules import COUNTERS, SCHEDULE_ID, CatchUp, Plan, Schedule, Timing
-from .store import RedisStore
-from .store import now_ms as current_ms
+from orchestrator.errors import InputError
+from orchestrator.schedules.timing import (
+    COUNTERS,
+    SCHEDULE_ID,
+    CatchUp,
+    Plan,
+    Schedule,
+    Timing,
+)
+from orchestrator.store.jobs import RedisStore
+from orchestrator.store.jobs import now_ms as current_ms
+from orchestrator.store.scripts import schedules as scripts
 
 # Runs kept per schedule; older records are dropped and their slots stay deduped by
 # a floor (no slot at or below the newest dropped one runs again).

@@ -1,7 +1,7 @@
 """Every Redis key the orchestrator uses, in one place (see docs/redis-layout.md).
 
 All keys start with the configurable prefix, so several deployments (or test runs)
-can share one Redis. Nothing outside :mod:`orchestrator.store` and this module builds
+can share one Redis. Nothing outside :mod:`orchestrator.store.jobs` and this module builds
 a key by hand.
 """
 
@@ -20,7 +20,7 @@ class Keys:
 
     # --- jobs ---
     def job(self, job_id: str) -> str:
-        """Hash: the job record (see :class:`orchestrator.jobs.Job`)."""
+        """Hash: the job record (see :class:`orchestrator.jobs.model.Job`)."""
         return f"{self.prefix}:job:{job_id}"
 
     def job_history(self, job_id: str) -> str:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .errors import ConfigError
+from orchestrator.errors import ConfigError
 
 __all__ = ["RedisServer", "find_redis_server", "free_port"]
 

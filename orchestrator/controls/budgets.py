@@ -19,14 +19,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from . import spend_scripts
-from .batch import Batch
-from .errors import InputError, OrchestratorError
-from .jobs import TAG_KEY, TAG_VALUE, Job
-from .ledger import total_cost_micro
-from .models import input_error
-from .money import format_usd, to_micro
-from .store import RedisStore, now_ms
+from orchestrator.errors import InputError, OrchestratorError
+from orchestrator.jobs.model import TAG_KEY, TAG_VALUE, Job
+from orchestrator.ledger import total_cost_micro
+from orchestrator.money import format_usd, to_micro
+from orchestrator.store.batch import Batch
+from orchestrator.store.jobs import RedisStore, now_ms
+from orchestrator.store.scripts import spend as spend_scripts
+from orchestrator.wire.models import input_error
 
 log = logging.getLogger(__name__)
 

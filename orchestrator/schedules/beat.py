@@ -1,4 +1,4 @@
-"""The beat scheduler: ``celery -A orchestrator beat -S orchestrator.beat:RedisScheduler``
+"""The beat scheduler: ``celery -A orchestrator beat -S orchestrator.schedules.beat:RedisScheduler``
 (or ``orchestrator beat``). Schedules live in Redis, not in this process.
 
 Each tick is one Lua call when nothing is due (O(log N), however many schedules
@@ -30,12 +30,12 @@ from celery import Celery
 from celery.beat import Scheduler
 from kombu.exceptions import OperationalError
 
-from .runtime import store_for
-from .schedule_api import RUNS_PER_MESSAGE, send_runs
-from .schedule_store import Claim, ScheduleStore, split_member
-from .schedules import MISFIRE_GRACE_MS, CatchUp, Timing, plan
-from .settings import get_settings
-from .store import now_ms
+from orchestrator.runtime import store_for
+from orchestrator.schedules.facade import RUNS_PER_MESSAGE, send_runs
+from orchestrator.schedules.timing import MISFIRE_GRACE_MS, CatchUp, Timing, plan
+from orchestrator.settings import get_settings
+from orchestrator.store.jobs import now_ms
+from orchestrator.store.schedules import Claim, ScheduleStore, split_member
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
 
     @property
     def info(self) -> str:
-        return "    . schedules -> Redis (orchestrator.schedule_store)"
+        return "    . schedules -> Redis (orchestrator.store.schedules)"
 
     # --- the tick -------------------------------------------------------------------
 

@@ -16,14 +16,14 @@ import asyncio
 import time
 from typing import Any
 
-from . import spend_scripts
-from .batch import Batch
-from .errors import InputError
-from .jobs import TAG_KEY, TAG_VALUE, Job
-from .keys import Keys
-from .metrics import RATE_LIMIT_WAITS
-from .models import BUDGETS
-from .store import RedisStore, now_ms
+from orchestrator.errors import InputError
+from orchestrator.jobs.model import TAG_KEY, TAG_VALUE, Job
+from orchestrator.ops.metrics import RATE_LIMIT_WAITS
+from orchestrator.store.batch import Batch
+from orchestrator.store.jobs import RedisStore, now_ms
+from orchestrator.store.keys import Keys
+from orchestrator.store.scripts import spend as spend_scripts
+from orchestrator.wire.models import BUDGETS
 
 MAX_RATE_WAIT = 60.0
 

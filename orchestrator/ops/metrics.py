@@ -38,12 +38,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .broker import PRIORITY_STEPS, UNACKED_KEY, queue_keys, routing_key
-from .ledger import total_cost_micro
-from .money import MICRO_PER_USD
+from orchestrator.ledger import total_cost_micro
+from orchestrator.money import MICRO_PER_USD
+from orchestrator.store.broker import PRIORITY_STEPS, UNACKED_KEY, queue_keys, routing_key
 
 if TYPE_CHECKING:
-    from .store import RedisStore
+    from orchestrator.store.jobs import RedisStore
 
 # The broker queues (as in :mod:`orchestrator.celery`, which this module does not import
 # so that a client can use :func:`record_attempt` without loading Celery).
@@ -104,7 +104,7 @@ SCHEDULE_LATENESS = Histogram(
 def retry_reason(status: int) -> str | None:
     """Why an attempt with this outcome is retried, or None if it is not retryable.
 
-    Mirrors :meth:`orchestrator.retry.RetryPolicy.should_retry_status` without headers
+    Mirrors :meth:`orchestrator.wire.retry.RetryPolicy.should_retry_status` without headers
     (an ``x-should-retry`` override is not visible to the hook).
     """
     if status == 0:
@@ -168,8 +168,8 @@ def read_snapshot(
     ``max_tags`` bounds the series: beyond it only the costliest tags are kept.
     """
     # Imported here: limits and budgets use this module's counters.
-    from .budgets import Budgets
-    from .limits import Limits
+    from orchestrator.controls.budgets import Budgets
+    from orchestrator.controls.limits import Limits
 
     client = store.r if broker is None else broker
     prefix = store.keys.broker_prefix

@@ -23,8 +23,8 @@ from typing import TextIO
 
 import httpx
 
-from .redis_server import RedisServer, free_port
-from .settings import Settings
+from orchestrator.ops.redis_server import RedisServer, free_port
+from orchestrator.settings import Settings
 
 
 @dataclass

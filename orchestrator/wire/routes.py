@@ -16,8 +16,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .errors import InputError, StreamError, status_error
-from .models import (
+from orchestrator.errors import InputError, StreamError, status_error
+from orchestrator.wire.models import (
     WORKER_SCHEDULE_ADAPTER,
     Budget,
     CreateSchedule,

@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from .errors import InputError
+from orchestrator.errors import InputError
 
 Budget = Literal["low", "standard", "high", "unlimited"]
 BUDGETS: tuple[Budget, ...] = ("low", "standard", "high", "unlimited")

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 
 if TYPE_CHECKING:
-    from .budgets import Budgets
-    from .limits import Limits
-    from .schedule_api import ScheduleAPI
+    from orchestrator.controls.budgets import Budgets
+    from orchestrator.controls.limits import Limits
+    from orchestrator.schedules.facade import ScheduleAPI
 
-from .errors import InputError
-from .jobs import TERMINAL, Job, JobKind, validate_submission
-from .models import Budget
-from .runtime import Runtime, store_for
-from .settings import Settings, load_settings
+from orchestrator.errors import InputError
+from orchestrator.jobs.model import TERMINAL, Job, JobKind, validate_submission
+from orchestrator.runtime import Runtime, store_for
+from orchestrator.settings import Settings, load_settings
+from orchestrator.wire.models import Budget
 
 
 class Orchestrator:
@@ -41,7 +41,7 @@ class Orchestrator:
         self.store = store_for(self.settings)
         self.rt = Runtime(self.settings, self.store)
         if app is None:
-            from .celery import make_app
+            from orchestrator.celery import make_app
 
             app = make_app(self.settings)
         self.app = app
@@ -116,7 +116,7 @@ class Orchestrator:
         sub = validate_submission(
             self.settings.max_input_chars, kind=kind, worker_id=worker_id, **fields
         )
-        from .pipeline import dispatch
+        from orchestrator.jobs.steps import dispatch
 
         job, created = self.store.create_job(sub)
         if created:
@@ -218,7 +218,7 @@ class Orchestrator:
     @property
     def schedules(self) -> ScheduleAPI:
         """Recurring and one-shot runs: create, list, pause, resume, cancel, history."""
-        from .schedule_api import ScheduleAPI
+        from orchestrator.schedules.facade import ScheduleAPI
 
         if self._schedules is None:
             self._schedules = ScheduleAPI(self)
@@ -238,7 +238,7 @@ class Orchestrator:
 
     def download(self, job_id: str, name: str, dest: Path) -> dict[str, Any]:
         """Download one published file of the job's worker now, to ``dest``."""
-        from .pipeline import safe_path
+        from orchestrator.jobs.steps import safe_path
 
         job = self.store.require_job(job_id)
         if job.worker_id is None:

@@ -1,7 +1,7 @@
 """The Redis store: jobs, worker snapshots, update streams, the ledger and files.
 
-The only code (with :mod:`orchestrator.keys`) that knows key names. Multi-key writes go
-through the Lua scripts of :mod:`orchestrator.scripts` or MULTI/EXEC pipelines, so a
+The only code (with :mod:`orchestrator.store.keys`) that knows key names. Multi-key writes go
+through the Lua scripts of :mod:`orchestrator.store.scripts.jobs` or MULTI/EXEC pipelines, so a
 crash between two writes never leaves half a change. See ``docs/redis-layout.md``.
 """
 
@@ -15,13 +15,13 @@ from typing import Any
 
 import redis
 
-from . import scripts
-from .batch import Batch
-from .errors import InputError
-from .jobs import STATUSES, Job, JobStatus, Submission, new_job_id
-from .keys import LEDGER_DIMENSIONS, Keys
-from .ledger import cumulative, empty_row, parse_row, utc_day
-from .models import Worker
+from orchestrator.errors import InputError
+from orchestrator.jobs.model import STATUSES, Job, JobStatus, Submission, new_job_id
+from orchestrator.ledger import cumulative, empty_row, parse_row, utc_day
+from orchestrator.store.batch import Batch
+from orchestrator.store.keys import LEDGER_DIMENSIONS, Keys
+from orchestrator.store.scripts import jobs as scripts
+from orchestrator.wire.models import Worker
 
 HISTORY_MAXLEN = 100
 

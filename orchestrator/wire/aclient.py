@@ -1,5 +1,5 @@
 """Asynchronous client for the Workers API: the same routes and retry policy as
-:class:`~orchestrator.client.WorkersClient`, for code that follows many streams at once
+:class:`~orchestrator.wire.client.WorkersClient`, for code that follows many streams at once
 on one event loop (the stream follower).
 """
 
@@ -14,9 +14,9 @@ import httpx
 from httpx_sse import EventSource
 from pydantic import SecretStr
 
-from . import calls
-from .calls import Call
-from .client import (
+from orchestrator.settings import Settings
+from orchestrator.wire import routes as calls
+from orchestrator.wire.client import (
     AttemptHook,
     Attempts,
     Outcome,
@@ -27,9 +27,9 @@ from .client import (
     client_options,
     stream_broken,
 )
-from .models import Budget, Worker
-from .retry import RetryPolicy
-from .settings import Settings
+from orchestrator.wire.models import Budget, Worker
+from orchestrator.wire.retry import RetryPolicy
+from orchestrator.wire.routes import Call
 
 __all__ = ["AsyncWorkersClient"]
 
@@ -78,7 +78,7 @@ class AsyncWorkersClient:
         self._http = self._pools[0]
         self._next = 0
         self._on_attempt = on_attempt
-        # Fleet-wide rate limit (orchestrator.limits.FleetRate or its async twin).
+        # Fleet-wide rate limit (orchestrator.controls.limits.FleetRate or its async twin).
         self._throttle = throttle
         self._sleep = sleep
 

@@ -1,0 +1,1 @@
+"""Spend and traffic control: budget caps, concurrency limits, the fleet rate."""

@@ -1,0 +1,1 @@
+"""Operating the orchestrator: metrics, reconcile, the dev stack, embedded Redis."""

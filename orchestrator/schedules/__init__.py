@@ -1,0 +1,1 @@
+"""Recurring and one-shot runs: timing maths, the facade, the run step, beat."""

@@ -1,0 +1,1 @@
+"""Lua scripts of the store, one module per domain; every key comes in KEYS."""
