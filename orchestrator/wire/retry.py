@@ -43,7 +43,7 @@ def retry_reason(status: int) -> str | None:
 
 def backoff_ceiling(retry: int, initial: float, maximum: float) -> float:
     """The longest wait before retry number ``retry`` (1 first): doubling, capped."""
-    return min(maximum, initial * (2 ** max(retry - 1, 0)))
+    return min(maximum, initial * 2.0 ** max(retry - 1, 0))
 
 
 @dataclass(frozen=True)
