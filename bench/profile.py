@@ -187,7 +187,7 @@ def beat_batch(ctx: Context, n: int = 10_000) -> None:
     """10k due at once: our beat as is (100 runs a message), without task-sent events,
     and the way it was before (one message a slot, ``send_run``)."""
     from orchestrator.schedules.beat import RedisScheduler
-    from orchestrator.schedules.facade import send_run
+    from orchestrator.schedules.run import send_run
     from orchestrator.store.jobs import RedisStore, connect, now_ms
     from orchestrator.store.schedules import ScheduleStore, split_member
 

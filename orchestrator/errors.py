@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.wire.retry import retryable_status
+
 __all__ = [
     "APIConnectionError",
     "APIError",
@@ -87,7 +89,7 @@ class APIStatusError(APIError):
     @property
     def retryable(self) -> bool:
         """Whether the retry policy would try this status again."""
-        return self.status_code in (408, 409, 429) or self.status_code >= 500
+        return retryable_status(self.status_code)
 
 
 class BadRequestError(APIStatusError):

@@ -24,11 +24,12 @@ from celery import Celery
 if TYPE_CHECKING:
     from orchestrator.controls.budgets import Budgets
     from orchestrator.controls.limits import Limits
-    from orchestrator.schedules.facade import ScheduleAPI
 
 from orchestrator.errors import InputError
-from orchestrator.jobs.model import TERMINAL, Job, JobKind, validate_submission
+from orchestrator.jobs import submit
+from orchestrator.jobs.model import TERMINAL, Job, JobKind
 from orchestrator.runtime import Runtime, store_for
+from orchestrator.schedules.facade import ScheduleAPI
 from orchestrator.settings import Settings, load_settings
 from orchestrator.wire.models import Budget
 
@@ -113,26 +114,11 @@ class Orchestrator:
     def _enqueue(self, kind: JobKind, worker_id: str | None, **fields: Any) -> Job:
         """Validate a submission (``fields``: submit's keywords), store it as a job and
         dispatch it, unless its idempotency key names a job already."""
-        sub = validate_submission(
-            self.settings.max_input_chars, kind=kind, worker_id=worker_id, **fields
-        )
-        from orchestrator.jobs.steps import dispatch
-
-        job, created = self.store.create_job(sub)
-        if created:
-            dispatch(self.app, self.rt, job)
-        return job
+        return submit.submit(self.app, self.rt, kind=kind, worker_id=worker_id, **fields)
 
     def worker_id_of(self, worker_or_job: str) -> str:
         """The upstream worker id named directly or by one of our job ids."""
-        if not isinstance(worker_or_job, str) or not worker_or_job:
-            raise InputError("worker_id", "must be a worker id or a job id")
-        if worker_or_job.startswith("job_"):
-            job = self.store.require_job(worker_or_job)
-            if job.worker_id is None:
-                raise InputError("worker_id", f"job {job.id} has no worker yet ({job.status})")
-            return job.worker_id
-        return worker_or_job
+        return submit.worker_id_of(self.store, worker_or_job)
 
     # --- watching ----------------------------------------------------------------
 
@@ -218,10 +204,8 @@ class Orchestrator:
     @property
     def schedules(self) -> ScheduleAPI:
         """Recurring and one-shot runs: create, list, pause, resume, cancel, history."""
-        from orchestrator.schedules.facade import ScheduleAPI
-
         if self._schedules is None:
-            self._schedules = ScheduleAPI(self)
+            self._schedules = ScheduleAPI(self.rt, self.app)
         return self._schedules
 
     # --- results -----------------------------------------------------------------

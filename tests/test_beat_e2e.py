@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from orchestrator.facade import Orchestrator
-from orchestrator.schedules.facade import send_runs
+from orchestrator.schedules.run import send_runs
 from orchestrator.schedules.timing import Schedule, plan
 from orchestrator.store.jobs import now_ms
 from orchestrator.store.schedules import Claim, ScheduleStore, pending_member

@@ -193,7 +193,7 @@ def test_a_buffered_run_is_released_when_the_previous_job_ends(
     store: RedisStore, sent: Counter[tuple[str, int]]
 ) -> None:
     from orchestrator.runtime import Runtime
-    from orchestrator.schedules.facade import run_slot
+    from orchestrator.schedules.run import run_slot
 
     add(store, "sch_buf", {"type": "interval", "intervalSeconds": 3600}, overlap="buffer")
     store.r.hset(store.keys.schedule("sch_buf"), "worker_id", "wrk_x")

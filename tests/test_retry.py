@@ -8,7 +8,14 @@ from email.utils import format_datetime
 
 import pytest
 
-from orchestrator.wire.retry import RetryPolicy, retry_after
+from orchestrator.errors import status_error
+from orchestrator.wire.retry import (
+    Backoff,
+    RetryPolicy,
+    retry_after,
+    retry_reason,
+    retryable_status,
+)
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 
@@ -53,3 +60,22 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
         delays = [policy.delay(retry) for _ in range(50)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(set(delays)) > 1  # jittered, not lock-step
+
+
+def test_one_rule_for_retryable_statuses() -> None:
+    for status in range(400, 600):
+        assert status_error("call", status, {}).retryable == retryable_status(status)
+        assert (retry_reason(status) is not None) == retryable_status(status)
+        assert RetryPolicy().should_retry_status(status, {}) == retryable_status(status)
+    assert retry_reason(0) == "connection"
+    assert [retry_reason(s) for s in (408, 409, 429, 503)] == [
+        "timeout", "conflict", "rate_limited", "server_error",
+    ]  # fmt: skip
+
+
+def test_backoff_doubles_to_its_cap_and_resets() -> None:
+    backoff = Backoff(initial=0.2, maximum=1.0)
+    assert backoff.delay == 0.2  # what the next wait will be, for a log line
+    assert [backoff.next() for _ in range(5)] == [0.2, 0.4, 0.8, 1.0, 1.0]
+    backoff.reset()
+    assert backoff.next() == 0.2

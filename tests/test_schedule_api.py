@@ -15,7 +15,7 @@ import redis
 from orchestrator.cli import main
 from orchestrator.errors import InputError
 from orchestrator.facade import Orchestrator
-from orchestrator.schedules.facade import run_slot
+from orchestrator.schedules.run import run_slot
 from orchestrator.schedules.timing import plan
 from orchestrator.settings import load_settings
 from orchestrator.store.jobs import now_ms

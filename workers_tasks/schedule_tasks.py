@@ -1,4 +1,4 @@
-"""The schedule run tasks: thin, ids only; the logic is ``schedule_api.run_slot``.
+"""The schedule run tasks: thin, ids only; the logic is ``schedules.run.run_slot``.
 Also the repair of runs the broker lost after beat sent them (``resend_lost_runs``)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from celery import Task
 from orchestrator.celery import app
 from orchestrator.errors import InputError
 from orchestrator.runtime import Runtime, get_runtime
-from orchestrator.schedules.facade import (
+from orchestrator.schedules.run import (
     RUN_TASK,
     RUNS_PER_MESSAGE,
     RUNS_TASK,

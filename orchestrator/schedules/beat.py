@@ -30,8 +30,9 @@ from celery import Celery
 from celery.beat import Scheduler
 from kombu.exceptions import OperationalError
 
+from orchestrator.jobs.model import TERMINAL
 from orchestrator.runtime import store_for
-from orchestrator.schedules.facade import RUNS_PER_MESSAGE, send_runs
+from orchestrator.schedules.run import RUNS_PER_MESSAGE, send_runs
 from orchestrator.schedules.timing import MISFIRE_GRACE_MS, CatchUp, Timing, plan
 from orchestrator.settings import get_settings
 from orchestrator.store.jobs import now_ms
@@ -46,7 +47,8 @@ CONF_BATCH = "orchestrator_beat_batch"
 CONF_RESEND_AFTER = "orchestrator_beat_resend_after"
 CONF_GRACE = "orchestrator_beat_misfire_grace"
 
-TERMINAL_OR_NONE = frozenset({"", "completed", "failed", "cancelled"})
+# A buffered run may go once its schedule's last job is over, or there was none ("").
+TERMINAL_OR_NONE = TERMINAL | {""}
 
 
 class RedisScheduler(Scheduler):  # type: ignore[misc]

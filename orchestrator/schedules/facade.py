@@ -1,4 +1,5 @@
-"""Schedules for backends (``orch.schedules``) and the run step behind them.
+"""Schedules for backends (``orch.schedules``); the run step behind them is
+:mod:`orchestrator.schedules.run`.
 
     s = orch.schedules.create(worker_id, "Daily digest", {"type": "cron", "cron": "0 7 * * *"},
                               timezone="Europe/Berlin", budget="low")
@@ -14,24 +15,24 @@ the schedule (``orch.costs(by="schedule")``). Every method validates first and r
 from __future__ import annotations
 
 import builtins
-import logging
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from celery import Celery
 from pydantic import BaseModel
 
 from orchestrator.errors import InputError, NotFoundError
-from orchestrator.jobs.model import validate_submission
+from orchestrator.jobs.submit import check, worker_id_of
 from orchestrator.ledger import parse_row, total_cost_micro
 from orchestrator.runtime import Runtime
+from orchestrator.schedules.run import send_run
 from orchestrator.schedules.timing import (
     CatchUp,
     Overlap,
     Schedule,
     ScheduleRequest,
+    iso,
     new_schedule,
-    to_datetime,
     to_ms,
     upcoming,
 )
@@ -49,111 +50,18 @@ from orchestrator.wire.models import (
 )
 from orchestrator.wire.routes import validate
 
-if TYPE_CHECKING:
-    from orchestrator.facade import Orchestrator
-
-log = logging.getLogger(__name__)
-
-RUN_TASK = "workers.run_schedule"
-RUNS_TASK = "workers.run_schedules"
-#: Slots one ``workers.run_schedules`` message carries: a burst of 10,000 due slots is
-#: 100 publishes, not 10,000, and each message is still a short task.
-RUNS_PER_MESSAGE = 100
-
-
-def iso(ms: int | None) -> str | None:
-    """Epoch ms as an ISO 8601 UTC string (None stays None)."""
-    if ms is None:
-        return None
-    return to_datetime(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def send_run(app: Celery, schedule_id: str, slot_ms: int, producer: Any = None) -> None:
-    """Put one run of a schedule on the broker (ids only)."""
-    app.send_task(
-        RUN_TASK,
-        args=[schedule_id, slot_ms],
-        argsrepr=f"{schedule_id} slot={iso(slot_ms)}",
-        producer=producer,
-    )
-
-
-def send_runs(app: Celery, runs: Sequence[tuple[str, int]], producer: Any = None) -> None:
-    """Put several runs on the broker as one ``workers.run_schedules`` message (ids only).
-
-    Callers keep a message to ``RUNS_PER_MESSAGE`` runs so each task stays short.
-    """
-    first = f"{runs[0][0]} slot={iso(runs[0][1])}"
-    label = first if len(runs) == 1 else f"{len(runs)} runs from {first}"
-    chunk = [[sid, slot] for sid, slot in runs]
-    app.send_task(RUNS_TASK, args=[chunk], argsrepr=label, producer=producer)
-
-
-def run_slot(rt: Runtime, app: Celery, schedule_id: str, slot_ms: int) -> str:
-    """Run one slot of a schedule, at most once however often it is delivered.
-
-    Decides overlap from our own job state (the last run's job not terminal: skip, or
-    buffer one run), then submits the job through the same path as ``submit`` /
-    ``continue_``, with idempotency key ``sched:<id>:<slot>`` so a repeated task maps
-    to the same job. A schedule without a worker creates one on its first run and
-    continues it afterwards. Returns the verdict (``fired``, ``skipped``, ``buffered``,
-    ``wait``, ``duplicate``, ``gone`` or ``error``).
-    """
-    ss = ScheduleStore(rt.store)
-    for _ in range(10):
-        schedule = ss.get(schedule_id)
-        if schedule is None:
-            return "gone"
-        schedule = _learn_worker(rt, ss, schedule)
-        decision = ss.decide(schedule, slot_ms, now_ms())
-        if decision.verdict != "retry":
-            break
-    else:
-        raise RuntimeError(f"schedule {schedule_id}: last run kept changing")
-    if decision.verdict != "fire":
-        return decision.verdict
-    kind = "continue" if schedule.worker_id else "create"
-    try:
-        sub = validate_submission(
-            rt.settings.max_input_chars,
-            kind=kind,
-            input=schedule.input,
-            budget=schedule.budget,
-            worker_id=schedule.worker_id,
-            schedule_id=schedule.id,
-            idempotency_key=f"sched:{schedule.id}:{slot_ms}",
-            priority="batch",  # nobody waits on a screen for a scheduled run
-        )
-    except InputError as exc:
-        ss.set_job(schedule.id, slot_ms, "", str(exc))
-        log.error("schedule %s slot %s: %s", schedule.id, slot_ms, exc)
-        return "error"
-    from orchestrator.jobs.steps import dispatch
-
-    job, created = rt.store.create_job(sub)
-    if created:
-        dispatch(app, rt, job)
-    ss.set_job(schedule.id, slot_ms, job.id)
-    return "fired"
-
-
-def _learn_worker(rt: Runtime, ss: ScheduleStore, schedule: Schedule) -> Schedule:
-    """A worker-less schedule adopts the worker its previous run's job created."""
-    if schedule.worker_id or not schedule.last_job.startswith("job_"):
-        return schedule
-    job = rt.store.get_job(schedule.last_job)
-    if job is None or job.worker_id is None:
-        return schedule
-    ss.set_worker(schedule.id, job.worker_id)
-    return ss.get(schedule.id) or schedule
-
 
 class ScheduleAPI:
-    """Create, list, pause, resume, cancel, describe, trigger and import schedules."""
+    """Create, list, pause, resume, cancel, describe, trigger and import schedules.
 
-    def __init__(self, orchestrator: Orchestrator) -> None:
-        self.orch = orchestrator
-        self.store = ScheduleStore(orchestrator.store)
+    Built from the runtime (settings, store, API client) and the Celery app a trigger
+    sends its run with: the pieces it uses, not the whole facade.
+    """
+
+    def __init__(self, rt: Runtime, app: Celery) -> None:
+        self.rt = rt
+        self.app = app
+        self.store = ScheduleStore(rt.store)
 
     # --- the reference's calls -----------------------------------------------------
 
@@ -182,9 +90,9 @@ class ScheduleAPI:
             ScheduleRequest,
             {"when": when_data, "timezone": timezone, "catch_up": catch_up, "overlap": overlap},
         )
-        wid = self.orch.worker_id_of(worker_id) if worker_id is not None else None
-        sub = validate_submission(
-            self.orch.settings.max_input_chars,
+        wid = worker_id_of(self.rt.store, worker_id) if worker_id is not None else None
+        sub = check(
+            self.rt.settings,
             kind="continue" if wid else "create",
             input=input,
             budget=budget,
@@ -205,7 +113,7 @@ class ScheduleAPI:
 
     def list(self, worker_id: str) -> ScheduleList:
         """The worker's live (active or paused) schedules, in the reference's list shape."""
-        wid = self.orch.worker_id_of(worker_id)
+        wid = worker_id_of(self.rt.store, worker_id)
         live = [s.wire() for s in self.store.for_worker(wid) if s.live]
         return ScheduleList(schedules=live, worker_id=wid)
 
@@ -241,7 +149,7 @@ class ScheduleAPI:
         member = pending_member(schedule_id, slot)
         # Claimed before sending, like a beat's claim: a crash here is re-sent by beat.
         self.store.add_pending([member], slot)
-        send_run(self.orch.app, schedule_id, slot)
+        send_run(self.app, schedule_id, slot)
         self.store.sent([member])
         return slot
 
@@ -294,7 +202,7 @@ class ScheduleAPI:
         out = []
         for r in records:
             job_id = r.get("job_id") or None
-            cost = self.orch.store.turn_cost(job_id) if job_id else None
+            cost = self.rt.store.turn_cost(job_id) if job_id else None
             out.append(
                 {
                     "slot": iso(int(r["slot"])),
@@ -317,8 +225,8 @@ class ScheduleAPI:
         Returns ``{"imported": [WorkerSchedule], "already": [upstream ids],
         "cancelled_upstream": [upstream ids]}``.
         """
-        wid = self.orch.worker_id_of(worker_id)
-        client = self.orch.rt.client
+        wid = worker_id_of(self.rt.store, worker_id)
+        client = self.rt.client
         try:
             listing = client.list_schedules(wid)
         except NotFoundError:
@@ -348,8 +256,8 @@ class ScheduleAPI:
         else:
             when = IntervalWhen(interval_seconds=up.interval_seconds)
         request = validate(ScheduleRequest, {"when": when.model_dump(by_alias=True)})
-        sub = validate_submission(
-            self.orch.settings.max_input_chars,
+        sub = check(
+            self.rt.settings,
             kind="continue",
             input=up.input,
             budget=up.budget,
@@ -374,7 +282,7 @@ class ScheduleAPI:
         if self.store.worker_known(worker_id):
             return
         try:
-            self.orch.rt.client.retrieve(worker_id)
+            self.rt.client.retrieve(worker_id)
         except NotFoundError:
             raise InputError("worker_id", f"no worker {worker_id}") from None
 

@@ -73,6 +73,13 @@ def to_datetime(ms: int) -> datetime:
     return EPOCH + timedelta(milliseconds=ms)
 
 
+def iso(ms: int | None) -> str | None:
+    """Epoch ms as an ISO 8601 UTC string (None stays None)."""
+    if ms is None:
+        return None
+    return to_datetime(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @lru_cache(maxsize=256)
 def zone(name: str) -> ZoneInfo:
     """The IANA zone; InputError ``timezone`` if unknown."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import InputError
+from orchestrator.jobs.model import STATUSES, TERMINAL
 from orchestrator.schedules.timing import (
     COUNTERS,
     SCHEDULE_ID,
@@ -33,6 +34,8 @@ RUNS_KEPT = 10_000
 # A run reserved but whose job was never made (its task died) blocks the next run of
 # the schedule for at most this long.
 RESERVATION_TIMEOUT_MS = 600_000
+# A last run whose job is in one of these is still going (SCHEDULE_DECIDE's overlap).
+GOING = [s for s in STATUSES if s not in TERMINAL]
 
 
 def new_schedule_id() -> str:
@@ -144,9 +147,8 @@ class ScheduleStore:
     """Schedules in Redis, over the same client and key prefix as a RedisStore."""
 
     def __init__(self, store: RedisStore) -> None:
-        self.store = store
-        self.r: Any = store.r
-        self.keys = store.keys
+        self._r: Any = store.r
+        self._keys = store.keys
         self._peek = store.r.register_script(scripts.SCHEDULE_PEEK)
         self._claim = store.r.register_script(scripts.SCHEDULE_CLAIM)
         self._decide = store.r.register_script(scripts.SCHEDULE_DECIDE)
@@ -157,19 +159,19 @@ class ScheduleStore:
 
     def add(self, schedule: Schedule) -> None:
         """Store a new schedule and put it in the due index (one transaction)."""
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.schedule(schedule.id), mapping=schedule_to_hash(schedule))
-            pipe.zadd(self.keys.schedules_all, {schedule.id: schedule.created_at})
+        with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(self._keys.schedule(schedule.id), mapping=schedule_to_hash(schedule))
+            pipe.zadd(self._keys.schedules_all, {schedule.id: schedule.created_at})
             if schedule.status == "active":
-                pipe.zadd(self.keys.schedules_due, {schedule.id: schedule.next_run_ms})
+                pipe.zadd(self._keys.schedules_due, {schedule.id: schedule.next_run_ms})
             if schedule.worker_id:
-                pipe.sadd(self.keys.worker_schedules(schedule.worker_id), schedule.id)
+                pipe.sadd(self._keys.worker_schedules(schedule.worker_id), schedule.id)
             if schedule.upstream_id:
-                pipe.hset(self.keys.schedules_upstream, schedule.upstream_id, schedule.id)
+                pipe.hset(self._keys.schedules_upstream, schedule.upstream_id, schedule.id)
             pipe.execute()
 
     def get(self, schedule_id: str) -> Schedule | None:
-        data = self.r.hgetall(self.keys.schedule(schedule_id))
+        data = self._r.hgetall(self._keys.schedule(schedule_id))
         return schedule_from_hash(data) if data else None
 
     def require(self, schedule_id: str) -> Schedule:
@@ -183,42 +185,42 @@ class ScheduleStore:
 
     def many(self, ids: Iterable[str]) -> list[Schedule]:
         ids = list(ids)
-        with self.r.pipeline(transaction=False) as pipe:
+        with self._r.pipeline(transaction=False) as pipe:
             for sid in ids:
-                pipe.hgetall(self.keys.schedule(sid))
+                pipe.hgetall(self._keys.schedule(sid))
             replies = pipe.execute()
         return [schedule_from_hash(data) for data in replies if data]
 
     def all_ids(self) -> list[str]:
-        return list(self.r.zrange(self.keys.schedules_all, 0, -1))
+        return list(self._r.zrange(self._keys.schedules_all, 0, -1))
 
     def for_worker(self, worker_id: str) -> list[Schedule]:
-        ids = sorted(self.r.smembers(self.keys.worker_schedules(worker_id)))
+        ids = sorted(self._r.smembers(self._keys.worker_schedules(worker_id)))
         found = self.many(ids)
         return sorted(found, key=lambda s: (s.created_at, s.id))
 
     def by_upstream(self, upstream_id: str) -> str | None:
-        found = self.r.hget(self.keys.schedules_upstream, upstream_id)
+        found = self._r.hget(self._keys.schedules_upstream, upstream_id)
         return str(found) if found else None
 
     def worker_known(self, worker_id: str) -> bool:
         """Whether a job of ours has run the worker (we hold its snapshot)."""
-        return bool(self.r.exists(self.keys.worker(worker_id)))
+        return bool(self._r.exists(self._keys.worker(worker_id)))
 
     def set_worker(self, schedule_id: str, worker_id: str) -> None:
         """Record the worker a worker-less schedule's first run created."""
-        key = self.keys.schedule(schedule_id)
+        key = self._keys.schedule(schedule_id)
         # Racing runs can only learn the same worker (from the same previous job).
-        if not self.r.hget(key, "worker_id"):
-            self.r.hset(key, "worker_id", worker_id)
-        self.r.sadd(self.keys.worker_schedules(worker_id), schedule_id)
+        if not self._r.hget(key, "worker_id"):
+            self._r.hset(key, "worker_id", worker_id)
+        self._r.sadd(self._keys.worker_schedules(worker_id), schedule_id)
 
     def change_state(self, schedule_id: str, action: str, next_run_ms: int = 0) -> int:
         """Pause, resume or cancel (SCHEDULE_STATE): 1 changed, 0 not, -1 unknown."""
         keys = [
-            self.keys.schedule(schedule_id),
-            self.keys.schedules_due,
-            self.keys.schedules_buffered,
+            self._keys.schedule(schedule_id),
+            self._keys.schedules_due,
+            self._keys.schedules_buffered,
         ]
         return int(self._state(keys=keys, args=[schedule_id, action, next_run_ms]))
 
@@ -226,7 +228,8 @@ class ScheduleStore:
 
     def peek(self, now_ms: int, batch: int, resend_before_ms: int, buffered: int) -> Peek:
         """What a tick needs, in one round trip (claims older than the cutoff are taken)."""
-        keys = [self.keys.schedules_due, self.keys.schedules_pending, self.keys.schedules_buffered]
+        k = self._keys
+        keys = [k.schedules_due, k.schedules_pending, k.schedules_buffered]
         due, stale, nxt, buf = self._peek(
             keys=keys, args=[now_ms, batch, resend_before_ms, buffered]
         )
@@ -239,9 +242,9 @@ class ScheduleStore:
 
     def timings(self, ids: Sequence[str]) -> dict[str, tuple[Timing, CatchUp]]:
         """The next-run inputs of each schedule (ids whose hash is gone are left out)."""
-        with self.r.pipeline(transaction=False) as pipe:
+        with self._r.pipeline(transaction=False) as pipe:
             for sid in ids:
-                pipe.hmget(self.keys.schedule(sid), TIMING_FIELDS)
+                pipe.hmget(self._keys.schedule(sid), TIMING_FIELDS)
             replies = pipe.execute()
         out: dict[str, tuple[Timing, CatchUp]] = {}
         for sid, values in zip(ids, replies, strict=True):
@@ -252,69 +255,69 @@ class ScheduleStore:
 
     def drop_due(self, schedule_id: str) -> None:
         """Take an id whose record is gone out of the due index."""
-        if not self.r.exists(self.keys.schedule(schedule_id)):
-            self.r.zrem(self.keys.schedules_due, schedule_id)
+        if not self._r.exists(self._keys.schedule(schedule_id)):
+            self._r.zrem(self._keys.schedules_due, schedule_id)
 
     def claim(self, claims: Sequence[Claim], now_ms: int) -> list[str]:
         """Compare-and-advance each schedule; the pending members this caller won."""
         if not claims:
             return []
-        keys = [self.keys.schedules_due, self.keys.schedules_pending]
+        keys = [self._keys.schedules_due, self._keys.schedules_pending]
         args: list[Any] = [now_ms]
         for c in claims:
-            keys.append(self.keys.schedule(c.schedule_id))
+            keys.append(self._keys.schedule(c.schedule_id))
             nxt = "" if c.plan.next_ms is None else c.plan.next_ms
             args += [c.schedule_id, c.due_ms, nxt, c.plan.missed, ",".join(map(str, c.plan.fire))]
         return [str(m) for m in self._claim(keys=keys, args=args)]
 
     def add_pending(self, members: Sequence[str], now_ms: int) -> None:
         if members:
-            self.r.zadd(self.keys.schedules_pending, dict.fromkeys(members, now_ms))
+            self._r.zadd(self._keys.schedules_pending, dict.fromkeys(members, now_ms))
 
     def sent(self, members: Sequence[str]) -> None:
         """These claimed runs are on the broker: forget the claims, and watch the runs
         until a worker begins them (:meth:`begun`)."""
         if members:
-            with self.r.pipeline(transaction=True) as pipe:
-                pipe.zrem(self.keys.schedules_pending, *members)
-                pipe.zadd(self.keys.schedules_dispatched, dict.fromkeys(members, current_ms()))
+            with self._r.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._keys.schedules_pending, *members)
+                pipe.zadd(self._keys.schedules_dispatched, dict.fromkeys(members, current_ms()))
                 pipe.execute()
 
     def begun(self, runs: Sequence[tuple[str, int]]) -> None:
         """A worker took these runs' message: the broker can no longer lose them."""
         if runs:
-            self.r.zrem(self.keys.schedules_dispatched, *[pending_member(*r) for r in runs])
+            self._r.zrem(self._keys.schedules_dispatched, *[pending_member(*r) for r in runs])
 
     def untaken(self, older_than_ms: int, limit: int = 500) -> list[tuple[str, int]]:
         """Runs sent at least ``older_than_ms`` ago that no worker has begun."""
         cutoff = current_ms() - older_than_ms
-        key = self.keys.schedules_dispatched
-        return [split_member(m) for m in self.r.zrangebyscore(key, "-inf", cutoff, 0, limit)]
+        key = self._keys.schedules_dispatched
+        return [split_member(m) for m in self._r.zrangebyscore(key, "-inf", cutoff, 0, limit)]
 
     def recorded(self, runs: Sequence[tuple[str, int]]) -> list[bool]:
         """Whether each (schedule, slot) already has its run recorded."""
-        with self.r.pipeline(transaction=False) as pipe:
+        with self._r.pipeline(transaction=False) as pipe:
             for sid, slot in runs:
-                pipe.zscore(self.keys.schedule_slots(sid), slot)
+                pipe.zscore(self._keys.schedule_slots(sid), slot)
             return [score is not None for score in pipe.execute()]
 
     def due_count(self) -> int:
-        return int(self.r.zcard(self.keys.schedules_due))
+        return int(self._r.zcard(self._keys.schedules_due))
 
     def pending(self) -> int:
-        return int(self.r.zcard(self.keys.schedules_pending))
+        return int(self._r.zcard(self._keys.schedules_pending))
 
     def last_jobs(self, ids: Sequence[str]) -> dict[str, str]:
         """schedule id -> the status of its last run's job ('' none, 'reserved', or status)."""
-        with self.r.pipeline(transaction=False) as pipe:
+        with self._r.pipeline(transaction=False) as pipe:
             for sid in ids:
-                pipe.hget(self.keys.schedule(sid), "last_job")
+                pipe.hget(self._keys.schedule(sid), "last_job")
             lasts = pipe.execute()
         jobs = {sid: last for sid, last in zip(ids, lasts, strict=True) if last}
         real = {sid: last for sid, last in jobs.items() if last.startswith("job_")}
-        with self.r.pipeline(transaction=False) as pipe:
+        with self._r.pipeline(transaction=False) as pipe:
             for job_id in real.values():
-                pipe.hget(self.keys.job(job_id), "status")
+                pipe.hget(self._keys.job(job_id), "status")
             statuses = pipe.execute()
         out = dict.fromkeys(ids, "")
         for sid in jobs:
@@ -328,36 +331,36 @@ class ScheduleStore:
     def decide(self, schedule: Schedule, slot_ms: int, now_ms: int) -> Decision:
         """Decide the slot's run once (fire, skip, buffer; or see it was done already)."""
         last = schedule.last_job
-        job_key = self.keys.job(last if last.startswith("job_") else "-")
+        job_key = self._keys.job(last if last.startswith("job_") else "-")
         keys = [
-            self.keys.schedule(schedule.id),
-            self.keys.schedule_runs(schedule.id),
-            self.keys.schedule_slots(schedule.id),
-            self.keys.schedules_buffered,
+            self._keys.schedule(schedule.id),
+            self._keys.schedule_runs(schedule.id),
+            self._keys.schedule_slots(schedule.id),
+            self._keys.schedules_buffered,
             job_key,
         ]
-        args = [schedule.id, slot_ms, now_ms, last, RUNS_KEPT, RESERVATION_TIMEOUT_MS]
+        args = [schedule.id, slot_ms, now_ms, last, RUNS_KEPT, RESERVATION_TIMEOUT_MS, *GOING]
         verdict, raw = self._decide(keys=keys, args=args)
         return Decision(str(verdict), json.loads(raw) if raw else {})
 
     def set_job(self, schedule_id: str, slot_ms: int, job_id: str, error: str = "") -> None:
-        keys = [self.keys.schedule(schedule_id), self.keys.schedule_runs(schedule_id)]
+        keys = [self._keys.schedule(schedule_id), self._keys.schedule_runs(schedule_id)]
         self._set_job(keys=keys, args=[slot_ms, job_id, error[:500]])
 
     def runs(self, schedule_id: str, limit: int = 50) -> list[dict[str, Any]]:
         """The newest ``limit`` run records, newest first."""
-        slots = self.r.zrevrange(self.keys.schedule_slots(schedule_id), 0, max(limit, 1) - 1)
+        slots = self._r.zrevrange(self._keys.schedule_slots(schedule_id), 0, max(limit, 1) - 1)
         if not slots:
             return []
-        raws = self.r.hmget(self.keys.schedule_runs(schedule_id), slots)
+        raws = self._r.hmget(self._keys.schedule_runs(schedule_id), slots)
         return [json.loads(raw) for raw in raws if raw]
 
     def job_states(self, job_ids: Sequence[str]) -> list[str | None]:
-        with self.r.pipeline(transaction=False) as pipe:
+        with self._r.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hget(self.keys.job(job_id), "status")
+                pipe.hget(self._keys.job(job_id), "status")
             return list(pipe.execute())
 
     def schedule_cost(self, schedule_id: str) -> dict[str, str]:
         """The raw ledger row of the schedule (all its runs' turns)."""
-        return dict(self.r.hgetall(self.keys.ledger("schedule", schedule_id)))
+        return dict(self._r.hgetall(self._keys.ledger("schedule", schedule_id)))

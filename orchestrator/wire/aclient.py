@@ -15,7 +15,7 @@ from httpx_sse import EventSource
 from pydantic import SecretStr
 
 from orchestrator.settings import Settings
-from orchestrator.wire import routes as calls
+from orchestrator.wire import routes
 from orchestrator.wire.client import (
     AttemptHook,
     Attempts,
@@ -35,7 +35,7 @@ __all__ = ["AsyncWorkersClient"]
 
 
 class AsyncWorkersClient:
-    """Non-blocking client; one instance serves many concurrent calls. Close when done."""
+    """Non-blocking client; one instance serves many concurrent routes. Close when done."""
 
     def __init__(
         self,
@@ -110,12 +110,12 @@ class AsyncWorkersClient:
     async def create(
         self, input: str, *, budget: Budget | None = None, idempotency_key: str | None = None
     ) -> Worker:
-        call = calls.create(input, budget, idempotency_key=idempotency_key)
-        return calls.parse(call, await self._send(call), Worker)
+        call = routes.create(input, budget, idempotency_key=idempotency_key)
+        return routes.parse(call, await self._send(call), Worker)
 
     async def retrieve(self, worker_id: str) -> Worker:
-        call = calls.retrieve(worker_id)
-        return calls.parse(call, await self._send(call), Worker)
+        call = routes.retrieve(worker_id)
+        return routes.parse(call, await self._send(call), Worker)
 
     async def continue_(
         self,
@@ -125,21 +125,21 @@ class AsyncWorkersClient:
         budget: Budget | None = None,
         idempotency_key: str | None = None,
     ) -> Worker:
-        call = calls.continue_(worker_id, input, budget, idempotency_key=idempotency_key)
-        return calls.parse(call, await self._send(call), Worker)
+        call = routes.continue_(worker_id, input, budget, idempotency_key=idempotency_key)
+        return routes.parse(call, await self._send(call), Worker)
 
     async def stream_updates(
         self, worker_id: str, *, via_retrieve: bool = False
     ) -> AsyncIterator[Update]:
         """Every stored update, then live ones until the turn ends (see the sync client)."""
-        call = calls.stream_updates(worker_id, via_retrieve=via_retrieve)
+        call = routes.stream_updates(worker_id, via_retrieve=via_retrieve)
         response = await self._send(call, stream=True, key=worker_id)
         try:
             check_event_stream(call, response)
             index = 0
             try:
                 async for event in EventSource(response).aiter_sse():
-                    yield Update(index, calls.decode_event(call, event.data))
+                    yield Update(index, routes.decode_event(call, event.data))
                     index += 1
             except httpx.TransportError as exc:
                 raise stream_broken(call, index, exc) from None

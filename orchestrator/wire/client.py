@@ -36,7 +36,7 @@ from orchestrator.errors import (
     status_error,
 )
 from orchestrator.settings import Settings
-from orchestrator.wire import routes as calls
+from orchestrator.wire import routes
 from orchestrator.wire.models import Budget, ScheduleCancel, ScheduleList, Worker, WorkerSchedule
 from orchestrator.wire.retry import RetryPolicy
 from orchestrator.wire.routes import Call
@@ -144,7 +144,7 @@ class Attempts:
         if isinstance(outcome, httpx.TransportError):
             error: APIError = transport_error(self._call, outcome)
         else:
-            body = calls.response_body(outcome)
+            body = routes.response_body(outcome)
             error = status_error(self._call.name, outcome.status_code, body)
             headers = outcome.headers
             if not self._policy.should_retry_status(outcome.status_code, headers):
@@ -222,18 +222,18 @@ class WorkersClient:
         self, input: str, *, budget: Budget | None = None, idempotency_key: str | None = None
     ) -> Worker:
         """Create a worker and start its first turn."""
-        return self._json(calls.create(input, budget, idempotency_key=idempotency_key), Worker)
+        return self._json(routes.create(input, budget, idempotency_key=idempotency_key), Worker)
 
     def create_streaming(
         self, input: str, *, budget: Budget | None = None, idempotency_key: str | None = None
     ) -> Iterator[Update]:
         """Create a worker with ``stream: true``: its updates, as they come."""
-        call = calls.create(input, budget, stream=True, idempotency_key=idempotency_key)
+        call = routes.create(input, budget, stream=True, idempotency_key=idempotency_key)
         return self._events(call)
 
     def retrieve(self, worker_id: str) -> Worker:
         """The worker's current snapshot."""
-        return self._json(calls.retrieve(worker_id), Worker)
+        return self._json(routes.retrieve(worker_id), Worker)
 
     def continue_(
         self,
@@ -244,7 +244,7 @@ class WorkersClient:
         idempotency_key: str | None = None,
     ) -> Worker:
         """Start the worker's next turn with a new input."""
-        call = calls.continue_(worker_id, input, budget, idempotency_key=idempotency_key)
+        call = routes.continue_(worker_id, input, budget, idempotency_key=idempotency_key)
         return self._json(call, Worker)
 
     def continue_streaming(
@@ -255,7 +255,7 @@ class WorkersClient:
         budget: Budget | None = None,
         idempotency_key: str | None = None,
     ) -> Iterator[Update]:
-        call = calls.continue_(
+        call = routes.continue_(
             worker_id, input, budget, stream=True, idempotency_key=idempotency_key
         )
         return self._events(call)
@@ -266,13 +266,13 @@ class WorkersClient:
         A reconnect starts from update 0 again, so ``Update.index`` is the worker's
         update number. A stream cut mid-way raises :class:`StreamError`.
         """
-        return self._events(calls.stream_updates(worker_id, via_retrieve=via_retrieve))
+        return self._events(routes.stream_updates(worker_id, via_retrieve=via_retrieve))
 
     def retrieve_email(self, worker_id: str) -> str:
         """The worker's email address."""
-        call = calls.retrieve_email(worker_id)
+        call = routes.retrieve_email(worker_id)
         response = self._send(call)
-        return calls.parse_email(call, response)
+        return routes.parse_email(call, response)
 
     def download_file(
         self, worker_id: str, file_path: str, dest: Path, *, chunk_size: int = CHUNK_SIZE
@@ -282,7 +282,7 @@ class WorkersClient:
         The bytes land in a temporary sibling first and are renamed into place, so a
         failed download leaves no partial file at ``dest``.
         """
-        call = calls.retrieve_file(worker_id, file_path)
+        call = routes.retrieve_file(worker_id, file_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
         digest, size = hashlib.sha256(), 0
@@ -301,7 +301,7 @@ class WorkersClient:
         return DownloadedFile(dest, size, digest.hexdigest())
 
     def list_schedules(self, worker_id: str) -> ScheduleList:
-        return self._json(calls.list_schedules(worker_id), ScheduleList)
+        return self._json(routes.list_schedules(worker_id), ScheduleList)
 
     def create_schedule(
         self,
@@ -313,19 +313,19 @@ class WorkersClient:
         idempotency_key: str | None = None,
     ) -> WorkerSchedule:
         """Create an upstream schedule; ``when`` is a When model or its wire dict."""
-        call = calls.create_schedule(
+        call = routes.create_schedule(
             worker_id, input, when, budget, idempotency_key=idempotency_key
         )
         response = self._send(call)
-        return calls.parse_schedule(call, response)
+        return routes.parse_schedule(call, response)
 
     def cancel_schedule(self, worker_id: str, schedule_id: str) -> ScheduleCancel:
-        return self._json(calls.cancel_schedule(worker_id, schedule_id), ScheduleCancel)
+        return self._json(routes.cancel_schedule(worker_id, schedule_id), ScheduleCancel)
 
     # --- plumbing ------------------------------------------------------------------
 
-    def _json(self, call: Call, model: type[calls.M]) -> calls.M:
-        return calls.parse(call, self._send(call), model)
+    def _json(self, call: Call, model: type[routes.M]) -> routes.M:
+        return routes.parse(call, self._send(call), model)
 
     def _send(self, call: Call, *, stream: bool = False) -> httpx.Response:
         """Send with retries; returns a successful response (unread if ``stream``)."""
@@ -363,7 +363,7 @@ class WorkersClient:
             index = 0
             try:
                 for event in EventSource(response).iter_sse():
-                    yield Update(index, calls.decode_event(call, event.data))
+                    yield Update(index, routes.decode_event(call, event.data))
                     index += 1
             except httpx.TransportError as exc:
                 raise stream_broken(call, index, exc) from None

@@ -1,5 +1,7 @@
 """The retry policy for calls to the Workers API: the one place that decides
-whether a failed call is tried again, and after how long.
+whether a failed call is tried again, and after how long. The clients, the typed
+errors (``APIStatusError.retryable``), the metrics hook (:func:`retry_reason`) and the
+follower's reconnect loops (:class:`Backoff`) all ask this module.
 
 Rules (``shared/reference/wire.md``): retry 408, 409, 429, 5xx and connection errors;
 never 400/401/403/404/422. A response header ``x-should-retry: true|false`` overrides
@@ -16,7 +18,32 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
+#: The retryable statuses below 500 (every 5xx retries too), with the reason a metric
+#: counts their retries under.
+RETRY_REASONS: dict[int, str] = {408: "timeout", 409: "conflict", 429: "rate_limited"}
+RETRYABLE_STATUSES = frozenset(RETRY_REASONS)
+
+
+def retryable_status(status: int) -> bool:
+    """Whether an HTTP status is worth another attempt (headers aside)."""
+    return status in RETRY_REASONS or status >= 500
+
+
+def retry_reason(status: int) -> str | None:
+    """Why an attempt that ended with ``status`` is retried, or None if it is not.
+
+    ``status`` 0 means no answer came (connection error, timeout): always retried.
+    """
+    if status == 0:
+        return "connection"
+    if status >= 500:
+        return "server_error"
+    return RETRY_REASONS.get(status)
+
+
+def backoff_ceiling(retry: int, initial: float, maximum: float) -> float:
+    """The longest wait before retry number ``retry`` (1 first): doubling, capped."""
+    return min(maximum, initial * 2.0 ** max(retry - 1, 0))
 
 
 @dataclass(frozen=True)
@@ -39,16 +66,44 @@ class RetryPolicy:
             return True
         if override == "false":
             return False
-        return status in RETRYABLE_STATUSES or status >= 500
+        return retryable_status(status)
 
     def delay(self, retry: int, headers: Mapping[str, str] | None = None) -> float:
         """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
         asked = retry_after(headers or {}, now=datetime.now(UTC))
         if asked is not None and 0 <= asked <= self.max_retry_after:
             return asked
-        ceiling = min(self.max_delay, self.initial_delay * (2 ** max(retry - 1, 0)))
+        ceiling = backoff_ceiling(retry, self.initial_delay, self.max_delay)
         # Full jitter keeps a fleet of clients from retrying in lock-step.
         return self.rng.uniform(ceiling / 2, ceiling)
+
+
+@dataclass
+class Backoff:
+    """The waits of a loop that retries until it succeeds (a stream reconnect, a store
+    read): ``initial`` seconds, doubled after each wait, capped at ``maximum``.
+
+    No jitter, unlike :meth:`RetryPolicy.delay`: the follower's loops never had any.
+    """
+
+    initial: float = 0.2
+    maximum: float = 5.0
+    retries: int = 0
+
+    @property
+    def delay(self) -> float:
+        """The wait :meth:`next` returns next (for a log line before it)."""
+        return backoff_ceiling(self.retries + 1, self.initial, self.maximum)
+
+    def next(self) -> float:
+        """The wait before the next attempt; the one after is longer (up to the cap)."""
+        wait = self.delay
+        self.retries += 1
+        return wait
+
+    def reset(self) -> None:
+        """Start again from ``initial`` (after a success)."""
+        self.retries = 0
 
 
 def retry_after(headers: Mapping[str, str], *, now: datetime) -> float | None:

@@ -1,6 +1,7 @@
 """The schedule Lua scripts (peek, claim, decide, record, state): registered once per
-client by ``schedule_store.ScheduleStore``; each opens with a comment naming its KEYS
-and ARGV. See ``docs/schedules.md`` for the protocol they implement.
+client by :class:`orchestrator.store.schedules.ScheduleStore`; each opens with a comment
+naming its KEYS and ARGV, and touches no key it is not given in KEYS. See
+``docs/schedules.md`` for the protocol they implement.
 """
 
 from __future__ import annotations
@@ -73,11 +74,13 @@ return out
 # is the dedupe (a re-sent slot finds it), and 'last_job' is reserved in the same step
 # so two runs of one schedule never overlap. A job whose status is not terminal is
 # still going; a reservation whose job was never made stops blocking after ARGV[6] ms.
+# Which statuses are not terminal comes in ARGV from ``jobs.model``, not copied here.
 SCHEDULE_DECIDE = """
 -- KEYS[1] schedule hash, KEYS[2] runs hash (slot -> JSON), KEYS[3] run slots zset,
 -- KEYS[4] buffered zset, KEYS[5] hash of the job named by last_job (any key if none)
 -- ARGV[1] schedule id, ARGV[2] slot (ms), ARGV[3] now (ms), ARGV[4] last_job as read,
--- ARGV[5] runs kept in the history, ARGV[6] reservation timeout (ms)
+-- ARGV[5] runs kept in the history, ARGV[6] reservation timeout (ms),
+-- ARGV[7..] the job statuses that are not terminal (a job in one is still going)
 -- Returns {verdict, record JSON}: verdict is 'fire' (make the run's job now),
 -- 'skipped', 'buffered', 'wait' (still buffered: previous run going, or paused),
 -- 'duplicate', 'gone' (unknown or cancelled) or 'retry' (last_job changed since read).
@@ -93,7 +96,10 @@ local function busy()
     return tonumber(ARGV[3]) - at < tonumber(ARGV[6])
   end
   local job = redis.call('HGET', KEYS[5], 'status')
-  return job == 'queued' or job == 'submitted' or job == 'running'
+  for i = 7, #ARGV do
+    if job == ARGV[i] then return true end
+  end
+  return false
 end
 local function reserve(record)
   record.status = 'fired'

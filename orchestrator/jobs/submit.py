@@ -1,0 +1,50 @@
+"""The submit sequence, in one place: validate a submission, create its job in the
+store, dispatch the job if it is new. ``Orchestrator.submit`` / ``continue_`` and each
+run of a schedule go through here; creating a schedule validates its future runs with
+the same :func:`check`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from orchestrator.errors import InputError
+from orchestrator.jobs.model import Job, Submission, validate_submission
+from orchestrator.jobs.steps import dispatch
+from orchestrator.runtime import Runtime
+from orchestrator.settings import Settings
+from orchestrator.store.jobs import RedisStore
+
+
+def check(settings: Settings, **fields: Any) -> Submission:
+    """The validated submission (``fields``: submit's keywords plus ``kind`` and
+    ``worker_id``); InputError naming the field, before anything is written."""
+    return validate_submission(settings.max_input_chars, **fields)
+
+
+def enqueue(app: Celery, rt: Runtime, sub: Submission) -> Job:
+    """Store a checked submission as a queued job and dispatch it, unless its
+    idempotency key names a job already (that job is returned, not sent again)."""
+    job, created = rt.store.create_job(sub)
+    if created:
+        dispatch(app, rt, job)
+    return job
+
+
+def submit(app: Celery, rt: Runtime, **fields: Any) -> Job:
+    """:func:`check`, then :func:`enqueue`."""
+    return enqueue(app, rt, check(rt.settings, **fields))
+
+
+def worker_id_of(store: RedisStore, worker_or_job: str) -> str:
+    """The upstream worker id named directly or by one of our job ids."""
+    if not isinstance(worker_or_job, str) or not worker_or_job:
+        raise InputError("worker_id", "must be a worker id or a job id")
+    if worker_or_job.startswith("job_"):
+        job = store.require_job(worker_or_job)
+        if job.worker_id is None:
+            raise InputError("worker_id", f"job {job.id} has no worker yet ({job.status})")
+        return job.worker_id
+    return worker_or_job
