@@ -25,15 +25,16 @@ import uuid
 from types import FrameType
 from typing import Any
 
-import redis
 from celery import Celery
 from celery.beat import Scheduler
 from kombu.exceptions import OperationalError
 
+from orchestrator.jobs.model import TERMINAL
 from orchestrator.runtime import store_for
 from orchestrator.schedules.facade import RUNS_PER_MESSAGE, send_runs
 from orchestrator.schedules.timing import MISFIRE_GRACE_MS, CatchUp, Timing, plan
 from orchestrator.settings import get_settings
+from orchestrator.store.connection import StoreError
 from orchestrator.store.jobs import now_ms
 from orchestrator.store.schedules import Claim, ScheduleStore, split_member
 
@@ -46,7 +47,7 @@ CONF_BATCH = "orchestrator_beat_batch"
 CONF_RESEND_AFTER = "orchestrator_beat_resend_after"
 CONF_GRACE = "orchestrator_beat_misfire_grace"
 
-TERMINAL_OR_NONE = frozenset({"", "completed", "failed", "cancelled"})
+TERMINAL_OR_NONE = TERMINAL | {""}
 
 
 class RedisScheduler(Scheduler):  # type: ignore[misc]
@@ -101,7 +102,7 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
         self._in_tick = True
         try:
             return self.tick_once()
-        except (redis.RedisError, OSError, OperationalError) as exc:
+        except (StoreError, OSError, OperationalError) as exc:
             # Redis or the broker is away: nothing was lost (claims are in Redis);
             # try again shortly.
             log.warning("beat tick failed: %s", exc)
