@@ -56,7 +56,7 @@ def pipeline(ctx: Context, n: int = 300) -> None:
     from orchestrator.jobs import steps
     from orchestrator.jobs.follower import Follower
     from orchestrator.settings import load_settings
-    from orchestrator.store.keys import Keys
+    from orchestrator.store.follows import FollowStore
     from orchestrator.wire.aclient import AsyncWorkersClient
 
     from .harness import API_KEY
@@ -89,7 +89,7 @@ def pipeline(ctx: Context, n: int = 300) -> None:
         async def finished(job_id: str) -> None:
             done.add(job_id)
 
-        follower = Follower(r, Keys("bp"), client, finished, poll_seconds=0.02)
+        follower = Follower(FollowStore(r, "bp"), client, finished, poll_seconds=0.02)
         stop = asyncio.Event()
         task = asyncio.create_task(follower.run(stop))
         while len(done) < n:
@@ -235,7 +235,7 @@ def follow_burst(ctx: Context, n: int = 300) -> None:
     import redis.asyncio as aioredis
 
     from orchestrator.jobs.follower import Follower
-    from orchestrator.store.keys import Keys
+    from orchestrator.store.follows import FollowStore
     from orchestrator.wire.aclient import AsyncWorkersClient
 
     from . import streams
@@ -257,7 +257,7 @@ def follow_burst(ctx: Context, n: int = 300) -> None:
             async def finished(job_id: str) -> None:
                 done.add(job_id)
 
-            follower = Follower(r, Keys(streams.PREFIX), client, finished, lease_seconds=5)
+            follower = Follower(FollowStore(r, streams.PREFIX), client, finished, lease_seconds=5)
             stop = asyncio.Event()
             t = time.perf_counter()
             task = asyncio.create_task(follower.run(stop))

@@ -22,6 +22,7 @@ from httpx_sse import EventSource
 
 from orchestrator.jobs.follower import Follower
 from orchestrator.jobs.model import validate_submission
+from orchestrator.store.follows import FollowStore
 from orchestrator.store.jobs import RedisStore, connect
 from orchestrator.store.keys import Keys
 from orchestrator.wire.aclient import AsyncWorkersClient
@@ -58,7 +59,7 @@ async def ours(redis_url: str, api_url: str, worker: Worker, events: int) -> flo
     async def finished(job_id: str) -> None:
         done.set()
 
-    follower = Follower(r, Keys(PREFIX), client, finished, poll_seconds=0.05)
+    follower = Follower(FollowStore(r, PREFIX), client, finished, poll_seconds=0.05)
     stop = asyncio.Event()
     t0 = time.perf_counter()
     task = asyncio.create_task(follower.run(stop))

@@ -29,10 +29,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from orchestrator.jobs.follower import Follower, UpdateWriter, follower_redis
+from orchestrator.jobs.follower import Follower, UpdateWriter
 from orchestrator.jobs.follower import tune_gc as follower_tune_gc
 from orchestrator.jobs.model import validate_submission
 from orchestrator.ops.redis_server import RedisServer
+from orchestrator.store.connection import connect_async
+from orchestrator.store.follows import FollowStore
 from orchestrator.store.jobs import RedisStore, connect
 from orchestrator.store.keys import Keys
 from orchestrator.wire.aclient import AsyncWorkersClient
@@ -116,7 +118,7 @@ async def measure(
     """Follow ``workers`` concurrent turns; lag, RSS, CPU and peak concurrency.
 
     ``pool`` gives the follower a blocking Redis pool of that size (None: the streams
-    worker's own client, ``follower_redis``); ``tune_gc`` sets up the collector as the
+    worker's own client, ``connect_async``); ``tune_gc`` sets up the collector as the
     streams worker does (``follower.tune_gc``; False: Python's defaults).
     """
     if tune_gc:
@@ -127,7 +129,7 @@ async def measure(
         )
         r = aioredis.Redis(connection_pool=blocking)
     else:
-        r = follower_redis(redis_url)
+        r = connect_async(redis_url)
     counter = _Count()
     follower_log = logging.getLogger("orchestrator.jobs.follower")
     level = follower_log.level
@@ -156,7 +158,7 @@ async def measure(
         max_connections=workers + 50, pool_shards=max(1, workers // 50),
     )  # fmt: skip
     client.read_lags = []
-    follower = Follower(r, keys, client, on_finished, capacity=workers + 10)
+    follower = Follower(FollowStore(r, PREFIX), client, on_finished, capacity=workers + 10)
     UpdateWriter._write = timed_write  # type: ignore[method-assign]
     stop = asyncio.Event()
     cpu0, t0 = cpu_seconds(), time.monotonic()

@@ -17,7 +17,7 @@ from celery.signals import worker_init
 from kombu.entity import Queue
 
 from orchestrator.settings import Settings, get_settings
-from orchestrator.store.keys import Keys
+from orchestrator.store.broker import broker_prefix
 
 API_QUEUE = "api"
 STREAMS_QUEUE = "streams"
@@ -67,7 +67,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             # Broker keys under our prefix too, so deployments sharing a Redis never
             # take (or restore) each other's tasks.
-            "global_keyprefix": Keys(settings.key_prefix).broker_prefix,
+            "global_keyprefix": broker_prefix(settings.key_prefix),
             "visibility_timeout": timeout,
             "unacked_restore_interval": max(1, min(10, timeout // 10)),
             "unacked_restore_throttle": 1,

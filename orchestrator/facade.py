@@ -135,17 +135,16 @@ class Orchestrator:
         """Block until the job is completed, failed or cancelled; TimeoutError after."""
         deadline = time.monotonic() + timeout
         while True:
-            job = self.store.require_job(job_id)
+            # The status and the history's last entry are read at one instant, so a
+            # change after the read is a newer entry and wakes the wait below at once.
+            job, mark = self.store.job_with_mark(job_id)
             if job.status in TERMINAL:
                 return job
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
             # Block on the job's history stream instead of spinning.
-            last = self.store.r.xrevrange(self.store.keys.job_history(job_id), count=1)
-            last_id = last[0][0] if last else "0-0"
-            block = int(min(remaining, 5.0) * 1000) or 1
-            self.store.r.xread({self.store.keys.job_history(job_id): last_id}, block=block)
+            self.store.wait_history(job_id, mark, int(min(remaining, 5.0) * 1000))
 
     def updates(
         self, job_id: str, *, after: int | None = None, block: bool = True, timeout: float = 600.0

@@ -2,24 +2,34 @@
 
 The upstream reports cumulative ``costs`` (USD) and ``usage`` per worker. A turn's cost
 is the difference between the cumulative figures after it and those already counted;
-:mod:`orchestrator.store.scripts.jobs` (POST_TURN) applies that difference atomically. This module
-only turns a snapshot into the integer fields the ledger sums.
+:mod:`orchestrator.store.scripts.jobs` (POST_TURN) applies that difference atomically.
+This module, pure maths, says which fields are money and usage, turns a snapshot into
+those integer fields, and names the ledger rows a turn adds to.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from orchestrator.money import to_micro
 from orchestrator.wire.models import Worker
 
-MONEY_FIELDS = (
+if TYPE_CHECKING:
+    from orchestrator.jobs.model import Job
+
+# The one list of which ledger fields are money and which are usage. Lua that sums or
+# compares fields receives them from here (ARGV), never a list of its own.
+#: The four cost components; their sum is a turn's money.
+COST_FIELDS = (
     "internal_cost_micro",
     "model_cost_micro",
     "sandbox_cost_micro",
     "tool_cost_micro",
-    "usage_cost_micro",
 )
+#: Every money field: the components and the usage cost (the upstream's own sum of them).
+MONEY_FIELDS = (*COST_FIELDS, "usage_cost_micro")
 TOKEN_FIELDS = (
     "input_tokens",
     "output_tokens",
@@ -61,7 +71,20 @@ def cumulative(worker: Worker) -> dict[str, int] | None:
 
 def total_cost_micro(row: dict[str, int]) -> int:
     """The money of a row: the four cost components (usage cost is their mirror)."""
-    return sum(row.get(f, 0) for f in MONEY_FIELDS[:4])
+    return sum(row.get(f, 0) for f in COST_FIELDS)
+
+
+def rollups(
+    job: Job, worker_id: str, at_ms: int, extra: Sequence[tuple[str, str]] = ()
+) -> list[tuple[str, str]]:
+    """The ``(dimension, value)`` ledger rows a turn of ``job`` on ``worker_id`` at
+    ``at_ms`` adds to, beside the total: its day, budget, worker, tags, schedule, and
+    ``extra`` (the budget periods it counts against)."""
+    members = [("day", utc_day(at_ms)), ("budget", job.budget), ("worker", worker_id)]
+    members += [("tag", f"{k}={v}") for k, v in sorted(job.tags.items())]
+    if job.schedule_id:
+        members.append(("schedule", job.schedule_id))
+    return members + list(extra)
 
 
 def utc_day(epoch_ms: int) -> str:

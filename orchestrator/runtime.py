@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from orchestrator.controls.budgets import Budgets
 from orchestrator.controls.limits import FleetRate, Limits
 from orchestrator.settings import Settings, get_settings
-from orchestrator.store.jobs import RedisStore, connect
+from orchestrator.store.jobs import RedisStore
 from orchestrator.wire.client import WorkersClient
 
 
@@ -58,7 +58,7 @@ class Runtime:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
-        self.store.r.close()
+        self.store.close()
 
 
 _lock = threading.Lock()
@@ -70,8 +70,8 @@ def store_for(settings: Settings) -> RedisStore:
 
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set")
-    return RedisStore(
-        connect(settings.redis_url), settings.key_prefix, updates_maxlen=settings.updates_maxlen
+    return RedisStore.from_url(
+        settings.redis_url, settings.key_prefix, updates_maxlen=settings.updates_maxlen
     )
 
 

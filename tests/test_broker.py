@@ -17,8 +17,8 @@ def test_waiting_counts_every_priority_list_of_the_queue_only(store: RedisStore)
     store.r.rpush(prefix + "api\x06\x169", "c")
     store.r.rpush(prefix + "streams", "d")
     store.r.rpush("api", "another deployment's")
-    assert broker.waiting(store.r, store.keys, "api") == 3
-    assert broker.waiting(store.r, store.keys, "streams") == 1
+    assert store.broker.waiting("api") == 3
+    assert store.broker.waiting("streams") == 1
 
 
 def test_a_published_task_is_under_our_prefix(
@@ -26,21 +26,21 @@ def test_a_published_task_is_under_our_prefix(
 ) -> None:
     app = make_app(load_settings(redis_url=redis_url, key_prefix=key_prefix))
     app.send_task("workers.create", args=["job_x"], priority=9)  # a batch job's step
-    assert broker.waiting(store.r, store.keys, "api") == 1
+    assert store.broker.waiting("api") == 1
     assert store.r.llen(store.keys.broker_queue("api") + broker.PRIORITY_SEP + "9") == 1
 
 
 def test_one_caller_takes_the_pass_until_its_half_period_ends(store: RedisStore) -> None:
     lock = store.keys.pass_lock("test")
-    assert broker.take_pass(store.r, lock, 0.4)
-    assert not broker.take_pass(store.r, lock, 0.4)
+    assert store.broker.take_pass("test", 0.4)
+    assert not store.broker.take_pass("test", 0.4)
     ttl = store.r.pttl(lock)
     assert 0 < ttl <= 200
     time.sleep(ttl / 1000 + 0.05)  # the TTL itself, read above, bounds this wait
-    assert broker.take_pass(store.r, lock, 0.4)
+    assert store.broker.take_pass("test", 0.4)
 
 
 def test_unreadable_unacked_entries_are_skipped(store: RedisStore) -> None:
     unacked = store.keys.broker_prefix + broker.UNACKED_KEY
     store.r.hset(unacked, mapping={"t1": "not json", "t2": '[{"body": "!!"}, "", "api"]'})
-    assert broker.held_tasks(store.r, store.keys) == []
+    assert store.broker.held_tasks() == []

@@ -28,6 +28,7 @@ from orchestrator.jobs.follower import Follower, UpdateWriter
 from orchestrator.jobs.model import Job, validate_submission
 from orchestrator.ledger import MONEY_FIELDS
 from orchestrator.ops.redis_server import free_port
+from orchestrator.store.follows import FollowStore
 from orchestrator.store.jobs import RedisStore, connect
 from orchestrator.store.keys import Keys
 from orchestrator.wire.aclient import AsyncWorkersClient
@@ -102,7 +103,8 @@ def test_follower_never_drops_updates_when_a_write_fails(
             await finished.put(job_id)
 
         async with SlowClose(emulator.url, emulator.api_key) as api:
-            follower = Follower(r, keys, api, on_finished, lease_seconds=5, poll_seconds=0.05)
+            follows = FollowStore(r, key_prefix)
+            follower = Follower(follows, api, on_finished, lease_seconds=5, poll_seconds=0.05)
             stop = asyncio.Event()
             running = asyncio.create_task(follower.run(stop))
             while store.relayed(worker.id) < 4:
@@ -153,8 +155,9 @@ def test_follower_finishes_a_turn_only_once_its_updates_are_stored(
             await finished.put(await r.hget(keys.worker(worker.id), "relayed"))
 
         async with SlowClose(emulator.url, emulator.api_key) as api:
-            follower = Follower(r, keys, api, on_finished, lease_seconds=5, poll_seconds=0.05)
-            follower.writer = SlowWriter(r, keys, maxlen=1000)
+            follows = FollowStore(r, key_prefix)
+            follower = Follower(follows, api, on_finished, lease_seconds=5, poll_seconds=0.05)
+            follower.writer = SlowWriter(follows, maxlen=1000)
             stop = asyncio.Event()
             running = asyncio.create_task(follower.run(stop))
             relayed_when_finished = int(await asyncio.wait_for(finished.get(), 30))
@@ -191,7 +194,8 @@ def test_a_stream_put_up_again_while_its_follow_task_ends_is_followed_again_at_o
             await calls.put(time.monotonic())
 
         async with AsyncWorkersClient(emulator.url, emulator.api_key) as api:
-            follower = Follower(r, keys, api, on_finished, lease_seconds=30, poll_seconds=0.05)
+            follows = FollowStore(r, key_prefix)
+            follower = Follower(follows, api, on_finished, lease_seconds=30, poll_seconds=0.05)
             stop = asyncio.Event()
             running = asyncio.create_task(follower.run(stop))
             first = await asyncio.wait_for(calls.get(), 30)

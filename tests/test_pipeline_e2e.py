@@ -11,7 +11,6 @@ from orchestrator.celery import celery_config
 from orchestrator.facade import Orchestrator
 from orchestrator.ledger import FIELDS
 from orchestrator.settings import load_settings
-from orchestrator.store import broker
 
 from .conftest import Emulator
 from .processes import Proc, celery_worker, wait_for
@@ -132,7 +131,7 @@ def test_a_worker_killed_mid_create_is_redelivered_even_if_it_held_the_restore_l
     finally:
         first.kill()
     # The dead worker's message is held unacked, readable (a lost-task sweep spares it).
-    assert ("workers.create", [job.id]) in broker.held_tasks(orch.store.r, orch.store.keys)
+    assert ("workers.create", [job.id]) in orch.store.broker.held_tasks()
     emulator.faults(rate_slow=0.0)
     second = celery_worker(env, tmp_path / "w2.log", name="w2").start()
     try:

@@ -17,8 +17,10 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from orchestrator import runtime
 from orchestrator.celery import STREAMS_QUEUE, app
 from orchestrator.controls.limits import AsyncFleetRate
-from orchestrator.jobs.follower import Follower, follower_redis, tune_gc
+from orchestrator.jobs.follower import Follower, tune_gc
 from orchestrator.ops.metrics import record_attempt
+from orchestrator.store.connection import connect_async
+from orchestrator.store.follows import FollowStore
 from orchestrator.store.keys import Keys
 from orchestrator.wire.aclient import AsyncWorkersClient
 
@@ -34,7 +36,9 @@ FINALIZE_THREADS = 4
 async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
     settings = runtime.get_settings()
     assert settings.redis_url is not None
-    r = follower_redis(settings.redis_url)
+    # One async connection pool for the process: the follows store and the rate limit.
+    r = connect_async(settings.redis_url)
+    follows = FollowStore(r, settings.key_prefix)
     throttle = None
     if settings.fleet_rate_per_second is not None:
         throttle = AsyncFleetRate(
@@ -57,8 +61,7 @@ async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
         await loop.run_in_executor(settlers, settle, job_id)
 
     follower = Follower(
-        r,
-        Keys(settings.key_prefix),
+        follows,
         client,
         finished,
         capacity=settings.follower_capacity,
@@ -75,7 +78,7 @@ async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
         housekeeping.cancel()
         settlers.shutdown(wait=True)
         await client.aclose()
-        await r.aclose()
+        await follows.close()
 
 
 def settle(job_id: str) -> None:

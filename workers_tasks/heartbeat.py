@@ -1,7 +1,8 @@
 """A liveness heartbeat that proves consumption, not just a live process.
 
 Every worker sends itself a ``workers.heartbeat`` task on its own direct queue every
-few seconds; running it writes ``Keys.heartbeat(<node name>)`` with the time. A worker
+few seconds; running it records the time as the heartbeat of its node name
+(``RedisStore.record_heartbeat``). A worker
 that reconnected after a Redis restart but takes no more tasks (celery#8030, #10205)
 stops refreshing it, and ``orchestrator health --max-age`` turns that into a failure.
 """
@@ -30,9 +31,8 @@ _stop = threading.Event()
 @app.task(name="workers.heartbeat", ignore_result=True)
 def heartbeat(node: str, sent_ms: int) -> int:
     """Record that ``node`` ran a task; returns the queueing delay in ms."""
-    store = get_runtime().store
     now = int(time.time() * 1000)
-    store.r.set(store.keys.heartbeat(node), now, ex=TTL_SECONDS)
+    get_runtime().store.record_heartbeat(node, now, TTL_SECONDS)
     return now - sent_ms
 
 

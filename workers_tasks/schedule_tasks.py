@@ -7,10 +7,9 @@ import logging
 from collections import Counter
 from typing import Any
 
-import redis
 from celery import Task
 
-from orchestrator.celery import app
+from orchestrator.celery import API_QUEUE, app
 from orchestrator.errors import InputError
 from orchestrator.runtime import Runtime, get_runtime
 from orchestrator.schedules.run import (
@@ -20,7 +19,7 @@ from orchestrator.schedules.run import (
     run_slot,
     send_runs,
 )
-from orchestrator.store import broker
+from orchestrator.store.connection import StoreError
 from orchestrator.store.schedules import ScheduleStore, pending_member
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ def run_schedule(self: Task, schedule_id: str, slot_ms: int) -> str:
     except InputError as exc:
         log.error("dropping run of %s slot %s: %s", schedule_id, slot_ms, exc)
         return "dropped"
-    except redis.RedisError as exc:
+    except StoreError as exc:
         # Safe to run again: the slot's record and the job's idempotency key dedupe.
         raise self.retry(countdown=1.0, max_retries=rt.settings.task_max_retries, exc=exc) from exc
 
@@ -52,7 +51,7 @@ def run_schedules(self: Task, runs: list[list[str | int]]) -> dict[str, int]:
     verdicts: Counter[str] = Counter()
     try:
         ScheduleStore(rt.store).begun([(str(s), int(t)) for s, t in runs])
-    except redis.RedisError as exc:
+    except StoreError as exc:
         raise self.retry(countdown=1.0, max_retries=rt.settings.task_max_retries, exc=exc) from exc
     for i, (schedule_id, slot_ms) in enumerate(runs):
         try:
@@ -60,7 +59,7 @@ def run_schedules(self: Task, runs: list[list[str | int]]) -> dict[str, int]:
         except InputError as exc:
             log.error("dropping run of %s slot %s: %s", schedule_id, slot_ms, exc)
             verdicts["dropped"] += 1
-        except redis.RedisError as exc:
+        except StoreError as exc:
             retries = rt.settings.task_max_retries
             rest = runs[i:]
             raise self.retry(args=[rest], countdown=1.0, max_retries=retries, exc=exc) from exc
@@ -79,11 +78,13 @@ def _runs_of(task: str, args: list[Any]) -> list[tuple[str, int]]:
 
 
 def resend_lost_runs(rt: Runtime, older_than_seconds: float) -> int:
-    """Send again the runs beat sent that the broker lost (see ``broker.lost``); a run
-    already recorded is only forgotten, and one sent twice is recorded once."""
+    """Send again the runs beat sent that the broker lost (see ``BrokerLayout.lost``); a
+    run already recorded is only forgotten, and one sent twice is recorded once."""
     ss = ScheduleStore(rt.store)
     due = ss.untaken(int(older_than_seconds * 1000))
-    due = broker.lost(rt.store.r, rt.store.keys, due, "resend-runs", older_than_seconds, _runs_of)
+    due = rt.store.broker.lost(
+        due, "resend-runs", older_than_seconds, _runs_of, backlog_queue=API_QUEUE
+    )
     recorded = ss.recorded(due)
     ss.begun([run for run, done in zip(due, recorded, strict=True) if done])
     lost = [run for run, done in zip(due, recorded, strict=True) if not done]

@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from kombu.exceptions import OperationalError
-from redis.exceptions import RedisError
 
 from orchestrator.cli import controls, jobs, ops, repair, schedules, serve, stack
 from orchestrator.errors import ConfigError, InputError, OrchestratorError
+from orchestrator.store.connection import StoreError
 
 EXIT_INPUT = 2
 EXIT_ERROR = 1
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TimeoutError as exc:
         print(f"timeout: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except (RedisError, OperationalError) as exc:
+    except (StoreError, OperationalError) as exc:
         # Never a traceback for an unreachable Redis or broker; and never the URL,
         # which may carry a password.
         print(f"error: REDIS_URL: cannot reach Redis ({type(exc).__name__})", file=sys.stderr)

@@ -11,7 +11,8 @@ first reason otherwise:
 - with ``--url``: that URL answers 2xx (Flower's ``/healthcheck``, the exporter);
 - with ``--max-age S``: the heartbeat named ``--name`` (default ``celery@<hostname>``,
   Celery's own node name) was written less than S seconds ago. A heartbeat is the Redis
-  key ``Keys.heartbeat(name)`` holding the epoch milliseconds of the last beat.
+  key ``Keys.heartbeat(name)`` holding the epoch milliseconds of the last beat
+  (``RedisStore.heartbeat``).
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import InputError
 from orchestrator.settings import Settings, load_settings
+from orchestrator.store.connection import StoreError
+
+if TYPE_CHECKING:
+    from orchestrator.store.jobs import RedisStore
 
 EXIT_UNHEALTHY = 1
 _CREDENTIALS = re.compile(r"(\w+://)[^@/\s]*@")
@@ -72,7 +77,7 @@ def run_metrics(args: argparse.Namespace) -> int:
 
     store = store_for(settings)  # ConfigError without REDIS_URL
     try:
-        store.r.ping()
+        store.ping()
     except Exception as exc:
         print(f"warning: Redis does not answer yet ({type(exc).__name__})", file=sys.stderr)
     try:
@@ -87,7 +92,7 @@ def run_metrics(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     while not stop.wait(3600):
         pass
-    store.r.close()
+    store.close()
     return 0
 
 
@@ -112,7 +117,7 @@ def run_health(args: argparse.Namespace) -> int:
         print(f"unhealthy: {_redact(str(exc))}", flush=True)
         return EXIT_UNHEALTHY
     finally:
-        store.r.close()
+        store.close()
     print("ok: " + ", ".join(notes), flush=True)
     return 0
 
@@ -126,13 +131,11 @@ def _redact(text: str) -> str:
     return _CREDENTIALS.sub(r"\1***@", " ".join(text.split()))
 
 
-def _check_redis(store: Any) -> str:
-    import redis
-
+def _check_redis(store: RedisStore) -> str:
     started = time.perf_counter()
     try:
-        store.r.ping()
-    except (redis.RedisError, OSError) as exc:
+        store.ping()
+    except (StoreError, OSError) as exc:
         raise _Unhealthy(f"redis: {type(exc).__name__}: {exc}") from None
     return f"redis answered in {(time.perf_counter() - started) * 1000:.1f} ms"
 
@@ -151,14 +154,12 @@ def _check_broker(settings: Settings, timeout: float) -> str:
     return "broker reachable"
 
 
-def _check_policy(store: Any) -> str:
-    import redis
-
+def _check_policy(store: RedisStore) -> str:
     try:
-        policy = store.check_eviction_policy()
+        policy = store.check_eviction_policy(unknown_ok=True)
     except InputError as exc:
         raise _Unhealthy(f"redis {exc}") from None
-    except redis.ResponseError:
+    if policy is None:
         return "maxmemory-policy unknown (CONFIG disabled)"
     return f"maxmemory-policy {policy or 'noeviction'}"
 
@@ -175,9 +176,9 @@ def _check_url(url: str, timeout: float) -> str:
     return f"{url} answered {response.status_code}"
 
 
-def _check_heartbeat(store: Any, name: str | None, max_age: float) -> str:
+def _check_heartbeat(store: RedisStore, name: str | None, max_age: float) -> str:
     name = name or f"celery@{socket.gethostname()}"
-    raw = store.r.get(store.keys.heartbeat(name))
+    raw = store.heartbeat(name)
     if raw is None:
         raise _Unhealthy(f"no heartbeat from {name}")
     try:

@@ -62,7 +62,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
             reconciler = Reconciler(store, client, send_finalize=send_finalize)
             report = reconciler.run(args.hours, fix=args.fix, grace_seconds=args.grace)
     finally:
-        store.r.close()
+        store.close()
     if args.json:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:

@@ -226,7 +226,7 @@ def run_beat(args: argparse.Namespace) -> int:
     try:
         store.check_eviction_policy()
     finally:
-        store.r.close()
+        store.close()
     app.conf.update(
         {
             CONF_BATCH: args.batch,

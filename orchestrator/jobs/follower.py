@@ -1,10 +1,11 @@
 """The stream follower: relays many workers' update streams into Redis at once.
 
 One asyncio loop per ``streams`` worker process follows up to ``capacity`` streams.
-Jobs to follow sit in a Redis sorted set scored by lease expiry; the follower claims
-due entries atomically, renews its leases by heartbeat, and a crashed follower's jobs
-are claimed by another once their lease runs out. Relaying is exactly-once whatever
-the leases do: update n is stored only if n equals the worker's stored count (Lua).
+Jobs to follow sit in Redis scored by lease expiry (:class:`FollowStore` makes every
+Redis call of this module); the follower claims due entries atomically, renews its
+leases by heartbeat, and a crashed follower's jobs are claimed by another once their
+lease runs out. Relaying is exactly-once whatever the leases do: update n is stored
+only if n equals the worker's stored count (Lua).
 
 All streams share one :class:`UpdateWriter`, which gathers pending updates for a few
 milliseconds and writes them in one pipelined round trip, so a thousand streams cost a
@@ -25,13 +26,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from orchestrator.errors import APIConnectionError, APIStatusError, StreamError
+from orchestrator.jobs.model import TERMINAL, JobStatus
 from orchestrator.ops.metrics import EVENTS_RELAYED
-from orchestrator.store.batch import AsyncBatch
-from orchestrator.store.keys import Keys
-from orchestrator.store.scripts import jobs as scripts
+from orchestrator.store.connection import StoreError
+from orchestrator.store.follows import FollowStore, Pending
 from orchestrator.wire.aclient import AsyncWorkersClient
 
 log = logging.getLogger(__name__)
@@ -40,17 +39,13 @@ FinishedHook = Callable[[str], Awaitable[None]]
 
 
 class UpdateWriter:
-    """Batches updates of many streams into pipelined APPEND_UPDATES calls."""
+    """Batches updates of many streams into one store write per tick."""
 
-    def __init__(
-        self, r: aioredis.Redis, keys: Keys, *, maxlen: int, max_delay: float = 0.003
-    ) -> None:
-        self.r = r
-        self.keys = keys
+    def __init__(self, store: FollowStore, *, maxlen: int, max_delay: float = 0.003) -> None:
+        self.store = store
         self.maxlen = maxlen
         self.max_delay = max_delay
-        self._script = r.register_script(scripts.APPEND_UPDATES)
-        self._pending: dict[str, tuple[int, list[str]]] = {}
+        self._pending: Pending = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._wakeup = asyncio.Event()
         # Workers whose write failed, and why, until their follower has been told.
@@ -125,15 +120,10 @@ class UpdateWriter:
                     else:
                         future.set_exception(StreamError(str(error), call="relay"))
 
-    async def _write(self, batch: dict[str, tuple[int, list[str]]]) -> None:
+    async def _write(self, batch: Pending) -> None:
         results: list[Any]
         try:
-            # One round trip (redis-py's own script pipelines add a SCRIPT EXISTS each).
-            writes = AsyncBatch(self.r)
-            for worker_id, (first, payloads) in batch.items():
-                keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
-                writes.script(self._script, keys, [first, self.maxlen, *payloads])
-            results = await writes.execute(raise_on_error=False)
+            results = await self.store.append_updates(batch, self.maxlen)
         except Exception as exc:  # the whole batch failed (Redis away)
             results = [exc] * len(batch)
         failed = {w: r for w, r in zip(batch, results, strict=True) if isinstance(r, Exception)}
@@ -149,8 +139,7 @@ class Follower:
 
     def __init__(
         self,
-        r: aioredis.Redis,
-        keys: Keys,
+        store: FollowStore,
         client: AsyncWorkersClient,
         on_finished: FinishedHook,
         *,
@@ -160,23 +149,19 @@ class Follower:
         updates_maxlen: int = 100_000,
         owner: str | None = None,
     ) -> None:
-        self.r = r
-        self.keys = keys
+        self.store = store
         self.client = client
         self.on_finished = on_finished
         self.capacity = capacity
         self.lease_ms = int(lease_seconds * 1000)
         self.poll_seconds = poll_seconds
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.writer = UpdateWriter(r, keys, maxlen=updates_maxlen)
+        self.writer = UpdateWriter(store, maxlen=updates_maxlen)
         self.active: dict[str, asyncio.Task[None]] = {}
         # Jobs claimed again while their follow task was still ending (its finalize saw
         # the turn still running and put the stream up again): followed once more by
         # that task, not left to wait out the new lease.
         self.again: set[str] = set()
-        self._claim = r.register_script(scripts.CLAIM_FOLLOWS)
-        self._renew = r.register_script(scripts.RENEW_FOLLOWS)
-        self._transition = r.register_script(scripts.TRANSITION)
         self.events_relayed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -191,7 +176,7 @@ class Follower:
                         await self._renew_leases()
                         last_renew = now
                     await self._claim_more()
-                except (aioredis.RedisError, OSError) as exc:
+                except (StoreError, OSError) as exc:
                     log.warning("follower cannot reach Redis: %s", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.poll_seconds)
@@ -208,10 +193,8 @@ class Follower:
         if not job_ids:
             return
         try:
-            await self._renew(
-                keys=[self.keys.follows, self.keys.follow_owners], args=[0, self.owner, *job_ids]
-            )
-        except (aioredis.RedisError, OSError) as exc:
+            await self.store.renew(self.owner, 0, job_ids)
+        except (StoreError, OSError) as exc:
             log.warning(
                 "could not hand back %d streams (their leases will lapse): %s", len(job_ids), exc
             )
@@ -220,11 +203,7 @@ class Follower:
         room = self.capacity - len(self.active)
         if room <= 0:
             return
-        now = int(time.time() * 1000)
-        claimed = await self._claim(
-            keys=[self.keys.follows, self.keys.follow_owners],
-            args=[now, now + self.lease_ms, min(room, 500), self.owner],
-        )
+        claimed = await self.store.claim(self.owner, self.lease_ms, min(room, 500))
         for job_id in claimed:
             held = self.active.get(job_id)
             if held is not None and not held.done():
@@ -242,23 +221,20 @@ class Follower:
 
     async def _renew_leases(self) -> None:
         expiry = int(time.time() * 1000) + self.lease_ms
-        lost = await self._renew(
-            keys=[self.keys.follows, self.keys.follow_owners],
-            args=[expiry, self.owner, *self.active],
-        )
+        lost = await self.store.renew(self.owner, expiry, list(self.active))
         for job_id in lost:  # someone else holds it now: stop, they relay the rest
             task = self.active.get(job_id)
             if task is not None:
                 task.cancel()
 
-    async def _job_fields(self, job_id: str) -> list[Any]:
+    async def _job_fields(self, job_id: str) -> tuple[str, str | None]:
         """The job's worker id and status; a Redis blip is waited out, not fatal (a
         follow task that died here would leave its stream until the lease expired)."""
         delay = 0.2
         while True:
             try:
-                return list(await self.r.hmget(self.keys.job(job_id), ["worker_id", "status"]))
-            except (aioredis.RedisError, OSError) as exc:
+                return await self.store.job_worker_and_status(job_id)
+            except (StoreError, OSError) as exc:
                 log.warning("reading job %s failed: %s; retrying in %.1fs", job_id, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -270,9 +246,8 @@ class Follower:
             await self._follow_turn(job_id)
 
     async def _follow_turn(self, job_id: str) -> None:
-        fields = await self._job_fields(job_id)
-        worker_id, status = str(fields[0] or ""), fields[1]
-        if not worker_id or status in ("completed", "failed", "cancelled"):
+        worker_id, status = await self._job_fields(job_id)
+        if not worker_id or status in TERMINAL:
             await self.on_finished(job_id)
             return
         delay = 0.2
@@ -280,7 +255,7 @@ class Follower:
         self.writer.forget(worker_id)  # a failure of an earlier follow is not ours
         while True:
             try:
-                relayed = int(await self.r.hget(self.keys.worker(worker_id), "relayed") or 0)
+                relayed = await self.store.relayed(worker_id)
                 async for update in self.client.stream_updates(worker_id):
                     if update.index < relayed:
                         continue  # a reconnect replays from 0: stored already
@@ -300,15 +275,14 @@ class Follower:
                 else:
                     await self._mark(job_id, "failed", str(exc))
                     break
-            except (aioredis.RedisError, OSError) as exc:
+            except (StoreError, OSError) as exc:
                 log.warning("relay of %s failed: %s; retrying", job_id, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
         await self.on_finished(job_id)
 
-    async def _mark(self, job_id: str, status: str, detail: str = "") -> None:
-        keys = [self.keys.job(job_id), self.keys.job_history(job_id), self.keys.job_states]
-        await self._transition(keys=keys, args=[status, int(time.time() * 1000), detail, 100])
+    async def _mark(self, job_id: str, status: JobStatus, detail: str = "") -> None:
+        await self.store.transition(job_id, status, detail)
 
 
 #: Collect the young generation every 10,000 net allocations instead of 700: a
@@ -326,15 +300,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-
-
-def follower_redis(url: str) -> aioredis.Redis:
-    """The follower's Redis client. A blocking pool: with thousands of streams, a burst
-    of Redis calls waits for a connection instead of failing ("Too many connections")."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, decode_responses=True, max_connections=100, timeout=30
-    )
-    return aioredis.Redis(connection_pool=pool)
 
 
 def describe_state(follower: Follower) -> dict[str, Any]:

@@ -32,7 +32,14 @@ JobStatus = Literal["queued", "submitted", "running", "completed", "failed", "ca
 STATUSES: tuple[JobStatus, ...] = (
     "queued", "submitted", "running", "completed", "failed", "cancelled",
 )  # fmt: skip
-TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+#: The one statement of the status rule: a job moves only to a status of equal or
+#: higher rank, and never out of a terminal one. The store's transition script is
+#: generated from this table (``orchestrator.store.scripts.jobs.TRANSITION``).
+STATUS_RANK: dict[JobStatus, int] = {
+    "queued": 0, "submitted": 1, "running": 2, "completed": 3, "failed": 3, "cancelled": 3,
+}  # fmt: skip
+TERMINAL_RANK = max(STATUS_RANK.values())
+TERMINAL: frozenset[str] = frozenset(s for s, rank in STATUS_RANK.items() if rank == TERMINAL_RANK)
 
 TAG_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 TAG_VALUE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")

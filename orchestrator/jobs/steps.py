@@ -13,14 +13,14 @@ from typing import Any
 
 from celery import Celery
 
+from orchestrator.celery import API_QUEUE
 from orchestrator.controls.budgets import BudgetExceeded, next_period_ms, turn_members
 from orchestrator.errors import APIStatusError, InputError
 from orchestrator.jobs.model import Job
 from orchestrator.ledger import total_cost_micro
 from orchestrator.runtime import Runtime
-from orchestrator.store import broker
-from orchestrator.store.batch import Batch
-from orchestrator.store.jobs import now_ms, posted_deltas
+from orchestrator.store.jobs import now_ms
+from orchestrator.store.ledger import posted_deltas
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +132,16 @@ def resend_unsent(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) ->
 
 def resend_lost(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) -> int:
     """Send again the jobs whose first task the broker lost after it was sent (see
-    :func:`broker.lost`). A second copy of a task that was not lost after all is
-    harmless: ``start_turn`` is idempotent.
+    :meth:`BrokerLayout.lost <orchestrator.store.broker.BrokerLayout.lost>`). A second
+    copy of a task that was not lost after all is harmless: ``start_turn`` is idempotent.
     """
     store = rt.store
     due = store.untaken(int(older_than_seconds * 1000))
+    lost = store.broker.lost(
+        due, "resend-lost", older_than_seconds, _job_of, backlog_queue=API_QUEUE
+    )
     resent = 0
-    for job_id in broker.lost(store.r, store.keys, due, "resend-lost", older_than_seconds, _job_of):
+    for job_id in lost:
         job = store.get_job(job_id)
         if job is None or job.status != "queued" or job.attempts:
             store.forget_dispatched(job_id)  # begun (it left the set then) or gone
@@ -217,7 +220,7 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
         return "refollow"
     # Three round trips from here, not one per write: the batches keep the order.
     at = now_ms()
-    settle = Batch(store.r)
+    settle = store.batch()
     posted_at, relayed_at = store.settle_into(settle, job, worker, at, turn_members(job.tags, at))
     hold_at = rt.budgets.hold_into(settle, job.id)
     replies = settle.execute()
@@ -226,15 +229,15 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
     hold = rt.budgets.amount_of(raw_hold)
     if posted is not None and hold is not None and total_cost_micro(posted) > hold:
         rt.budgets.record_overshoot(job, hold, total_cost_micro(posted))
-    fetches = {}
+    fetches = []
     if job.fetch_files:
         for file in worker.files:
             name = file.filename or file.url.rsplit("/", 1)[-1]
             send_fetch(app, job.id, name)
-            fetches[file_member(job.id, name)] = now_ms()
-    end = Batch(store.r)
-    if fetches:  # watched until a worker begins each (see resend_lost_files)
-        end.pipe.zadd(store.keys.files_dispatched, fetches)
+            fetches.append(name)
+    end = store.batch()
+    # Watched until a worker begins each (see resend_lost_files).
+    store.fetches_sent_into(end, job.id, fetches)
     store.complete_into(end, job.id, int(replies[relayed_at] or 0))
     if raw_hold is not None:
         rt.budgets.release_into(end, job.id, raw_hold)
@@ -244,37 +247,32 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
     return "completed"
 
 
-def file_member(job_id: str, name: str) -> str:
-    """A file fetch's member of ``files_dispatched`` (job ids never hold a ``|``)."""
-    return f"{job_id}|{name}"
-
-
 def send_fetch(app: Celery, job_id: str, name: str) -> None:
     app.send_task(FETCH_TASK, args=[job_id, name], argsrepr=f"{job_id} file={name!r}")
 
 
-def _fetch_of(task: str, args: list[Any]) -> list[str]:
+def _fetch_of(task: str, args: list[Any]) -> list[tuple[str, str]]:
     if task != FETCH_TASK or len(args) != 2:
         return []
-    return [file_member(str(args[0]), str(args[1]))]
+    return [(str(args[0]), str(args[1]))]
 
 
 def resend_lost_files(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) -> int:
-    """Send again the file fetches the broker lost (see :func:`broker.lost`); a fetch
+    """Send again the file fetches the broker lost (see :func:`resend_lost`); a fetch
     whose file is recorded already is only forgotten."""
-    store, key = rt.store, rt.store.keys.files_dispatched
-    cutoff = now_ms() - int(older_than_seconds * 1000)
-    due = store.r.zrangebyscore(key, "-inf", cutoff, start=0, num=500)
-    lost = broker.lost(store.r, store.keys, due, "resend-files", older_than_seconds, _fetch_of)
+    store = rt.store
+    due = store.unbegun_fetches(int(older_than_seconds * 1000))
+    lost = store.broker.lost(
+        due, "resend-files", older_than_seconds, _fetch_of, backlog_queue=API_QUEUE
+    )
     resent = 0
-    for member in lost:
-        job_id, _, name = member.partition("|")
-        if store.r.hexists(store.keys.job_files(job_id), name):
-            store.r.zrem(key, member)
+    for job_id, name in lost:
+        if store.file_recorded(job_id, name):
+            store.forget_fetch(job_id, name)
         else:
             log.warning("re-sending the fetch of %r for job %s: the broker lost it", name, job_id)
             send_fetch(app, job_id, name)
-            store.r.zadd(key, {member: now_ms()})
+            store.fetch_resent(job_id, name)
             resent += 1
     return resent
 
@@ -295,7 +293,7 @@ def safe_path(root: Path, name: str) -> Path:
 
 def fetch_file(rt: Runtime, job_id: str, name: str) -> dict[str, Any]:
     """Stream one published file to ``FILES_DIR/<job id>/<name>``; record size and hash."""
-    rt.store.r.zrem(rt.store.keys.files_dispatched, file_member(job_id, name))
+    rt.store.forget_fetch(job_id, name)
     job = rt.store.require_job(job_id)
     assert job.worker_id is not None
     root = Path(rt.settings.files_dir) / job.id

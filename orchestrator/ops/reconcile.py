@@ -6,13 +6,15 @@ the last ``hours`` (the store's ``jobs`` index), the worker's snapshot is read a
 
 - ``money``: the worker's cumulative upstream cost and usage against its ledger row
   (``ledger:worker:<id>``) and its ``counted:<field>``. Fixed by one atomic script
-  (``scripts.RECONCILE_WORKER``) that posts what never reached the ledger as a
-  correction record ``reconcile:<worker>:<n>`` to the total and every rollup of the
-  worker's latest job (day = today UTC, budget, tags, schedule, worker and the budget
-  periods), repairs the worker row alone when only it was lost, and moves ``counted``
-  up to the upstream figure. A correction is not a turn: ``turns`` does not move.
+  (``RECONCILE_WORKER``, run by ``LedgerRepair.post_correction``) that posts what never
+  reached the ledger as a correction record ``reconcile:<worker>:<n>`` to the total
+  and every rollup of the worker's latest job (day = today UTC, budget, tags, schedule,
+  worker and the budget periods), repairs the worker row alone when only it was lost,
+  and moves ``counted`` up to the upstream figure. A correction is not a turn:
+  ``turns`` does not move.
 - ``total``: the ledger total against the sum of all per-worker rows; fixed by moving
-  the total (``scripts.RECONCILE_TOTAL``, after the worker rows are repaired).
+  the total (``RECONCILE_TOTAL``, ``LedgerRepair.check_total``, after the worker rows
+  are repaired).
 - ``stuck``: a job still ``submitted``/``running`` here whose worker is finished upstream
   (its finalize was lost); fixed by sending ``workers.finalize`` for it again.
 - ``snapshot``: a finished worker's stored snapshot missing or unlike the upstream's;
@@ -26,7 +28,6 @@ script, and finalize is idempotent.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -35,9 +36,9 @@ from typing import Any
 from orchestrator.controls.budgets import turn_members
 from orchestrator.errors import APIError, InputError
 from orchestrator.jobs.model import Job
-from orchestrator.ledger import FIELDS, cumulative, utc_day
+from orchestrator.ledger import FIELDS, cumulative
 from orchestrator.store.jobs import RedisStore, now_ms
-from orchestrator.store.scripts import jobs as scripts
+from orchestrator.store.ledger import LedgerRepair
 from orchestrator.wire.client import WorkersClient
 from orchestrator.wire.models import Worker
 
@@ -110,13 +111,10 @@ class Reconciler:
         threads: int = 8,
     ) -> None:
         self.store = store
-        self.r = store.r
-        self.keys = store.keys
+        self.ledger = LedgerRepair(store)
         self.client = client
         self.send_finalize = send_finalize
         self.threads = threads
-        self._worker_script = self.r.register_script(scripts.RECONCILE_WORKER)
-        self._total_script = self.r.register_script(scripts.RECONCILE_TOTAL)
 
     def run(self, hours: float = 24.0, *, fix: bool = False, grace_seconds: float = 60.0) -> Report:
         if not 0 < hours <= MAX_HOURS:
@@ -124,7 +122,7 @@ class Reconciler:
         if grace_seconds < 0:
             raise InputError("grace", "must not be negative")
         report = Report(hours=hours)
-        jobs = self._recent_jobs(int(hours * 3_600_000))
+        jobs = self.ledger.jobs_since(now_ms() - int(hours * 3_600_000))
         report.jobs = len(jobs)
         by_worker: dict[str, list[Job]] = {}
         for job in jobs:
@@ -146,16 +144,6 @@ class Reconciler:
         return report
 
     # --- reading -------------------------------------------------------------------
-
-    def _recent_jobs(self, window_ms: int) -> list[Job]:
-        ids = self.r.zrangebyscore(self.keys.jobs, now_ms() - window_ms, "+inf")
-        jobs: list[Job] = []
-        for start in range(0, len(ids), 500):
-            with self.r.pipeline(transaction=False) as pipe:
-                for job_id in ids[start : start + 500]:
-                    pipe.hgetall(self.keys.job(job_id))
-                jobs += [Job.from_hash(data) for data in pipe.execute() if data]
-        return jobs
 
     def _retrieve(self, worker_ids: list[str], report: Report) -> dict[str, Worker]:
         def one(worker_id: str) -> tuple[str, Worker | str]:
@@ -190,13 +178,10 @@ class Reconciler:
         figures = cumulative(worker)
         if figures is None:
             return  # costs still unknown upstream: nothing to compare yet
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.hmget(self.keys.worker(worker.id), [f"counted:{f}" for f in FIELDS])
-            pipe.hmget(self.keys.ledger("worker", worker.id), list(FIELDS))
-            counted_raw, row_raw = pipe.execute()
+        counted_all, row_all = self.ledger.worker_figures(worker.id)
         wrong: dict[str, dict[str, int]] = {}
-        for name, counted, row in zip(FIELDS, counted_raw, row_raw, strict=True):
-            c, w, u = int(counted or 0), int(row or 0), figures[name]
+        for name, c, w in zip(FIELDS, counted_all, row_all, strict=True):
+            u = figures[name]
             if c != u or w != u:
                 wrong[name] = {"upstream": u, "row": w, "counted": c}
         if not wrong:
@@ -209,21 +194,13 @@ class Reconciler:
 
     def _post_correction(self, worker_id: str, job: Job, figures: dict[str, int]) -> dict[str, Any]:
         at = now_ms()
-        members = [("worker", worker_id), ("day", utc_day(at)), ("budget", job.budget)]
-        members += [("tag", f"{k}={v}") for k, v in sorted(job.tags.items())]
-        if job.schedule_id:
-            members.append(("schedule", job.schedule_id))
-        members += turn_members(job.tags, at)
-        keys = [self.keys.worker(worker_id), self.keys.ledger_turns, self.keys.ledger_total]
-        keys += [self.keys.ledger(dim, value) for dim, value in members]
-        keys += [self.keys.ledger_index(dim) for dim, _ in members]
-        args: list[Any] = [f"reconcile:{worker_id}:", len(members), json.dumps(figures), 1]
-        args += [value for _, value in members]
-        result = self._worker_script(keys=keys, args=args)
-        if not result:
+        posted = self.ledger.post_correction(
+            job, worker_id, figures, at, turn_members(job.tags, at)
+        )
+        if posted is None:
             return {}  # a finalize posted it in the meantime
-        record = json.loads(result[1])
-        return {"id": result[0], **{k: _ints(v) for k, v in record.items()}}
+        correction_id, record = posted
+        return {"id": correction_id, **{k: _ints(v) for k, v in record.items()}}
 
     def _check_stuck(self, job: Job, worker: Worker, fix: bool, report: Report) -> None:
         # Only jobs whose turn went upstream: a queued job's task is still to come, and
@@ -238,12 +215,9 @@ class Reconciler:
         report.differences.append(diff)
 
     def _check_total(self, fix: bool, report: Report) -> None:
-        workers = sorted(self.r.smembers(self.keys.ledger_index("worker")))
-        keys = [self.keys.ledger_total] + [self.keys.ledger("worker", w) for w in workers]
-        raw = self._total_script(keys=keys, args=[json.dumps(list(FIELDS)), "1" if fix else "0"])
         wrong = {
-            name: {"total": int(pair[0]), "workers": int(pair[1])}
-            for name, pair in json.loads(raw).items()
+            name: {"total": total, "workers": workers}
+            for name, (total, workers) in self.ledger.check_total(fix).items()
         }
         if wrong:
             report.differences.append(Difference("total", "total", {"fields": wrong}, fixed=fix))

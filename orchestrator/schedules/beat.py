@@ -25,7 +25,6 @@ import uuid
 from types import FrameType
 from typing import Any
 
-import redis
 from celery import Celery
 from celery.beat import Scheduler
 from kombu.exceptions import OperationalError
@@ -35,6 +34,7 @@ from orchestrator.runtime import store_for
 from orchestrator.schedules.run import RUNS_PER_MESSAGE, send_runs
 from orchestrator.schedules.timing import MISFIRE_GRACE_MS, CatchUp, Timing, plan
 from orchestrator.settings import get_settings
+from orchestrator.store.connection import StoreError
 from orchestrator.store.jobs import now_ms
 from orchestrator.store.schedules import Claim, ScheduleStore, split_member
 
@@ -103,7 +103,7 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
         self._in_tick = True
         try:
             return self.tick_once()
-        except (redis.RedisError, OSError, OperationalError) as exc:
+        except (StoreError, OSError, OperationalError) as exc:
             # Redis or the broker is away: nothing was lost (claims are in Redis);
             # try again shortly.
             log.warning("beat tick failed: %s", exc)

@@ -1,6 +1,7 @@
 """What Celery's broker keeps in Redis, read directly: how many messages wait on a
 queue, and which messages workers hold unacknowledged; used by the metrics and by the
-sweeps that re-send tasks the broker lost (one worker of the fleet at a time).
+sweeps that re-send tasks the broker lost (one worker of the fleet at a time). Callers
+reach it as ``store.broker`` (:class:`BrokerLayout`).
 
 kombu's Redis transport keeps a queue as a list named after it, plus one list per
 non-zero priority step (``<queue>\\x06\\x16<step>``), and every message taken but not
@@ -39,61 +40,93 @@ def routing_key(raw: str | bytes) -> str | None:
         return None
 
 
-def waiting(r: Any, keys: Keys, queue: str) -> int:
-    """Messages waiting on ``queue``, every priority step together (one round trip)."""
-    with r.pipeline(transaction=False) as pipe:
-        for key in queue_keys(queue):
-            pipe.llen(keys.broker_prefix + key)
-        return sum(int(n) for n in pipe.execute())
+def broker_prefix(prefix: str) -> str:
+    """The broker prefix of a deployment's key prefix (kombu's ``global_keyprefix``)."""
+    return Keys(prefix).broker_prefix
 
 
-def held_tasks(r: Any, keys: Keys) -> list[tuple[str, list[Any]]]:
-    """(task name, args) of every message workers took and have not acknowledged (at
-    most a prefetch per worker slot); entries that cannot be read are left out."""
-    held = []
-    for raw in r.hvals(keys.broker_prefix + UNACKED_KEY):
-        try:
-            message = json.loads(raw)[0]
-            body = message["body"]
-            if message.get("properties", {}).get("body_encoding") == "base64":
-                body = base64.b64decode(body)
-            args = json.loads(body)[0]
-            held.append((str(message["headers"]["task"]), list(args)))
-        except (ValueError, TypeError, IndexError, KeyError, binascii.Error):
-            continue
-    return held
+class BrokerLayout:
+    """Reads of the broker's keys under one prefix (``store.broker``), and the fleet-wide
+    pass of the lost-task sweeps. Queue names are passed in: the store knows the
+    broker's layout, not the Celery app's routing."""
 
+    def __init__(self, r: Any, keys: Keys) -> None:
+        self.r = r
+        self.keys = keys
 
-def take_pass(r: Any, lock: str, period_seconds: float) -> bool:
-    """True for one caller per half ``period_seconds`` across the fleet: a lost-task
-    sweep re-sends under it, so two workers never send a second copy of one task."""
-    return bool(r.set(lock, "1", nx=True, px=max(1, int(period_seconds * 500))))
+    def waiting(self, queue: str) -> int:
+        """Messages waiting on ``queue``, every priority step together (one round trip)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for key in queue_keys(queue):
+                pipe.llen(self.keys.broker_prefix + key)
+            return sum(int(n) for n in pipe.execute())
 
+    def queue_figures(self, queues: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
+        """Per queue, the messages waiting (every priority step) and those taken but
+        not yet acknowledged; one round trip (the unacked hash holds at most a prefetch
+        per worker slot)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                for key in queue_keys(queue):
+                    pipe.llen(self.keys.broker_prefix + key)
+            pipe.hvals(self.keys.broker_prefix + UNACKED_KEY)
+            replies = pipe.execute()
+        per_queue = len(PRIORITY_STEPS) + 1
+        depth = {
+            queue: sum(int(n) for n in replies[i * per_queue : (i + 1) * per_queue])
+            for i, queue in enumerate(queues)
+        }
+        unacked = dict.fromkeys(queues, 0)
+        for raw in replies[-1]:
+            taken_from = routing_key(raw)
+            if taken_from in unacked:
+                unacked[taken_from] += 1
+        return depth, unacked
 
-def lost(
-    r: Any,
-    keys: Keys,
-    due: Sequence[T],
-    sweep: str,
-    period_seconds: float,
-    held_of: Callable[[str, list[Any]], Iterable[T]],
-) -> list[T]:
-    """Of ``due`` (tasks sent ``period_seconds`` ago or more that no worker has begun),
-    those the broker lost: kombu pops a message before it records it unacked, so a
-    worker killed in between leaves no copy, and no visibility timeout brings it back.
+    def held_tasks(self) -> list[tuple[str, list[Any]]]:
+        """(task name, args) of every message workers took and have not acknowledged
+        (at most a prefetch per worker slot); entries that cannot be read are left out."""
+        held = []
+        for raw in self.r.hvals(self.keys.broker_prefix + UNACKED_KEY):
+            try:
+                message = json.loads(raw)[0]
+                body = message["body"]
+                if message.get("properties", {}).get("body_encoding") == "base64":
+                    body = base64.b64decode(body)
+                args = json.loads(body)[0]
+                held.append((str(message["headers"]["task"]), list(args)))
+            except (ValueError, TypeError, IndexError, KeyError, binascii.Error):
+                continue
+        return held
 
-    Empty while the ``api`` queue has messages (``due`` may be waiting in a backlog) or
-    another worker runs the sweep named ``sweep``; a task a worker holds unacked (which
-    kombu restores if that worker dies) is not lost. ``held_of(task name, args)`` says
-    which items of ``due`` a held message carries.
-    """
-    from orchestrator.celery import (
-        API_QUEUE,  # here: the facade imports broker users without the app
-    )
+    def take_pass(self, sweep: str, period_seconds: float) -> bool:
+        """True for one caller per half ``period_seconds`` across the fleet: a lost-task
+        sweep re-sends under it, so two workers never send a second copy of one task."""
+        lock = self.keys.pass_lock(sweep)
+        return bool(self.r.set(lock, "1", nx=True, px=max(1, int(period_seconds * 500))))
 
-    if not due or waiting(r, keys, API_QUEUE):
-        return []
-    if not take_pass(r, keys.pass_lock(sweep), period_seconds):
-        return []  # another worker runs this sweep now
-    held = {item for task, args in held_tasks(r, keys) for item in held_of(task, args)}
-    return [item for item in due if item not in held]
+    def lost(
+        self,
+        due: Sequence[T],
+        sweep: str,
+        period_seconds: float,
+        held_of: Callable[[str, list[Any]], Iterable[T]],
+        *,
+        backlog_queue: str,
+    ) -> list[T]:
+        """Of ``due`` (tasks sent ``period_seconds`` ago or more that no worker has
+        begun), those the broker lost: kombu pops a message before it records it
+        unacked, so a worker killed in between leaves no copy, and no visibility timeout
+        brings it back.
+
+        Empty while ``backlog_queue`` (where ``due`` were sent) has messages (``due`` may
+        be waiting in a backlog) or another worker runs the sweep named ``sweep``; a task
+        a worker holds unacked (which kombu restores if that worker dies) is not lost.
+        ``held_of(task name, args)`` says which items of ``due`` a held message carries.
+        """
+        if not due or self.waiting(backlog_queue):
+            return []
+        if not self.take_pass(sweep, period_seconds):
+            return []  # another worker runs this sweep now
+        held = {item for task, args in self.held_tasks() for item in held_of(task, args)}
+        return [item for item in due if item not in held]

@@ -1,8 +1,11 @@
-"""The Redis store: jobs, worker snapshots, update streams, the ledger and files.
+"""The Redis store: jobs, worker snapshots, update streams, files and heartbeats (the
+ledger part is :mod:`orchestrator.store.ledger`'s, the broker's keys
+:mod:`orchestrator.store.broker`'s).
 
-The only code (with :mod:`orchestrator.store.keys`) that knows key names. Multi-key writes go
-through the Lua scripts of :mod:`orchestrator.store.scripts.jobs` or MULTI/EXEC pipelines, so a
-crash between two writes never leaves half a change. See ``docs/redis-layout.md``.
+Only modules of :mod:`orchestrator.store` hold a Redis client or know a key name; everyone
+else calls the named methods here. Multi-key writes go through the Lua scripts of
+:mod:`orchestrator.store.scripts.jobs` or MULTI/EXEC pipelines, so a crash between two
+writes never leaves half a change. See ``docs/redis-layout.md``.
 """
 
 from __future__ import annotations
@@ -10,39 +13,27 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from datetime import date, timedelta
 from typing import Any
 
 import redis
 
 from orchestrator.errors import InputError
 from orchestrator.jobs.model import STATUSES, Job, JobStatus, Submission, new_job_id
-from orchestrator.ledger import cumulative, empty_row, parse_row, utc_day
 from orchestrator.store.batch import Batch
-from orchestrator.store.keys import LEDGER_DIMENSIONS, Keys
+from orchestrator.store.broker import BrokerLayout
+from orchestrator.store.connection import connect
+from orchestrator.store.keys import Keys
+from orchestrator.store.ledger import LedgerStore
 from orchestrator.store.scripts import jobs as scripts
 from orchestrator.wire.models import Worker
+
+__all__ = ["HISTORY_MAXLEN", "RedisStore", "connect", "now_ms"]
 
 HISTORY_MAXLEN = 100
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def connect(url: str) -> redis.Redis:
-    """A pooled client that decodes replies to str.
-
-    The socket timeout stays above the longest blocking read we issue (5 s).
-    """
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        health_check_interval=30,
-        socket_keepalive=True,
-        socket_timeout=30,
-        socket_connect_timeout=5,
-    )
 
 
 def _job_id(value: object) -> str:
@@ -52,12 +43,7 @@ def _job_id(value: object) -> str:
     return value
 
 
-def posted_deltas(reply: Any) -> dict[str, int] | None:
-    """The deltas a POST_TURN reply says were posted (None: posted before)."""
-    return {k: int(v) for k, v in json.loads(reply).items()} if reply else None
-
-
-class RedisStore:
+class RedisStore(LedgerStore):
     """Synchronous access to everything the orchestrator keeps in Redis."""
 
     def __init__(self, client: redis.Redis, prefix: str, *, updates_maxlen: int = 100_000) -> None:
@@ -72,6 +58,18 @@ class RedisStore:
         self._append = client.register_script(scripts.APPEND_UPDATES)
         self._post_turn = client.register_script(scripts.POST_TURN)
         self._release = client.register_script(scripts.RELEASE_FOLLOW)
+        #: What Celery's broker keeps in the same Redis (queue depths, unacked tasks).
+        self.broker = BrokerLayout(client, self.keys)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, *, updates_maxlen: int = 100_000) -> RedisStore:
+        """A store on its own connection pool (:func:`orchestrator.store.connection.connect`)."""
+        return cls(connect(url), prefix, updates_maxlen=updates_maxlen)
+
+    def batch(self) -> Batch:
+        """An empty batch: writes of several store methods (their ``*_into`` forms) go
+        to Redis together in one round trip, in order."""
+        return Batch(self.r)
 
     # --- jobs --------------------------------------------------------------------
 
@@ -168,6 +166,24 @@ class RedisStore:
             for _id, f in entries
         ]
 
+    def job_with_mark(self, job_id: str) -> tuple[Job, str]:
+        """The job and the id of its latest history entry, read at one instant (MULTI):
+        any later change of status is a history entry after that id (see
+        :meth:`wait_history`). InputError for an unknown job."""
+        history = self.keys.job_history(_job_id(job_id))
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.xrevrange(history, count=1)
+            pipe.hgetall(self.keys.job(job_id))
+            last, data = pipe.execute()
+        if not data:
+            raise InputError("job_id", f"no job {job_id}")
+        return Job.from_hash(data), last[0][0] if last else "0-0"
+
+    def wait_history(self, job_id: str, after: str, block_ms: int) -> None:
+        """Return when the job's history has an entry after the id ``after`` (at once if
+        it has one already), or after ``block_ms``."""
+        self.r.xread({self.keys.job_history(job_id): after}, count=1, block=max(block_ms, 1))
+
     def begin_attempt(self, job_id: str) -> tuple[Job, bool]:
         """Read a job for its create step; True if its attempt was counted already.
 
@@ -234,6 +250,15 @@ class RedisStore:
         keys = [self.keys.follows, self.keys.follow_owners]
         return int(self._release(keys=keys, args=[job_id, owner])) == 1
 
+    def complete_into(self, batch: Batch, job_id: str, update_to: int) -> None:
+        """Queue the end of a settled turn: where its updates end, ``completed``, and
+        the release of its follow lease."""
+        key = self.keys.job(job_id)
+        batch.pipe.hset(key, "update_to", update_to)
+        history = [key, self.keys.job_history(job_id), self.keys.job_states]
+        batch.script(self._transition, history, ["completed", now_ms(), "", HISTORY_MAXLEN])
+        batch.script(self._release, [self.keys.follows, self.keys.follow_owners], [job_id, ""])
+
     def following(self) -> int:
         return int(self.r.zcard(self.keys.follows))
 
@@ -267,109 +292,6 @@ class RedisStore:
             entries = reply[0][1] if reply else []
         return [(int(eid.split("-")[1]) - 1, json.loads(f["data"])) for eid, f in entries]
 
-    # --- ledger ------------------------------------------------------------------
-
-    def settle_into(
-        self, batch: Batch, job: Job, worker: Worker, at_ms: int, extra: Sequence[tuple[str, str]]
-    ) -> tuple[int | None, int]:
-        """Queue a finished turn's writes: its snapshot, then its ledger delta; returns
-        the reply indexes of the delta (:func:`posted_deltas`) and of the updates
-        relayed so far (the turn's ``update_to``)."""
-        batch.pipe.hset(self.keys.worker(worker.id), "snapshot", worker.model_dump_json())
-        posted = self.post_turn_into(batch, job, worker, at_ms, extra)
-        batch.pipe.hget(self.keys.worker(worker.id), "relayed")
-        return posted, len(batch.pipe) - 1
-
-    def complete_into(self, batch: Batch, job_id: str, update_to: int) -> None:
-        """Queue the end of a settled turn: where its updates end, ``completed``, and
-        the release of its follow lease."""
-        key = self.keys.job(job_id)
-        batch.pipe.hset(key, "update_to", update_to)
-        history = [key, self.keys.job_history(job_id), self.keys.job_states]
-        batch.script(self._transition, history, ["completed", now_ms(), "", HISTORY_MAXLEN])
-        batch.script(self._release, [self.keys.follows, self.keys.follow_owners], [job_id, ""])
-
-    def post_turn(
-        self,
-        job: Job,
-        worker: Worker,
-        at_ms: int,
-        extra: Sequence[tuple[str, str]] = (),
-    ) -> dict[str, int] | None:
-        """Post the turn's cost delta (cumulative now minus counted) exactly once.
-
-        Returns the deltas, or None if costs are still unknown or it was already posted.
-        """
-        batch = Batch(self.r)
-        index = self.post_turn_into(batch, job, worker, at_ms, extra)
-        replies = batch.execute()
-        return None if index is None else posted_deltas(replies[index])
-
-    def post_turn_into(
-        self,
-        batch: Batch,
-        job: Job,
-        worker: Worker,
-        at_ms: int,
-        extra: Sequence[tuple[str, str]] = (),
-    ) -> int | None:
-        """Queue :meth:`post_turn` on a batch; the index of the reply for
-        :func:`posted_deltas`, or None when the costs are unknown (nothing to post)."""
-        figures = cumulative(worker)
-        if figures is None:
-            batch.pipe.hset(self.keys.job(job.id), "cost_known", "0")
-            return None
-        members = [("day", utc_day(at_ms)), ("budget", job.budget), ("worker", worker.id)]
-        members += [("tag", f"{k}={v}") for k, v in sorted(job.tags.items())]
-        if job.schedule_id:
-            members.append(("schedule", job.schedule_id))
-        members += extra
-        keys = [self.keys.worker(worker.id), self.keys.ledger_turns, self.keys.ledger_total]
-        keys += [self.keys.ledger(dim, value) for dim, value in members]
-        keys += [self.keys.ledger_index(dim) for dim, _ in members]
-        args: list[Any] = [job.id, len(members), json.dumps(figures)]
-        args += [value for _, value in members]
-        index = batch.script(self._post_turn, keys, args)
-        batch.pipe.hset(self.keys.job(job.id), "cost_known", "1")
-        return index
-
-    def turn_cost(self, job_id: str) -> dict[str, int] | None:
-        raw = self.r.hget(self.keys.ledger_turns, job_id)
-        return {k: int(v) for k, v in json.loads(raw).items()} if raw else None
-
-    def costs(
-        self, by: str = "day", *, since: date | None = None, until: date | None = None
-    ) -> dict[str, Any]:
-        """Rows of the ledger by a dimension, plus the total.
-
-        ``since``/``until`` (inclusive, UTC days) filter ``by="day"``; the total is always
-        the all-time total. Cost is O(rows), independent of how many turns were posted.
-        """
-        if by not in LEDGER_DIMENSIONS:
-            raise InputError("by", f"must be one of {', '.join(LEDGER_DIMENSIONS)}")
-        if by == "day" and (since or until):
-            start = since or until or date.today()
-            end = until or max(start, date.today())
-            if end < start:
-                raise InputError("until", "is before since")
-            if (end - start).days > 3660:
-                raise InputError("since", "range is longer than ten years")
-            span = (end - start).days + 1
-            values = [(start + timedelta(days=i)).isoformat() for i in range(span)]
-        else:
-            values = sorted(self.r.smembers(self.keys.ledger_index(by)))
-        with self.r.pipeline(transaction=False) as pipe:
-            for value in values:
-                pipe.hgetall(self.keys.ledger(by, value))
-            pipe.hgetall(self.keys.ledger_total)
-            replies = pipe.execute()
-        rows = [
-            {"key": value, **parse_row(data)}
-            for value, data in zip(values, replies[:-1], strict=True)
-            if data
-        ]
-        return {"by": by, "rows": rows, "total": parse_row(replies[-1]) or empty_row()}
-
     # --- files -------------------------------------------------------------------
 
     def record_file(self, job_id: str, name: str, info: dict[str, Any]) -> None:
@@ -379,11 +301,63 @@ class RedisStore:
         raw = self.r.hgetall(self.keys.job_files(job_id))
         return {name: json.loads(value) for name, value in sorted(raw.items())}
 
-    # --- health ------------------------------------------------------------------
+    def file_recorded(self, job_id: str, name: str) -> bool:
+        return bool(self.r.hexists(self.keys.job_files(job_id), name))
 
-    def check_eviction_policy(self) -> str:
-        """The server's maxmemory-policy; raises if it could evict our keys."""
-        policy = str(self.r.config_get("maxmemory-policy").get("maxmemory-policy", ""))
+    # File fetches sent and not yet begun, watched so a fetch the broker lost is sent
+    # again; a member is ``<job id>|<file name>`` (job ids never hold a ``|``).
+
+    def fetches_sent_into(self, batch: Batch, job_id: str, names: Sequence[str]) -> None:
+        """Queue the record that fetches of the job's files ``names`` were sent now."""
+        if names:
+            at = now_ms()
+            sent = {f"{job_id}|{name}": at for name in names}
+            batch.pipe.zadd(self.keys.files_dispatched, sent)
+
+    def fetch_resent(self, job_id: str, name: str) -> None:
+        self.r.zadd(self.keys.files_dispatched, {f"{job_id}|{name}": now_ms()})
+
+    def forget_fetch(self, job_id: str, name: str) -> None:
+        """The fetch began (or needs no watching any more)."""
+        self.r.zrem(self.keys.files_dispatched, f"{job_id}|{name}")
+
+    def unbegun_fetches(self, older_than_ms: int, limit: int = 500) -> list[tuple[str, str]]:
+        """(job id, file name) of fetches sent at least ``older_than_ms`` ago that no
+        worker has begun."""
+        cutoff = now_ms() - older_than_ms
+        key = self.keys.files_dispatched
+        members = self.r.zrangebyscore(key, "-inf", cutoff, start=0, num=limit)
+        return [(job_id, name) for job_id, _, name in (m.partition("|") for m in members)]
+
+    # --- operations ----------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raise :data:`~orchestrator.store.connection.StoreError` if Redis does not answer."""
+        self.r.ping()
+
+    def close(self) -> None:
+        """Close the store's connections (the store is not used after)."""
+        self.r.close()
+
+    def record_heartbeat(self, name: str, at_ms: int, ttl_seconds: int) -> None:
+        """The worker ``name`` took a task at ``at_ms``; forgotten after ``ttl_seconds``."""
+        self.r.set(self.keys.heartbeat(name), at_ms, ex=ttl_seconds)
+
+    def heartbeat(self, name: str) -> str | None:
+        """The last heartbeat of ``name`` as written (epoch ms), or None."""
+        raw = self.r.get(self.keys.heartbeat(name))
+        return None if raw is None else str(raw)
+
+    def check_eviction_policy(self, *, unknown_ok: bool = False) -> str | None:
+        """The server's maxmemory-policy; raises if it could evict our keys. With
+        ``unknown_ok``, None where the server refuses CONFIG (some managed services)."""
+        try:
+            reply = self.r.config_get("maxmemory-policy")
+        except redis.ResponseError:
+            if unknown_ok:
+                return None
+            raise
+        policy = str(reply.get("maxmemory-policy", ""))
         if policy not in ("noeviction", ""):
             raise InputError(
                 "maxmemory-policy", f"is {policy!r}; the store needs 'noeviction' (no key loss)"

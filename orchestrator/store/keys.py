@@ -1,8 +1,8 @@
 """Every Redis key the orchestrator uses, in one place (see docs/redis-layout.md).
 
 All keys start with the configurable prefix, so several deployments (or test runs)
-can share one Redis. Nothing outside :mod:`orchestrator.store.jobs` and this module builds
-a key by hand.
+can share one Redis. Only modules of :mod:`orchestrator.store` use these names; everyone
+else calls the store's methods.
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ class Keys:
 
     # --- operations ---
     def heartbeat(self, name: str) -> str:
+        """String (with a TTL): epoch ms of the last heartbeat task the worker ``name`` ran."""
         return f"{self.prefix}:heartbeat:{name}"
 
     # --- schedules: beat and runs (see docs/schedules.md) ---

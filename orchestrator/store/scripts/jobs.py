@@ -5,17 +5,23 @@ or failover) and opens with a comment naming its KEYS and ARGV.
 
 from __future__ import annotations
 
-# Status order: a job only ever moves forward; terminal states never change again.
-TRANSITION = """
+from orchestrator.jobs.model import STATUS_RANK, TERMINAL_RANK
+
+# Status order: a job only ever moves forward; terminal states never change again. The
+# rank table and the terminal rank are written in from jobs.model, the rule's one home.
+_RANKS = ", ".join(f"{status}={rank}" for status, rank in STATUS_RANK.items())
+TRANSITION = (
+    """
 -- KEYS[1] job hash, KEYS[2] job history stream, KEYS[3] states count hash
 -- ARGV[1] new status, ARGV[2] now (ms), ARGV[3] detail ('' for none), ARGV[4] history maxlen
 -- Returns 1 if the status changed, 0 if it already was that, -1 if refused (backwards/terminal).
-local rank = {queued=0, submitted=1, running=2, completed=3, failed=3, cancelled=3}
-local current = redis.call('HGET', KEYS[1], 'status')
+"""
+    + f"local rank = {{{_RANKS}}}\nlocal terminal = {TERMINAL_RANK}\n"
+    + """local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return -1 end
 local new = ARGV[1]
 if current == new then return 0 end
-if rank[current] >= 3 or rank[new] < rank[current] then return -1 end
+if rank[current] >= terminal or rank[new] < rank[current] then return -1 end
 redis.call('HSET', KEYS[1], 'status', new, 'at_' .. new, ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
@@ -24,6 +30,7 @@ redis.call('HINCRBY', KEYS[3], current, -1)
 redis.call('HINCRBY', KEYS[3], new, 1)
 return 1
 """
+)
 
 # A new job in one step: the idempotency key (when given) is checked and set in the
 # same script, so of two racing submissions with one key exactly one writes a job.

@@ -1,0 +1,87 @@
+"""The stream follower's store (asyncio): follow leases, batched update writes, and the
+few reads and status moves a follower makes (see :mod:`orchestrator.jobs.follower`).
+
+Jobs to follow sit in a sorted set scored by lease expiry with a hash naming each
+lease's owner; claims, renewals and update writes are the Lua scripts of
+:mod:`orchestrator.store.scripts.jobs`, the same ones :class:`RedisStore` runs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from orchestrator.jobs.model import JobStatus
+from orchestrator.store.batch import AsyncBatch
+from orchestrator.store.connection import connect_async
+from orchestrator.store.jobs import HISTORY_MAXLEN
+from orchestrator.store.keys import Keys
+from orchestrator.store.scripts import jobs as scripts
+
+#: Pending updates of many workers: worker id -> (index of the first, payloads as JSON).
+Pending = dict[str, tuple[int, list[str]]]
+
+
+class FollowStore:
+    """Async access for stream followers; one per follower process (it owns the client)."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        # Any, as in RedisStore: the stubs cannot see decode_responses=True.
+        self.r: Any = client
+        self.keys = Keys(prefix)
+        self._claim = client.register_script(scripts.CLAIM_FOLLOWS)
+        self._renew = client.register_script(scripts.RENEW_FOLLOWS)
+        self._transition = client.register_script(scripts.TRANSITION)
+        self._append = client.register_script(scripts.APPEND_UPDATES)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str) -> FollowStore:
+        """A follower's store on its own blocking pool (see :func:`connect_async`)."""
+        return cls(connect_async(url), prefix)
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+    # --- leases ------------------------------------------------------------------
+
+    async def claim(self, owner: str, lease_ms: int, limit: int) -> list[str]:
+        """Take up to ``limit`` jobs whose lease is free or expired, for ``lease_ms``."""
+        now = int(time.time() * 1000)
+        keys = [self.keys.follows, self.keys.follow_owners]
+        return list(await self._claim(keys=keys, args=[now, now + lease_ms, limit, owner]))
+
+    async def renew(self, owner: str, expiry_ms: int, job_ids: list[str]) -> list[str]:
+        """Move the leases ``owner`` holds on ``job_ids`` to ``expiry_ms`` (0: claimable
+        at once); returns the jobs whose lease it no longer holds."""
+        keys = [self.keys.follows, self.keys.follow_owners]
+        return list(await self._renew(keys=keys, args=[expiry_ms, owner, *job_ids]))
+
+    # --- jobs and workers ----------------------------------------------------------
+
+    async def job_worker_and_status(self, job_id: str) -> tuple[str, str | None]:
+        """The job's worker id ('' before it has one) and status (None: no such job)."""
+        worker_id, status = await self.r.hmget(self.keys.job(job_id), ["worker_id", "status"])
+        return str(worker_id or ""), status
+
+    async def relayed(self, worker_id: str) -> int:
+        """How many updates of the worker are stored."""
+        return int(await self.r.hget(self.keys.worker(worker_id), "relayed") or 0)
+
+    async def transition(self, job_id: str, status: JobStatus, detail: str = "") -> bool:
+        """Move a job forward (as :meth:`RedisStore.transition`)."""
+        keys = [self.keys.job(job_id), self.keys.job_history(job_id), self.keys.job_states]
+        now = int(time.time() * 1000)
+        result = await self._transition(keys=keys, args=[status, now, detail, HISTORY_MAXLEN])
+        return int(result) == 1
+
+    async def append_updates(self, pending: Pending, maxlen: int) -> list[Any]:
+        """Store the pending updates of many workers in one round trip (redis-py's own
+        script pipelines add a SCRIPT EXISTS each). One reply per worker, in order: the
+        stored count, or the exception its write raised (a gap, say)."""
+        writes = AsyncBatch(self.r)
+        for worker_id, (first, payloads) in pending.items():
+            keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
+            writes.script(self._append, keys, [first, maxlen, *payloads])
+        return await writes.execute(raise_on_error=False)

@@ -1,0 +1,193 @@
+"""The ledger in Redis: posting a turn's cost, reading rollups, and the repairs of
+``orchestrator reconcile``.
+
+:class:`LedgerStore` is the ledger part of :class:`~orchestrator.store.jobs.RedisStore`
+(kept here so each module stays one concern); :class:`LedgerRepair` holds the reconcile
+pass's reads and its two repair scripts. The maths (which fields, which rows) is
+:mod:`orchestrator.ledger`'s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import InputError
+from orchestrator.jobs.model import Job
+from orchestrator.ledger import FIELDS, cumulative, empty_row, parse_row, rollups
+from orchestrator.store.batch import Batch
+from orchestrator.store.keys import LEDGER_DIMENSIONS, Keys
+from orchestrator.store.scripts import jobs as scripts
+from orchestrator.wire.models import Worker
+
+if TYPE_CHECKING:
+    from orchestrator.store.jobs import RedisStore
+
+
+def posted_deltas(reply: Any) -> dict[str, int] | None:
+    """The deltas a POST_TURN reply says were posted (None: posted before)."""
+    return {k: int(v) for k, v in json.loads(reply).items()} if reply else None
+
+
+class LedgerStore:
+    """Posting turns to the ledger and reading it (mixed into ``RedisStore``)."""
+
+    r: Any
+    keys: Keys
+    _post_turn: Any
+
+    def turn_keys(self, worker_id: str, members: Sequence[tuple[str, str]]) -> list[str]:
+        """KEYS of POST_TURN and RECONCILE_WORKER: the worker, the turns hash, the total,
+        then each rollup row and each rollup's index set."""
+        keys = [self.keys.worker(worker_id), self.keys.ledger_turns, self.keys.ledger_total]
+        keys += [self.keys.ledger(dim, value) for dim, value in members]
+        keys += [self.keys.ledger_index(dim) for dim, _ in members]
+        return keys
+
+    def settle_into(
+        self, batch: Batch, job: Job, worker: Worker, at_ms: int, extra: Sequence[tuple[str, str]]
+    ) -> tuple[int | None, int]:
+        """Queue a finished turn's writes: its snapshot, then its ledger delta; returns
+        the reply indexes of the delta (:func:`posted_deltas`) and of the updates
+        relayed so far (the turn's ``update_to``)."""
+        batch.pipe.hset(self.keys.worker(worker.id), "snapshot", worker.model_dump_json())
+        posted = self.post_turn_into(batch, job, worker, at_ms, extra)
+        batch.pipe.hget(self.keys.worker(worker.id), "relayed")
+        return posted, len(batch.pipe) - 1
+
+    def post_turn(
+        self,
+        job: Job,
+        worker: Worker,
+        at_ms: int,
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> dict[str, int] | None:
+        """Post the turn's cost delta (cumulative now minus counted) exactly once.
+
+        Returns the deltas, or None if costs are still unknown or it was already posted.
+        """
+        batch = Batch(self.r)
+        index = self.post_turn_into(batch, job, worker, at_ms, extra)
+        replies = batch.execute()
+        return None if index is None else posted_deltas(replies[index])
+
+    def post_turn_into(
+        self,
+        batch: Batch,
+        job: Job,
+        worker: Worker,
+        at_ms: int,
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> int | None:
+        """Queue :meth:`post_turn` on a batch; the index of the reply for
+        :func:`posted_deltas`, or None when the costs are unknown (nothing to post)."""
+        figures = cumulative(worker)
+        if figures is None:
+            batch.pipe.hset(self.keys.job(job.id), "cost_known", "0")
+            return None
+        members = rollups(job, worker.id, at_ms, extra)
+        args: list[Any] = [job.id, len(members), json.dumps(figures)]
+        args += [value for _, value in members]
+        index = batch.script(self._post_turn, self.turn_keys(worker.id, members), args)
+        batch.pipe.hset(self.keys.job(job.id), "cost_known", "1")
+        return index
+
+    def turn_cost(self, job_id: str) -> dict[str, int] | None:
+        raw = self.r.hget(self.keys.ledger_turns, job_id)
+        return {k: int(v) for k, v in json.loads(raw).items()} if raw else None
+
+    def costs(
+        self, by: str = "day", *, since: date | None = None, until: date | None = None
+    ) -> dict[str, Any]:
+        """Rows of the ledger by a dimension, plus the total.
+
+        ``since``/``until`` (inclusive, UTC days) filter ``by="day"``; the total is always
+        the all-time total. Cost is O(rows), independent of how many turns were posted.
+        """
+        if by not in LEDGER_DIMENSIONS:
+            raise InputError("by", f"must be one of {', '.join(LEDGER_DIMENSIONS)}")
+        if by == "day" and (since or until):
+            start = since or until or date.today()
+            end = until or max(start, date.today())
+            if end < start:
+                raise InputError("until", "is before since")
+            if (end - start).days > 3660:
+                raise InputError("since", "range is longer than ten years")
+            span = (end - start).days + 1
+            values = [(start + timedelta(days=i)).isoformat() for i in range(span)]
+        else:
+            values = sorted(self.r.smembers(self.keys.ledger_index(by)))
+        with self.r.pipeline(transaction=False) as pipe:
+            for value in values:
+                pipe.hgetall(self.keys.ledger(by, value))
+            pipe.hgetall(self.keys.ledger_total)
+            replies = pipe.execute()
+        rows = [
+            {"key": value, **parse_row(data)}
+            for value, data in zip(values, replies[:-1], strict=True)
+            if data
+        ]
+        return {"by": by, "rows": rows, "total": parse_row(replies[-1]) or empty_row()}
+
+
+class LedgerRepair:
+    """What ``orchestrator reconcile`` reads and repairs (see
+    :mod:`orchestrator.ops.reconcile`); every repair is one atomic script."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.r: Any = store.r
+        self.keys = store.keys
+        self._worker_script = self.r.register_script(scripts.RECONCILE_WORKER)
+        self._total_script = self.r.register_script(scripts.RECONCILE_TOTAL)
+
+    def jobs_since(self, since_ms: int) -> list[Job]:
+        """Every job created at or after ``since_ms``, oldest first."""
+        ids = self.r.zrangebyscore(self.keys.jobs, since_ms, "+inf")
+        jobs: list[Job] = []
+        for start in range(0, len(ids), 500):
+            with self.r.pipeline(transaction=False) as pipe:
+                for job_id in ids[start : start + 500]:
+                    pipe.hgetall(self.keys.job(job_id))
+                jobs += [Job.from_hash(data) for data in pipe.execute() if data]
+        return jobs
+
+    def worker_figures(self, worker_id: str) -> tuple[list[int], list[int]]:
+        """The worker's ``counted:<field>`` and its ledger row, per ledger field (in the
+        order of :data:`orchestrator.ledger.FIELDS`), read at one instant."""
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hmget(self.keys.worker(worker_id), [f"counted:{f}" for f in FIELDS])
+            pipe.hmget(self.keys.ledger("worker", worker_id), list(FIELDS))
+            counted, row = pipe.execute()
+        return [int(v or 0) for v in counted], [int(v or 0) for v in row]
+
+    def post_correction(
+        self,
+        job: Job,
+        worker_id: str,
+        figures: dict[str, int],
+        at_ms: int,
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> tuple[str, dict[str, Any]] | None:
+        """Bring the ledger to the upstream's cumulative ``figures`` of a worker whose
+        latest job is ``job`` (RECONCILE_WORKER); returns the correction's id and record,
+        or None when nothing differed (a finalize posted it meanwhile)."""
+        members = rollups(job, worker_id, at_ms, extra)
+        own_row = members.index(("worker", worker_id)) + 1
+        keys = self.store.turn_keys(worker_id, members)
+        args: list[Any] = [f"reconcile:{worker_id}:", len(members), json.dumps(figures), own_row]
+        args += [value for _, value in members]
+        result = self._worker_script(keys=keys, args=args)
+        if not result:
+            return None
+        return str(result[0]), json.loads(result[1])
+
+    def check_total(self, fix: bool) -> dict[str, tuple[int, int]]:
+        """Fields where the ledger total differs from the sum of the worker rows, as
+        ``(total, sum)``; with ``fix`` the total is moved to the sum (RECONCILE_TOTAL)."""
+        workers = sorted(self.r.smembers(self.keys.ledger_index("worker")))
+        keys = [self.keys.ledger_total] + [self.keys.ledger("worker", w) for w in workers]
+        raw = self._total_script(keys=keys, args=[json.dumps(list(FIELDS)), "1" if fix else "0"])
+        return {name: (int(pair[0]), int(pair[1])) for name, pair in json.loads(raw).items()}
