@@ -38,10 +38,18 @@ from orchestrator.emulator import EmulatorConfig, EmulatorServer
 from orchestrator.facade import Orchestrator
 from orchestrator.jobs.model import TERMINAL
 from orchestrator.ledger import FIELDS, MONEY_FIELDS
+from orchestrator.ops.processes import (
+    QUICK_RETRIES,
+    Proc,
+    broker_depth,
+    celery_beat,
+    celery_worker,
+    deployment_env,
+    wait_for,
+)
 from orchestrator.ops.redis_server import RedisServer
 from orchestrator.settings import load_settings
 from orchestrator.store.schedules import ScheduleStore
-from tests.processes import Proc, celery_worker, stack_env, wait_for
 
 API_KEY = "sk-chaos-" + secrets.token_hex(16)
 REDIS_PASSWORD = "redis-" + secrets.token_hex(16)
@@ -94,10 +102,10 @@ class Cluster:
         self.redis.start()
         self.emulator.start()
         self.url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{self.redis.port}/0"
-        self.env = stack_env(
+        self.env = deployment_env(
             self.url, PREFIX, self.emulator.url, API_KEY, FOLLOW_LEASE_SECONDS="3",
             VISIBILITY_TIMEOUT="10", RESEND_AFTER_SECONDS="2",
-            FILES_DIR=str(self.workdir / "files"), **self.extra,
+            FILES_DIR=str(self.workdir / "files"), **{**QUICK_RETRIES, **self.extra},
         )  # fmt: skip
         self.orch = Orchestrator(load_settings(
             redis_url=self.url, key_prefix=PREFIX, workers_api_url=self.emulator.url,
@@ -124,8 +132,7 @@ class Cluster:
         self.specs[name] = args
         log = self.workdir / f"{name}.{self.started}.log"
         if name.startswith("beat"):
-            argv = [sys.executable, "-m", "orchestrator", "beat", "--loglevel", "INFO", *args]
-            proc = Proc(argv, self.env, log, ready_line="beat scheduler ready")
+            proc = celery_beat(self.env, log, *args)
         else:
             queues = args[0] if args else "api,streams"
             proc = celery_worker(self.env, log, queues=queues, name=name)
@@ -262,12 +269,12 @@ def slot_errors(c: Cluster, ids: list[str]) -> tuple[int, int, int]:
     ss = ScheduleStore(c.store)
 
     def settled() -> bool:
-        if ss.pending() or c.store.r.llen(c.store.keys.broker_queue("api")):
+        if ss.pending() or broker_depth(c.env, ("api",)):
             return False
         recorded = sum(c.store.r.zcard(c.store.keys.schedule_slots(i)) for i in ids)
         return recorded >= sum(s.counts["claimed"] for s in ss.many(ids))
 
-    wait_for(settled, 180, "every claimed slot to be run", interval=0.5)
+    wait_for(settled, 180, "every claimed slot to be run", every=0.5)
     ran = bad = missed = 0
     for s in ss.many(ids):
         slots = [int(r["slot"]) for r in ss.runs(s.id, 1_000_000)]

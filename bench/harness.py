@@ -2,19 +2,16 @@
 workers, beat) with bounded waits, figures over repetitions, and the machine's profile.
 
 Every child is started in its own session and stopped by its process group, so a
-scenario that fails half-way still leaves nothing running (see :class:`Procs`).
+scenario that fails half-way still leaves nothing running (see :class:`Context`).
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,22 +19,11 @@ from typing import Any
 import httpx
 import redis
 
+from orchestrator.ops.processes import Proc, celery_worker, deployment_env, wait_for
 from orchestrator.ops.redis_server import free_port
 
 API_KEY = "bench-key"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    """Poll ``predicate`` until truthy; TimeoutError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(every)
 
 
 # --- figures ---------------------------------------------------------------------------
@@ -128,46 +114,6 @@ class Result:
 # --- the run context and child processes -----------------------------------------------
 
 
-class Proc:
-    """A child process in its own session, output to ``log``; ready on a log line."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, ready: str = "") -> None:
-        self.args, self.env, self.log, self.ready = args, env, log, ready
-        self.popen: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> Proc:
-        with open(self.log, "ab") as out:
-            self.popen = subprocess.Popen(
-                self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                start_new_session=True,
-            )  # fmt: skip
-        if self.ready:
-            wait_for(self._is_ready, timeout, f"{self.args[1:5]} ready (see {self.log})")
-        return self
-
-    def _is_ready(self) -> bool:
-        assert self.popen is not None
-        if self.popen.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{self.args[1:5]} exited early:\n{tail}")
-        return self.ready in self.log.read_text(errors="replace")
-
-    @property
-    def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=10)
-
-
 @dataclass
 class Context:
     """One benchmark run: the Redis server, sizes (quick or full), where logs go."""
@@ -190,8 +136,11 @@ class Context:
         return quick if self.quick else full
 
     def spawn(self, name: str, args: list[str], env: dict[str, str], ready: str = "") -> Proc:
-        proc = Proc(args, env, self.logs / f"{name}.log", ready)
-        self.procs.append(proc)
+        """Start ``args`` (its log under this run's logs) and wait until it logs ``ready``."""
+        return self._started(Proc(args, env, self.logs / f"{name}.log", ready, cwd=ROOT))
+
+    def _started(self, proc: Proc) -> Proc:
+        self.procs.append(proc)  # before it starts: stop_all() ends it even if start fails
         return proc.start()
 
     def stop(self, proc: Proc) -> None:
@@ -206,18 +155,9 @@ class Context:
 
     def env(self, api_url: str, prefix: str = "bench", **extra: str) -> dict[str, str]:
         """The environment of an orchestrator process pointed at this run."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "WORKERS_"))}
-        env.update(
-            REDIS_URL=self.redis_url,
-            KEY_PREFIX=prefix,
-            WORKERS_API_URL=api_url,
-            WORKERS_API_KEY=API_KEY,
-            EMULATOR_API_KEY=API_KEY,
-            PYTHONUNBUFFERED="1",
-            PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
-        )
-        env.update(extra)
-        return env
+        pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        own = {"EMULATOR_API_KEY": API_KEY, "PYTHONPATH": pythonpath}
+        return deployment_env(self.redis_url, prefix, api_url, API_KEY, **{**own, **extra})
 
     def emulator(self, name: str, turn_seconds: float = 0.0, events: int = 10) -> tuple[Proc, str]:
         """``bench.emulator`` in a subprocess; returns it and its base URL."""
@@ -243,12 +183,11 @@ class Context:
         pool: str = "threads",
     ) -> Proc:  # fmt: skip
         """``orchestrator worker`` consuming ``queues``."""
-        args = [
-            sys.executable, "-m", "orchestrator", "worker", "--queues", queues,
-            "--pool", pool, "--concurrency", str(concurrency),
-            "--hostname", f"{name}@%h", "--loglevel", "INFO",
-        ]  # fmt: skip
-        return self.spawn(name, args, env, ready="ready.")
+        log = self.logs / f"{name}.log"
+        return self._started(
+            celery_worker(env, log, queues=queues, name=name, concurrency=concurrency,
+                          pool=pool, cwd=ROOT)
+        )  # fmt: skip
 
 
 def arrivals(api_url: str) -> dict[str, float]:

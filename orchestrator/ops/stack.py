@@ -9,12 +9,9 @@ groups, and :meth:`Stack.stop` ends every one of them, so no orphan is left.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shlex
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,29 +20,19 @@ from typing import TextIO
 
 import httpx
 
+from orchestrator.ops.processes import WORKER_READY, Proc, wait_for
 from orchestrator.ops.redis_server import RedisServer, free_port
 from orchestrator.settings import Settings
 
 
 @dataclass
 class Component:
-    """One child process, with a readiness line to look for in its log."""
+    """One part of the stack: its child process (log ``<workdir>/<name>.log``)."""
 
     name: str
-    args: list[str]
-    ready_line: str
+    proc: Proc
     url: str = ""
-    process: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
     ready: bool = False
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log_text(self) -> str:
-        if self.log is None or not self.log.exists():
-            return ""
-        return self.log.read_text(errors="replace")
 
 
 @dataclass
@@ -82,9 +69,9 @@ class Stack:
         else:
             self._say(f"api       {self.settings.workers_api_url} (hosted API, key from env)")
         py = sys.executable
-        self._spawn(Component("worker", [py, "-m", "orchestrator", "worker"], ready_line="ready."))
+        self._spawn("worker", [py, "-m", "orchestrator", "worker"], WORKER_READY)
         if self.with_beat:
-            self._spawn(Component("beat", [py, "-m", "orchestrator", "beat"], "beat: Starting"))
+            self._spawn("beat", [py, "-m", "orchestrator", "beat"], "beat: Starting")
         if self.with_flower and _has_flower():
             self._start_flower()
         deadline = time.monotonic() + timeout
@@ -123,7 +110,7 @@ class Stack:
             f"api       no WORKERS_API_URL/WORKERS_API_KEY configured: the local emulator "
             f"stands in for the hosted API at {url}"
         )
-        self._spawn(Component("emulator", args, "Uvicorn running", url=url))
+        self._spawn("emulator", args, "Uvicorn running", url=url)
 
     def _start_flower(self) -> None:
         user = os.environ.get("FLOWER_USER") or "admin"
@@ -131,30 +118,20 @@ class Stack:
         self.env.update(FLOWER_USER=user, FLOWER_PASSWORD=password)
         args = [sys.executable, "-m", "orchestrator", "flower", "--port", str(self.flower_port)]
         url = f"http://127.0.0.1:{self.flower_port}"
-        self._spawn(Component("flower", args, "Visit me at", url=url))
+        self._spawn("flower", args, "Visit me at", url=url)
         shown = password if "FLOWER_PASSWORD" not in os.environ else "(from FLOWER_PASSWORD)"
         self._say(f"flower    {url}  user {user}  password {shown}")
 
-    def _spawn(self, comp: Component) -> None:
-        comp.log = self.workdir / f"{comp.name}.log"
-        with open(comp.log, "ab") as out:
-            comp.process = subprocess.Popen(
-                comp.args, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        self.components.append(comp)
+    def _spawn(self, name: str, args: list[str], ready_line: str, url: str = "") -> None:
+        """Launch a part; every part starts before any is waited for (see :meth:`start`)."""
+        proc = Proc(args, self.env, self.workdir / f"{name}.log", ready_line).launch()
+        self.components.append(Component(name, proc, url))
 
     def _wait_ready(self, comp: Component, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if not comp.alive():
-                tail = "\n".join(comp.log_text().splitlines()[-15:])
-                raise RuntimeError(f"{comp.name} exited at start; its log ends:\n{tail}")
-            if comp.ready_line in comp.log_text():
-                comp.ready = True
-                self._say(f"{comp.name:<9} ready{'  ' + comp.url if comp.url else ''}")
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"{comp.name} was not ready in time (log: {comp.log})")
+        left = deadline - time.monotonic()
+        wait_for(comp.proc.is_ready, left, f"{comp.name} to be ready (log: {comp.proc.log})", 0.1)
+        comp.ready = True
+        self._say(f"{comp.name:<9} ready{'  ' + comp.url if comp.url else ''}")
 
     def health(self) -> dict[str, str]:
         """One word per part: ok, or what is wrong."""
@@ -163,7 +140,7 @@ class Stack:
             alive = self.redis.process is not None and self.redis.process.poll() is None
             report["redis"] = "ok" if alive else "down"
         for comp in self.components:
-            report[comp.name] = "ok" if comp.alive() else f"exited ({comp.log})"
+            report[comp.name] = "ok" if comp.proc.alive() else f"exited ({comp.proc.log})"
         if self.emulator_key:
             emu = next(c for c in self.components if c.name == "emulator")
             try:
@@ -178,21 +155,12 @@ class Stack:
 
     def stop(self) -> None:
         """Stop every child (SIGTERM, then SIGKILL after a grace period) and Redis."""
+        # Every part is asked at once, then given one shared grace period.
         for comp in reversed(self.components):
-            if comp.alive():
-                assert comp.process is not None
-                _signal_group(comp.process, signal.SIGTERM)
+            comp.proc.terminate()
         deadline = time.monotonic() + 15
         for comp in self.components:
-            if comp.process is None:
-                continue
-            try:
-                comp.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                _signal_group(comp.process, signal.SIGKILL)
-                comp.process.wait(timeout=10)
-            # Children of the component (pool processes) share its group.
-            _signal_group(comp.process, signal.SIGKILL)
+            comp.proc.wait_stopped(timeout=max(deadline - time.monotonic(), 0.1))
         if self.redis is not None:
             self.redis.stop()
         self.shell_env.unlink(missing_ok=True)
@@ -200,11 +168,6 @@ class Stack:
 
     def _say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
-
-
-def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, sig)
 
 
 def _has_flower() -> bool:
