@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from orchestrator.schedules.beat import READY_LINE as BEAT_READY
-from orchestrator.store import broker
-from orchestrator.store.jobs import RedisStore, connect
+from orchestrator.store.jobs import RedisStore
 
 __all__ = [
     "BEAT_READY",
@@ -191,8 +190,8 @@ def celery_beat(env: dict[str, str], log: Path, *flags: str) -> Proc:
 def broker_depth(env: dict[str, str], queues: tuple[str, ...] = ("api", "streams")) -> int:
     """Messages waiting on the broker queues (every priority step) of the deployment
     ``env`` describes: a run has settled only once they are all taken."""
-    store = RedisStore(connect(env["REDIS_URL"]), env["KEY_PREFIX"])
+    store = RedisStore.from_url(env["REDIS_URL"], env["KEY_PREFIX"])
     try:
-        return sum(broker.waiting(store.r, store.keys, queue) for queue in queues)
+        return sum(store.broker.waiting(queue) for queue in queues)
     finally:
-        store.r.close()
+        store.close()
