@@ -28,7 +28,7 @@ class Runtime:
     def client(self) -> WorkersClient:
         """The upstream client (built on first use: only tasks that call out need it)."""
         if self._client is None:
-            from orchestrator.ops.metrics import record_attempt
+            from orchestrator.ops.instruments import record_attempt
 
             throttle = None
             if self.settings.fleet_rate_per_second is not None:

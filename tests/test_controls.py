@@ -166,7 +166,7 @@ def test_fleet_rate_limit_holds_across_clients(store: RedisStore) -> None:
 def test_budget_and_limit_gauges(store: RedisStore) -> None:
     from prometheus_client import generate_latest
 
-    from orchestrator.ops.metrics import store_registry
+    from orchestrator.ops.collector import store_registry
 
     budgets = Budgets(store, {"standard": "1"})
     budgets.set_cap(scope="global", limit_usd=Decimal("20"))

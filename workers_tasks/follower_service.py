@@ -18,7 +18,7 @@ from orchestrator import runtime
 from orchestrator.celery import STREAMS_QUEUE, app
 from orchestrator.controls.limits import AsyncFleetRate
 from orchestrator.jobs.follower import Follower, follower_redis, tune_gc
-from orchestrator.ops.metrics import record_attempt
+from orchestrator.ops.instruments import record_attempt
 from orchestrator.store.keys import Keys
 from orchestrator.wire.aclient import AsyncWorkersClient
 

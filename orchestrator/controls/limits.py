@@ -18,7 +18,7 @@ from typing import Any
 
 from orchestrator.errors import InputError
 from orchestrator.jobs.model import TAG_KEY, TAG_VALUE, Job
-from orchestrator.ops.metrics import RATE_LIMIT_WAITS
+from orchestrator.ops.instruments import RATE_LIMIT_WAITS
 from orchestrator.store.batch import Batch
 from orchestrator.store.jobs import RedisStore, now_ms
 from orchestrator.store.keys import Keys

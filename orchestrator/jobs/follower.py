@@ -28,7 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from orchestrator.errors import APIConnectionError, APIStatusError, StreamError
-from orchestrator.ops.metrics import EVENTS_RELAYED
+from orchestrator.ops.instruments import EVENTS_RELAYED
 from orchestrator.store.batch import AsyncBatch
 from orchestrator.store.keys import Keys
 from orchestrator.store.scripts import jobs as scripts

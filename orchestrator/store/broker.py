@@ -14,9 +14,12 @@ import base64
 import binascii
 import json
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.store.keys import Keys
+
+if TYPE_CHECKING:
+    from orchestrator.store.jobs import RedisStore
 
 PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (3, 6, 9)
@@ -97,3 +100,29 @@ def lost(
         return []  # another worker runs this sweep now
     held = {item for task, args in held_tasks(r, keys) for item in held_of(task, args)}
     return [item for item in due if item not in held]
+
+
+def queue_figures(
+    store: RedisStore, queues: Sequence[str]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Per queue: the messages waiting (every priority step) and those held unacked, in
+    one round trip (LLEN of each list, HVALS of the unacked hash, which holds at most a
+    prefetch per worker slot)."""
+    prefix = store.keys.broker_prefix
+    with store.r.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            for key in queue_keys(queue):
+                pipe.llen(prefix + key)
+        pipe.hvals(prefix + UNACKED_KEY)
+        replies = pipe.execute()
+    per_queue = len(PRIORITY_STEPS) + 1
+    depth = {
+        queue: sum(int(n) for n in replies[i * per_queue : (i + 1) * per_queue])
+        for i, queue in enumerate(queues)
+    }
+    unacked = dict.fromkeys(queues, 0)
+    for raw in replies[-1]:
+        taken_from = routing_key(raw)
+        if taken_from in unacked:
+            unacked[taken_from] += 1
+    return depth, unacked
