@@ -13,6 +13,7 @@ from orchestrator.controls.budgets import Budgets
 from orchestrator.controls.limits import FleetRate, Limits
 from orchestrator.settings import Settings, get_settings
 from orchestrator.store.jobs import RedisStore, connect
+from orchestrator.store.spend import RateStore
 from orchestrator.wire.client import WorkersClient
 
 
@@ -33,8 +34,7 @@ class Runtime:
             throttle = None
             if self.settings.fleet_rate_per_second is not None:
                 throttle = FleetRate(
-                    self.store.r,
-                    self.store.keys,
+                    RateStore(self.store),
                     self.settings.fleet_rate_per_second,
                     self.settings.fleet_rate_burst,
                 )

@@ -20,6 +20,7 @@ from orchestrator.controls.limits import AsyncFleetRate
 from orchestrator.jobs.follower import Follower, follower_redis, tune_gc
 from orchestrator.ops.instruments import record_attempt
 from orchestrator.store.keys import Keys
+from orchestrator.store.spend import AsyncRateStore
 from orchestrator.wire.aclient import AsyncWorkersClient
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
     throttle = None
     if settings.fleet_rate_per_second is not None:
         throttle = AsyncFleetRate(
-            r, Keys(settings.key_prefix), settings.fleet_rate_per_second, settings.fleet_rate_burst
+            AsyncRateStore(r, settings.key_prefix),
+            settings.fleet_rate_per_second,
+            settings.fleet_rate_burst,
         )
     # Small connection pools (see AsyncWorkersClient): about 50 streams each.
     client = AsyncWorkersClient.from_settings(
