@@ -171,13 +171,17 @@ class LimitStore:
     def _slot_keys(self, limit_keys: Sequence[str]) -> list[str]:
         keys = []
         for key in limit_keys:
-            keys += [self.keys.limit_running(key), self.keys.limit_groups(key)]
+            keys += [
+                self.keys.limit_running(key),
+                self.keys.limit_groups(key),
+                self.keys.limit_waiting(key),
+            ]
         return keys
 
     def acquire(self, job_id: str, group: str, limit_keys: Sequence[str]) -> str | None:
         """Take a slot of every limited key; None if taken, else the key it waits on."""
-        keys = [self.keys.limits, self.keys.limit_parked]
-        args = [job_id, group, len(limit_keys), *limit_keys, self.keys.prefix]
+        keys = [self.keys.limits, self.keys.limit_parked, self.keys.limit_sequence]
+        args = [job_id, group, len(limit_keys), *limit_keys]
         result = self._acquire(keys=keys + self._slot_keys(limit_keys), args=args)
         return None if int(result[0]) == 1 else str(result[1])
 
@@ -192,14 +196,16 @@ class LimitStore:
     ) -> int:
         """Queue :meth:`release`; the index of its reply (the promoted job ids)."""
         keys = [self.keys.limits, self.keys.limit_parked, self.keys.outbox]
-        args = [job_id, now_ms, len(limit_keys), *limit_keys, self.keys.prefix]
+        args = [job_id, now_ms, len(limit_keys), *limit_keys]
         return batch.script(self._promote, keys + self._slot_keys(limit_keys), args)
 
     def usage(self, key: str) -> tuple[int, int]:
         """(running, waiting) jobs of a limit key."""
-        groups = self.r.lrange(self.keys.limit_groups(key), 0, -1)
-        waiting = sum(self.r.llen(self.keys.limit_waiting(key, g)) for g in groups)
-        return int(self.r.scard(self.keys.limit_running(key))), int(waiting)
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.scard(self.keys.limit_running(key))
+            pipe.zcard(self.keys.limit_waiting(key))
+            running, waiting = pipe.execute()
+        return int(running), int(waiting)
 
 
 class _RateScripts:
