@@ -133,8 +133,8 @@ class BudgetStore:
 
     def mark_warned(self, cap_name: str, period: str) -> bool:
         """True the first time for a cap and period key (then the warning is due)."""
-        return bool(self.r.set(self.keys.budget_warned(cap_name, period), 1, nx=True,
-                               ex=WARNED_TTL_SECONDS))  # fmt: skip
+        flag = self.keys.budget_warned(cap_name, period)
+        return bool(self.r.set(flag, 1, nx=True, ex=WARNED_TTL_SECONDS))
 
     # --- jobs waiting for the next period ------------------------------------------
 
