@@ -13,6 +13,7 @@ from orchestrator.controls.budgets import Budgets
 from orchestrator.controls.limits import FleetRate, Limits
 from orchestrator.settings import Settings, get_settings
 from orchestrator.store.jobs import RedisStore
+from orchestrator.store.spend import RateStore
 from orchestrator.wire.client import WorkersClient
 
 
@@ -28,13 +29,12 @@ class Runtime:
     def client(self) -> WorkersClient:
         """The upstream client (built on first use: only tasks that call out need it)."""
         if self._client is None:
-            from orchestrator.ops.metrics import record_attempt
+            from orchestrator.ops.instruments import record_attempt
 
             throttle = None
             if self.settings.fleet_rate_per_second is not None:
                 throttle = FleetRate(
-                    self.store.r,
-                    self.store.keys,
+                    RateStore(self.store),
                     self.settings.fleet_rate_per_second,
                     self.settings.fleet_rate_burst,
                 )

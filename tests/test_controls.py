@@ -14,6 +14,7 @@ from orchestrator.controls.limits import FleetRate, Limits
 from orchestrator.errors import InputError
 from orchestrator.jobs.model import Job, validate_submission
 from orchestrator.store.jobs import RedisStore, now_ms
+from orchestrator.store.spend import RateStore
 from orchestrator.wire.models import Worker
 
 
@@ -137,7 +138,7 @@ def test_limits_wait_in_order_and_share_fairly(store: RedisStore) -> None:
 
 
 def test_fleet_rate_limit_holds_across_clients(store: RedisStore) -> None:
-    limiters = [FleetRate(store.r, store.keys, per_second=20) for _ in range(4)]
+    limiters = [FleetRate(RateStore(store), per_second=20) for _ in range(4)]
     stamps: list[float] = []
     lock = threading.Lock()
     deadline = time.monotonic() + 2.5
@@ -166,7 +167,7 @@ def test_fleet_rate_limit_holds_across_clients(store: RedisStore) -> None:
 def test_budget_and_limit_gauges(store: RedisStore) -> None:
     from prometheus_client import generate_latest
 
-    from orchestrator.ops.metrics import store_registry
+    from orchestrator.ops.collector import store_registry
 
     budgets = Budgets(store, {"standard": "1"})
     budgets.set_cap(scope="global", limit_usd=Decimal("20"))

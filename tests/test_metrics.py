@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.celery import QUEUES
 from orchestrator.jobs.model import Submission
-from orchestrator.ops import metrics
+from orchestrator.ops import collector, instruments
 from orchestrator.ops.redis_server import free_port
+from orchestrator.store.broker import queue_keys
 from orchestrator.store.jobs import RedisStore, connect, now_ms
 from orchestrator.wire.models import Costs, Usage, Worker
 from tests.processes import wait_for
@@ -89,7 +90,7 @@ def test_collector_reports_exact_store_figures(store: RedisStore, key_prefix: st
     store.r.rpush("api", "another deployment's task")  # not ours: not counted
     unacked = {"t1": json.dumps(["{}", api, api]), "t2": "not json"}
     store.r.hset(broker + "unacked", mapping=unacked)
-    registry = metrics.store_registry(store)
+    registry = collector.store_registry(store)
     samples = scrape(registry)
 
     states = {"queued": 1, "submitted": 0, "running": 1, "completed": 1, "failed": 0}
@@ -128,7 +129,7 @@ def test_collector_bounds_tag_series(store: RedisStore) -> None:
     for i, usd in enumerate(("0.1", "0.3", "0.2")):
         job, _ = store.create_job(Submission(input="x", tags={"t": f"v{i}"}))
         store.post_turn(job, worker(f"wrk_{i}", usd, 10), at)
-    samples = scrape(metrics.store_registry(store, max_tags=2))
+    samples = scrape(collector.store_registry(store, max_tags=2))
     tags = {dict(labels).get("tag") for name, labels in samples if name.endswith("micro_usd_total")}
     assert tags == {None, "t=v1", "t=v2"}  # the overall total plus the two costliest
     assert value(samples, "orchestrator_metrics_tags_dropped") == 1
@@ -136,14 +137,14 @@ def test_collector_bounds_tag_series(store: RedisStore) -> None:
 
 def test_collector_reports_store_down_without_failing() -> None:
     dead = RedisStore(connect(f"redis://127.0.0.1:{free_port()}/0"), "x")
-    samples = scrape(metrics.store_registry(dead))
+    samples = scrape(collector.store_registry(dead))
     assert value(samples, "orchestrator_store_up") == 0
     assert not any(name == "orchestrator_jobs" for name, _ in samples)
 
 
 def test_queues_match_the_celery_app() -> None:
-    assert metrics.QUEUES == QUEUES
-    assert metrics.queue_keys("api") == ["api", "api\x06\x163", "api\x06\x166", "api\x06\x169"]
+    assert collector.QUEUES == QUEUES
+    assert queue_keys("api") == ["api", "api\x06\x163", "api\x06\x166", "api\x06\x169"]
 
 
 def test_record_attempt_observes_latency_and_counts_retries() -> None:
@@ -152,7 +153,7 @@ def test_record_attempt_observes_latency_and_counts_retries() -> None:
 
     call = "test_call_" + os.urandom(4).hex()
     for status, seconds in ((200, 0.2), (429, 0.1), (503, 0.3), (0, 5.0), (404, 0.05)):
-        metrics.record_attempt(call, status, seconds)
+        instruments.record_attempt(call, status, seconds)
     hist = "orchestrator_upstream_request_duration_seconds"
     assert get(hist + "_count", call=call, status="200") == 1
     assert get(hist + "_sum", call=call, status="0") == 5.0
@@ -169,15 +170,15 @@ def test_record_attempt_observes_latency_and_counts_retries() -> None:
         if s.labels.get("call") == call and s.name.endswith("_total")
     ]
     assert sum(counted) == 3  # the 200 and the 404 are not retries
-    assert [metrics.retry_reason(s) for s in (408, 409, 400, 401, 500)] == [
+    assert [instruments.retry_reason(s) for s in (408, 409, 400, 401, 500)] == [
         "timeout", "conflict", None, None, "server_error",
     ]  # fmt: skip
 
 
 def test_process_instruments_are_defined() -> None:
-    metrics.EVENTS_RELAYED.inc(0)
-    metrics.SCHEDULE_RUNS.labels(outcome="fired").inc(0)
-    metrics.SCHEDULE_LATENESS.observe(0.0)
+    instruments.EVENTS_RELAYED.inc(0)
+    instruments.SCHEDULE_RUNS.labels(outcome="fired").inc(0)
+    instruments.SCHEDULE_LATENESS.observe(0.0)
     names = {m.name for m in REGISTRY.collect()}
     assert {
         "orchestrator_stream_events_relayed",

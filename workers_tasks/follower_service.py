@@ -18,10 +18,8 @@ from orchestrator import runtime
 from orchestrator.celery import STREAMS_QUEUE, app
 from orchestrator.controls.limits import AsyncFleetRate
 from orchestrator.jobs.follower import Follower, tune_gc
-from orchestrator.ops.metrics import record_attempt
-from orchestrator.store.connection import connect_async
+from orchestrator.ops.instruments import record_attempt
 from orchestrator.store.follows import FollowStore
-from orchestrator.store.keys import Keys
 from orchestrator.wire.aclient import AsyncWorkersClient
 
 log = logging.getLogger(__name__)
@@ -37,12 +35,13 @@ async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
     settings = runtime.get_settings()
     assert settings.redis_url is not None
     # One async connection pool for the process: the follows store and the rate limit.
-    r = connect_async(settings.redis_url)
-    follows = FollowStore(r, settings.key_prefix)
+    follows = FollowStore.from_url(settings.redis_url, settings.key_prefix)
     throttle = None
     if settings.fleet_rate_per_second is not None:
         throttle = AsyncFleetRate(
-            r, Keys(settings.key_prefix), settings.fleet_rate_per_second, settings.fleet_rate_burst
+            follows.rate_store(),
+            settings.fleet_rate_per_second,
+            settings.fleet_rate_burst,
         )
     # Small connection pools (see AsyncWorkersClient): about 50 streams each.
     client = AsyncWorkersClient.from_settings(

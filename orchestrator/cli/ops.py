@@ -72,7 +72,7 @@ def run_metrics(args: argparse.Namespace) -> int:
     port = settings.metrics_port if args.port is None else args.port
     if not 0 <= port < 65536:
         raise InputError("port", "must be 0-65535")
-    from orchestrator.ops import metrics
+    from orchestrator.ops import collector
     from orchestrator.runtime import store_for
 
     store = store_for(settings)  # ConfigError without REDIS_URL
@@ -81,7 +81,7 @@ def run_metrics(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"warning: Redis does not answer yet ({type(exc).__name__})", file=sys.stderr)
     try:
-        host, bound = metrics.serve(store, args.address, port)
+        host, bound = collector.serve(store, args.address, port)
     except OSError as exc:
         raise InputError(
             "port", f"cannot listen on {args.address}:{port}: {exc.strerror}"

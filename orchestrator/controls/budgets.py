@@ -11,7 +11,6 @@ as an overshoot: the upstream bills what it bills.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,7 +24,7 @@ from orchestrator.ledger import total_cost_micro
 from orchestrator.money import format_usd, to_micro
 from orchestrator.store.batch import Batch
 from orchestrator.store.jobs import RedisStore, now_ms
-from orchestrator.store.scripts import spend as spend_scripts
+from orchestrator.store.spend import BudgetStore, CapHold
 from orchestrator.wire.models import input_error
 
 log = logging.getLogger(__name__)
@@ -122,16 +121,13 @@ def turn_members(tags: dict[str, str], at_ms: int) -> list[tuple[str, str]]:
 
 
 class Budgets:
-    """Caps, holds and spend, over one :class:`RedisStore`."""
+    """Caps, holds and spend: the policy over a :class:`BudgetStore`."""
 
     def __init__(self, store: RedisStore, holds_usd: dict[str, str] | None = None) -> None:
         self.store = store
-        self.r = store.r
-        self.keys = store.keys
+        self.spend = BudgetStore(store)
         holds = {**DEFAULT_HOLDS_USD, **(holds_usd or {})}
         self.holds = {tier: to_micro(Decimal(str(v))) for tier, v in holds.items()}
-        self._reserve = self.r.register_script(spend_scripts.RESERVE_BUDGET)
-        self._release = self.r.register_script(spend_scripts.RELEASE_HOLD)
 
     # --- caps ----------------------------------------------------------------------
 
@@ -141,16 +137,15 @@ class Budgets:
             cap = BudgetCap.model_validate(fields)
         except ValidationError as exc:
             raise input_error(exc) from None
-        self.r.hset(self.keys.budget_caps, cap.name, cap.model_dump_json())
+        self.spend.put_cap(cap.name, cap.model_dump_json())
         return cap
 
     def remove_cap(self, scope: str, period: Period = "day") -> bool:
         parse_scope(scope)
-        return bool(self.r.hdel(self.keys.budget_caps, f"{scope}/{period}"))
+        return self.spend.remove_cap(f"{scope}/{period}")
 
     def caps(self) -> list[BudgetCap]:
-        raw = self.r.hgetall(self.keys.budget_caps)
-        return [BudgetCap.model_validate_json(v) for _, v in sorted(raw.items())]
+        return [BudgetCap.model_validate_json(raw) for raw in self.spend.caps()]
 
     def applicable(self, job: Job) -> list[BudgetCap]:
         scopes = {"global"} | {f"tag:{k}={v}" for k, v in job.tags.items()}
@@ -169,55 +164,40 @@ class Budgets:
             return 0
         at = at_ms or now_ms()
         amount = self.holds.get(job.budget, self.holds["standard"])
-        keys = [self.keys.budget_holds, self.keys.budget_hold_times]
-        for cap in caps:
-            dim, value = ledger_member(cap.scope, cap.period, at)
-            keys += [
-                self.keys.ledger(dim, value),
-                self.keys.budget_reserved(cap.scope, period_key(cap.period, at)),
-            ]
-        args = [job.id, amount, at, len(caps), *[cap.limit_micro for cap in caps]]
-        result = self._reserve(keys=keys, args=args)
-        if int(result[0]) == 0:
-            raise BudgetExceeded(caps[int(result[1]) - 1], int(result[2]), amount)
+        holds = [
+            CapHold(*ledger_member(cap.scope, cap.period, at), cap.scope,
+                    period_key(cap.period, at), cap.limit_micro)
+            for cap in caps
+        ]  # fmt: skip
+        refused = self.spend.reserve(job.id, amount, at, holds)
+        if refused is not None:
+            raise BudgetExceeded(caps[refused.cap_index], refused.left_micro, amount)
         self._warn(caps, at)
         return amount
 
     def release(self, job_id: str) -> int | None:
         """Release a job's hold (idempotent); returns the amount, or None if none held."""
-        raw = self.r.hget(self.keys.budget_holds, job_id)
-        if raw is None:
-            return None
-        batch = Batch(self.r)
-        index = self.release_into(batch, job_id, raw)
-        done = batch.execute()[index]
-        return int(json.loads(raw)["amount"]) if int(done) == 1 else None
+        return self.spend.release(job_id)
 
     def hold_into(self, batch: Batch, job_id: str) -> int:
         """Queue a read of the job's raw hold (for :meth:`release_into`); its index."""
-        batch.pipe.hget(self.keys.budget_holds, job_id)
-        return len(batch.pipe) - 1
+        return self.spend.hold_into(batch, job_id)
 
     def release_into(self, batch: Batch, job_id: str, raw_hold: str) -> int:
-        """Queue the release of a hold read as ``raw_hold`` (the ``budget_holds`` value);
-        the index of its reply (1 if released, 0 if it was released already)."""
-        hold = json.loads(raw_hold)
-        keys = [self.keys.budget_holds, self.keys.budget_hold_times, *hold["keys"]]
-        return batch.script(self._release, keys, [job_id, raw_hold, hold["amount"]])
+        """Queue the release of a hold read by :meth:`hold_into`; the index of its reply
+        (1 if released, 0 if it was released already)."""
+        return self.spend.release_into(batch, job_id, raw_hold)
 
     @staticmethod
     def amount_of(raw_hold: str | None) -> int | None:
-        """The amount (micro-USD) of a raw ``budget_holds`` value; None for no hold."""
-        return int(json.loads(raw_hold)["amount"]) if raw_hold else None
+        """The amount (micro-USD) of a hold read by :meth:`hold_into`; None for no hold."""
+        return BudgetStore.amount_of(raw_hold)
 
     def record_overshoot(self, job: Job, hold_micro: int, cost_micro: int) -> None:
         """A turn cost more than its hold: count it per scope, and say so in the log."""
         over = cost_micro - hold_micro
         for cap in self.applicable(job):
-            raw = self.r.hget(self.keys.budget_overshoots, cap.name)
-            entry = json.loads(raw) if raw else {"count": 0, "micro": 0}
-            entry = {"count": entry["count"] + 1, "micro": entry["micro"] + over}
-            self.r.hset(self.keys.budget_overshoots, cap.name, json.dumps(entry))
+            self.spend.add_overshoot(cap.name, over)
         log.warning(
             "job %s cost %s, %s more than its %s hold", job.id, format_usd(cost_micro),
             format_usd(over), format_usd(hold_micro),
@@ -225,15 +205,27 @@ class Budgets:
 
     def reclaim(self, older_than_ms: int) -> int:
         """Release holds older than this (their job died between reserve and settle)."""
-        cutoff = now_ms() - older_than_ms
-        stale = self.r.zrangebyscore(self.keys.budget_hold_times, "-inf", cutoff)
         released = 0
-        for job_id in stale:
+        for job_id in self.spend.holds_before(now_ms() - older_than_ms):
             job = self.store.get_job(job_id)
             if job is not None and not job.done and job.status != "queued":
                 continue  # still running: its finalize settles it
             released += self.release(job_id) is not None
         return released
+
+    # --- jobs waiting for the next period (``on_exceed: wait``) --------------------
+
+    def wait_until(self, job_id: str, until_ms: int) -> None:
+        """Park a job until ``until_ms`` (the start of the period it waits for)."""
+        self.spend.wait_until(job_id, until_ms)
+
+    def due_waiting(self, at_ms: int) -> list[str]:
+        """The parked jobs whose period has begun by ``at_ms``."""
+        return self.spend.due_waiting(at_ms)
+
+    def take_waiting(self, job_id: str) -> bool:
+        """Unpark a job; False if another process took it first (it sends the job)."""
+        return self.spend.take_waiting(job_id)
 
     # --- reporting -----------------------------------------------------------------
 
@@ -241,16 +233,11 @@ class Budgets:
         """Per cap: spent, reserved, cap and left (micro), ratio, overshoots."""
         at = at_ms or now_ms()
         rows = []
-        overshoots = self.r.hgetall(self.keys.budget_overshoots)
+        overshoots = self.spend.overshoots()
         for cap in self.caps():
-            dim, value = ledger_member(cap.scope, cap.period, at)
-            spent = total_cost_micro(
-                {k: int(v) for k, v in self.r.hgetall(self.keys.ledger(dim, value)).items()}
-            )
-            reserved = int(
-                self.r.get(self.keys.budget_reserved(cap.scope, period_key(cap.period, at))) or 0
-            )
-            over = json.loads(overshoots.get(cap.name, '{"count": 0, "micro": 0}'))
+            spent = total_cost_micro(self.spend.spent(*ledger_member(cap.scope, cap.period, at)))
+            reserved = self.spend.reserved(cap.scope, period_key(cap.period, at))
+            over = overshoots.get(cap.name, {"count": 0, "micro": 0})
             rows.append({
                 "cap": cap.name, "scope": cap.scope, "period": period_key(cap.period, at),
                 "cap_micro": cap.limit_micro, "spent_micro": spent, "reserved_micro": reserved,
@@ -266,8 +253,7 @@ class Budgets:
             cap = next((c for c in caps if c.name == row["cap"]), None)
             if cap is None or row["ratio"] < cap.warn_at:
                 continue
-            flag = self.keys.budget_warned(cap.name, row["period"])
-            if self.r.set(flag, 1, nx=True, ex=40 * 86_400):
+            if self.spend.mark_warned(cap.name, row["period"]):
                 used = format_usd(row["spent_micro"] + row["reserved_micro"])
                 log.warning(
                     "budget %s at %.0f%% (%s of %s)",

@@ -28,10 +28,11 @@ from typing import Any
 
 from orchestrator.errors import APIConnectionError, APIStatusError, StreamError
 from orchestrator.jobs.model import TERMINAL, JobStatus
-from orchestrator.ops.metrics import EVENTS_RELAYED
+from orchestrator.ops.instruments import EVENTS_RELAYED
 from orchestrator.store.connection import StoreError
 from orchestrator.store.follows import FollowStore, Pending
 from orchestrator.wire.aclient import AsyncWorkersClient
+from orchestrator.wire.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -230,14 +231,15 @@ class Follower:
     async def _job_fields(self, job_id: str) -> tuple[str, str | None]:
         """The job's worker id and status; a Redis blip is waited out, not fatal (a
         follow task that died here would leave its stream until the lease expired)."""
-        delay = 0.2
+        backoff = Backoff()
         while True:
             try:
                 return await self.store.job_worker_and_status(job_id)
             except (StoreError, OSError) as exc:
-                log.warning("reading job %s failed: %s; retrying in %.1fs", job_id, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+                log.warning(
+                    "reading job %s failed: %s; retrying in %.1fs", job_id, exc, backoff.delay
+                )
+            await asyncio.sleep(backoff.next())
 
     async def _follow(self, job_id: str) -> None:
         await self._follow_turn(job_id)
@@ -250,7 +252,7 @@ class Follower:
         if not worker_id or status in TERMINAL:
             await self.on_finished(job_id)
             return
-        delay = 0.2
+        backoff = Backoff()
         marked_running = status == "running"
         self.writer.forget(worker_id)  # a failure of an earlier follow is not ours
         while True:
@@ -268,17 +270,18 @@ class Follower:
                 await self.writer.barrier(worker_id)
                 break
             except (StreamError, APIConnectionError) as exc:
-                log.info("stream of %s broke (%s); reconnecting in %.1fs", job_id, exc, delay)
+                log.info(
+                    "stream of %s broke (%s); reconnecting in %.1fs", job_id, exc, backoff.delay
+                )
             except APIStatusError as exc:
                 if exc.retryable:
-                    log.info("stream of %s: %s; retrying in %.1fs", job_id, exc, delay)
+                    log.info("stream of %s: %s; retrying in %.1fs", job_id, exc, backoff.delay)
                 else:
                     await self._mark(job_id, "failed", str(exc))
                     break
             except (StoreError, OSError) as exc:
                 log.warning("relay of %s failed: %s; retrying", job_id, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await asyncio.sleep(backoff.next())
         await self.on_finished(job_id)
 
     async def _mark(self, job_id: str, status: JobStatus, detail: str = "") -> None:

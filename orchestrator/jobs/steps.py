@@ -62,7 +62,7 @@ def admit(app: Celery, rt: Runtime, job: Job) -> bool:
     except BudgetExceeded as exc:
         if exc.cap.on_exceed == "wait":
             until = next_period_ms(exc.cap.period, now_ms())
-            rt.store.r.zadd(rt.store.keys.budget_waiting, {job.id: until})
+            rt.budgets.wait_until(job.id, until)
             log.info("job %s waits for the next period: %s", job.id, exc)
             release_slots(app, rt, job)
         else:
@@ -102,10 +102,9 @@ def fail(app: Celery, rt: Runtime, job_id: str, message: str) -> None:
 
 def release_budget_waiters(app: Celery, rt: Runtime) -> int:
     """Send again the jobs that waited for a new budget period that has now begun."""
-    key = rt.store.keys.budget_waiting
-    due = rt.store.r.zrangebyscore(key, "-inf", now_ms())
+    due = rt.budgets.due_waiting(now_ms())
     for job_id in due:
-        if rt.store.r.zrem(key, job_id):
+        if rt.budgets.take_waiting(job_id):
             job = rt.store.get_job(job_id)
             if job is not None and job.status == "queued":
                 dispatch(app, rt, job)

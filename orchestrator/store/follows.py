@@ -19,6 +19,7 @@ from orchestrator.store.connection import connect_async
 from orchestrator.store.jobs import HISTORY_MAXLEN
 from orchestrator.store.keys import Keys
 from orchestrator.store.scripts import jobs as scripts
+from orchestrator.store.spend import AsyncRateStore
 
 #: Pending updates of many workers: worker id -> (index of the first, payloads as JSON).
 Pending = dict[str, tuple[int, list[str]]]
@@ -40,6 +41,10 @@ class FollowStore:
     def from_url(cls, url: str, prefix: str) -> FollowStore:
         """A follower's store on its own blocking pool (see :func:`connect_async`)."""
         return cls(connect_async(url), prefix)
+
+    def rate_store(self) -> AsyncRateStore:
+        """The fleet rate limit on this store's pool (one pool per follower process)."""
+        return AsyncRateStore(self.r, self.keys.prefix)
 
     async def close(self) -> None:
         await self.r.aclose()

@@ -208,9 +208,16 @@ class Keys:
         """Set: job ids holding a running slot of a limit key."""
         return f"{self.prefix}:limit:{key}:running"
 
-    def limit_waiting(self, key: str, group: str) -> str:
-        """List: job ids of one fairness group waiting for a slot, oldest first."""
-        return f"{self.prefix}:limit:{key}:waiting:{group}"
+    def limit_waiting(self, key: str) -> str:
+        """Sorted set: the jobs waiting for a slot, every fairness group in one set, all
+        at score 0 as ``<group>|<sequence>|<job id>`` (lexical order: by group, oldest
+        first)."""
+        return f"{self.prefix}:limit:{key}:waiting"
+
+    @property
+    def limit_sequence(self) -> str:
+        """String: a counter that orders waiting jobs by arrival."""
+        return f"{self.prefix}:limit:sequence"
 
     def limit_groups(self, key: str) -> str:
         """List: fairness groups with waiting jobs, in round-robin order."""

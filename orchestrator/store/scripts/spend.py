@@ -1,9 +1,12 @@
 """Lua scripts of spend and traffic control (budgets, concurrency limits, fleet rate).
 
-Each opens with a comment naming its KEYS and ARGV. Two of them (PROMOTE_WAITING and
-ACQUIRE_SLOTS) build waiting-list names from the key prefix, because which fairness
-group comes next is only known inside the script: the store runs on one Redis node,
-not Redis Cluster.
+Each opens with a comment naming its KEYS and ARGV; every key a script touches comes in
+KEYS (the store computes the list from :mod:`orchestrator.store.keys`).
+
+A limit key's waiting jobs are one sorted set for all fairness groups, every member at
+score 0 as ``<group>|<sequence>|<job id>``: a lexical range reads one group's jobs
+oldest first, so the group that comes next (known only inside the script) needs no
+key of its own. Group names (tag values) and job ids never hold a ``|``.
 """
 
 from __future__ import annotations
@@ -49,24 +52,25 @@ return 1
 """
 
 ACQUIRE_SLOTS = """
--- KEYS[1] limits hash, KEYS[2] parked hash; for limit key i (1..n): KEYS[1+2i] its running
--- set, KEYS[2+2i] its groups list
--- ARGV[1] job id, ARGV[2] fairness group, ARGV[3] n, ARGV[3+i] limit key i, ARGV[4+n] prefix
+-- KEYS[1] limits hash, KEYS[2] parked hash, KEYS[3] waiting sequence counter; for limit
+-- key i (1..n): KEYS[1+3i] its running set, KEYS[2+3i] its groups list, KEYS[3+3i] its
+-- waiting set
+-- ARGV[1] job id, ARGV[2] fairness group, ARGV[3] n, ARGV[3+i] limit key i
 -- Returns {1} when the job holds a slot of every limited key, {0, key} when it was parked
--- (or already is) in the waiting list of the first full key.
+-- (or already is) in the waiting set of the first full key.
 local n = tonumber(ARGV[3])
 local job, group = ARGV[1], ARGV[2]
 local take = {}
 for i = 1, n do
   local limit = tonumber(redis.call('HGET', KEYS[1], ARGV[3 + i]) or '-1')
-  local running = KEYS[1 + 2 * i]
+  local running = KEYS[1 + 3 * i]
   if limit >= 0 and redis.call('SISMEMBER', running, job) == 0 then
     if redis.call('SCARD', running) >= limit then
       if redis.call('HSETNX', KEYS[2], job, ARGV[3 + i]) == 1 then
-        local waiting = ARGV[4 + n] .. ':limit:' .. ARGV[3 + i] .. ':waiting:' .. group
-        redis.call('RPUSH', waiting, job)
-        if not redis.call('LPOS', KEYS[2 + 2 * i], group) then
-          redis.call('RPUSH', KEYS[2 + 2 * i], group)
+        local seq = redis.call('INCR', KEYS[3])
+        redis.call('ZADD', KEYS[3 + 3 * i], 0, string.format('%s|%016d|%s', group, seq, job))
+        if not redis.call('LPOS', KEYS[2 + 3 * i], group) then
+          redis.call('RPUSH', KEYS[2 + 3 * i], group)
         end
       end
       return {0, ARGV[3 + i]}
@@ -80,9 +84,8 @@ return {1}
 
 PROMOTE_WAITING = """
 -- KEYS[1] limits hash, KEYS[2] parked hash, KEYS[3] outbox zset; for limit key i (1..n):
--- KEYS[2+2i] its running set, KEYS[3+2i] its groups list
--- ARGV[1] job id leaving its slots, ARGV[2] now (ms), ARGV[3] n, ARGV[3+i] limit key i,
--- ARGV[4+n] prefix
+-- KEYS[1+3i] its running set, KEYS[2+3i] its groups list, KEYS[3+3i] its waiting set
+-- ARGV[1] job id leaving its slots, ARGV[2] now (ms), ARGV[3] n, ARGV[3+i] limit key i
 -- Frees the job's slots and hands each to the next waiting job, round-robin across
 -- fairness groups (one busy tenant cannot starve the others). A promoted job gets the
 -- slot now and goes into the outbox, so it is re-sent even if the caller dies here.
@@ -91,7 +94,7 @@ local n = tonumber(ARGV[3])
 local promoted = {}
 redis.call('HDEL', KEYS[2], ARGV[1])
 for i = 1, n do
-  local running, groups = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local running, groups, waiting = KEYS[1 + 3 * i], KEYS[2 + 3 * i], KEYS[3 + 3 * i]
   redis.call('SREM', running, ARGV[1])
   local limit = tonumber(redis.call('HGET', KEYS[1], ARGV[3 + i]) or '-1')
   local guard = redis.call('LLEN', groups)
@@ -99,9 +102,15 @@ for i = 1, n do
     guard = guard - 1
     local group = redis.call('LMOVE', groups, groups, 'LEFT', 'RIGHT')
     if not group then break end
-    local waiting = ARGV[4 + n] .. ':limit:' .. ARGV[3 + i] .. ':waiting:' .. group
-    local nxt = redis.call('LPOP', waiting)
-    if redis.call('LLEN', waiting) == 0 then
+    -- This group's members, oldest first: '<group>|' then digits, all below byte 255.
+    local low, high = '[' .. group .. '|', '[' .. group .. '|\\255'
+    local first = redis.call('ZRANGEBYLEX', waiting, low, high, 'LIMIT', 0, 1)[1]
+    local nxt = nil
+    if first then
+      redis.call('ZREM', waiting, first)
+      nxt = string.match(first, '([^|]*)$')
+    end
+    if redis.call('ZLEXCOUNT', waiting, low, high) == 0 then
       redis.call('LREM', groups, 0, group)
       guard = redis.call('LLEN', groups)
     end

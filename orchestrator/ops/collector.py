@@ -1,5 +1,4 @@
-"""Prometheus metrics: a collector that reads the Redis store on each scrape, and the
-process-local instruments that the clients, the follower and beat update as they work.
+"""Prometheus metrics read from the Redis store on each scrape, and their exporter.
 
 Read from Redis at scrape time (:class:`StoreCollector`, served by ``orchestrator
 metrics``), so every exporter replica reports the same cluster-wide figures — aggregate
@@ -19,10 +18,8 @@ them with ``max``, never ``sum``:
 - ``orchestrator_store_up`` (1 if Redis answered the scrape) and
   ``orchestrator_scrape_duration_seconds``.
 
-Process-local, in the default registry (each process exports its own, if it serves them):
-:data:`UPSTREAM_LATENCY`, :data:`UPSTREAM_RETRIES` (both fed by :func:`record_attempt`,
-the clients' ``on_attempt`` hook), :data:`EVENTS_RELAYED`, :data:`SCHEDULE_RUNS` and
-:data:`SCHEDULE_LATENESS`.
+The process-local instruments (upstream latency, retries, relayed events, schedule
+runs) are in :mod:`orchestrator.ops.instruments`.
 """
 
 from __future__ import annotations
@@ -31,107 +28,32 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import redis
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from orchestrator.controls.budgets import Budgets
+from orchestrator.controls.limits import Limits
 from orchestrator.ledger import total_cost_micro
 from orchestrator.money import MICRO_PER_USD
-from orchestrator.store.broker import PRIORITY_STEPS, UNACKED_KEY, queue_keys, routing_key
+from orchestrator.store.connection import StoreError
+from orchestrator.store.jobs import RedisStore
 
-if TYPE_CHECKING:
-    from orchestrator.store.jobs import RedisStore
-
-# The broker queues (as in :mod:`orchestrator.celery`, which this module does not import
-# so that a client can use :func:`record_attempt` without loading Celery).
+# The broker queues (as in :mod:`orchestrator.celery`, which this module does not import:
+# the exporter does not load Celery).
 QUEUES = ("api", "streams")
 
 __all__ = [
-    "EVENTS_RELAYED",
-    "SCHEDULE_LATENESS",
-    "SCHEDULE_RUNS",
-    "UPSTREAM_LATENCY",
-    "UPSTREAM_RETRIES",
     "StoreCollector",
     "StoreSnapshot",
-    "queue_keys",
     "read_snapshot",
-    "record_attempt",
-    "retry_reason",
     "serve",
     "store_registry",
 ]
 
 log = logging.getLogger(__name__)
-
-# --- process-local instruments ----------------------------------------------------
-
-UPSTREAM_LATENCY = Histogram(
-    "orchestrator_upstream_request_duration_seconds",
-    "Duration of each attempt of a call to the Workers API, by call and HTTP status "
-    "(status 0: no answer).",
-    ["call", "status"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0),
-)
-UPSTREAM_RETRIES = Counter(
-    "orchestrator_upstream_retries_total",
-    "Attempts of a Workers API call that failed in a way the retry policy retries, by reason.",
-    ["call", "reason"],
-)
-EVENTS_RELAYED = Counter(
-    "orchestrator_stream_events_relayed_total",
-    "Update-stream events stored (each once) by this process.",
-)
-SCHEDULE_RUNS = Counter(
-    "orchestrator_schedule_runs_total",
-    "Schedule slots handled by this process, by outcome.",
-    ["outcome"],
-)
-RATE_LIMIT_WAITS = Counter(
-    "orchestrator_rate_limit_waits_total",
-    "Times a request waited for the fleet-wide rate limit or a 429 pause.",
-)
-SCHEDULE_LATENESS = Histogram(
-    "orchestrator_schedule_lateness_seconds",
-    "How long after its due time a schedule slot was fired.",
-    buckets=(0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0),
-)
-
-
-def retry_reason(status: int) -> str | None:
-    """Why an attempt with this outcome is retried, or None if it is not retryable.
-
-    Mirrors :meth:`orchestrator.wire.retry.RetryPolicy.should_retry_status` without headers
-    (an ``x-should-retry`` override is not visible to the hook).
-    """
-    if status == 0:
-        return "connection"
-    if status == 408:
-        return "timeout"
-    if status == 409:
-        return "conflict"
-    if status == 429:
-        return "rate_limited"
-    if status >= 500:
-        return "server_error"
-    return None
-
-
-def record_attempt(call: str, status: int, seconds: float) -> None:
-    """The clients' ``on_attempt`` hook: observe one attempt's latency, count a retry.
-
-    ``status`` is the HTTP status, or 0 when no answer came (connection error, timeout).
-    A retryable failure is counted in :data:`UPSTREAM_RETRIES` whether or not the
-    client has retries left, so the counter measures how often the upstream misbehaves.
-    Pass it as ``WorkersClient(..., on_attempt=record_attempt)``.
-    """
-    UPSTREAM_LATENCY.labels(call=call, status=str(status)).observe(max(seconds, 0.0))
-    reason = retry_reason(status)
-    if reason is not None:
-        UPSTREAM_RETRIES.labels(call=call, reason=reason).inc()
 
 
 # --- figures read from Redis ------------------------------------------------------
@@ -156,39 +78,15 @@ class StoreSnapshot:
 def read_snapshot(
     store: RedisStore,
     *,
-    broker: Any = None,
     queues: Sequence[str] = QUEUES,
     max_tags: int = 1000,
 ) -> StoreSnapshot:
-    """Read the figures: one pipeline (LLEN of each queue list, HVALS of the unacked hash,
-    which holds at most a prefetch per worker slot) and the store's few HGETALLs.
-    Raises :class:`redis.RedisError` when Redis does not answer.
+    """Read the figures: the broker's queues in one round trip, then the store's few
+    HGETALLs. Raises :class:`StoreError` when Redis does not answer.
 
-    ``broker`` is the broker's Redis client (default: the store's; they share REDIS_URL).
     ``max_tags`` bounds the series: beyond it only the costliest tags are kept.
     """
-    # Imported here: limits and budgets use this module's counters.
-    from orchestrator.controls.budgets import Budgets
-    from orchestrator.controls.limits import Limits
-
-    client = store.r if broker is None else broker
-    prefix = store.keys.broker_prefix
-    with client.pipeline(transaction=False) as pipe:
-        for queue in queues:
-            for key in queue_keys(queue):
-                pipe.llen(prefix + key)
-        pipe.hvals(prefix + UNACKED_KEY)
-        replies = pipe.execute()
-    per_queue = len(PRIORITY_STEPS) + 1
-    depth = {
-        queue: sum(int(n) for n in replies[i * per_queue : (i + 1) * per_queue])
-        for i, queue in enumerate(queues)
-    }
-    unacked = dict.fromkeys(queues, 0)
-    for raw in replies[-1]:
-        taken_from = routing_key(raw)
-        if taken_from in unacked:
-            unacked[taken_from] += 1
+    depth, unacked = store.broker.queue_figures(queues)
     budgets = store.costs(by="budget")
     tags = store.costs(by="tag")["rows"]
     tags.sort(key=lambda row: (-total_cost_micro(row), row["key"]))
@@ -291,12 +189,10 @@ class StoreCollector(Collector):
         self,
         store: RedisStore,
         *,
-        broker: Any = None,
         queues: Sequence[str] = QUEUES,
         max_tags: int = 1000,
     ) -> None:
         self.store = store
-        self.broker = broker
         self.queues = tuple(queues)
         self.max_tags = max_tags
 
@@ -308,13 +204,8 @@ class StoreCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         started = time.perf_counter()
         try:
-            snap = read_snapshot(
-                self.store,
-                broker=self.broker,
-                queues=self.queues,
-                max_tags=self.max_tags,
-            )
-        except (redis.RedisError, OSError) as exc:
+            snap = read_snapshot(self.store, queues=self.queues, max_tags=self.max_tags)
+        except (StoreError, OSError) as exc:
             log.warning("metrics: Redis did not answer: %s", type(exc).__name__)
             return self._health(0, time.perf_counter() - started)
         return [*families(snap), *self._health(1, time.perf_counter() - started)]

@@ -1,0 +1,245 @@
+"""Spend and traffic control in Redis: budget caps and holds, concurrency limits, and
+the fleet rate limit. The policy (what a cap is, which caps apply, period maths,
+warnings) is in :mod:`orchestrator.controls`; these classes only read and write.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from orchestrator.store.batch import Batch
+from orchestrator.store.jobs import RedisStore
+from orchestrator.store.keys import Keys
+from orchestrator.store.scripts import spend as scripts
+
+#: How long a cap's "warned" flag lives: past the end of any period it is set in.
+WARNED_TTL_SECONDS = 40 * 86_400
+
+
+class CapHold(NamedTuple):
+    """One cap a reservation is checked against: where its spend is read (a ledger
+    rollup), the scope and period key its holds are counted under, and its size."""
+
+    dimension: str
+    value: str
+    scope: str
+    period: str
+    limit_micro: int
+
+
+class Refusal(NamedTuple):
+    """A reservation refused: the index of the cap that would be passed, what is left."""
+
+    cap_index: int
+    left_micro: int
+
+
+class BudgetStore:
+    """Budget caps (as JSON), holds, overshoots, warning flags and jobs waiting for
+    the next period."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.r = store.r
+        self.keys = store.keys
+        self._reserve = self.r.register_script(scripts.RESERVE_BUDGET)
+        self._release = self.r.register_script(scripts.RELEASE_HOLD)
+
+    # --- caps ----------------------------------------------------------------------
+
+    def put_cap(self, name: str, raw: str) -> None:
+        self.r.hset(self.keys.budget_caps, name, raw)
+
+    def remove_cap(self, name: str) -> bool:
+        return bool(self.r.hdel(self.keys.budget_caps, name))
+
+    def caps(self) -> list[str]:
+        """Every cap's JSON, by name."""
+        raw: dict[str, str] = self.r.hgetall(self.keys.budget_caps)
+        return [value for _, value in sorted(raw.items())]
+
+    # --- holds ---------------------------------------------------------------------
+
+    def reserve(
+        self, job_id: str, amount: int, at_ms: int, caps: Sequence[CapHold]
+    ) -> Refusal | None:
+        """Hold ``amount`` against every cap in one script; None when held (or held
+        already), else which cap would be passed (nothing is held then)."""
+        keys = [self.keys.budget_holds, self.keys.budget_hold_times]
+        for cap in caps:
+            keys += [
+                self.keys.ledger(cap.dimension, cap.value),
+                self.keys.budget_reserved(cap.scope, cap.period),
+            ]
+        args = [job_id, amount, at_ms, len(caps), *[cap.limit_micro for cap in caps]]
+        result = self._reserve(keys=keys, args=args)
+        if int(result[0]) == 1:
+            return None
+        return Refusal(int(result[1]) - 1, int(result[2]))
+
+    def release(self, job_id: str) -> int | None:
+        """Release a job's hold (idempotent); returns the amount, or None if none held."""
+        raw = self.r.hget(self.keys.budget_holds, job_id)
+        if raw is None:
+            return None
+        batch = Batch(self.r)
+        index = self.release_into(batch, job_id, raw)
+        done = batch.execute()[index]
+        return self.amount_of(raw) if int(done) == 1 else None
+
+    def hold_into(self, batch: Batch, job_id: str) -> int:
+        """Queue a read of the job's raw hold (for :meth:`release_into`); its index."""
+        batch.pipe.hget(self.keys.budget_holds, job_id)
+        return len(batch.pipe) - 1
+
+    def release_into(self, batch: Batch, job_id: str, raw_hold: str) -> int:
+        """Queue the release of a hold read as ``raw_hold``; the index of its reply (1 if
+        released, 0 if it was released already)."""
+        hold = json.loads(raw_hold)
+        keys = [self.keys.budget_holds, self.keys.budget_hold_times, *hold["keys"]]
+        return batch.script(self._release, keys, [job_id, raw_hold, hold["amount"]])
+
+    @staticmethod
+    def amount_of(raw_hold: str | None) -> int | None:
+        """The amount (micro-USD) of a raw hold; None for no hold."""
+        return int(json.loads(raw_hold)["amount"]) if raw_hold else None
+
+    def holds_before(self, cutoff_ms: int) -> list[str]:
+        """Ids of the jobs whose hold was taken before ``cutoff_ms``."""
+        return list(self.r.zrangebyscore(self.keys.budget_hold_times, "-inf", cutoff_ms))
+
+    # --- spend, overshoots, warnings -----------------------------------------------
+
+    def spent(self, dimension: str, value: str) -> dict[str, int]:
+        """The ledger rollup that holds a cap's spend (fields as stored)."""
+        raw = self.r.hgetall(self.keys.ledger(dimension, value))
+        return {k: int(v) for k, v in raw.items()}
+
+    def reserved(self, scope: str, period: str) -> int:
+        """Micro-dollars held by turns in flight for a scope and period key."""
+        return int(self.r.get(self.keys.budget_reserved(scope, period)) or 0)
+
+    def overshoots(self) -> dict[str, dict[str, int]]:
+        """Per cap name: ``{count, micro}`` of turns that cost more than their hold."""
+        raw: dict[str, str] = self.r.hgetall(self.keys.budget_overshoots)
+        return {name: json.loads(value) for name, value in raw.items()}
+
+    def add_overshoot(self, cap_name: str, over_micro: int) -> None:
+        raw = self.r.hget(self.keys.budget_overshoots, cap_name)
+        entry = json.loads(raw) if raw else {"count": 0, "micro": 0}
+        entry = {"count": entry["count"] + 1, "micro": entry["micro"] + over_micro}
+        self.r.hset(self.keys.budget_overshoots, cap_name, json.dumps(entry))
+
+    def mark_warned(self, cap_name: str, period: str) -> bool:
+        """True the first time for a cap and period key (then the warning is due)."""
+        flag = self.keys.budget_warned(cap_name, period)
+        return bool(self.r.set(flag, 1, nx=True, ex=WARNED_TTL_SECONDS))
+
+    # --- jobs waiting for the next period ------------------------------------------
+
+    def wait_until(self, job_id: str, until_ms: int) -> None:
+        self.r.zadd(self.keys.budget_waiting, {job_id: until_ms})
+
+    def due_waiting(self, now_ms: int) -> list[str]:
+        """Ids of the waiting jobs whose period has begun (still listed)."""
+        return list(self.r.zrangebyscore(self.keys.budget_waiting, "-inf", now_ms))
+
+    def take_waiting(self, job_id: str) -> bool:
+        """Take a job off the waiting list; False if another process took it first."""
+        return bool(self.r.zrem(self.keys.budget_waiting, job_id))
+
+
+class LimitStore:
+    """Concurrency limits per key, the running slots, and the jobs waiting for one."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.r = store.r
+        self.keys = store.keys
+        self._acquire = self.r.register_script(scripts.ACQUIRE_SLOTS)
+        self._promote = self.r.register_script(scripts.PROMOTE_WAITING)
+
+    def set(self, key: str, limit: int) -> None:
+        self.r.hset(self.keys.limits, key, limit)
+
+    def remove(self, key: str) -> bool:
+        return bool(self.r.hdel(self.keys.limits, key))
+
+    def all(self) -> dict[str, int]:
+        return {k: int(v) for k, v in sorted(self.r.hgetall(self.keys.limits).items())}
+
+    def _slot_keys(self, limit_keys: Sequence[str]) -> list[str]:
+        keys = []
+        for key in limit_keys:
+            keys += [
+                self.keys.limit_running(key),
+                self.keys.limit_groups(key),
+                self.keys.limit_waiting(key),
+            ]
+        return keys
+
+    def acquire(self, job_id: str, group: str, limit_keys: Sequence[str]) -> str | None:
+        """Take a slot of every limited key; None if taken, else the key it waits on."""
+        keys = [self.keys.limits, self.keys.limit_parked, self.keys.limit_sequence]
+        args = [job_id, group, len(limit_keys), *limit_keys]
+        result = self._acquire(keys=keys + self._slot_keys(limit_keys), args=args)
+        return None if int(result[0]) == 1 else str(result[1])
+
+    def release(self, job_id: str, limit_keys: Sequence[str], now_ms: int) -> list[str]:
+        """Free the job's slots; returns the waiting jobs that got them."""
+        batch = Batch(self.r)
+        index = self.release_into(batch, job_id, limit_keys, now_ms)
+        return [str(j) for j in batch.execute()[index]]
+
+    def release_into(
+        self, batch: Batch, job_id: str, limit_keys: Sequence[str], now_ms: int
+    ) -> int:
+        """Queue :meth:`release`; the index of its reply (the promoted job ids)."""
+        keys = [self.keys.limits, self.keys.limit_parked, self.keys.outbox]
+        args = [job_id, now_ms, len(limit_keys), *limit_keys]
+        return batch.script(self._promote, keys + self._slot_keys(limit_keys), args)
+
+    def usage(self, key: str) -> tuple[int, int]:
+        """(running, waiting) jobs of a limit key."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.scard(self.keys.limit_running(key))
+            pipe.zcard(self.keys.limit_waiting(key))
+            running, waiting = pipe.execute()
+        return int(running), int(waiting)
+
+
+class _RateScripts:
+    """The fleet rate hash and its two scripts, on a sync or an asyncio client."""
+
+    def __init__(self, client: Any, keys: Keys) -> None:
+        self.key = keys.rate
+        self._acquire = client.register_script(scripts.RATE_ACQUIRE)
+        self._pause = client.register_script(scripts.RATE_PAUSE)
+
+
+class RateStore(_RateScripts):
+    """The fleet-wide GCRA limiter and 429 pause (see :class:`~.controls.limits.FleetRate`)."""
+
+    def __init__(self, store: RedisStore) -> None:
+        super().__init__(store.r, store.keys)
+
+    def acquire(self, now_ms: int, interval_ms: float, burst: int) -> int:
+        """0 when one more request may go now (it is counted), else ms to wait."""
+        return int(self._acquire(keys=[self.key], args=[now_ms, interval_ms, burst]))
+
+    def pause(self, until_ms: int) -> None:
+        """Extend the fleet-wide pause to ``until_ms`` (never shortens it)."""
+        self._pause(keys=[self.key], args=[until_ms])
+
+
+class AsyncRateStore(_RateScripts):
+    """:class:`RateStore` over a ``redis.asyncio`` client, under key prefix ``prefix``."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        super().__init__(client, Keys(prefix))
+
+    async def acquire(self, now_ms: int, interval_ms: float, burst: int) -> int:
+        return int(await self._acquire(keys=[self.key], args=[now_ms, interval_ms, burst]))
+
+    async def pause(self, until_ms: int) -> None:
+        await self._pause(keys=[self.key], args=[until_ms])
