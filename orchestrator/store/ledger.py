@@ -122,9 +122,7 @@ class LedgerStore:
         args.append(at_ms)
         keys = self.turn_keys(worker.id, members)
         keys += [self.keys.job(job.id), self.keys.job_history(job.id)]
-        index = batch.script(self._post_turn, keys, args)
-        batch.pipe.hset(self.keys.job(job.id), "cost_known", "1")
-        return index
+        return batch.script(self._post_turn, keys, args)
 
     def turn_cost(self, job_id: str) -> dict[str, int] | None:
         raw = self.r.hget(self.keys.ledger_turns, job_id)

@@ -111,7 +111,7 @@ POST_TURN = (
     """
 -- KEYS[1] worker hash, KEYS[2] ledger turns hash, KEYS[3] ledger total hash,
 -- KEYS[4 .. 3+n] rollup hashes, KEYS[4+n .. 3+2n] index sets (one per rollup),
--- KEYS[4+2n] job hash, KEYS[5+2n] job history stream
+-- KEYS[4+2n] job hash (its 'cost_known' is set), KEYS[5+2n] job history stream
 -- ARGV[1] turn id, ARGV[2] n, ARGV[3] JSON {field: cumulative as a decimal string},
 -- ARGV[4 .. 3+n] the index member of each rollup, ARGV[4+n] now (ms)
 -- Returns {JSON of the posted deltas, JSON of the falls}, false if this turn was already
@@ -172,6 +172,8 @@ for i = 1, n do
 end
 local record = cjson.encode(posted)
 redis.call('HSET', KEYS[2], ARGV[1], record)
+local job_known = redis.call('EXISTS', KEYS[4 + 2 * n]) == 1
+if job_known then redis.call('HSET', KEYS[4 + 2 * n], 'cost_known', '1') end
 local fallen = '{}'
 if fell then
   fallen = cjson.encode(falls)
@@ -180,9 +182,9 @@ if fell then
     if falls[field] then table.insert(parts, field .. ' fell by ' .. falls[field]) end
   end
   local status = redis.call('HGET', KEYS[4 + 2 * n], 'status') or ''
-  redis.call('XADD', KEYS[5 + 2 * n], '*', 'status', status, 'at', ARGV[4 + n],
+  if job_known then redis.call('XADD', KEYS[5 + 2 * n], '*', 'status', status, 'at', ARGV[4 + n],
              'detail', 'cost anomaly: upstream cumulative figure below what was counted '
-             .. '(nothing posted for it): ' .. table.concat(parts, ', '))
+             .. '(nothing posted for it): ' .. table.concat(parts, ', ')) end
 end
 return {record, fallen}
 """
