@@ -34,7 +34,7 @@ from orchestrator.runtime import Runtime
 from orchestrator.settings import load_settings
 from orchestrator.store.jobs import RedisStore, now_ms
 from orchestrator.store.ledger import posted_deltas, posted_falls
-from orchestrator.wire.models import Costs, Usage, Worker
+from orchestrator.wire.models import Costs, Worker
 
 from .processes import wait_for
 
