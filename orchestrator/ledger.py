@@ -5,15 +5,25 @@ is the difference between the cumulative figures after it and those already coun
 :mod:`orchestrator.store.scripts.jobs` (POST_TURN) applies that difference atomically.
 This module, pure maths, says which fields are money and usage, turns a snapshot into
 those integer fields, and names the ledger rows a turn adds to.
+
+Upstream figures are untrusted input (invariant 10). :func:`cumulative` checks each one
+before anything is written: finite, non-negative, and at most :data:`MAX_FIGURE` (10**15:
+one billion USD in micro-dollars, or 10**15 tokens/steps/credits, per worker). The ceiling
+is below 2**53, so the Lua scripts, whose numbers are doubles, compute every delta
+exactly; a ledger row (a 64-bit Redis integer) is refused a post that would take it over
+:data:`ROW_CEILING`. A figure outside the bounds raises :class:`FigureError`: the job
+fails with that reason, nothing is posted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from orchestrator.money import to_micro
+from orchestrator.errors import OrchestratorError
+from orchestrator.money import MICRO_PER_USD, to_micro
 from orchestrator.wire.models import Worker
 
 if TYPE_CHECKING:
@@ -43,30 +53,84 @@ TOKEN_FIELDS = (
 FIELDS = MONEY_FIELDS + TOKEN_FIELDS
 REPORT_FIELDS = (*FIELDS, "turns")
 
+#: The largest cumulative figure a worker may report, per field: micro-dollars for money
+#: (so at most 1,000,000,000 USD), a count for usage. Below 2**53 (Lua's exact integers).
+MAX_FIGURE = 10**15
+MAX_USD = Decimal(MAX_FIGURE) / MICRO_PER_USD
+#: A ledger row's field may not be taken above this by a post (Redis integers are 64-bit;
+#: the margin below 2**63 covers the doubles Lua compares with).
+ROW_CEILING = 2**62
+
+
+class FigureError(OrchestratorError, ValueError):
+    """An upstream cost or usage figure is outside the ledger's bounds; ``field`` names
+    it (e.g. ``costs.model_cost_usd``). Nothing was posted."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"upstream {field} {message}")
+
 
 def cumulative(worker: Worker) -> dict[str, int] | None:
     """The worker's cumulative figures as integers, or None while costs are unknown.
 
     ``costs: null`` means *unknown*, not zero: nothing is posted until a snapshot says.
+    Raises :class:`FigureError` for a figure outside the bounds (see the module doc).
     """
     costs, usage = worker.costs, worker.usage
     if costs is None or usage is None:
         return None
     return {
-        "internal_cost_micro": to_micro(costs.internal_cost_usd),
-        "model_cost_micro": to_micro(costs.model_cost_usd),
-        "sandbox_cost_micro": to_micro(costs.sandbox_cost_usd),
-        "tool_cost_micro": to_micro(costs.tool_cost_usd),
-        "usage_cost_micro": to_micro(usage.cost_usd),
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-        "cache_read_tokens": usage.cache_read_tokens,
-        "cache_write_tokens": usage.cache_write_tokens,
-        "total_tokens": usage.total_tokens,
-        "steps": usage.steps,
-        "credits": usage.credits or 0,
+        "internal_cost_micro": _micro("costs.internal_cost_usd", costs.internal_cost_usd),
+        "model_cost_micro": _micro("costs.model_cost_usd", costs.model_cost_usd),
+        "sandbox_cost_micro": _micro("costs.sandbox_cost_usd", costs.sandbox_cost_usd),
+        "tool_cost_micro": _micro("costs.tool_cost_usd", costs.tool_cost_usd),
+        "usage_cost_micro": _micro("usage.cost_usd", usage.cost_usd),
+        "input_tokens": _count("usage.input_tokens", usage.input_tokens),
+        "output_tokens": _count("usage.output_tokens", usage.output_tokens),
+        "reasoning_tokens": _count("usage.reasoning_tokens", usage.reasoning_tokens),
+        "cache_read_tokens": _count("usage.cache_read_tokens", usage.cache_read_tokens),
+        "cache_write_tokens": _count("usage.cache_write_tokens", usage.cache_write_tokens),
+        "total_tokens": _count("usage.total_tokens", usage.total_tokens),
+        "steps": _count("usage.steps", usage.steps),
+        "credits": _count("usage.credits", usage.credits or 0),
     }
+
+
+def _micro(name: str, amount: object) -> int:
+    if not isinstance(amount, Decimal | int) or isinstance(amount, bool):
+        raise FigureError(name, f"is not a number: {amount!r}")
+    value = Decimal(amount)
+    if not value.is_finite():
+        raise FigureError(name, f"is not a finite number: {value}")
+    if value < 0:
+        raise FigureError(name, f"is negative: {value}")
+    if value > MAX_USD:
+        raise FigureError(name, f"is above the ceiling of {MAX_USD} USD: {value:.6E}")
+    return to_micro(value)
+
+
+def _count(name: str, count: object) -> int:
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise FigureError(name, f"is not an integer: {count!r}")
+    if count < 0:
+        raise FigureError(name, f"is negative: {count}")
+    if count > MAX_FIGURE:
+        raise FigureError(name, f"is above the ceiling of {MAX_FIGURE}: {count}")
+    return count
+
+
+def check_figures(figures: dict[str, int]) -> dict[str, int]:
+    """``figures`` if it holds every ledger field as an integer within the bounds (what
+    the POST_TURN and RECONCILE_WORKER scripts receive); FigureError otherwise."""
+    for name in FIELDS:
+        if name not in figures:
+            raise FigureError(name, "is missing")
+        _count(name, figures[name])
+    extra = sorted(set(figures) - set(FIELDS))
+    if extra:
+        raise FigureError(extra[0], "is not a ledger field")
+    return figures
 
 
 def total_cost_micro(row: dict[str, int]) -> int:

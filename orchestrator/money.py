@@ -5,20 +5,32 @@ text (never through ``float``). They are stored as integer micro-dollars (1 USD 
 1,000,000 micro). The single rounding rule: round half to even at the sixth decimal.
 The upstream reports at most six decimals, so in practice nothing is rounded; the rule
 only fixes what happens if it ever sends more.
+
+:func:`to_micro` is exact for any finite amount below 10**21 USD and raises
+:class:`ValueError` (never :class:`decimal.InvalidOperation`) for anything else; how
+large an upstream figure may be is :mod:`orchestrator.ledger`'s ceiling, far below.
 """
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 MICRO_PER_USD = 1_000_000
 _MICRO = Decimal("0.000001")
+#: The largest power of ten :func:`to_micro` converts (amounts are below 10**21 USD).
+_MAX_DIGITS = 20
 
 
 def to_micro(amount: Decimal | int | str) -> int:
     """Convert a USD amount to integer micro-dollars (half-even at 6 decimals)."""
     value = Decimal(amount) if not isinstance(amount, Decimal) else amount
-    return int(value.quantize(_MICRO, rounding=ROUND_HALF_EVEN) * MICRO_PER_USD)
+    if not value.is_finite():
+        raise ValueError(f"amount {value} is not a finite number")
+    if value and value.adjusted() > _MAX_DIGITS:
+        raise ValueError(f"amount {value} is too large")
+    with localcontext() as ctx:
+        ctx.prec = _MAX_DIGITS + 10  # exact: at most 21 digits before the point, 6 after
+        return int(value.quantize(_MICRO, rounding=ROUND_HALF_EVEN) * MICRO_PER_USD)
 
 
 def from_micro(micro: int) -> Decimal:

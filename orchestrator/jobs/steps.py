@@ -17,10 +17,11 @@ from orchestrator.celery import API_QUEUE
 from orchestrator.controls.budgets import BudgetExceeded, next_period_ms, turn_members
 from orchestrator.errors import APIStatusError, InputError
 from orchestrator.jobs.model import Job
-from orchestrator.ledger import total_cost_micro
+from orchestrator.ledger import FigureError, total_cost_micro
+from orchestrator.ops.instruments import COST_ANOMALIES
 from orchestrator.runtime import Runtime
 from orchestrator.store.jobs import now_ms
-from orchestrator.store.ledger import posted_deltas
+from orchestrator.store.ledger import posted_deltas, posted_falls
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,8 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
     """After the stream closed: snapshot, ledger delta, status; then fetch files.
 
     Returns what happened: ``completed``, ``refollow`` (the turn is still running: the
-    stream closed early) or ``noop`` (already final).
+    stream closed early), ``failed`` (an upstream cost or usage figure outside the
+    ledger's bounds: nothing posted, the hold and slots given back) or ``noop``.
     """
     store = rt.store
     job = store.require_job(job_id)
@@ -220,10 +222,23 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
     # Three round trips from here, not one per write: the batches keep the order.
     at = now_ms()
     settle = store.batch()
-    posted_at, relayed_at = store.settle_into(settle, job, worker, at, turn_members(job.tags, at))
-    hold_at = rt.budgets.hold_into(settle, job.id)
-    replies = settle.execute()
-    posted = None if posted_at is None else posted_deltas(replies[posted_at])
+    try:
+        posted_at, relayed_at = store.settle_into(
+            settle, job, worker, at, turn_members(job.tags, at)
+        )
+        hold_at = rt.budgets.hold_into(settle, job.id)
+        replies = settle.execute(raise_on_error=False)
+        posted = None if posted_at is None else posted_deltas(replies[posted_at])
+    except FigureError as exc:  # an absurd upstream figure: nothing was posted
+        log.error("job %s: %s", job.id, exc)
+        store.release_follow(job.id)
+        fail(app, rt, job.id, f"cost not posted: {exc}")
+        return "failed"
+    for field, fell_by in posted_falls(
+        replies[posted_at] if posted_at is not None else None
+    ).items():
+        log.warning("job %s: upstream %s fell by %d; nothing posted for it", job.id, field, fell_by)
+        COST_ANOMALIES.labels(field=field).inc()
     raw_hold = replies[hold_at]
     hold = rt.budgets.amount_of(raw_hold)
     if posted is not None and hold is not None and total_cost_micro(posted) > hold:

@@ -5,8 +5,8 @@ on each scrape see :mod:`orchestrator.ops.collector`).
 
 - :data:`UPSTREAM_LATENCY` and :data:`UPSTREAM_RETRIES`, both fed by
   :func:`record_attempt` (the clients' ``on_attempt`` hook);
-- :data:`EVENTS_RELAYED`, :data:`SCHEDULE_RUNS`, :data:`SCHEDULE_LATENESS` and
-  :data:`RATE_LIMIT_WAITS`.
+- :data:`EVENTS_RELAYED`, :data:`SCHEDULE_RUNS`, :data:`SCHEDULE_LATENESS`,
+  :data:`RATE_LIMIT_WAITS` and :data:`COST_ANOMALIES`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from prometheus_client import Counter, Histogram
 from orchestrator.wire.retry import retry_reason
 
 __all__ = [
+    "COST_ANOMALIES",
     "EVENTS_RELAYED",
     "RATE_LIMIT_WAITS",
     "SCHEDULE_LATENESS",
@@ -50,6 +51,12 @@ SCHEDULE_RUNS = Counter(
 RATE_LIMIT_WAITS = Counter(
     "orchestrator_rate_limit_waits_total",
     "Times a request waited for the fleet-wide rate limit or a 429 pause.",
+)
+COST_ANOMALIES = Counter(
+    "orchestrator_cost_anomalies_total",
+    "Turns whose upstream cumulative cost or usage figure fell below what was already "
+    "counted (nothing posted for that field; see orchestrator reconcile), by field.",
+    ["field"],
 )
 SCHEDULE_LATENESS = Histogram(
     "orchestrator_schedule_lateness_seconds",

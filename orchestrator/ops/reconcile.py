@@ -15,6 +15,13 @@ the last ``hours`` (the store's ``jobs`` index), the worker's snapshot is read a
 - ``total``: the ledger total against the sum of all per-worker rows; fixed by moving
   the total (``RECONCILE_TOTAL``, ``LedgerRepair.check_total``, after the worker rows
   are repaired).
+- ``fell``: an anomaly kept by POST_TURN: a turn's upstream cumulative figure was below
+  what the ledger had counted (nothing was posted for it, ``counted`` kept its high mark).
+  Reported with the fall; fixed (``--fix``) by following the upstream figure: the
+  ``money`` repair above brings ``counted`` and the ledger down to it, and the anomaly is
+  cleared. Without ``--fix`` the report is not clean.
+- ``figures``: an upstream figure outside the ledger's bounds (see
+  :mod:`orchestrator.ledger`) is reported as an error; nothing is posted for it.
 - ``stuck``: a job still ``submitted``/``running`` here whose worker is finished upstream
   (its finalize was lost); fixed by sending ``workers.finalize`` for it again.
 - ``snapshot``: a finished worker's stored snapshot missing or unlike the upstream's;
@@ -36,7 +43,7 @@ from typing import Any
 from orchestrator.controls.budgets import turn_members
 from orchestrator.errors import APIError, InputError
 from orchestrator.jobs.model import Job
-from orchestrator.ledger import FIELDS, cumulative
+from orchestrator.ledger import FIELDS, FigureError, cumulative
 from orchestrator.store.jobs import RedisStore, now_ms
 from orchestrator.store.ledger import LedgerRepair
 from orchestrator.wire.client import WorkersClient
@@ -50,7 +57,7 @@ MAX_HOURS = 24 * 366
 class Difference:
     """One disagreement between Redis and the upstream (or within the ledger)."""
 
-    kind: str  # money | total | stuck | snapshot
+    kind: str  # money | fell | total | stuck | snapshot
     subject: str  # worker id, job id, or "total"
     detail: dict[str, Any]
     fixed: bool = False
@@ -66,6 +73,12 @@ class Difference:
         elif self.kind == "total":
             parts = [
                 f"{f} total {d['total']} sum of worker rows {d['workers']}"
+                for f, d in sorted(self.detail["fields"].items())
+            ]
+            text = "; ".join(parts)
+        elif self.kind == "fell":
+            parts = [
+                f"{f} fell by {d} below what was counted (nothing posted for it)"
                 for f, d in sorted(self.detail["fields"].items())
             ]
             text = "; ".join(parts)
@@ -175,22 +188,32 @@ class Reconciler:
         report.differences.append(diff)
 
     def _check_money(self, worker: Worker, latest: Job, fix: bool, report: Report) -> None:
-        figures = cumulative(worker)
+        try:
+            figures = cumulative(worker)
+        except FigureError as exc:
+            report.errors.append(f"{worker.id}: {exc}")
+            return
         if figures is None:
             return  # costs still unknown upstream: nothing to compare yet
+        falls = self.ledger.worker_falls(worker.id)
         counted_all, row_all = self.ledger.worker_figures(worker.id)
         wrong: dict[str, dict[str, int]] = {}
         for name, c, w in zip(FIELDS, counted_all, row_all, strict=True):
             u = figures[name]
             if c != u or w != u:
                 wrong[name] = {"upstream": u, "row": w, "counted": c}
-        if not wrong:
-            return
-        diff = Difference("money", worker.id, {"job_id": latest.id, "fields": wrong})
-        if fix:
-            diff.repair = self._post_correction(worker.id, latest, figures)
-            diff.fixed = True
-        report.differences.append(diff)
+        if wrong:
+            diff = Difference("money", worker.id, {"job_id": latest.id, "fields": wrong})
+            if fix:
+                diff.repair = self._post_correction(worker.id, latest, figures)
+                diff.fixed = True
+            report.differences.append(diff)
+        if falls:
+            fell = Difference("fell", worker.id, {"job_id": latest.id, "fields": falls})
+            if fix:
+                self.ledger.clear_falls(worker.id)
+                fell.fixed = True
+            report.differences.append(fell)
 
     def _post_correction(self, worker_id: str, job: Job, figures: dict[str, int]) -> dict[str, Any]:
         at = now_ms()

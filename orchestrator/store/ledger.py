@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import InputError
 from orchestrator.jobs.model import Job
-from orchestrator.ledger import FIELDS, cumulative, empty_row, parse_row, rollups
+from orchestrator.ledger import (
+    FIELDS,
+    FigureError,
+    check_figures,
+    cumulative,
+    empty_row,
+    parse_row,
+    rollups,
+)
 from orchestrator.store.batch import Batch
 from orchestrator.store.keys import LEDGER_DIMENSIONS, Keys
 from orchestrator.store.scripts import jobs as scripts
@@ -27,8 +35,20 @@ if TYPE_CHECKING:
 
 
 def posted_deltas(reply: Any) -> dict[str, int] | None:
-    """The deltas a POST_TURN reply says were posted (None: posted before)."""
-    return {k: int(v) for k, v in json.loads(reply).items()} if reply else None
+    """The deltas a POST_TURN reply says were posted (None: posted before).
+    FigureError when the script refused the post (nothing was written)."""
+    if isinstance(reply, Exception):
+        raise FigureError("figures", f"refused by the ledger: {reply}")
+    return {k: int(v) for k, v in json.loads(reply[0]).items()} if reply else None
+
+
+def posted_falls(reply: Any) -> dict[str, int]:
+    """The fields a POST_TURN reply says fell below what was counted, by how much (an
+    anomaly: nothing was posted for them); empty when none fell or it was posted before."""
+    if not reply or isinstance(reply, Exception):
+        return {}
+    falls = json.loads(reply[1])
+    return {k: int(v) for k, v in falls.items()} if isinstance(falls, dict) else {}
 
 
 class LedgerStore:
@@ -51,9 +71,11 @@ class LedgerStore:
     ) -> tuple[int | None, int]:
         """Queue a finished turn's writes: its snapshot, then its ledger delta; returns
         the reply indexes of the delta (:func:`posted_deltas`) and of the updates
-        relayed so far (the turn's ``update_to``)."""
+        relayed so far (the turn's ``update_to``). FigureError (nothing queued) for a
+        figure outside the ledger's bounds."""
+        figures = cumulative(worker)  # checked before anything is queued
         batch.pipe.hset(self.keys.worker(worker.id), "snapshot", worker.model_dump_json())
-        posted = self.post_turn_into(batch, job, worker, at_ms, extra)
+        posted = self.post_turn_into(batch, job, worker, at_ms, extra, figures=figures)
         batch.pipe.hget(self.keys.worker(worker.id), "relayed")
         return posted, len(batch.pipe) - 1
 
@@ -67,10 +89,11 @@ class LedgerStore:
         """Post the turn's cost delta (cumulative now minus counted) exactly once.
 
         Returns the deltas, or None if costs are still unknown or it was already posted.
+        FigureError (nothing written) for a figure outside the ledger's bounds.
         """
         batch = Batch(self.r)
         index = self.post_turn_into(batch, job, worker, at_ms, extra)
-        replies = batch.execute()
+        replies = batch.execute(raise_on_error=False)
         return None if index is None else posted_deltas(replies[index])
 
     def post_turn_into(
@@ -80,19 +103,26 @@ class LedgerStore:
         worker: Worker,
         at_ms: int,
         extra: Sequence[tuple[str, str]] = (),
+        *,
+        figures: dict[str, int] | None = None,
     ) -> int | None:
         """Queue :meth:`post_turn` on a batch; the index of the reply for
-        :func:`posted_deltas`, or None when the costs are unknown (nothing to post)."""
-        figures = cumulative(worker)
+        :func:`posted_deltas` and :func:`posted_falls`, or None when the costs are
+        unknown (nothing to post). ``figures``: the worker's, if already computed."""
+        if figures is None:
+            figures = cumulative(worker)
         if figures is None:
             batch.pipe.hset(self.keys.job(job.id), "cost_known", "0")
             return None
+        check_figures(figures)
         members = rollups(job, worker.id, at_ms, extra)
-        args: list[Any] = [job.id, len(members), json.dumps(figures)]
+        texts = {name: str(value) for name, value in figures.items()}
+        args: list[Any] = [job.id, len(members), json.dumps(texts)]
         args += [value for _, value in members]
-        index = batch.script(self._post_turn, self.turn_keys(worker.id, members), args)
-        batch.pipe.hset(self.keys.job(job.id), "cost_known", "1")
-        return index
+        args.append(at_ms)
+        keys = self.turn_keys(worker.id, members)
+        keys += [self.keys.job(job.id), self.keys.job_history(job.id)]
+        return batch.script(self._post_turn, keys, args)
 
     def turn_cost(self, job_id: str) -> dict[str, int] | None:
         raw = self.r.hget(self.keys.ledger_turns, job_id)
@@ -162,6 +192,16 @@ class LedgerRepair:
             pipe.hmget(self.keys.ledger("worker", worker_id), list(FIELDS))
             counted, row = pipe.execute()
         return [int(v or 0) for v in counted], [int(v or 0) for v in row]
+
+    def worker_falls(self, worker_id: str) -> dict[str, int]:
+        """The worker's outstanding ``fell:<field>`` anomalies (see POST_TURN)."""
+        values = self.r.hmget(self.keys.worker(worker_id), [f"fell:{f}" for f in FIELDS])
+        return {name: int(v) for name, v in zip(FIELDS, values, strict=True) if v is not None}
+
+    def clear_falls(self, worker_id: str) -> None:
+        """Forget the worker's ``fell:<field>`` anomalies (reconcile has followed the
+        upstream figure)."""
+        self.r.hdel(self.keys.worker(worker_id), *[f"fell:{f}" for f in FIELDS])
 
     def post_correction(
         self,

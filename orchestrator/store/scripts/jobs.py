@@ -6,6 +6,7 @@ or failover) and opens with a comment naming its KEYS and ARGV.
 from __future__ import annotations
 
 from orchestrator.jobs.model import STATUS_RANK, TERMINAL_RANK
+from orchestrator.ledger import FIELDS, MAX_FIGURE, ROW_CEILING
 
 # Status order: a job only ever moves forward; terminal states never change again. The
 # rank table and the terminal rank are written in from jobs.model, the rule's one home.
@@ -98,24 +99,69 @@ return relayed
 
 # One turn's cost is the difference of cumulative snapshots; posting it is keyed by
 # the turn id so a replay is a no-op, and 'counted:*' on the worker only moves forward.
-POST_TURN = """
+# All or nothing: every figure is checked, and every row it adds to, before the first
+# write (Redis does not roll a script back). Figures arrive as decimal strings of at most
+# MAX_FIGURE (< 2**53, exact as Lua doubles); replies carry integers as strings (cjson
+# would print large numbers in exponent form). A figure below what was counted is an
+# anomaly: nothing is posted for it, 'counted' keeps the high mark, the fall is kept as
+# 'fell:<field>' on the worker (cleared when the figure climbs back) and noted in the
+# job's history.
+_FIELD_LIST = ", ".join(f"'{name}'" for name in FIELDS)
+POST_TURN = (
+    """
 -- KEYS[1] worker hash, KEYS[2] ledger turns hash, KEYS[3] ledger total hash,
--- KEYS[4 .. 3+n] rollup hashes, KEYS[4+n .. 3+2n] index sets (one per rollup)
--- ARGV[1] turn id, ARGV[2] n, ARGV[3] JSON {field: cumulative integer},
--- ARGV[4 .. 3+n] the index member of each rollup
--- Returns the JSON of the posted deltas, or false if this turn was already posted.
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return false end
+-- KEYS[4 .. 3+n] rollup hashes, KEYS[4+n .. 3+2n] index sets (one per rollup),
+-- KEYS[4+2n] job hash (its 'cost_known' is set), KEYS[5+2n] job history stream
+-- ARGV[1] turn id, ARGV[2] n, ARGV[3] JSON {field: cumulative as a decimal string},
+-- ARGV[4 .. 3+n] the index member of each rollup, ARGV[4+n] now (ms)
+-- Returns {JSON of the posted deltas, JSON of the falls}, false if this turn was already
+-- posted, or an error reply (nothing written) for a bad figure or a row that would overflow.
+"""
+    + f"local fields = {{{_FIELD_LIST}}}\nlocal max_figure = {MAX_FIGURE}\n"
+    + f"local row_ceiling = {ROW_CEILING}\n"
+    + """if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return false end
 local n = tonumber(ARGV[2])
-local cumulative = cjson.decode(ARGV[3])
-local deltas = {}
-for field, value in pairs(cumulative) do
-  local counted = tonumber(redis.call('HGET', KEYS[1], 'counted:' .. field) or '0')
-  local delta = value - counted
-  if delta < 0 then delta = 0 else
-    redis.call('HSET', KEYS[1], 'counted:' .. field, string.format('%.0f', value))
+local ok, cumulative = pcall(cjson.decode, ARGV[3])
+if not ok or type(cumulative) ~= 'table' then
+  return redis.error_reply('BADFIGURE the figures are not a JSON object')
+end
+local values, deltas, falls = {}, {}, {}
+local fell = false
+for _, field in ipairs(fields) do
+  local text = cumulative[field]
+  if type(text) ~= 'string' or #text > 16 or not string.match(text, '^%d+$')
+     or tonumber(text) > max_figure then
+    return redis.error_reply('BADFIGURE ' .. field .. ' is not an integer from 0 to ' .. max_figure)
   end
-  deltas[field] = delta
-  local text = string.format('%.0f', delta)
+  local value = tonumber(text)
+  local counted = tonumber(redis.call('HGET', KEYS[1], 'counted:' .. field) or '0')
+  values[field] = value
+  if value < counted then
+    falls[field] = string.format('%.0f', counted - value)
+    deltas[field] = 0
+    fell = true
+  else
+    deltas[field] = value - counted
+  end
+end
+for i = 0, n do
+  local row = redis.call('HMGET', KEYS[3 + i], unpack(fields))
+  for j, field in ipairs(fields) do
+    if tonumber(row[j] or '0') + deltas[field] > row_ceiling then
+      return redis.error_reply('ROWFULL ' .. KEYS[3 + i] .. ' ' .. field .. ' would overflow')
+    end
+  end
+end
+local posted = {}
+for _, field in ipairs(fields) do
+  local text = string.format('%.0f', deltas[field])
+  posted[field] = text
+  if falls[field] then
+    redis.call('HSET', KEYS[1], 'fell:' .. field, falls[field])
+  else
+    redis.call('HSET', KEYS[1], 'counted:' .. field, string.format('%.0f', values[field]))
+    redis.call('HDEL', KEYS[1], 'fell:' .. field)
+  end
   redis.call('HINCRBY', KEYS[3], field, text)
   for i = 1, n do redis.call('HINCRBY', KEYS[3 + i], field, text) end
 end
@@ -124,10 +170,25 @@ for i = 1, n do
   redis.call('HINCRBY', KEYS[3 + i], 'turns', 1)
   redis.call('SADD', KEYS[3 + n + i], ARGV[3 + i])
 end
-local posted = cjson.encode(deltas)
-redis.call('HSET', KEYS[2], ARGV[1], posted)
-return posted
+local record = cjson.encode(posted)
+redis.call('HSET', KEYS[2], ARGV[1], record)
+local job_known = redis.call('EXISTS', KEYS[4 + 2 * n]) == 1
+if job_known then redis.call('HSET', KEYS[4 + 2 * n], 'cost_known', '1') end
+local fallen = '{}'
+if fell then
+  fallen = cjson.encode(falls)
+  local parts = {}
+  for _, field in ipairs(fields) do
+    if falls[field] then table.insert(parts, field .. ' fell by ' .. falls[field]) end
+  end
+  local status = redis.call('HGET', KEYS[4 + 2 * n], 'status') or ''
+  if job_known then redis.call('XADD', KEYS[5 + 2 * n], '*', 'status', status, 'at', ARGV[4 + n],
+             'detail', 'cost anomaly: upstream cumulative figure below what was counted '
+             .. '(nothing posted for it): ' .. table.concat(parts, ', ')) end
+end
+return {record, fallen}
 """
+)
 
 # Leases on stream following: a sorted set scores each job by lease expiry (ms) and a
 # hash names the owner. Expired or never-claimed entries are up for grabs.
