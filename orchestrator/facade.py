@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from orchestrator.controls.budgets import Budgets
     from orchestrator.controls.limits import Limits
 
+from orchestrator import rules
 from orchestrator.errors import InputError
 from orchestrator.jobs import submit
 from orchestrator.jobs.model import TERMINAL, Job, JobKind
@@ -118,21 +119,31 @@ class Orchestrator:
 
     def worker_id_of(self, worker_or_job: str) -> str:
         """The upstream worker id named directly or by one of our job ids."""
+        if isinstance(worker_or_job, str) and worker_or_job.startswith("job_"):
+            rules.JOB_ID.check(worker_or_job, "job_id")
+        else:
+            rules.WORKER_ID.check(worker_or_job, "worker_id")
         return submit.worker_id_of(self.store, worker_or_job)
 
     # --- watching ----------------------------------------------------------------
 
+    def _require(self, job_id: str) -> Job:
+        """The stored job; InputError ``job_id`` for what is not a job id (checked
+        before any key is built from it) or an unknown one."""
+        return self.store.require_job(rules.JOB_ID.check(job_id, "job_id"))
+
     def get(self, job_id: str) -> Job:
         """The job as stored now; InputError for an unknown id."""
-        return self.store.require_job(job_id)
+        return self._require(job_id)
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
         """Status transitions with their times (epoch ms)."""
-        self.store.require_job(job_id)
+        self._require(job_id)
         return self.store.history(job_id)
 
     def wait(self, job_id: str, timeout: float = 600.0, *, poll: float = 0.2) -> Job:
         """Block until the job is completed, failed or cancelled; TimeoutError after."""
+        rules.JOB_ID.check(job_id, "job_id")
         deadline = time.monotonic() + timeout
         while True:
             # The status and the history's last entry are read at one instant, so a
@@ -154,7 +165,7 @@ class Orchestrator:
         ``index`` is the worker's update number. With ``block`` the iterator waits for
         live ones and ends when the turn ends; without, it yields what is stored now.
         """
-        job = self.store.require_job(job_id)
+        job = self._require(job_id)
         deadline = time.monotonic() + timeout
         position = after
         while True:
@@ -211,19 +222,19 @@ class Orchestrator:
 
     def worker(self, job_id: str) -> Any:
         """The latest stored snapshot of the job's upstream worker (or None)."""
-        job = self.store.require_job(job_id)
+        job = self._require(job_id)
         return self.store.snapshot(job.worker_id) if job.worker_id else None
 
     def files(self, job_id: str) -> dict[str, dict[str, Any]]:
         """Fetched files of a job: name -> {path, size, sha256} (or {refused|error})."""
-        self.store.require_job(job_id)
+        self._require(job_id)
         return self.store.files(job_id)
 
     def download(self, job_id: str, name: str, dest: Path) -> dict[str, Any]:
         """Download one published file of the job's worker now, to ``dest``."""
         from orchestrator.jobs.steps import safe_path
 
-        job = self.store.require_job(job_id)
+        job = self._require(job_id)
         if job.worker_id is None:
             raise InputError("job_id", f"job {job_id} has no worker yet")
         safe_path(Path("/"), name)  # refuse traversal before any request

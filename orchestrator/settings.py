@@ -13,9 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from orchestrator import rules
 from orchestrator.errors import ConfigError
 from orchestrator.wire.models import error_message
 
@@ -35,9 +36,7 @@ class Settings(BaseSettings):
 
     # Redis: unset means "start an embedded server" (dev stack and tests only).
     redis_url: str | None = None
-    key_prefix: Annotated[
-        str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
-    ] = "orch"
+    key_prefix: Annotated[str, AfterValidator(rules.KEY_PREFIX.quiet_validator)] = "orch"
 
     # HTTP client.
     http_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
@@ -67,7 +66,7 @@ class Settings(BaseSettings):
         default_factory=lambda: {"low": "0.25", "standard": "1", "high": "5", "unlimited": "25"}
     )
     hold_reclaim_seconds: Annotated[float, Field(ge=60)] = 6 * 3600.0
-    fair_share_tag: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,62}$")] = "tenant"
+    fair_share_tag: Annotated[str, AfterValidator(rules.TAG_KEY.quiet_validator)] = "tenant"
     fleet_rate_per_second: Annotated[float | None, Field(gt=0, le=100_000)] = None
     fleet_rate_burst: Annotated[int, Field(ge=1, le=10_000)] = 1
 

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,39 @@ API += [
     (name, lambda o, w=when, kw=kwargs: o.schedules.create(None, "x", w, **kw), field)
     for name, when, kwargs, field in SCHEDULES
 ]
+# Whole-string rules (issue #13): a trailing newline, a key separator or a wrong type
+# never passes, and nothing is written for it (``re.match("^…$")`` accepted "x\n").
+CAP = "tag:tenant=acme"
+API += [
+    ("idempotency newline", lambda o: o.submit("x", idempotency_key="k-42\n"), "idempotency_key"),
+    ("tag value newline", lambda o: o.submit("x", tags={"tenant": "acme\n"}), "tags"),
+    ("tag key newline", lambda o: o.submit("x", tags={"tenant\n": "acme"}), "tags"),
+    ("schedule_id free text", lambda o: o.submit("x", schedule_id="any text"), "schedule_id"),
+    ("schedule_id newline", lambda o: o.submit("x", schedule_id="sch_abc\n"), "schedule_id"),
+    ("continue worker newline", lambda o: o.continue_("wrk_1\n", "x"), "worker_id"),
+    ("continue worker key", lambda o: o.continue_("victim:schedules", "x"), "worker_id"),
+    ("continue job newline", lambda o: o.continue_("job_x\n", "x"), "job_id"),
+    ("get history key", lambda o: o.get("job_x:history"), "job_id"),
+    ("get newline", lambda o: o.get("job_x\n"), "job_id"),
+    ("history key", lambda o: o.history("job_x:history"), "job_id"),
+    ("worker traversal", lambda o: o.worker("job_x/../y"), "job_id"),
+    ("files key", lambda o: o.files("job_x:files"), "job_id"),
+    ("wait key", lambda o: o.wait("job_x:history", timeout=1), "job_id"),
+    ("updates key", lambda o: list(o.updates("job_x:history", block=False)), "job_id"),
+    ("email newline", lambda o: o.email("wrk_1\n"), "worker_id"),
+    ("limit True", lambda o: o.limits.set(CAP, True), "limit"),
+    ("limit 10**30", lambda o: o.limits.set(CAP, 10**30), "limit"),
+    ("limit float", lambda o: o.limits.set(CAP, 2.0), "limit"),
+    ("limit zero", lambda o: o.limits.set(CAP, 0), "limit"),
+    ("limit key newline", lambda o: o.limits.set(CAP + "\n", 1), "key"),
+    ("limit remove newline", lambda o: o.limits.remove(CAP + "\n"), "key"),
+    ("cap 1e-10", lambda o: o.budgets.set_cap(scope=CAP, limit_usd=Decimal("1e-10")), "limit_usd"),
+    ("cap NaN", lambda o: o.budgets.set_cap(scope=CAP, limit_usd=Decimal("NaN")), "limit_usd"),
+    ("cap 1e308", lambda o: o.budgets.set_cap(scope=CAP, limit_usd=Decimal("1e308")), "limit_usd"),
+    ("cap scope newline", lambda o: o.budgets.set_cap(scope=CAP + "\n", limit_usd=1), "scope"),
+    ("schedule get newline", lambda o: o.schedules.get("sch_abc\n"), "schedule_id"),
+    ("schedule cancel key", lambda o: o.schedules.cancel("sch_abc:runs"), "schedule_id"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("call", "field"), [c[1:] for c in API], ids=[c[0] for c in API])
@@ -177,6 +211,19 @@ def test_valid_unicode_is_accepted_and_kept_exactly(
         assert schedule.input == text
     answer = emulator.http.post("/api/workers", json={"input": text})
     assert answer.status_code == 200, answer.text
+
+
+def test_a_job_id_naming_another_key_is_refused_not_wrongtype(world: World) -> None:
+    """``get("<job id>:history")`` named the job's history stream: a raw WRONGTYPE once."""
+    job = world.orch.store.require_job(world.orch.submit("x").id)
+    try:
+        for call in (world.orch.get, world.orch.history, world.orch.files, world.orch.worker):
+            with pytest.raises(InputError) as caught:
+                call(f"{job.id}:history")
+            assert caught.value.field == "job_id"
+    finally:  # the world fixture checks that nothing else was written
+        world.r.delete(*world.r.scan_iter(f"{world.prefix}:*"))
+        world.r.delete(world.orch.store.keys.broker_queue("api"))
 
 
 # --- file paths ------------------------------------------------------------------------
@@ -226,6 +273,17 @@ CLI = [
     (["health", "--max-age", "-1"], "error: max_age:"),
     (["reconcile", "--hours", "0"], "error: hours:"),
     (["reconcile", "--grace", "-1"], "error: grace:"),
+    (["status", "job_x:history"], "error: job_id:"),
+    (["submit", "ok", "--tag", "tenant=acme\n"], "error: tags:"),
+    (["submit", "ok", "--idempotency-key", "order-42\n"], "error: idempotency_key:"),
+    (["continue", "wrk_1\n", "more"], "error: worker_id:"),
+    (["limits", "set", "tag:tenant=acme", str(10**30)], "error: limit:"),
+    (["limits", "set", "tag:tenant=acme\n", "1"], "error: key:"),
+    (["budgets", "set", "global", "--usd", "1e-10"], "error: usd:"),
+    (["budgets", "set", "global", "--usd", "NaN"], "error: usd:"),
+    (["budgets", "set", "tag:tenant=acme\n", "--usd", "1"], "error: scope:"),
+    (["costs", "--since", "2026-01-01\n"], "error: since:"),
+    (["schedules", "pause", "sch_abc\n"], "error: schedule_id:"),
 ]
 
 
@@ -297,7 +355,7 @@ SETTINGS = [
     ("HTTP_TIMEOUT", "abc"), ("HTTP_TIMEOUT", "-1"), ("REDIS_URL", "ftp://host/0"),
     ("KEY_PREFIX", "has space"), ("MAX_RETRIES", "-1"), ("WORKERS_API_URL", "file:///etc"),
     ("VISIBILITY_TIMEOUT", "5"), ("MAX_INPUT_CHARS", "1e9"), ("METRICS_PORT", "70000"),
-    ("BUDGET_HOLDS_USD", "not json"),
+    ("BUDGET_HOLDS_USD", "not json"), ("KEY_PREFIX", "orch\n"), ("FAIR_SHARE_TAG", "tenant\n"),
 ]
 # fmt: on
 

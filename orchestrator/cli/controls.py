@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from orchestrator import rules
 from orchestrator.errors import InputError
 from orchestrator.facade import Orchestrator
 from orchestrator.money import format_usd
@@ -82,10 +82,7 @@ def run_budgets_show(args: argparse.Namespace) -> int:
 
 
 def run_budgets_set(args: argparse.Namespace) -> int:
-    try:
-        usd = Decimal(args.usd)
-    except InvalidOperation:
-        raise InputError("usd", f"{args.usd!r} is not an amount") from None
+    usd = rules.cap_usd(args.usd, "usd")
     with Orchestrator(load_settings()) as orch:
         cap = orch.budgets.set_cap(
             scope=args.scope, period=args.period, limit_usd=usd, warn_at=args.warn_at,

@@ -26,7 +26,7 @@ from orchestrator.settings import load_settings
 from orchestrator.store.keys import LEDGER_DIMENSIONS
 from orchestrator.wire.models import BUDGETS
 
-_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -322,7 +322,7 @@ def _cost_cells(key: str, row: dict[str, Any]) -> list[str]:
 def _day(field: str, text: str | None) -> date | None:
     if text is None:
         return None
-    if _DATE.match(text):
+    if _DATE.fullmatch(text):
         try:
             return date.fromisoformat(text)
         except ValueError:  # e.g. 2026-02-30

@@ -18,8 +18,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from orchestrator import rules
 from orchestrator.errors import InputError, OrchestratorError
-from orchestrator.jobs.model import TAG_KEY, TAG_VALUE, Job
+from orchestrator.jobs.model import Job
 from orchestrator.ledger import total_cost_micro
 from orchestrator.money import format_usd, to_micro
 from orchestrator.store.batch import Batch
@@ -40,7 +41,7 @@ class BudgetCap(BaseModel):
 
     scope: str
     period: Period = "day"
-    limit_usd: Annotated[Decimal, Field(gt=0, le=Decimal("1e9"))]
+    limit_usd: Decimal  # at least one micro-dollar, at most rules.CAP_MAX_USD
     warn_at: Annotated[float, Field(gt=0, le=1)] = 0.8
     on_exceed: Literal["refuse", "wait"] = "refuse"
 
@@ -51,6 +52,14 @@ class BudgetCap(BaseModel):
             parse_scope(value)
         except InputError as exc:
             raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("limit_usd")
+    @classmethod
+    def _limit(cls, value: Decimal) -> Decimal:
+        problem = rules.cap_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @property
@@ -78,11 +87,12 @@ def parse_scope(scope: str) -> tuple[str, str] | None:
     """``None`` for ``global``; ``(key, value)`` for ``tag:key=value``; InputError else."""
     if scope == "global":
         return None
-    kind, _, rest = scope.partition(":")
-    key, sep, value = rest.partition("=")
-    if kind != "tag" or not sep or not TAG_KEY.match(key) or not TAG_VALUE.match(value):
-        raise InputError("scope", f"{scope!r} is not 'global' or 'tag:key=value'")
-    return key, value
+    if isinstance(scope, str):
+        kind, _, rest = scope.partition(":")
+        key, sep, value = rest.partition("=")
+        if kind == "tag" and sep and rules.TAG_KEY.ok(key) and rules.TAG_VALUE.ok(value):
+            return key, value
+    raise InputError("scope", f"{rules.shown(scope)} is not 'global' or 'tag:key=value'")
 
 
 def period_key(period: Period, at_ms: int) -> str:

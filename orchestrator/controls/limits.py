@@ -16,8 +16,9 @@ import asyncio
 import time
 from typing import Any
 
+from orchestrator import rules
 from orchestrator.errors import InputError
-from orchestrator.jobs.model import TAG_KEY, TAG_VALUE, Job
+from orchestrator.jobs.model import Job
 from orchestrator.ops.instruments import RATE_LIMIT_WAITS
 from orchestrator.store.batch import Batch
 from orchestrator.store.jobs import RedisStore, now_ms
@@ -29,13 +30,14 @@ MAX_RATE_WAIT = 60.0
 
 def check_limit_key(key: str) -> str:
     """``tag:key=value`` or ``budget:<tier>``; InputError naming ``key`` otherwise."""
-    kind, _, rest = key.partition(":")
-    if kind == "budget" and rest in BUDGETS:
-        return key
-    tag, sep, value = rest.partition("=")
-    if kind == "tag" and sep and TAG_KEY.match(tag) and TAG_VALUE.match(value):
-        return key
-    raise InputError("key", f"{key!r} is not 'tag:key=value' or 'budget:<tier>'")
+    if isinstance(key, str):
+        kind, _, rest = key.partition(":")
+        if kind == "budget" and rest in BUDGETS:
+            return key
+        tag, sep, value = rest.partition("=")
+        if kind == "tag" and sep and rules.TAG_KEY.ok(tag) and rules.TAG_VALUE.ok(value):
+            return key
+    raise InputError("key", f"{rules.shown(key)} is not 'tag:key=value' or 'budget:<tier>'")
 
 
 class Limits:
@@ -46,9 +48,8 @@ class Limits:
         self.fair_tag = fair_tag
 
     def set(self, key: str, limit: int) -> None:
-        if not isinstance(limit, int) or limit < 1:
-            raise InputError("limit", "must be a whole number of at least 1")
-        self.slots.set(check_limit_key(key), limit)
+        checked = check_limit_key(key)
+        self.slots.set(checked, rules.limit_value(limit, "limit"))
 
     def remove(self, key: str) -> bool:
         return self.slots.remove(check_limit_key(key))

@@ -9,7 +9,6 @@ adds a turn to an existing one. Its status only moves forward::
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from typing import Any, Literal
 
@@ -23,6 +22,7 @@ from pydantic import (
     field_validator,
 )
 
+from orchestrator import rules
 from orchestrator.errors import InputError
 from orchestrator.wire.models import Budget, input_error
 
@@ -41,24 +41,15 @@ STATUS_RANK: dict[JobStatus, int] = {
 TERMINAL_RANK = max(STATUS_RANK.values())
 TERMINAL: frozenset[str] = frozenset(s for s, rank in STATUS_RANK.items() if rank == TERMINAL_RANK)
 
-TAG_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
-TAG_VALUE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
-IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:@+=-]{1,200}$")
+# The identifier rules live in orchestrator.rules; these names stay for their users.
+TAG_KEY = rules.TAG_KEY.regex
+TAG_VALUE = rules.TAG_VALUE.regex
+IDEMPOTENCY_KEY = rules.IDEMPOTENCY_KEY.regex
 MAX_TAGS = 16
 
 
 def new_job_id() -> str:
     return "job_" + uuid.uuid4().hex
-
-
-def _check_input(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty or only whitespace")
-    # C0 controls (but tab and newlines), DEL and C1 controls are never meant as text.
-    bad = [c for c in value if (ord(c) < 32 and c not in "\n\r\t") or 127 <= ord(c) < 160]
-    if bad:
-        raise ValueError(f"contains control character {ord(bad[0]):#04x}")
-    return value
 
 
 class Submission(BaseModel):
@@ -79,7 +70,10 @@ class Submission(BaseModel):
     @field_validator("input")
     @classmethod
     def _input(cls, value: str) -> str:
-        return _check_input(value)
+        problem = rules.input_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("tags")
     @classmethod
@@ -87,25 +81,27 @@ class Submission(BaseModel):
         if len(value) > MAX_TAGS:
             raise ValueError(f"at most {MAX_TAGS} tags")
         for key, tag_value in value.items():
-            if not TAG_KEY.match(key):
-                raise ValueError(f"tag key {key!r} must match {TAG_KEY.pattern}")
-            if not isinstance(tag_value, str) or not TAG_VALUE.match(tag_value):
-                raise ValueError(f"tag {key}={tag_value!r}: value must match {TAG_VALUE.pattern}")
+            problem = rules.TAG_KEY.problem(key)
+            if problem is None and (problem := rules.TAG_VALUE.problem(tag_value)) is not None:
+                problem = f"tag {key}: {problem}"
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @field_validator("idempotency_key")
     @classmethod
     def _idem(cls, value: str | None) -> str | None:
-        if value is not None and not IDEMPOTENCY_KEY.match(value):
-            raise ValueError(f"must match {IDEMPOTENCY_KEY.pattern}")
-        return value
+        return None if value is None else rules.IDEMPOTENCY_KEY.validator(value)
 
     @field_validator("worker_id")
     @classmethod
     def _worker(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[A-Za-z0-9_-]{1,128}$", value):
-            raise ValueError("must be a worker id (letters, digits, '_' or '-')")
-        return value
+        return None if value is None else rules.WORKER_ID.validator(value)
+
+    @field_validator("schedule_id")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        return None if value is None else rules.SCHEDULE_ID.validator(value)
 
 
 def validate_submission(max_input_chars: int, **fields: Any) -> Submission:
@@ -124,9 +120,9 @@ def validate_submission(max_input_chars: int, **fields: Any) -> Submission:
 def parse_tag(text: str) -> tuple[str, str]:
     """``key=value`` (as given on the command line) to a pair; InputError if malformed."""
     key, sep, value = text.partition("=")
-    if not sep or not TAG_KEY.match(key) or not TAG_VALUE.match(value):
-        raise InputError("tags", f"{text!r} is not key=value (key {TAG_KEY.pattern})")
-    return key, value
+    if not sep:
+        raise InputError("tags", f"{rules.shown(text)} is not key=value")
+    return rules.tag(key, value, "tags")
 
 
 class Job(BaseModel):

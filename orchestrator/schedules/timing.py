@@ -15,7 +15,6 @@ collapse into that one run.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from orchestrator import rules
 from orchestrator.errors import InputError
 from orchestrator.wire.models import (
     Budget,
@@ -58,7 +58,8 @@ MAX_FIRE = 1_000
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MS = timedelta(milliseconds=1)
-SCHEDULE_ID = re.compile(r"^sch_[A-Za-z0-9_-]{1,64}$")
+# The rule lives in orchestrator.rules (anchored \A…\Z: no trailing newline passes).
+SCHEDULE_ID = rules.SCHEDULE_ID.regex
 
 
 def to_ms(moment: datetime) -> int:

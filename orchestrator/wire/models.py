@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from orchestrator import rules
 from orchestrator.errors import InputError
 
 Budget = Literal["low", "standard", "high", "unlimited"]
@@ -41,6 +42,9 @@ Usd = Annotated[
     PlainSerializer(lambda d: float(d), return_type=float, when_used="json"),
 ]
 Count = Annotated[int, Field(ge=0)]
+# A worker id names Redis keys and file directories: an upstream answer with any other
+# id (``../up``, ``a/b``, ``victim:schedules``, empty, over 128 characters) is malformed.
+WorkerId = Annotated[str, AfterValidator(rules.WORKER_ID.validator)]
 
 
 def _utc_iso(value: datetime) -> str:
@@ -141,7 +145,7 @@ class Worker(BaseModel):
     # The Worker's own multi-word names are snake_case on the wire.
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    id: str
+    id: WorkerId
     created_at: int | None = None
     error: Any = None
     files: list[File] = Field(default_factory=list)
@@ -255,7 +259,7 @@ WORKER_SCHEDULE_ADAPTER: TypeAdapter[
 
 class ScheduleList(WireModel):
     schedules: list[WorkerSchedule]
-    worker_id: str
+    worker_id: WorkerId
 
 
 class ScheduleCancel(WireModel):

@@ -1,0 +1,179 @@
+"""The rules for every identifier and value a caller or the upstream hands in, in one
+place: the facade, the CLI, the settings, the controls, the job model and the wire
+models all check against these.
+
+Patterns are anchored with ``\\A`` and ``\\Z`` and applied with :func:`re.fullmatch`, so
+a trailing newline never passes (``$`` would accept ``"x\\n"``), and even a caller that
+still uses :meth:`re.Pattern.match` gets a whole-string check. Every rule raises an
+:class:`~orchestrator.errors.InputError` naming the field, or, for pydantic
+validators, gives the problem as text (:meth:`Rule.problem`).
+
+Imports nothing of the package but :mod:`orchestrator.errors` and
+:mod:`orchestrator.money`, so every room (the wire layer too) may use it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from orchestrator.errors import InputError
+from orchestrator.money import MICRO_PER_USD
+
+__all__ = [
+    "CAP_MAX_USD",
+    "CAP_MIN_USD",
+    "IDEMPOTENCY_KEY",
+    "JOB_ID",
+    "KEY_PREFIX",
+    "LIMIT_MAX",
+    "SCHEDULE_ID",
+    "TAG_KEY",
+    "TAG_VALUE",
+    "WORKER_ID",
+    "Rule",
+    "cap_usd",
+    "input_problem",
+    "input_text",
+    "limit_value",
+    "shown",
+    "tag",
+]
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut short: an error message never carries a huge value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A whole-string pattern for one kind of identifier."""
+
+    what: str  # "a tag key": for messages
+    regex: re.Pattern[str]
+    hint: str  # the pattern in words
+
+    @property
+    def pattern(self) -> str:
+        return self.regex.pattern
+
+    def ok(self, value: object) -> bool:
+        return isinstance(value, str) and self.regex.fullmatch(value) is not None
+
+    def problem(self, value: object) -> str | None:
+        """None if ``value`` passes, else what is wrong (without the field name)."""
+        if self.ok(value):
+            return None
+        return f"{shown(value)} is not {self.what} ({self.hint})"
+
+    def check(self, value: object, field: str) -> str:
+        """``value`` if it passes; InputError naming ``field`` otherwise."""
+        problem = self.problem(value)
+        if problem is not None:
+            raise InputError(field, problem)
+        assert isinstance(value, str)
+        return value
+
+    def validator(self, value: str) -> str:
+        """For pydantic (``AfterValidator`` / ``field_validator``): ValueError if bad."""
+        problem = self.problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    def quiet_validator(self, value: str) -> str:
+        """:meth:`validator` whose message never echoes the value (settings: a rejected
+        value may be a secret put in the wrong variable)."""
+        if not self.ok(value):
+            raise ValueError(f"must be {self.what} ({self.hint})")
+        return value
+
+
+def _rule(what: str, body: str, hint: str) -> Rule:
+    return Rule(what, re.compile(rf"\A{body}\Z"), hint)
+
+
+TAG_KEY = _rule("a tag key", r"[a-z][a-z0-9_.-]{0,62}", "a-z, then up to 62 of a-z 0-9 _ . -")
+TAG_VALUE = _rule("a tag value", r"[A-Za-z0-9_.:@+-]{1,128}", "1-128 of A-Z a-z 0-9 _ . : @ + -")
+IDEMPOTENCY_KEY = _rule(
+    "an idempotency key", r"[A-Za-z0-9_.:@+=-]{1,200}", "1-200 of A-Z a-z 0-9 _ . : @ + = -"
+)
+#: Our ids of upstream workers, and every worker id the upstream answers with: they
+#: name Redis keys and file directories, so only these characters ever pass.
+WORKER_ID = _rule("a worker id", r"[A-Za-z0-9_-]{1,128}", "1-128 of A-Z a-z 0-9 _ -")
+JOB_ID = _rule("a job id", r"job_[A-Za-z0-9_-]{1,64}", "job_ then 1-64 of A-Z a-z 0-9 _ -")
+SCHEDULE_ID = _rule(
+    "a schedule id", r"sch_[A-Za-z0-9_-]{1,64}", "sch_ then 1-64 of A-Z a-z 0-9 _ -"
+)
+KEY_PREFIX = _rule("a key prefix", r"[A-Za-z0-9_.:-]{1,64}", "1-64 of A-Z a-z 0-9 _ . : -")
+
+#: The largest concurrency limit (a larger one means no limit: remove it instead).
+LIMIT_MAX = 10_000
+#: A budget cap is at least one micro-dollar (a smaller one rounds to 0) ...
+CAP_MIN_USD = Decimal(1) / MICRO_PER_USD
+#: ... and at most a billion USD.
+CAP_MAX_USD = Decimal("1e9")
+
+
+def tag(key: object, value: object, field: str = "tags") -> tuple[str, str]:
+    """A tag ``key=value`` pair, both parts checked; InputError naming ``field``."""
+    return TAG_KEY.check(key, field), TAG_VALUE.check(value, field)
+
+
+def limit_value(value: object, field: str = "limit") -> int:
+    """A concurrency limit: an int (not a bool), 1..:data:`LIMIT_MAX`."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InputError(field, f"{shown(value)} is not a whole number")
+    if not 1 <= value <= LIMIT_MAX:
+        raise InputError(field, f"must be between 1 and {LIMIT_MAX}, not {shown(value)}")
+    return value
+
+
+def cap_problem(value: Decimal) -> str | None:
+    """What is wrong with a budget cap in USD, or None."""
+    if not value.is_finite():
+        return "must be a finite amount"
+    if value < CAP_MIN_USD:
+        return f"must be at least {CAP_MIN_USD} USD (one micro-dollar)"
+    if value > CAP_MAX_USD:
+        return f"must be at most {CAP_MAX_USD:f} USD"
+    return None
+
+
+def cap_usd(value: object, field: str = "limit_usd") -> Decimal:
+    """A budget cap in USD: a Decimal (or int, or decimal text), finite, at least one
+    micro-dollar, at most :data:`CAP_MAX_USD`. Floats and bools are refused (inexact)."""
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | str):
+        raise InputError(field, f"{shown(value)} is not an amount (give a Decimal or text)")
+    try:
+        amount = Decimal(value.strip() if isinstance(value, str) else value)
+    except (InvalidOperation, ValueError):
+        raise InputError(field, f"{shown(value)} is not an amount") from None
+    problem = cap_problem(amount)
+    if problem is not None:
+        raise InputError(field, problem)
+    return amount
+
+
+def input_problem(value: str) -> str | None:
+    """What is wrong with a job's input text, or None: empty, only whitespace, or a
+    control character (tab, CR and LF are text; other C0, DEL and C1 are not)."""
+    if not value.strip():
+        return "must not be empty or only whitespace"
+    for c in value:
+        if (ord(c) < 32 and c not in "\n\r\t") or 127 <= ord(c) < 160:
+            return f"contains control character {ord(c):#04x}"
+    return None
+
+
+def input_text(value: object, field: str = "input") -> str:
+    """A job's input text; InputError naming ``field``."""
+    if not isinstance(value, str):
+        raise InputError(field, "must be text")
+    problem = input_problem(value)
+    if problem is not None:
+        raise InputError(field, problem)
+    return value
