@@ -166,6 +166,31 @@ def test_permanent_errors_fail_at_once(
         worker.stop()
 
 
+def test_a_job_whose_retries_run_out_fails_and_frees_its_slot(
+    orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Celery re-raises the task's error, not MaxRetriesExceededError, when retries run
+    out: the job must still end failed, with its hold and concurrency slot given back."""
+    orch.limits.set("tag:tenant=acme", 1)
+    orch.budgets.set_cap(scope="global", period="day", limit_usd="100")
+    emulator.faults(rate_503=1.0)
+    quick = {**env, "MAX_RETRIES": "0", "TASK_MAX_RETRIES": "1"}
+    worker = celery_worker(quick, tmp_path / "w.log").start()
+    try:
+        doomed = orch.submit("never answered", tags={"tenant": "acme"})
+        done = orch.wait(doomed.id, timeout=60)
+        assert done.status == "failed", (done.status, done.error)
+        assert "gave up after 1 retries" in (done.error or ""), done.error
+        # The slot and hold are given back just after the status moves.
+        wait_for(lambda: [r["running"] for r in orch.limits.status()] == [0], 10, "slot freed")
+        assert [r["reserved_micro"] for r in orch.budgets.status()] == [0]
+        emulator.faults(rate_503=0.0)
+        after = orch.wait(orch.submit("now fine", tags={"tenant": "acme"}).id, timeout=60)
+        assert after.status == "completed", (after.status, after.error)
+    finally:
+        worker.stop()
+
+
 def test_job_whose_task_was_never_sent_is_sent_again(
     orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 from celery import Task
-from celery.exceptions import MaxRetriesExceededError
 
 from orchestrator.celery import app
 from orchestrator.errors import APIError, APIStatusError, InputError
@@ -27,17 +26,20 @@ def _retry_or_fail(task: Task, job_id: str, exc: APIError, argsrepr: str) -> Non
         pipeline.fail(app, rt, job_id, str(exc))
         return
     retries = task.request.retries
-    countdown = rt.client.retry.delay(retries + 1)
-    try:
-        # argsrepr is passed again: retry() would otherwise drop it (celery#6086).
-        raise task.retry(
-            countdown=countdown,
-            max_retries=rt.settings.task_max_retries,
-            argsrepr=argsrepr,
-            exc=exc,
-        )
-    except MaxRetriesExceededError:
+    if retries >= rt.settings.task_max_retries:
+        # Checked here, not left to retry(): given ``exc``, Celery re-raises that error
+        # (not MaxRetriesExceededError) once retries run out, and the job would stay
+        # queued with its hold and slot.
         pipeline.fail(app, rt, job_id, f"gave up after {retries} retries: {exc}")
+        return
+    countdown = rt.client.retry.delay(retries + 1)
+    # argsrepr is passed again: retry() would otherwise drop it (celery#6086).
+    raise task.retry(
+        countdown=countdown,
+        max_retries=rt.settings.task_max_retries,
+        argsrepr=argsrepr,
+        exc=exc,
+    )
 
 
 def _job_repr(store: RedisStore, job_id: str) -> str:
