@@ -140,18 +140,18 @@ def test_a_dripping_file_is_cut_at_the_file_deadline(
 def test_a_huge_content_length_is_refused_before_reading(
     hostile: HostileServer, tmp_path: Path
 ) -> None:
-    with client(hostile, file_max_bytes=MiB) as c:
-        with pytest.raises(ResponseTooLargeError, match="2147483648 bytes"):
-            c.download_file("wrk_hostile", "huge", tmp_path / "huge")
+    too_large = pytest.raises(ResponseTooLargeError, match="2147483648 bytes")
+    with client(hostile, file_max_bytes=MiB) as c, too_large:
+        c.download_file("wrk_hostile", "huge", tmp_path / "huge")
     assert not list(tmp_path.iterdir())
 
 
 def test_an_endless_file_stops_at_the_cap_and_is_deleted(
     hostile: HostileServer, tmp_path: Path
 ) -> None:
-    with client(hostile, file_max_bytes=MiB, file_deadline=30.0) as c:
-        with pytest.raises(ResponseTooLargeError, match="passed the 1048576-byte limit"):
-            c.download_file("wrk_hostile", "endless", tmp_path / "endless")
+    too_large = pytest.raises(ResponseTooLargeError, match="passed the 1048576-byte limit")
+    with client(hostile, file_max_bytes=MiB, file_deadline=30.0) as c, too_large:
+        c.download_file("wrk_hostile", "endless", tmp_path / "endless")
     assert not list(tmp_path.iterdir())
 
 
@@ -225,6 +225,14 @@ def test_an_oversize_event_costs_the_client_about_the_cap(hostile: HostileServer
     assert updates[1] == {"truncated": True, "bytes": hostile.oversize_bytes + 2,
                           "head": '"' + "y" * (HEAD_BYTES - 1)}  # fmt: skip
     assert peak < 3 * MiB, f"peak {peak / MiB:.1f} MiB"
+
+
+def test_the_sync_client_marks_an_oversize_event_too(hostile: HostileServer) -> None:
+    hostile.modes["stream"] = "oversize"
+    with client(hostile, event_max_bytes=64 * 1024) as c:
+        updates = [u.data for u in c.stream_updates("wrk_hostile")]
+    assert [type(u) for u in updates] == [dict] * 3 and updates[2] == {"n": 2}
+    assert updates[1]["truncated"] is True  # type: ignore[index]
 
 
 def follow(
