@@ -23,10 +23,12 @@ __all__ = [
     "ConflictError",
     "InputError",
     "InternalServerError",
+    "MalformedEventError",
     "NotFoundError",
     "OrchestratorError",
     "PermissionDeniedError",
     "RateLimitError",
+    "ResponseTooLargeError",
     "StreamError",
     "UnprocessableEntityError",
 ]
@@ -74,6 +76,21 @@ class APITimeoutError(APIConnectionError):
 
 class StreamError(APIError):
     """An update stream broke or carried something that is not an SSE event of JSON."""
+
+
+class MalformedEventError(StreamError):
+    """An event of an update stream whose data is not JSON; ``index`` is its place in
+    the stream (the worker's update number). Reconnecting replays the same event, so a
+    follower retries it a bounded number of times only."""
+
+    def __init__(self, message: str, *, call: str, index: int) -> None:
+        self.index = index
+        super().__init__(message, call=call)
+
+
+class ResponseTooLargeError(APIError):
+    """An answer larger than its bound (``FILE_MAX_BYTES`` for a file). Never retried:
+    asking again gets the same bytes."""
 
 
 class APIStatusError(APIError):

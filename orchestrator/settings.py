@@ -45,6 +45,15 @@ class Settings(BaseSettings):
     retry_initial_delay: Annotated[float, Field(ge=0, le=60)] = 0.5
     retry_max_delay: Annotated[float, Field(gt=0, le=300)] = 8.0
     stream_read_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    # Whole-exchange deadlines (connect, send, headers and body together), not per read:
+    # one attempt of a JSON call, and one file download.
+    http_deadline: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    file_deadline: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+
+    # Bounds on what the upstream sends (see RELIABILITY.md).
+    file_max_bytes: Annotated[int, Field(ge=1, le=2**40)] = 100 * 2**20
+    event_max_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = 2**20
+    stream_max_parse_failures: Annotated[int, Field(ge=1, le=1000)] = 5
 
     # Jobs and files.
     files_dir: Path = Path("var/files")

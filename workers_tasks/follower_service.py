@@ -66,6 +66,7 @@ async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
         capacity=settings.follower_capacity,
         lease_seconds=settings.follow_lease_seconds,
         updates_maxlen=settings.updates_maxlen,
+        max_parse_failures=settings.stream_max_parse_failures,
     )
     _state["follower"] = follower
     ready.set()

@@ -92,13 +92,12 @@ def finalize(self: Task, job_id: str) -> str:
 @app.task(name="workers.fetch_file", bind=True)
 def fetch_file(self: Task, job_id: str, name: str) -> dict[str, Any]:
     rt = get_runtime()
+    # On the last try every error is recorded in files(); before it, a transient one
+    # is raised to be retried.
+    last = self.request.retries >= rt.settings.task_max_retries
     try:
-        return pipeline.fetch_file(rt, job_id, name)
+        return pipeline.fetch_file(rt, job_id, name, last_attempt=last)
     except APIError as exc:
-        if isinstance(exc, APIStatusError) and not exc.retryable:
-            info = {"error": str(exc)}
-            rt.store.record_file(job_id, name, info)
-            return info
         raise self.retry(
             countdown=rt.client.retry.delay(self.request.retries + 1),
             max_retries=rt.settings.task_max_retries,

@@ -26,7 +26,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from orchestrator.errors import APIConnectionError, APIStatusError, StreamError
+from orchestrator.errors import (
+    APIConnectionError,
+    APIStatusError,
+    MalformedEventError,
+    StreamError,
+)
 from orchestrator.jobs.model import TERMINAL, JobStatus
 from orchestrator.ops.instruments import EVENTS_RELAYED
 from orchestrator.store.connection import StoreError
@@ -148,6 +153,7 @@ class Follower:
         lease_seconds: float = 30.0,
         poll_seconds: float = 0.25,
         updates_maxlen: int = 100_000,
+        max_parse_failures: int = 5,
         owner: str | None = None,
     ) -> None:
         self.store = store
@@ -156,6 +162,9 @@ class Follower:
         self.capacity = capacity
         self.lease_ms = int(lease_seconds * 1000)
         self.poll_seconds = poll_seconds
+        # A reconnect replays the same events: an event that is not JSON fails the job
+        # after this many tries instead of being retried forever.
+        self.max_parse_failures = max_parse_failures
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.writer = UpdateWriter(store, maxlen=updates_maxlen)
         self.active: dict[str, asyncio.Task[None]] = {}
@@ -253,6 +262,7 @@ class Follower:
             await self.on_finished(job_id)
             return
         backoff = Backoff()
+        bad_event, parse_failures = -1, 0
         marked_running = status == "running"
         self.writer.forget(worker_id)  # a failure of an earlier follow is not ours
         while True:
@@ -269,6 +279,14 @@ class Follower:
                         await self._mark(job_id, "running")
                 await self.writer.barrier(worker_id)
                 break
+            except MalformedEventError as exc:
+                if exc.index != bad_event:  # got further: a new event, counted anew
+                    bad_event, parse_failures = exc.index, 0
+                parse_failures += 1
+                if parse_failures >= self.max_parse_failures:
+                    await self._fail_unreadable(job_id, worker_id, exc, parse_failures)
+                    break
+                log.info("stream of %s: %s; retrying in %.1fs", job_id, exc, backoff.delay)
             except (StreamError, APIConnectionError) as exc:
                 log.info(
                     "stream of %s broke (%s); reconnecting in %.1fs", job_id, exc, backoff.delay
@@ -283,6 +301,16 @@ class Follower:
                 log.warning("relay of %s failed: %s; retrying", job_id, exc)
             await asyncio.sleep(backoff.next())
         await self.on_finished(job_id)
+
+    async def _fail_unreadable(
+        self, job_id: str, worker_id: str, exc: MalformedEventError, tries: int
+    ) -> None:
+        """Fail the job over an event that stays unreadable; the updates before it are
+        written first (a Redis blip there is not worth keeping the stream for)."""
+        with contextlib.suppress(StreamError):
+            await self.writer.barrier(worker_id)
+        log.warning("stream of %s: %s, %d times; failing the job", job_id, exc, tries)
+        await self._mark(job_id, "failed", f"update stream unreadable after {tries} tries: {exc}")
 
     async def _mark(self, job_id: str, status: JobStatus, detail: str = "") -> None:
         await self.store.transition(job_id, status, detail)

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
-from httpx_sse import EventSource
 from pydantic import SecretStr
 
 from orchestrator.settings import Settings
@@ -27,9 +26,11 @@ from orchestrator.wire.client import (
     client_options,
     stream_broken,
 )
+from orchestrator.wire.deadline import async_transport, deadline
 from orchestrator.wire.models import Budget, Worker
 from orchestrator.wire.retry import RetryPolicy
 from orchestrator.wire.routes import Call
+from orchestrator.wire.sse import aiter_events
 
 __all__ = ["AsyncWorkersClient"]
 
@@ -45,6 +46,8 @@ class AsyncWorkersClient:
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
         stream_read_timeout: float = 120.0,
+        deadline: float | None = 120.0,
+        event_max_bytes: int = 2**20,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 2000,
@@ -54,6 +57,8 @@ class AsyncWorkersClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.retry = retry or RetryPolicy()
+        self._deadline = deadline  # of each attempt, whole exchange (see wire.deadline)
+        self._event_max_bytes = event_max_bytes
         self._stream_timeout = httpx.Timeout(
             timeout, connect=connect_timeout, read=stream_read_timeout
         )
@@ -64,14 +69,13 @@ class AsyncWorkersClient:
         # One TLS context for every pool (httpx's default one, built once): each costs
         # ~20 ms of CPU and some memory to build.
         tls = httpx.create_ssl_context()
+        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
         self._pools = [
             httpx.AsyncClient(
                 base_url=base_url,
                 headers=auth_headers(api_key),
                 timeout=httpx.Timeout(timeout, connect=connect_timeout),
-                transport=transport,
-                verify=tls,
-                limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
+                transport=transport or async_transport(limits, tls),
             )
             for _ in range(max(1, pool_shards))
         ]
@@ -84,7 +88,10 @@ class AsyncWorkersClient:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> AsyncWorkersClient:
-        return cls(**{**client_options(settings), **kwargs})
+        options = client_options(settings)
+        for name in ("file_deadline", "file_max_bytes"):  # no downloads here
+            del options[name]
+        return cls(**{**options, **kwargs})
 
     def __repr__(self) -> str:
         return f"AsyncWorkersClient(base_url={str(self._http.base_url)!r})"
@@ -138,8 +145,8 @@ class AsyncWorkersClient:
             check_event_stream(call, response)
             index = 0
             try:
-                async for event in EventSource(response).aiter_sse():
-                    yield Update(index, routes.decode_event(call, event.data))
+                async for event in aiter_events(response.aiter_bytes(), self._event_max_bytes):
+                    yield Update(index, routes.decode_event(call, event, index))
                     index += 1
             except httpx.TransportError as exc:
                 raise stream_broken(call, index, exc) from None
@@ -158,14 +165,17 @@ class AsyncWorkersClient:
             if self._throttle is not None:
                 await self._throttle.before(call.name)
             try:
-                outcome: Outcome = await http.send(request, stream=stream)
+                with deadline(self._deadline):  # for a stream: up to its headers
+                    outcome: Outcome = await http.send(request, stream=stream)
+                    if attempts.succeeded(outcome):
+                        return outcome
+                    if isinstance(outcome, httpx.Response):
+                        try:
+                            await outcome.aread()
+                        finally:
+                            await outcome.aclose()
             except httpx.TransportError as exc:
                 outcome = exc
-            if attempts.succeeded(outcome):
-                return outcome
-            if isinstance(outcome, httpx.Response):
-                await outcome.aread()
-                await outcome.aclose()
             delay, fleet_wide = attempts.retry_delay(outcome)
             if fleet_wide and self._throttle is not None:
                 await self._throttle.rate_limited(delay)  # the whole fleet backs off

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 import httpx
-from httpx_sse import EventSource
 from pydantic import BaseModel, SecretStr
 
 from orchestrator.errors import (
@@ -32,14 +31,17 @@ from orchestrator.errors import (
     APIError,
     APITimeoutError,
     RateLimitError,
+    ResponseTooLargeError,
     StreamError,
     status_error,
 )
 from orchestrator.settings import Settings
 from orchestrator.wire import routes
+from orchestrator.wire.deadline import deadline, sync_transport
 from orchestrator.wire.models import Budget, ScheduleCancel, ScheduleList, Worker, WorkerSchedule
 from orchestrator.wire.retry import RetryPolicy
 from orchestrator.wire.routes import Call
+from orchestrator.wire.sse import iter_events
 
 __all__ = ["DownloadedFile", "Update", "WorkersClient", "client_options"]
 
@@ -71,6 +73,10 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "timeout": settings.http_timeout,
         "connect_timeout": settings.http_connect_timeout,
         "stream_read_timeout": settings.stream_read_timeout,
+        "deadline": settings.http_deadline,
+        "event_max_bytes": settings.event_max_bytes,
+        "file_deadline": settings.file_deadline,
+        "file_max_bytes": settings.file_max_bytes,
         "retry": RetryPolicy(
             max_retries=settings.max_retries,
             initial_delay=settings.retry_initial_delay,
@@ -87,7 +93,8 @@ def auth_headers(api_key: str | SecretStr) -> dict[str, str]:
 def transport_error(call: Call, exc: httpx.TransportError) -> APIConnectionError:
     """A typed error for a failed exchange; httpx's message holds no header values."""
     if isinstance(exc, httpx.TimeoutException):
-        return APITimeoutError(f"timed out ({type(exc).__name__})", call=call.name)
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return APITimeoutError(f"timed out ({why})", call=call.name)
     return APIConnectionError(f"{type(exc).__name__}: {exc}", call=call.name)
 
 
@@ -178,6 +185,10 @@ class WorkersClient:
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
         stream_read_timeout: float = 120.0,
+        deadline: float | None = 120.0,
+        event_max_bytes: int = 2**20,
+        file_deadline: float | None = 600.0,
+        file_max_bytes: int = 100 * 2**20,
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
         on_attempt: AttemptHook | None = None,
@@ -188,12 +199,17 @@ class WorkersClient:
         self._stream_timeout = httpx.Timeout(
             timeout, connect=connect_timeout, read=stream_read_timeout
         )
+        # Deadlines (whole exchange, see wire.deadline) and size bounds on answers.
+        self._deadline = deadline
+        self._event_max_bytes = event_max_bytes
+        self._file_deadline = file_deadline
+        self._file_max_bytes = file_max_bytes
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
         self._http = httpx.Client(
             base_url=base_url,
             headers=auth_headers(api_key),
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            transport=transport,
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            transport=transport or sync_transport(limits),
         )
         self._on_attempt = on_attempt
         # Fleet-wide rate limit (orchestrator.controls.limits.FleetRate or its async twin).
@@ -280,21 +296,35 @@ class WorkersClient:
         """Stream a published file to ``dest`` in chunks (never whole in memory).
 
         The bytes land in a temporary sibling first and are renamed into place, so a
-        failed download leaves no partial file at ``dest``.
+        failed download leaves no partial file at ``dest``. The whole download (every
+        attempt and the body) has ``file_deadline`` seconds; a file over
+        ``file_max_bytes`` raises :class:`ResponseTooLargeError`, refused by its
+        ``Content-Length`` before a byte is read, or cut off when its body passes it.
         """
         call = routes.retrieve_file(worker_id, file_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
-        digest, size = hashlib.sha256(), 0
+        # Not named after dest: a name near the 255-byte limit must still fit.
+        tmp = dest.with_name(f".{uuid.uuid4().hex}.part")
+        digest, size, cap = hashlib.sha256(), 0, self._file_max_bytes
         try:
-            with self._streaming(call) as response, open(tmp, "wb") as out:
-                try:
-                    for chunk in response.iter_bytes(chunk_size):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
-                except httpx.TransportError as exc:
-                    raise transport_error(call, exc) from None
+            with deadline(self._file_deadline), self._streaming(call) as response:
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > cap:
+                    raise ResponseTooLargeError(
+                        f"file of {declared} bytes is over the {cap}-byte limit", call=call.name
+                    )
+                with open(tmp, "wb") as out:
+                    try:
+                        for chunk in response.iter_bytes(chunk_size):
+                            size += len(chunk)
+                            if size > cap:
+                                raise ResponseTooLargeError(
+                                    f"file passed the {cap}-byte limit", call=call.name
+                                )
+                            out.write(chunk)
+                            digest.update(chunk)
+                    except httpx.TransportError as exc:
+                        raise transport_error(call, exc) from None
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
@@ -328,7 +358,11 @@ class WorkersClient:
         return routes.parse(call, self._send(call), model)
 
     def _send(self, call: Call, *, stream: bool = False) -> httpx.Response:
-        """Send with retries; returns a successful response (unread if ``stream``)."""
+        """Send with retries; returns a successful response (unread if ``stream``).
+
+        Each attempt (for a stream: up to its headers) has ``deadline`` seconds in all;
+        a download's own deadline, around the whole download, applies instead.
+        """
         request = build_request(self._http, call, self._stream_timeout if stream else None)
         attempts = Attempts(call, self.retry, self._on_attempt)
         while True:
@@ -336,14 +370,17 @@ class WorkersClient:
             if self._throttle is not None:
                 self._throttle.before(call.name)
             try:
-                outcome: Outcome = self._http.send(request, stream=stream)
+                with deadline(self._deadline):
+                    outcome: Outcome = self._http.send(request, stream=stream)
+                    if attempts.succeeded(outcome):
+                        return outcome
+                    if isinstance(outcome, httpx.Response):
+                        try:
+                            outcome.read()
+                        finally:
+                            outcome.close()
             except httpx.TransportError as exc:
                 outcome = exc
-            if attempts.succeeded(outcome):
-                return outcome
-            if isinstance(outcome, httpx.Response):
-                outcome.read()
-                outcome.close()
             delay, fleet_wide = attempts.retry_delay(outcome)
             if fleet_wide and self._throttle is not None:
                 self._throttle.rate_limited(delay)  # the whole fleet backs off
@@ -362,8 +399,8 @@ class WorkersClient:
             check_event_stream(call, response)
             index = 0
             try:
-                for event in EventSource(response).iter_sse():
-                    yield Update(index, routes.decode_event(call, event.data))
+                for event in iter_events(response.iter_bytes(), self._event_max_bytes):
+                    yield Update(index, routes.decode_event(call, event, index))
                     index += 1
             except httpx.TransportError as exc:
                 raise stream_broken(call, index, exc) from None

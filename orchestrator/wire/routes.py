@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from orchestrator.errors import InputError, StreamError, status_error
+from orchestrator.errors import InputError, MalformedEventError, StreamError, status_error
 from orchestrator.wire.models import (
     WORKER_SCHEDULE_ADAPTER,
     Budget,
@@ -25,6 +25,7 @@ from orchestrator.wire.models import (
     WorkerSchedule,
     input_error,
 )
+from orchestrator.wire.sse import Event, truncated
 
 M = TypeVar("M", bound=BaseModel)
 _STR_ADAPTER: TypeAdapter[str] = TypeAdapter(str)
@@ -182,12 +183,15 @@ def parse_email(call: Call, response: httpx.Response) -> str:
         raise StreamError("malformed answer: expected a JSON string", call=call.name) from None
 
 
-def decode_event(call: Call, data: str) -> Any:
-    """The JSON value of one SSE event's ``data``."""
+def decode_event(call: Call, event: Event, index: int) -> Any:
+    """The JSON value of SSE event ``index``; an oversize one is its truncated record."""
+    if event.truncated:
+        return truncated(event)
     try:
-        return json.loads(data)
+        return json.loads(event.data)
     except (ValueError, RecursionError):
-        raise StreamError(f"event data is not JSON: {data[:80]!r}", call=call.name) from None
+        message = f"event {index} is not JSON: {event.data[:80]!r}"
+        raise MalformedEventError(message, call=call.name, index=index) from None
 
 
 def parse_schedule(call: Call, response: httpx.Response) -> WorkerSchedule:
