@@ -28,6 +28,7 @@ __all__ = [
     "JOB_ID",
     "KEY_PREFIX",
     "LIMIT_MAX",
+    "LIST_CURSOR",
     "SCHEDULE_ID",
     "TAG_KEY",
     "TAG_VALUE",
@@ -107,6 +108,10 @@ WORKER_ID = _rule("a worker id", r"[A-Za-z0-9_-]{1,128}", "1-128 of A-Z a-z 0-9 
 JOB_ID = _rule("a job id", r"job_[A-Za-z0-9_-]{1,64}", "job_ then 1-64 of A-Z a-z 0-9 _ -")
 SCHEDULE_ID = _rule(
     "a schedule id", r"sch_[A-Za-z0-9_-]{1,64}", "sch_ then 1-64 of A-Z a-z 0-9 _ -"
+)
+#: Where a page of the gateway's job list goes on: ``<creation ms>.<job id>``.
+LIST_CURSOR = _rule(
+    "a list cursor", r"[0-9]{1,15}\.job_[A-Za-z0-9_-]{1,64}", "as returned in next_cursor"
 )
 KEY_PREFIX = _rule("a key prefix", r"[A-Za-z0-9_.:-]{1,64}", "1-64 of A-Z a-z 0-9 _ . : -")
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from kombu.exceptions import OperationalError
 
-from orchestrator.cli import controls, jobs, ops, repair, schedules, serve, stack
+from orchestrator.cli import controls, gateway, jobs, ops, repair, schedules, serve, stack
 from orchestrator.errors import ConfigError, InputError, OrchestratorError
 from orchestrator.store.connection import StoreError
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     serve.register(sub)
+    gateway.register(sub)
     jobs.register(sub)
     schedules.register(sub)
     stack.register(sub)

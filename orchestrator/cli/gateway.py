@@ -1,0 +1,103 @@
+"""``orchestrator serve`` (the HTTP gateway) and ``orchestrator tokens`` (its API tokens)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from orchestrator import rules
+from orchestrator.errors import InputError
+from orchestrator.settings import load_settings
+
+ROLES = ("read", "submit", "admin")
+
+
+def register(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="serve the HTTP API (/v1, SSE) with uvicorn")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on")
+    serve.add_argument("--workers", type=int, default=1, help="gateway processes")
+    serve.add_argument("--log-level", default="info", help="uvicorn's log level")
+    serve.set_defaults(func=run_serve)
+
+    tokens = sub.add_parser("tokens", help="API tokens of the HTTP gateway")
+    tsub = tokens.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
+    create = tsub.add_parser("create", help="make a token (printed once, stored hashed)")
+    create.add_argument("--role", choices=ROLES, required=True, help="what the token may do")
+    create.add_argument("--tenant", default=None, help="bind to the jobs tagged tenant=VALUE")
+    create.add_argument("--name", default="", help="a label for the list")
+    create.add_argument("--json", action="store_true", help="print JSON")
+    create.set_defaults(func=run_create)
+    lst = tsub.add_parser("list", help="the live tokens (never the tokens themselves)")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.set_defaults(func=run_list)
+    revoke = tsub.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("id", help="the token's id (tok_...)")
+    revoke.set_defaults(func=run_revoke)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise InputError("port", "must be 1-65535")
+    if not 1 <= args.workers <= 64:
+        raise InputError("workers", "must be 1-64")
+    settings = load_settings()
+    if settings.redis_url is None:
+        raise InputError("REDIS_URL", "must be set for the gateway")
+    import uvicorn
+
+    print(f"gateway on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    uvicorn.run(
+        "orchestrator.gateway.app:create_app", factory=True, host=args.host, port=args.port,
+        workers=args.workers, log_level=args.log_level, proxy_headers=False,
+    )  # fmt: skip
+    return 0
+
+
+def _tokens() -> Any:
+    from orchestrator.runtime import store_for
+    from orchestrator.store.tokens import TokenStore
+
+    return TokenStore(store_for(load_settings()))
+
+
+def _time(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_create(args: argparse.Namespace) -> int:
+    tenant = None if args.tenant is None else rules.TAG_VALUE.check(args.tenant, "tenant")
+    if len(args.name) > 100 or rules.input_problem(args.name or "x") is not None:
+        raise InputError("name", "must be at most 100 printable characters")
+    token, record = _tokens().create(args.role, tenant, args.name)
+    shown = {k: v for k, v in record.items() if k != "sha256"}
+    if args.json:
+        print(json.dumps({**shown, "token": token}))
+    else:
+        print(f"token  {token}")
+        print(f"id     {record['id']}  role={record['role']}  tenant={tenant or '-'}")
+        print("the token is shown only now; it is stored as its SHA-256", file=sys.stderr)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    records = [{k: v for k, v in r.items() if k != "sha256"} for r in _tokens().list()]
+    if args.json:
+        print(json.dumps(records))
+        return 0
+    for r in records:
+        print(f"{r['id']}  {r['role']:<6}  tenant={r['tenant'] or '-':<12} "
+              f"{_time(r['created_at'])}  {r['name']}")  # fmt: skip
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    if not isinstance(args.id, str) or not args.id.startswith("tok_") or not args.id[4:].isalnum():
+        raise InputError("id", "is not a token id (tok_...)")
+    if not _tokens().revoke(args.id):
+        raise InputError("id", f"no token {args.id}")
+    print(f"revoked {args.id}")
+    return 0

@@ -1,0 +1,81 @@
+"""API tokens of the HTTP gateway and their request buckets.
+
+A token is kept only as the SHA-256 of its text (it is a high-entropy random string, so
+a plain hash is enough; it is shown once, when created, and never stored). A record
+names its role, its tenant (or none) and a label; lookups go hash -> id -> record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from typing import Any
+
+from orchestrator.store.jobs import RedisStore
+from orchestrator.store.scripts.gateway import TAKE_TOKEN
+
+TOKEN_PREFIX = "orch_"
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class TokenStore:
+    """Create, look up, list and revoke tokens; rate buckets per token."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.r: Any = store.r
+        self.keys = store.keys
+        self._take = self.r.register_script(TAKE_TOKEN)
+
+    def create(self, role: str, tenant: str | None, name: str) -> tuple[str, dict[str, Any]]:
+        """A new token: (its text, to show once; its record, as stored)."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token_id = "tok_" + secrets.token_hex(8)
+        record = {
+            "id": token_id,
+            "role": role,
+            "tenant": tenant,
+            "name": name,
+            "created_at": int(time.time() * 1000),
+            "sha256": token_digest(token),
+        }
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.tokens, token_id, json.dumps(record, sort_keys=True))
+            pipe.hset(self.keys.token_hashes, record["sha256"], token_id)
+            pipe.execute()
+        return token, record
+
+    def lookup(self, token: str) -> dict[str, Any] | None:
+        """The record of a live token, or None."""
+        token_id = self.r.hget(self.keys.token_hashes, token_digest(token))
+        if token_id is None:
+            return None
+        raw = self.r.hget(self.keys.tokens, token_id)
+        return dict(json.loads(raw)) if raw else None
+
+    def list(self) -> list[dict[str, Any]]:
+        records = [json.loads(raw) for raw in self.r.hvals(self.keys.tokens)]
+        return sorted(records, key=lambda r: (r["created_at"], r["id"]))
+
+    def revoke(self, token_id: str) -> bool:
+        """Forget the token; False if there was no such token."""
+        raw = self.r.hget(self.keys.tokens, token_id)
+        if raw is None:
+            return False
+        digest = json.loads(raw)["sha256"]
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys.tokens, token_id)
+            pipe.hdel(self.keys.token_hashes, digest)
+            pipe.delete(self.keys.token_bucket(token_id))
+            pipe.execute()
+        return True
+
+    def take(self, token_id: str, per_second: float, burst: int) -> int:
+        """Take one request from the token's bucket: 0 if allowed, else the ms to wait."""
+        now = int(time.time() * 1000)
+        key = self.keys.token_bucket(token_id)
+        return int(self._take(keys=[key], args=[now, per_second, burst]))
