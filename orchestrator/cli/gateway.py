@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from orchestrator import rules
@@ -30,6 +32,11 @@ def register(sub: Any) -> None:
     create.add_argument("--tenant", default=None, help="bind to the jobs tagged tenant=VALUE")
     create.add_argument("--name", default="", help="a label for the list")
     create.add_argument("--json", action="store_true", help="print JSON")
+    create.add_argument(
+        "--header-file", type=Path, default=None,
+        help="write 'Authorization: Bearer <token>' to this new file (mode 600, for curl -H @FILE)"
+        " instead of printing the token",
+    )  # fmt: skip
     create.set_defaults(func=run_create)
     lst = tsub.add_parser("list", help="the live tokens (never the tokens themselves)")
     lst.add_argument("--json", action="store_true", help="print JSON")
@@ -72,8 +79,17 @@ def run_create(args: argparse.Namespace) -> int:
     tenant = None if args.tenant is None else rules.TAG_VALUE.check(args.tenant, "tenant")
     if len(args.name) > 100 or rules.input_problem(args.name or "x") is not None:
         raise InputError("name", "must be at most 100 printable characters")
+    if args.header_file is not None and args.header_file.exists():
+        raise InputError("header_file", f"{args.header_file} exists; give a new file")
     token, record = _tokens().create(args.role, tenant, args.name)
     shown = {k: v for k, v in record.items() if k != "sha256"}
+    if args.header_file is not None:
+        fd = os.open(args.header_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"Authorization: Bearer {token}\n")
+        print(f"id     {record['id']}  role={record['role']}  tenant={tenant or '-'}")
+        print(f"header {args.header_file}  (curl -H @{args.header_file} ...)")
+        return 0
     if args.json:
         print(json.dumps({**shown, "token": token}))
     else:

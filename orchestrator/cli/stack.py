@@ -29,6 +29,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-flower", action="store_true")
     parser.add_argument("--no-beat", action="store_true")
     parser.add_argument("--flower-port", type=int, default=5555)
+    parser.add_argument("--no-gateway", action="store_true", help="without the HTTP API")
+    parser.add_argument("--gateway-port", type=int, default=0, help="default: a free port")
 
 
 def _stack(args: argparse.Namespace) -> Stack:
@@ -38,6 +40,8 @@ def _stack(args: argparse.Namespace) -> Stack:
         with_beat=not args.no_beat,
         with_flower=not args.no_flower,
         flower_port=args.flower_port,
+        with_gateway=not args.no_gateway,
+        gateway_port=args.gateway_port,
     )
 
 

@@ -28,8 +28,6 @@ from orchestrator.store.listing import JobIndex
 from orchestrator.store.live import LiveStore
 from orchestrator.store.tokens import TokenStore
 
-READY_LINE = "Application startup complete"
-
 
 class _RedactLinks(logging.Filter):
     """uvicorn's access log line carries the path: take any link token out of it."""

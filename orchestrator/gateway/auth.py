@@ -8,7 +8,6 @@ the server (a body naming another tenant is refused with 403), and it reaches ne
 schedules nor the money routes, which are not per tenant.
 """
 
-
 import math
 from dataclasses import dataclass
 from typing import Annotated, Literal

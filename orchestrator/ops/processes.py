@@ -23,6 +23,7 @@ from orchestrator.store.jobs import RedisStore
 
 __all__ = [
     "BEAT_READY",
+    "GATEWAY_READY",
     "QUICK_RETRIES",
     "WORKER_READY",
     "Proc",
@@ -33,6 +34,7 @@ __all__ = [
     "wait_for",
 ]
 
+GATEWAY_READY = "Application startup complete"  # uvicorn's, once the lifespan ran
 WORKER_READY = "ready."  # Celery's "celery@host ready." once it consumes
 # Retry settings that keep a test or chaos run short when the upstream fails on purpose.
 QUICK_RETRIES = {"MAX_RETRIES": "8", "RETRY_INITIAL_DELAY": "0.05", "RETRY_MAX_DELAY": "0.5"}
