@@ -31,6 +31,7 @@ __all__ = [
     "celery_beat",
     "celery_worker",
     "deployment_env",
+    "gateway_server",
     "wait_for",
 ]
 
@@ -187,6 +188,15 @@ def celery_beat(env: dict[str, str], log: Path, *flags: str) -> Proc:
     """An ``orchestrator beat`` with ``flags`` (not started yet)."""
     args = [sys.executable, "-m", "orchestrator", "beat", "--loglevel", "INFO", *flags]
     return Proc(args, env, log, BEAT_READY)
+
+
+def gateway_server(env: dict[str, str], log: Path, port: int, workers: int = 1) -> Proc:
+    """An ``orchestrator serve`` on 127.0.0.1:``port`` (not started yet)."""
+    args = [
+        sys.executable, "-m", "orchestrator", "serve", "--port", str(port),
+        "--workers", str(workers),
+    ]  # fmt: skip
+    return Proc(args, env, log, GATEWAY_READY)
 
 
 def broker_depth(env: dict[str, str], queues: tuple[str, ...] = ("api", "streams")) -> int:
