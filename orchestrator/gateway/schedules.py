@@ -51,7 +51,8 @@ def list_schedules(
 ) -> list[Row]:
     """Every schedule with its next run (finished ones on request)."""
     if worker is not None:
-        return [dict(s.to_wire()) for s in gw.orch.schedules.list(worker).schedules]
+        wid = gw.orch.worker_id_of(worker)  # checked by the id rules first
+        return [dict(s.to_wire()) for s in gw.orch.schedules.list(wid).schedules]
     return gw.orch.schedules.list_all(include_finished=include_finished)
 
 
