@@ -164,13 +164,16 @@ def cap_usd(value: object, field: str = "limit_usd") -> Decimal:
 
 
 def input_problem(value: str) -> str | None:
-    """What is wrong with a job's input text, or None: empty, only whitespace, or a
-    control character (tab, CR and LF are text; other C0, DEL and C1 are not)."""
+    """What is wrong with a job's input text, or None: empty, only whitespace, a control
+    character (tab, CR and LF are text; other C0, DEL and C1 are not), or a lone
+    surrogate (no UTF-8 for it: it could be neither stored nor sent)."""
     if not value.strip():
         return "must not be empty or only whitespace"
     for c in value:
         if (ord(c) < 32 and c not in "\n\r\t") or 127 <= ord(c) < 160:
             return f"contains control character {ord(c):#04x}"
+        if 0xD800 <= ord(c) <= 0xDFFF:  # a lone surrogate (e.g. from JSON "\ud800")
+            return "is not valid Unicode text (a lone surrogate)"
     return None
 
 

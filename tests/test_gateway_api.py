@@ -133,6 +133,9 @@ def test_error_shapes(gateway: Gateway) -> None:
     blank = error_of(admin.post("/v1/jobs", json={"input": "  "}), 400)
     assert blank["field"] == "input" and blank["type"] == "invalid_request"
     assert error_of(admin.post("/v1/jobs", json={"input": "x", "tags": {"Bad": "v"}}), 400)
+    surrogate = admin.post("/v1/jobs", content=b'{"input": "\\ud800 lone"}',
+                           headers={"Content-Type": "application/json"})  # fmt: skip
+    assert error_of(surrogate, 400)["field"] == "input"
     missing = error_of(admin.post("/v1/jobs", json={"budget": "low"}), 422)
     assert missing["field"] == "input" and missing["type"] == "validation_error"
     assert error_of(admin.post("/v1/jobs", json={"input": "x", "budget": "huge"}), 422)
