@@ -55,7 +55,9 @@ def test_listing_filters_and_cursor_pages(gateway: Gateway, store: RedisStore) -
     for i in range(7):
         tags = {"team": "a" if i % 2 == 0 else "b"}
         ids.append(api.post("/v1/jobs", json={"input": f"job {i}", "tags": tags}).json()["id"])
-    newest_first = list(reversed(ids))
+    # Newest first; jobs of one millisecond by id, descending (the index's order).
+    created = {i: store.get_job(i).created_at for i in ids}  # type: ignore[union-attr]
+    newest_first = sorted(ids, key=lambda i: (created[i], i), reverse=True)
 
     seen: list[str] = []
     cursor = None
@@ -75,10 +77,8 @@ def test_listing_filters_and_cursor_pages(gateway: Gateway, store: RedisStore) -
     assert api.get("/v1/jobs", params={"status": "completed"}).json()["jobs"] == []
     queued = api.get("/v1/jobs", params={"status": "queued", "tag": "team=b"}).json()["jobs"]
     assert {j["id"] for j in queued} == set(ids[1::2])
-    created = store.get_job(ids[3])
-    assert created is not None
-    at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created.created_at / 1000))
-    ms = f"{created.created_at % 1000:03d}"
+    at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created[ids[3]] / 1000))
+    ms = f"{created[ids[3]] % 1000:03d}"
     after = api.get("/v1/jobs", params={"created_after": f"{at}.{ms}Z"}).json()["jobs"]
     assert set(ids[3:]) <= {j["id"] for j in after}
     assert error_of(api.get("/v1/jobs", params={"cursor": "nope"}), 400)["field"] == "cursor"
