@@ -64,13 +64,15 @@ def authenticate(
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
         raise ApiError(401, "a bearer token is required", field="authorization",
                        headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-    record = gw.tokens.lookup(creds.credentials)
-    if record is None:
+    s = gw.settings
+    found = gw.tokens.authenticate(
+        creds.credentials, s.gateway_rate_per_second, s.gateway_rate_burst
+    )
+    if found is None:
         raise ApiError(401, "unknown or revoked token", field="authorization",
                        headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    record, wait_ms = found
     who = Principal(record["id"], record["role"], record.get("tenant"))
-    s = gw.settings
-    wait_ms = gw.tokens.take(who.token_id, s.gateway_rate_per_second, s.gateway_rate_burst)
     if wait_ms > 0:
         raise ApiError(429, "too many requests for this token", field="authorization",
                        headers={"Retry-After": str(max(1, math.ceil(wait_ms / 1000)))})  # fmt: skip
@@ -81,7 +83,8 @@ def authenticate(
 def role(needed: Role) -> object:
     """A dependency: the caller, who must hold at least ``needed``."""
 
-    def check(who: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    # async, as it does no I/O: no thread-pool hop (see state.gateway).
+    async def check(who: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if not who.may(needed):
             raise ApiError(
                 403, f"this needs a token of role {needed} or above", field="authorization"
@@ -95,7 +98,7 @@ def untenanted(needed: Role) -> object:
     """A dependency: a caller of at least ``needed`` not bound to a tenant."""
     inner = role(needed)
 
-    def check(who: Annotated[Principal, Depends(inner)]) -> Principal:
+    async def check(who: Annotated[Principal, Depends(inner)]) -> Principal:
         if who.tenant is not None:
             raise ApiError(403, "not available to a tenant-bound token", field="authorization")
         return who

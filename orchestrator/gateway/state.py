@@ -31,6 +31,7 @@ class Gateway:
         return key.get_secret_value().encode() if key is not None else None
 
 
-def gateway(request: Request) -> Gateway:
+async def gateway(request: Request) -> Gateway:
+    # async: FastAPI runs a plain function dependency in its thread pool, a hop per call.
     gw: Gateway = request.app.state.gateway
     return gw

@@ -252,6 +252,7 @@ class Keys:
         """Hash: SHA-256 (hex) of a token -> its token id (the token itself is never kept)."""
         return f"{self.prefix}:tokens:by-hash"
 
-    def token_bucket(self, token_id: str) -> str:
-        """Hash (with a TTL): a token's request bucket: ``level`` and ``at`` (ms)."""
-        return f"{self.prefix}:tokens:bucket:{token_id}"
+    def token_bucket(self, digest: str) -> str:
+        """Hash (with a TTL): the request bucket of the token with this SHA-256 (hex):
+        ``level`` and ``at`` (ms). Named by the hash, so one script finds everything."""
+        return f"{self.prefix}:tokens:bucket:{digest}"

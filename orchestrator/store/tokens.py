@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from orchestrator.store.jobs import RedisStore
-from orchestrator.store.scripts.gateway import TAKE_TOKEN
+from orchestrator.store.scripts.gateway import AUTHENTICATE
 
 TOKEN_PREFIX = "orch_"
 
@@ -29,7 +29,7 @@ class TokenStore:
     def __init__(self, store: RedisStore) -> None:
         self.r: Any = store.r
         self.keys = store.keys
-        self._take = self.r.register_script(TAKE_TOKEN)
+        self._auth = self.r.register_script(AUTHENTICATE)
 
     def create(self, role: str, tenant: str | None, name: str) -> tuple[str, dict[str, Any]]:
         """A new token: (its text, to show once; its record, as stored)."""
@@ -70,12 +70,19 @@ class TokenStore:
         with self.r.pipeline(transaction=True) as pipe:
             pipe.hdel(self.keys.tokens, token_id)
             pipe.hdel(self.keys.token_hashes, digest)
-            pipe.delete(self.keys.token_bucket(token_id))
+            pipe.delete(self.keys.token_bucket(digest))
             pipe.execute()
         return True
 
-    def take(self, token_id: str, per_second: float, burst: int) -> int:
-        """Take one request from the token's bucket: 0 if allowed, else the ms to wait."""
+    def authenticate(
+        self, token: str, per_second: float, burst: int
+    ) -> tuple[dict[str, Any], int] | None:
+        """The record of a live token and the ms to wait before it may make a request
+        (0: one was taken from its bucket now); None for an unknown or revoked token."""
+        digest = token_digest(token)
+        keys = [self.keys.token_hashes, self.keys.tokens, self.keys.token_bucket(digest)]
         now = int(time.time() * 1000)
-        key = self.keys.token_bucket(token_id)
-        return int(self._take(keys=[key], args=[now, per_second, burst]))
+        reply = self._auth(keys=keys, args=[digest, now, per_second, burst])
+        if not reply:
+            return None
+        return dict(json.loads(reply[0])), int(reply[1])

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-# A token bucket per API token: ``burst`` requests at once, refilled at ``rate`` per
-# second. One script reads, refills and takes, so concurrent gateway processes share it.
-TAKE_TOKEN = """
--- KEYS[1] the token's bucket hash
--- ARGV[1] now (ms), ARGV[2] rate (requests per second), ARGV[3] burst
--- Returns 0 when a request was taken, else the ms until one is available.
-local now = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local level = tonumber(redis.call('HGET', KEYS[1], 'level') or ARGV[3])
-local at = tonumber(redis.call('HGET', KEYS[1], 'at') or ARGV[1])
+# Each request's check in one round trip: the token's record by the hash of the token,
+# then one request from its bucket (``burst`` at once, refilled at ``rate`` per second),
+# shared by every gateway process. An unknown token takes nothing.
+AUTHENTICATE = """
+-- KEYS[1] hash -> token id hash, KEYS[2] token id -> record hash, KEYS[3] the bucket hash
+-- ARGV[1] the token's hash, ARGV[2] now (ms), ARGV[3] rate (per second), ARGV[4] burst
+-- Returns {} for an unknown token, else {record JSON, ms to wait (0: taken)}.
+local id = redis.call('HGET', KEYS[1], ARGV[1])
+if not id then return {} end
+local record = redis.call('HGET', KEYS[2], id)
+if not record then return {} end
+local now = tonumber(ARGV[2])
+local rate = tonumber(ARGV[3])
+local burst = tonumber(ARGV[4])
+local level = tonumber(redis.call('HGET', KEYS[3], 'level') or ARGV[4])
+local at = tonumber(redis.call('HGET', KEYS[3], 'at') or ARGV[2])
 if now > at then level = math.min(burst, level + (now - at) * rate / 1000) end
 local wait = 0
 if level >= 1 then
@@ -20,7 +25,7 @@ if level >= 1 then
 else
   wait = math.ceil((1 - level) * 1000 / rate)
 end
-redis.call('HSET', KEYS[1], 'level', tostring(level), 'at', tostring(math.max(now, at)))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return wait
+redis.call('HSET', KEYS[3], 'level', tostring(level), 'at', tostring(math.max(now, at)))
+redis.call('PEXPIRE', KEYS[3], math.ceil(burst * 1000 / rate) + 1000)
+return {record, wait}
 """
