@@ -119,6 +119,20 @@ def test_sse_streams_a_turn_resuming_after_server_drops(
         assert rest == indexes[6:]
         bad = httpx.get(url, headers={"Authorization": f"Bearer {token}", "Last-Event-ID": "x"})
         assert bad.status_code == 400 and bad.json()["error"]["field"] == "last_event_id"
+
+        # A second turn of the same worker: its stream holds only that turn's updates.
+        submit = gw.client("submit")
+        turn = submit.post("/v1/jobs/continue", json={"worker": job["id"], "input": "more"})
+        assert turn.status_code == 202, turn.text
+        second = turn.json()
+        assert second["kind"] == "continue"
+        more, end3, _ = follow(f"{gw.url}/v1/jobs/{second['id']}/events", token)
+        assert more == stored_turn(store, second["id"]) and more[0] == indexes[-1] + 1
+        assert end3["status"] == "completed"
+        worker_id = store.get_job(job["id"]).worker_id  # type: ignore[union-attr]
+        assert submit.get(f"/v1/jobs/{second['id']}").json()["worker_id"] == worker_id
+        email = submit.get(f"/v1/jobs/{job['id']}/email")
+        assert email.status_code == 200 and "@" in email.json()["email"]
     finally:
         gw.proc.stop()
 
@@ -215,3 +229,24 @@ def test_a_slow_client_is_dropped_alone(store: RedisStore, redis_url: str, buffe
     got, left = asyncio.run(run())
     assert got == [0, 1, 2, 3, 4, 5]
     assert left == [DROPPED]
+
+
+def test_keep_alive_comments_while_a_job_waits(
+    env: dict[str, str], tmp_path: Path, store: RedisStore
+) -> None:
+    gw = start_gateway(env, tmp_path, store, GATEWAY_SSE_KEEPALIVE_SECONDS="0.2")
+    try:
+        token = gw.token("read")
+        job = gw.client("submit").post("/v1/jobs", json={"input": "nobody runs me"}).json()
+        comments = 0
+        url = f"{gw.url}/v1/jobs/{job['id']}/events"
+        with httpx.stream("GET", url, headers={"Authorization": f"Bearer {token}"},
+                          timeout=10) as response:  # fmt: skip
+            for event in sse_events(response.iter_lines()):
+                assert "id" not in event  # queued: no updates yet
+                comments += event.get("comment") == "keep-alive"
+                if comments == 3:
+                    break
+        assert comments == 3
+    finally:
+        gw.proc.stop()

@@ -60,6 +60,9 @@ def run_serve(args: argparse.Namespace) -> int:
     uvicorn.run(
         "orchestrator.gateway.app:create_app", factory=True, host=args.host, port=args.port,
         workers=args.workers, log_level=args.log_level, proxy_headers=False,
+        # Live-update streams never end by themselves: on shutdown they are cut after
+        # this long, and their clients resume on another process with Last-Event-ID.
+        timeout_graceful_shutdown=5,
     )  # fmt: skip
     return 0
 
