@@ -131,6 +131,8 @@ def test_sse_streams_a_turn_resuming_after_server_drops(
         assert end3["status"] == "completed"
         worker_id = store.get_job(job["id"]).worker_id  # type: ignore[union-attr]
         assert submit.get(f"/v1/jobs/{second['id']}").json()["worker_id"] == worker_id
+        # The first job's stream still ends where its own turn did.
+        assert follow(url, token)[0] == indexes
         email = submit.get(f"/v1/jobs/{job['id']}/email")
         assert email.status_code == 200 and "@" in email.json()["email"]
     finally:

@@ -144,11 +144,13 @@ class Hub:
                 for feed in feeds:
                     got = woken.get(feed.job_id)
                     if got is not None:
-                        self._deliver(feed, got.updates)
+                        # The status first: a turn that ended bounds its updates (the
+                        # worker's next turn follows in the same stream).
                         if got.history_mark is not None:
                             feed.history_mark = got.history_mark
                             feed.job = await self.live.job(feed.job_id)
                             await self._position(feed)
+                        self._deliver(feed, got.updates)
                     if feed.job.get("status") in TERMINAL or not feed.job:
                         await self._maybe_end(feed)
             except asyncio.CancelledError:
@@ -160,8 +162,9 @@ class Hub:
                 await asyncio.sleep(1)
 
     def _deliver(self, feed: Feed, updates: list[Update]) -> None:
+        end = _turn_end(feed.job)
         for index, data in updates:
-            if index > feed.after:
+            if index > feed.after and (end is None or index < end):
                 feed.after = index
                 feed.send((index, data))
 
@@ -189,6 +192,12 @@ class Hub:
         }
 
 
+def _turn_end(job: dict[str, str]) -> int | None:
+    """Where a finished turn's updates end (exclusive), or None while unknown."""
+    end = job.get("update_to")
+    return int(end) if end else None
+
+
 def _frame(index: int, data: str) -> str:
     lines = "".join(f"data: {line}\n" for line in data.splitlines() or [""])
     return f"id: {index}\n{lines}\n"
@@ -213,11 +222,14 @@ async def stream(
             start = int(job.get("update_from") or 0) - 1
             if last is None or last < start:
                 last = start
+            end = _turn_end(job)
             while True:
                 batch = await hub.live.updates(worker, last)
                 if not batch:
                     return
                 for index, data in batch:
+                    if end is not None and index >= end:
+                        return  # the worker's next turn: not this job's
                     last = index
                     sent += 1
                     yield _frame(index, data)
