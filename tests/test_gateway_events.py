@@ -239,13 +239,16 @@ def test_keep_alive_comments_while_a_job_waits(
     gw = start_gateway(env, tmp_path, store, GATEWAY_SSE_KEEPALIVE_SECONDS="0.2")
     try:
         token = gw.token("read")
-        job = gw.client("submit").post("/v1/jobs", json={"input": "nobody runs me"}).json()
+        # A continue turn not begun: its worker's stream holds an earlier turn only.
+        sub = Submission(kind="continue", worker_id="wrk_earlier", input="nobody runs me")
+        job = store.create_job(sub)[0].model_dump()
+        store.append_updates("wrk_earlier", 0, [json.dumps({"earlier": n}) for n in range(3)])
         comments = 0
         url = f"{gw.url}/v1/jobs/{job['id']}/events"
         with httpx.stream("GET", url, headers={"Authorization": f"Bearer {token}"},
                           timeout=10) as response:  # fmt: skip
             for event in sse_events(response.iter_lines()):
-                assert "id" not in event  # queued: no updates yet
+                assert "id" not in event  # not begun: nothing of the earlier turn
                 comments += event.get("comment") == "keep-alive"
                 if comments == 3:
                     break

@@ -217,9 +217,11 @@ async def stream(
         async def catch_up(job: dict[str, str]) -> AsyncIterator[str]:
             nonlocal last, sent
             worker = job.get("worker_id")
-            if not worker:
+            if not worker or not job.get("update_from"):
+                # No turn begun yet (a continue job knows its worker before its turn
+                # starts): what the stream holds is earlier turns', not this job's.
                 return
-            start = int(job.get("update_from") or 0) - 1
+            start = int(job["update_from"]) - 1
             if last is None or last < start:
                 last = start
             end = _turn_end(job)
