@@ -221,7 +221,8 @@ def test_a_slow_client_is_dropped_alone(store: RedisStore, redis_url: str, buffe
                 payloads = [json.dumps({"n": batch * 2 + k}) for k in range(2)]
                 store.append_updates("wrk_slow", batch * 2, payloads)
                 for _ in range(2):
-                    index, _ = await asyncio.wait_for(fast.queue.get(), 10)
+                    index, frame = await asyncio.wait_for(fast.queue.get(), 10)
+                    assert frame.startswith(f"id: {index}\ndata: ")
                     got.append(index)
             left = [slow.queue.get_nowait() for _ in range(slow.queue.qsize())]
             return got, left

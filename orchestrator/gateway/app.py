@@ -89,10 +89,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         orch = Orchestrator(settings)
         assert settings.redis_url is not None  # the facade has refused otherwise
-        hub = Hub(LiveStore.from_url(settings.redis_url, settings.key_prefix),
-                  settings.gateway_sse_buffer)  # fmt: skip
+        live = LiveStore.from_url(settings.redis_url, settings.key_prefix)
+        hub = Hub(live, settings.gateway_sse_buffer)
         app.state.gateway = Gateway(
-            settings, orch, TokenStore(orch.store), JobIndex(orch.store), hub
+            settings, orch, TokenStore(orch.store), JobIndex(orch.store), hub, live.token_check()
         )
         try:
             yield

@@ -54,18 +54,18 @@ class Principal:
         return {**tags, TENANT_TAG: self.tenant}
 
 
-def authenticate(
+async def authenticate(
     request: Request,
     gw: Annotated[Gateway, Depends(gateway)],
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """The caller's token, looked up by its hash; 401 if missing or unknown, 429 when its
-    bucket is empty."""
+    bucket is empty. One script on the event loop's Redis client: no thread."""
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
         raise ApiError(401, "a bearer token is required", field="authorization",
                        headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
     s = gw.settings
-    found = gw.tokens.authenticate(
+    found = await gw.token_check.authenticate(
         creds.credentials, s.gateway_rate_per_second, s.gateway_rate_burst
     )
     if found is None:

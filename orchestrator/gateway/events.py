@@ -166,7 +166,7 @@ class Hub:
         for index, data in updates:
             if index > feed.after and (end is None or index < end):
                 feed.after = index
-                feed.send((index, data))
+                feed.send((index, _frame(index, data)))  # formatted once for every client
 
     async def _maybe_end(self, feed: Feed) -> None:
         """End a terminal job's feed once its last update was delivered."""
@@ -253,12 +253,12 @@ async def stream(
                     yield frame
                 yield f"event: end\ndata: {json.dumps(item)}\n\n"
                 return
-            index, data = item
+            index, frame = item
             if last is not None and index <= last:
                 continue
             last = index
             sent += 1
-            yield _frame(index, data)
+            yield frame
             if max_events and sent >= max_events:
                 return
     finally:

@@ -11,7 +11,7 @@ from fastapi import Request
 from orchestrator.facade import Orchestrator
 from orchestrator.settings import Settings
 from orchestrator.store.listing import JobIndex
-from orchestrator.store.tokens import TokenStore
+from orchestrator.store.tokens import AsyncTokenCheck, TokenStore
 
 if TYPE_CHECKING:
     from orchestrator.gateway.events import Hub
@@ -24,6 +24,7 @@ class Gateway:
     tokens: TokenStore
     index: JobIndex
     hub: Hub
+    token_check: AsyncTokenCheck
 
     @property
     def signing_key(self) -> bytes | None:

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from orchestrator.store.connection import connect_async
 from orchestrator.store.keys import Keys
+from orchestrator.store.tokens import AsyncTokenCheck
 
 #: One update: (its index, its JSON text as stored).
 Update = tuple[int, str]
@@ -51,6 +52,10 @@ class LiveStore:
 
     async def close(self) -> None:
         await self.r.aclose()
+
+    def token_check(self) -> AsyncTokenCheck:
+        """Token checks on this store's pool (one pool per gateway process)."""
+        return AsyncTokenCheck(self.r, self.keys.prefix)
 
     async def job(self, job_id: str) -> dict[str, str]:
         """The job's hash ({} when there is no such job)."""

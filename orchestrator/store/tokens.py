@@ -2,7 +2,8 @@
 
 A token is kept only as the SHA-256 of its text (it is a high-entropy random string, so
 a plain hash is enough; it is shown once, when created, and never stored). A record
-names its role, its tenant (or none) and a label; lookups go hash -> id -> record.
+names its role, its tenant (or none) and a label; a request's check goes hash -> id ->
+record, and takes from the token's bucket, in one script.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import secrets
 import time
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from orchestrator.store.jobs import RedisStore
+from orchestrator.store.keys import Keys
 from orchestrator.store.scripts.gateway import AUTHENTICATE
 
 TOKEN_PREFIX = "orch_"
@@ -24,12 +28,12 @@ def token_digest(token: str) -> str:
 
 
 class TokenStore:
-    """Create, look up, list and revoke tokens; rate buckets per token."""
+    """Create, look up, list and revoke tokens (requests are checked by
+    :class:`AsyncTokenCheck`)."""
 
     def __init__(self, store: RedisStore) -> None:
         self.r: Any = store.r
         self.keys = store.keys
-        self._auth = self.r.register_script(AUTHENTICATE)
 
     def create(self, role: str, tenant: str | None, name: str) -> tuple[str, dict[str, Any]]:
         """A new token: (its text, to show once; its record, as stored)."""
@@ -49,14 +53,6 @@ class TokenStore:
             pipe.execute()
         return token, record
 
-    def lookup(self, token: str) -> dict[str, Any] | None:
-        """The record of a live token, or None."""
-        token_id = self.r.hget(self.keys.token_hashes, token_digest(token))
-        if token_id is None:
-            return None
-        raw = self.r.hget(self.keys.tokens, token_id)
-        return dict(json.loads(raw)) if raw else None
-
     def list(self) -> list[dict[str, Any]]:
         records = [json.loads(raw) for raw in self.r.hvals(self.keys.tokens)]
         return sorted(records, key=lambda r: (r["created_at"], r["id"]))
@@ -74,7 +70,16 @@ class TokenStore:
             pipe.execute()
         return True
 
-    def authenticate(
+
+class AsyncTokenCheck:
+    """Each request's token check on the gateway's event loop (an asyncio client, so it
+    needs no thread): the ``AUTHENTICATE`` script, one round trip."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.keys = Keys(prefix)
+        self._auth = client.register_script(AUTHENTICATE)
+
+    async def authenticate(
         self, token: str, per_second: float, burst: int
     ) -> tuple[dict[str, Any], int] | None:
         """The record of a live token and the ms to wait before it may make a request
@@ -82,7 +87,7 @@ class TokenStore:
         digest = token_digest(token)
         keys = [self.keys.token_hashes, self.keys.tokens, self.keys.token_bucket(digest)]
         now = int(time.time() * 1000)
-        reply = self._auth(keys=keys, args=[digest, now, per_second, burst])
+        reply = await self._auth(keys=keys, args=[digest, now, per_second, burst])
         if not reply:
             return None
         return dict(json.loads(reply[0])), int(reply[1])
