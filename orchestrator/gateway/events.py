@@ -2,8 +2,10 @@
 and ``GET /v1/links/{link}/events`` (signed link).
 
 Each gateway process has one :class:`Hub`: one reader task that watches every job some
-client follows with one blocking ``XREAD`` (:class:`~orchestrator.store.live.LiveStore`),
-so a job's updates are read once per process however many clients follow it. Each client
+client follows with one blocking ``XREAD`` over their workers' update streams, and reads
+their states (status, worker, the turn's bounds) in one pipeline every ``STATE_EVERY``
+(:class:`~orchestrator.store.live.LiveStore`), so a job's updates are read once per
+process however many clients follow it. Each client
 has a bounded queue; one that falls ``GATEWAY_SSE_BUFFER`` events behind is dropped (its
 connection ends) and resumes by itself with ``Last-Event-ID``, so it never slows the others.
 
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -34,12 +37,15 @@ from orchestrator.gateway.links import verify
 from orchestrator.gateway.state import Gateway, gateway
 from orchestrator.jobs.model import TERMINAL, Job
 from orchestrator.ledger import total_cost_micro
-from orchestrator.store.live import LiveStore, Update, Watch
+from orchestrator.store.live import LiveStore, Update
 
 log = logging.getLogger("orchestrator.gateway.events")
 
 #: How long one blocking read waits; a feed added meanwhile is read from the next one.
 BLOCK_MS = 100
+#: How often the followed jobs' states are read (a status change, a worker that appears,
+#: a turn's end are seen within this).
+STATE_EVERY = 0.25
 #: A terminal job whose last updates never show is ended after this many reads.
 END_GRACE_READS = 50
 DROPPED = object()
@@ -68,9 +74,9 @@ class Feed:
     job_id: str
     clients: set[Client] = field(default_factory=set)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    job: dict[str, str] = field(default_factory=dict)
-    after: int = -1
-    history_mark: str = "0-0"
+    job: dict[str, str] = field(default_factory=dict)  # the state (store.live.STATE_FIELDS)
+    after: int = -1  # the last index delivered
+    positioned: bool = False  # whether ``after`` is set: the turn has begun
     ended: bool = False
     grace: int = 0
 
@@ -106,7 +112,8 @@ class Hub:
             feed = self.feeds[job_id] = Feed(job_id)
             feed.clients.add(client)
             try:
-                await self._start(feed)
+                feed.job = await self.live.state(job_id)
+                await self._position(feed, fresh=True)
             except BaseException:
                 self.feeds.pop(job_id, None)
                 raise
@@ -124,34 +131,33 @@ class Hub:
         if not feed.clients and self.feeds.get(feed.job_id) is feed:
             del self.feeds[feed.job_id]
 
-    async def _start(self, feed: Feed) -> None:
-        """The feed's first read: the job, its history mark, where its stream stands."""
-        feed.history_mark = await self.live.history_mark(feed.job_id)
-        feed.job = await self.live.job(feed.job_id)
-        await self._position(feed)
-
-    async def _position(self, feed: Feed) -> None:
-        if feed.worker_id is not None and feed.after < 0:
-            start = int(feed.job.get("update_from") or 0)
-            feed.after = max(start - 1, await self.live.last_index(feed.worker_id))
+    async def _position(self, feed: Feed, *, fresh: bool) -> None:
+        """Set where the feed reads from once the job's turn has begun. A new feed reads
+        on from what is stored now (its clients catch up on the rest themselves); a feed
+        whose clients joined before the turn began reads the turn from its start."""
+        start = feed.job.get("update_from")
+        if feed.positioned or feed.worker_id is None or not start:
+            return
+        first = int(start) - 1
+        feed.after = max(first, await self.live.last_index(feed.worker_id)) if fresh else first
+        feed.positioned = True
 
     async def _read_loop(self) -> None:
+        polled = 0.0
         while self.feeds:
             feeds = [f for f in self.feeds.values() if not f.ended]
-            watches = [Watch(f.job_id, f.worker_id, f.after, f.history_mark) for f in feeds]
             try:
-                woken = await self.live.wait(watches, BLOCK_MS)
+                now = time.monotonic()
+                if now - polled >= STATE_EVERY:
+                    polled = now
+                    for feed, state in zip(
+                        feeds, await self.live.states([f.job_id for f in feeds]), strict=True
+                    ):
+                        feed.job = state
+                        await self._position(feed, fresh=False)
+                await self._read(feeds)
                 for feed in feeds:
-                    got = woken.get(feed.job_id)
-                    if got is not None:
-                        # The status first: a turn that ended bounds its updates (the
-                        # worker's next turn follows in the same stream).
-                        if got.history_mark is not None:
-                            feed.history_mark = got.history_mark
-                            feed.job = await self.live.job(feed.job_id)
-                            await self._position(feed)
-                        self._deliver(feed, got.updates)
-                    if feed.job.get("status") in TERMINAL or not feed.job:
+                    if not feed.job or feed.job.get("status") in TERMINAL:
                         await self._maybe_end(feed)
             except asyncio.CancelledError:
                 raise
@@ -160,6 +166,21 @@ class Hub:
                 # keep their connection (keep-alives go on) and lose nothing.
                 log.exception("live-update reader failed; retrying")
                 await asyncio.sleep(1)
+
+    async def _read(self, feeds: list[Feed]) -> None:
+        """One blocking read of every positioned feed's stream; deliver what came."""
+        by_worker: dict[str, list[Feed]] = {}
+        for feed in feeds:
+            if feed.positioned and feed.worker_id is not None:
+                by_worker.setdefault(feed.worker_id, []).append(feed)
+        if not by_worker:
+            await asyncio.sleep(BLOCK_MS / 1000)
+            return
+        # Two jobs of one worker (a turn ending as the next begins) read from the lower.
+        watches = {worker: min(f.after for f in group) for worker, group in by_worker.items()}
+        for worker, updates in (await self.live.wait(watches, BLOCK_MS)).items():
+            for feed in by_worker.get(worker, ()):
+                self._deliver(feed, updates)
 
     def _deliver(self, feed: Feed, updates: list[Update]) -> None:
         end = _turn_end(feed.job)
@@ -170,11 +191,11 @@ class Hub:
 
     async def _maybe_end(self, feed: Feed) -> None:
         """End a terminal job's feed once its last update was delivered."""
-        if feed.worker_id is not None:
+        if feed.positioned and feed.worker_id is not None:
             self._deliver(feed, await self.live.updates(feed.worker_id, feed.after))
-        end = feed.job.get("update_to")
+        end = _turn_end(feed.job)
         feed.grace += 1
-        if end and feed.after + 1 < int(end) and feed.grace < END_GRACE_READS:
+        if end is not None and feed.after + 1 < end and feed.grace < END_GRACE_READS:
             return
         feed.ended = True
         feed.send(await self.end_event(feed.job_id, feed.job))
@@ -249,7 +270,7 @@ async def stream(
             if item is DROPPED:
                 return
             if isinstance(item, dict):  # the end: send what is left, then the end event
-                async for frame in catch_up(await hub.live.job(job_id)):
+                async for frame in catch_up(await hub.live.state(job_id)):
                     yield frame
                 yield f"event: end\ndata: {json.dumps(item)}\n\n"
                 return

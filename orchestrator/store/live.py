@@ -1,14 +1,14 @@
 """The gateway's async reads for live updates (see :mod:`orchestrator.gateway.events`).
 
-One blocking ``XREAD`` watches many jobs at once: for each, its history stream (a status
-change wakes it) and, once it has a worker, the worker's update stream from the last
-index delivered. The reads here are the only Redis calls of the live-update path.
+One blocking ``XREAD`` watches the update streams of every followed job's worker from
+the last index delivered; the jobs' states (status, worker, where the turn's updates
+begin and end) are read in one pipeline every so often. The reads here are the only
+Redis calls of the live-update path.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -19,24 +19,10 @@ from orchestrator.store.tokens import AsyncTokenCheck
 
 #: One update: (its index, its JSON text as stored).
 Update = tuple[int, str]
-
-
-@dataclass
-class Watch:
-    """What one blocking read watches for a job."""
-
-    job_id: str
-    worker_id: str | None
-    after: int  # the last update index delivered (-1: none)
-    history_mark: str  # the id of the last history entry seen
-
-
-@dataclass
-class Woken:
-    """What a blocking read brought for a job: new updates, and/or a status change."""
-
-    updates: list[Update]
-    history_mark: str | None  # set when the job's history moved
+#: What the fan-out reads of a job's hash (never its input, which may be large).
+STATE_FIELDS = ("status", "worker_id", "update_from", "update_to", "error")
+#: Encoded stream names kept per process (one per followed worker; cleared past this).
+MAX_CACHED_KEYS = 100_000
 
 
 class LiveStore:
@@ -45,6 +31,7 @@ class LiveStore:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.r: Any = client
         self.keys = Keys(prefix)
+        self._names: dict[str, bytes] = {}
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> LiveStore:
@@ -61,9 +48,21 @@ class LiveStore:
         """The job's hash ({} when there is no such job)."""
         return dict(await self.r.hgetall(self.keys.job(job_id)))
 
-    async def history_mark(self, job_id: str) -> str:
-        last = await self.r.xrevrange(self.keys.job_history(job_id), count=1)
-        return str(last[0][0]) if last else "0-0"
+    async def state(self, job_id: str) -> dict[str, str]:
+        """The fan-out's fields of the job ({} when there is no such job)."""
+        return (await self.states([job_id]))[0]
+
+    async def states(self, job_ids: list[str]) -> list[dict[str, str]]:
+        """:meth:`state` of many jobs in one round trip."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(self.keys.job(job_id), STATE_FIELDS)
+            replies = await pipe.execute()
+        return [
+            {k: v for k, v in zip(STATE_FIELDS, values, strict=True) if v is not None}
+            if values[0] is not None else {}
+            for values in replies
+        ]  # fmt: skip
 
     async def last_index(self, worker_id: str) -> int:
         """The index of the worker's newest stored update (-1: none)."""
@@ -81,32 +80,30 @@ class LiveStore:
         raw = await self.r.hget(self.keys.ledger_turns, job_id)
         return {k: int(v) for k, v in json.loads(raw).items()} if raw else None
 
-    async def wait(self, watches: list[Watch], block_ms: int, count: int = 500) -> dict[str, Woken]:
-        """Block up to ``block_ms`` until one watched stream has an entry; per job id,
-        what arrived (jobs with nothing new are left out)."""
-        streams: dict[str, str] = {}
-        owner: dict[str, tuple[str, bool]] = {}
-        for w in watches:
-            history = self.keys.job_history(w.job_id)
-            streams[history] = w.history_mark
-            owner[history] = (w.job_id, False)
-            if w.worker_id is not None:
-                # The stream's entry ids are 0-(n+1); XREAD returns ids above this one.
-                updates = self.keys.updates(w.worker_id)
-                streams[updates] = f"0-{w.after + 1}"
-                owner[updates] = (w.job_id, True)
+    async def wait(
+        self, watches: dict[str, int], block_ms: int, count: int = 500
+    ) -> dict[str, list[Update]]:
+        """Block up to ``block_ms`` until one watched worker's stream has an update after
+        its index in ``watches`` (worker id -> last index delivered); per worker id,
+        what arrived."""
+        if len(self._names) > MAX_CACHED_KEYS:
+            self._names.clear()
+        streams: dict[bytes, bytes] = {}
+        for worker_id, after in watches.items():
+            name = self._names.get(worker_id)
+            if name is None:
+                # Encoded once: XREAD names every stream on each call.
+                name = self._names[worker_id] = self.keys.updates(worker_id).encode()
+            # Entry ids are 0-(n+1); XREAD returns the ids above this one.
+            streams[name] = b"0-%d" % (after + 1)
         if not streams:
             return {}
         reply = await self.r.xread(streams, count=count, block=max(block_ms, 1))
-        woken: dict[str, Woken] = {}
-        for stream, entries in reply or []:
-            job_id, is_updates = owner[stream]
-            got = woken.setdefault(job_id, Woken([], None))
-            if is_updates:
-                got.updates.extend((_index(eid), str(f["data"])) for eid, f in entries)
-            elif entries:
-                got.history_mark = str(entries[-1][0])
-        return woken
+        skip = len(self.keys.updates(""))
+        return {
+            str(stream)[skip:]: [(_index(eid), str(f["data"])) for eid, f in entries]
+            for stream, entries in reply or []
+        }
 
 
 def _index(entry_id: str) -> int:
