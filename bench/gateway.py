@@ -69,7 +69,10 @@ async def _client(
                 if counter[0] == total:
                     connected.set()
             elif line.startswith(b"data:"):
-                lags.append(time.time() - json.loads(line[5:])["t"])
+                payload = json.loads(line[5:])
+                if "t" not in payload:
+                    raise RuntimeError(f"not an update: {payload}")
+                lags.append(time.time() - payload["t"])
                 got += 1
     finally:
         writer.close()

@@ -256,3 +256,37 @@ def test_keep_alive_comments_while_a_job_waits(
         assert comments == 3
     finally:
         gw.proc.stop()
+
+
+def test_feeds_joining_while_the_reader_runs_are_not_ended(
+    store: RedisStore, redis_url: str
+) -> None:
+    """A feed still making its first read must not look like a job that is gone."""
+    jobs = []
+    for i in range(60):
+        job, _ = store.create_job(Submission(input=f"running {i}"))
+        store.r.hset(store.keys.job(job.id), mapping={"worker_id": f"wrk_r{i}", "update_from": 0})
+        jobs.append(job.id)
+
+    async def run() -> list[Any]:
+        hub = Hub(LiveStore.from_url(redis_url, store.keys.prefix), 100)
+        try:
+            await hub.join(jobs[0])  # the reader runs from here on, kept busy below
+            writes = 0
+
+            async def busy() -> None:
+                nonlocal writes
+                while writes < 200:
+                    store.append_updates("wrk_r0", writes, [json.dumps({"n": writes})])
+                    writes += 1
+                    await asyncio.sleep(0.002)
+
+            joined, _ = await asyncio.gather(
+                asyncio.gather(*(hub.join(j) for j in jobs[1:] for _ in range(3))), busy()
+            )
+            await asyncio.sleep(1.0)  # several reads and state polls
+            return [c.queue.get_nowait() for _, c in joined if not c.queue.empty()]
+        finally:
+            await hub.close()
+
+    assert asyncio.run(run()) == []

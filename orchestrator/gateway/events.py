@@ -145,7 +145,8 @@ class Hub:
     async def _read_loop(self) -> None:
         polled = 0.0
         while self.feeds:
-            feeds = [f for f in self.feeds.values() if not f.ended]
+            # A feed still making its first read (in join) is not read here yet.
+            feeds = [f for f in self.feeds.values() if f.ready.is_set() and not f.ended]
             try:
                 now = time.monotonic()
                 if now - polled >= STATE_EVERY:
