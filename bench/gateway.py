@@ -30,7 +30,7 @@ from orchestrator.store.jobs import RedisStore, connect
 from orchestrator.store.keys import Keys
 from orchestrator.store.tokens import TokenStore
 
-from .harness import Context, Result, percentile, rss_mb, wait_for
+from .harness import Context, Result, cpu_seconds, percentile, rss_mb, wait_for
 
 PREFIX = "bgw"
 ROUNDS_EVERY = 0.2  # seconds between rounds of updates
@@ -101,10 +101,11 @@ async def _bare(redis_url: str, workers: list[str], want: int, lags: list[float]
 
 async def _deliver(
     ctx: Context, gateway: str, token: str, jobs: list[tuple[str, str]], per_job: int,
-    rounds: int, memory: Callable[[], float],
-) -> tuple[list[float], list[float], float]:  # fmt: skip
+    rounds: int, memory: Callable[[], float], cpu: Callable[[], float],
+) -> tuple[list[float], list[float], float, float]:  # fmt: skip
     """Connect ``per_job`` clients to each job, then write ``rounds`` updates to every
-    job; (gateway lags, bare-reader lags, gateway RSS with all connected)."""
+    job; (gateway lags, bare-reader lags, gateway RSS with all connected, gateway CPU
+    seconds while delivering)."""
     store = RedisStore(connect(ctx.redis_url), PREFIX)
     lags: list[float] = []
     bare: list[float] = []
@@ -121,6 +122,7 @@ async def _deliver(
     await asyncio.wait_for(connected.wait(), 300)
     await asyncio.sleep(1.0)  # let the reader settle on every feed
     rss = memory()
+    cpu0 = cpu()
     reader = asyncio.ensure_future(  # noqa: RUF006 (awaited below)
         _bare(ctx.redis_url, [w for _, w in jobs], rounds, bare)
     )
@@ -133,8 +135,9 @@ async def _deliver(
             pipe.execute()
         await asyncio.sleep(ROUNDS_EVERY)
     await asyncio.wait_for(asyncio.gather(*clients, reader), 300)
+    spent = cpu() - cpu0
     store.r.close()
-    return lags, bare, rss
+    return lags, bare, rss, spent
 
 
 def scenario(ctx: Context) -> Result:
@@ -162,12 +165,15 @@ def scenario(ctx: Context) -> Result:
     lag: dict[str, list[float]] = {}
     base: dict[str, list[float]] = {}
     rss: dict[str, list[float]] = {"one": [], "many": []}
+    per_event: dict[str, list[float]] = {}
     for _ in range(ctx.reps):
         for name, count, per_job in (("one", 1, clients_one_job), ("many", many_jobs, 1)):
             jobs = _jobs(store, count)
-            got, bare, mb = asyncio.run(
-                _deliver(ctx, url, token, jobs, per_job, rounds, lambda: rss_mb(proc.pid))
+            probes = (lambda: rss_mb(proc.pid), lambda: cpu_seconds(proc.pid))
+            got, bare, mb, spent = asyncio.run(
+                _deliver(ctx, url, token, jobs, per_job, rounds, *probes)
             )
+            per_event.setdefault(name, []).append(spent / max(len(got), 1) * 1e6)
             if len(got) != count * per_job * rounds:
                 raise RuntimeError(f"{name}: {len(got)} of {count * per_job * rounds} delivered")
             lag.setdefault(name, []).append(percentile(got, 99) * 1000)
@@ -182,6 +188,8 @@ def scenario(ctx: Context) -> Result:
                 base["many"], goal="≤ 250 ms")  # fmt: skip
     m.met = max(lag["many"]) <= 250
     res.add(f"lag p50, {many_jobs} jobs with one client each", "ms", lag["many50"])
+    res.add("gateway CPU per event delivered, one job", "µs", per_event["one"])
+    res.add("gateway CPU per event delivered, many jobs", "µs", per_event["many"])
     res.add("gateway RSS, one job's clients connected", "MiB", rss["one"])
     res.add("gateway RSS, every job's client connected", "MiB", rss["many"])
     http_ms, local_ms = _submits(ctx, url, token, env, submits)
