@@ -192,9 +192,10 @@ def scenario(ctx: Context) -> Result:
     res.add("gateway CPU per event delivered, many jobs", "µs", per_event["many"])
     res.add("gateway RSS, one job's clients connected", "MiB", rss["one"])
     res.add("gateway RSS, every job's client connected", "MiB", rss["many"])
-    http_ms, local_ms = _submits(ctx, url, token, env, submits)
+    http_ms, local_ms, floor_ms = _submits(ctx, url, token, env, submits)
     m = res.add("submit p50", "ms", http_ms, local_ms, goal="≤ 2x in-process submit()")
     m.met = m.ratio is not None and m.ratio <= 2
+    res.add("GET /healthz p50 (one Redis PING: the HTTP floor)", "ms", floor_ms)
     res.notes.append(
         "lag: from the update's write to Redis to its SSE event parsed by a client in the "
         "bench process (clients and gateway share the machine's cores)"
@@ -213,13 +214,15 @@ def _up(url: str) -> bool:
 
 def _submits(
     ctx: Context, url: str, token: str, env: dict[str, str], count: int
-) -> tuple[list[float], list[float]]:
-    """p50 (ms) of ``count`` submits over HTTP and in-process, per repetition."""
+) -> tuple[list[float], list[float], list[float]]:
+    """p50 (ms) of ``count`` submits over HTTP and in-process, and of as many
+    ``GET /healthz`` (the HTTP round trip's floor here), per repetition."""
     settings = load_settings(redis_url=ctx.redis_url, key_prefix=PREFIX,
                              workers_api_url=env["WORKERS_API_URL"],
                              workers_api_key=env["WORKERS_API_KEY"])  # fmt: skip
     http_ms: list[float] = []
     local_ms: list[float] = []
+    floor_ms: list[float] = []
     headers = {"Authorization": f"Bearer {token}"}
     with Orchestrator(settings) as orch, httpx.Client(base_url=url, headers=headers) as http:
         orch.submit("warm up")
@@ -237,4 +240,10 @@ def _submits(
                 orch.submit(f"local {i}")
                 times.append(time.perf_counter() - t0)
             local_ms.append(percentile(times, 50) * 1000)
-    return http_ms, local_ms
+            times = []
+            for _ in range(count):
+                t0 = time.perf_counter()
+                http.get("/healthz").raise_for_status()
+                times.append(time.perf_counter() - t0)
+            floor_ms.append(percentile(times, 50) * 1000)
+    return http_ms, local_ms, floor_ms

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from orchestrator import rules
 from orchestrator.gateway.auth import Principal, Reader, Submitter
@@ -71,8 +71,14 @@ def _same(job: Job, who: Principal, body: SubmitBody, kind: str) -> None:
         )
 
 
+def _accepted(job: Job) -> Response:
+    """202 with the job: pydantic writes the JSON at once (the hot path of submitting;
+    FastAPI would validate the model again and encode it twice)."""
+    return Response(JobOut.of(job).model_dump_json(), 202, media_type="application/json")
+
+
 @router.post("", status_code=202, response_model=JobOut, responses=responses(409))
-def submit(body: SubmitBody, who: Submitter, gw: GW, idempotency_key: IdemKey = None) -> JobOut:
+def submit(body: SubmitBody, who: Submitter, gw: GW, idempotency_key: IdemKey = None) -> Response:
     """Submit a job: a new worker runs ``input``."""
     tags = who.tags_for(body.tags)
     job = gw.orch.submit(
@@ -81,13 +87,13 @@ def submit(body: SubmitBody, who: Submitter, gw: GW, idempotency_key: IdemKey = 
     )  # fmt: skip
     if idempotency_key is not None:
         _same(job, who, body, "create")
-    return JobOut.of(job)
+    return _accepted(job)
 
 
 @router.post("/continue", status_code=202, response_model=JobOut, responses=responses(409))
 def continue_(
     body: ContinueBody, who: Submitter, gw: GW, idempotency_key: IdemKey = None
-) -> JobOut:
+) -> Response:
     """Add a turn to a worker named by its id or by one of our jobs."""
     worker = body.worker
     if who.tenant is not None:
@@ -107,7 +113,7 @@ def continue_(
     )  # fmt: skip
     if idempotency_key is not None:
         _same(job, who, body, "continue")
-    return JobOut.of(job)
+    return _accepted(job)
 
 
 def _cursor(text: str | None) -> Position | None:
