@@ -4,6 +4,7 @@ port, pointed at the test's Redis prefix and the emulator, and tokens to call it
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +39,18 @@ class Gateway:
         return c
 
 
-def start_gateway(env: dict[str, str], tmp_path: Path, store: RedisStore, **extra: str) -> Gateway:
+def start_gateway(
+    env: dict[str, str], tmp_path: Path, store: RedisStore, workers: int = 1, **extra: str
+) -> Gateway:
     port = free_port()
     genv = {"GATEWAY_SIGNING_KEY": SIGNING_KEY, **env, **extra}
-    proc = gateway_server(genv, tmp_path / f"gateway-{port}.log", port).start(timeout=60)
+    proc = gateway_server(genv, tmp_path / f"gateway-{port}.log", port, workers)
+    proc.start(timeout=60)
+    if workers > 1:  # every process has said it is up, not only the first
+        deadline = time.monotonic() + 60
+        while proc.text().count("Application startup complete") < workers:
+            assert time.monotonic() < deadline, proc.text()
+            time.sleep(0.1)
     return Gateway(f"http://127.0.0.1:{port}", proc, TokenStore(store))
 
 

@@ -152,10 +152,13 @@ def test_error_shapes(gateway: Gateway) -> None:
 def test_rate_limit_answers_429_with_retry_after(
     env: dict[str, str], tmp_path: Path, store: RedisStore
 ) -> None:
-    gw = start_gateway(env, tmp_path, store, GATEWAY_RATE_PER_SECOND="0.2", GATEWAY_RATE_BURST="3")
+    # Two gateway processes: the bucket is in Redis, so they share it.
+    gw = start_gateway(env, tmp_path, store, workers=2, GATEWAY_RATE_PER_SECOND="0.2",
+                       GATEWAY_RATE_BURST="3")  # fmt: skip
     try:
         api = gw.client("read")
-        answers = [api.get("/v1/jobs") for _ in range(4)]
+        # A new connection per request, so the kernel spreads them over both processes.
+        answers = [httpx.get(f"{gw.url}/v1/jobs", headers=api.headers) for _ in range(4)]
         assert [a.status_code for a in answers[:3]] == [200, 200, 200]
         limited = error_of(answers[3], 429)
         assert limited["type"] == "rate_limited"
