@@ -26,6 +26,7 @@ __all__ = [
     "CAP_MIN_USD",
     "IDEMPOTENCY_KEY",
     "JOB_ID",
+    "JOB_LIMIT_MAX_SECONDS",
     "KEY_PREFIX",
     "LIMIT_MAX",
     "SCHEDULE_ID",
@@ -36,6 +37,8 @@ __all__ = [
     "cap_usd",
     "input_problem",
     "input_text",
+    "job_limit",
+    "job_limit_problem",
     "limit_value",
     "shown",
     "tag",
@@ -130,6 +133,34 @@ def limit_value(value: object, field: str = "limit") -> int:
     if not 1 <= value <= LIMIT_MAX:
         raise InputError(field, f"must be between 1 and {LIMIT_MAX}, not {shown(value)}")
     return value
+
+
+#: A job's queue time-to-live, idle timeout or deadline: at least a millisecond (what
+#: the store keeps), at most 31 days.
+JOB_LIMIT_MIN_SECONDS = 0.001
+JOB_LIMIT_MAX_SECONDS = 31 * 86_400
+
+
+def job_limit_problem(value: object) -> str | None:
+    """What is wrong with a job limit in seconds, or None: a number (not a bool),
+    finite, from a millisecond to :data:`JOB_LIMIT_MAX_SECONDS`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{shown(value)} is not a number of seconds"
+    if not JOB_LIMIT_MIN_SECONDS <= value <= JOB_LIMIT_MAX_SECONDS:  # NaN fails too
+        return (
+            f"must be between {JOB_LIMIT_MIN_SECONDS} and {JOB_LIMIT_MAX_SECONDS} seconds,"
+            f" not {shown(value)}"
+        )
+    return None
+
+
+def job_limit(value: object, field: str) -> float:
+    """A job limit in seconds (see :func:`job_limit_problem`); InputError naming ``field``."""
+    problem = job_limit_problem(value)
+    if problem is not None:
+        raise InputError(field, problem)
+    assert isinstance(value, int | float)
+    return float(value)
 
 
 def cap_problem(value: Decimal) -> str | None:
