@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from kombu.exceptions import OperationalError
 
-from orchestrator.cli import controls, jobs, ops, repair, schedules, serve, stack
+from orchestrator.cli import cancel, controls, jobs, ops, repair, schedules, serve, stack
 from orchestrator.errors import ConfigError, InputError, OrchestratorError
 from orchestrator.store.connection import StoreError
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     serve.register(sub)
     jobs.register(sub)
+    cancel.register(sub)
     schedules.register(sub)
     stack.register(sub)
     ops.register(sub)

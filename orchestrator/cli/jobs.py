@@ -1,4 +1,5 @@
-"""Job commands: submit, continue, status, tail, files, email, costs.
+"""Job commands: submit, continue, status, tail, files, email, costs (``cancel`` is
+:mod:`orchestrator.cli.cancel`'s).
 
 Every command prints for people by default and takes ``--json`` for scripts. Input is
 checked (by the :class:`~orchestrator.facade.Orchestrator` facade, or here for what only
@@ -91,6 +92,12 @@ def _submission_options(parser: argparse.ArgumentParser) -> None:
         "--priority", choices=("interactive", "batch"), default="interactive",
         help="interactive jobs are taken before batch ones",
     )  # fmt: skip
+    for name in ("queue-ttl", "idle-timeout", "deadline"):
+        setting = "JOB_" + name.upper().replace("-", "_")
+        parser.add_argument(
+            f"--{name}", type=float, metavar="SECONDS",
+            help=f"the job's {name.replace('-', ' ')} (default: {setting})",
+        )  # fmt: skip
     parser.add_argument("--wait", action="store_true", help="wait until the job ends")
     parser.add_argument("--tail", action="store_true", help="print updates until the turn ends")
     parser.add_argument(
@@ -115,7 +122,7 @@ def run_continue(args: argparse.Namespace) -> int:
 def _enqueue(args: argparse.Namespace, worker_or_job: str | None) -> int:
     """Enqueue the job, print it, then optionally tail its updates and wait for it.
 
-    Exit status 1 when ``--wait`` or ``--tail`` sees the job fail or be cancelled.
+    Exit status 1 when ``--wait`` or ``--tail`` sees the job end other than completed.
     """
     if args.timeout <= 0:
         raise InputError("timeout", "must be a positive number of seconds")
@@ -132,6 +139,9 @@ def _enqueue(args: argparse.Namespace, worker_or_job: str | None) -> int:
         "idempotency_key": args.idempotency_key,
         "fetch_files": args.fetch_files,
         "priority": args.priority,
+        "queue_ttl": args.queue_ttl,
+        "idle_timeout": args.idle_timeout,
+        "deadline": args.deadline,
     }
     with Orchestrator(load_settings()) as orch:
         if worker_or_job is not None:
@@ -153,7 +163,7 @@ def _enqueue(args: argparse.Namespace, worker_or_job: str | None) -> int:
             raise
         if args.json:
             _print_job(job, one_line=args.tail)
-    return 1 if job.status in ("failed", "cancelled") else 0
+    return 1 if job.done and job.status != "completed" else 0
 
 
 def _print_job(job: Job, *, one_line: bool) -> None:
