@@ -250,7 +250,7 @@ def sweep(app: Celery, rt: Runtime, now: int | None = None) -> dict[str, int]:
     return counts
 
 
-def sweep_pause(rt: Runtime, *, least: float = 0.2, most: float = 5.0) -> float:
+def sweep_pause(rt: Runtime, *, least: float = 0.1, most: float = 1.0) -> float:
     """Seconds until the next entry of either set falls due, within bounds."""
     wake = rt.ends.next_wake()
     if wake is None:
