@@ -233,3 +233,20 @@ def test_the_sweep_claims_so_two_sweeps_share_the_work(orch: Orchestrator) -> No
     assert orch.rt.ends.claim_live(at, 30_000) == []
     assert orch.rt.ends.next_wake() == at + 30_000
     assert now_ms() < at + 30_000
+
+
+def test_a_schedule_runs_its_jobs_with_its_limits(orch: Orchestrator) -> None:
+    from orchestrator.schedules.run import run_slot
+
+    every = {"type": "interval", "intervalSeconds": 60}
+    with pytest.raises(InputError) as info:
+        orch.schedules.create(None, "x", every, deadline=-1)
+    assert info.value.field == "deadline" and orch.schedules.list_all() == []
+    s = orch.schedules.create(None, "nightly", every, queue_ttl=120, deadline=900)
+    assert orch.schedules.describe(s.id)["limits"] == {"queue_ttl": 120.0, "deadline": 900.0}
+    assert run_slot(orch.rt, orch.app, s.id, now_ms()) == "fired"
+    job = orch.get(orch.schedules.history(s.id)[0]["job_id"])
+    assert (job.queue_ttl, job.deadline) == (120.0, 900.0)
+    assert job.idle_timeout == orch.settings.job_idle_timeout  # not given: the default
+    # Bulk cancel by schedule ends the run's job.
+    assert orch.cancel_many(schedule_id=s.id) == [job.id]

@@ -33,6 +33,10 @@ def register(sub: Any) -> None:
     create.add_argument("--budget", choices=BUDGETS, default="standard")
     create.add_argument("--catch-up", choices=("skip", "once"), default="skip")
     create.add_argument("--overlap", choices=("skip", "buffer"), default="skip")
+    for name in ("queue-ttl", "idle-timeout", "deadline"):
+        create.add_argument(
+            f"--{name}", type=float, metavar="SECONDS", help=f"each run's job {name}"
+        )
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=cmd_create)
 
@@ -111,6 +115,9 @@ def cmd_create(args: argparse.Namespace) -> int:
             timezone=args.tz,
             catch_up=args.catch_up,
             overlap=args.overlap,
+            queue_ttl=args.queue_ttl,
+            idle_timeout=args.idle_timeout,
+            deadline=args.deadline,
         )
     if args.json:
         _print_json(made.to_wire())
