@@ -149,16 +149,17 @@ def _matches(live: LiveJob, wanted: dict[str, Any]) -> bool:
 def refuse_unsettled(rt: Runtime, job_id: str | None, worker_id: str) -> None:
     """InputError when a continue would start a turn while the worker's turn of a job
     ended here still runs upstream (it cannot take another turn until that ends)."""
-    named = job_id or rt.ends.active_job(worker_id)
-    if named is None or not rt.ends.unsettled(named):
-        return
-    job = rt.store.get_job(named)
-    if job is not None and job.status in LOCAL_ENDS and job.worker_id == worker_id:
-        raise InputError(
-            "worker_id",
-            f"job {job.id} was {job.status} but its upstream turn may still run ({UPSTREAM_NOTE});"
-            " continue the worker once that turn has ended",
-        )
+    for named in {job_id, rt.ends.active_job(worker_id)} - {None}:
+        assert named is not None
+        if not rt.ends.unsettled(named):
+            continue
+        job = rt.store.get_job(named)
+        if job is not None and job.status in LOCAL_ENDS and job.worker_id == worker_id:
+            raise InputError(
+                "worker_id",
+                f"job {job.id} was {job.status} but its upstream turn may still run"
+                f" ({UPSTREAM_NOTE}); continue the worker once that turn has ended",
+            )
 
 
 # --- the sweep ---------------------------------------------------------------------
