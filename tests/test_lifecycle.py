@@ -250,3 +250,35 @@ def test_a_schedule_runs_its_jobs_with_its_limits(orch: Orchestrator) -> None:
     assert job.idle_timeout == orch.settings.job_idle_timeout  # not given: the default
     # Bulk cancel by schedule ends the run's job.
     assert orch.cancel_many(schedule_id=s.id) == [job.id]
+
+
+def test_start_turn_sends_nothing_for_a_job_cancelled_or_expired(
+    orch: Orchestrator, emulator: Any
+) -> None:
+    import time
+
+    from orchestrator.jobs.steps import start_turn
+
+    cancelled = orch.submit("cancelled before its task ran")
+    orch.cancel(cancelled.id)
+    assert start_turn(orch.rt, orch.app, cancelled.id).status == "cancelled"
+    stale = orch.submit("its queue time-to-live passes", queue_ttl=0.001)
+    time.sleep(0.01)
+    ended = start_turn(orch.rt, orch.app, stale.id)
+    assert ended.status == "expired" and ended.worker_id is None
+    assert emulator.ledger()["workers_created"] == 0  # nothing sent for either
+    assert lifecycle.sweep(orch.app, orch.rt) == {}  # nothing left to settle
+    assert not _ended(orch) and not {cancelled.id, stale.id} & set(_live(orch))
+
+
+def test_a_create_that_returns_after_the_cancel_is_settled_later(orch: Orchestrator) -> None:
+    job = orch.submit("its create call is in flight when it is cancelled")
+    orch.store.count_attempt(job.id)
+    orch.cancel(job.id)
+    assert job.id in _ended(orch)  # an attempt was counted: a turn may have begun
+    # The call returns: the worker is recorded, but the job stays cancelled and out of
+    # the live index, and it is kept for settling.
+    assert not orch.store.set_submitted(orch.get(job.id), _worker("wkr_late5", running=True))
+    ended = orch.get(job.id)
+    assert ended.status == "cancelled" and ended.worker_id == "wkr_late5"
+    assert job.id not in _live(orch) and job.id in _ended(orch)

@@ -190,7 +190,8 @@ def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
         if rt.ends.end_here(job.id, *late):
             JOBS_ENDED_HERE.labels(state=late[0]).inc()
             log.info("job %s %s: %s", job.id, *late)
-        turn_ended(app, rt, job)  # a slot it was promoted to; the sweep does the rest
+            rt.ends.forget_ended(job.id)  # no call was made: nothing to settle later
+        turn_ended(app, rt, job)  # e.g. a slot it was promoted to
         return store.require_job(job.id)
     if not counted:
         if not admit(app, rt, job):
