@@ -282,3 +282,14 @@ def test_a_create_that_returns_after_the_cancel_is_settled_later(orch: Orchestra
     ended = orch.get(job.id)
     assert ended.status == "cancelled" and ended.worker_id == "wkr_late5"
     assert job.id not in _live(orch) and job.id in _ended(orch)
+
+
+def test_limit_settings_are_checked() -> None:
+    from orchestrator.errors import ConfigError
+    from orchestrator.settings import load_settings
+
+    for name, bad in (("job_deadline", -1), ("job_queue_ttl", 10**9), ("job_idle_timeout", "x")):
+        with pytest.raises(ConfigError) as info:
+            load_settings(**{name: bad})
+        assert name.upper() in str(info.value)
+    assert load_settings(job_deadline=0).job_deadline == 0
