@@ -98,12 +98,12 @@ def test_cancel_of_a_running_job(
     with pytest.raises(InputError, match="still run"):
         orch.continue_(long.id, "more")
     _started_while(orch, emulator, behind.id, long.id)
-    # Relaying stopped: the follower dropped the stream at its next renewal.
+    # Relaying stopped: the follower dropped the stream at its next lease renewal (1 s
+    # here), well before the turn's 30 updates (5 a second) were all sent.
     wid = orch.get(long.id).worker_id
     assert wid is not None
-    relayed = orch.store.relayed(wid)
     wait_for(lambda: not _upstream_turn_running(emulator), 30, "the turn to end upstream")
-    assert orch.store.relayed(wid) < 30 and orch.store.relayed(wid) <= relayed + 3
+    assert orch.store.relayed(wid) <= 20, orch.store.relayed(wid)
     _settled(orch, emulator, [long.id, behind.id])
     assert orch.get(long.id).status == "cancelled"
     assert orch.get(behind.id).status == "completed"
@@ -151,7 +151,7 @@ def test_queue_ttl_expires_a_job_waiting_for_a_slot(
     orch: Orchestrator, emulator: Emulator, worker: Proc
 ) -> None:
     _setup(orch)
-    emulator.configure(turn_seconds=4.0, events_per_turn=8)
+    emulator.configure(turn_seconds=6.0, events_per_turn=12)
     first = orch.submit("holds the slot", tags=ACME)
     wait_for(lambda: orch.get(first.id).worker_id, 30, "the first turn to start")
     emulator.configure(turn_seconds=0.3, events_per_turn=3)
