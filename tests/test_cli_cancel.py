@@ -29,6 +29,8 @@ def _submit(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]
 def test_submit_takes_the_three_limits(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     job = _submit(capsys, "x", "--queue-ttl", "60", "--idle-timeout", "30", "--deadline", "600")
     assert (job["queue_ttl"], job["idle_timeout"], job["deadline"]) == (60.0, 30.0, 600.0)
+    code, out, _ = run(capsys, "status", str(job["id"]))
+    assert "limits    queue_ttl=60s idle_timeout=30s deadline=600s" in out
     code, _, err = run(capsys, "submit", "x", "--deadline", "0")
     assert code == 2 and err.startswith("error: deadline:") and len(env.job_ids()) == 1
 

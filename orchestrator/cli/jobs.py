@@ -20,7 +20,7 @@ from typing import Any
 
 from orchestrator.errors import InputError
 from orchestrator.facade import Orchestrator
-from orchestrator.jobs.model import Job, parse_tag
+from orchestrator.jobs.model import LIMITS, Job, parse_tag
 from orchestrator.ledger import total_cost_micro
 from orchestrator.money import format_usd
 from orchestrator.settings import load_settings
@@ -213,6 +213,8 @@ def run_status(args: argparse.Namespace) -> int:
         ("updates", updates),
         ("input", job.short_input(60)),
     ]
+    limits = [f"{n}={v:g}s" for n in LIMITS if (v := getattr(job, n)) is not None]
+    fields.append(("limits", " ".join(limits) or "-"))
     if job.schedule_id:
         fields.append(("schedule", job.schedule_id))
     if job.cost_known is False:
