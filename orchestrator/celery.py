@@ -31,6 +31,7 @@ TASK_ROUTES = {
     "workers.run_schedule": API_QUEUE,
     "workers.run_schedules": API_QUEUE,
     "workers.sweep": API_QUEUE,
+    "workers.settle_ended": API_QUEUE,
     # workers.heartbeat is sent to each worker's own direct queue, never routed here.
     "workers.follow": STREAMS_QUEUE,
 }

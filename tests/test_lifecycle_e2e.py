@@ -105,6 +105,9 @@ def test_cancel_of_a_running_job(
     wait_for(lambda: not _upstream_turn_running(emulator), 30, "the turn to end upstream")
     assert orch.store.relayed(wid) <= 20, orch.store.relayed(wid)
     _settled(orch, emulator, [long.id, behind.id])
+    # Flower's view: the end's own task, named for the end state by its return value.
+    assert "workers.settle_ended[" in worker.text()
+    assert "'cancelled: later'" in worker.text() or "'cancelled: settled'" in worker.text()
     assert orch.get(long.id).status == "cancelled"
     assert orch.get(behind.id).status == "completed"
     # Once settled, the worker takes another turn again.

@@ -11,9 +11,10 @@ from celery import Task
 
 from orchestrator.celery import app
 from orchestrator.errors import APIError, APIStatusError, InputError
+from orchestrator.jobs import lifecycle
 from orchestrator.jobs import steps as pipeline
 from orchestrator.runtime import get_runtime
-from orchestrator.store.jobs import RedisStore
+from orchestrator.store.jobs import RedisStore, now_ms
 from workers_tasks import follower_service, heartbeat  # noqa: F401  (connect the worker signals)
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,18 @@ def finalize(self: Task, job_id: str) -> str:
     except APIError as exc:
         _retry_or_fail(self, job_id, exc, job_id)
         return "failed"
+
+
+@app.task(name=lifecycle.SETTLE_TASK)
+def settle_ended(job_id: str) -> str:
+    """One look at a job ended here (cancelled, expired, timed_out): wind it down, and
+    settle its upstream turn if that is over (else the end sweep looks again later).
+    Returns ``<end state>: <settled | nothing | later | failed>``."""
+    rt = get_runtime()
+    job = rt.store.get_job(job_id)
+    if job is None or not rt.ends.unsettled(job_id):
+        return f"{job.status if job else 'unknown'}: settled already"
+    return f"{job.status}: {lifecycle.settle_ended(app, rt, job, now_ms())}"
 
 
 @app.task(name="workers.fetch_file", bind=True)

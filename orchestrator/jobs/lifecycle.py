@@ -49,6 +49,9 @@ UPSTREAM_NOTE = (
     "the Workers API has no cancel route: a turn already started upstream goes on and is"
     " billed; its cost is settled into the ledger when it ends"
 )
+#: The task that winds down and settles a job ended here: Flower shows it, named for the
+#: end state (``job_… timed_out: …``), and its return value says how far it got.
+SETTLE_TASK = "workers.settle_ended"
 #: How long a sweep holds what it claimed before another sweep may take it over.
 CLAIM_MS = 30_000
 #: Bounds on how often an ended job's upstream turn is looked at (a quarter of the
@@ -68,6 +71,8 @@ def end_job(app: Celery, rt: Runtime, job: Job, status: JobStatus, detail: str) 
     wind_down(app, rt, ended)
     if ended.worker_id is None and ended.attempts == 0:
         _nothing_to_settle(rt, ended)  # never sent upstream: nothing sent, nothing billed
+    shown = detail if len(detail) <= 80 else detail[:77] + "..."
+    app.send_task(SETTLE_TASK, args=[job.id], argsrepr=f"{job.id} {status}: {shown}")
     return True
 
 
