@@ -40,6 +40,7 @@ __all__ = [
     "job_limit",
     "job_limit_problem",
     "limit_value",
+    "reason_text",
     "shown",
     "tag",
 ]
@@ -198,6 +199,19 @@ def input_problem(value: str) -> str | None:
         if (ord(c) < 32 and c not in "\n\r\t") or 127 <= ord(c) < 160:
             return f"contains control character {ord(c):#04x}"
     return None
+
+
+#: The longest reason a cancel takes (kept in the job's history).
+REASON_MAX_CHARS = 500
+
+
+def reason_text(value: object, field: str = "reason") -> str:
+    """A cancel's reason: text as for an input (:func:`input_problem`), stripped, at most
+    :data:`REASON_MAX_CHARS` characters; InputError naming ``field``."""
+    text = input_text(value, field).strip()
+    if len(text) > REASON_MAX_CHARS:
+        raise InputError(field, f"is {len(text)} characters; the limit is {REASON_MAX_CHARS}")
+    return text
 
 
 def input_text(value: object, field: str = "input") -> str:

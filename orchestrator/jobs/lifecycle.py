@@ -114,10 +114,7 @@ def cancel_many(
 def _reason(reason: str | None) -> str:
     if reason is None:
         return "cancelled"
-    text = rules.input_text(reason, "reason").strip()
-    if len(text) > 500:
-        raise InputError("reason", f"is {len(text)} characters; the limit is 500")
-    return f"cancelled: {text}"
+    return f"cancelled: {rules.reason_text(reason)}"
 
 
 def _filters(
