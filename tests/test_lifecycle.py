@@ -294,3 +294,16 @@ def test_limit_settings_are_checked() -> None:
             load_settings(**{name: bad})
         assert name.upper() in str(info.value)
     assert load_settings(job_deadline=0).job_deadline == 0
+
+
+def test_a_turn_that_cannot_be_read_upstream_gives_its_hold_back(orch: Orchestrator) -> None:
+    from decimal import Decimal
+
+    orch.budgets.set_cap(scope="global", limit_usd=Decimal("100"))
+    job = _submitted(orch, "its worker is unknown upstream", "wkr_gone6")
+    assert orch.budgets.reserve(job) == 1_000_000
+    orch.cancel(job.id)
+    assert orch.budgets.status()[0]["reserved_micro"] == 1_000_000  # kept for settling
+    assert lifecycle.sweep(orch.app, orch.rt) == {"failed": 1}  # the emulator answers 404
+    assert orch.budgets.status()[0]["reserved_micro"] == 0 and not _ended(orch)
+    assert orch.get(job.id).status == "cancelled"

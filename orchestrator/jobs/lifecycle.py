@@ -23,7 +23,7 @@ from typing import Any
 from celery import Celery
 
 from orchestrator import rules
-from orchestrator.errors import APIError, InputError
+from orchestrator.errors import APIError, APIStatusError, InputError
 from orchestrator.jobs.model import (
     LOCAL_ENDS,
     STATUSES,
@@ -199,6 +199,15 @@ def settle_ended(app: Celery, rt: Runtime, job: Job, now: int) -> str:
         return _later(rt, job, now, ended_at)
     try:
         worker = rt.client.retrieve(job.worker_id)
+    except APIStatusError as exc:
+        if exc.retryable:
+            log.info("settling %s: %s; looking again later", job.id, exc)
+            return _later(rt, job, now, ended_at)
+        # A final answer (the worker is gone upstream, say): there is nothing to read
+        # the cost from; the hold is given back, and reconcile shows the worker's figure.
+        log.error("settling %s: %s; its turn cannot be settled", job.id, exc)
+        _nothing_to_settle(rt, job)
+        return "failed"
     except APIError as exc:
         log.info("settling %s: %s; looking again later", job.id, exc)
         return _later(rt, job, now, ended_at)
