@@ -220,9 +220,9 @@ def test_sweep_expires_times_out_and_reschedules(orch: Orchestrator) -> None:
     assert "deadline of 20s" in (orch.get(late.id).error or "")
     assert all(orch.get(j.id).status in TERMINAL for j in (queued, idle, late))
     assert not {queued.id, idle.id, late.id} & set(_live(orch))
-    # The expired job had nothing upstream: nothing left to settle. The other two wait
-    # for their turns to end upstream.
-    assert set(_ended(orch)) == {idle.id, late.id}
+    # The expired job had nothing upstream, nothing to settle; the other two were looked
+    # at by the same sweeps (their made-up workers are unknown upstream: given up).
+    assert not _ended(orch)
 
 
 def test_the_sweep_claims_so_two_sweeps_share_the_work(orch: Orchestrator) -> None:
