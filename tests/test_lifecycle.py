@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import pytest
+import redis
 
 from orchestrator.errors import InputError
 from orchestrator.facade import Orchestrator
@@ -165,8 +166,13 @@ def _submitted(orch: Orchestrator, text: str, worker_id: str, **limits: Any) -> 
 def test_cancel_of_a_running_job_settles_its_turn_later_and_once(orch: Orchestrator) -> None:
     job = _submitted(orch, "running", "wkr_cancel1")
     assert orch.budgets.reserve(job) == 0  # no cap: no hold to keep
+    orch.store.append_updates("wkr_cancel1", 0, ['{"n": 0}'])
     orch.cancel(job.id)
     assert job.id in _ended(orch) and orch.store.r.zscore(orch.store.keys.follows, job.id) is None
+    # Its turn's updates are refused from now on (the follower lets the stream go).
+    with pytest.raises(redis.ResponseError, match="STOPPED"):
+        orch.store.append_updates("wkr_cancel1", 1, ['{"n": 1}'])
+    assert orch.store.relayed("wkr_cancel1") == 1
     # Continues naming the job, or its worker, are refused while its turn may still run.
     for name in (job.id, "wkr_cancel1"):
         with pytest.raises(InputError) as info:
@@ -178,6 +184,11 @@ def test_cancel_of_a_running_job_settles_its_turn_later_and_once(orch: Orchestra
     settle_turn(orch.rt, orch.get(job.id), finished)
     assert orch.costs(by="worker")["total"]["model_cost_micro"] == 12_345
     assert orch.costs(by="worker")["total"]["turns"] == 1
+    # A new turn of the worker (a continue, once settled) is relayed again.
+    orch.rt.ends.forget_ended(job.id)
+    again = orch.continue_(job.id, "more")
+    assert orch.store.set_submitted(again, _worker("wkr_cancel1", running=True))
+    assert orch.store.append_updates("wkr_cancel1", 1, ['{"n": 1}']) == 2
     # Racing finalize: a completion after the cancel is refused; the job stays cancelled.
     end = orch.store.batch()
     orch.store.complete_into(end, job.id, 3)

@@ -169,12 +169,15 @@ def refuse_unsettled(rt: Runtime, job_id: str | None, worker_id: str) -> None:
 
 def wind_down(app: Celery, rt: Runtime, job: Job) -> None:
     """Take an ended job out of every queue and free its slots (idempotent): a limit's
-    queue, the budget period's, the outbox, the broker watch, the follow lease."""
+    queue, the budget period's, the outbox, the broker watch; stop relaying its turn's
+    updates (the store refuses them from now) and drop the follow lease."""
     rt.limits.leave_waiting(job)
     release_slots(app, rt, job)
     rt.budgets.take_waiting(job.id)
     rt.store.drop_unsent(job.id)
     rt.store.forget_dispatched(job.id)
+    if job.worker_id is not None:
+        rt.ends.stop_relay(job.worker_id, job.id)
     rt.store.release_follow(job.id)
 
 

@@ -91,9 +91,15 @@ APPEND_UPDATES = """
 -- KEYS[1] worker hash, KEYS[2] updates stream
 -- ARGV[1] index of the first payload, ARGV[2] stream maxlen, ARGV[3] now (ms),
 -- ARGV[4..] payloads (JSON)
--- Returns the number of updates stored after the call; raises on a gap. 'relayed_at' on
--- the worker is when one was last stored (a job's idle timeout counts from it).
-local relayed = tonumber(redis.call('HGET', KEYS[1], 'relayed') or '0')
+-- Returns the number of updates stored after the call; raises on a gap, and refuses
+-- (STOPPED) while 'stopped_job' names the worker's 'active_job' (its job ended here:
+-- nothing more of that turn is relayed). 'relayed_at' on the worker is when an update
+-- was last stored (a job's idle timeout counts from it).
+local state = redis.call('HMGET', KEYS[1], 'relayed', 'stopped_job', 'active_job')
+if state[2] and state[2] == state[3] then
+  return redis.error_reply('STOPPED the job of this turn has ended: not relayed')
+end
+local relayed = tonumber(state[1] or '0')
 local before = relayed
 local first = tonumber(ARGV[1])
 for i = 4, #ARGV do
