@@ -4,8 +4,9 @@ turn cost.
 
 The Workers API has no cancel route. A job ended here (``cancelled``, ``expired``,
 ``timed_out``) stops at once on our side: it leaves every queue, frees its concurrency
-slots (promoting the jobs waiting for them), its follower drops the stream (its lease is
-gone at the next renewal), and continues naming it are refused. An upstream turn that
+slots (promoting the jobs waiting for them), the store refuses the rest of its turn's
+updates (its follower then lets the stream go, and its lease is gone), and continues
+naming it are refused while that turn may still run. An upstream turn that
 had begun goes on and is billed: the job stays in the ended set, and the sweep retrieves
 its worker until the turn is over, then posts the turn exactly as a finished one
 (:func:`~orchestrator.jobs.settle.settle_turn`, once per job) and only then releases the
