@@ -50,6 +50,12 @@ def test_cancel_named_jobs_says_the_turn_goes_on_upstream(
     }
     code, out, _ = run(capsys, "status", str(a), "--history")
     assert "cancelled: wrong input" in out
+    # An unknown id among several: none is cancelled.
+    c = _submit(capsys, "job c")["id"]
+    code, _, err = run(capsys, "cancel", str(c), "job_unknown")
+    assert code == 2 and err.startswith("error: job_id:")
+    with _orch() as orch:
+        assert orch.get(str(c)).status == "queued"
 
 
 def test_bulk_cancel_by_tag_status_and_schedule(

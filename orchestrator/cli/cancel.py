@@ -66,10 +66,10 @@ def run_cancel(args: argparse.Namespace) -> int:
             rows = [(job_id, "cancelled", True) for job_id in ids]
         else:
             rows = []
-            for job_id in args.job_ids:
-                before = orch.get(job_id)
-                after = orch.cancel(job_id, reason=args.reason)
-                rows.append((after.id, after.status, not before.done))
+            before = [orch.get(job_id) for job_id in args.job_ids]  # all known, or none
+            for job in before:
+                after = orch.cancel(job.id, reason=args.reason)
+                rows.append((after.id, after.status, not job.done))
     if args.json:
         jobs = [{"id": i, "status": s, "cancelled_now": now} for i, s, now in rows]
         print(json.dumps({"jobs": jobs, "note": UPSTREAM_NOTE}, indent=2))
