@@ -167,9 +167,13 @@ def _enqueue(args: argparse.Namespace, worker_or_job: str | None) -> int:
 
 def _stdin() -> str:
     try:
-        return sys.stdin.read()
+        text = sys.stdin.read()
     except UnicodeDecodeError:
-        raise InputError("input", "standard input is not valid UTF-8 text") from None
+        text = None
+    if text is None or output.undecodable([text]) is not None:
+        # (Python's UTF-8 mode reads undecodable bytes as lone surrogates.)
+        raise InputError("input", "standard input is not valid UTF-8 text")
+    return text
 
 
 def _print_job(job: Job, *, one_line: bool) -> None:

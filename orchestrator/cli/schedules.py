@@ -199,17 +199,16 @@ def cmd_action(args: argparse.Namespace) -> int:
     with _orch() as orch:
         api = orch.schedules
         result: dict[str, Any] = {"id": sid, "action": args.action}
-        if args.action == "cancel":
-            result["schedule"] = api.cancel(sid).to_wire()
-            text = f"{sid}: cancelled"
-        elif args.action == "trigger":
+        if args.action == "trigger":
             slot = api.trigger(sid)
             result.update(slot=output.when(slot), slot_ms=slot)
             text = f"{sid}: run sent for slot {output.when(slot)}"
         else:
-            changed = api.pause(sid) if args.action == "pause" else api.resume(sid)
+            change = {"pause": api.pause, "resume": api.resume}.get(args.action)
+            changed = change(sid) if change else api.cancel(sid).cancelled
             result["changed"] = bool(changed)
-            text = f"{sid}: {(args.action + 'd') if changed else 'unchanged'}"
+            done = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[args.action]
+            text = f"{sid}: {done if changed else 'unchanged'}"
     if args.json:
         _print_json(result)
     else:

@@ -27,11 +27,12 @@ TOOL_TEXT_MAX = 200
 class Transcript:
     """Writes updates as text to ``out``; the progress line goes to ``progress``."""
 
-    def __init__(self, out: TextIO = sys.stdout, progress: TextIO | None = sys.stderr) -> None:
-        self.out = out
+    def __init__(self, out: TextIO | None = None, progress: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
         # Only a terminal gets the in-place progress line; a file or pipe would keep
         # every redraw.
-        self.progress = progress if progress is not None and progress.isatty() else None
+        progress = progress or sys.stderr
+        self.progress = progress if progress.isatty() else None
         self.updates = 0
         self.chars = 0
         self.started = time.monotonic()
