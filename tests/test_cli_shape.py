@@ -290,7 +290,7 @@ def test_schedule_times_and_money_use_the_one_format(
     made = json_of(capsys, "schedules", "create", "--input", "x", "--cron", "0 7 * * *")
     code, out, _ = run(capsys, "schedules", "show", made["id"])
     assert code == 0
-    assert re.search(rf"^next runs\s+{ISO}(, {ISO}){{9}}$", out, re.M)
+    assert re.search(rf"^next runs\s+{ISO}\n(\s+{ISO}\n){{9}}", out, re.M)
     assert re.search(rf"^cost\s+{MONEY} over 0 turn\(s\)$", out, re.M)
     code, out, _ = run(capsys, "schedules", "trigger", made["id"])
     assert re.fullmatch(rf"{made['id']}: run sent for slot {ISO}\n", out)

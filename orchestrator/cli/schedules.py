@@ -188,8 +188,9 @@ def cmd_show(args: argparse.Namespace) -> int:
                  f"{counts.get('skipped', 0)} skipped"),
         ("cost", f"{output.usd(info['cost']['total_cost_micro'])} over "
                  f"{info['cost']['turns']} turn(s)"),
-        ("next runs", ", ".join(output.when(at) for at in info["next_runs"]) or "-"),
     ]  # fmt: skip
+    nxt = [output.when(at) for at in info["next_runs"]] or ["-"]
+    rows += [("next runs" if i == 0 else "", at) for i, at in enumerate(nxt)]  # one a line
     output.fields(rows, width=12)
     return 0
 
