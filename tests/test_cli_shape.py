@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from orchestrator.ops.redis_server import free_port
 from orchestrator.wire.models import Worker
 
 from .conftest import Emulator
-from .test_cli import ROOT, Env, day_ms, env, queued_job, run, worker
+from .test_cli import ROOT, Env, _play_turn, day_ms, env, queued_job, run, worker
 
 __all__ = ["env"]  # the fixture, shared with test_cli
 
@@ -225,6 +226,23 @@ def test_tail_assembles_text_and_ends_with_the_turns_cost(
     ]
     code, out, _ = run(capsys, "tail", job_id, "--raw", "--no-follow")
     assert out.splitlines()[1] == '1\t{"type":"text-delta","id":"t1","delta":"Hello"}'
+
+
+def test_submit_tail_shows_the_text_then_the_outcome(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    player = threading.Thread(target=_play_turn, args=(env, ["one ", "two ", "three"]))
+    player.start()
+    code, out, err = run(capsys, "submit", "go", "--tail", "--timeout", "10")
+    player.join()
+    assert code == 0, err
+    (job_id,) = env.job_ids()
+    assert out.splitlines() == [
+        f"{job_id}  queued",
+        "one two three",
+        f"── {job_id} completed: 3 updates, cost not posted yet",
+        f"{job_id}  completed",
+    ]
 
 
 def test_transcript_draws_a_progress_line_on_a_terminal(tmp_path: Path) -> None:

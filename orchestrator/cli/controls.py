@@ -10,7 +10,6 @@ from orchestrator.cli import output
 from orchestrator.cli.output import json_option
 from orchestrator.errors import InputError
 from orchestrator.facade import Orchestrator
-from orchestrator.money import format_usd
 from orchestrator.settings import load_settings
 
 PERIOD_HELP = "the cap's period, a UTC day or month (default day)"
@@ -79,14 +78,14 @@ def run_budgets_show(args: argparse.Namespace) -> int:
     for row in rows:
         mark = " !" if row["ratio"] >= row["warn_at"] else ""
         print(
-            f"{row['cap']:<28} {row['period']:<10} {format_usd(row['spent_micro']):>12} "
-            f"{format_usd(row['reserved_micro']):>12} {format_usd(row['cap_micro']):>12}  "
+            f"{row['cap']:<28} {row['period']:<10} {output.usd(row['spent_micro']):>12} "
+            f"{output.usd(row['reserved_micro']):>12} {output.usd(row['cap_micro']):>12}  "
             f"{_bar(row['ratio'])} {row['ratio'] * 100:5.1f}%{mark}"
         )
         if row["overshoots"]:
             print(
                 f"{'':<28} {row['overshoots']} turn(s) cost more than their hold, "
-                f"by {format_usd(row['overshoot_micro'])} in all"
+                f"by {output.usd(row['overshoot_micro'])} in all"
             )
     return 0
 
@@ -106,7 +105,7 @@ def run_budgets_set(args: argparse.Namespace) -> int:
             }
         )  # fmt: skip
     else:
-        print(f"cap {cap.name}: {format_usd(cap.limit_micro)}, {cap.on_exceed} when reached")
+        print(f"cap {cap.name}: {output.usd(cap.limit_micro)}, {cap.on_exceed} when reached")
     return 0
 
 

@@ -155,7 +155,7 @@ def _enqueue(args: argparse.Namespace, worker_or_job: str | None) -> int:
             if args.wait or args.tail:
                 job = orch.wait(job.id, timeout=args.timeout)
                 if not args.json:
-                    _print_outcome(orch, job)
+                    _print_outcome(orch, job, with_output=not args.tail)
         except TimeoutError:
             if args.json:  # a script still learns the job id and where it stands
                 _print_job(orch.get(job.id), one_line=args.tail)
@@ -184,12 +184,13 @@ def _print_job(job: Job, *, one_line: bool) -> None:
         output.emit(dumped)
 
 
-def _print_outcome(orch: Orchestrator, job: Job) -> None:
-    """The final status line, then the error or the worker's output text."""
+def _print_outcome(orch: Orchestrator, job: Job, *, with_output: bool = True) -> None:
+    """The final status line, then the error or (unless the tail showed it already) the
+    worker's output text."""
     print(f"{job.id}  {job.status}")
     if job.error:
         output.fields([("error", job.error)])
-    worker = orch.worker(job.id)
+    worker = orch.worker(job.id) if with_output else None
     if job.status == "completed" and worker is not None and worker.output_text:
         print(output.clean(worker.output_text))
 
