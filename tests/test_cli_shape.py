@@ -373,3 +373,41 @@ def test_stdin_that_is_not_utf8_is_refused(env: Env) -> None:
     done = cli_bytes(env, "submit", "-", stdin=b"caf\xe9 au lait")
     assert done.returncode == 2 and done.stderr.startswith(b"error: input:"), done.stderr
     assert b"Traceback" not in done.stderr and env.our_keys() == []
+
+
+# --- completion and the stack's JSON lines ---------------------------------------
+
+
+def test_completion_completes_commands_and_choices(tmp_path: Path) -> None:
+    answer = tmp_path / "completions"
+
+    def complete(line: str) -> list[str]:
+        child_env = {
+            **os.environ, "PYTHONPATH": str(ROOT), "_ARGCOMPLETE": "1", "COMP_LINE": line,
+            "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": str(answer),
+        }  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "orchestrator"], env=child_env, capture_output=True,
+            timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return sorted(answer.read_text().split("\v"))
+
+    assert complete("orchestrator sche") == ["schedules "]
+    assert complete("orchestrator costs --by ") == sorted(
+        ["day", "budget", "tag", "schedule", "worker", "job"]
+    )
+
+
+def test_the_stack_speaks_json_lines_when_asked(tmp_path: Path) -> None:
+    import io
+
+    from orchestrator.ops.stack import Stack
+    from orchestrator.settings import load_settings
+
+    out = io.StringIO()
+    stack = Stack(load_settings(), tmp_path, json_lines=True, out=out)
+    stack._say("metrics   ready  http://127.0.0.1:9/metrics")
+    assert json.loads(out.getvalue()) == {
+        "part": "metrics", "message": "ready  http://127.0.0.1:9/metrics"
+    }  # fmt: skip
