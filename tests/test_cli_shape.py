@@ -344,6 +344,7 @@ BAD = [
     (["nonsense"], b"error: argument COMMAND: invalid choice"),
     (["submit"], b"error: the following arguments are required: INPUT"),
     (["costs", "--by", "job", "--limit", "0"], b"error: limit:"),
+    (["costs", "--by", "tag", "--limit", "5"], b"error: limit:"),
     (["costs", "--by", "job", "--limit", "many"], b"error: argument --limit"),
     (["costs", "--by", "\x1b[2J"], b"error: argument --by"),
     (["health", "--timeout", "nan"], b"error: timeout:"),

@@ -21,7 +21,7 @@ from orchestrator.cli import output, tail
 from orchestrator.cli.output import json_option as _json_option
 from orchestrator.errors import InputError
 from orchestrator.facade import Orchestrator
-from orchestrator.jobs.model import Job, parse_tag
+from orchestrator.jobs.model import FAILED_ENDS, Job, parse_tag
 from orchestrator.ledger import total_cost_micro
 from orchestrator.settings import load_settings
 from orchestrator.store.keys import LEDGER_DIMENSIONS
@@ -82,8 +82,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     costs.add_argument("--since", metavar="YYYY-MM-DD", help="first day (--by day or job)")
     costs.add_argument("--until", metavar="YYYY-MM-DD", help="last day (--by day or job)")
     costs.add_argument(
-        "--limit", type=int, default=50, metavar="N", help="with --by job: newest N (default 50)"
-    )
+        "--limit", type=int, default=None, metavar="N",
+        help="with --by job: the newest N jobs (default 50)",
+    )  # fmt: skip
     _json_option(costs, "print the report as returned by Orchestrator.costs")
     costs.set_defaults(func=run_costs)
 
@@ -125,7 +126,7 @@ def run_continue(args: argparse.Namespace) -> int:
 def _enqueue(args: argparse.Namespace, worker_or_job: str | None) -> int:
     """Enqueue the job, print it, then optionally tail its updates and wait for it.
 
-    Exit status 1 when ``--wait`` or ``--tail`` sees the job fail or be cancelled.
+    Exit status 1 when ``--wait`` or ``--tail`` sees the job end without completing.
     """
     rules.positive_seconds(args.timeout, "timeout")
     tags: dict[str, str] = {}
@@ -162,7 +163,7 @@ def _enqueue(args: argparse.Namespace, worker_or_job: str | None) -> int:
             raise
         if args.json:
             _print_job(job, one_line=args.tail)
-    return 1 if job.status in ("failed", "cancelled") else 0
+    return 1 if job.status in FAILED_ENDS else 0
 
 
 def _stdin() -> str:
@@ -345,8 +346,12 @@ def run_costs(args: argparse.Namespace) -> int:
     until = _day("until", args.until)
     if args.by not in ("day", "job") and (since or until):
         raise InputError("since" if since else "until", "only filters --by day or job")
+    if args.by != "job" and args.limit is not None:
+        raise InputError("limit", "only with --by job")
     with Orchestrator(load_settings()) as orch:
-        report = orch.costs(args.by, since=since, until=until, limit=args.limit)
+        report = orch.costs(
+            args.by, since=since, until=until, limit=50 if args.limit is None else args.limit
+        )
     if args.json:
         output.emit(report)
         return 0
