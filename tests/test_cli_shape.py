@@ -183,6 +183,12 @@ def test_servers_announce_themselves_as_json(env: Env) -> None:
     port = free_port()
     emulator = _first_json_line(["emulator", "--port", str(port), "--json"], child_env)
     assert emulator["url"] == f"http://127.0.0.1:{port}/api"
+    worker = _first_json_line(["worker", "--queues", "api", "--json"], child_env)
+    assert worker == {"queues": ["api"], "pool": "threads", "concurrency": 8}
+    beat = _first_json_line(["beat", "--json"], child_env)
+    assert beat["scheduler"].endswith(":RedisScheduler")
+    flower = _first_json_line(["flower", "--no-auth", "--port", str(port), "--json"], child_env)
+    assert flower == {"url": f"http://127.0.0.1:{port}"}
 
 
 # --- tail, status, costs ---------------------------------------------------------
