@@ -24,8 +24,16 @@ from .processes import Proc, broker_depth, celery_worker, stack_env, wait_for
 pytestmark = pytest.mark.slow
 
 
+# threads: the one-box default; prefork: the api queue's pool in deployments (the
+# exception then crosses from the pool child to the parent, which sends the event).
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_flower_shows_a_refused_job_as_failure_with_its_reason_and_no_heartbeats(
-    redis_url: str, key_prefix: str, emulator: Emulator, orch: Orchestrator, tmp_path: Path
+    redis_url: str,
+    key_prefix: str,
+    emulator: Emulator,
+    orch: Orchestrator,
+    tmp_path: Path,
+    pool: str,
 ) -> None:
     password = secrets.token_urlsafe(12)
     env = stack_env(
@@ -38,7 +46,7 @@ def test_flower_shows_a_refused_job_as_failure_with_its_reason_and_no_heartbeats
         env, tmp_path / "flower.log", "Visit me at",
     )  # fmt: skip
     node = f"fl{key_prefix}@{socket.gethostname()}"
-    worker = celery_worker(env, tmp_path / "worker.log", name=f"fl{key_prefix}")
+    worker = celery_worker(env, tmp_path / "worker.log", name=f"fl{key_prefix}", pool=pool)
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=("admin", password), timeout=10)
     try:
         # Flower first: it learns of tasks from events, so it must be listening.
