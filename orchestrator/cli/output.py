@@ -128,8 +128,9 @@ def table(
 
 
 def undecodable(argv: Sequence[str]) -> str | None:
-    """The first argument that was not valid UTF-8 (shown safely), or None."""
+    """The first argument that was not valid UTF-8 (shown safely, cut short), or None."""
     for arg in argv:
         if _SURROGATE.search(arg):
-            return clean(arg)
+            shown = clean(arg)
+            return shown if len(shown) <= 60 else shown[:59] + "…"
     return None
