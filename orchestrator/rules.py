@@ -14,6 +14,7 @@ Imports nothing of the package but :mod:`orchestrator.errors` and
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -40,6 +41,7 @@ __all__ = [
     "job_limit",
     "job_limit_problem",
     "limit_value",
+    "positive_seconds",
     "reason_text",
     "shown",
     "tag",
@@ -161,6 +163,15 @@ def job_limit(value: object, field: str) -> float:
     if problem is not None:
         raise InputError(field, problem)
     assert isinstance(value, int | float)
+    return float(value)
+
+
+def positive_seconds(value: object, field: str = "timeout") -> float:
+    """A duration in seconds: a finite number above 0 (``nan`` and ``inf`` refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(field, f"{shown(value)} is not a number of seconds")
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(field, f"must be a finite positive number of seconds, not {value}")
     return float(value)
 
 

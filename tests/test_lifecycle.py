@@ -318,3 +318,18 @@ def test_a_turn_that_cannot_be_read_upstream_gives_its_hold_back(orch: Orchestra
     assert lifecycle.sweep(orch.app, orch.rt) == {"failed": 1}  # the emulator answers 404
     assert orch.budgets.status()[0]["reserved_micro"] == 0 and not _ended(orch)
     assert orch.get(job.id).status == "cancelled"
+
+
+def test_the_settle_task_of_a_job_ended_here_raises_job_ended(
+    orch: Orchestrator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.errors import JobEnded
+    from workers_tasks import tasks
+
+    monkeypatch.setattr(tasks, "get_runtime", lambda: orch.rt)
+    job = orch.submit("x", tags={"tenant": "acme"})
+    orch.cancel(job.id, reason="not needed")
+    with pytest.raises(JobEnded) as caught:
+        tasks.settle_ended.run(job.id)
+    assert (caught.value.status, caught.value.reason) == ("cancelled", "cancelled: not needed")
+    assert JobEnded in tasks.settle_ended.throws  # Flower's FAILURE, one log line

@@ -106,9 +106,9 @@ def test_cancel_of_a_running_job(
     wait_for(lambda: not _upstream_turn_running(emulator), 30, "the turn to end upstream")
     assert orch.store.relayed(wid) <= min(at_cancel + 1, 20), (at_cancel, orch.store.relayed(wid))
     _settled(orch, emulator, [long.id, behind.id])
-    # Flower's view: the end's own task, named for the end state by its return value.
+    # Flower's view: the end's own task, failing with the end state and its reason.
     assert "workers.settle_ended[" in worker.text()
-    assert "'cancelled: later'" in worker.text() or "'cancelled: settled'" in worker.text()
+    assert f"JobEnded('{long.id}', 'cancelled', 'cancelled: changed my mind')" in worker.text()
     assert orch.get(long.id).status == "cancelled"
     assert orch.get(behind.id).status == "completed"
     # Once settled, the worker takes another turn again.

@@ -10,10 +10,9 @@ upstream goes on and is billed (its cost is settled into the ledger when it ends
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
+from orchestrator.cli import output
 from orchestrator.errors import InputError
 from orchestrator.facade import Orchestrator
 from orchestrator.jobs.lifecycle import UPSTREAM_NOTE
@@ -38,7 +37,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--status", choices=[s for s in STATUSES if s not in TERMINAL], help="bulk: jobs in it"
     )
     cancel.add_argument("--schedule", metavar="ID", help="bulk: jobs run by this schedule")
-    cancel.add_argument("--json", action="store_true", help="print JSON")
+    output.json_option(cancel, "print {jobs: [{id, status, cancelled_now}], note} as JSON")
     cancel.set_defaults(func=run_cancel)
 
 
@@ -72,11 +71,11 @@ def run_cancel(args: argparse.Namespace) -> int:
                 rows.append((after.id, after.status, not job.done))
     if args.json:
         jobs = [{"id": i, "status": s, "cancelled_now": now} for i, s, now in rows]
-        print(json.dumps({"jobs": jobs, "note": UPSTREAM_NOTE}, indent=2))
+        output.emit({"jobs": jobs, "note": UPSTREAM_NOTE})
         return 0
     for job_id, status, now in rows:
-        print(f"{job_id}  {status}" + ("" if now else "  (had ended already)"))
+        print(output.clean(f"{job_id}  {status}" + ("" if now else "  (had ended already)")))
     if not rows:
         print("no live job matched")
-    print(f"note: {UPSTREAM_NOTE}", file=sys.stderr)
+    output.error(UPSTREAM_NOTE, prefix="note")
     return 0

@@ -55,6 +55,9 @@ TERMINAL: frozenset[str] = frozenset(s for s, rank in STATUS_RANK.items() if ran
 LOCAL_ENDS: frozenset[str] = frozenset({"cancelled", "expired", "timed_out"})
 #: The three per-job limits (seconds), as submit's keywords and the job's fields.
 LIMITS = ("queue_ttl", "idle_timeout", "deadline")
+#: The end states that are not success: a task that leaves its job in one fails in
+#: Flower (``JobEnded``).
+FAILED_ENDS: frozenset[str] = TERMINAL - {"completed"}
 
 # The identifier rules live in orchestrator.rules; these names stay for their users.
 TAG_KEY = rules.TAG_KEY.regex
