@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from orchestrator import rules
+from orchestrator.cli import output
+from orchestrator.cli.output import json_option
 from orchestrator.errors import InputError
 from orchestrator.settings import load_settings
 
@@ -23,6 +23,7 @@ def register(sub: Any) -> None:
     serve.add_argument("--port", type=int, default=8080, help="port to listen on")
     serve.add_argument("--workers", type=int, default=1, help="gateway processes")
     serve.add_argument("--log-level", default="info", help="uvicorn's log level")
+    json_option(serve, 'print {"url", "workers"} on stdout before serving')
     serve.set_defaults(func=run_serve)
 
     tokens = sub.add_parser("tokens", help="API tokens of the HTTP gateway")
@@ -31,7 +32,7 @@ def register(sub: Any) -> None:
     create.add_argument("--role", choices=ROLES, required=True, help="what the token may do")
     create.add_argument("--tenant", default=None, help="bind to the jobs tagged tenant=VALUE")
     create.add_argument("--name", default="", help="a label for the list")
-    create.add_argument("--json", action="store_true", help="print JSON")
+    json_option(create, "print the record and the token as JSON")
     create.add_argument(
         "--header-file", type=Path, default=None,
         help="write 'Authorization: Bearer <token>' to this new file (mode 600, for curl -H @FILE)"
@@ -39,10 +40,11 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     create.set_defaults(func=run_create)
     lst = tsub.add_parser("list", help="the live tokens (never the tokens themselves)")
-    lst.add_argument("--json", action="store_true", help="print JSON")
+    json_option(lst, "print the records as JSON")
     lst.set_defaults(func=run_list)
     revoke = tsub.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("id", help="the token's id (tok_...)")
+    json_option(revoke, 'print {"id", "revoked"}')
     revoke.set_defaults(func=run_revoke)
 
 
@@ -56,7 +58,10 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InputError("REDIS_URL", "must be set for the gateway")
     import uvicorn
 
-    print(f"gateway on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    url = f"http://{args.host}:{args.port}"
+    if args.json:
+        output.emit_line({"url": url, "workers": args.workers})
+    print(f"gateway on {url}/v1", file=sys.stderr, flush=True)
     uvicorn.run(
         "orchestrator.gateway.app:create_app", factory=True, host=args.host, port=args.port,
         workers=args.workers, log_level=args.log_level, proxy_headers=False,
@@ -74,10 +79,6 @@ def _tokens() -> Any:
     return TokenStore(store_for(load_settings()))
 
 
-def _time(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def run_create(args: argparse.Namespace) -> int:
     tenant = None if args.tenant is None else rules.TAG_VALUE.check(args.tenant, "tenant")
     if len(args.name) > 100 or rules.input_problem(args.name or "x") is not None:
@@ -85,31 +86,41 @@ def run_create(args: argparse.Namespace) -> int:
     if args.header_file is not None and args.header_file.exists():
         raise InputError("header_file", f"{args.header_file} exists; give a new file")
     token, record = _tokens().create(args.role, tenant, args.name)
-    shown = {k: v for k, v in record.items() if k != "sha256"}
+    shown = _shown(record)
     if args.header_file is not None:
         fd = os.open(args.header_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(f"Authorization: Bearer {token}\n")
-        print(f"id     {record['id']}  role={record['role']}  tenant={tenant or '-'}")
-        print(f"header {args.header_file}  (curl -H @{args.header_file} ...)")
+        if args.json:
+            output.emit({**shown, "header_file": str(args.header_file)})
+        else:
+            use = f"{args.header_file}  (curl -H @{args.header_file} ...)"
+            output.fields([("id", record["id"]), ("role", record["role"]),
+                           ("tenant", tenant or "-"), ("header", use)])  # fmt: skip
         return 0
     if args.json:
-        print(json.dumps({**shown, "token": token}))
+        output.emit({**shown, "token": token})
     else:
-        print(f"token  {token}")
-        print(f"id     {record['id']}  role={record['role']}  tenant={tenant or '-'}")
+        output.fields([("token", token), ("id", record["id"]), ("role", record["role"]),
+                       ("tenant", tenant or "-")])  # fmt: skip
         print("the token is shown only now; it is stored as its SHA-256", file=sys.stderr)
     return 0
 
 
+def _shown(record: dict[str, Any]) -> dict[str, Any]:
+    """A token's record as shown: never its hash; the time in the one format."""
+    shown = {k: v for k, v in record.items() if k != "sha256"}
+    shown["created_at"] = output.when(record["created_at"])
+    return shown
+
+
 def run_list(args: argparse.Namespace) -> int:
-    records = [{k: v for k, v in r.items() if k != "sha256"} for r in _tokens().list()]
+    records = [_shown(r) for r in _tokens().list()]
     if args.json:
-        print(json.dumps(records))
+        output.emit(records)
         return 0
-    for r in records:
-        print(f"{r['id']}  {r['role']:<6}  tenant={r['tenant'] or '-':<12} "
-              f"{_time(r['created_at'])}  {r['name']}")  # fmt: skip
+    rows = [[r["id"], r["role"], r["tenant"] or "-", r["created_at"], r["name"]] for r in records]
+    output.table(["id", "role", "tenant", "created", "name"], rows)
     return 0
 
 
@@ -118,5 +129,8 @@ def run_revoke(args: argparse.Namespace) -> int:
         raise InputError("id", "is not a token id (tok_...)")
     if not _tokens().revoke(args.id):
         raise InputError("id", f"no token {args.id}")
-    print(f"revoked {args.id}")
+    if args.json:
+        output.emit({"id": args.id, "revoked": True})
+    else:
+        print(f"revoked {args.id}")
     return 0
