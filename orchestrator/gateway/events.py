@@ -46,6 +46,8 @@ BLOCK_MS = 100
 #: How often the followed jobs' states are read (a status change, a worker that appears,
 #: a turn's end are seen within this).
 STATE_EVERY = 0.25
+#: ... and of a job whose turn is streaming (its end is seen within this).
+STATE_EVERY_STREAMING = 1.0
 #: A terminal job whose last updates never show is ended after this many reads.
 END_GRACE_READS = 50
 DROPPED = object()
@@ -77,6 +79,7 @@ class Feed:
     job: dict[str, str] = field(default_factory=dict)  # the state (store.live.STATE_FIELDS)
     after: int = -1  # the last index delivered
     positioned: bool = False  # whether ``after`` is set: the turn has begun
+    polled: float = 0.0  # when its state was last read (monotonic)
     ended: bool = False
     grace: int = 0
 
@@ -151,11 +154,7 @@ class Hub:
                 now = time.monotonic()
                 if now - polled >= STATE_EVERY:
                     polled = now
-                    for feed, state in zip(
-                        feeds, await self.live.states([f.job_id for f in feeds]), strict=True
-                    ):
-                        feed.job = state
-                        await self._position(feed, fresh=False)
+                    await self._poll(feeds, now)
                 await self._read(feeds)
                 for feed in feeds:
                     if not feed.job or feed.job.get("status") in TERMINAL:
@@ -167,6 +166,18 @@ class Hub:
                 # keep their connection (keep-alives go on) and lose nothing.
                 log.exception("live-update reader failed; retrying")
                 await asyncio.sleep(1)
+
+    async def _poll(self, feeds: list[Feed], now: float) -> None:
+        """Read the states of the feeds due: a streaming turn's only news is its end, so
+        it is read every ``STATE_EVERY_STREAMING``; a feed waiting for its turn to begin,
+        every ``STATE_EVERY``."""
+        due = [f for f in feeds if not f.positioned or now - f.polled >= STATE_EVERY_STREAMING]
+        if not due:
+            return
+        for feed, state in zip(due, await self.live.states([f.job_id for f in due]), strict=True):
+            feed.job = state
+            feed.polled = now
+            await self._position(feed, fresh=False)
 
     async def _read(self, feeds: list[Feed]) -> None:
         """One blocking read of every positioned feed's stream; deliver what came."""
