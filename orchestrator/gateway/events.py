@@ -83,9 +83,11 @@ class Feed:
     ended: bool = False
     grace: int = 0
 
-    @property
-    def worker_id(self) -> str | None:
-        return self.job.get("worker_id") or None
+    worker_id: str | None = None  # kept with ``job`` (read for every feed on every read)
+
+    def update(self, state: dict[str, str]) -> None:
+        self.job = state
+        self.worker_id = state.get("worker_id") or None
 
     def send(self, item: Any) -> None:
         for client in list(self.clients):
@@ -115,7 +117,7 @@ class Hub:
             feed = self.feeds[job_id] = Feed(job_id)
             feed.clients.add(client)
             try:
-                feed.job = await self.live.state(job_id)
+                feed.update(await self.live.state(job_id))
                 await self._position(feed, fresh=True)
             except BaseException:
                 self.feeds.pop(job_id, None)
@@ -175,7 +177,7 @@ class Hub:
         if not due:
             return
         for feed, state in zip(due, await self.live.states([f.job_id for f in due]), strict=True):
-            feed.job = state
+            feed.update(state)
             feed.polled = now
             await self._position(feed, fresh=False)
 
@@ -183,8 +185,9 @@ class Hub:
         """One blocking read of every positioned feed's stream; deliver what came."""
         by_worker: dict[str, list[Feed]] = {}
         for feed in feeds:
-            if feed.positioned and feed.worker_id is not None:
-                by_worker.setdefault(feed.worker_id, []).append(feed)
+            worker = feed.worker_id
+            if feed.positioned and worker is not None:
+                by_worker.setdefault(worker, []).append(feed)
         if not by_worker:
             await asyncio.sleep(BLOCK_MS / 1000)
             return
@@ -274,11 +277,16 @@ async def stream(
             if max_events and sent >= max_events:
                 return
         while True:
-            try:
-                item = await asyncio.wait_for(client.queue.get(), keepalive)
-            except TimeoutError:
-                yield ": keep-alive\n\n"
-                continue
+            if client.queue.empty():
+                try:
+                    # asyncio.timeout, not wait_for: no task made per event.
+                    async with asyncio.timeout(keepalive):
+                        item = await client.queue.get()
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+            else:
+                item = client.queue.get_nowait()
             if item is DROPPED:
                 return
             if isinstance(item, dict):  # the end: send what is left, then the end event

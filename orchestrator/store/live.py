@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from orchestrator.store.connection import connect_async
 from orchestrator.store.keys import Keys
+from orchestrator.store.scripts.gateway import JOB_STATES
 from orchestrator.store.tokens import AsyncTokenCheck
 
 #: One update: (its index, its JSON text as stored).
@@ -32,6 +33,7 @@ class LiveStore:
         self.r: Any = client
         self.keys = Keys(prefix)
         self._names: dict[str, bytes] = {}
+        self._states = client.register_script(JOB_STATES)
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> LiveStore:
@@ -53,11 +55,11 @@ class LiveStore:
         return (await self.states([job_id]))[0]
 
     async def states(self, job_ids: list[str]) -> list[dict[str, str]]:
-        """:meth:`state` of many jobs in one round trip."""
-        async with self.r.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hmget(self.keys.job(job_id), STATE_FIELDS)
-            replies = await pipe.execute()
+        """:meth:`state` of many jobs in one command."""
+        if not job_ids:
+            return []
+        keys = [self.keys.job(job_id) for job_id in job_ids]
+        replies = await self._states(keys=keys, args=STATE_FIELDS)
         return [
             {k: v for k, v in zip(STATE_FIELDS, values, strict=True) if v is not None}
             if values[0] is not None else {}

@@ -29,3 +29,13 @@ redis.call('HSET', KEYS[3], 'level', tostring(level), 'at', tostring(math.max(no
 redis.call('PEXPIRE', KEYS[3], math.ceil(burst * 1000 / rate) + 1000)
 return {record, wait}
 """
+
+# The live-update fan-out's states of many jobs in one command (a pipeline of one HMGET
+# per job costs far more to encode): the fields of ARGV, per job, in order.
+JOB_STATES = """
+-- KEYS[i] job hash i; ARGV the fields to read
+-- Returns one list of values (false where absent) per job.
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HMGET', key, unpack(ARGV)) end
+return out
+"""
