@@ -12,12 +12,15 @@ and relays up to thousands of streams on one event loop, under leases.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_init
 from kombu.entity import Exchange, Queue
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import redis as kombu_redis
 
 from orchestrator.ops.rabbitmq import BATCH_QUEUES, QUORUM
 from orchestrator.settings import Settings, get_settings
@@ -42,6 +45,8 @@ TASK_ROUTES = {
     "workers.follow": STREAMS_QUEUE,
 }
 
+
+log = logging.getLogger(__name__)
 
 #: How long a dead worker's claim on the unacked-restore pass can hold it back.
 UNACKED_MUTEX_SECONDS = 10
@@ -127,6 +132,59 @@ def _redis(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": options,
         "task_queues": [Queue(name) for name in QUEUES],  # type: ignore[no-untyped-call]
     }
+
+
+class _LeaveUnackedQoS(kombu_redis.QoS):
+    """kombu's Redis QoS, except that a channel closed because the primary died does not
+    crash the worker. kombu 5.7 rebuilds a closed channel's pool from a connection
+    already released when it restores the channel's unacked messages, or when a task
+    that was running acks on it after the reconnect: AttributeError, "Unrecoverable
+    error", the worker exits. Here the messages stay in the broker's unacked hash, which
+    the promoted replica has, and come back after the visibility timeout, as a SIGKILLed
+    worker's do (a task that had finished runs once more: every step is idempotent)."""
+
+    def restore_unacked(self, client: Any = None) -> None:
+        try:
+            super().restore_unacked(client)  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            self._left(len(self._delivered), exc)
+            self._delivered.clear()
+
+    def ack(self, delivery_tag: str) -> None:
+        try:
+            super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+        except AttributeError as exc:  # the channel is closed (see the class)
+            self._left(1, exc)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        try:
+            super().reject(delivery_tag, requeue)  # type: ignore[no-untyped-call]
+        except AttributeError as exc:
+            self._left(1, exc)
+
+    @staticmethod
+    def _left(count: int, exc: Exception) -> None:
+        log.warning(
+            "%d unacked message(s) left for the visibility-timeout restore (%s)",
+            count,
+            type(exc).__name__,
+        )
+
+
+class _SentinelChannel(kombu_redis.SentinelChannel):
+    QoS = _LeaveUnackedQoS
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with :class:`_LeaveUnackedQoS`."""
+
+    Channel = _SentinelChannel
+
+
+# Registered under the ``sentinel`` scheme itself, not passed as ``broker_transport``:
+# on a reconnect kombu switches to the next sentinel's URL and resolves its transport
+# from the scheme again.
+TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"
 
 
 def _quorum(name: str) -> Queue:

@@ -106,8 +106,8 @@ class SentinelGroup:
         for port in self.sentinel_ports:
             client = connect(f"redis://127.0.0.1:{port}/0")
             try:
-                reply = client.execute_command("SENTINEL", "get-master-addr-by-name", MASTER_NAME)
-                if reply:
+                reply = client.sentinel_get_master_addr_by_name(MASTER_NAME)
+                if isinstance(reply, tuple | list) and reply:
                     return int(reply[1])
             except Exception:  # this sentinel is down or still starting: ask the next
                 continue
@@ -128,11 +128,27 @@ class SentinelGroup:
         server.stop(kill=True)
         return server.port
 
+    def named(self) -> set[int | None]:
+        """The primary each sentinel names now (None for one that does not answer)."""
+        named: set[int | None] = set()
+        for port in self.sentinel_ports:
+            client = connect(f"redis://127.0.0.1:{port}/0")
+            try:
+                reply = client.sentinel_get_master_addr_by_name(MASTER_NAME)
+                named.add(int(reply[1]) if isinstance(reply, tuple | list) and reply else None)
+            except Exception:  # this sentinel is down or still starting
+                named.add(None)
+            finally:
+                client.close()
+        return named
+
     def wait_failover(self, old_port: int, timeout: float = 30.0) -> int:
-        """Wait until a new primary is named and answers as one; returns its port."""
+        """Wait until every sentinel names one new primary and it answers as one;
+        returns its port."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            port = self.primary_port()
+            named = self.named()
+            port = next(iter(named)) if len(named) == 1 else None
             if port is not None and port != old_port:
                 client = connect(f"redis://127.0.0.1:{port}/0")
                 try:

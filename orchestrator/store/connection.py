@@ -26,7 +26,10 @@ import redis
 import redis.asyncio as aioredis
 import redis.asyncio.sentinel as asentinel
 import redis.sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError as StoreError
+from redis.retry import Retry
 
 from orchestrator.errors import ConfigError
 
@@ -51,6 +54,16 @@ _SYNC_OPTIONS: dict[str, Any] = {
 }
 #: A sentinel answers at once or is down: ask the next one soon.
 _SENTINEL_TIMEOUT = 1.0
+#: Under Sentinel a call that meets a dead primary (or sentinels still agreeing on the
+#: next one) is tried again for about 9 s (backoff 0.1 s doubling to 0.5 s, 20 tries):
+#: long enough to ride through a failover with ``down-after-milliseconds`` of a few
+#: seconds. Like redis-py's default retry, a command whose reply was lost may run twice;
+#: our writes are scripts keyed by natural ids, so a second run is a no-op.
+SENTINEL_RETRIES = 20
+
+
+def _failover_retry() -> Retry:
+    return Retry(ExponentialBackoff(cap=0.5, base=0.05), SENTINEL_RETRIES)
 
 
 @dataclass(frozen=True)
@@ -105,7 +118,7 @@ def connect(
             list(where.sentinels), sentinel_kwargs=_sentinel_kwargs(sentinel_password)
         )
         client: redis.Redis = sentinel.master_for(
-            where.master, db=where.db, password=password, **_SYNC_OPTIONS
+            where.master, db=where.db, password=password, retry=_failover_retry(), **_SYNC_OPTIONS
         )
         return client
     extra = {"password": password} if password and not urlsplit(url).password else {}
@@ -130,7 +143,11 @@ def connect_async(
             list(where.sentinels), sentinel_kwargs=_sentinel_kwargs(sentinel_password)
         )
         aclient: aioredis.Redis = sentinel.master_for(
-            where.master, db=where.db, password=password, decode_responses=True
+            where.master,
+            db=where.db,
+            password=password,
+            decode_responses=True,
+            retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), SENTINEL_RETRIES),
         )
         return aclient
     extra = {"password": password} if password and not urlsplit(url).password else {}
