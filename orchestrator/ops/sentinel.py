@@ -70,7 +70,7 @@ class SentinelGroup:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
         return f"{SENTINEL_SCHEME}{hosts}/{MASTER_NAME}/0"
 
-    def start(self, timeout: float = 20.0) -> SentinelGroup:
+    def start(self, timeout: float = 30.0) -> SentinelGroup:
         for server in self.servers:
             server.start()
         primary_port = self.servers[0].port
@@ -85,21 +85,29 @@ class SentinelGroup:
         return self
 
     def _wait_replicated(self, timeout: float) -> None:
-        """Until every replica is in sync and the sentinels see the primary."""
-        client = connect(f"redis://127.0.0.1:{self.servers[0].port}/0")
+        """Until every sentinel knows the primary, every replica and the other sentinels:
+        a sentinel learns of replicas from the primary's INFO (every 10 s) and of its
+        peers from their hellos (every 2 s), and cannot fail over to what it does not
+        know."""
         deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self._sentinel_ready(port) for port in self.sentinel_ports):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"sentinels did not learn the group within {timeout}s")
+
+    def _sentinel_ready(self, port: int) -> bool:
+        client = connect(f"redis://127.0.0.1:{port}/0")
         try:
-            while time.monotonic() < deadline:
-                info = client.info("replication")
-                online = sum(
-                    1 for k, v in info.items() if k.startswith("slave") and "online" in str(v)
-                )
-                if online >= len(self.servers) - 1 and self.primary_port() is not None:
-                    return
-                time.sleep(0.05)
+            state = client.sentinel_master(MASTER_NAME)
+        except Exception:  # still starting
+            return False
         finally:
             client.close()
-        raise TimeoutError(f"replicas not in sync within {timeout}s")
+        return isinstance(state, dict) and (
+            int(state.get("num-slaves", 0)) >= len(self.servers) - 1
+            and int(state.get("num-other-sentinels", 0)) >= len(self.sentinel_ports) - 1
+        )
 
     def primary_port(self) -> int | None:
         """The port the sentinels name as the primary now (None if none answers)."""
