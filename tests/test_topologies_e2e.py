@@ -137,6 +137,9 @@ def test_rabbitmq_gives_a_sigkilled_workers_task_back_at_once(
                 job = orch.submit("killed mid-create")
                 wait_for(lambda: orch.get(job.id).attempts == 1, 30, "the create call in flight")
                 assert queues.waiting("api") == 0  # taken, unacked
+                # The broker's password reached the worker by its environment only.
+                secret = t.env["BROKER_PASSWORD"]
+                assert secret not in Path(f"/proc/{first.pid}/cmdline").read_text()
                 killed_at = time.monotonic()
                 first.kill()
             finally:
@@ -153,8 +156,10 @@ def test_rabbitmq_gives_a_sigkilled_workers_task_back_at_once(
                 assert_updates_exact(orch, job.id, 5)
                 assert emulator.ledger()["workers_created"] == 1
                 ledger_matches(orch, emulator)
+                assert all(secret not in w.text() for w in (first, second))
                 # The lost-task sweeps have nothing to do on RabbitMQ.
-                assert orch.store.broker.lost([job.id], "x", 1.0, lambda *_: [], backlog_queue="api") == []
+                lost = orch.store.broker.lost([job.id], "x", 1, lambda *_: [], backlog_queue="api")
+                assert lost == []
             finally:
                 second.stop()
                 queues.close()

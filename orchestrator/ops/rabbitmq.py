@@ -20,6 +20,8 @@ reported on RabbitMQ.
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import shutil
 import subprocess
 import threading
@@ -110,20 +112,17 @@ class RabbitQueues:
 
 
 class TemporaryVhost:
-    """A RabbitMQ virtual host of its own for a test or a benchmark, made with
+    """A RabbitMQ virtual host and user of their own for a test or a benchmark, made with
     ``rabbitmqctl`` (run as root, or as the RabbitMQ user) and deleted with everything in
-    it on exit; a context manager. ``url`` carries no password (see ``password``)."""
+    them on exit; a context manager. The user's password is random and reaches
+    ``rabbitmqctl`` on its standard input, never a command line; ``url`` carries none
+    (pass ``password`` as ``BROKER_PASSWORD``)."""
 
-    def __init__(
-        self,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 5672,
-        user: str = "guest",
-        password: str = "guest",
-    ) -> None:
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 5672) -> None:
         self.name = "orch-" + uuid.uuid4().hex[:12]
-        self.host, self.port, self.user, self.password = host, port, user, password
+        self.user = self.name
+        self.password = secrets.token_urlsafe(18)
+        self.host, self.port = host, port
 
     @property
     def url(self) -> str:
@@ -135,20 +134,26 @@ class TemporaryVhost:
         return shutil.which("rabbitmqctl") is not None
 
     @staticmethod
-    def _ctl(*args: str) -> None:
+    def _ctl(*args: str, stdin: str | None = None) -> None:
         subprocess.run(
             ["rabbitmqctl", "--quiet", *args],
-            check=True, capture_output=True, timeout=60,
+            input=stdin, text=True, check=True, capture_output=True, timeout=60,
         )  # fmt: skip
 
     def __enter__(self) -> TemporaryVhost:
         self._ctl("add_vhost", self.name)
         try:
+            self._ctl("add_user", self.user, stdin=self.password)
             self._ctl("set_permissions", "-p", self.name, self.user, ".*", ".*", ".*")
         except BaseException:
-            self._ctl("delete_vhost", self.name)
+            self._remove()
             raise
         return self
+
+    def _remove(self) -> None:
+        self._ctl("delete_vhost", self.name)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._ctl("delete_user", self.user)
 
     def __exit__(
         self,
@@ -156,4 +161,4 @@ class TemporaryVhost:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._ctl("delete_vhost", self.name)
+        self._remove()

@@ -53,12 +53,15 @@ class SentinelGroup:
     def __init__(self, *, replicas: int = 1, sentinels: int = 3) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="orch-sentinel-"))
         self.binary = find_redis_server()
-        primary = RedisServer(data_dir=self.root / "primary", binary=self.binary)
+        # No 5 s wait for more replicas before a full sync (Redis 7's default): the group
+        # is ready sooner, and so is a replica that rejoins.
+        quick_sync = ["--repl-diskless-sync-delay", "0"]
+        primary = RedisServer(data_dir=self.root / "primary", binary=self.binary, args=quick_sync)
         self.servers = [primary] + [
             RedisServer(
                 data_dir=self.root / f"replica{i}",
                 binary=self.binary,
-                args=["--replicaof", "127.0.0.1", str(primary.port)],
+                args=[*quick_sync, "--replicaof", "127.0.0.1", str(primary.port)],
             )
             for i in range(replicas)
         ]
@@ -85,16 +88,28 @@ class SentinelGroup:
         return self
 
     def _wait_replicated(self, timeout: float) -> None:
-        """Until every sentinel knows the primary, every replica and the other sentinels:
-        a sentinel learns of replicas from the primary's INFO (every 10 s) and of its
-        peers from their hellos (every 2 s), and cannot fail over to what it does not
-        know."""
+        """Until every replica is in sync, and every sentinel knows the primary, every
+        replica and the other sentinels: a sentinel learns of replicas from the primary's
+        INFO (every 10 s) and of its peers from their hellos (every 2 s), and cannot fail
+        over to what it does not know."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(self._sentinel_ready(port) for port in self.sentinel_ports):
+            if self._replicas_online() and all(
+                self._sentinel_ready(port) for port in self.sentinel_ports
+            ):
                 return
             time.sleep(0.1)
         raise TimeoutError(f"sentinels did not learn the group within {timeout}s")
+
+    def _replicas_online(self) -> bool:
+        client = connect(f"redis://127.0.0.1:{self.servers[0].port}/0")
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+        synced = sum(1 for v in online if v.get("state") == "online")
+        return synced >= len(self.servers) - 1
 
     def _sentinel_ready(self, port: int) -> bool:
         client = connect(f"redis://127.0.0.1:{port}/0")
