@@ -20,6 +20,7 @@ import pytest
 
 from orchestrator.celery import BATCH_QUEUE, make_app
 from orchestrator.facade import Orchestrator
+from orchestrator.ops.collector import read_snapshot
 from orchestrator.ops.rabbitmq import RabbitQueues
 from orchestrator.ops.sentinel import SentinelGroup
 from orchestrator.runtime import store_for
@@ -184,6 +185,9 @@ def test_batch_tasks_go_to_their_own_quorum_queue(
         try:
             depth, unacked = store.broker.queue_figures(["api", "streams"])
             assert depth == {"api": 2, "streams": 1} and unacked == {}
+            # The metrics read the same figures from RabbitMQ.
+            snap = read_snapshot(store)
+            assert snap.queue_depth == {"api": 2, "streams": 1} and snap.queue_unacked == {}
             assert RabbitQueues(settings.broker, settings.broker_secret())._depths(
                 [BATCH_QUEUE]
             ) == {BATCH_QUEUE: 1}

@@ -55,11 +55,12 @@ _SYNC_OPTIONS: dict[str, Any] = {
 #: A sentinel answers at once or is down: ask the next one soon.
 _SENTINEL_TIMEOUT = 1.0
 #: Under Sentinel a call that meets a dead primary (or sentinels still agreeing on the
-#: next one) is tried again for about 9 s (backoff 0.1 s doubling to 0.5 s, 20 tries):
-#: long enough to ride through a failover with ``down-after-milliseconds`` of a few
-#: seconds. Like redis-py's default retry, a command whose reply was lost may run twice;
-#: our writes are scripts keyed by natural ids, so a second run is a no-op.
-SENTINEL_RETRIES = 20
+#: next one) is tried again: redis-py nests the retry (a command's tries, each one's
+#: connect tries to the address the sentinels named), so 5 tries with a backoff of 0.1 s
+#: doubling to 0.5 s ask the sentinels again every ~1.7 s and ride through ~10 s of
+#: failover. Like redis-py's default retry, a command whose reply was lost may run
+#: twice; our writes are scripts keyed by natural ids, so a second run is a no-op.
+SENTINEL_RETRIES = 5
 
 
 def _failover_retry() -> Retry:
