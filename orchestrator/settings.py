@@ -175,11 +175,9 @@ class Settings(BaseSettings):
         return self.broker_url is None or self.broker_url == self.redis_url
 
     def broker_secret(self) -> str | None:
-        """The broker's password: ``BROKER_PASSWORD``; for the store's own Redis,
-        ``REDIS_PASSWORD``."""
-        secret = self.broker_password
-        if secret is None and self.broker_is_store:
-            secret = self.redis_password
+        """The broker's password: ``BROKER_PASSWORD`` for the broker ``BROKER_URL``
+        names; for the store's own Redis, ``REDIS_PASSWORD``."""
+        secret = self.redis_password if self.broker_is_store else self.broker_password
         return None if secret is None else secret.get_secret_value()
 
     def redis_secrets(self) -> dict[str, str | None]:
