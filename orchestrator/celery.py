@@ -68,6 +68,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Never lose a job: ack after the task ran, requeue when the worker dies.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A task that raised (JobEnded: its job failed) is acked, never redelivered:
+        # running it again would change nothing. (Celery's default, stated.)
+        "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
         "task_default_priority": 0,
         "task_time_limit": max(timeout // 2, 60),

@@ -246,11 +246,37 @@ class Orchestrator:
         worker_id = self.worker_id_of(worker_or_job)  # validate before building a client
         return self.rt.client.retrieve_email(worker_id)
 
+    def cost(self, job_id: str) -> dict[str, int] | None:
+        """The job's turn as posted to the ledger (integer fields), or None until then."""
+        job = self._require(job_id)
+        return self.store.turn_cost(job.id)
+
     def costs(
-        self, by: str = "day", *, since: date | None = None, until: date | None = None
+        self,
+        by: str = "day",
+        *,
+        since: date | None = None,
+        until: date | None = None,
+        limit: int = 50,
     ) -> dict[str, Any]:
         """The ledger: ``{"by", "rows": [{"key", fields...}], "total": {fields...}}``.
 
         Money fields are integer micro-dollars (``*_micro``), token fields integers.
+        ``by="job"`` lists the newest ``limit`` jobs created from ``since`` to ``until``
+        (UTC days, inclusive), each with its turn's cost and ``posted``.
         """
+        if by == "job":
+            start = None if since is None else _day_ms(since)
+            end = None if until is None else _day_ms(until) + DAY_MS - 1
+            if start is not None and end is not None and end < start:
+                raise InputError("until", "is before since")
+            return self.store.job_costs(since_ms=start, until_ms=end, limit=limit)
         return self.store.costs(by, since=since, until=until)
+
+
+DAY_MS = 86_400_000
+
+
+def _day_ms(day: date) -> int:
+    """Midnight UTC starting ``day``, in epoch ms."""
+    return (day - date(1970, 1, 1)).days * DAY_MS

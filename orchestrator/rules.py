@@ -14,6 +14,7 @@ Imports nothing of the package but :mod:`orchestrator.errors` and
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -37,6 +38,7 @@ __all__ = [
     "input_problem",
     "input_text",
     "limit_value",
+    "positive_seconds",
     "shown",
     "tag",
 ]
@@ -130,6 +132,15 @@ def limit_value(value: object, field: str = "limit") -> int:
     if not 1 <= value <= LIMIT_MAX:
         raise InputError(field, f"must be between 1 and {LIMIT_MAX}, not {shown(value)}")
     return value
+
+
+def positive_seconds(value: object, field: str = "timeout") -> float:
+    """A duration in seconds: a finite number above 0 (``nan`` and ``inf`` refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(field, f"{shown(value)} is not a number of seconds")
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(field, f"must be a finite positive number of seconds, not {value}")
+    return float(value)
 
 
 def cap_problem(value: Decimal) -> str | None:

@@ -90,13 +90,26 @@ def settle(job_id: str) -> None:
     """
     from orchestrator.jobs import steps as pipeline
 
+    rt = runtime.get_runtime()
     try:
-        outcome = pipeline.finalize(runtime.get_runtime(), app, job_id)
+        outcome = pipeline.finalize(rt, app, job_id)
     except Exception as exc:
         log.info("finalize of %s failed here (%s); sending the finalize task", job_id, exc)
-        app.send_task("workers.finalize", args=[job_id], argsrepr=job_id)
+        _send_finalize(rt, job_id)
     else:
         log.info("finalized %s: %s", job_id, outcome)
+        if outcome != "completed" and pipeline.ended_unfinished(rt, job_id) is not None:
+            # Ended here, outside any task (a broken stream, a bad figure, a limit): the
+            # finalize task, a no-op now, fails in Flower with the reason.
+            _send_finalize(rt, job_id)
+
+
+def _send_finalize(rt: runtime.Runtime, job_id: str) -> None:
+    from orchestrator.jobs import steps as pipeline
+
+    job = rt.store.get_job(job_id)
+    shown = pipeline.describe(job) if job is not None else job_id
+    app.send_task("workers.finalize", args=[job_id], argsrepr=shown)
 
 
 async def _housekeeping(stop: asyncio.Event) -> None:

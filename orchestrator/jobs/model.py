@@ -40,6 +40,9 @@ STATUS_RANK: dict[JobStatus, int] = {
 }  # fmt: skip
 TERMINAL_RANK = max(STATUS_RANK.values())
 TERMINAL: frozenset[str] = frozenset(s for s, rank in STATUS_RANK.items() if rank == TERMINAL_RANK)
+#: The end states that are not success: a task that leaves its job in one fails in
+#: Flower (``JobEnded``).
+FAILED_ENDS: frozenset[str] = TERMINAL - {"completed"}
 
 # The identifier rules live in orchestrator.rules; these names stay for their users.
 TAG_KEY = rules.TAG_KEY.regex

@@ -19,10 +19,11 @@ from orchestrator.errors import (
     APIError,
     APIStatusError,
     InputError,
+    JobEnded,
     ResponseTooLargeError,
     StreamError,
 )
-from orchestrator.jobs.model import Job
+from orchestrator.jobs.model import FAILED_ENDS, Job
 from orchestrator.ledger import FigureError, total_cost_micro
 from orchestrator.ops.instruments import COST_ANOMALIES
 from orchestrator.runtime import Runtime
@@ -32,9 +33,30 @@ from orchestrator.store.ledger import posted_deltas, posted_falls
 log = logging.getLogger(__name__)
 
 
+#: Longest tags text in a task's argsrepr (16 tags of 190 characters would be too much).
+TAGS_SHOWN_MAX = 120
+
+
 def describe(job: Job) -> str:
-    """What Flower shows for a job's tasks: id, budget and a short input. No secrets."""
-    return f"{job.id} budget={job.budget} input={job.short_input()!r}"
+    """What Flower shows for a job's tasks: the job, its budget, tags (the tenant, say)
+    and schedule, and a short input. Only our own validated values; no secrets."""
+    parts = [job.id, f"budget={job.budget}"]
+    if job.tags:
+        tags = ",".join(f"{k}={v}" for k, v in sorted(job.tags.items()))
+        parts.append(f"tags={tags if len(tags) <= TAGS_SHOWN_MAX else tags[:117] + '...'}")
+    if job.schedule_id:
+        parts.append(f"schedule={job.schedule_id}")
+    parts.append(f"input={job.short_input()!r}")
+    return " ".join(parts)
+
+
+def ended_unfinished(rt: Runtime, job_id: str) -> JobEnded | None:
+    """The :class:`JobEnded` a task raises when the job ended without completing
+    (``FAILED_ENDS``: failed, refused, cancelled, ...), else None."""
+    job = rt.store.get_job(job_id)
+    if job is None or job.status not in FAILED_ENDS:
+        return None
+    return JobEnded(job.id, job.status, job.error or "")
 
 
 # Redis transport priorities: lower runs first (see the Celery app's priority_steps).
