@@ -35,6 +35,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "costs": ("costs", "scenario"),
     "memory": ("memory", "scenario"),
     "gateway": ("gateway", "scenario"),
+    "topologies": ("topologies", "scenario"),
 }
 
 
