@@ -100,8 +100,10 @@ def turn_ended(app: Celery, rt: Runtime, job: Job) -> None:
 
 
 def fail(app: Celery, rt: Runtime, job_id: str, message: str) -> None:
-    """Mark the job failed and give back what it held."""
+    """Mark the job failed and give back what it held: hold, slots and follow lease
+    (a finalize that gave up leaves no lease to lapse first)."""
     rt.store.transition(job_id, "failed", message)
+    rt.store.release_follow(job_id)
     job = rt.store.get_job(job_id)
     if job is not None:
         turn_ended(app, rt, job)
@@ -385,3 +387,10 @@ def _fetch_failed(rt: Runtime, job_id: str, name: str, exc: Exception) -> dict[s
     rt.store.record_file(job_id, name, info)
     log.warning("job %s: file %s not fetched: %s", job_id, _shown(name), message)
     return info
+
+
+def fetch_gave_up(rt: Runtime, job_id: str, name: str, exc: Exception) -> dict[str, Any]:
+    """The last try of a fetch failed with an error of our own (not the API's, which
+    :func:`fetch_file` records itself): record it as ``{error}`` all the same."""
+    log.error("job %s: fetch of %s failed on its last try: %r", job_id, _shown(name), exc)
+    return _fetch_failed(rt, job_id, name, exc)

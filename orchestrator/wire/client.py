@@ -30,6 +30,7 @@ from orchestrator.errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
+    MalformedEventError,
     RateLimitError,
     ResponseTooLargeError,
     StreamError,
@@ -163,10 +164,13 @@ class Attempts:
 
 
 def check_event_stream(call: Call, response: httpx.Response) -> None:
-    """Raise :class:`StreamError` unless the response is an SSE stream."""
+    """Raise :class:`MalformedEventError` (index -1: before any event) unless the
+    response is an SSE stream: asking again gets the same answer, so a follower gives
+    up after a bounded number of tries, as for an event that is not JSON."""
     content_type = response.headers.get("content-type", "")
     if "text/event-stream" not in content_type:
-        raise StreamError(f"expected an event stream, got {content_type!r}", call=call.name)
+        message = f"expected an event stream, got {content_type[:80]!r}"
+        raise MalformedEventError(message, call=call.name, index=-1)
 
 
 def stream_broken(call: Call, count: int, exc: httpx.TransportError) -> StreamError:
