@@ -47,10 +47,16 @@ FETCH_TASK = "workers.fetch_file"
 
 
 def dispatch(app: Celery, rt: Runtime, job: Job) -> None:
-    """Send the job's first task, then clear it from the outbox."""
+    """Move the job from the outbox to the dispatched set, then send its first task.
+
+    In this order: a worker may begin the task (and clear it from the dispatched set)
+    before ``send_task`` returns, and a mark written after that would stay behind. A
+    producer that dies between the two leaves a dispatched job whose task is nowhere,
+    which :func:`resend_lost` sends again.
+    """
     name = FIRST_TASKS[0] if job.kind == "create" else FIRST_TASKS[1]
-    app.send_task(name, args=[job.id], argsrepr=describe(job), priority=PRIORITY[job.priority])
     rt.store.mark_sent(job.id)
+    app.send_task(name, args=[job.id], argsrepr=describe(job), priority=PRIORITY[job.priority])
 
 
 def admit(app: Celery, rt: Runtime, job: Job) -> bool:
@@ -257,15 +263,16 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
     hold = rt.budgets.amount_of(raw_hold)
     if posted is not None and hold is not None and total_cost_micro(posted) > hold:
         rt.budgets.record_overshoot(job, hold, total_cost_micro(posted))
-    fetches = []
-    if job.fetch_files:
-        for file in worker.files:
-            name = file.filename or file.url.rsplit("/", 1)[-1]
+    if job.fetch_files and worker.files:
+        fetches = [file.filename or file.url.rsplit("/", 1)[-1] for file in worker.files]
+        # Watched until a worker begins each (see resend_lost_files); marked before they
+        # are sent, as in dispatch(), so a fetch begun at once leaves no mark behind.
+        sent = store.batch()
+        store.fetches_sent_into(sent, job.id, fetches)
+        sent.execute()
+        for name in fetches:
             send_fetch(app, job.id, name)
-            fetches.append(name)
     end = store.batch()
-    # Watched until a worker begins each (see resend_lost_files).
-    store.fetches_sent_into(end, job.id, fetches)
     store.complete_into(end, job.id, int(replies[relayed_at] or 0))
     if raw_hold is not None:
         rt.budgets.release_into(end, job.id, raw_hold)
@@ -300,8 +307,8 @@ def resend_lost_files(app: Celery, rt: Runtime, older_than_seconds: float = 30.0
             store.forget_fetch(job_id, name)
         else:
             log.warning("re-sending the fetch of %r for job %s: the broker lost it", name, job_id)
+            store.fetch_resent(job_id, name)  # before the send: see finalize
             send_fetch(app, job_id, name)
-            store.fetch_resent(job_id, name)
             resent += 1
     return resent
 

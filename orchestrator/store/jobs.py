@@ -117,8 +117,9 @@ class RedisStore(LedgerStore):
         return job, False
 
     def mark_sent(self, job_id: str) -> None:
-        """The job's first task is on the broker: out of the outbox, and watched until a
-        worker takes it (:meth:`begin_attempt`)."""
+        """The job's first task is being sent: out of the outbox, and watched until a
+        worker takes it (:meth:`begin_attempt`). Called just before the send, so that a
+        worker that begins at once clears the mark."""
         with self.r.pipeline(transaction=True) as pipe:
             pipe.zrem(self.keys.outbox, job_id)
             pipe.zadd(self.keys.dispatched, {job_id: now_ms()})
