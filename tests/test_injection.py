@@ -261,7 +261,7 @@ def test_our_own_error_in_the_create_step_is_retried_then_fails_the_job(make_rt:
     ],
 )
 def test_a_failed_stream_read_ends_the_job_and_frees_what_it_took(
-    make_rt: Any, text: str, status: str, says: str | None
+    make_rt: Any, api: HostileAPI, text: str, status: str, says: str | None
 ) -> None:
     rt = make_rt()
     job = started(rt, f"{text}#follow")
@@ -269,10 +269,14 @@ def test_a_failed_stream_read_ends_the_job_and_frees_what_it_took(
     follow(rt, job.id)
     after = rt.store.require_job(job.id)
     assert after.status == status, (after.status, after.error)
+    assert after.worker_id is not None
+    # Failed here or not, the turn ran upstream and is billed: its cost is posted.
+    posted = rt.store.turn_cost(job.id)
+    assert posted is not None, "the turn's cost was not posted"
+    assert {k: posted[k] for k in api.billed[after.worker_id]} == api.billed[after.worker_id]
     if says:
         assert says in str(after.error), after.error
     else:
-        assert after.worker_id is not None
         relayed = [i for i, _ in rt.store.read_updates(after.worker_id)]
         assert relayed == list(range(len(relayed))) and len(relayed) >= 4
     assert_nothing_held(rt.store, [job.id])

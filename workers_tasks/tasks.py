@@ -11,6 +11,7 @@ from celery import Task
 
 from orchestrator.celery import app
 from orchestrator.errors import APIError, APIStatusError, InputError
+from orchestrator.jobs import files as fetching
 from orchestrator.jobs import steps as pipeline
 from orchestrator.runtime import get_runtime
 from orchestrator.store.jobs import RedisStore
@@ -109,11 +110,11 @@ def fetch_file(self: Task, job_id: str, name: str) -> dict[str, Any]:
     # is raised to be retried.
     last = self.request.retries >= rt.settings.task_max_retries
     try:
-        return pipeline.fetch_file(rt, job_id, name, last_attempt=last)
+        return fetching.fetch_file(rt, job_id, name, last_attempt=last)
     except Exception as exc:  # transient API errors, and our own (a Redis blip)
         if last:
             # files() promises an entry for every fetch; best effort (Redis may be away).
-            return pipeline.fetch_gave_up(rt, job_id, name, exc)
+            return fetching.fetch_gave_up(rt, job_id, name, exc)
         raise self.retry(
             countdown=rt.client.retry.delay(self.request.retries + 1),
             max_retries=rt.settings.task_max_retries,
@@ -126,5 +127,5 @@ def sweep(older_than_seconds: float = 30.0) -> int:
     """Re-send jobs whose first task was never known sent, or was lost by the broker, and
     file fetches the broker lost (see ``pipeline.resend_*``)."""
     rt = get_runtime()
-    sweeps = (pipeline.resend_unsent, pipeline.resend_lost, pipeline.resend_lost_files)
+    sweeps = (pipeline.resend_unsent, pipeline.resend_lost, fetching.resend_lost_files)
     return sum(sweep(app, rt, older_than_seconds) for sweep in sweeps)
