@@ -70,6 +70,10 @@ ABSURD = {
 
 EVENTS = 4
 
+#: Classes whose turn never ends by itself upstream (retrieve says running for ever).
+RUNNING_FOREVER = ("retrieve:running-forever", "stream:closes-forever", "stream:500",
+                   "stream:429")  # fmt: skip
+
 
 def class_of(text: str) -> str:
     return text.split("#", 1)[0]
@@ -252,10 +256,9 @@ class HostileAPI(HostileServer):
     # --- retrieve ---------------------------------------------------------------------
 
     def _finished(self, worker_id: str, cls: str) -> bool:
-        if cls in ("retrieve:running-forever", "stream:closes-forever"):
+        if cls in RUNNING_FOREVER:
             return False
-        if cls in ("stream:404", "stream:nonjson", "stream:wrong-type", "stream:500",
-                   "stream:429"):  # fmt: skip
+        if cls in ("stream:404", "stream:nonjson", "stream:wrong-type"):
             return True  # the turn ran upstream; only our reading of it failed
         return self.done[worker_id] >= self.turns[worker_id]
 
@@ -301,7 +304,7 @@ class HostileAPI(HostileServer):
         t = self.turns[worker_id]
         return {"cacheReadTokens": 3 * t, "cacheWriteTokens": 2 * t, "inputTokens": 100 * t,
                 "outputTokens": 40 * t, "reasoningTokens": 7 * t, "steps": t,
-                "totalTokens": 152 * t}  # fmt: skip
+                "totalTokens": 152 * t, "credits": 11 * t}  # fmt: skip
 
     def figures(self, worker_id: str) -> dict[str, int]:
         """The ledger fields of the worker's cumulative figures (the ground truth)."""
@@ -319,6 +322,8 @@ class HostileAPI(HostileServer):
             "cache_read_tokens": tokens["cacheReadTokens"],
             "cache_write_tokens": tokens["cacheWriteTokens"],
             "total_tokens": tokens["totalTokens"],
+            "steps": tokens["steps"],
+            "credits": tokens["credits"],
         }
 
     def _worker_json(self, worker_id: str, status: str, *, costs: bool = True) -> bytes:

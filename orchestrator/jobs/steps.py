@@ -246,6 +246,9 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
         posted = None if posted_at is None else posted_deltas(replies[posted_at])
     except FigureError as exc:  # an absurd upstream figure: nothing was posted
         log.error("job %s: %s", job.id, exc)
+        # Kept as the upstream said it (the job's reason names the figure), so that
+        # reconcile reports the figure, not also a stale snapshot.
+        store.save_snapshot(worker)
         store.release_follow(job.id)
         fail(app, rt, job.id, f"cost not posted: {exc}")
         return "failed"
@@ -293,7 +296,11 @@ def settle_failed_turn(rt: Runtime, job: Job) -> None:
             return
         at = now_ms()
         batch = rt.store.batch()
-        rt.store.settle_into(batch, job, worker, at, turn_members(job.tags, at))
+        try:
+            rt.store.settle_into(batch, job, worker, at, turn_members(job.tags, at))
+        except FigureError:
+            rt.store.save_snapshot(worker)  # as finalize does: nothing posted
+            raise
         batch.execute()
     except (APIError, FigureError) as exc:
         log.warning("job %s: the cost of its failed turn was not posted: %s", job.id, exc)
