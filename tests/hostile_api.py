@@ -16,6 +16,7 @@ snapshot it served, i.e. what the upstream billed for a well-formed turn.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import json
 import threading
@@ -69,6 +70,17 @@ ABSURD = {
 }
 
 EVENTS = 4
+BOMB_WORKER = "wrk_hbomb"
+
+
+@functools.cache
+def bombs() -> tuple[bytes, bytes]:
+    """64 MB of zeros, and 64 MB of spaces before a Worker JSON, each gzipped to about
+    64 KB (built once, on first use: a test measuring memory calls this first)."""
+    worker = json.dumps({"id": BOMB_WORKER, "object": "worker", "status": "running",
+                         "running": True}).encode()  # fmt: skip
+    padded = b" " * (64 * 2**20) + worker
+    return gzip.compress(b"\0" * (64 * 2**20), 9), gzip.compress(padded, 9)
 
 #: Classes whose turn never ends by itself upstream (retrieve says running for ever).
 RUNNING_FOREVER = ("retrieve:running-forever", "stream:closes-forever", "stream:500",
@@ -92,6 +104,7 @@ class HostileAPI(HostileServer):
         self.billed: dict[str, dict[str, int]] = {}
         self._lock = threading.Lock()
         self._next = 0
+        bombs()  # built now: building them in the server's loop would stall it
         self.oversize_bytes = 2 * 2**20
         self._oversize = b'data: "' + b"y" * self.oversize_bytes + b'"\n\n'
 
@@ -158,6 +171,9 @@ class HostileAPI(HostileServer):
             await _answer(send, int(cls[7:10]), b'{"error": {"message": "upstream broke"}}')
         elif cls in ("create:400", "create:401", "create:404"):
             await _answer(send, int(cls[7:10]), b'{"error": {"message": "refused"}}')
+        elif cls == "create:503-bomb":  # an error page that inflates to 64 MB
+            headers = [*JSON, (b"content-encoding", b"gzip")]
+            await _answer(send, 503, bombs()[0], headers)
         elif cls == "create:502-html":
             await _answer(send, 502, HTML, [(b"content-type", b"text/html")])
         elif cls == "create:html":
@@ -184,14 +200,14 @@ class HostileAPI(HostileServer):
             with self._lock:
                 self.workers[worker_id] = cls
                 self.turns[worker_id] += 1
-            body = self._worker_json(worker_id, "running")
             if cls == "create:gzip-bomb":
-                # A few KB on the wire, 64 MB of JSON whitespace once decoded.
-                padded = b" " * (64 * 2**20) + body
+                # About 64 KB on the wire, 64 MB of JSON whitespace once decoded.
+                with self._lock:
+                    self.workers[BOMB_WORKER] = cls
                 headers = [*JSON, (b"content-encoding", b"gzip")]
-                await _answer(send, 200, gzip.compress(padded, compresslevel=9), headers)
+                await _answer(send, 200, bombs()[1], headers)
             else:
-                await _answer(send, 200, body)
+                await _answer(send, 200, self._worker_json(worker_id, "running"))
 
     async def _drip(self, send: Send, gone: asyncio.Event, body: bytes) -> None:
         await _start(send, 200, JSON)
@@ -365,7 +381,7 @@ class HostileAPI(HostileServer):
         elif kind == "bomb":
             headers = [(b"content-type", b"application/octet-stream"),
                        (b"content-encoding", b"gzip")]  # fmt: skip
-            await _answer(send, 200, gzip.compress(b"\0" * (64 * 2**20), compresslevel=9), headers)
+            await _answer(send, 200, bombs()[0], headers)
         elif kind == "missing":
             await _answer(send, 404, b'{"error": {"message": "no such file"}}')
         elif kind == "flaky":

@@ -51,7 +51,7 @@ HOSTILE = {
     # create / continue answers
     "create:429": F, "create:500-then-ok": C, "create:503": F, "create:400": F,
     "create:401": F, "create:truncated": F, "create:html": F, "create:502-html": F,
-    "create:short-body": F, "create:drip": F, "create:gzip-bomb": C,
+    "create:short-body": F, "create:drip": F, "create:gzip-bomb": F, "create:503-bomb": F,
     # worker ids
     "id:traversal": F, "id:slash": F, "id:empty": F, "id:too-long": F, "id:colliding": F,
     "id:newline": F,
@@ -95,7 +95,7 @@ def test_a_hostile_upstream_beside_two_tenants(
         env = stack_env(
             redis_url, key_prefix, api.url, "sk-hostile", FILES_DIR=str(tmp_path / "files"),
             MAX_RETRIES="2", TASK_MAX_RETRIES="1", HTTP_DEADLINE="1", FILE_DEADLINE="2",
-            FILE_MAX_BYTES=str(MiB), EVENT_MAX_BYTES=str(64 * 1024),
+            FILE_MAX_BYTES=str(MiB), EVENT_MAX_BYTES=str(64 * 1024), ANSWER_MAX_BYTES=str(MiB),
             STREAM_MAX_PARSE_FAILURES="2", FOLLOW_LEASE_SECONDS="3", RESEND_AFTER_SECONDS="5",
         )  # fmt: skip
         settings = load_settings(redis_url=redis_url, key_prefix=key_prefix,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tracemalloc
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -27,6 +28,7 @@ import pytest
 
 from orchestrator import runtime as runtime_module
 from orchestrator.celery import make_app
+from orchestrator.errors import APIError, ResponseTooLargeError
 from orchestrator.facade import Orchestrator
 from orchestrator.jobs.follower import Follower
 from orchestrator.jobs.model import Job, validate_submission
@@ -36,10 +38,12 @@ from orchestrator.settings import Settings, load_settings
 from orchestrator.store.follows import FollowStore, Pending
 from orchestrator.store.jobs import RedisStore, connect
 from orchestrator.wire.aclient import AsyncWorkersClient
+from orchestrator.wire.client import WorkersClient
+from orchestrator.wire.retry import RetryPolicy
 from workers_tasks import tasks
 
 from .held import assert_nothing_held, not_ended
-from .hostile_api import HostileAPI
+from .hostile_api import HostileAPI, bombs
 from .processes import celery_worker, stack_env, wait_for
 
 MiB = 2**20
@@ -445,3 +449,39 @@ def test_every_step_fails_cleanly_through_a_real_worker(
             worker.stop()
         assert {t: e.status for t, e in ends.items()} == E2E
         assert_nothing_held(orch.store, list(jobs.values()))
+
+
+# --- bounds on JSON answers -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["create:gzip-bomb", "create:503-bomb"])
+def test_a_json_answer_is_read_with_a_bound(api: HostileAPI, text: str) -> None:
+    """A 64 KB answer that inflates to 64 MB: refused at the cap (a success) or read
+    only for its head (an error), never held whole. Before: 64 MB in memory, and the
+    padded Worker was accepted."""
+    client = WorkersClient(api.url, "k", retry=RetryPolicy(max_retries=0),
+                           answer_max_bytes=MiB)  # fmt: skip
+    bombs()  # built before measuring (the server runs in this process)
+    tracemalloc.start()
+    try:
+        with client, pytest.raises(APIError) as caught:
+            client.create(f"{text}#bound")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * MiB, f"peak {peak / MiB:.1f} MiB"
+    if text == "create:gzip-bomb":
+        assert isinstance(caught.value, ResponseTooLargeError)
+        assert "passed the 1048576-byte limit" in str(caught.value)
+    else:
+        assert "HTTP 503" in str(caught.value)
+
+
+def test_the_async_client_reads_a_json_answer_with_a_bound(api: HostileAPI) -> None:
+    async def create() -> None:
+        async with AsyncWorkersClient(api.url, "k", retry=RetryPolicy(max_retries=0),
+                                      answer_max_bytes=MiB) as client:  # fmt: skip
+            await client.create("create:gzip-bomb#async")
+
+    with pytest.raises(ResponseTooLargeError, match="1048576-byte limit"):
+        asyncio.run(create())

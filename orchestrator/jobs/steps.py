@@ -14,7 +14,7 @@ from celery import Celery
 
 from orchestrator.celery import API_QUEUE
 from orchestrator.controls.budgets import BudgetExceeded, next_period_ms, turn_members
-from orchestrator.errors import APIError, APIStatusError, StreamError
+from orchestrator.errors import APIError, APIStatusError, ResponseTooLargeError, StreamError
 from orchestrator.jobs.files import send_fetch
 from orchestrator.jobs.model import Job
 from orchestrator.ledger import FigureError, total_cost_micro
@@ -201,10 +201,10 @@ def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
         if not exc.retryable:
             fail(app, rt, job.id, str(exc))
         raise
-    except StreamError as exc:
-        # A malformed answer (e.g. an unsafe worker id): the same idempotency key gets
-        # the same answer, so it is not retried; the job fails and gives back its hold
-        # and slots now.
+    except (StreamError, ResponseTooLargeError) as exc:
+        # A malformed answer (e.g. an unsafe worker id, or one over ANSWER_MAX_BYTES):
+        # the same idempotency key gets the same answer, so it is not retried; the job
+        # fails and gives back its hold and slots now.
         fail(app, rt, job.id, str(exc))
         return store.require_job(job.id)
     if not store.set_submitted(job, worker):

@@ -38,6 +38,7 @@ from orchestrator.errors import (
 )
 from orchestrator.settings import Settings
 from orchestrator.wire import routes
+from orchestrator.wire.body import ERROR_BODY_MAX_BYTES, iter_decoded, read_bounded
 from orchestrator.wire.deadline import deadline, sync_transport
 from orchestrator.wire.models import Budget, ScheduleCancel, ScheduleList, Worker, WorkerSchedule
 from orchestrator.wire.retry import RetryPolicy
@@ -76,6 +77,7 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "stream_read_timeout": settings.stream_read_timeout,
         "deadline": settings.http_deadline,
         "event_max_bytes": settings.event_max_bytes,
+        "answer_max_bytes": settings.answer_max_bytes,
         "file_deadline": settings.file_deadline,
         "file_max_bytes": settings.file_max_bytes,
         "retry": RetryPolicy(
@@ -191,6 +193,7 @@ class WorkersClient:
         stream_read_timeout: float = 120.0,
         deadline: float | None = 120.0,
         event_max_bytes: int = 2**20,
+        answer_max_bytes: int = 32 * 2**20,
         file_deadline: float | None = 600.0,
         file_max_bytes: int = 100 * 2**20,
         retry: RetryPolicy | None = None,
@@ -206,6 +209,7 @@ class WorkersClient:
         # Deadlines (whole exchange, see wire.deadline) and size bounds on answers.
         self._deadline = deadline
         self._event_max_bytes = event_max_bytes
+        self._answer_max_bytes = answer_max_bytes
         self._file_deadline = file_deadline
         self._file_max_bytes = file_max_bytes
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
@@ -319,7 +323,7 @@ class WorkersClient:
                     )
                 with open(tmp, "wb") as out:
                     try:
-                        for chunk in response.iter_bytes(chunk_size):
+                        for chunk in iter_decoded(call, response, chunk_size):
                             size += len(chunk)
                             if size > cap:
                                 raise ResponseTooLargeError(
@@ -375,14 +379,14 @@ class WorkersClient:
                 self._throttle.before(call.name)
             try:
                 with deadline(self._deadline):
-                    outcome: Outcome = self._http.send(request, stream=stream)
+                    # Always streamed: a JSON answer is read here, with a bound.
+                    outcome: Outcome = self._http.send(request, stream=True)
                     if attempts.succeeded(outcome):
+                        if not stream:
+                            read_bounded(call, outcome, self._answer_max_bytes)
                         return outcome
                     if isinstance(outcome, httpx.Response):
-                        try:
-                            outcome.read()
-                        finally:
-                            outcome.close()
+                        read_bounded(call, outcome, ERROR_BODY_MAX_BYTES, strict=False)
             except httpx.TransportError as exc:
                 outcome = exc
             delay, fleet_wide = attempts.retry_delay(outcome)
