@@ -16,6 +16,7 @@ snapshot it served, i.e. what the upstream billed for a well-formed turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gzip
 import json
@@ -97,6 +98,7 @@ class HostileAPI(HostileServer):
     def __init__(self, *, event_gap: float = 0.02) -> None:
         super().__init__()
         self.event_gap = event_gap
+        self.stall_seconds = 60.0  # longer than any test waits: only a read timeout ends it
         self.workers: dict[str, str] = {}  # worker id -> class
         self.turns: Counter[str] = Counter()  # worker id -> turns begun
         self.done: Counter[str] = Counter()  # worker id -> turns whose stream was served whole
@@ -237,6 +239,10 @@ class HostileAPI(HostileServer):
             await _answer(send, 200, b'{"type": "start"}')
             return
         await _start(send, 200, SSE)
+        if cls == "stream:stall-then-ok" and call == 1:
+            with contextlib.suppress(TimeoutError):  # headers, then silence
+                await asyncio.wait_for(gone.wait(), self.stall_seconds)
+            return
         turns = self.turns[worker_id]
         events = [json.dumps({"type": "text-delta", "turn": t, "n": i}).encode()
                   for t in range(1, turns + 1) for i in range(EVENTS)]  # fmt: skip

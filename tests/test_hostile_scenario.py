@@ -58,7 +58,7 @@ HOSTILE = {
     # the update stream
     "stream:404": F, "stream:nonjson": F, "stream:wrong-type": F, "stream:500-then-ok": C,
     "stream:cut-then-ok": C, "stream:oversize": C, "stream:drip": C,
-    "stream:ids-scrambled": C,
+    "stream:ids-scrambled": C, "stream:stall-then-ok": C,
     # retrieve at the end of the turn, and its figures
     "retrieve:500-then-ok": C, "retrieve:404": F, "retrieve:truncated": F, "cost:nan": F,
     "cost:negative": F, "cost:1e308": F, "cost:9.3e12": F, "cost:string": F,
@@ -96,7 +96,8 @@ def test_a_hostile_upstream_beside_two_tenants(
             redis_url, key_prefix, api.url, "sk-hostile", FILES_DIR=str(tmp_path / "files"),
             MAX_RETRIES="2", TASK_MAX_RETRIES="1", HTTP_DEADLINE="1", FILE_DEADLINE="2",
             FILE_MAX_BYTES=str(MiB), EVENT_MAX_BYTES=str(64 * 1024), ANSWER_MAX_BYTES=str(MiB),
-            STREAM_MAX_PARSE_FAILURES="2", FOLLOW_LEASE_SECONDS="3", RESEND_AFTER_SECONDS="5",
+            STREAM_MAX_PARSE_FAILURES="2", STREAM_READ_TIMEOUT="1", FOLLOW_LEASE_SECONDS="3",
+            RESEND_AFTER_SECONDS="5",
         )  # fmt: skip
         settings = load_settings(redis_url=redis_url, key_prefix=key_prefix,
                                  workers_api_url=api.url, workers_api_key="sk-hostile")  # fmt: skip

@@ -260,6 +260,7 @@ def test_our_own_error_in_the_create_step_is_retried_then_fails_the_job(make_rt:
         ("stream:nonjson", "failed", "unreadable after 2 tries"),
         ("stream:wrong-type", "failed", "expected an event stream"),
         ("stream:500-then-ok", "completed", None),
+        ("stream:stall-then-ok", "completed", None),
         ("stream:cut-then-ok", "completed", None),
         ("stream:oversize", "completed", None),
     ],
