@@ -3,10 +3,11 @@ fault a *class* names, over real HTTP on 127.0.0.1 (uvicorn in a thread, as
 :class:`tests.hostile.HostileServer`, whose running machinery it reuses).
 
 The class comes from the job's input: ``"<class>#<anything>"`` (the suffix only keeps
-inputs apart). Create and continue read it from the body; the worker id they answer
-remembers it, so the stream, retrieve and file routes of that worker play the same
-class. Any input that names no class (``"ok#..."``) is a well-behaved turn: a few
-events, then a completed worker with exact costs.
+inputs apart; for ``id:reused`` it names the existing worker a create answers with).
+Create and continue read it from the body; the worker id they answer remembers it, so
+the stream, retrieve and file routes of that worker play the same class. Any input
+that names no class (``"ok#..."``) is a well-behaved turn: a few events, then a
+completed worker with exact costs.
 
 The server keeps its own ground truth: ``billed[worker id]`` is the cumulative figure
 (ledger field -> integer micro-dollars or tokens) of the last well-formed completed
@@ -192,6 +193,8 @@ class HostileAPI(HostileServer):
                                "running": True, "created_at": 1}).encode()  # fmt: skip
             await _answer(send, 200, body)
         else:
+            if cls == "id:reused":  # a create answered with another job's worker
+                worker_id = text.split("#", 1)[1]
             if worker_id is None:
                 with self._lock:
                     self._next += 1

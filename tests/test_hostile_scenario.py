@@ -138,7 +138,12 @@ def run(orch: Orchestrator, api: HostileAPI, tmp_path: Path) -> None:
                        tags=ends[job_id].tags).id
         for n, job_id in enumerate(tenants[:4])
     ]
-    ends.update({job_id: orch.wait(job_id, timeout=60) for job_id in continued})
+    # A create answered with the worker of another job (one not continued above): a
+    # second turn on that worker, billed once, posted once under the new job.
+    reused_worker = str(ends[tenants[-1]].worker_id)
+    reused = orch.submit(f"id:reused#{reused_worker}", tags={"src": "hostile"}).id
+    ends.update({job_id: orch.wait(job_id, timeout=60) for job_id in [*continued, reused]})
+    assert ends[reused].status == "completed" and ends[reused].worker_id == reused_worker
     file_jobs = {cls: hostile[cls] for cls in FILES}
     wait_for(lambda: all(len(orch.files(j)) == len(FILES[c]) for c, j in file_jobs.items()),
              60, "every published file to be recorded")  # fmt: skip
@@ -149,7 +154,7 @@ def run(orch: Orchestrator, api: HostileAPI, tmp_path: Path) -> None:
     assert got == HOSTILE, wrong
     assert {ends[j].status for j in [*tenants, *continued]} == {"completed"}
     # Nothing held; the classes that never end upstream are followed still.
-    finished = [*tenants, *continued, *hostile.values()]
+    finished = [*tenants, *continued, reused, *hostile.values()]
     wait_for(lambda: clear(orch, finished), 20, "every finished job to hold nothing")
     assert_nothing_held(orch.store, finished, all_idle=False)
     assert all(row["running"] == 0 and row["waiting"] == 0 for row in orch.limits.status())
