@@ -486,3 +486,13 @@ def test_the_async_client_reads_a_json_answer_with_a_bound(api: HostileAPI) -> N
 
     with pytest.raises(ResponseTooLargeError, match="1048576-byte limit"):
         asyncio.run(create())
+
+
+def test_only_the_encodings_we_inflate_are_asked_for(api: HostileAPI) -> None:
+    """httpx asks for br and zstd too when their packages are installed; an answer in
+    one of them would then reach the JSON parser undecoded and fail every job."""
+    with WorkersClient(api.url, "k") as client:
+        assert client._http.headers["accept-encoding"] == "gzip, deflate"
+    client_async = AsyncWorkersClient(api.url, "k")
+    assert client_async._http.headers["accept-encoding"] == "gzip, deflate"
+    asyncio.run(client_async.aclose())

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from orchestrator.settings import Settings
 from orchestrator.wire import routes
-from orchestrator.wire.body import ERROR_BODY_MAX_BYTES, aread_bounded
+from orchestrator.wire.body import ACCEPT_ENCODING, ERROR_BODY_MAX_BYTES, aread_bounded
 from orchestrator.wire.client import (
     AttemptHook,
     Attempts,
@@ -76,7 +76,7 @@ class AsyncWorkersClient:
         self._pools = [
             httpx.AsyncClient(
                 base_url=base_url,
-                headers=auth_headers(api_key),
+                headers={**auth_headers(api_key), **ACCEPT_ENCODING},
                 timeout=httpx.Timeout(timeout, connect=connect_timeout),
                 transport=transport or async_transport(limits, tls),
             )

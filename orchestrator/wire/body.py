@@ -27,6 +27,9 @@ from orchestrator.wire.routes import Call
 ERROR_BODY_MAX_BYTES = 64 * 1024
 #: The most a piece of inflated body may hold (one raw chunk may inflate to far more).
 PIECE_BYTES = 64 * 1024
+#: Only what :class:`Inflater` decodes is asked for (httpx would add ``br``/``zstd``
+#: whenever their packages happen to be installed).
+ACCEPT_ENCODING = {"Accept-Encoding": "gzip, deflate"}
 
 
 class Inflater:

@@ -38,7 +38,12 @@ from orchestrator.errors import (
 )
 from orchestrator.settings import Settings
 from orchestrator.wire import routes
-from orchestrator.wire.body import ERROR_BODY_MAX_BYTES, iter_decoded, read_bounded
+from orchestrator.wire.body import (
+    ACCEPT_ENCODING,
+    ERROR_BODY_MAX_BYTES,
+    iter_decoded,
+    read_bounded,
+)
 from orchestrator.wire.deadline import deadline, sync_transport
 from orchestrator.wire.models import Budget, ScheduleCancel, ScheduleList, Worker, WorkerSchedule
 from orchestrator.wire.retry import RetryPolicy
@@ -215,7 +220,7 @@ class WorkersClient:
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
         self._http = httpx.Client(
             base_url=base_url,
-            headers=auth_headers(api_key),
+            headers={**auth_headers(api_key), **ACCEPT_ENCODING},
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             transport=transport or sync_transport(limits),
         )
