@@ -76,13 +76,16 @@ BOMB_WORKER = "wrk_hbomb"
 
 
 @functools.cache
-def bombs() -> tuple[bytes, bytes]:
-    """64 MB of zeros, and 64 MB of spaces before a Worker JSON, each gzipped to about
-    64 KB (built once, on first use: a test measuring memory calls this first)."""
+def bombs() -> tuple[bytes, bytes, bytes]:
+    """Gzipped to about 64 KB each (built once, on first use: a test measuring memory
+    calls this first): 64 MB of zeros; 64 MB of spaces before a Worker JSON; an event
+    stream of one 64 MB event between two small ones."""
     worker = json.dumps({"id": BOMB_WORKER, "object": "worker", "status": "running",
                          "running": True}).encode()  # fmt: skip
     padded = b" " * (64 * 2**20) + worker
-    return gzip.compress(b"\0" * (64 * 2**20), 9), gzip.compress(padded, 9)
+    events = b'data: {"n": 0}\n\ndata: "' + b"y" * (64 * 2**20) + b'"\n\ndata: {"n": 2}\n\n'
+    return (gzip.compress(b"\0" * (64 * 2**20), 9), gzip.compress(padded, 9),
+            gzip.compress(events, 9))  # fmt: skip
 
 #: Classes whose turn never ends by itself upstream (retrieve says running for ever).
 RUNNING_FOREVER = ("retrieve:running-forever", "stream:closes-forever", "stream:500",
@@ -237,6 +240,12 @@ class HostileAPI(HostileServer):
             return
         if cls == "stream:429":
             await _answer(send, 429, b"{}", [*JSON, (b"retry-after", b"999999")])
+            return
+        if cls == "stream:gzip-bomb":  # one event inflating to 64 MB, then a small one
+            headers = [*SSE, (b"content-encoding", b"gzip")]
+            await _answer(send, 200, bombs()[2], headers)
+            with self._lock:
+                self.done[worker_id] = self.turns[worker_id]
             return
         if cls == "stream:wrong-type":
             await _answer(send, 200, b'{"type": "start"}')

@@ -59,6 +59,7 @@ HOSTILE = {
     "stream:404": F, "stream:nonjson": F, "stream:wrong-type": F, "stream:500-then-ok": C,
     "stream:cut-then-ok": C, "stream:oversize": C, "stream:drip": C,
     "stream:ids-scrambled": C, "stream:stall-then-ok": C,
+    "stream:gzip-bomb": C,
     # retrieve at the end of the turn, and its figures
     "retrieve:500-then-ok": C, "retrieve:404": F, "retrieve:truncated": F, "cost:nan": F,
     "cost:negative": F, "cost:1e308": F, "cost:9.3e12": F, "cost:string": F,

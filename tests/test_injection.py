@@ -496,3 +496,30 @@ def test_only_the_encodings_we_inflate_are_asked_for(api: HostileAPI) -> None:
     client_async = AsyncWorkersClient(api.url, "k")
     assert client_async._http.headers["accept-encoding"] == "gzip, deflate"
     asyncio.run(client_async.aclose())
+
+
+def test_a_gzip_bombed_stream_is_inflated_a_piece_at_a_time(make_rt: Any) -> None:
+    """One event that inflates to 64 MB: a truncated record in its place (as an
+    oversize event), and the client never holds the 64 MB. Before: httpx inflated each
+    64 KB network chunk whole, 64 MB at once, ahead of the event bound."""
+    rt = make_rt()
+    job = started(rt, "stream:gzip-bomb#s")
+    assert job.worker_id is not None
+    bombs()
+
+    async def read() -> list[Any]:
+        async with AsyncWorkersClient(rt.settings.workers_api_url or "", "k",
+                                      event_max_bytes=64 * 1024) as client:  # fmt: skip
+            return [u.data async for u in client.stream_updates(str(job.worker_id))]
+
+    tracemalloc.start()
+    try:
+        updates = asyncio.run(read())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert updates[0] == {"n": 0} and updates[2] == {"n": 2}
+    assert updates[1]["truncated"] is True and updates[1]["bytes"] == 64 * 2**20 + 2
+    assert peak < 8 * MiB, f"peak {peak / MiB:.1f} MiB"
+    assert follow(rt, job.id) == ["completed"]
+    assert_nothing_held(rt.store, [job.id])

@@ -15,7 +15,12 @@ from pydantic import SecretStr
 
 from orchestrator.settings import Settings
 from orchestrator.wire import routes
-from orchestrator.wire.body import ACCEPT_ENCODING, ERROR_BODY_MAX_BYTES, aread_bounded
+from orchestrator.wire.body import (
+    ACCEPT_ENCODING,
+    ERROR_BODY_MAX_BYTES,
+    aiter_decoded,
+    aread_bounded,
+)
 from orchestrator.wire.client import (
     AttemptHook,
     Attempts,
@@ -148,7 +153,9 @@ class AsyncWorkersClient:
             check_event_stream(call, response)
             index = 0
             try:
-                async for event in aiter_events(response.aiter_bytes(), self._event_max_bytes):
+                async for event in aiter_events(
+                    aiter_decoded(call, response), self._event_max_bytes
+                ):
                     yield Update(index, routes.decode_event(call, event, index))
                     index += 1
             except httpx.TransportError as exc:

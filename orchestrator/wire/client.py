@@ -412,7 +412,7 @@ class WorkersClient:
             check_event_stream(call, response)
             index = 0
             try:
-                for event in iter_events(response.iter_bytes(), self._event_max_bytes):
+                for event in iter_events(iter_decoded(call, response), self._event_max_bytes):
                     yield Update(index, routes.decode_event(call, event, index))
                     index += 1
             except httpx.TransportError as exc:
