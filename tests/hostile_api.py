@@ -57,6 +57,8 @@ FILES = {
     "files:gzip-bomb": ["bomb"],
     "files:404": ["missing"],
     "files:500": ["flaky"],
+    # 60 names, each listed twice: more than the tests' FILES_MAX_PER_TURN of 25
+    "files:many": [f"many/{i:02d}.txt" for i in range(60)] * 2,
 }
 
 #: Retrieve answers whose figures are absurd (the JSON text of ``costs``/``usage``).

@@ -30,6 +30,7 @@ from orchestrator import runtime as runtime_module
 from orchestrator.celery import make_app
 from orchestrator.errors import APIError, ResponseTooLargeError
 from orchestrator.facade import Orchestrator
+from orchestrator.jobs import steps
 from orchestrator.jobs.follower import Follower
 from orchestrator.jobs.model import Job, validate_submission
 from orchestrator.ops.redis_server import free_port
@@ -106,6 +107,7 @@ def settings_for(redis_url: str, prefix: str, url: str, files: Path) -> Settings
         workers_api_key="sk-injection", max_retries=1, retry_initial_delay=0.01,
         retry_max_delay=0.02, http_deadline=0.6, file_deadline=1.0, file_max_bytes=MiB,
         task_max_retries=1, stream_max_parse_failures=2, stream_read_timeout=0.5,
+        files_max_per_turn=25,
     )  # fmt: skip
 
 
@@ -314,9 +316,9 @@ def test_a_stream_that_never_answers_is_retried_and_stays_followed(
 # --- finalize: the retrieve and the settle batch --------------------------------------
 
 
-def streamed(rt: Runtime, text: str) -> Job:
+def streamed(rt: Runtime, text: str, **fields: Any) -> Job:
     """A submitted job whose stream the upstream has served whole (its turn is over)."""
-    job = started(rt, text)
+    job = started(rt, text, **fields)
     assert job.status == "submitted" and job.worker_id is not None
     list(rt.client.stream_updates(job.worker_id))
     return job
@@ -523,3 +525,16 @@ def test_a_gzip_bombed_stream_is_inflated_a_piece_at_a_time(make_rt: Any) -> Non
     assert peak < 8 * MiB, f"peak {peak / MiB:.1f} MiB"
     assert follow(rt, job.id) == ["completed"]
     assert_nothing_held(rt.store, [job.id])
+
+
+def test_a_turn_publishing_too_many_files_fetches_a_bounded_few(make_rt: Any) -> None:
+    """120 listed names, 60 of them distinct: 25 fetches sent (FILES_MAX_PER_TURN), each
+    name once, and a note in the job's history. Before: one fetch task per listed name,
+    however many (a hostile listing could send a hundred thousand)."""
+    rt = make_rt()
+    job = streamed(rt, "files:many#cap", fetch_files=True)
+    # Finalized here, with an app on the test's broker: the fetches wait in its queue.
+    assert steps.finalize(rt, make_app(rt.settings), job.id) == "completed"
+    assert rt.store.broker.waiting("api") == 25
+    notes = [e["detail"] for e in rt.store.history(job.id) if e["detail"]]
+    assert any("published 60 files; fetching the first 25" in n for n in notes), notes

@@ -12,12 +12,36 @@ from celery import Celery
 
 from orchestrator.celery import API_QUEUE
 from orchestrator.errors import APIError, APIStatusError, InputError, ResponseTooLargeError
+from orchestrator.jobs.model import Job
 from orchestrator.runtime import Runtime
+from orchestrator.wire.models import Worker
 
 log = logging.getLogger(__name__)
 
 #: The task name of a file fetch.
 FETCH_TASK = "workers.fetch_file"
+
+
+def send_fetches(app: Celery, rt: Runtime, job: Job, worker: Worker) -> list[str]:
+    """Send a fetch for each file the finished turn published, once per name and at
+    most ``FILES_MAX_PER_TURN`` of them (a listing past that is noted in the job's
+    history, not fetched: a hostile upstream could list a hundred thousand). Returns
+    the names sent."""
+    names = list(dict.fromkeys(f.filename or f.url.rsplit("/", 1)[-1] for f in worker.files))
+    cap = rt.settings.files_max_per_turn
+    if len(names) > cap:
+        note = f"published {len(names)} files; fetching the first {cap} (FILES_MAX_PER_TURN)"
+        log.warning("job %s %s", job.id, note)
+        rt.store.note(job.id, note)
+        names = names[:cap]
+    # Watched until a worker begins each (see resend_lost_files); marked before they are
+    # sent, as in dispatch(), so a fetch begun at once leaves no mark behind.
+    sent = rt.store.batch()
+    rt.store.fetches_sent_into(sent, job.id, names)
+    sent.execute()
+    for name in names:
+        send_fetch(app, job.id, name)
+    return names
 
 
 def send_fetch(app: Celery, job_id: str, name: str) -> None:

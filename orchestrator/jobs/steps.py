@@ -15,7 +15,7 @@ from celery import Celery
 from orchestrator.celery import API_QUEUE
 from orchestrator.controls.budgets import BudgetExceeded, next_period_ms, turn_members
 from orchestrator.errors import APIError, APIStatusError, ResponseTooLargeError, StreamError
-from orchestrator.jobs.files import send_fetch
+from orchestrator.jobs.files import send_fetches
 from orchestrator.jobs.model import Job
 from orchestrator.ledger import FigureError, total_cost_micro
 from orchestrator.ops.instruments import COST_ANOMALIES
@@ -262,14 +262,7 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
     if posted is not None and hold is not None and total_cost_micro(posted) > hold:
         rt.budgets.record_overshoot(job, hold, total_cost_micro(posted))
     if job.fetch_files and worker.files:
-        fetches = [file.filename or file.url.rsplit("/", 1)[-1] for file in worker.files]
-        # Watched until a worker begins each (see resend_lost_files); marked before they
-        # are sent, as in dispatch(), so a fetch begun at once leaves no mark behind.
-        sent = store.batch()
-        store.fetches_sent_into(sent, job.id, fetches)
-        sent.execute()
-        for name in fetches:
-            send_fetch(app, job.id, name)
+        send_fetches(app, rt, job, worker)
     end = store.batch()
     store.complete_into(end, job.id, int(replies[relayed_at] or 0))
     if raw_hold is not None:

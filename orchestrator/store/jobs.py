@@ -160,6 +160,12 @@ class RedisStore(LedgerStore):
         result = self._transition(keys=keys, args=[status, now_ms(), detail[:1000], HISTORY_MAXLEN])
         return int(result) == 1
 
+    def note(self, job_id: str, detail: str) -> None:
+        """A history entry that changes nothing: the job's status as it is, a detail."""
+        status = self.r.hget(self.keys.job(job_id), "status") or ""
+        entry = {"status": status, "at": now_ms(), "detail": detail[:1000]}
+        self.r.xadd(self.keys.job_history(job_id), entry, maxlen=HISTORY_MAXLEN, approximate=True)
+
     def history(self, job_id: str) -> list[dict[str, Any]]:
         entries = self.r.xrange(self.keys.job_history(job_id))
         return [
