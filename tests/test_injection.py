@@ -538,3 +538,17 @@ def test_a_turn_publishing_too_many_files_fetches_a_bounded_few(make_rt: Any) ->
     assert rt.store.broker.waiting("api") == 25
     notes = [e["detail"] for e in rt.store.history(job.id) if e["detail"]]
     assert any("published 60 files; fetching the first 25" in n for n in notes), notes
+
+
+def test_a_turn_that_never_ends_upstream_is_read_again_with_growing_pauses(
+    make_rt: Any, api: HostileAPI
+) -> None:
+    """The stream closes at once and retrieve says running, for ever: the job stays
+    followed (it ends by its deadline), but is read again with pauses doubling to 5 s,
+    not in a tight loop (before: about 12 reads a second here)."""
+    rt = make_rt()
+    job = started(rt, "stream:closes-forever#quiet")
+    outcomes = follow(rt, job.id, seconds=4)
+    reads = api.calls[f"stream {rt.store.require_job(job.id).worker_id}"]
+    assert set(outcomes) == {"refollow"} and 3 <= reads <= 7, (outcomes, reads)
+    assert not_ended(rt.store, [job.id]) == {job.id: "submitted"}
