@@ -31,6 +31,7 @@ TASK_ROUTES = {
     "workers.run_schedule": API_QUEUE,
     "workers.run_schedules": API_QUEUE,
     "workers.sweep": API_QUEUE,
+    "workers.settle_ended": API_QUEUE,
     # workers.heartbeat is sent to each worker's own direct queue, never routed here.
     "workers.follow": STREAMS_QUEUE,
 }
@@ -59,6 +60,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Never lose a job: ack after the task ran, requeue when the worker dies.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A task that raised (JobEnded: its job failed) is acked, never redelivered:
+        # running it again would change nothing. (Celery's default, stated.)
+        "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
         # Every task is far shorter than this; the Redis transport redelivers a task
         # not acked within it, so nothing may outlive it (followers hand over earlier).

@@ -13,6 +13,7 @@ from orchestrator.controls.budgets import Budgets
 from orchestrator.controls.limits import FleetRate, Limits
 from orchestrator.settings import Settings, get_settings
 from orchestrator.store.jobs import RedisStore
+from orchestrator.store.lifecycle import LifecycleStore
 from orchestrator.store.spend import RateStore
 from orchestrator.wire.client import WorkersClient
 
@@ -24,6 +25,7 @@ class Runtime:
     _client: WorkersClient | None = None
     _budgets: Budgets | None = None
     _limits: Limits | None = None
+    _ends: LifecycleStore | None = None
 
     @property
     def client(self) -> WorkersClient:
@@ -54,6 +56,13 @@ class Runtime:
         if self._limits is None:
             self._limits = Limits(self.store, self.settings.fair_share_tag)
         return self._limits
+
+    @property
+    def ends(self) -> LifecycleStore:
+        """The live index and the ended set (see :mod:`orchestrator.jobs.lifecycle`)."""
+        if self._ends is None:
+            self._ends = LifecycleStore(self.store)
+        return self._ends
 
     def close(self) -> None:
         if self._client is not None:

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     files_dir: Path = Path("var/files")
     max_input_chars: Annotated[int, Field(gt=0, le=1_000_000)] = 100_000
     updates_maxlen: Annotated[int, Field(gt=0)] = 100_000
+    # Per-job limits in seconds, each overridable per submit and per schedule (0: off):
+    # not started upstream within JOB_QUEUE_TTL -> expired; no update relayed for
+    # JOB_IDLE_TIMEOUT, or not ended JOB_DEADLINE after submission -> timed_out.
+    job_queue_ttl: Annotated[float | None, Field(ge=0, le=rules.JOB_LIMIT_MAX_SECONDS)] = 86_400.0
+    job_idle_timeout: Annotated[float | None, Field(ge=0, le=rules.JOB_LIMIT_MAX_SECONDS)] = 3_600.0
+    job_deadline: Annotated[float | None, Field(ge=0, le=rules.JOB_LIMIT_MAX_SECONDS)] = 86_400.0
 
     # Celery.
     visibility_timeout: Annotated[int, Field(ge=10)] = 3600

@@ -72,10 +72,12 @@ async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
     ready.set()
     log.info("stream follower %s started (capacity %d)", follower.owner, follower.capacity)
     housekeeping = asyncio.create_task(_housekeeping(stop))
+    ends = asyncio.create_task(_end_sweep(stop))
     try:
         await follower.run(stop)
     finally:
         housekeeping.cancel()
+        ends.cancel()
         settlers.shutdown(wait=True)
         await client.aclose()
         await follows.close()
@@ -92,13 +94,26 @@ def settle(job_id: str) -> None:
     """
     from orchestrator.jobs import steps as pipeline
 
+    rt = runtime.get_runtime()
     try:
-        outcome = pipeline.finalize(runtime.get_runtime(), app, job_id)
+        outcome = pipeline.finalize(rt, app, job_id)
     except Exception as exc:
         log.info("finalize of %s failed here (%s); sending the finalize task", job_id, exc)
-        app.send_task("workers.finalize", args=[job_id], argsrepr=job_id)
+        _send_finalize(rt, job_id)
     else:
         log.info("finalized %s: %s", job_id, outcome)
+        if outcome != "completed" and pipeline.ended_unfinished(rt, job_id) is not None:
+            # Ended here, outside any task (a broken stream, a bad figure, a limit): the
+            # finalize task, a no-op now, fails in Flower with the reason.
+            _send_finalize(rt, job_id)
+
+
+def _send_finalize(rt: runtime.Runtime, job_id: str) -> None:
+    from orchestrator.jobs import steps as pipeline
+
+    job = rt.store.get_job(job_id)
+    shown = pipeline.describe(job) if job is not None else job_id
+    app.send_task("workers.finalize", args=[job_id], argsrepr=shown)
 
 
 async def _housekeeping(stop: asyncio.Event) -> None:
@@ -129,6 +144,31 @@ async def _housekeeping(stop: asyncio.Event) -> None:
             log.warning("housekeeping failed: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
+
+
+async def _end_sweep(stop: asyncio.Event) -> None:
+    """End the jobs whose queue time-to-live, idle timeout or deadline passed, and settle
+    the turns of jobs ended here once they end upstream (``lifecycle.sweep``); it wakes
+    when the next entry falls due (at most 5 s apart)."""
+    from orchestrator.jobs import lifecycle
+
+    loop = asyncio.get_running_loop()
+
+    def once() -> float:
+        rt = runtime.get_runtime()
+        counts = lifecycle.sweep(app, rt)
+        if counts:
+            log.info("end sweep: %s", counts)
+        return lifecycle.sweep_pause(rt)
+
+    while not stop.is_set():
+        pause = 5.0
+        try:
+            pause = await loop.run_in_executor(None, once)
+        except Exception as exc:  # keep going: Redis or the API may be briefly away
+            log.warning("end sweep failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), pause)
 
 
 def start() -> None:

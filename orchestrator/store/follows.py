@@ -76,7 +76,8 @@ class FollowStore:
 
     async def transition(self, job_id: str, status: JobStatus, detail: str = "") -> bool:
         """Move a job forward (as :meth:`RedisStore.transition`)."""
-        keys = [self.keys.job(job_id), self.keys.job_history(job_id), self.keys.job_states]
+        keys = [self.keys.job(job_id), self.keys.job_history(job_id), self.keys.job_states,
+                self.keys.jobs_live]  # fmt: skip
         now = int(time.time() * 1000)
         result = await self._transition(keys=keys, args=[status, now, detail, HISTORY_MAXLEN])
         return int(result) == 1
@@ -86,7 +87,8 @@ class FollowStore:
         script pipelines add a SCRIPT EXISTS each). One reply per worker, in order: the
         stored count, or the exception its write raised (a gap, say)."""
         writes = AsyncBatch(self.r)
+        now = int(time.time() * 1000)
         for worker_id, (first, payloads) in pending.items():
             keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
-            writes.script(self._append, keys, [first, maxlen, *payloads])
+            writes.script(self._append, keys, [first, maxlen, now, *payloads])
         return await writes.execute(raise_on_error=False)

@@ -18,7 +18,16 @@ from typing import Any
 import redis
 
 from orchestrator.errors import InputError
-from orchestrator.jobs.model import STATUSES, Job, JobStatus, Submission, new_job_id
+from orchestrator.jobs.model import (
+    LIMITS,
+    STATUSES,
+    Job,
+    JobStatus,
+    Submission,
+    limit_ms,
+    new_job_id,
+    next_due,
+)
 from orchestrator.store.batch import Batch
 from orchestrator.store.broker import BrokerLayout
 from orchestrator.store.connection import connect
@@ -97,6 +106,7 @@ class RedisStore(LedgerStore):
             "attempts": "0",
             "created_at": str(created),
             "at_queued": str(created),
+            **{f"{name}_ms": str(limit_ms(getattr(sub, name))) for name in LIMITS},
         }
         keys = [
             self.keys.job(job_id),
@@ -104,11 +114,13 @@ class RedisStore(LedgerStore):
             self.keys.outbox,
             self.keys.job_states,
             self.keys.job_history(job_id),
+            self.keys.jobs_live,
         ]
         if sub.idempotency_key:
             keys.append(self.keys.idempotency(sub.idempotency_key))
         flat = [part for item in record.items() for part in item]
-        written, found_id = self._create(keys=keys, args=[job_id, created, *flat])
+        due = next_due(Job.from_hash(record), created)
+        written, found_id = self._create(keys=keys, args=[job_id, created, due, *flat])
         if int(written) == 1:
             return Job.from_hash(record), True
         job = self.get_job(str(found_id))
@@ -156,9 +168,18 @@ class RedisStore(LedgerStore):
 
     def transition(self, job_id: str, status: JobStatus, detail: str = "") -> bool:
         """Move a job forward; False if it already was there or may not move."""
-        keys = [self.keys.job(job_id), self.keys.job_history(job_id), self.keys.job_states]
-        result = self._transition(keys=keys, args=[status, now_ms(), detail[:1000], HISTORY_MAXLEN])
+        result = self._transition(
+            keys=self.transition_keys(job_id),
+            args=[status, now_ms(), detail[:1000], HISTORY_MAXLEN],
+        )
         return int(result) == 1
+
+    def transition_keys(self, job_id: str, *, ended_here: bool = False) -> list[str]:
+        """The TRANSITION script's keys for a job; ``ended_here`` adds the ended set (an
+        end state reached here: its wind-down and settlement follow)."""
+        keys = [self.keys.job(job_id), self.keys.job_history(job_id), self.keys.job_states,
+                self.keys.jobs_live]  # fmt: skip
+        return [*keys, self.keys.jobs_ended] if ended_here else keys
 
     def note(self, job_id: str, detail: str) -> None:
         """A history entry that changes nothing: the job's status as it is, a detail."""
@@ -235,8 +256,12 @@ class RedisStore(LedgerStore):
         batch.pipe.hset(jkey, mapping={"worker_id": worker.id, "update_from": relayed})
         batch.pipe.hset(wkey, mapping={"snapshot": worker.model_dump_json(), "active_job": job.id})
         batch.pipe.zadd(self.keys.follows, {job.id: 0}, nx=True)
-        history = [jkey, self.keys.job_history(job.id), self.keys.job_states]
-        batch.script(self._transition, history, ["submitted", now_ms(), "", HISTORY_MAXLEN])
+        at = now_ms()
+        upstream = job.model_copy(update={"status": "submitted"})
+        # XX: a job that ended meanwhile has left the live index, and stays out of it.
+        batch.pipe.zadd(self.keys.jobs_live, {job.id: next_due(upstream, at)}, xx=True)
+        batch.script(self._transition, self.transition_keys(job.id),
+                     ["submitted", at, "", HISTORY_MAXLEN])  # fmt: skip
         return int(batch.execute()[-1]) == 1
 
     def request_follow(self, job_id: str, *, now: bool = False) -> None:
@@ -262,7 +287,7 @@ class RedisStore(LedgerStore):
         the release of its follow lease."""
         key = self.keys.job(job_id)
         batch.pipe.hset(key, "update_to", update_to)
-        history = [key, self.keys.job_history(job_id), self.keys.job_states]
+        history = self.transition_keys(job_id)
         batch.script(self._transition, history, ["completed", now_ms(), "", HISTORY_MAXLEN])
         batch.script(self._release, [self.keys.follows, self.keys.follow_owners], [job_id, ""])
 
@@ -284,7 +309,8 @@ class RedisStore(LedgerStore):
     def append_updates(self, worker_id: str, first_index: int, payloads: Sequence[str]) -> int:
         """Store updates ``first_index...``; those already stored are skipped."""
         keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
-        return int(self._append(keys=keys, args=[first_index, self.updates_maxlen, *payloads]))
+        args: list[str | int] = [first_index, self.updates_maxlen, now_ms(), *payloads]
+        return int(self._append(keys=keys, args=args))
 
     def read_updates(
         self, worker_id: str, after: int = -1, *, count: int = 500, block_ms: int | None = None

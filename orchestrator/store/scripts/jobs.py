@@ -13,7 +13,10 @@ from orchestrator.ledger import FIELDS, MAX_FIGURE, ROW_CEILING
 _RANKS = ", ".join(f"{status}={rank}" for status, rank in STATUS_RANK.items())
 TRANSITION = (
     """
--- KEYS[1] job hash, KEYS[2] job history stream, KEYS[3] states count hash
+-- KEYS[1] job hash, KEYS[2] job history stream, KEYS[3] states count hash,
+-- KEYS[4] live jobs zset (optional: the job leaves it on reaching an end state),
+-- KEYS[5] ended jobs zset (optional: the job enters it, at ARGV[2], on reaching an end
+-- state: it ended here and its wind-down and settlement follow)
 -- ARGV[1] new status, ARGV[2] now (ms), ARGV[3] detail ('' for none), ARGV[4] history maxlen
 -- Returns 1 if the status changed, 0 if it already was that, -1 if refused (backwards/terminal).
 """
@@ -29,6 +32,11 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
            'status', new, 'at', ARGV[2], 'detail', ARGV[3])
 redis.call('HINCRBY', KEYS[3], current, -1)
 redis.call('HINCRBY', KEYS[3], new, 1)
+if rank[new] >= terminal and KEYS[4] then
+  local id = redis.call('HGET', KEYS[1], 'id')
+  redis.call('ZREM', KEYS[4], id)
+  if KEYS[5] then redis.call('ZADD', KEYS[5], ARGV[2], id) end
+end
 return 1
 """
 )
@@ -37,17 +45,19 @@ return 1
 # same script, so of two racing submissions with one key exactly one writes a job.
 CREATE_JOB = """
 -- KEYS[1] job hash, KEYS[2] jobs zset, KEYS[3] outbox zset, KEYS[4] states count hash,
--- KEYS[5] job history stream, KEYS[6] idempotency key (optional)
--- ARGV[1] job id, ARGV[2] now (ms), ARGV[3..] the job hash (flat field, value, ...)
+-- KEYS[5] job history stream, KEYS[6] live jobs zset, KEYS[7] idempotency key (optional)
+-- ARGV[1] job id, ARGV[2] now (ms), ARGV[3] when its first limit falls due (ms),
+-- ARGV[4..] the job hash (flat field, value, ...)
 -- Returns {1, job id} when written, or {0, the id the idempotency key already names}.
-if KEYS[6] then
-  local existing = redis.call('GET', KEYS[6])
+if KEYS[7] then
+  local existing = redis.call('GET', KEYS[7])
   if existing then return {0, existing} end
-  redis.call('SET', KEYS[6], ARGV[1])
+  redis.call('SET', KEYS[7], ARGV[1])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
 redis.call('HINCRBY', KEYS[4], 'queued', 1)
 redis.call('XADD', KEYS[5], '*', 'status', 'queued', 'at', ARGV[2], 'detail', '')
 return {1, ARGV[1]}
@@ -79,12 +89,21 @@ return {counted, job}
 # hash's 'relayed' counter says how many are stored, so a replay adds nothing.
 APPEND_UPDATES = """
 -- KEYS[1] worker hash, KEYS[2] updates stream
--- ARGV[1] index of the first payload, ARGV[2] stream maxlen, ARGV[3..] payloads (JSON)
--- Returns the number of updates stored after the call; raises on a gap.
-local relayed = tonumber(redis.call('HGET', KEYS[1], 'relayed') or '0')
+-- ARGV[1] index of the first payload, ARGV[2] stream maxlen, ARGV[3] now (ms),
+-- ARGV[4..] payloads (JSON)
+-- Returns the number of updates stored after the call; raises on a gap, and refuses
+-- (STOPPED) while 'stopped_job' names the worker's 'active_job' (its job ended here:
+-- nothing more of that turn is relayed). 'relayed_at' on the worker is when an update
+-- was last stored (a job's idle timeout counts from it).
+local state = redis.call('HMGET', KEYS[1], 'relayed', 'stopped_job', 'active_job')
+if state[2] and state[2] == state[3] then
+  return redis.error_reply('STOPPED the job of this turn has ended: not relayed')
+end
+local relayed = tonumber(state[1] or '0')
+local before = relayed
 local first = tonumber(ARGV[1])
-for i = 3, #ARGV do
-  local index = first + i - 3
+for i = 4, #ARGV do
+  local index = first + i - 4
   if index > relayed then
     return redis.error_reply('GAP expected update ' .. relayed .. ' got ' .. index)
   end
@@ -94,7 +113,19 @@ for i = 3, #ARGV do
   end
 end
 redis.call('HSET', KEYS[1], 'relayed', relayed)
+if relayed > before then redis.call('HSET', KEYS[1], 'relayed_at', ARGV[3]) end
 return relayed
+"""
+
+# A sweep's claim on the entries of a zset scored by due time: each claimed entry moves
+# to a later score, so a second sweeper passes it by unless the first one died.
+CLAIM_DUE = """
+-- KEYS[1] zset scored by due time (ms)
+-- ARGV[1] now (ms), ARGV[2] the score claimed entries move to (ms), ARGV[3] most to claim
+-- Returns the claimed members (those due by ARGV[1]).
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member) end
+return due
 """
 
 # One turn's cost is the difference of cumulative snapshots; posting it is keyed by
