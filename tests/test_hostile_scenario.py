@@ -9,8 +9,9 @@ and capped at 20 USD a day) run well-behaved turns and continue some of them.
 
 Afterwards:
 
-- every job is in its expected end state, except the classes whose turn never ends
-  upstream (``RUNNING_FOREVER``): those are still followed, and end by a job deadline;
+- every job is in its expected end state; the classes whose turn never ends upstream
+  (``RUNNING_FOREVER``) end ``timed_out`` by their deadline, their hold kept for the
+  turn's settlement (it goes on upstream, billed);
 - :func:`tests.held.assert_nothing_held`: no hold, slot, lease, outbox or dispatched
   entry, no unbegun fetch;
 - every published file has its entry in ``files()``;
@@ -34,7 +35,6 @@ import pytest
 
 from orchestrator.celery import make_app
 from orchestrator.facade import Orchestrator
-from orchestrator.jobs.model import TERMINAL
 from orchestrator.ledger import FIELDS
 from orchestrator.settings import load_settings
 from orchestrator.store.holdings import Holdings
@@ -129,8 +129,8 @@ def run(orch: Orchestrator, api: HostileAPI, tmp_path: Path) -> None:
             job = orch.submit(f"{cls}#s", tags={"src": "hostile"},
                               fetch_files=cls.startswith("files:"))  # fmt: skip
             hostile[cls] = job.id
-    for cls in RUNNING_FOREVER:
-        forever[cls] = orch.submit(f"{cls}#s", tags={"src": "hostile"}).id
+    for cls in RUNNING_FOREVER:  # they end by their deadline (timed_out)
+        forever[cls] = orch.submit(f"{cls}#s", tags={"src": "hostile"}, deadline=5).id
 
     ends = {job_id: orch.wait(job_id, timeout=60) for job_id in [*tenants, *hostile.values()]}
     # A second turn for two workers of each tenant: cumulative figures, counted once.
@@ -161,10 +161,13 @@ def run(orch: Orchestrator, api: HostileAPI, tmp_path: Path) -> None:
     assert_nothing_held(orch.store, finished, all_idle=False)
     assert all(row["running"] == 0 and row["waiting"] == 0 for row in orch.limits.status())
     assert all(row["reserved_micro"] == 0 for row in orch.budgets.status())
+    # A turn that never ends upstream ends here by its deadline: slot and lease freed at
+    # once; its hold stays until the upstream turn is settled (it still runs, billed).
     for cls, job_id in forever.items():
-        job = orch.get(job_id)
-        assert job.status not in TERMINAL, (cls, job.status, job.error)
-        assert "follow" in Holdings(orch.store).held([job_id]).get(job_id, []), cls
+        job = orch.wait(job_id, timeout=30)
+        assert job.status == "timed_out" and "deadline" in str(job.error), (cls, job.error)
+        held = set(Holdings(orch.store).held([job_id]).get(job_id, []))
+        assert held <= {"budget_hold", "hold_time"}, (cls, held)
     # Every published file has its entry.
     for cls, job_id in file_jobs.items():
         files = orch.files(job_id)
