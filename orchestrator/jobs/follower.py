@@ -304,6 +304,7 @@ class Follower:
                 break
             except RelayStopped:
                 log.info("stream of %s: its job ended here; no longer relayed", job_id)
+                self._quiet.pop(job_id, None)
                 return  # no finalize: the end sweep settles the turn
             except MalformedEventError as exc:
                 if exc.index != bad_event:  # got further: a new event, counted anew
