@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from orchestrator.controls.budgets import Budgets
 from orchestrator.controls.limits import FleetRate, Limits
 from orchestrator.settings import Settings, get_settings
+from orchestrator.store.follows import FollowStore
 from orchestrator.store.jobs import RedisStore
 from orchestrator.store.lifecycle import LifecycleStore
 from orchestrator.store.spend import RateStore
@@ -75,13 +76,41 @@ _runtime: Runtime | None = None
 
 
 def store_for(settings: Settings) -> RedisStore:
+    """The store on ``REDIS_URL``, reading its broker where ``BROKER_URL`` puts it: the
+    same Redis (the default), another Redis, or RabbitMQ."""
     from orchestrator.errors import ConfigError
 
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set")
-    return RedisStore.from_url(
-        settings.redis_url, settings.key_prefix, updates_maxlen=settings.updates_maxlen
+    store = RedisStore.from_url(
+        settings.redis_url,
+        settings.key_prefix,
+        updates_maxlen=settings.updates_maxlen,
+        **settings.redis_secrets(),
     )
+    if settings.broker_is_store:
+        return store
+    if settings.broker_kind == "amqp":
+        from orchestrator.ops.rabbitmq import RabbitQueues
+
+        store.broker = RabbitQueues(settings.broker, settings.broker_secret())
+    else:
+        secrets = settings.redis_secrets()
+        store.broker_on(
+            settings.broker,
+            password=settings.broker_secret(),
+            sentinel_password=secrets["sentinel_password"],
+        )
+    return store
+
+
+def follows_for(settings: Settings) -> FollowStore:
+    """The stream follower's async store, on the store's Redis."""
+    from orchestrator.errors import ConfigError
+
+    if settings.redis_url is None:
+        raise ConfigError("REDIS_URL", "is not set")
+    return FollowStore.from_url(settings.redis_url, settings.key_prefix, **settings.redis_secrets())
 
 
 def get_runtime() -> Runtime:

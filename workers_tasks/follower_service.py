@@ -19,7 +19,6 @@ from orchestrator.celery import STREAMS_QUEUE, app
 from orchestrator.controls.limits import AsyncFleetRate
 from orchestrator.jobs.follower import Follower, tune_gc
 from orchestrator.ops.instruments import record_attempt
-from orchestrator.store.follows import FollowStore
 from orchestrator.wire.aclient import AsyncWorkersClient
 
 log = logging.getLogger(__name__)
@@ -33,9 +32,8 @@ FINALIZE_THREADS = 4
 
 async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
     settings = runtime.get_settings()
-    assert settings.redis_url is not None
     # One async connection pool for the process: the follows store and the rate limit.
-    follows = FollowStore.from_url(settings.redis_url, settings.key_prefix)
+    follows = runtime.follows_for(settings)
     throttle = None
     if settings.fleet_rate_per_second is not None:
         throttle = AsyncFleetRate(

@@ -114,12 +114,12 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         raise InputError("concurrency", "must be at least 1")
     settings = load_settings()
-    from orchestrator.celery import app, celery_config
+    from orchestrator.celery import app, celery_config, consumed_queues
 
     celery_config(settings)  # fail early, one line, if REDIS_URL is missing
     argv = [
         "worker",
-        "-Q", ",".join(queues),
+        "-Q", ",".join(consumed_queues(queues, settings)),
         "-P", args.pool,
         "-c", str(args.concurrency),
         "-E",

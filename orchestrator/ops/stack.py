@@ -69,6 +69,8 @@ class Stack:
         else:
             self._say(f"redis     {_redact(redis_url)} (from REDIS_URL)")
         self.env["REDIS_URL"] = redis_url
+        if self.settings.broker_url:
+            self._say(f"broker    {_redact(self.settings.broker_url)} (from BROKER_URL)")
         if self.settings.uses_emulator:
             self._start_emulator()
         else:
@@ -194,7 +196,7 @@ def _has_flower() -> bool:
 
 
 def _redact(url: str) -> str:
-    """A Redis URL without its password, for printing."""
+    """A Redis or AMQP URL without its password, for printing."""
     if "@" not in url:
         return url
     scheme, rest = url.split("://", 1)

@@ -38,9 +38,17 @@ class FollowStore:
         self._append = client.register_script(scripts.APPEND_UPDATES)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> FollowStore:
+    def from_url(
+        cls,
+        url: str,
+        prefix: str,
+        *,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> FollowStore:
         """A follower's store on its own blocking pool (see :func:`connect_async`)."""
-        return cls(connect_async(url), prefix)
+        client = connect_async(url, password=password, sentinel_password=sentinel_password)
+        return cls(client, prefix)
 
     def rate_store(self) -> AsyncRateStore:
         """The fleet rate limit on this store's pool (one pool per follower process)."""

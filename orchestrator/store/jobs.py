@@ -29,7 +29,7 @@ from orchestrator.jobs.model import (
     next_due,
 )
 from orchestrator.store.batch import Batch
-from orchestrator.store.broker import BrokerLayout
+from orchestrator.store.broker import BrokerLayout, BrokerView
 from orchestrator.store.connection import connect
 from orchestrator.store.keys import Keys
 from orchestrator.store.ledger import LedgerStore
@@ -67,13 +67,30 @@ class RedisStore(LedgerStore):
         self._append = client.register_script(scripts.APPEND_UPDATES)
         self._post_turn = client.register_script(scripts.POST_TURN)
         self._release = client.register_script(scripts.RELEASE_FOLLOW)
-        #: What Celery's broker keeps in the same Redis (queue depths, unacked tasks).
-        self.broker = BrokerLayout(client, self.keys)
+        #: What Celery's broker holds (queue depths, unacked tasks): by default its keys
+        #: in this same Redis; ``runtime.store_for`` puts another broker's view here.
+        self.broker: BrokerView = BrokerLayout(client, self.keys)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, *, updates_maxlen: int = 100_000) -> RedisStore:
+    def from_url(
+        cls,
+        url: str,
+        prefix: str,
+        *,
+        updates_maxlen: int = 100_000,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> RedisStore:
         """A store on its own connection pool (:func:`orchestrator.store.connection.connect`)."""
-        return cls(connect(url), prefix, updates_maxlen=updates_maxlen)
+        client = connect(url, password=password, sentinel_password=sentinel_password)
+        return cls(client, prefix, updates_maxlen=updates_maxlen)
+
+    def broker_on(
+        self, url: str, *, password: str | None = None, sentinel_password: str | None = None
+    ) -> None:
+        """Read the broker's keys in another Redis (``BROKER_URL``), on a client of its own."""
+        client = connect(url, password=password, sentinel_password=sentinel_password)
+        self.broker = BrokerLayout(client, self.keys, owned=True)
 
     def batch(self) -> Batch:
         """An empty batch: writes of several store methods (their ``*_into`` forms) go
@@ -370,6 +387,7 @@ class RedisStore(LedgerStore):
 
     def close(self) -> None:
         """Close the store's connections (the store is not used after)."""
+        self.broker.close()
         self.r.close()
 
     def record_heartbeat(self, name: str, at_ms: int, ttl_seconds: int) -> None:
