@@ -141,6 +141,7 @@ DEAD = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
 def submit(rt: Runtime, text: str, **fields: Any) -> Job:
     sub = validate_submission(10_000, input=text, tags=TENANT, budget="low", **fields)
     job, _ = rt.store.create_job(sub)
+    rt.store.mark_sending(job.id)
     rt.store.mark_sent(job.id)
     return job
 

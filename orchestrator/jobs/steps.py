@@ -67,16 +67,17 @@ FIRST_TASKS = ("workers.create", "workers.continue")
 
 
 def dispatch(app: Celery, rt: Runtime, job: Job) -> None:
-    """Move the job from the outbox to the dispatched set, then send its first task.
+    """Mark the job dispatched, send its first task, then take it out of the outbox.
 
-    In this order: a worker may begin the task (and clear it from the dispatched set)
-    before ``send_task`` returns, and a mark written after that would stay behind. A
-    producer that dies between the two leaves a dispatched job whose task is nowhere,
-    which :func:`resend_lost` sends again.
+    The mark comes before the send: a worker may begin the task (clearing the mark)
+    before ``send_task`` returns, and a mark written after that would stay behind. The
+    outbox entry goes after it: a producer that dies before the send leaves the job in
+    the outbox, which :func:`resend_unsent` sends again on any broker.
     """
     name = FIRST_TASKS[0] if job.kind == "create" else FIRST_TASKS[1]
-    rt.store.mark_sent(job.id)
+    rt.store.mark_sending(job.id)
     app.send_task(name, args=[job.id], argsrepr=describe(job), priority=PRIORITY[job.priority])
+    rt.store.mark_sent(job.id)
 
 
 def admit(app: Celery, rt: Runtime, job: Job) -> bool:

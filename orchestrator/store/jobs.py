@@ -145,14 +145,16 @@ class RedisStore(LedgerStore):
             raise InputError("idempotency_key", "names a job that is gone")
         return job, False
 
+    def mark_sending(self, job_id: str) -> None:
+        """The job's first task is about to be sent: watched until a worker takes it
+        (:meth:`begin_attempt` clears the mark). Written before the send, so that a
+        worker that begins at once leaves no mark; the outbox keeps the job until
+        :meth:`mark_sent`, so a producer dying in between still has it sent again."""
+        self.r.zadd(self.keys.dispatched, {job_id: now_ms()})
+
     def mark_sent(self, job_id: str) -> None:
-        """The job's first task is being sent: out of the outbox, and watched until a
-        worker takes it (:meth:`begin_attempt`). Called just before the send, so that a
-        worker that begins at once clears the mark."""
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.keys.outbox, job_id)
-            pipe.zadd(self.keys.dispatched, {job_id: now_ms()})
-            pipe.execute()
+        """The job's first task is on the broker: out of the outbox."""
+        self.r.zrem(self.keys.outbox, job_id)
 
     def drop_unsent(self, job_id: str) -> None:
         """Out of the outbox without being sent (the job moved on without it)."""
