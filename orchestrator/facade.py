@@ -283,7 +283,7 @@ class Orchestrator:
 
     def download(self, job_id: str, name: str, dest: Path) -> dict[str, Any]:
         """Download one published file of the job's worker now, to ``dest``."""
-        from orchestrator.jobs.steps import safe_path
+        from orchestrator.jobs.files import safe_path
 
         job = self._require(job_id)
         if job.worker_id is None:

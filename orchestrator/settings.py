@@ -62,7 +62,9 @@ class Settings(BaseSettings):
 
     # Bounds on what the upstream sends (see RELIABILITY.md).
     file_max_bytes: Annotated[int, Field(ge=1, le=2**40)] = 100 * 2**20
+    files_max_per_turn: Annotated[int, Field(ge=0, le=100_000)] = 1000
     event_max_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = 2**20
+    answer_max_bytes: Annotated[int, Field(ge=64 * 1024, le=2**31)] = 32 * 2**20
     stream_max_parse_failures: Annotated[int, Field(ge=1, le=1000)] = 5
 
     # Jobs and files.

@@ -118,6 +118,7 @@ async def _housekeeping(stop: asyncio.Event) -> None:
     """Periodic repairs that need no beat: re-send jobs a dead producer left unsent or
     whose task the broker lost, wake jobs whose budget period began, reclaim holds of
     jobs that died."""
+    from orchestrator.jobs import files as fetching
     from orchestrator.jobs import steps as pipeline
     from workers_tasks.schedule_tasks import resend_lost_runs
 
@@ -129,7 +130,7 @@ async def _housekeeping(stop: asyncio.Event) -> None:
         rt = runtime.get_runtime()
         pipeline.resend_unsent(app, rt, after)
         pipeline.resend_lost(app, rt, after)
-        pipeline.resend_lost_files(app, rt, after)
+        fetching.resend_lost_files(app, rt, after)
         resend_lost_runs(rt, after)
         pipeline.release_budget_waiters(app, rt)
         rt.budgets.reclaim(int(rt.settings.hold_reclaim_seconds * 1000))

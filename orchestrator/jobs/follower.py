@@ -37,11 +37,16 @@ from orchestrator.ops.instruments import EVENTS_RELAYED
 from orchestrator.store.connection import StoreError
 from orchestrator.store.follows import FollowStore, Pending
 from orchestrator.wire.aclient import AsyncWorkersClient
-from orchestrator.wire.retry import Backoff
+from orchestrator.wire.retry import Backoff, backoff_ceiling
 
 log = logging.getLogger(__name__)
 
 FinishedHook = Callable[[str], Awaitable[None]]
+
+#: The pause before following a turn again after follows that relayed nothing new:
+#: doubling from QUIET_INITIAL to QUIET_MAX seconds.
+QUIET_INITIAL = 0.25
+QUIET_MAX = 5.0
 
 
 class RelayStopped(StreamError):
@@ -180,6 +185,8 @@ class Follower:
         # the turn still running and put the stream up again): followed once more by
         # that task, not left to wait out the new lease.
         self.again: set[str] = set()
+        # Jobs whose last follows relayed nothing new: how many in a row.
+        self._quiet: dict[str, int] = {}
         self.events_relayed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -267,8 +274,15 @@ class Follower:
     async def _follow_turn(self, job_id: str) -> None:
         worker_id, status = await self._job_fields(job_id)
         if not worker_id or status in TERMINAL:
+            self._quiet.pop(job_id, None)
             await self.on_finished(job_id)
             return
+        # Followed again while nothing new came (the stream closes at once and the
+        # upstream says the turn still runs): wait longer each time, not a tight loop.
+        quiet = self._quiet.get(job_id, 0)
+        if quiet:
+            await asyncio.sleep(backoff_ceiling(quiet, QUIET_INITIAL, QUIET_MAX))
+        new_updates = 0
         backoff = Backoff()
         bad_event, parse_failures = -1, 0
         marked_running = status == "running"
@@ -280,6 +294,7 @@ class Follower:
                     if update.index < relayed:
                         continue  # a reconnect replays from 0: stored already
                     self.writer.add(worker_id, update.index, json.dumps(update.data))
+                    new_updates += 1
                     self.events_relayed += 1
                     EVENTS_RELAYED.inc()
                     if not marked_running:
@@ -289,6 +304,7 @@ class Follower:
                 break
             except RelayStopped:
                 log.info("stream of %s: its job ended here; no longer relayed", job_id)
+                self._quiet.pop(job_id, None)
                 return  # no finalize: the end sweep settles the turn
             except MalformedEventError as exc:
                 if exc.index != bad_event:  # got further: a new event, counted anew
@@ -311,7 +327,16 @@ class Follower:
             except (StoreError, OSError) as exc:
                 log.warning("relay of %s failed: %s; retrying", job_id, exc)
             await asyncio.sleep(backoff.next())
+        self._count_quiet(job_id, new_updates)
         await self.on_finished(job_id)
+
+    def _count_quiet(self, job_id: str, new_updates: int) -> None:
+        if new_updates:
+            self._quiet.pop(job_id, None)
+            return
+        if len(self._quiet) >= 4 * self.capacity:  # bounded: count anew
+            self._quiet.clear()
+        self._quiet[job_id] = self._quiet.get(job_id, 0) + 1
 
     async def _fail_unreadable(
         self, job_id: str, worker_id: str, exc: MalformedEventError, tries: int

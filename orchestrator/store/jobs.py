@@ -150,13 +150,16 @@ class RedisStore(LedgerStore):
             raise InputError("idempotency_key", "names a job that is gone")
         return job, False
 
+    def mark_sending(self, job_id: str) -> None:
+        """The job's first task is about to be sent: watched until a worker takes it
+        (:meth:`begin_attempt` clears the mark). Written before the send, so that a
+        worker that begins at once leaves no mark; the outbox keeps the job until
+        :meth:`mark_sent`, so a producer dying in between still has it sent again."""
+        self.r.zadd(self.keys.dispatched, {job_id: now_ms()})
+
     def mark_sent(self, job_id: str) -> None:
-        """The job's first task is on the broker: out of the outbox, and watched until a
-        worker takes it (:meth:`begin_attempt`)."""
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.keys.outbox, job_id)
-            pipe.zadd(self.keys.dispatched, {job_id: now_ms()})
-            pipe.execute()
+        """The job's first task is on the broker: out of the outbox."""
+        self.r.zrem(self.keys.outbox, job_id)
 
     def drop_unsent(self, job_id: str) -> None:
         """Out of the outbox without being sent (the job moved on without it)."""
@@ -201,6 +204,12 @@ class RedisStore(LedgerStore):
         keys = [self.keys.job(job_id), self.keys.job_history(job_id), self.keys.job_states,
                 self.keys.jobs_live]  # fmt: skip
         return [*keys, self.keys.jobs_ended] if ended_here else keys
+
+    def note(self, job_id: str, detail: str) -> None:
+        """A history entry that changes nothing: the job's status as it is, a detail."""
+        status = self.r.hget(self.keys.job(job_id), "status") or ""
+        entry = {"status": status, "at": now_ms(), "detail": detail[:1000]}
+        self.r.xadd(self.keys.job_history(job_id), entry, maxlen=HISTORY_MAXLEN, approximate=True)
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
         entries = self.r.xrange(self.keys.job_history(job_id))
