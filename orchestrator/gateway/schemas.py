@@ -139,3 +139,27 @@ class LimitBody(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class CancelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, description="kept in the job's history")
+
+
+class BulkCancelBody(CancelBody):
+    """Live jobs matching every filter given (at least one)."""
+
+    tags: dict[str, str] | None = Field(default=None, description="a subset of the job's tags")
+    status: JobStatus | None = Field(default=None, description="a live status")
+    schedule_id: str | None = None
+
+
+class CancelOut(BaseModel):
+    job: JobOut
+    note: str = Field(description="what happens upstream: the turn goes on and is billed")
+
+
+class BulkCancelOut(BaseModel):
+    cancelled: list[str] = Field(description="the ids of the jobs cancelled now")
+    note: str = Field(description="what happens upstream: the turn goes on and is billed")
