@@ -45,6 +45,7 @@ IdemKey = Annotated[
     Header(alias="Idempotency-Key", description="same key, same job (per tenant)"),
 ]
 
+
 def _job(gw: Gateway, who: Principal, job_id: str) -> Job:
     """The job named in a path, if the caller may see it (404 otherwise)."""
     if not rules.JOB_ID.ok(job_id):

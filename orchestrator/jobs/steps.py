@@ -23,6 +23,7 @@ from orchestrator.errors import (
     ResponseTooLargeError,
     StreamError,
 )
+from orchestrator.hooks import events as hooks
 from orchestrator.jobs.model import FAILED_ENDS, LOCAL_ENDS, Job, overdue
 from orchestrator.jobs.settle import settle_turn
 from orchestrator.ledger import FigureError
@@ -127,6 +128,7 @@ def turn_ended(app: Celery, rt: Runtime, job: Job) -> None:
 def fail(app: Celery, rt: Runtime, job_id: str, message: str) -> None:
     """Mark the job failed and give back what it held."""
     rt.store.transition(job_id, "failed", message)
+    hooks.job_ended(rt.store, job_id)
     job = rt.store.get_job(job_id)
     if job is not None:
         turn_ended(app, rt, job)
@@ -213,6 +215,7 @@ def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
             JOBS_ENDED_HERE.labels(state=late[0]).inc()
             log.info("job %s %s: %s", job.id, *late)
             rt.ends.forget_ended(job.id)  # no call was made: nothing to settle later
+            hooks.job_ended(store, job.id)
         turn_ended(app, rt, job)  # e.g. a slot it was promoted to
         return store.require_job(job.id)
     if not counted:
@@ -266,6 +269,7 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
             release_slots(app, rt, job)
         elif job.done:
             turn_ended(app, rt, job)  # e.g. failed by the follower: give back its hold
+            hooks.job_ended(store, job.id)  # recorded once, however often this runs
         return "noop"
     worker = rt.client.retrieve(job.worker_id)
     if worker.running or worker.status == "running":
@@ -293,6 +297,7 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
         rt.budgets.release_into(end, job.id, raw_hold)
     promoted_at = rt.limits.release_into(end, job)
     promoted = end.execute()[promoted_at]
+    hooks.job_ended(store, job.id)
     dispatch_promoted(app, rt, [str(p) for p in promoted])
     return "completed"
 
