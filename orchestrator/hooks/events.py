@@ -22,6 +22,7 @@ from orchestrator.errors import InputError
 from orchestrator.hooks.signing import new_secret
 from orchestrator.hooks.targets import check_target
 from orchestrator.jobs.model import Job
+from orchestrator.ledger import total_cost_micro
 from orchestrator.store.jobs import RedisStore, now_ms
 from orchestrator.store.webhooks import WebhookStore
 
@@ -105,10 +106,13 @@ def _ended_at(job: Job) -> int:
 
 
 def _job_data(store: RedisStore, job: Job) -> dict[str, Any]:
+    """What a job event says: as the SSE end event, plus tags and ids. A job ended here
+    whose turn is settled later has no cost yet (``cost`` null)."""
+    cost = store.turn_cost(job.id)
     return {
         "job_id": job.id, "status": job.status, "error": job.error, "tags": job.tags,
-        "worker_id": job.worker_id, "schedule_id": job.schedule_id,
-        "cost": store.turn_cost(job.id),
+        "worker_id": job.worker_id, "schedule_id": job.schedule_id, "cost": cost,
+        "cost_micro": total_cost_micro(cost) if cost else None,
     }  # fmt: skip
 
 
