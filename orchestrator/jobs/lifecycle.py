@@ -194,6 +194,7 @@ def settle_ended(app: Celery, rt: Runtime, job: Job, now: int) -> str:
     have taken a slot since), then settle its upstream turn if it is over. Returns
     ``settled``, ``nothing`` (no upstream turn), ``later`` or ``failed``."""
     wind_down(app, rt, job)
+    hooks.job_ended(rt.store, job.id)  # again, in case end_job stopped short: a no-op else
     ended_at = job.timestamps.get(job.status, now)
     if job.worker_id is None:
         # A create call may still be in flight (it records its worker when it returns);
