@@ -179,3 +179,28 @@ def test_a_target_refused_when_delivering(orch: Orchestrator, receiver: Receiver
     assert receiver.got == []  # nothing was sent to the loopback address
     (dead,) = hooks.dead()
     assert dead["last_error"].startswith("target refused: its host resolves to a loopback")
+
+
+def test_cli_create_list_delete(env: dict[str, str], receiver: Receiver) -> None:
+    cli = [sys.executable, "-m", "orchestrator", "webhooks"]
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+
+    refused = run("create", receiver.url, "--event", "job.failed")
+    assert refused.returncode != 0 and "url" in refused.stderr and "loopback" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    made = run("create", receiver.url, "--event", "job.failed", "--event", "job.completed",
+               "--tenant", "acme", "--json", WEBHOOK_ALLOW_PRIVATE="true")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    record = json.loads(made.stdout)
+    assert record["secret"].startswith("whsec_") and record["tenant"] == "acme"
+    assert record["events"] == ["job.completed", "job.failed"]
+    listed = run("list", "--json")
+    assert json.loads(listed.stdout) == [{k: v for k, v in record.items() if k != "secret"}]
+    assert record["secret"] not in listed.stdout
+    assert run("delete", record["id"], "--json").returncode == 0
+    assert json.loads(run("list", "--json").stdout) == []
+    missing = run("delete", record["id"])
+    assert missing.returncode != 0 and "no webhook subscription" in missing.stderr
