@@ -18,6 +18,7 @@ import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from urllib.parse import urlsplit
 
 from orchestrator.errors import InputError
 from orchestrator.money import MICRO_PER_USD
@@ -119,6 +120,9 @@ SCHEDULE_ID = _rule(
 LIST_CURSOR = _rule(
     "a list cursor", r"[0-9]{1,15}\.job_[A-Za-z0-9_-]{1,64}", "as returned in next_cursor"
 )
+#: Webhook subscriptions and their deliveries (made here, hex after the prefix).
+SUBSCRIPTION_ID = _rule("a subscription id", r"whk_[0-9a-f]{16}", "whk_ then 16 of 0-9 a-f")
+DELIVERY_ID = _rule("a delivery id", r"dlv_[0-9a-f]{32}", "dlv_ then 32 of 0-9 a-f")
 KEY_PREFIX = _rule("a key prefix", r"[A-Za-z0-9_.:-]{1,64}", "1-64 of A-Z a-z 0-9 _ . : -")
 
 #: The largest concurrency limit (a larger one means no limit: remove it instead).
@@ -241,3 +245,45 @@ def input_text(value: object, field: str = "input") -> str:
     if problem is not None:
         raise InputError(field, problem)
     return value
+
+
+#: What a webhook subscription may ask for (see docs/gateway.md, Webhooks).
+WEBHOOK_EVENTS = (
+    "job.completed", "job.failed", "job.cancelled", "job.expired", "job.timed_out",
+    "budget.threshold",
+)  # fmt: skip
+WEBHOOK_URL_MAX_CHARS = 2048
+_URL_CHARS = re.compile(r"\A[\x21-\x7e]+\Z")
+
+
+def webhook_url(value: object, field: str = "url") -> str:
+    """A webhook target: an absolute http(s) URL with a host, no user or password, printable
+    ASCII only (whether its addresses may be reached is checked when it is resolved)."""
+    if not isinstance(value, str) or not value:
+        raise InputError(field, "must be an http or https URL")
+    if len(value) > WEBHOOK_URL_MAX_CHARS:
+        raise InputError(field, f"is over {WEBHOOK_URL_MAX_CHARS} characters")
+    if not _URL_CHARS.fullmatch(value):
+        raise InputError(field, "must be printable ASCII without spaces")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise InputError(field, f"{shown(value)} is not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(field, "must be an http or https URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise InputError(field, "must not carry a user or password")
+    if port == 0:
+        raise InputError(field, "port 0 cannot be reached")
+    return value
+
+
+def webhook_events(value: object, field: str = "events") -> list[str]:
+    """A subscription's events: a non-empty list of known names, each once (sorted)."""
+    if not isinstance(value, list) or not value:
+        raise InputError(field, f"give one or more of {', '.join(WEBHOOK_EVENTS)}")
+    for name in value:
+        if name not in WEBHOOK_EVENTS:
+            raise InputError(field, f"{shown(name)} is not one of {', '.join(WEBHOOK_EVENTS)}")
+    return sorted(set(value))

@@ -115,6 +115,15 @@ class Settings(BaseSettings):
     gateway_sse_max_events: Annotated[int, Field(ge=0)] = 0
     gateway_list_scan: Annotated[int, Field(ge=10, le=100_000)] = 2000
 
+    # Webhooks (see docs/gateway.md): targets on private, loopback or link-local
+    # addresses are refused unless allowed (tests and a private network may).
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
+    webhook_max_attempts: Annotated[int, Field(ge=1, le=50)] = 8
+    # The wait before the second attempt, doubled for each next one, up to the most.
+    webhook_backoff_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    webhook_backoff_max_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+
     @field_validator("gateway_signing_key")
     @classmethod
     def _check_signing_key(cls, value: SecretStr | None) -> SecretStr | None:

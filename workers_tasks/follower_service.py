@@ -19,6 +19,7 @@ from orchestrator.celery import STREAMS_QUEUE, app
 from orchestrator.controls.limits import AsyncFleetRate
 from orchestrator.jobs.follower import Follower, tune_gc
 from orchestrator.ops.instruments import record_attempt
+from orchestrator.store.jobs import now_ms
 from orchestrator.wire.aclient import AsyncWorkersClient
 
 log = logging.getLogger(__name__)
@@ -146,8 +147,10 @@ async def _housekeeping(stop: asyncio.Event) -> None:
 
 async def _end_sweep(stop: asyncio.Event) -> None:
     """End the jobs whose queue time-to-live, idle timeout or deadline passed, and settle
-    the turns of jobs ended here once they end upstream (``lifecycle.sweep``); it wakes
-    when the next entry falls due (at most 5 s apart)."""
+    the turns of jobs ended here once they end upstream (``lifecycle.sweep``); send the
+    webhook deliveries due (``delivery.send_due``). It wakes when the next entry of
+    either falls due (at most 1 s apart when idle, 5 s after an error)."""
+    from orchestrator.hooks import delivery
     from orchestrator.jobs import lifecycle
 
     loop = asyncio.get_running_loop()
@@ -157,7 +160,12 @@ async def _end_sweep(stop: asyncio.Event) -> None:
         counts = lifecycle.sweep(app, rt)
         if counts:
             log.info("end sweep: %s", counts)
-        return lifecycle.sweep_pause(rt)
+        delivery.send_due(app, rt.store)
+        pause = lifecycle.sweep_pause(rt)
+        wake = delivery.next_due(rt.store)
+        if wake is not None:
+            pause = min(pause, max((wake - now_ms()) / 1000, 0.1))
+        return pause
 
     while not stop.is_set():
         pause = 5.0

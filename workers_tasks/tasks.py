@@ -15,6 +15,7 @@ from celery import Task
 
 from orchestrator.celery import app
 from orchestrator.errors import APIError, APIStatusError, InputError, JobEnded
+from orchestrator.hooks import delivery
 from orchestrator.jobs import files as fetching
 from orchestrator.jobs import lifecycle
 from orchestrator.jobs import steps as pipeline
@@ -151,6 +152,15 @@ def fetch_file(self: Task, job_id: str, name: str) -> dict[str, Any]:
             max_retries=rt.settings.task_max_retries,
             exc=exc,
         ) from None
+
+
+@app.task(name=delivery.TASK)
+def deliver_webhook(delivery_id: str) -> str:
+    """One attempt at a webhook delivery (its only argument the delivery id: the
+    payload and the signing secret stay in Redis). Retries are put up again in the
+    store with their backoff and sent by the sweep, not by Celery's retry()."""
+    rt = get_runtime()
+    return delivery.deliver(rt.settings, rt.store, delivery_id)
 
 
 @app.task(name="workers.sweep")

@@ -29,6 +29,7 @@ from orchestrator.cli import (
     schedules,
     serve,
     stack,
+    webhooks,
 )
 from orchestrator.errors import ConfigError, InputError, OrchestratorError
 from orchestrator.store.connection import StoreError
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.register(sub)
     controls.register(sub)
     repair.register(sub)
+    webhooks.register(sub)
     _register_completion(sub)
     return parser
 

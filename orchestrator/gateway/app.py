@@ -23,6 +23,7 @@ from orchestrator.gateway.events import Hub
 from orchestrator.gateway.links import redact
 from orchestrator.gateway.schemas import Health
 from orchestrator.gateway.state import Gateway
+from orchestrator.gateway.webhooks import router as webhook_routes
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store.listing import JobIndex
 from orchestrator.store.live import LiveStore
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (jobs, events, schedules, money):
         app.include_router(module.router)
+    app.include_router(webhook_routes)
 
     @app.get("/healthz", response_model=Health, tags=["ops"],
              responses=errors.responses(503, 500))  # fmt: skip

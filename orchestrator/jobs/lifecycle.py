@@ -25,6 +25,7 @@ from celery import Celery
 
 from orchestrator import rules
 from orchestrator.errors import APIError, APIStatusError, InputError
+from orchestrator.hooks import events as hooks
 from orchestrator.jobs.model import (
     LOCAL_ENDS,
     STATUSES,
@@ -68,6 +69,7 @@ def end_job(app: Celery, rt: Runtime, job: Job, status: JobStatus, detail: str) 
         return False
     JOBS_ENDED_HERE.labels(state=status).inc()
     log.info("job %s %s: %s", job.id, status, detail)
+    hooks.job_ended(rt.store, job.id)
     ended = rt.store.require_job(job.id)
     wind_down(app, rt, ended)
     if ended.worker_id is None and ended.attempts == 0:
@@ -192,6 +194,7 @@ def settle_ended(app: Celery, rt: Runtime, job: Job, now: int) -> str:
     have taken a slot since), then settle its upstream turn if it is over. Returns
     ``settled``, ``nothing`` (no upstream turn), ``later`` or ``failed``."""
     wind_down(app, rt, job)
+    hooks.job_ended(rt.store, job.id)  # again, in case end_job stopped short: a no-op else
     ended_at = job.timestamps.get(job.status, now)
     if job.worker_id is None:
         # A create call may still be in flight (it records its worker when it returns);

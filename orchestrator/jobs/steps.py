@@ -21,6 +21,7 @@ from orchestrator.errors import (
     ResponseTooLargeError,
     StreamError,
 )
+from orchestrator.hooks import events as hooks
 from orchestrator.jobs.files import send_fetches
 from orchestrator.jobs.model import FAILED_ENDS, LOCAL_ENDS, Job, overdue
 from orchestrator.jobs.settle import settle_turn
@@ -134,6 +135,7 @@ def fail(app: Celery, rt: Runtime, job_id: str, message: str) -> None:
     (a finalize that gave up leaves no lease to lapse first)."""
     rt.store.transition(job_id, "failed", message)
     rt.store.release_follow(job_id)
+    hooks.job_ended(rt.store, job_id)
     job = rt.store.get_job(job_id)
     if job is not None:
         turn_ended(app, rt, job)
@@ -220,6 +222,7 @@ def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
             JOBS_ENDED_HERE.labels(state=late[0]).inc()
             log.info("job %s %s: %s", job.id, *late)
             rt.ends.forget_ended(job.id)  # no call was made: nothing to settle later
+            hooks.job_ended(store, job.id)
         turn_ended(app, rt, job)  # e.g. a slot it was promoted to
         return store.require_job(job.id)
     if not counted:
@@ -275,6 +278,7 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
             turn_ended(app, rt, job)  # e.g. failed by the follower: give back its hold
             if job.status == "failed" and job.worker_id is not None:
                 settle_failed_turn(rt, job)
+            hooks.job_ended(store, job.id)  # recorded once, however often this runs
         return "noop"
     worker = rt.client.retrieve(job.worker_id)
     if worker.running or worker.status == "running":
@@ -299,6 +303,7 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
         rt.budgets.release_into(end, job.id, raw_hold)
     promoted_at = rt.limits.release_into(end, job)
     promoted = end.execute()[promoted_at]
+    hooks.job_ended(store, job.id)
     dispatch_promoted(app, rt, [str(p) for p in promoted])
     return "completed"
 

@@ -269,3 +269,29 @@ class Keys:
         """Hash (with a TTL): the request bucket of the token with this SHA-256 (hex):
         ``level`` and ``at`` (ms). Named by the hash, so one script finds everything."""
         return f"{self.prefix}:tokens:bucket:{digest}"
+
+    # --- webhooks (see docs/gateway.md) ---
+    @property
+    def webhooks(self) -> str:
+        """Hash: subscription id -> JSON {id, url, events, tenant, created_at} (no secret)."""
+        return f"{self.prefix}:webhooks"
+
+    @property
+    def webhook_secrets(self) -> str:
+        """Hash: subscription id -> its signing secret (``whsec_…``), read only to sign."""
+        return f"{self.prefix}:webhooks:secrets"
+
+    def webhook_delivery(self, delivery_id: str) -> str:
+        """Hash: one event for one subscription: subscription, event id and type, payload,
+        attempts, state, last error; expires a week after it is delivered."""
+        return f"{self.prefix}:webhook:delivery:{delivery_id}"
+
+    @property
+    def webhooks_due(self) -> str:
+        """Sorted set: delivery ids to (re)try, by when (ms); the sweep claims them."""
+        return f"{self.prefix}:webhooks:due"
+
+    @property
+    def webhooks_dead(self) -> str:
+        """Sorted set: delivery ids whose last attempt failed, by when (ms)."""
+        return f"{self.prefix}:webhooks:dead"
