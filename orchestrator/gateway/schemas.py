@@ -137,5 +137,11 @@ class LimitBody(BaseModel):
     limit: int
 
 
+class MeOut(BaseModel):
+    token_id: str
+    role: Literal["read", "submit", "admin"]
+    tenant: str | None = Field(description="the tenant the token is bound to; none: all")
+
+
 class Health(BaseModel):
     status: str

@@ -1,0 +1,153 @@
+# ruff: noqa: F811  (the gateway fixtures are imported by name)
+"""The web console in a real browser (Debian's headless Chromium driven by Playwright)
+against a real gateway, a real Celery worker and the emulator: log in with a token,
+submit from the form, watch the live text complete, see the job's cost on its page, in
+the jobs list and on the money page; a read token sees no action buttons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.facade import Orchestrator
+from orchestrator.ledger import total_cost_micro
+from orchestrator.money import format_usd
+from orchestrator.store.jobs import RedisStore
+
+from .conftest import Emulator
+from .gateway_support import gateway, gateway_extra, start_gateway, worker  # noqa: F401
+from .test_gateway_browser import CHROMIUM, FLAGS
+
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"
+)
+WAIT_MS = 90_000
+
+
+def _login(page: Any, url: str, token: str) -> None:
+    page.goto(url + "/")
+    page.fill("#token", token)
+    page.click("#login button[type=submit]")
+    page.wait_for_selector("#page-jobs", timeout=WAIT_MS)
+
+
+def _assembled(orch: Orchestrator, job_id: str) -> str:
+    """The text a reader should see: the turn's text deltas in order."""
+    parts = [d.get("delta", "") for _, d in orch.updates(job_id, block=False)
+             if isinstance(d, dict) and d.get("type") == "text-delta"]  # fmt: skip
+    return "".join(parts)
+
+
+@needs_chromium
+def test_console_submit_watch_and_cost(
+    env: dict[str, str], tmp_path: Path, store: RedisStore, emulator: Emulator, worker: Any,
+    orch: Orchestrator,
+) -> None:  # fmt: skip
+    sync_api = pytest.importorskip("playwright.sync_api")
+    emulator.configure(turn_seconds=2.0, events_per_turn=12)
+    gw = start_gateway(env, tmp_path, store)
+    urls: list[str] = []
+    try:
+        admin = gw.token("admin")
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            try:
+                page = browser.new_page()
+                page.on("request", lambda r: urls.append(r.url))
+                _login(page, gw.url, admin)
+                assert page.inner_text("#who") == "admin"
+
+                page.click("a[data-nav=submit]")
+                page.fill("#submit-form textarea[name=input]", "summarise the console test")
+                page.select_option("#submit-form select[name=budget]", "low")
+                page.fill("#submit-form input[name=tags]", "tenant=acme team=ops")
+                page.click("#submit-form button[type=submit]")
+                page.wait_for_selector("#page-job", timeout=WAIT_MS)
+                job_id = page.url.rsplit("/", 1)[1]
+                page.wait_for_selector("#page-job[data-ended=completed]", timeout=WAIT_MS)
+                live = page.inner_text("#live-text")
+                page.wait_for_selector("#turn-cost", timeout=WAIT_MS)
+                job_cost = page.inner_text("#turn-cost")
+                history = page.eval_on_selector_all(
+                    "#job-history [data-status]", "els => els.map(e => e.dataset.status)"
+                )
+                assert page.is_visible("#continue") and page.is_visible("#cancel")
+
+                page.click("a[data-nav=jobs]")
+                row = f"#jobs tr[data-job='{job_id}']"
+                page.wait_for_selector(f"{row} td.cost:not(:text('—'))", timeout=WAIT_MS)
+                listed_cost = page.inner_text(f"{row} td.cost")
+
+                page.click("a[data-nav=money]")
+                page.wait_for_selector("#page-money[data-loaded]", timeout=WAIT_MS)
+                tenant_chart = page.inner_text("#chart-tenant")
+                day_micro = page.eval_on_selector_all(
+                    "#chart-day rect[data-micro]", "els => els.map(e => Number(e.dataset.micro))"
+                )
+                stored_token = page.evaluate("sessionStorage.getItem('orchestrator.token')")
+            finally:
+                browser.close()
+
+        job = store.get_job(job_id)
+        assert job is not None and job.status == "completed"
+        assert job.budget == "low" and job.tags == {"tenant": "acme", "team": "ops"}
+        text = _assembled(orch, job_id)
+        assert text and text in live  # the deltas, assembled, every one once
+        assert history[0] == "queued" and history[-1] == "completed"
+        cost = store.turn_cost(job_id)
+        assert cost is not None
+        shown = format_usd(total_cost_micro(cost))
+        assert job_cost == shown and listed_cost == shown
+        assert "acme" in tenant_chart and shown in tenant_chart
+        assert total_cost_micro(cost) in day_micro
+        # The token stays in the tab's session storage, never in any URL asked for.
+        assert stored_token == admin
+        assert urls and not any(admin in u for u in urls)
+    finally:
+        gw.proc.stop()
+
+
+@needs_chromium
+def test_console_read_token_sees_no_action_buttons(
+    gateway: Any, worker: Any, orch: Orchestrator
+) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    job = orch.submit("read me", tags={"tenant": "acme"})
+    orch.wait(job.id, timeout=60)
+    reader = gateway.token("read")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page()
+            _login(page, gateway.url, reader)
+            page.wait_for_selector(f"#jobs tr[data-job='{job.id}']", timeout=WAIT_MS)
+            assert page.inner_text("#who") == "read"
+            assert not page.is_visible("a[data-nav=submit]")
+            page.click(f"#jobs tr[data-job='{job.id}'] a")
+            page.wait_for_selector("#page-job[data-ended=completed]", timeout=WAIT_MS)
+            assert page.query_selector("#job-actions") is None
+            assert page.query_selector("#continue") is None
+            assert page.query_selector("#cancel") is None
+            page.click("a[data-nav=schedules]")
+            page.wait_for_selector("#page-schedules", timeout=WAIT_MS)
+            assert page.query_selector("#schedules button:visible") is None
+        finally:
+            browser.close()
+
+
+def test_console_page_and_me(gateway: Any) -> None:
+    page = httpx.get(gateway.url + "/", timeout=10)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "http" not in page.text.replace(gateway.url, "").split("<body>")[0].lower()  # no CDN
+    script = httpx.get(gateway.url + "/console/app.js", timeout=10)
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert httpx.get(gateway.url + "/v1/me", timeout=10).status_code == 401
+    me = gateway.client("read", tenant="acme").get("/v1/me")
+    assert me.status_code == 200
+    body = json.loads(me.text)
+    assert body["role"] == "read" and body["tenant"] == "acme" and body["token_id"]
