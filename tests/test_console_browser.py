@@ -85,8 +85,13 @@ def test_console_submit_watch_and_cost(
                 page.click("a[data-nav=money]")
                 page.wait_for_selector("#page-money[data-loaded]", timeout=WAIT_MS)
                 tenant_chart = page.inner_text("#chart-tenant")
-                day_micro = page.eval_on_selector_all(
-                    "#chart-day rect[data-micro]", "els => els.map(e => Number(e.dataset.micro))"
+                acme_days = page.eval_on_selector_all(
+                    "#chart-day rect[data-key=acme]", "els => els.map(e => Number(e.dataset.micro))"
+                )
+                page.select_option("select[name=stack]", "budget")
+                page.wait_for_selector("#chart-day rect[data-key=low]", timeout=WAIT_MS)
+                low_days = page.eval_on_selector_all(
+                    "#chart-day rect[data-key=low]", "els => els.map(e => Number(e.dataset.micro))"
                 )
                 stored_token = page.evaluate("sessionStorage.getItem('orchestrator.token')")
             finally:
@@ -103,7 +108,8 @@ def test_console_submit_watch_and_cost(
         shown = format_usd(total_cost_micro(cost))
         assert job_cost == shown and listed_cost == shown
         assert "acme" in tenant_chart and shown in tenant_chart
-        assert total_cost_micro(cost) in day_micro
+        # Today's stack holds the job's money in its tenant's and its tier's layers.
+        assert acme_days == [total_cost_micro(cost)] and low_days == [total_cost_micro(cost)]
         # The token stays in the tab's session storage, never in any URL asked for.
         assert stored_token == admin
         assert urls and not any(admin in u for u in urls)
@@ -151,3 +157,45 @@ def test_console_page_and_me(gateway: Any) -> None:
     assert me.status_code == 200
     body = json.loads(me.text)
     assert body["role"] == "read" and body["tenant"] == "acme" and body["token_id"]
+
+
+def test_costs_daily_stacks_by_tenant_tier_and_schedule(
+    gateway: Any, worker: Any, orch: Orchestrator
+) -> None:
+    jobs = [
+        orch.submit("one", budget="low", tags={"tenant": "acme"}),
+        orch.submit("two", budget="high", tags={"tenant": "globex"}),
+        orch.submit("three", budget="low"),
+    ]
+    for job in jobs:
+        assert orch.wait(job.id, timeout=60).status == "completed"
+    money = {j.id: total_cost_micro(orch.cost(j.id) or {}) for j in jobs}
+    # The turns' UTC days (a run across midnight spans two): sums over the period.
+    day_rows = orch.costs("day")["rows"]
+    span = {"since": day_rows[0]["key"], "until": day_rows[-1]["key"]}
+    today = span["until"]
+    api = gateway.client("read")
+    got = api.get("/v1/costs/daily", params=span).json()
+    assert got["days"][0] == span["since"] and got["days"][-1] == today
+    series = {s["key"]: sum(s["micro"]) for s in got["series"]}
+    assert series == {"acme": money[jobs[0].id], "globex": money[jobs[1].id]}
+    assert sum(got["other_micro"]) == money[jobs[2].id]  # untagged spend
+    assert sum(got["total_micro"]) == sum(money.values())
+    tiers = api.get("/v1/costs/daily", params={"by": "budget", **span}).json()
+    by_tier = {s["key"]: sum(s["micro"]) for s in tiers["series"]}
+    assert by_tier == {"low": money[jobs[0].id] + money[jobs[2].id], "high": money[jobs[1].id]}
+    top1 = api.get("/v1/costs/daily", params={"by": "budget", "top": 1, **span}).json()
+    assert len(top1["series"]) == 1
+    assert sum(top1["series"][0]["micro"]) + sum(top1["other_micro"]) == sum(money.values())
+
+    def refused(params: dict[str, str], status: int, field: str) -> None:
+        r = api.get("/v1/costs/daily", params={"since": today, "until": today, **params})
+        assert r.status_code == status and field in r.text, r.text
+
+    refused({"until": "2000-01-01"}, 400, "until")
+    refused({"since": "2000-01-01"}, 400, "since")
+    refused({"tag_key": "Bad Key"}, 400, "tag_key")
+    refused({"by": "worker"}, 422, "by")
+    refused({"top": "0"}, 422, "top")
+    tenant = gateway.client("read", tenant="acme")
+    assert tenant.get("/v1/costs/daily", params={"since": today, "until": today}).status_code == 403

@@ -120,6 +120,19 @@ class CostsOut(BaseModel):
     total: dict[str, int]
 
 
+class DailySeries(BaseModel):
+    key: str
+    micro: list[int] = Field(description="money per day (micro-dollars), one per day")
+
+
+class DailyOut(BaseModel):
+    by: str
+    days: list[str] = Field(description="the UTC days, oldest first")
+    series: list[DailySeries]
+    other_micro: list[int] = Field(description="the rest of each day's money")
+    total_micro: list[int] = Field(description="each day's money")
+
+
 class CapBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -12,6 +12,8 @@ export function moneyPage(view) {
   const since = h("input", { type: "date", name: "since",
     value: new Date(Date.now() - 13 * DAY_MS).toISOString().slice(0, 10) });
   const until = h("input", { type: "date", name: "until", value: today });
+  const stack = h("select", { name: "stack" }, h("option", { value: "tag" }, "tenant"),
+    h("option", { value: "budget" }, "budget tier"), h("option", { value: "schedule" }, "schedule"));
   const daily = h("div", { id: "chart-day" });
   const byTenant = h("div", { id: "chart-tenant" });
   const byTier = h("div", { id: "chart-tier" });
@@ -24,11 +26,11 @@ export function moneyPage(view) {
     if (ev) ev.preventDefault();
     try {
       const [days, tags, tiers, schedules, budgets, lims] = await Promise.all([
-        get("/v1/costs", { by: "day", since: since.value, until: until.value }),
+        get("/v1/costs/daily", { by: stack.value, since: since.value, until: until.value }),
         get("/v1/costs", { by: "tag" }), get("/v1/costs", { by: "budget" }),
         get("/v1/costs", { by: "schedule" }), get("/v1/budgets"), get("/v1/limits")]);
-      total.textContent = usd(rowMicro(days.total));
-      daily.replaceChildren(dayChart(days.rows, since.value, until.value));
+      total.textContent = usd(rowMicro(tiers.total));
+      daily.replaceChildren(dayChart(days));
       const tenants = tags.rows.filter((r) => r.key.startsWith("tenant="))
         .map((r) => ({ ...r, key: r.key.slice("tenant=".length) }));
       byTenant.replaceChildren(barList(tenants, "no tenant-tagged spend"));
@@ -44,12 +46,13 @@ export function moneyPage(view) {
     }
   }
 
+  stack.addEventListener("change", () => load());
   view.append(
     h("form", { class: "card filters", onsubmit: load },
-      h("label", {}, "since", since), h("label", {}, "until", until),
+      h("label", {}, "since", since), h("label", {}, "until", until), h("label", {}, "stack by", stack),
       h("button", { type: "submit" }, "Show"),
       h("span", {}, "all-time total ", total)),
-    h("div", { class: "card" }, h("h3", {}, "Spend per day (UTC)"), daily),
+    h("div", { class: "card" }, h("h3", {}, "Spend per day (UTC), stacked"), daily),
     h("div", { class: "grid" },
       h("div", { class: "card" }, h("h3", {}, "By tenant (all time)"), byTenant),
       h("div", { class: "card" }, h("h3", {}, "By budget tier (all time)"), byTier),
@@ -64,31 +67,38 @@ export function moneyPage(view) {
   return () => clearInterval(timer);
 }
 
-function dayChart(rows, from, to) {
-  const values = new Map(rows.map((r) => [r.key, rowMicro(r)]));
-  const days = [];
-  for (let t = Date.parse(`${from}T00:00:00Z`); t <= Date.parse(`${to}T00:00:00Z`) && days.length < 400; t += DAY_MS) {
-    days.push(new Date(t).toISOString().slice(0, 10));
-  }
-  const W = 900, H = 220, pad = 40, top = 10;
-  const max = Math.max(1, ...days.map((d) => values.get(d) || 0));
+function dayChart(data) {
+  const { days } = data;
+  const layers = [...data.series.map((x, i) => ({ key: x.key, micro: x.micro, color: COLORS[i % COLORS.length] })),
+    { key: "other", micro: data.other_micro, color: "#c9ced8" }];
+  const W = 900, H = 220, pad = 70, top = 10;
+  const max = Math.max(1, ...data.total_micro);
   const bw = (W - pad) / Math.max(1, days.length);
   const svg = s("svg", { viewBox: `0 0 ${W} ${H + 30}`, width: "100%", role: "img",
-    "aria-label": "spend per day" });
-  svg.append(s("text", { x: 0, y: top + 4 }, usd(max)));
+    "aria-label": `spend per day by ${data.by}` });
+  svg.append(s("text", { x: 0, y: top + 4 }, usd(max)), s("text", { x: 0, y: H }, "$0"));
   svg.append(s("line", { x1: pad, x2: W, y1: H, y2: H, stroke: "#dde1e8" }));
   days.forEach((d, i) => {
-    const v = values.get(d) || 0;
-    const bh = (v / max) * (H - top);
     const x = pad + i * bw;
-    const bar = s("rect", { x: x + 1, y: H - bh, width: Math.max(1, bw - 2), height: bh,
-      fill: COLORS[0], "data-day": d, "data-micro": v }, s("title", {}, `${d}: ${usd(v)}`));
-    svg.append(bar);
+    let y = H;
+    for (const layer of layers) {
+      const v = layer.micro[i];
+      if (!v) continue;
+      const bh = (v / max) * (H - top);
+      y -= bh;
+      svg.append(s("rect", { x: x + 1, y, width: Math.max(1, bw - 2), height: bh, fill: layer.color,
+        "data-day": d, "data-key": layer.key, "data-micro": v },
+        s("title", {}, `${d} · ${layer.key}: ${usd(v)}`)));
+    }
     if (days.length <= 31 || i % Math.ceil(days.length / 15) === 0) {
       svg.append(s("text", { x: x + bw / 2, y: H + 14, "text-anchor": "middle" }, d.slice(5)));
     }
   });
-  return svg;
+  const legend = h("div", { class: "legend" }, layers.map((l) =>
+    h("span", { dataset: { key: l.key } },
+      s("svg", { width: 10, height: 10 }, s("rect", { width: 10, height: 10, fill: l.color })),
+      ` ${l.key}`)));
+  return h("div", {}, svg, legend);
 }
 
 function barList(rows, empty) {
