@@ -146,7 +146,7 @@ function jobRow(job) {
     h("td", {}, statusBadge(job.status)),
     h("td", {}, input),
     h("td", {}, Object.entries(job.tags).map(([k, v]) => `${k}=${v}`).join(" ")),
-    h("td", {}, when(job.created_at)),
+    h("td", { class: "when" }, when(job.created_at)),
     h("td", { class: "num cost" }, job.cost ? usd(rowMicro(job.cost)) : "—"));
 }
 

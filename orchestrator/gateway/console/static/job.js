@@ -85,7 +85,7 @@ export function jobPage(view, jobId) {
         get(path), get(`${path}/history`), get(`${path}/files`)]);
       showJob(job);
       historyBody.replaceChildren(...hist.map((e) => h("tr", {},
-        h("td", {}, statusBadge(e.status)), h("td", {}, when(e.at)), h("td", {}, e.detail || ""))));
+        h("td", {}, statusBadge(e.status)), h("td", { class: "when" }, when(e.at)), h("td", {}, e.detail || ""))));
       filesBox.replaceChildren(...(files.length ? files.map(fileItem) : [h("li", { class: "muted" }, "none")]));
       if (TERMINAL.has(job.status) && job.cost) clearInterval(timer);
     } catch (err) { flash(errorText(err)); }
