@@ -1,9 +1,9 @@
 """``python -m bench.console_shots [--out docs/img]``: screenshots of the web console.
 
 Starts a stack of its own (embedded Redis, emulator, worker, beat, gateway; no Flower),
-fills it with a few jobs of two tenants and three tiers, a schedule, a budget cap and a
-limit, and saves the jobs page, a job page and the money page as PNGs taken by Debian's
-headless Chromium. Every process it started is stopped at the end.
+fills it with a few jobs of three tenants and three tiers, a schedule, budget caps and a
+limit, and saves the jobs, a job, the money and the schedules pages as PNGs taken by
+Debian's headless Chromium. Every process it started is stopped at the end.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ JOBS = [
 ]
 
 
-def _fill(orch: Orchestrator) -> str:
-    """Jobs, a schedule (triggered once), a cap and a limit; returns a finished job's id."""
+def _fill(orch: Orchestrator) -> tuple[str, str]:
+    """Jobs, a schedule (triggered once), a cap and a limit; returns a finished job's id
+    and the schedule's."""
     orch.budgets.set_cap(scope="global", period="day", limit_usd="50.00", warn_at=0.8)
     orch.budgets.set_cap(scope="tag:tenant=acme", period="day", limit_usd="20.00", warn_at=0.5)
     orch.limits.set("tag:tenant=globex", 4)
@@ -42,7 +43,7 @@ def _fill(orch: Orchestrator) -> str:
     orch.schedules.trigger(sched.id)
     for job in jobs:
         orch.wait(job.id, timeout=120)
-    return jobs[1].id
+    return jobs[1].id, sched.id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 workers_api_key=env["WORKERS_API_KEY"],
             )  # fmt: skip
             with Orchestrator(settings) as orch:
-                job_id = _fill(orch)
+                job_id, schedule_id = _fill(orch)
                 token, _ = TokenStore(orch.store).create("admin", None, "screenshots")
             url = env["GATEWAY_URL"]
             with sync_playwright() as p:
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                 page.goto(f"{url}/#/money")
                 page.wait_for_selector("#page-money[data-loaded] #chart-day rect")
                 page.screenshot(path=str(args.out / "console-money.png"), full_page=True)
+                page.goto(f"{url}/#/schedules/{schedule_id}")
+                page.wait_for_selector("#schedule-runs tr")
+                page.screenshot(path=str(args.out / "console-schedules.png"), full_page=True)
                 browser.close()
         finally:
             stack.stop()
