@@ -55,7 +55,10 @@ export function jobPage(view, jobId) {
     // A new link (first time, or the old one lapsed) resumes after the last update shown.
     const resume = lastId === null ? "" : `?last_event_id=${encodeURIComponent(lastId)}`;
     source = new EventSource(url + resume);
-    source.onopen = () => { liveState.textContent = "live"; };
+    source.onopen = () => {
+      liveState.textContent = "live";
+      view.dataset.opens = String(Number(view.dataset.opens || 0) + 1);
+    };
     source.onmessage = (ev) => {
       lastId = ev.lastEventId;
       try { add(JSON.parse(ev.data)); } catch { other += 1; }
