@@ -151,6 +151,41 @@ def test_console_read_token_sees_no_action_buttons(
             browser.close()
 
 
+@needs_chromium
+def test_console_live_text_without_read_links(
+    env: dict[str, str], tmp_path: Path, store: RedisStore, emulator: Emulator, worker: Any,
+    orch: Orchestrator,
+) -> None:  # fmt: skip
+    """A gateway with no signing key makes no links: the page reads the token-protected
+    stream itself, and resumes it after each drop."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    emulator.configure(turn_seconds=2.0, events_per_turn=12)
+    gw = start_gateway(env, tmp_path, store, GATEWAY_SIGNING_KEY="", GATEWAY_SSE_MAX_EVENTS="4")
+    try:
+        api = gw.client("read")
+        assert api.post("/v1/jobs/job_0123456789abcdef0123456789abcdef/links").status_code == 404
+        job = orch.submit("no links here")
+        assert api.post(f"/v1/jobs/{job.id}/links").status_code == 503
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            try:
+                page = browser.new_page()
+                _login(page, gw.url, gw.token("read"))
+                page.goto(f"{gw.url}/#/job/{job.id}")
+                page.wait_for_selector("#page-job[data-ended=completed]", timeout=WAIT_MS)
+                live = page.eval_on_selector_all(
+                    "#live-text span.text", "els => els.map(e => e.textContent).join('')"
+                )
+                opens = int(page.get_attribute("#page-job", "data-opens") or 0)
+            finally:
+                browser.close()
+        text = _assembled(orch, job.id)
+        assert text and live == text
+        assert opens >= 3
+    finally:
+        gw.proc.stop()
+
+
 def test_console_page_and_me(gateway: Any) -> None:
     page = httpx.get(gateway.url + "/", timeout=10)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]

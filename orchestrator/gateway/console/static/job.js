@@ -21,6 +21,7 @@ export function jobPage(view, jobId) {
   const cancelBtn = allowed("submit", h("button", { type: "button", id: "cancel", class: "secondary" }, "Cancel"));
   let stopped = false;
   let source = null;
+  let aborter = null;
   let lastId = null;
   let timer = null;
 
@@ -43,11 +44,28 @@ export function jobPage(view, jobId) {
     }
   }
 
+  function opened() {
+    liveState.textContent = "live";
+    view.dataset.opens = String(Number(view.dataset.opens || 0) + 1);
+  }
+  function message(id, data) {
+    lastId = id;
+    try { add(JSON.parse(data)); } catch { other += 1; }
+  }
+  function ended(data) {
+    const end = JSON.parse(data);
+    liveState.textContent = `ended: ${end.status}${other ? ` (${other} other updates)` : ""}`;
+    view.dataset.ended = end.status;
+    refresh();
+  }
+
   async function follow() {
     let url;
     try {
       url = (await api("POST", `${path}/links`, { seconds: 900 })).url;
     } catch (err) {
+      // A gateway without GATEWAY_SIGNING_KEY makes no links: read the token's stream.
+      if (err.status === 503) { followWithToken(); return; }
       liveState.textContent = `no live updates: ${errorText(err)}`;
       return;
     }
@@ -55,21 +73,9 @@ export function jobPage(view, jobId) {
     // A new link (first time, or the old one lapsed) resumes after the last update shown.
     const resume = lastId === null ? "" : `?last_event_id=${encodeURIComponent(lastId)}`;
     source = new EventSource(url + resume);
-    source.onopen = () => {
-      liveState.textContent = "live";
-      view.dataset.opens = String(Number(view.dataset.opens || 0) + 1);
-    };
-    source.onmessage = (ev) => {
-      lastId = ev.lastEventId;
-      try { add(JSON.parse(ev.data)); } catch { other += 1; }
-    };
-    source.addEventListener("end", (ev) => {
-      source.close();
-      const end = JSON.parse(ev.data);
-      liveState.textContent = `ended: ${end.status}${other ? ` (${other} other updates)` : ""}`;
-      view.dataset.ended = end.status;
-      refresh();
-    });
+    source.onopen = opened;
+    source.onmessage = (ev) => message(ev.lastEventId, ev.data);
+    source.addEventListener("end", (ev) => { source.close(); ended(ev.data); });
     source.onerror = () => {
       // The browser reconnects by itself (with Last-Event-ID); when it gives up (the
       // link expired or was refused) a fresh link picks up where it stopped.
@@ -80,6 +86,56 @@ export function jobPage(view, jobId) {
         liveState.textContent = "reconnecting";
       }
     };
+  }
+
+  async function followWithToken() {
+    // EventSource sends no headers, so this reads GET /events with fetch and parses the
+    // stream itself, resuming with Last-Event-ID after a drop like a browser would.
+    while (!stopped && !view.dataset.ended) {
+      aborter = new AbortController();
+      try {
+        const headers = { Authorization: `Bearer ${session.token}`, Accept: "text/event-stream" };
+        if (lastId !== null) headers["Last-Event-ID"] = lastId;
+        const res = await fetch(`${path}/events`, { headers, signal: aborter.signal });
+        if (!res.ok) throw new Error(`HTTP ${res.status}`);
+        opened();
+        const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buf = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf = (buf + value).replace(/\r\n?/g, "\n");
+          let cut;
+          while ((cut = buf.indexOf("\n\n")) >= 0) {
+            dispatch(buf.slice(0, cut));
+            buf = buf.slice(cut + 2);
+          }
+        }
+      } catch {
+        if (stopped) return;
+      }
+      if (!view.dataset.ended) {
+        liveState.textContent = "reconnecting";
+        await new Promise((done) => setTimeout(done, 1000));
+      }
+    }
+  }
+
+  function dispatch(block) {
+    let id = null, event = "message";
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (!line || line.startsWith(":")) continue;
+      const at = line.indexOf(":");
+      const field = at < 0 ? line : line.slice(0, at);
+      const value = at < 0 ? "" : line.slice(at + 1).replace(/^ /, "");
+      if (field === "id") id = value;
+      else if (field === "event") event = value;
+      else if (field === "data") data.push(value);
+    }
+    if (!data.length) return;
+    if (event === "end") ended(data.join("\n"));
+    else message(id ?? lastId, data.join("\n"));
   }
 
   async function refresh() {
@@ -168,5 +224,9 @@ export function jobPage(view, jobId) {
   refresh();
   follow();
   timer = setInterval(refresh, 3000);
-  return () => { stopped = true; clearInterval(timer); if (source) source.close(); };
+  return () => {
+    stopped = true; clearInterval(timer);
+    if (source) source.close();
+    if (aborter) aborter.abort();
+  };
 }
