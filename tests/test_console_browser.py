@@ -147,6 +147,13 @@ def test_console_read_token_sees_no_action_buttons(
             page.click("a[data-nav=schedules]")
             page.wait_for_selector("#page-schedules", timeout=WAIT_MS)
             assert page.query_selector("#schedules button:visible") is None
+            # A tenant-bound token is not offered money nor schedules (refused it anyway).
+            page.click("#logout")
+            _login(page, gateway.url, gateway.token("read", tenant="acme"))
+            page.wait_for_selector(f"#jobs tr[data-job='{job.id}']", timeout=WAIT_MS)
+            assert page.inner_text("#who") == "read · tenant acme"
+            assert not page.is_visible("a[data-nav=money]")
+            assert not page.is_visible("a[data-nav=schedules]")
         finally:
             browser.close()
 

@@ -50,6 +50,8 @@ function showShell() {
     `${me.role}${me.tenant ? ` · tenant ${me.tenant}` : ""}`;
   document.body.dataset.role = me.role;
   for (const a of top.querySelectorAll("[data-needs]")) a.hidden = !session.may(a.dataset.needs);
+  // Money and schedules are not per tenant: a tenant-bound token is refused them.
+  for (const a of top.querySelectorAll("[data-global]")) a.hidden = !!me.tenant;
   const page = (location.hash.split("/")[1] || "jobs");
   for (const a of top.querySelectorAll("[data-nav]")) {
     a.classList.toggle("active", a.dataset.nav === page || (page === "job" && a.dataset.nav === "jobs"));
@@ -124,7 +126,8 @@ function jobsPage(view) {
 
   view.append(
     h("form", { class: "card filters", onsubmit: apply },
-      Object.entries(f).map(([k, el]) => h("label", {}, k.replace("_", " "), el)),
+      Object.entries(f).map(([k, el]) => h("label", {},
+        `${k.replace("_", " ")}${el.type === "datetime-local" ? " (UTC)" : ""}`, el)),
       h("button", { type: "submit" }, "Filter")),
     h("div", { class: "card" },
       h("table", { id: "jobs" },
