@@ -193,6 +193,40 @@ def test_console_live_text_without_read_links(
         gw.proc.stop()
 
 
+@needs_chromium
+def test_console_schedules_trigger_pause_resume(
+    gateway: Any, worker: Any, orch: Orchestrator
+) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    sched = orch.schedules.create(
+        None, "hourly digest", {"type": "interval", "intervalSeconds": 3600}
+    )
+    row = f"#schedules tr[data-schedule='{sched.id}']"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page()
+            _login(page, gateway.url, gateway.token("admin"))
+            page.click("a[data-nav=schedules]")
+            page.wait_for_selector(row, timeout=WAIT_MS)
+            next_fire = page.inner_text(f"{row} td:nth-child(4)")
+            page.click(f"{row} button:text('trigger')")
+            page.click(f"{row} a")
+            # The run appears with its job, and its cost once the turn is posted.
+            page.wait_for_selector("#schedule-runs tr td.num:not(:text('—'))", timeout=WAIT_MS)
+            run_cost = page.inner_text("#schedule-runs tr td.num")
+            page.click(f"{row} button:text('pause')")
+            page.wait_for_selector(f"{row} [data-status=paused]", timeout=WAIT_MS)
+            page.click(f"{row} button:text('resume')")
+            page.wait_for_selector(f"{row} [data-status=active]", timeout=WAIT_MS)
+        finally:
+            browser.close()
+    runs = orch.schedules.history(sched.id)
+    assert len(runs) == 1 and runs[0]["job_id"] and runs[0]["cost_micro"]
+    assert run_cost == format_usd(runs[0]["cost_micro"])
+    assert next_fire == orch.schedules.list_all()[0]["next_run_at"]
+
+
 def test_console_page_and_me(gateway: Any) -> None:
     page = httpx.get(gateway.url + "/", timeout=10)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]

@@ -64,6 +64,6 @@ export function schedulesPage(view, chosen) {
     detail);
   load();
   if (chosen) show(chosen);
-  const timer = setInterval(load, 5000);
+  const timer = setInterval(() => { load(); if (chosen) show(chosen); }, 3000);
   return () => clearInterval(timer);
 }
