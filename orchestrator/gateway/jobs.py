@@ -201,8 +201,10 @@ def list_jobs(
         since_ms=since, until_ms=until, keep=keep,
     )  # fmt: skip
     after = page.after
+    # Each listed job's turn cost, in one round trip (the console shows it per row).
+    costs = gw.orch.store.turn_costs([j.id for j in page.jobs])
     return JobPage(
-        jobs=[JobOut.of(j) for j in page.jobs],
+        jobs=[JobOut.of(j, c) for j, c in zip(page.jobs, costs, strict=True)],
         next_cursor=f"{after.created_ms}.{after.job_id}" if after else None,
     )
 

@@ -120,6 +120,19 @@ class CostsOut(BaseModel):
     total: dict[str, int]
 
 
+class DailySeries(BaseModel):
+    key: str
+    micro: list[int] = Field(description="money per day (micro-dollars), one per day")
+
+
+class DailyOut(BaseModel):
+    by: str
+    days: list[str] = Field(description="the UTC days, oldest first")
+    series: list[DailySeries]
+    other_micro: list[int] = Field(description="the rest of each day's money")
+    total_micro: list[int] = Field(description="each day's money")
+
+
 class CapBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -135,6 +148,12 @@ class LimitBody(BaseModel):
 
     key: str = Field(description="tag:key=value or budget:<tier>")
     limit: int
+
+
+class MeOut(BaseModel):
+    token_id: str
+    role: Literal["read", "submit", "admin"]
+    tenant: str | None = Field(description="the tenant the token is bound to; none: all")
 
 
 class Health(BaseModel):
