@@ -13,6 +13,7 @@ from orchestrator.controls.budgets import Budgets
 from orchestrator.controls.limits import FleetRate, Limits
 from orchestrator.settings import Settings, get_settings
 from orchestrator.store.jobs import RedisStore
+from orchestrator.store.retention import RetentionPolicy
 from orchestrator.store.spend import RateStore
 from orchestrator.wire.client import WorkersClient
 
@@ -71,7 +72,19 @@ def store_for(settings: Settings) -> RedisStore:
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set")
     return RedisStore.from_url(
-        settings.redis_url, settings.key_prefix, updates_maxlen=settings.updates_maxlen
+        settings.redis_url,
+        settings.key_prefix,
+        updates_maxlen=settings.updates_maxlen,
+        retention=retention_policy(settings),
+    )
+
+
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    """RETENTION, RETENTION_BY_TAG and ARCHIVE_DIR as the store's policy."""
+    return RetentionPolicy(
+        settings.retention_seconds,
+        settings.retention_overrides,
+        archive=settings.archive_dir is not None,
     )
 
 

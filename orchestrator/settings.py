@@ -17,10 +17,26 @@ from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from orchestrator import rules
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, InputError
 from orchestrator.wire.models import error_message
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _duration(value: str) -> str:
+    try:
+        rules.duration_seconds(value)
+    except InputError as exc:
+        raise ValueError(exc.message) from None
+    return value
+
+
+def _by_tag(value: str) -> str:
+    try:
+        rules.retention_by_tag(value)
+    except InputError as exc:
+        raise ValueError(exc.message) from None
+    return value
 
 
 class Settings(BaseSettings):
@@ -60,6 +76,14 @@ class Settings(BaseSettings):
     max_input_chars: Annotated[int, Field(gt=0, le=1_000_000)] = 100_000
     updates_maxlen: Annotated[int, Field(gt=0)] = 100_000
 
+    # Retention (docs/retention.md): a finished job's records expire this long after it
+    # ends; RETENTION_BY_TAG overrides it per tag (the longest matching wins).
+    retention: Annotated[str, AfterValidator(_duration)] = "7d"
+    retention_by_tag: Annotated[str, AfterValidator(_by_tag)] = ""
+    # Finished jobs are archived (gzip JSON Lines, one file a UTC day) before they expire.
+    archive_dir: Path | None = None
+    archive_interval_seconds: Annotated[float, Field(ge=0.1, le=3600)] = 10.0
+
     # Celery.
     visibility_timeout: Annotated[int, Field(ge=10)] = 3600
     task_max_retries: Annotated[int, Field(ge=0, le=1000)] = 20
@@ -83,6 +107,8 @@ class Settings(BaseSettings):
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9808
+    # `orchestrator health` warns when used_memory passes this share of maxmemory.
+    memory_warn_share: Annotated[float, Field(gt=0, le=1)] = 0.8
 
     @field_validator("budget_holds_usd")
     @classmethod
@@ -123,6 +149,15 @@ class Settings(BaseSettings):
         if value is None or value.get_secret_value() == "":
             return None
         return value
+
+    @property
+    def retention_seconds(self) -> int:
+        return rules.duration_seconds(self.retention)
+
+    @property
+    def retention_overrides(self) -> dict[tuple[str, str], int]:
+        """{(tag key, tag value): seconds} from RETENTION_BY_TAG."""
+        return rules.retention_by_tag(self.retention_by_tag)
 
     @property
     def uses_emulator(self) -> bool:

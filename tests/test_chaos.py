@@ -223,7 +223,7 @@ def test_a_job_lost_with_redis_data_submitted_again_reuses_its_upstream_worker(
         job = orch.submit("lost with the AOF tail", idempotency_key="client-key-1")
         wait_for(lambda: orch.get(job.id).status == "running", 30, "the turn to run")
         r, keys, worker_id = orch.store.r, orch.store.keys, str(orch.get(job.id).worker_id)
-        r.delete(keys.job(job.id), keys.job_history(job.id), keys.idempotency("client-key-1"),
+        r.delete(keys.job(job.id), keys.idempotency("client-key-1"),
                  keys.worker(worker_id), keys.updates(worker_id))  # fmt: skip
         for zset in (keys.jobs, keys.outbox, keys.follows):
             r.zrem(zset, job.id)

@@ -35,7 +35,9 @@ async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
     settings = runtime.get_settings()
     assert settings.redis_url is not None
     # One async connection pool for the process: the follows store and the rate limit.
-    follows = FollowStore.from_url(settings.redis_url, settings.key_prefix)
+    follows = FollowStore.from_url(
+        settings.redis_url, settings.key_prefix, retention=runtime.retention_policy(settings)
+    )
     throttle = None
     if settings.fleet_rate_per_second is not None:
         throttle = AsyncFleetRate(

@@ -264,7 +264,7 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
     end = store.batch()
     # Watched until a worker begins each (see resend_lost_files).
     store.fetches_sent_into(end, job.id, fetches)
-    store.complete_into(end, job.id, int(replies[relayed_at] or 0))
+    store.complete_into(end, job, int(replies[relayed_at] or 0))
     if raw_hold is not None:
         rt.budgets.release_into(end, job.id, raw_hold)
     promoted_at = rt.limits.release_into(end, job)

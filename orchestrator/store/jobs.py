@@ -11,29 +11,33 @@ writes never leaves half a change. See ``docs/redis-layout.md``.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 
 from orchestrator.errors import InputError
-from orchestrator.jobs.model import STATUSES, Job, JobStatus, Submission, new_job_id
+from orchestrator.jobs.model import STATUSES, TERMINAL, Job, JobStatus, Submission, new_job_id
+from orchestrator.ledger import cumulative
 from orchestrator.store.batch import Batch
 from orchestrator.store.broker import BrokerLayout
 from orchestrator.store.connection import connect
+from orchestrator.store.files import FilesStore, now_ms
 from orchestrator.store.keys import Keys
 from orchestrator.store.ledger import LedgerStore
+from orchestrator.store.retention import (
+    RECORD_FIELDS,
+    RetentionPolicy,
+    RetentionStore,
+    fields_of,
+    retain_call,
+    transition_call,
+)
 from orchestrator.store.scripts import jobs as scripts
+from orchestrator.store.scripts import records
 from orchestrator.wire.models import Worker
 
-__all__ = ["HISTORY_MAXLEN", "RedisStore", "connect", "now_ms"]
-
-HISTORY_MAXLEN = 100
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+__all__ = ["RedisStore", "connect", "now_ms"]
 
 
 def _job_id(value: object) -> str:
@@ -43,16 +47,25 @@ def _job_id(value: object) -> str:
     return value
 
 
-class RedisStore(LedgerStore):
+class RedisStore(LedgerStore, RetentionStore, FilesStore):
     """Synchronous access to everything the orchestrator keeps in Redis."""
 
-    def __init__(self, client: redis.Redis, prefix: str, *, updates_maxlen: int = 100_000) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        *,
+        updates_maxlen: int = 100_000,
+        retention: RetentionPolicy | None = None,
+    ) -> None:
         # Typed as Any: redis-py's stubs cannot see decode_responses=True (every reply
         # here is str), and casting each of them would bury the logic.
         self.r: Any = client
         self.keys = Keys(prefix)
         self.updates_maxlen = updates_maxlen
-        self._transition = client.register_script(scripts.TRANSITION)
+        self.retention = retention or RetentionPolicy()
+        self._transition = client.register_script(records.TRANSITION)
+        self._retain = client.register_script(records.RETAIN)
         self._create = client.register_script(scripts.CREATE_JOB)
         self._begin = client.register_script(scripts.BEGIN_ATTEMPT)
         self._append = client.register_script(scripts.APPEND_UPDATES)
@@ -62,9 +75,16 @@ class RedisStore(LedgerStore):
         self.broker = BrokerLayout(client, self.keys)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, *, updates_maxlen: int = 100_000) -> RedisStore:
+    def from_url(
+        cls,
+        url: str,
+        prefix: str,
+        *,
+        updates_maxlen: int = 100_000,
+        retention: RetentionPolicy | None = None,
+    ) -> RedisStore:
         """A store on its own connection pool (:func:`orchestrator.store.connection.connect`)."""
-        return cls(connect(url), prefix, updates_maxlen=updates_maxlen)
+        return cls(connect(url), prefix, updates_maxlen=updates_maxlen, retention=retention)
 
     def batch(self) -> Batch:
         """An empty batch: writes of several store methods (their ``*_into`` forms) go
@@ -97,13 +117,15 @@ class RedisStore(LedgerStore):
             "attempts": "0",
             "created_at": str(created),
             "at_queued": str(created),
+            # The history's first entry (see scripts.records.HISTORY_FN for its form).
+            "history": json.dumps({"status": "queued", "at": created, "detail": ""}),
+            "history_n": "1",
         }
         keys = [
             self.keys.job(job_id),
             self.keys.jobs,
             self.keys.outbox,
             self.keys.job_states,
-            self.keys.job_history(job_id),
         ]
         if sub.idempotency_key:
             keys.append(self.keys.idempotency(sub.idempotency_key))
@@ -154,35 +176,35 @@ class RedisStore(LedgerStore):
         return job
 
     def transition(self, job_id: str, status: JobStatus, detail: str = "") -> bool:
-        """Move a job forward; False if it already was there or may not move."""
-        keys = [self.keys.job(job_id), self.keys.job_history(job_id), self.keys.job_states]
-        result = self._transition(keys=keys, args=[status, now_ms(), detail[:1000], HISTORY_MAXLEN])
-        return int(result) == 1
+        """Move a job forward; False if it already was there or may not move. A
+        terminal status sets the expiry of the job's records in the same script (see
+        :mod:`orchestrator.store.retention`)."""
+        for _ in range(5):
+            fields = None
+            if status in TERMINAL:
+                fields = fields_of(self.r.hmget(self.keys.job(job_id), RECORD_FIELDS))
+            keys, args = transition_call(
+                self.keys, self.retention, job_id, status, now_ms(), detail, fields
+            )
+            result = int(self._transition(keys=keys, args=args))
+            if result != -2:  # -2: its worker was linked meanwhile; read it again
+                return result == 1
+        return False
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
-        entries = self.r.xrange(self.keys.job_history(job_id))
+        raw = self.r.hget(self.keys.job(job_id), "history") or ""
+        entries = [json.loads(line) for line in raw.split("\n") if line]
         return [
-            {"status": f["status"], "at": int(f["at"]), "detail": f.get("detail") or None}
-            for _id, f in entries
+            {"status": e["status"], "at": int(e["at"]), "detail": e.get("detail") or None}
+            for e in entries
         ]
 
-    def job_with_mark(self, job_id: str) -> tuple[Job, str]:
-        """The job and the id of its latest history entry, read at one instant (MULTI):
-        any later change of status is a history entry after that id (see
-        :meth:`wait_history`). InputError for an unknown job."""
-        history = self.keys.job_history(_job_id(job_id))
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.xrevrange(history, count=1)
-            pipe.hgetall(self.keys.job(job_id))
-            last, data = pipe.execute()
-        if not data:
-            raise InputError("job_id", f"no job {job_id}")
-        return Job.from_hash(data), last[0][0] if last else "0-0"
-
-    def wait_history(self, job_id: str, after: str, block_ms: int) -> None:
-        """Return when the job's history has an entry after the id ``after`` (at once if
-        it has one already), or after ``block_ms``."""
-        self.r.xread({self.keys.job_history(job_id): after}, count=1, block=max(block_ms, 1))
+    def watch_job(self, job_id: str) -> JobWatch:
+        """A subscription to the job's status moves: open it, then read the job; any
+        later move wakes :meth:`JobWatch.wait` (use it as a context manager)."""
+        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.keys.job_events(_job_id(job_id)))
+        return JobWatch(pubsub)
 
     def begin_attempt(self, job_id: str) -> tuple[Job, bool]:
         """Read a job for its create step; True if its attempt was counted already.
@@ -226,10 +248,22 @@ class RedisStore(LedgerStore):
         batch = Batch(self.r)
         jkey = self.keys.job(job.id)
         batch.pipe.hset(jkey, mapping={"worker_id": worker.id, "update_from": relayed})
+        if job.kind == "continue" and not self.r.exists(wkey):
+            # The worker's records expired with its last job: count this turn from the
+            # cumulative figures the continue answered, or its cost would include every
+            # earlier turn again.
+            seed = cumulative(worker) or {}
+            for name, value in seed.items():
+                batch.pipe.hsetnx(wkey, f"counted:{name}", value)
         batch.pipe.hset(wkey, mapping={"snapshot": worker.model_dump_json(), "active_job": job.id})
+        # A new turn: the worker's records live again until this job ends.
+        for key in (wkey, self.keys.updates(worker.id), self.keys.ledger("worker", worker.id)):
+            batch.pipe.persist(key)
         batch.pipe.zadd(self.keys.follows, {job.id: 0}, nx=True)
-        history = [jkey, self.keys.job_history(job.id), self.keys.job_states]
-        batch.script(self._transition, history, ["submitted", now_ms(), "", HISTORY_MAXLEN])
+        keys, args = transition_call(
+            self.keys, self.retention, job.id, "submitted", now_ms(), "", None
+        )
+        batch.script(self._transition, keys, args)
         return int(batch.execute()[-1]) == 1
 
     def request_follow(self, job_id: str, *, now: bool = False) -> None:
@@ -250,13 +284,16 @@ class RedisStore(LedgerStore):
         keys = [self.keys.follows, self.keys.follow_owners]
         return int(self._release(keys=keys, args=[job_id, owner])) == 1
 
-    def complete_into(self, batch: Batch, job_id: str, update_to: int) -> None:
-        """Queue the end of a settled turn: where its updates end, ``completed``, and
-        the release of its follow lease."""
-        key = self.keys.job(job_id)
-        batch.pipe.hset(key, "update_to", update_to)
-        history = [key, self.keys.job_history(job_id), self.keys.job_states]
-        batch.script(self._transition, history, ["completed", now_ms(), "", HISTORY_MAXLEN])
+    def complete_into(self, batch: Batch, job: Job, update_to: int) -> None:
+        """Queue the end of a settled turn: where its updates end, ``completed`` (with
+        its records' expiry), and the release of its follow lease."""
+        job_id = job.id
+        batch.pipe.hset(self.keys.job(job_id), "update_to", update_to)
+        fields = (job.worker_id or "", job.idempotency_key or "", job.tags)
+        keys, args = transition_call(
+            self.keys, self.retention, job_id, "completed", now_ms(), "", fields
+        )
+        batch.script(self._transition, keys, args)
         batch.script(self._release, [self.keys.follows, self.keys.follow_owners], [job_id, ""])
 
     def following(self) -> int:
@@ -273,6 +310,17 @@ class RedisStore(LedgerStore):
 
     def relayed(self, worker_id: str) -> int:
         return int(self.r.hget(self.keys.worker(worker_id), "relayed") or 0)
+
+    def retain_archived(self, job_id: str, ended_ms: int) -> int:
+        """The archiver wrote the job: set its records' expiry (RETAIN). 1 when set, 0
+        when the job was not waiting for the archive."""
+        for _ in range(5):
+            fields = fields_of(self.r.hmget(self.keys.job(job_id), RECORD_FIELDS))
+            keys, args = retain_call(self.keys, self.retention, job_id, ended_ms, now_ms(), fields)
+            result = int(self._retain(keys=keys, args=args))
+            if result != -2:
+                return result
+        return 0
 
     def append_updates(self, worker_id: str, first_index: int, payloads: Sequence[str]) -> int:
         """Store updates ``first_index...``; those already stored are skipped."""
@@ -291,43 +339,6 @@ class RedisStore(LedgerStore):
             reply = self.r.xread({stream: start}, count=count, block=block_ms)
             entries = reply[0][1] if reply else []
         return [(int(eid.split("-")[1]) - 1, json.loads(f["data"])) for eid, f in entries]
-
-    # --- files -------------------------------------------------------------------
-
-    def record_file(self, job_id: str, name: str, info: dict[str, Any]) -> None:
-        self.r.hset(self.keys.job_files(job_id), name, json.dumps(info, sort_keys=True))
-
-    def files(self, job_id: str) -> dict[str, dict[str, Any]]:
-        raw = self.r.hgetall(self.keys.job_files(job_id))
-        return {name: json.loads(value) for name, value in sorted(raw.items())}
-
-    def file_recorded(self, job_id: str, name: str) -> bool:
-        return bool(self.r.hexists(self.keys.job_files(job_id), name))
-
-    # File fetches sent and not yet begun, watched so a fetch the broker lost is sent
-    # again; a member is ``<job id>|<file name>`` (job ids never hold a ``|``).
-
-    def fetches_sent_into(self, batch: Batch, job_id: str, names: Sequence[str]) -> None:
-        """Queue the record that fetches of the job's files ``names`` were sent now."""
-        if names:
-            at = now_ms()
-            sent = {f"{job_id}|{name}": at for name in names}
-            batch.pipe.zadd(self.keys.files_dispatched, sent)
-
-    def fetch_resent(self, job_id: str, name: str) -> None:
-        self.r.zadd(self.keys.files_dispatched, {f"{job_id}|{name}": now_ms()})
-
-    def forget_fetch(self, job_id: str, name: str) -> None:
-        """The fetch began (or needs no watching any more)."""
-        self.r.zrem(self.keys.files_dispatched, f"{job_id}|{name}")
-
-    def unbegun_fetches(self, older_than_ms: int, limit: int = 500) -> list[tuple[str, str]]:
-        """(job id, file name) of fetches sent at least ``older_than_ms`` ago that no
-        worker has begun."""
-        cutoff = now_ms() - older_than_ms
-        key = self.keys.files_dispatched
-        members = self.r.zrangebyscore(key, "-inf", cutoff, start=0, num=limit)
-        return [(job_id, name) for job_id, _, name in (m.partition("|") for m in members)]
 
     # --- operations ----------------------------------------------------------------
 
@@ -363,3 +374,24 @@ class RedisStore(LedgerStore):
                 "maxmemory-policy", f"is {policy!r}; the store needs 'noeviction' (no key loss)"
             )
         return policy
+
+
+class JobWatch:
+    """A job's status moves, as they happen (see :meth:`RedisStore.watch_job`)."""
+
+    def __init__(self, pubsub: Any) -> None:
+        self.pubsub = pubsub
+
+    def wait(self, timeout: float) -> str | None:
+        """The next status the job moved to, or None after ``timeout`` seconds."""
+        message = self.pubsub.get_message(timeout=max(timeout, 0.001))
+        return None if message is None else str(message["data"])
+
+    def close(self) -> None:
+        self.pubsub.close()
+
+    def __enter__(self) -> JobWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

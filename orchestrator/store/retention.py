@@ -1,0 +1,129 @@
+"""Retention: how long a finished job's records stay, which keys they are, and the
+pass that tidies the indexes expiry cannot reach (see docs/retention.md).
+
+The expiry itself is set in Redis by the script that makes a job terminal
+(:data:`~orchestrator.store.scripts.records.TRANSITION`), or, with an archive
+configured, by :data:`~orchestrator.store.scripts.records.RETAIN` once the archiver has
+written the job. This module builds their KEYS and ARGV.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.jobs.model import TERMINAL
+from orchestrator.store.keys import Keys
+from orchestrator.store.scripts.records import HISTORY_MAX
+
+#: What a terminal move reads of the job first: the keys of its records follow from them.
+RECORD_FIELDS = ("worker_id", "idempotency_key", "tags")
+
+DEFAULT_RETENTION_SECONDS = 7 * 86_400
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """``RETENTION`` and ``RETENTION_BY_TAG``, and whether an archive comes first."""
+
+    default_seconds: int = DEFAULT_RETENTION_SECONDS
+    by_tag: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    archive: bool = False
+
+    def seconds(self, tags: Mapping[str, str]) -> int:
+        """The job's retention: the longest override one of its tags matches, else the
+        default (an override may be shorter than the default: it is the tag's choice)."""
+        matched = [s for (k, v), s in self.by_tag.items() if tags.get(k) == v]
+        return max(matched) if matched else self.default_seconds
+
+    def ttl_ms(self, tags: Mapping[str, str]) -> int:
+        return self.seconds(tags) * 1000
+
+
+def record_keys(
+    keys: Keys, job_id: str, worker_id: str | None, idempotency_key: str | None
+) -> tuple[list[str], int]:
+    """The keys that expire with a job, the worker's first (its hash, its updates
+    stream, its ledger row), and how many of them are the worker's."""
+    worker: list[str] = []
+    if worker_id:
+        worker = [keys.worker(worker_id), keys.updates(worker_id), keys.ledger("worker", worker_id)]
+    own = [keys.job_files(job_id), keys.ledger_turn(job_id)]
+    if idempotency_key:
+        own.append(keys.idempotency(idempotency_key))
+    return worker + own, len(worker)
+
+
+def fields_of(raw: list[Any]) -> tuple[str, str, dict[str, str]]:
+    """(worker id, idempotency key, tags) from an HMGET of :data:`RECORD_FIELDS`."""
+    worker_id, idem, tags = (str(v) if v is not None else "" for v in raw)
+    parsed = json.loads(tags) if tags else {}
+    return worker_id, idem, parsed if isinstance(parsed, dict) else {}
+
+
+def transition_call(
+    keys: Keys,
+    policy: RetentionPolicy,
+    job_id: str,
+    status: str,
+    now: int,
+    detail: str,
+    fields: tuple[str, str, dict[str, str]] | None,
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of TRANSITION. ``fields`` (see :func:`fields_of`) are needed only
+    for a terminal status: they name the records that expire."""
+    fixed = [keys.job(job_id), keys.job_states, keys.retention, keys.archive_queue]
+    channel = keys.job_events(job_id)
+    if status not in TERMINAL or fields is None:
+        return fixed, [status, now, detail[:1000], HISTORY_MAX, 0, "", 0, channel, "0"]
+    worker_id, idem, tags = fields
+    records, nw = record_keys(keys, job_id, worker_id, idem)
+    args: list[Any] = [status, now, detail[:1000], HISTORY_MAX, policy.ttl_ms(tags), worker_id,
+                       nw, channel, "1" if policy.archive else "0"]  # fmt: skip
+    return fixed + records, args
+
+
+def retain_call(
+    keys: Keys, policy: RetentionPolicy, job_id: str, ended_ms: int, now: int,
+    fields: tuple[str, str, dict[str, str]],
+) -> tuple[list[str], list[Any]]:  # fmt: skip
+    """KEYS and ARGV of RETAIN (the archiver wrote the job: now it may expire)."""
+    worker_id, idem, tags = fields
+    records, nw = record_keys(keys, job_id, worker_id, idem)
+    fixed = [keys.job(job_id), keys.retention, keys.archive_queue]
+    return fixed + records, [job_id, ended_ms + policy.ttl_ms(tags), now, nw, worker_id]
+
+
+class RetentionStore:
+    """The prune pass and the retention reads (mixed into ``RedisStore``)."""
+
+    r: Any
+    keys: Keys
+
+    def prune_expired(self, now_ms: int, limit: int = 1000) -> int:
+        """Drop the jobs whose records have expired from the indexes expiry cannot
+        reach: the ``jobs`` set, and the ledger's worker index (when the worker's row
+        is gone too). Returns how many jobs were dropped."""
+        due = self.r.zrangebyscore(self.keys.retention, "-inf", now_ms, start=0, num=limit)
+        if not due:
+            return 0
+        pairs = [member.partition("|") for member in due]
+        workers = sorted({w for _, _, w in pairs if w})
+        with self.r.pipeline(transaction=False) as pipe:
+            for w in workers:
+                pipe.exists(self.keys.ledger("worker", w))
+            alive = pipe.execute()
+        gone = [w for w, exists in zip(workers, alive, strict=True) if not exists]
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.jobs, *[job for job, _, _ in pairs])
+            if gone:
+                pipe.srem(self.keys.ledger_index("worker"), *gone)
+            pipe.zrem(self.keys.retention, *due)
+            pipe.execute()
+        return len(due)
+
+    def retained(self) -> int:
+        """How many finished jobs' records are waiting to expire."""
+        return int(self.r.zcard(self.keys.retention))
