@@ -20,6 +20,7 @@ from orchestrator.controls.limits import AsyncFleetRate
 from orchestrator.jobs.follower import Follower, tune_gc
 from orchestrator.ops.instruments import record_attempt
 from orchestrator.store.follows import FollowStore
+from orchestrator.store.jobs import now_ms
 from orchestrator.wire.aclient import AsyncWorkersClient
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def settle(job_id: str) -> None:
 async def _housekeeping(stop: asyncio.Event) -> None:
     """Periodic repairs that need no beat: re-send jobs a dead producer left unsent or
     whose task the broker lost, wake jobs whose budget period began, reclaim holds of
-    jobs that died."""
+    jobs that died, drop expired jobs from the indexes expiry cannot reach."""
     from orchestrator.jobs import steps as pipeline
     from workers_tasks.schedule_tasks import resend_lost_runs
 
@@ -122,6 +123,7 @@ async def _housekeeping(stop: asyncio.Event) -> None:
         resend_lost_runs(rt, after)
         pipeline.release_budget_waiters(app, rt)
         rt.budgets.reclaim(int(rt.settings.hold_reclaim_seconds * 1000))
+        rt.store.prune_expired(now_ms())
 
     while not stop.is_set():
         try:
