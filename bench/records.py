@@ -24,11 +24,14 @@ from typing import Any
 
 from orchestrator.ops.processes import celery_worker
 from orchestrator.ops.redis_server import RedisServer
+from orchestrator.store.retention import COMPACT_SERVER_CONFIG
 
 from .harness import API_KEY, ROOT, Context
 
-#: The last commit of main before retention: the "before" layout.
+#: The last commit of main before retention: the "before" layout ...
 BEFORE_REV = "a536ca2"
+#: ... and the server settings it ran with (Redis's defaults).
+BEFORE_SERVER_CONFIG = {"hash-max-ziplist-value": "64"}
 LIVE_TURN_SECONDS = 20.0
 
 
@@ -44,14 +47,18 @@ def checkout(rev: str, into: Path) -> Path:
 
 
 def measure(
-    ctx: Context, code: Path, events: int, jobs: int, live: bool, extra: dict[str, str]
+    ctx: Context, code: Path, events: int, jobs: int, live: bool, server: dict[str, str]
 ) -> dict[str, Any]:
-    """One deployment of the tree ``code``: its jobs measured by the probe."""
+    """One deployment of the tree ``code`` (the Redis set to ``server`` first): its jobs
+    measured by the probe."""
+    with ctx.redis() as r:
+        for name, value in server.items():
+            r.config_set(name, value)
     name = f"records-{uuid.uuid4().hex[:6]}"
     turn = LIVE_TURN_SECONDS if live else 0.0
     _, api_url = ctx.emulator(f"{name}-emulator", turn_seconds=turn, events=events)
     prefix = "r" + uuid.uuid4().hex[:8]
-    env = ctx.env(api_url, prefix=prefix, **extra)
+    env = ctx.env(api_url, prefix=prefix)
     env["PYTHONPATH"] = str(code)
     worker = ctx._started(
         celery_worker(env, ctx.logs / f"{name}-worker.log", name=name, cwd=code)
@@ -102,8 +109,11 @@ def main(argv: list[str]) -> int:
         try:
             for events in (int(e) for e in args.events.split(",")):
                 for live in (False,) if args.no_live else (False, True):
-                    for layout, code in (("before", before), ("after", ROOT)):
-                        m = measure(ctx, code, events, args.jobs, live, {})
+                    for layout, code, server in (
+                        ("before", before, BEFORE_SERVER_CONFIG),
+                        ("after", ROOT, COMPACT_SERVER_CONFIG),
+                    ):
+                        m = measure(ctx, code, events, args.jobs, live, server)
                         rows.append((layout, events, live, m))
                         print(f"  {layout} {events} updates {'live' if live else 'finished'}: "
                               f"{m['records_per_job']} B/job records, "

@@ -15,7 +15,6 @@ import json
 import re
 import sys
 import time
-from typing import Any
 
 import redis
 
@@ -106,9 +105,10 @@ def main() -> int:
         kinds = usage_by_kind(r, args.prefix)
     per_job = {k: round(v / args.jobs) for k, v in sorted(kinds.items())}
     records = sum(v for k, v in per_job.items() if k not in ("broker", "rollups"))
+    delta = round((after - before) / args.jobs)
     print(json.dumps({
         "jobs": args.jobs, "live": args.live, "per_job": per_job,
-        "records_per_job": records, "used_memory_delta_per_job": round((after - before) / args.jobs),
+        "records_per_job": records, "used_memory_delta_per_job": delta,
     }))  # fmt: skip
     return 0
 

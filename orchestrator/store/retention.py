@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from orchestrator.jobs.model import TERMINAL
 from orchestrator.store.keys import Keys
 from orchestrator.store.scripts.records import HISTORY_MAX
@@ -22,6 +24,13 @@ from orchestrator.store.scripts.records import HISTORY_MAX
 RECORD_FIELDS = ("worker_id", "idempotency_key", "tags")
 
 DEFAULT_RETENTION_SECONDS = 7 * 86_400
+
+#: Server settings that keep a job's records compact (docs/redis-layout.md): a hash
+#: whose values are all this short or shorter stays a listpack (the job and worker
+#: hashes hold an input text and a snapshot JSON longer than the default 64 bytes, and
+#: were hash tables of twice the size). Set by the embedded server and deploy/redis.conf;
+#: ``orchestrator health`` warns where a server differs.
+COMPACT_SERVER_CONFIG = {"hash-max-ziplist-value": "4096"}
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,19 @@ class RetentionStore:
             pipe.zrem(self.keys.retention, *due)
             pipe.execute()
         return len(due)
+
+    def config_differences(self) -> dict[str, str]:
+        """Settings of :data:`COMPACT_SERVER_CONFIG` the server has otherwise, as
+        {name: its value}; empty where CONFIG is refused (some managed services)."""
+        try:
+            found = {name: self.r.config_get(name).get(name) for name in COMPACT_SERVER_CONFIG}
+        except redis.ResponseError:
+            return {}
+        return {
+            name: str(value)
+            for name, value in found.items()
+            if value is not None and str(value) != COMPACT_SERVER_CONFIG[name]
+        }
 
     def retained(self) -> int:
         """How many finished jobs' records are waiting to expire."""
