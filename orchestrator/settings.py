@@ -143,6 +143,11 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("archive_dir", mode="before")
+    @classmethod
+    def _check_archive_dir(cls, value: object) -> object:
+        return None if value in (None, "") else value
+
     @field_validator("workers_api_key")
     @classmethod
     def _check_key(cls, value: SecretStr | None) -> SecretStr | None:

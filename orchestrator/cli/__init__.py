@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from kombu.exceptions import OperationalError
 
-from orchestrator.cli import controls, jobs, ops, repair, schedules, serve, stack
+from orchestrator.cli import archive, controls, jobs, ops, repair, schedules, serve, stack
 from orchestrator.errors import ConfigError, InputError, OrchestratorError
 from orchestrator.store.connection import StoreError
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.register(sub)
     controls.register(sub)
     repair.register(sub)
+    archive.register(sub)
     return parser
 
 

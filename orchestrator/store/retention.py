@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 import redis
@@ -145,6 +146,59 @@ class RetentionStore:
             for name, value in found.items()
             if value is not None and str(value) != COMPACT_SERVER_CONFIG[name]
         }
+
+    def memory_sample(self, per_kind: int = 50, scan_calls: int = 10) -> dict[str, Any]:
+        """Redis memory by record kind, from a bounded sample (the metrics gauge).
+
+        At most ``scan_calls`` SCANs of 1,000 keys of this prefix are read; of the keys
+        seen, up to ``per_kind`` of each kind (:meth:`Keys.record_patterns`) are sized
+        with MEMORY USAGE. A kind's bytes are its mean sampled size times its estimated
+        count (its share of the keys seen, times DBSIZE). Also ``used_memory`` and
+        ``maxmemory`` from INFO. O(scan_calls x 1,000 + kinds x per_kind), whatever the
+        size of the keyspace.
+        """
+        patterns = self.keys.record_patterns()
+        seen: dict[str, list[str]] = {kind: [] for kind in patterns}
+        counts = dict.fromkeys(patterns, 0)
+        cursor, calls = 0, 0
+        for calls in range(1, scan_calls + 1):  # noqa: B007 (calls is read after)
+            cursor, names = self.r.scan(cursor, match=f"{self.keys.prefix}:*", count=1000)
+            for name in names:
+                for kind, (pattern, other) in patterns.items():
+                    if fnmatchcase(name, pattern) and not (other and name.endswith(other)):
+                        counts[kind] += 1
+                        if len(seen[kind]) < per_kind:
+                            seen[kind].append(name)
+                        break
+            if cursor == 0:
+                break
+        with self.r.pipeline(transaction=False) as pipe:
+            for names in seen.values():
+                for name in names:
+                    pipe.memory_usage(name)
+            pipe.dbsize()
+            pipe.info("memory")
+            replies = pipe.execute()
+        info, dbsize = replies[-1], int(replies[-2])
+        sizes = iter(replies[:-2])
+        # A SCAN of COUNT 1,000 visits about 1,000 keys: an unfinished scan saw that
+        # share of the keyspace.
+        scale = max(dbsize / (calls * 1000), 1.0) if cursor != 0 else 1.0
+        kinds: dict[str, int] = {}
+        for kind, names in seen.items():
+            sampled = [int(next(sizes) or 0) for _ in names]
+            mean = sum(sampled) / len(sampled) if sampled else 0.0
+            kinds[kind] = round(mean * counts[kind] * scale)
+        return {
+            "kinds": kinds,
+            "used_memory": int(info.get("used_memory", 0)),
+            "maxmemory": int(info.get("maxmemory", 0)),
+        }
+
+    def memory_info(self) -> tuple[int, int]:
+        """Redis ``used_memory`` and ``maxmemory`` (0: no limit), in bytes."""
+        info = self.r.info("memory")
+        return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
 
     def retained(self) -> int:
         """How many finished jobs' records are waiting to expire."""
