@@ -83,7 +83,7 @@ def measure(
 
 def table(rows: list[tuple[str, int, bool, dict[str, Any]]]) -> str:
     kinds = sorted({k for *_, m in rows for k in m["per_job"]})
-    head = ["layout", "updates", "job", *kinds, "records", "used_memory Δ"]
+    head = ["layout", "updates", "state", *kinds, "records", "used_memory Δ"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for layout, events, live, m in rows:
         cells = [layout, str(events), "live" if live else "finished"]

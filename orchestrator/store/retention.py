@@ -10,6 +10,7 @@ written the job. This module builds their KEYS and ARGV.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -201,5 +202,6 @@ class RetentionStore:
         return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
 
     def retained(self) -> int:
-        """How many finished jobs' records are waiting to expire."""
-        return int(self.r.zcard(self.keys.retention))
+        """How many finished jobs' records are kept now (their expiry not yet passed)."""
+        now = int(time.time() * 1000)
+        return int(self.r.zcount(self.keys.retention, now, "+inf"))
