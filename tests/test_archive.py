@@ -18,7 +18,13 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.ops import collector
-from orchestrator.ops.archive import ArchiveDir, archive_pass, members, utc_day
+from orchestrator.ops.archive import (
+    ArchiveDir,
+    archive_pass,
+    members,
+    release_unarchived,
+    utc_day,
+)
 from orchestrator.ops.redis_server import RedisServer
 from orchestrator.store.archive import ArchiveStore
 from orchestrator.store.connection import connect
@@ -117,6 +123,18 @@ def test_a_crash_mid_file_is_cut_back_and_resumed_without_duplicates(
     assert queue.due() == []
     for job in second:
         assert archived.r.pttl(archived.keys.job(job.id)) > 0
+
+
+def test_jobs_left_waiting_when_the_archive_is_switched_off_still_expire(
+    archived: RedisStore,
+) -> None:
+    job = finished_job(archived, "wrk_off")
+    key = archived.keys.job(job.id)
+    assert archived.r.pttl(key) == -1
+    assert release_unarchived(archived) == 1
+    assert 0 < archived.r.pttl(key) <= 2000
+    assert 0 < archived.r.pttl(archived.keys.updates("wrk_off")) <= 2000
+    assert ArchiveStore(archived).due() == []
 
 
 def test_archive_cli_lists_shows_and_imports_a_day(

@@ -125,12 +125,13 @@ async def _housekeeping(stop: asyncio.Event) -> None:
         pipeline.release_budget_waiters(app, rt)
         rt.budgets.reclaim(int(rt.settings.hold_reclaim_seconds * 1000))
         rt.store.prune_expired(now_ms())
+        if archive is None:
+            release_unarchived(rt.store)
 
-    archive = None
-    if runtime.get_settings().archive_dir is not None:
-        from orchestrator.ops.archive import ArchiveDir, archive_pass
+    from orchestrator.ops.archive import ArchiveDir, archive_pass, release_unarchived
 
-        archive = ArchiveDir(runtime.get_settings().archive_dir)
+    archive_dir = runtime.get_settings().archive_dir
+    archive = None if archive_dir is None else ArchiveDir(archive_dir)
 
     def archiving() -> None:
         assert archive is not None

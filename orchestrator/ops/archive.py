@@ -187,3 +187,14 @@ def archive_pass(store: RedisStore, archive: ArchiveDir, *, limit: int = 500) ->
         return done
     finally:
         queue.give_turn(owner)
+
+
+def release_unarchived(store: RedisStore, *, limit: int = 500) -> int:
+    """With no archive configured (any more), jobs still waiting for one get their
+    expiry unarchived, or they would stay for good; returns how many."""
+    due = ArchiveStore(store).due(limit)
+    if due:
+        log.warning("archive: ARCHIVE_DIR is not set; %d jobs expire unarchived", len(due))
+    for job_id, ended in due:
+        store.retain_archived(job_id, ended)
+    return len(due)

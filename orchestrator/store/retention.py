@@ -87,8 +87,10 @@ def transition_call(
     for a terminal status: they name the records that expire."""
     fixed = [keys.job(job_id), keys.job_states, keys.retention, keys.archive_queue]
     channel = keys.job_events(job_id)
-    if status not in TERMINAL or fields is None:
+    if status not in TERMINAL:
         return fixed, [status, now, detail[:1000], HISTORY_MAX, 0, "", 0, channel, "0"]
+    if fields is None:  # without them the records' keys and retention are unknown
+        raise ValueError(f"a move to {status} needs the job's record fields")
     worker_id, idem, tags = fields
     records, nw = record_keys(keys, job_id, worker_id, idem)
     args: list[Any] = [status, now, detail[:1000], HISTORY_MAX, policy.ttl_ms(tags), worker_id,
