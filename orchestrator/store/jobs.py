@@ -118,7 +118,9 @@ class RedisStore(LedgerStore, RetentionStore, FilesStore):
             "created_at": str(created),
             "at_queued": str(created),
             # The history's first entry (see scripts.records.HISTORY_FN for its form).
-            "history": json.dumps({"status": "queued", "at": created, "detail": ""}),
+            "history": json.dumps(
+                {"status": "queued", "at": created, "detail": ""}, separators=(",", ":")
+            ),
             "history_n": "1",
         }
         keys = [
