@@ -1,8 +1,8 @@
 """``python -m bench soak [--jobs N] [--retention 10s] [--minutes M] [--no-compare]``:
 jobs through a real Redis, a real ``orchestrator worker`` (Celery, queues api+streams,
 threads x 8) and the emulator (10 updates a turn), with a short retention, at a steady
-pace (at most ``--window`` jobs unfinished at once), until ``N`` jobs have run or
-``M`` minutes have passed.
+``--rate`` of jobs a second (at most ``--window`` unfinished at once), until ``N`` jobs
+have run or ``M`` minutes have passed.
 
 Reports ``used_memory`` sampled every 2 s (flat: max/min over the last half of the run
 at most 1.2), the ledger against the emulator's own, to the micro-dollar, and bytes per
@@ -35,13 +35,17 @@ from .harness import API_KEY, ROOT, Context
 from .records import BEFORE_REV, BEFORE_SERVER_CONFIG, checkout, measure
 
 SAMPLE_SECONDS = 2.0
+#: Jobs of each layout the comparison measures (fewer lets fixed costs show per job).
+COMPARE_JOBS = 300
 
 
 def _states(orch: Orchestrator) -> dict[str, int]:
     return orch.store.job_states()
 
 
-def run(ctx: Context, jobs: int, minutes: float, retention: str, window: int) -> dict[str, Any]:
+def run(
+    ctx: Context, jobs: int, minutes: float, retention: str, window: int, rate: float
+) -> dict[str, Any]:
     _, api_url = ctx.emulator("soak-emulator", turn_seconds=0.0, events=10)
     prefix = "s" + uuid.uuid4().hex[:8]
     env = ctx.env(api_url, prefix=prefix, RETENTION=retention, RESEND_AFTER_SECONDS="10")
@@ -62,7 +66,10 @@ def run(ctx: Context, jobs: int, minutes: float, retention: str, window: int) ->
             finished = states.get("completed", 0) + states.get("failed", 0)
             if finished >= jobs:
                 break
-            room = min(window - (submitted - finished), jobs - submitted)
+            # A steady arrival rate (a backlog never beyond the window): the jobs kept
+            # are then rate x retention, and memory flat, whatever the machine's pace.
+            due = int((time.monotonic() - t0) * rate) + 1
+            room = min(window - (submitted - finished), jobs - submitted, due - submitted)
             for _ in range(max(room, 0)):
                 orch.submit(f"soak job {submitted}", budget="low", tags={"tenant": "soak"})
                 submitted += 1
@@ -120,6 +127,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--retention", default="10s")
     parser.add_argument("--window", type=int, default=200, help="most jobs unfinished at once")
+    parser.add_argument("--rate", type=float, default=50.0, help="jobs submitted a second")
     parser.add_argument("--no-compare", action="store_true", help="skip the layout comparison")
     parser.add_argument("--out", type=Path, default=None, help="also write the report (JSON)")
     args = parser.parse_args(argv)
@@ -132,13 +140,15 @@ def main(argv: list[str]) -> int:
             if not args.no_compare:
                 before = checkout(BEFORE_REV, logs / "before")
                 report["before_bytes_per_finished_job"] = measure(
-                    ctx, before, 10, 100, False, BEFORE_SERVER_CONFIG
+                    ctx, before, 10, COMPARE_JOBS, False, BEFORE_SERVER_CONFIG
                 )["used_memory_delta_per_job"]
                 report["after_bytes_per_finished_job"] = measure(
-                    ctx, ROOT, 10, 100, False, COMPACT_SERVER_CONFIG
+                    ctx, ROOT, 10, COMPARE_JOBS, False, COMPACT_SERVER_CONFIG
                 )["used_memory_delta_per_job"]
                 ctx.flush()
-            report["soak"] = run(ctx, args.jobs, args.minutes, args.retention, args.window)
+            report["soak"] = run(
+                ctx, args.jobs, args.minutes, args.retention, args.window, args.rate
+            )
         finally:
             ctx.stop_all()
     soak = report["soak"]
@@ -150,7 +160,8 @@ def main(argv: list[str]) -> int:
               " ".join(f"{u / 1e6:.1f}" for u in trace[::step]))  # fmt: skip
     if "before_bytes_per_finished_job" in report:
         b, a = report["before_bytes_per_finished_job"], report["after_bytes_per_finished_job"]
-        print(f"bytes per finished job (probe, 100 jobs, 10 updates): before {b}, after {a}"
+        print(f"bytes per finished job (probe, {COMPARE_JOBS} jobs, 10 updates): before {b},"
+              f" after {a}"
               f" ({a / b:.2f} of before)")  # fmt: skip
     if soak["bytes_per_retained_job"] is not None:
         print(f"bytes per retained finished job in the soak: {soak['bytes_per_retained_job']}")
