@@ -214,9 +214,10 @@ def test_a_job_lost_with_redis_data_submitted_again_reuses_its_upstream_worker(
 ) -> None:
     """Redis loses its last second of writes (a host crash under ``appendfsync everysec``)
     while a job's turn runs: the store no longer knows the job, its idempotency key or
-    its worker, but its follower goes on relaying into a fresh stream. The client submits
-    the job again with the same key: that must not create (and pay for) a second upstream
-    worker, the new job must own the turn's updates, and the ledger must match."""
+    its worker, and its follower's relay is refused (the worker has no records). The
+    client submits the job again with the same key: that must not create (and pay for) a
+    second upstream worker, the new job must own the turn's updates, and the ledger must
+    match."""
     emulator.configure(turn_seconds=1.0, events_per_turn=5)
     worker = celery_worker(env, tmp_path / "w1.log", name="w1").start()
     try:
@@ -235,7 +236,11 @@ def test_a_job_lost_with_redis_data_submitted_again_reuses_its_upstream_worker(
         data = [
             json.dumps(json.loads(raw.decode().split("data: ", 1)[1])) for raw in record.updates
         ]
-        orch.store.append_updates(worker_id, 0, data)
+        # That follower's writes are refused: the worker has no records here (as after
+        # its retention), so nothing it relays is stored as new.
+        with pytest.raises(redis.ResponseError, match="GONE"):
+            orch.store.append_updates(worker_id, 0, data)
+        assert not r.exists(keys.updates(worker_id))
         again = orch.submit("lost with the AOF tail", idempotency_key="client-key-1")
         assert again.id != job.id  # the store forgot the key: a new job
         assert orch.wait(again.id, timeout=60).status == "completed"
