@@ -174,7 +174,7 @@ class RedisStore(LedgerStore, RetentionStore, FilesStore):
     def require_job(self, job_id: str) -> Job:
         job = self.get_job(_job_id(job_id))
         if job is None:
-            raise InputError("job_id", f"no job {job_id}")
+            raise InputError("job_id", f"no job {job_id} (never made, or expired: RETENTION)")
         return job
 
     def transition(self, job_id: str, status: JobStatus, detail: str = "") -> bool:
