@@ -21,6 +21,7 @@ import uuid
 from typing import Any
 
 from orchestrator.facade import Orchestrator
+from orchestrator.jobs.model import TERMINAL
 from orchestrator.settings import load_settings
 
 from .bare import TASK, make_bare_app, starts_key
@@ -153,7 +154,7 @@ def _ours_throughput(ctx: Context, orch: Orchestrator, pid: int, n: int) -> dict
 
     def done() -> bool:
         states = orch.store.job_states()
-        finished = sum(states[s] - before[s] for s in ("completed", "failed", "cancelled"))
+        finished = sum(states[s] - before[s] for s in TERMINAL)
         return finished >= n
 
     wait_for(done, 60 + n / 5, f"{n} jobs to finish", every=0.02)

@@ -23,6 +23,7 @@ __all__ = [
     "ConflictError",
     "InputError",
     "InternalServerError",
+    "JobEnded",
     "MalformedEventError",
     "NotFoundError",
     "OrchestratorError",
@@ -56,6 +57,22 @@ class InputError(OrchestratorError, ValueError):
         self.field = field
         self.message = message
         super().__init__(f"{field}: {message}")
+
+
+class JobEnded(OrchestratorError):
+    """Raised by a task, after all its cleanup, when its job ended without completing
+    (failed, refused, cancelled, or any later end state but ``completed``), so that
+    Flower shows the task as FAILURE with the reason. Never retried; the message is
+    acked (``task_acks_on_failure_or_timeout``) and never redelivered."""
+
+    def __init__(self, job_id: str, status: str, reason: str = "") -> None:
+        # Positional args only: the exception is rebuilt from them (pickled between
+        # prefork processes, shown as its repr in task events).
+        super().__init__(job_id, status, reason)
+        self.job_id, self.status, self.reason = job_id, status, reason
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} {self.status}: {self.reason or 'no reason given'}"
 
 
 class APIError(OrchestratorError):

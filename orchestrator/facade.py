@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 from orchestrator import rules
 from orchestrator.errors import InputError
-from orchestrator.jobs import submit
+from orchestrator.jobs import lifecycle, submit
 from orchestrator.jobs.model import TERMINAL, Job, JobKind
 from orchestrator.runtime import Runtime, store_for
 from orchestrator.schedules.facade import ScheduleAPI
@@ -70,10 +70,17 @@ class Orchestrator:
         fetch_files: bool = False,
         schedule_id: str | None = None,
         priority: str = "interactive",
+        queue_ttl: float | None = None,
+        idle_timeout: float | None = None,
+        deadline: float | None = None,
     ) -> Job:
         """Create a new upstream worker with ``input``. Same idempotency key, same job.
 
         ``priority``: ``interactive`` (someone is waiting) is taken before ``batch``.
+        The job's limits, in seconds (None: the settings ``JOB_QUEUE_TTL``,
+        ``JOB_IDLE_TIMEOUT``, ``JOB_DEADLINE``): not started upstream within
+        ``queue_ttl`` → ``expired`` (nothing sent, nothing billed); no update for
+        ``idle_timeout``, or not ended ``deadline`` after submission → ``timed_out``.
         """
         return self._enqueue(
             "create",
@@ -85,6 +92,9 @@ class Orchestrator:
             fetch_files=fetch_files,
             schedule_id=schedule_id,
             priority=priority,
+            queue_ttl=queue_ttl,
+            idle_timeout=idle_timeout,
+            deadline=deadline,
         )
 
     def continue_(
@@ -98,11 +108,21 @@ class Orchestrator:
         fetch_files: bool = False,
         schedule_id: str | None = None,
         priority: str = "interactive",
+        queue_ttl: float | None = None,
+        idle_timeout: float | None = None,
+        deadline: float | None = None,
     ) -> Job:
-        """Add a turn to a worker, named by its id or by a job of ours that made it."""
+        """Add a turn to a worker, named by its id or by a job of ours that made it.
+
+        Refused (InputError ``worker_id``) while the worker's turn of a job cancelled or
+        timed out here may still run upstream. The limits are as for :meth:`submit`.
+        """
+        worker_id = self.worker_id_of(worker_or_job)
+        named = worker_or_job if worker_or_job.startswith("job_") else None
+        lifecycle.refuse_unsettled(self.rt, named, worker_id)
         return self._enqueue(
             "continue",
-            self.worker_id_of(worker_or_job),
+            worker_id,
             input=input,
             budget=budget,
             tags=tags or {},
@@ -110,6 +130,36 @@ class Orchestrator:
             fetch_files=fetch_files,
             schedule_id=schedule_id,
             priority=priority,
+            queue_ttl=queue_ttl,
+            idle_timeout=idle_timeout,
+            deadline=deadline,
+        )
+
+    # --- ending ------------------------------------------------------------------
+
+    def cancel(self, job_id: str, *, reason: str | None = None) -> Job:
+        """Cancel a job: it ends ``cancelled`` now and frees its concurrency slots (a
+        waiting job takes them); a job already ended is returned unchanged.
+
+        The Workers API has no cancel route: a turn already started upstream goes on
+        and is billed. The job stops relaying its updates and refuses continues; the
+        turn's real cost is settled into the ledger when it ends upstream. A job not
+        yet sent upstream sends nothing and costs nothing. InputError for an unknown id.
+        """
+        return lifecycle.cancel(self.app, self.rt, job_id, reason)
+
+    def cancel_many(
+        self,
+        *,
+        tags: dict[str, str] | None = None,
+        status: str | None = None,
+        schedule_id: str | None = None,
+        reason: str | None = None,
+    ) -> list[str]:
+        """Cancel every live job matching all the filters given (at least one: a tag
+        subset, a live status, a schedule id), as :meth:`cancel` does; the ids cancelled."""
+        return lifecycle.cancel_many(
+            self.app, self.rt, tags=tags, status=status, schedule_id=schedule_id, reason=reason
         )
 
     def _enqueue(self, kind: JobKind, worker_id: str | None, **fields: Any) -> Job:
@@ -142,7 +192,8 @@ class Orchestrator:
         return self.store.history(job_id)
 
     def wait(self, job_id: str, timeout: float = 600.0, *, poll: float = 0.2) -> Job:
-        """Block until the job is completed, failed or cancelled; TimeoutError after."""
+        """Block until the job ends (completed, failed, cancelled, expired, timed_out);
+        TimeoutError after ``timeout``."""
         rules.JOB_ID.check(job_id, "job_id")
         deadline = time.monotonic() + timeout
         # Subscribed to the job's status moves before its status is read, so a move
@@ -247,11 +298,37 @@ class Orchestrator:
         worker_id = self.worker_id_of(worker_or_job)  # validate before building a client
         return self.rt.client.retrieve_email(worker_id)
 
+    def cost(self, job_id: str) -> dict[str, int] | None:
+        """The job's turn as posted to the ledger (integer fields), or None until then."""
+        job = self._require(job_id)
+        return self.store.turn_cost(job.id)
+
     def costs(
-        self, by: str = "day", *, since: date | None = None, until: date | None = None
+        self,
+        by: str = "day",
+        *,
+        since: date | None = None,
+        until: date | None = None,
+        limit: int = 50,
     ) -> dict[str, Any]:
         """The ledger: ``{"by", "rows": [{"key", fields...}], "total": {fields...}}``.
 
         Money fields are integer micro-dollars (``*_micro``), token fields integers.
+        ``by="job"`` lists the newest ``limit`` jobs created from ``since`` to ``until``
+        (UTC days, inclusive), each with its turn's cost and ``posted``.
         """
+        if by == "job":
+            start = None if since is None else _day_ms(since)
+            end = None if until is None else _day_ms(until) + DAY_MS - 1
+            if start is not None and end is not None and end < start:
+                raise InputError("until", "is before since")
+            return self.store.job_costs(since_ms=start, until_ms=end, limit=limit)
         return self.store.costs(by, since=since, until=until)
+
+
+DAY_MS = 86_400_000
+
+
+def _day_ms(day: date) -> int:
+    """Midnight UTC starting ``day``, in epoch ms."""
+    return (day - date(1970, 1, 1)).days * DAY_MS

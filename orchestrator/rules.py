@@ -14,6 +14,7 @@ Imports nothing of the package but :mod:`orchestrator.errors` and
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -26,6 +27,7 @@ __all__ = [
     "CAP_MIN_USD",
     "IDEMPOTENCY_KEY",
     "JOB_ID",
+    "JOB_LIMIT_MAX_SECONDS",
     "KEY_PREFIX",
     "LIMIT_MAX",
     "SCHEDULE_ID",
@@ -37,7 +39,11 @@ __all__ = [
     "duration_seconds",
     "input_problem",
     "input_text",
+    "job_limit",
+    "job_limit_problem",
     "limit_value",
+    "positive_seconds",
+    "reason_text",
     "retention_by_tag",
     "shown",
     "tag",
@@ -134,6 +140,43 @@ def limit_value(value: object, field: str = "limit") -> int:
     return value
 
 
+#: A job's queue time-to-live, idle timeout or deadline: at least a millisecond (what
+#: the store keeps), at most 31 days.
+JOB_LIMIT_MIN_SECONDS = 0.001
+JOB_LIMIT_MAX_SECONDS = 31 * 86_400
+
+
+def job_limit_problem(value: object) -> str | None:
+    """What is wrong with a job limit in seconds, or None: a number (not a bool),
+    finite, from a millisecond to :data:`JOB_LIMIT_MAX_SECONDS`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{shown(value)} is not a number of seconds"
+    if not JOB_LIMIT_MIN_SECONDS <= value <= JOB_LIMIT_MAX_SECONDS:  # NaN fails too
+        return (
+            f"must be between {JOB_LIMIT_MIN_SECONDS} and {JOB_LIMIT_MAX_SECONDS} seconds,"
+            f" not {shown(value)}"
+        )
+    return None
+
+
+def job_limit(value: object, field: str) -> float:
+    """A job limit in seconds (see :func:`job_limit_problem`); InputError naming ``field``."""
+    problem = job_limit_problem(value)
+    if problem is not None:
+        raise InputError(field, problem)
+    assert isinstance(value, int | float)
+    return float(value)
+
+
+def positive_seconds(value: object, field: str = "timeout") -> float:
+    """A duration in seconds: a finite number above 0 (``nan`` and ``inf`` refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(field, f"{shown(value)} is not a number of seconds")
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(field, f"must be a finite positive number of seconds, not {value}")
+    return float(value)
+
+
 def cap_problem(value: Decimal) -> str | None:
     """What is wrong with a budget cap in USD, or None."""
     if not value.is_finite():
@@ -169,6 +212,19 @@ def input_problem(value: str) -> str | None:
         if (ord(c) < 32 and c not in "\n\r\t") or 127 <= ord(c) < 160:
             return f"contains control character {ord(c):#04x}"
     return None
+
+
+#: The longest reason a cancel takes (kept in the job's history).
+REASON_MAX_CHARS = 500
+
+
+def reason_text(value: object, field: str = "reason") -> str:
+    """A cancel's reason: text as for an input (:func:`input_problem`), stripped, at most
+    :data:`REASON_MAX_CHARS` characters; InputError naming ``field``."""
+    text = input_text(value, field).strip()
+    if len(text) > REASON_MAX_CHARS:
+        raise InputError(field, f"is {len(text)} characters; the limit is {REASON_MAX_CHARS}")
+    return text
 
 
 def input_text(value: object, field: str = "input") -> str:

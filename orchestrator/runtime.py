@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from orchestrator.controls.budgets import Budgets
 from orchestrator.controls.limits import FleetRate, Limits
 from orchestrator.settings import Settings, get_settings
+from orchestrator.store.follows import FollowStore
 from orchestrator.store.jobs import RedisStore
+from orchestrator.store.lifecycle import LifecycleStore
 from orchestrator.store.retention import RetentionPolicy
 from orchestrator.store.spend import RateStore
 from orchestrator.wire.client import WorkersClient
@@ -25,6 +27,7 @@ class Runtime:
     _client: WorkersClient | None = None
     _budgets: Budgets | None = None
     _limits: Limits | None = None
+    _ends: LifecycleStore | None = None
 
     @property
     def client(self) -> WorkersClient:
@@ -56,6 +59,13 @@ class Runtime:
             self._limits = Limits(self.store, self.settings.fair_share_tag)
         return self._limits
 
+    @property
+    def ends(self) -> LifecycleStore:
+        """The live index and the ended set (see :mod:`orchestrator.jobs.lifecycle`)."""
+        if self._ends is None:
+            self._ends = LifecycleStore(self.store)
+        return self._ends
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -67,15 +77,46 @@ _runtime: Runtime | None = None
 
 
 def store_for(settings: Settings) -> RedisStore:
+    """The store on ``REDIS_URL``, reading its broker where ``BROKER_URL`` puts it: the
+    same Redis (the default), another Redis, or RabbitMQ."""
     from orchestrator.errors import ConfigError
 
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set")
-    return RedisStore.from_url(
+    store = RedisStore.from_url(
         settings.redis_url,
         settings.key_prefix,
         updates_maxlen=settings.updates_maxlen,
         retention=retention_policy(settings),
+        **settings.redis_secrets(),
+    )
+    if settings.broker_is_store:
+        return store
+    if settings.broker_kind == "amqp":
+        from orchestrator.ops.rabbitmq import RabbitQueues
+
+        store.broker = RabbitQueues(settings.broker, settings.broker_secret())
+    else:
+        secrets = settings.redis_secrets()
+        store.broker_on(
+            settings.broker,
+            password=settings.broker_secret(),
+            sentinel_password=secrets["sentinel_password"],
+        )
+    return store
+
+
+def follows_for(settings: Settings) -> FollowStore:
+    """The stream follower's async store, on the store's Redis."""
+    from orchestrator.errors import ConfigError
+
+    if settings.redis_url is None:
+        raise ConfigError("REDIS_URL", "is not set")
+    return FollowStore.from_url(
+        settings.redis_url,
+        settings.key_prefix,
+        retention=retention_policy(settings),
+        **settings.redis_secrets(),
     )
 
 

@@ -18,9 +18,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from orchestrator import rules
 from orchestrator.errors import ConfigError, InputError
+from orchestrator.store.connection import SENTINEL_SCHEME, parse_sentinel_url
 from orchestrator.wire.models import error_message
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME)
+_AMQP_SCHEMES = ("amqp://", "amqps://")
 
 
 def _duration(value: str) -> str:
@@ -50,8 +52,16 @@ class Settings(BaseSettings):
     workers_api_url: str | None = None
     workers_api_key: SecretStr | None = None
 
-    # Redis: unset means "start an embedded server" (dev stack and tests only).
+    # Redis: unset means "start an embedded server" (dev stack and tests only). The
+    # store's Redis (jobs, updates, ledger, schedules); a redis+sentinel:// address asks
+    # Sentinel for the primary (docs/scaling.md).
     redis_url: str | None = None
+    # Celery's broker: amqp:// (RabbitMQ), or a Redis address as above. Unset: REDIS_URL.
+    broker_url: str | None = None
+    # Passwords stay out of the addresses, so no log line that prints one shows them.
+    redis_password: SecretStr | None = None
+    redis_sentinel_password: SecretStr | None = None
+    broker_password: SecretStr | None = None
     key_prefix: Annotated[str, AfterValidator(rules.KEY_PREFIX.quiet_validator)] = "orch"
 
     # HTTP client.
@@ -75,6 +85,12 @@ class Settings(BaseSettings):
     files_dir: Path = Path("var/files")
     max_input_chars: Annotated[int, Field(gt=0, le=1_000_000)] = 100_000
     updates_maxlen: Annotated[int, Field(gt=0)] = 100_000
+    # Per-job limits in seconds, each overridable per submit and per schedule (0: off):
+    # not started upstream within JOB_QUEUE_TTL -> expired; no update relayed for
+    # JOB_IDLE_TIMEOUT, or not ended JOB_DEADLINE after submission -> timed_out.
+    job_queue_ttl: Annotated[float | None, Field(ge=0, le=rules.JOB_LIMIT_MAX_SECONDS)] = 86_400.0
+    job_idle_timeout: Annotated[float | None, Field(ge=0, le=rules.JOB_LIMIT_MAX_SECONDS)] = 3_600.0
+    job_deadline: Annotated[float | None, Field(ge=0, le=rules.JOB_LIMIT_MAX_SECONDS)] = 86_400.0
 
     # Retention (docs/retention.md): a finished job's records expire this long after it
     # ends; RETENTION_BY_TAG overrides it per tag (the longest matching wins).
@@ -140,7 +156,26 @@ class Settings(BaseSettings):
         if value is None or value == "":
             return None
         if not value.startswith(_REDIS_SCHEMES):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+            raise ValueError(f"must start with redis://, rediss://, unix:// or {SENTINEL_SCHEME}")
+        _check_sentinel(value)
+        return value
+
+    @field_validator("redis_password", "redis_sentinel_password", "broker_password")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None or value.get_secret_value() == "" else value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(_REDIS_SCHEMES + _AMQP_SCHEMES):
+            raise ValueError(
+                "must start with amqp://, amqps://, redis://, rediss://, unix:// "
+                f"or {SENTINEL_SCHEME}"
+            )
+        _check_sentinel(value)
         return value
 
     @field_validator("archive_dir", mode="before")
@@ -156,6 +191,40 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def broker(self) -> str:
+        """The broker's address: ``BROKER_URL``, else the store's ``REDIS_URL``."""
+        url = self.broker_url or self.redis_url
+        if url is None:
+            raise ConfigError("REDIS_URL", "is not set (the dev stack sets it; workers need it)")
+        return url
+
+    @property
+    def broker_kind(self) -> str:
+        """``amqp`` (RabbitMQ), ``sentinel`` (Redis under Sentinel) or ``redis``."""
+        url = self.broker
+        if url.startswith(_AMQP_SCHEMES):
+            return "amqp"
+        return "sentinel" if url.startswith(SENTINEL_SCHEME) else "redis"
+
+    @property
+    def broker_is_store(self) -> bool:
+        """True when the broker lives in the store's own Redis (the one-box default)."""
+        return self.broker_url is None or self.broker_url == self.redis_url
+
+    def broker_secret(self) -> str | None:
+        """The broker's password: ``BROKER_PASSWORD`` for the broker ``BROKER_URL``
+        names; for the store's own Redis, ``REDIS_PASSWORD``."""
+        secret = self.redis_password if self.broker_is_store else self.broker_password
+        return None if secret is None else secret.get_secret_value()
+
+    def redis_secrets(self) -> dict[str, str | None]:
+        """The store's passwords, as :func:`orchestrator.store.connection.connect` takes them."""
+        return {
+            "password": _reveal(self.redis_password),
+            "sentinel_password": _reveal(self.redis_sentinel_password),
+        }
+
+    @property
     def retention_seconds(self) -> int:
         return rules.duration_seconds(self.retention)
 
@@ -168,6 +237,18 @@ class Settings(BaseSettings):
     def uses_emulator(self) -> bool:
         """True when no hosted API is configured (the dev stack then runs the emulator)."""
         return self.workers_api_url is None or self.workers_api_key is None
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return None if secret is None else secret.get_secret_value()
+
+
+def _check_sentinel(url: str) -> None:
+    if url.startswith(SENTINEL_SCHEME):
+        try:
+            parse_sentinel_url(url)
+        except ConfigError as exc:
+            raise ValueError(str(exc).partition(": ")[2]) from None
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -152,6 +152,8 @@ def test_archive_cli_lists_shows_and_imports_a_day(
     assert shown.returncode == 0 and job.id in shown.stdout and "updates=10" in shown.stdout
     as_json = cli("archive", "show", day, "--json", env=env, cwd=tmp_path)
     assert json.loads(as_json.stdout)["job"]["id"] == job.id
+    days = json.loads(cli("archive", "list", "--json", env=env, cwd=tmp_path).stdout)
+    assert days[0]["day"] == day and days[0]["jobs"] == 1 and days[0]["bytes"] > 0
     bad = cli("archive", "show", "2026-13-01", env=env, cwd=tmp_path)
     assert bad.returncode == 2 and "day" in bad.stderr and "Traceback" not in bad.stderr
     wait_for(lambda: not archived.r.exists(archived.keys.job(job.id)), 10, "expiry")

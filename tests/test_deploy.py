@@ -30,11 +30,18 @@ DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 REDIS_CONF = ROOT / "deploy" / "redis.conf"
 K8S = ROOT / "deploy" / "k8s"
 SERVICES = {"redis", "emulator", "worker-api", "worker-streams", "beat", "flower", "metrics"}
+# Servers of the optional topologies (profiles rabbitmq and sentinel), not our image.
+TOPOLOGY_SERVICES = {"rabbitmq", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
+TOPOLOGIES = K8S / "topologies"
 
 SETTINGS = {name.upper() for name in Settings.model_fields}
 # Variables read by something other than Settings, or by compose/docker/Kubernetes.
 NOT_SETTINGS = {
-    "REDIS_PASSWORD",  # compose: redis --requirepass and REDIS_URL
+    "REDIS_PASSWORD",  # compose: redis --requirepass and REDIS_URL (a setting too)
+    "COMPOSE_REDIS_URL",  # compose: REDIS_URL in the sentinel profile
+    "RABBITMQ_DEFAULT_USER",  # compose: the rabbitmq image
+    "RABBITMQ_DEFAULT_PASS",
+    "RABBITMQ_DEFAULT_VHOST",
     "FLOWER_BASIC_AUTH",  # built by `orchestrator flower` from FLOWER_USER/PASSWORD
     "FLOWER_COOKIE_SECRET",  # read by Flower itself
     "EMULATOR_API_KEY",  # `orchestrator emulator`
@@ -77,7 +84,7 @@ def orchestrator_argvs() -> list[tuple[str, list[str]]]:
     """Every argv (after `orchestrator`) that the deployment files run."""
     found: list[tuple[str, list[str]]] = []
     for name, svc in compose()["services"].items():
-        if svc.get("image", "").startswith("redis:"):
+        if svc.get("image", "").startswith(("redis:", "rabbitmq:")):
             continue
         found.append((f"compose {name}", [str(a) for a in svc["command"]]))
         test = svc["healthcheck"]["test"]
@@ -102,16 +109,17 @@ def orchestrator_argvs() -> list[tuple[str, list[str]]]:
 def test_compose_services_and_policies() -> None:
     data = compose()
     services = data["services"]
-    assert set(services) == SERVICES
+    assert set(services) == SERVICES | TOPOLOGY_SERVICES
     assert set(data["volumes"]) >= {"redis-data"}
     for name, svc in services.items():
         assert svc.get("restart") == "unless-stopped", name
         assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
-        if name != "redis":
+        if name not in {"redis"} | TOPOLOGY_SERVICES:
             assert svc["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}, name
             assert svc["env_file"] == ".env", name
-            assert svc["environment"]["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD")
-            assert svc["environment"]["REDIS_URL"].endswith("@redis:6379/0")
+            url = svc["environment"]["REDIS_URL"]
+            assert url.startswith("${COMPOSE_REDIS_URL:-redis://:${REDIS_PASSWORD"), url
+            assert url.endswith("@redis:6379/0}")
     assert services["emulator"]["profiles"] == ["emulator"]
     for name in SERVICES - {"redis", "emulator"}:
         # The emulator is optional: nothing fails when its profile is off.
@@ -141,6 +149,63 @@ def test_compose_redis_is_durable_and_password_protected() -> None:
     assert "redis-cli ping" in health and "REDISCLI_AUTH" in health
 
 
+def test_compose_topology_profiles() -> None:
+    services = compose()["services"]
+    assert services["rabbitmq"]["profiles"] == ["rabbitmq"]
+    rabbit_env = services["rabbitmq"]["environment"]
+    assert rabbit_env["RABBITMQ_DEFAULT_PASS"].startswith("${BROKER_PASSWORD:?")
+    sentinels = [services[f"sentinel-{i}"] for i in (1, 2, 3)]
+    for svc in [services["redis-replica"], *sentinels]:
+        assert svc["profiles"] == ["sentinel"]
+        assert svc["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+        assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+    replica = " ".join(services["redis-replica"]["command"])
+    assert "replicaof redis 6379" in replica and "masterauth $$REDIS_PASSWORD" in replica
+    script = " ".join(sentinels[0]["command"])
+    assert "sentinel monitor orchestrator redis 6379 2" in script  # quorum 2 of 3
+    assert "auth-pass orchestrator $$REDIS_PASSWORD" in script  # expanded in the container
+    for name in SERVICES - {"redis", "emulator"}:
+        deps = services[name]["depends_on"]
+        assert deps["rabbitmq"]["required"] is False and deps["sentinel-1"]["required"] is False
+
+
+def topology_manifests() -> dict[tuple[str, str], dict[str, Any]]:
+    docs: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(TOPOLOGIES.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                docs[(doc["kind"], doc["metadata"]["name"])] = doc
+    return docs
+
+
+def test_kubernetes_topology_manifests() -> None:
+    docs = topology_manifests()
+    kustomization = docs[("Kustomization", "orchestrator-topologies")]
+    listed = set(kustomization["resources"])
+    assert listed == {p.name for p in TOPOLOGIES.glob("*.yaml")} - {"kustomization.yaml"}
+    for (kind, name), doc in docs.items():
+        if kind != "Kustomization":
+            assert doc["metadata"]["namespace"] == "orchestrator", (kind, name)
+    rabbit = docs[("RabbitmqCluster", "rabbitmq")]["spec"]
+    assert rabbit["replicas"] == 3  # a quorum queue survives one node of three
+    assert "default_queue_type = quorum" in rabbit["rabbitmq"]["additionalConfig"]
+    redis = docs[("StatefulSet", "redis")]["spec"]
+    assert redis["replicas"] == 3
+    scripts = docs[("ConfigMap", "redis-sentinel-scripts")]["data"]
+    assert "sentinel monitor orchestrator redis-0.redis.orchestrator.svc 6379 2" in (
+        scripts["sentinel.sh"]
+    )
+    assert "maxmemory-policy noeviction" in scripts["redis.sh"]
+    for container in redis["template"]["spec"]["containers"]:
+        # The password reaches the servers from the Secret, by the environment.
+        assert all("PASSWORD" not in arg for arg in container["command"])
+        refs = {e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"]}
+        assert refs == {"REDIS_PASSWORD"}
+        assert container["resources"]["limits"] and container["readinessProbe"]
+    assert docs[("Service", "redis")]["spec"]["clusterIP"] == "None"
+    assert docs[("Service", "redis-sentinel")]["spec"]["ports"][0]["port"] == 26379
+
+
 def test_docker_compose_config_validates(tmp_path: Path) -> None:
     docker = shutil.which("docker")
     probe = docker and subprocess.run([docker, "compose", "version"], capture_output=True)
@@ -150,7 +215,8 @@ def test_docker_compose_config_validates(tmp_path: Path) -> None:
     shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
     shutil.copy(ENV_EXAMPLE, tmp_path / ".env")
-    for profile in ([], ["--profile", "emulator"]):
+    profiles = ([], ["--profile", "emulator"], ["--profile", "rabbitmq"], ["--profile", "sentinel"])
+    for profile in profiles:
         result = subprocess.run(
             [docker, "compose", *profile, "config", "-q"],
             cwd=tmp_path,

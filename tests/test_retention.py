@@ -12,15 +12,19 @@ import pytest
 import redis
 
 from orchestrator.errors import InputError
+from orchestrator.facade import Orchestrator
+from orchestrator.jobs import lifecycle
 from orchestrator.jobs.model import Job, validate_submission
 from orchestrator.ledger import cumulative
 from orchestrator.rules import duration_seconds, retention_by_tag
+from orchestrator.settings import load_settings
 from orchestrator.store.connection import connect
 from orchestrator.store.jobs import RedisStore, now_ms
 from orchestrator.store.retention import RetentionPolicy
 from orchestrator.store.scripts.records import HISTORY_MAX
 from orchestrator.wire.models import Worker
 
+from .conftest import Emulator
 from .processes import wait_for
 
 SHORT = RetentionPolicy(default_seconds=2, by_tag={("tenant", "acme"): 30})
@@ -260,3 +264,73 @@ def test_wait_wakes_on_the_event_channel(store: RedisStore) -> None:
         assert store.transition(job.id, "submitted")
         assert watch.wait(5) == "submitted"
         assert time.monotonic() - started < 3
+
+
+@pytest.fixture
+def short_orch(env: dict[str, str]) -> Iterator[Orchestrator]:
+    """The facade with finished jobs kept 2 s, against the emulator over HTTP."""
+    settings = load_settings(
+        redis_url=env["REDIS_URL"], key_prefix=env["KEY_PREFIX"],
+        workers_api_url=env["WORKERS_API_URL"], workers_api_key=env["WORKERS_API_KEY"],
+        files_dir=env["FILES_DIR"], retention="2s",
+    )  # fmt: skip
+    with Orchestrator(settings) as o:
+        yield o
+
+
+def test_a_cancelled_running_job_keeps_its_records_until_settled(
+    short_orch: Orchestrator, emulator: Emulator
+) -> None:
+    """An end reached here while the turn runs upstream starts no expiry: the records
+    the late settlement posts against stay until it is done, then expire a retention
+    after it (counted from the settlement, not the cancel)."""
+    orch, store = short_orch, short_orch.store
+    r, keys = store.r, store.keys
+    emulator.configure(turn_seconds=6, events_per_turn=3)
+    job = orch.submit("cancel me while I run", tags={"team": "x"}, idempotency_key="keep-1")
+    upstream = orch.rt.client.create(job.input, budget=job.budget, idempotency_key=job.id)
+    assert upstream.running and store.set_submitted(job, upstream)
+    store.append_updates(upstream.id, 0, ['{"n": 0}'])
+    cancelled = orch.cancel(job.id)
+    assert cancelled.status == "cancelled" and orch.rt.ends.unsettled(job.id)
+    records = [keys.job(job.id), keys.job_files(job.id), keys.worker(upstream.id),
+               keys.updates(upstream.id), keys.idempotency("keep-1")]  # fmt: skip
+    store.record_file(job.id, "early.txt", {"refused": "test"})
+    assert [r.pttl(key) for key in records] == [-1] * len(records)  # kept, no expiry
+    assert r.zscore(keys.retention, f"{job.id}|{upstream.id}") is None
+    # The turn still runs upstream: nothing settled, nothing set to expire.
+    now = now_ms()
+    assert lifecycle.settle_ended(orch.app, orch.rt, orch.get(job.id), now) == "later"
+    assert [r.pttl(key) for key in records] == [-1] * len(records)
+    # Once the turn ends upstream it is settled, and only then do the records expire.
+    wait_for(
+        lambda: lifecycle.settle_ended(orch.app, orch.rt, orch.get(job.id), now_ms())
+        == "settled",
+        60, "the cancelled job's turn to be settled", interval=0.2,
+    )  # fmt: skip
+    settled_at = now_ms()
+    assert not orch.rt.ends.unsettled(job.id)
+    assert orch.costs()["total"]["turns"] == 1  # posted against the kept records
+    records.append(keys.ledger_turn(job.id))
+    records.append(keys.ledger("worker", upstream.id))
+    ttls = [r.pttl(key) for key in records]
+    assert all(0 < ttl <= 2000 for ttl in ttls), ttls
+    expires = r.zscore(keys.retention, f"{job.id}|{upstream.id}")
+    assert expires is not None and expires <= settled_at + 2000
+    # Counted from the settlement, seconds after the cancel (the turn ran on).
+    assert expires - 2000 >= cancelled.timestamps["cancelled"] + 1000
+    # A second settlement (a late finalize put it back) only ever lengthens the expiry.
+    assert store.settled(job.id) == 0
+    wait_for(lambda: not any(r.exists(key) for key in records), 10, "the records to expire")
+
+
+def test_a_job_cancelled_before_it_went_upstream_expires_from_its_end(
+    short_orch: Orchestrator,
+) -> None:
+    """Nothing to settle: the cancel settles it at once, so its retention starts then."""
+    orch, store = short_orch, short_orch.store
+    job = orch.submit("never sent", tags={"tenant": "zed"})
+    orch.cancel(job.id)
+    assert not orch.rt.ends.unsettled(job.id)
+    assert 0 < store.r.pttl(store.keys.job(job.id)) <= 2000
+    assert [h["status"] for h in orch.history(job.id)] == ["queued", "cancelled"]

@@ -1,5 +1,6 @@
-"""`orchestrator up` from nothing: embedded Redis, emulator, worker, beat and Flower as
-real processes; a job through the CLI; Flower's auth; and nothing left after SIGINT."""
+"""`orchestrator up` from nothing: embedded Redis, emulator, worker, beat, Flower and the
+metrics exporter as real processes; a job through the CLI; Flower's auth; and nothing
+left after SIGINT."""
 
 from __future__ import annotations
 
@@ -72,8 +73,14 @@ def test_up_runs_everything_and_leaves_nothing(tmp_path: Path) -> None:
         assert up.poll() is None, text
         assert "the local emulator stands in for the hosted API" in text
         children = descendants(up.pid)
-        assert len(children) >= 5, text  # redis, emulator, worker, beat, flower (+ pools)
+        assert len(children) >= 6, text  # redis, emulator, worker, beat, flower, metrics
         redis_url = re.search(r"redis-server at (redis://\S+)", text)
+        metrics_url = re.search(
+            r"^metrics\s+ready\s+(http://127\.0\.0\.1:\d+/metrics)$", text, re.M
+        )
+        assert metrics_url, text
+        scraped = httpx.get(metrics_url.group(1), timeout=10)
+        assert scraped.status_code == 200 and "orchestrator_store_up 1.0" in scraped.text
         api_url = re.search(r"hosted API at (http://\S+)", text)
         assert redis_url and api_url
 

@@ -19,7 +19,6 @@ from orchestrator.celery import STREAMS_QUEUE, app
 from orchestrator.controls.limits import AsyncFleetRate
 from orchestrator.jobs.follower import Follower, tune_gc
 from orchestrator.ops.instruments import record_attempt
-from orchestrator.store.follows import FollowStore
 from orchestrator.store.jobs import now_ms
 from orchestrator.wire.aclient import AsyncWorkersClient
 
@@ -34,11 +33,8 @@ FINALIZE_THREADS = 4
 
 async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
     settings = runtime.get_settings()
-    assert settings.redis_url is not None
     # One async connection pool for the process: the follows store and the rate limit.
-    follows = FollowStore.from_url(
-        settings.redis_url, settings.key_prefix, retention=runtime.retention_policy(settings)
-    )
+    follows = runtime.follows_for(settings)
     throttle = None
     if settings.fleet_rate_per_second is not None:
         throttle = AsyncFleetRate(
@@ -75,10 +71,12 @@ async def _main(stop: asyncio.Event, ready: threading.Event) -> None:
     ready.set()
     log.info("stream follower %s started (capacity %d)", follower.owner, follower.capacity)
     housekeeping = asyncio.create_task(_housekeeping(stop))
+    ends = asyncio.create_task(_end_sweep(stop))
     try:
         await follower.run(stop)
     finally:
         housekeeping.cancel()
+        ends.cancel()
         settlers.shutdown(wait=True)
         await client.aclose()
         await follows.close()
@@ -95,13 +93,26 @@ def settle(job_id: str) -> None:
     """
     from orchestrator.jobs import steps as pipeline
 
+    rt = runtime.get_runtime()
     try:
-        outcome = pipeline.finalize(runtime.get_runtime(), app, job_id)
+        outcome = pipeline.finalize(rt, app, job_id)
     except Exception as exc:
         log.info("finalize of %s failed here (%s); sending the finalize task", job_id, exc)
-        app.send_task("workers.finalize", args=[job_id], argsrepr=job_id)
+        _send_finalize(rt, job_id)
     else:
         log.info("finalized %s: %s", job_id, outcome)
+        if outcome != "completed" and pipeline.ended_unfinished(rt, job_id) is not None:
+            # Ended here, outside any task (a broken stream, a bad figure, a limit): the
+            # finalize task, a no-op now, fails in Flower with the reason.
+            _send_finalize(rt, job_id)
+
+
+def _send_finalize(rt: runtime.Runtime, job_id: str) -> None:
+    from orchestrator.jobs import steps as pipeline
+
+    job = rt.store.get_job(job_id)
+    shown = pipeline.describe(job) if job is not None else job_id
+    app.send_task("workers.finalize", args=[job_id], argsrepr=shown)
 
 
 async def _housekeeping(stop: asyncio.Event) -> None:
@@ -152,6 +163,31 @@ async def _housekeeping(stop: asyncio.Event) -> None:
             log.warning("housekeeping failed: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
+
+
+async def _end_sweep(stop: asyncio.Event) -> None:
+    """End the jobs whose queue time-to-live, idle timeout or deadline passed, and settle
+    the turns of jobs ended here once they end upstream (``lifecycle.sweep``); it wakes
+    when the next entry falls due (at most 5 s apart)."""
+    from orchestrator.jobs import lifecycle
+
+    loop = asyncio.get_running_loop()
+
+    def once() -> float:
+        rt = runtime.get_runtime()
+        counts = lifecycle.sweep(app, rt)
+        if counts:
+            log.info("end sweep: %s", counts)
+        return lifecycle.sweep_pause(rt)
+
+    while not stop.is_set():
+        pause = 5.0
+        try:
+            pause = await loop.run_in_executor(None, once)
+        except Exception as exc:  # keep going: Redis or the API may be briefly away
+            log.warning("end sweep failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), pause)
 
 
 def start() -> None:

@@ -1,5 +1,9 @@
 """The Celery tasks. Thin: they carry job ids only (never the API key or payloads),
 call a step of :mod:`orchestrator.jobs.steps`, and map its errors to retry or fail.
+
+A task whose job ended without completing raises :class:`JobEnded` last, after every
+cleanup, so Flower shows it as FAILURE with the reason (``throws``: logged as one line,
+not a traceback; acked, never redelivered).
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from typing import Any
 from celery import Task
 
 from orchestrator.celery import app
-from orchestrator.errors import APIError, APIStatusError, InputError
+from orchestrator.errors import APIError, APIStatusError, InputError, JobEnded
+from orchestrator.jobs import lifecycle
 from orchestrator.jobs import steps as pipeline
 from orchestrator.runtime import get_runtime
-from orchestrator.store.jobs import RedisStore
+from orchestrator.store.jobs import RedisStore, now_ms
 from workers_tasks import follower_service, heartbeat  # noqa: F401  (connect the worker signals)
 
 log = logging.getLogger(__name__)
@@ -47,12 +52,19 @@ def _job_repr(store: RedisStore, job_id: str) -> str:
     return pipeline.describe(job) if job else job_id
 
 
-@app.task(name="workers.create", bind=True)
+def _raise_if_ended(job_id: str) -> None:
+    """Raise JobEnded when the job ended without completing (see the module's doc)."""
+    ended = pipeline.ended_unfinished(get_runtime(), job_id)
+    if ended is not None:
+        raise ended
+
+
+@app.task(name="workers.create", bind=True, throws=(JobEnded,))
 def create(self: Task, job_id: str) -> str:
     return _start(self, job_id)
 
 
-@app.task(name="workers.continue", bind=True)
+@app.task(name="workers.continue", bind=True, throws=(JobEnded,))
 def continue_(self: Task, job_id: str) -> str:
     return _start(self, job_id)
 
@@ -60,13 +72,15 @@ def continue_(self: Task, job_id: str) -> str:
 def _start(task: Task, job_id: str) -> str:
     rt = get_runtime()
     try:
-        return pipeline.start_turn(rt, app, job_id).status
+        status = pipeline.start_turn(rt, app, job_id).status
     except InputError as exc:
         log.error("dropping task for %s: %s", job_id, exc)
         return "unknown"
     except APIError as exc:
         _retry_or_fail(task, job_id, exc, _job_repr(rt.store, job_id))
-        return "failed"
+        status = "failed"
+    _raise_if_ended(job_id)
+    return status
 
 
 @app.task(name="workers.follow")
@@ -76,17 +90,34 @@ def follow(job_id: str) -> str:
     return "requested"
 
 
-@app.task(name="workers.finalize", bind=True)
+@app.task(name="workers.finalize", bind=True, throws=(JobEnded,))
 def finalize(self: Task, job_id: str) -> str:
     rt = get_runtime()
     try:
-        return pipeline.finalize(rt, app, job_id)
+        outcome = pipeline.finalize(rt, app, job_id)
     except InputError as exc:
         log.error("dropping finalize for %s: %s", job_id, exc)
         return "unknown"
     except APIError as exc:
         _retry_or_fail(self, job_id, exc, job_id)
-        return "failed"
+        outcome = "failed"
+    _raise_if_ended(job_id)
+    return outcome
+
+
+@app.task(name=lifecycle.SETTLE_TASK, throws=(JobEnded,))
+def settle_ended(job_id: str) -> str:
+    """One look at a job ended here (cancelled, expired, timed_out): wind it down, and
+    settle its upstream turn if that is over (else the end sweep looks again later).
+    Then, like every task whose job ended without completing, it raises JobEnded, so
+    Flower shows the end state and its reason."""
+    rt = get_runtime()
+    job = rt.store.get_job(job_id)
+    if job is not None and rt.ends.unsettled(job_id):
+        outcome = lifecycle.settle_ended(app, rt, job, now_ms())
+        log.info("job %s (%s): %s", job_id, job.status, outcome)
+    _raise_if_ended(job_id)
+    return "unknown" if job is None else job.status
 
 
 @app.task(name="workers.fetch_file", bind=True)

@@ -1,8 +1,10 @@
 """The ``orchestrator`` command line.
 
-Each sub-module registers its commands on the shared parser. Errors of our own
-(:class:`~orchestrator.errors.OrchestratorError`) are printed as one line on stderr with
-a non-zero exit status, never as a traceback.
+Each sub-module registers its commands on the shared parser; every command takes
+``--json`` and prints through :mod:`orchestrator.cli.output`. Errors, ours
+(:class:`~orchestrator.errors.OrchestratorError`) and argparse's alike, are one line on
+stderr with a non-zero exit status (2 for refused input), never a usage dump or a
+traceback.
 """
 
 from __future__ import annotations
@@ -11,61 +13,114 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from kombu.exceptions import OperationalError
 
-from orchestrator.cli import archive, controls, jobs, ops, repair, schedules, serve, stack
+from orchestrator import __version__
+from orchestrator.cli import (
+    archive,
+    cancel,
+    controls,
+    jobs,
+    ops,
+    output,
+    repair,
+    schedules,
+    serve,
+    stack,
+)
 from orchestrator.errors import ConfigError, InputError, OrchestratorError
 from orchestrator.store.connection import StoreError
 
-EXIT_INPUT = 2
-EXIT_ERROR = 1
+EXIT_INPUT = output.EXIT_INPUT
+EXIT_ERROR = output.EXIT_ERROR
+SHELLS = ("bash", "zsh", "fish", "tcsh")
+#: Set to see the traceback of an unexpected error (a bug) instead of its one line.
+DEBUG_VARIABLE = "ORCHESTRATOR_DEBUG"
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        # argparse's own usage errors: one line, exit 2, like InputError.
-        self.print_usage(sys.stderr)
-        print(f"error: {message}", file=sys.stderr)
+        # argparse's own usage errors: one line, exit 2, like InputError (the usage is
+        # one --help away).
+        output.error(message)
         sys.exit(EXIT_INPUT)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="orchestrator", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--version", action="version", version=f"orchestrator {__version__}",
+        help="print the version and exit",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     serve.register(sub)
     jobs.register(sub)
+    cancel.register(sub)
     schedules.register(sub)
     stack.register(sub)
     ops.register(sub)
     controls.register(sub)
     repair.register(sub)
     archive.register(sub)
+    _register_completion(sub)
     return parser
+
+
+def _register_completion(sub: Any) -> None:
+    comp = sub.add_parser(
+        "completion",
+        help='print the shell completion script: eval "$(orchestrator completion bash)"',
+    )
+    comp.add_argument("shell", choices=SHELLS, help="the shell to complete in")
+    output.json_option(comp, 'print {"shell", "script"}')
+    comp.set_defaults(func=run_completion)
+
+
+def run_completion(args: argparse.Namespace) -> int:
+    """Print argcomplete's registration script for ``orchestrator`` in ``args.shell``."""
+    from argcomplete.shell_integration import shellcode
+
+    script = shellcode(["orchestrator"], shell=args.shell)
+    if args.json:
+        output.emit({"shell": args.shell, "script": script})
+    else:
+        print(script)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv is None and "_ARGCOMPLETE" in os.environ:  # a completion request from the shell
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    bad = output.undecodable(arguments)
+    if bad is not None:
+        output.error(f"arguments: '{bad}' is not valid UTF-8 text")
+        return EXIT_INPUT
+    args = parser.parse_args(arguments)
     try:
         return int(args.func(args) or 0)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        output.error(str(exc))
         return EXIT_INPUT
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        output.error(str(exc), "configuration error")
         return EXIT_INPUT
     except OrchestratorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        output.error(str(exc))
         return EXIT_ERROR
     except TimeoutError as exc:
-        print(f"timeout: {exc}", file=sys.stderr)
+        output.error(str(exc), "timeout")
         return EXIT_ERROR
     except (StoreError, OperationalError) as exc:
         # Never a traceback for an unreachable Redis or broker; and never the URL,
         # which may carry a password.
-        print(f"error: REDIS_URL: cannot reach Redis ({type(exc).__name__})", file=sys.stderr)
+        output.error(f"REDIS_URL: cannot reach Redis ({type(exc).__name__})")
         return EXIT_ERROR
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly, and keep Python's final
@@ -74,6 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A bug, not the user's doing: still one line (our errors never carry secrets);
+        # the traceback is one variable away.
+        if os.environ.get(DEBUG_VARIABLE):
+            raise
+        output.error(f"unexpected {type(exc).__name__}: {exc} (set {DEBUG_VARIABLE}=1 for details)")
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

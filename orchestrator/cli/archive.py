@@ -1,4 +1,5 @@
-"""Archive commands: ``orchestrator archive list | show DAY [--json] | import DAY``.
+"""Archive commands: ``orchestrator archive list | show DAY | import DAY`` (each takes
+``--json``).
 
 The archive is ``ARCHIVE_DIR`` (see :mod:`orchestrator.ops.archive`): one gzip JSON
 Lines file per UTC day of finished jobs. ``list`` prints each day with its jobs and
@@ -13,6 +14,7 @@ import argparse
 import json
 from typing import Any
 
+from orchestrator.cli import output
 from orchestrator.errors import InputError
 from orchestrator.settings import Settings, load_settings
 
@@ -21,12 +23,14 @@ def register(sub: Any) -> None:
     """Add the ``archive`` command to the CLI's subparsers."""
     archive = sub.add_parser("archive", help="finished jobs archived before they expired")
     verbs = archive.add_subparsers(dest="verb", metavar="VERB", required=True)
-    verbs.add_parser("list", help="each archived UTC day: jobs and bytes")
+    listing = verbs.add_parser("list", help="each archived UTC day: jobs and bytes")
+    output.json_option(listing, "print [{day, jobs, bytes}] as JSON")
     show = verbs.add_parser("show", help="the jobs of one UTC day")
     show.add_argument("day", help="YYYY-MM-DD")
-    show.add_argument("--json", action="store_true", help="the records as JSON Lines")
+    output.json_option(show, "print the records as JSON Lines (one job a line)")
     load = verbs.add_parser("import", help="put a day's jobs back in Redis (one retention)")
     load.add_argument("day", help="YYYY-MM-DD")
+    output.json_option(load, "print {day, imported, in_redis} as JSON")
     archive.set_defaults(func=run_archive)
 
 
@@ -44,22 +48,29 @@ def run_archive(args: argparse.Namespace) -> int:
     settings = load_settings()
     archive = _dir(settings)
     if args.verb == "list":
-        for day in archive.days():
-            count = sum(1 for _ in archive.read(day))
-            print(f"{day}  {count} jobs  {archive.path(day).stat().st_size} bytes")
+        days = [
+            {"day": day, "jobs": sum(1 for _ in archive.read(day)),
+             "bytes": archive.path(day).stat().st_size}
+            for day in archive.days()
+        ]  # fmt: skip
+        if args.json:
+            output.emit(days)
+            return 0
+        for row in days:
+            print(f"{row['day']}  {row['jobs']} jobs  {row['bytes']} bytes")
         return 0
     day = check_day(args.day)
     if args.verb == "show":
         for record in archive.read(day):
             if args.json:
-                print(json.dumps(record, sort_keys=True))
+                output.emit_line(record)
             else:
                 job, posted = record["job"], record.get("ledger") or {}
                 cost = sum(int(v) for k, v in posted.items() if k.endswith("_cost_micro"))
                 updates = len(record.get("updates") or [])
                 worker = job.get("worker_id") or "-"
-                print(f"{job['id']}  {job.get('status')}  worker={worker}  updates={updates}"
-                      f"  cost_micro={cost}")  # fmt: skip
+                print(output.clean(f"{job['id']}  {job.get('status')}  worker={worker}"
+                                   f"  updates={updates}  cost={output.usd(cost)}"))  # fmt: skip
         return 0
     from orchestrator.runtime import store_for
     from orchestrator.store.archive import ArchiveStore
@@ -76,5 +87,8 @@ def run_archive(args: argparse.Namespace) -> int:
                 kept += 1
     finally:
         store.close()
-    print(f"imported {put} jobs of {day}; {kept} were in Redis already")
+    if args.json:
+        output.emit({"day": day, "imported": put, "in_redis": kept})
+    else:
+        print(f"imported {put} jobs of {day}; {kept} were in Redis already")
     return 0

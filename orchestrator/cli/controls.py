@@ -3,51 +3,60 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from orchestrator import rules
+from orchestrator.cli import output
+from orchestrator.cli.output import json_option
 from orchestrator.errors import InputError
 from orchestrator.facade import Orchestrator
-from orchestrator.money import format_usd
 from orchestrator.settings import load_settings
+
+PERIOD_HELP = "the cap's period, a UTC day or month (default day)"
 
 BAR = 24
 
 
 def register(sub: Any) -> None:
     budgets = sub.add_parser("budgets", help="budget caps: show (default), set, remove")
-    budgets.add_argument("--json", action="store_true")
+    json_option(budgets, "print {caps: [...]}")
     budgets.set_defaults(func=run_budgets_show)
     actions = budgets.add_subparsers(dest="action", metavar="ACTION")
     show = actions.add_parser("show", help="spent, reserved and cap per scope, with a bar")
-    show.add_argument("--json", action="store_true")
+    json_option(show, "print {caps: [...]}")
     show.set_defaults(func=run_budgets_show)
     put = actions.add_parser("set", help="create or replace a cap")
     put.add_argument("scope", metavar="SCOPE", help="'global' or 'tag:key=value'")
     put.add_argument("--usd", required=True, help="the cap in USD, e.g. 25 or 12.50")
-    put.add_argument("--period", choices=("day", "month"), default="day")
+    put.add_argument("--period", choices=("day", "month"), default="day", help=PERIOD_HELP)
     put.add_argument("--warn-at", type=float, default=0.8, help="warn at this share (0-1]")
-    put.add_argument("--on-exceed", choices=("refuse", "wait"), default="refuse")
+    put.add_argument(
+        "--on-exceed", choices=("refuse", "wait"), default="refuse",
+        help="over the cap a job is refused, or waits for the next period (default refuse)",
+    )  # fmt: skip
+    json_option(put, "print the cap as JSON")
     put.set_defaults(func=run_budgets_set)
     rm = actions.add_parser("remove", help="remove a cap")
-    rm.add_argument("scope", metavar="SCOPE")
-    rm.add_argument("--period", choices=("day", "month"), default="day")
+    rm.add_argument("scope", metavar="SCOPE", help="'global' or 'tag:key=value'")
+    rm.add_argument("--period", choices=("day", "month"), default="day", help=PERIOD_HELP)
+    json_option(rm, 'print {"removed": {scope, period}}')
     rm.set_defaults(func=run_budgets_remove)
 
     limits = sub.add_parser("limits", help="concurrency limits: show (default), set, remove")
-    limits.add_argument("--json", action="store_true")
+    json_option(limits, "print {limits: [...]}")
     limits.set_defaults(func=run_limits_show)
     lact = limits.add_subparsers(dest="action", metavar="ACTION")
-    lshow = lact.add_parser("show")
-    lshow.add_argument("--json", action="store_true")
+    lshow = lact.add_parser("show", help="each limit with its running and waiting turns")
+    json_option(lshow, "print {limits: [...]}")
     lshow.set_defaults(func=run_limits_show)
     lset = lact.add_parser("set", help="at most N running turns for KEY")
     lset.add_argument("key", metavar="KEY", help="'tag:key=value' or 'budget:<tier>'")
-    lset.add_argument("limit", metavar="N", type=int)
+    lset.add_argument("limit", metavar="N", type=int, help=f"1 to {rules.LIMIT_MAX}")
+    json_option(lset, 'print {"key", "limit"}')
     lset.set_defaults(func=run_limits_set)
-    lrm = lact.add_parser("remove")
-    lrm.add_argument("key", metavar="KEY")
+    lrm = lact.add_parser("remove", help="remove a limit")
+    lrm.add_argument("key", metavar="KEY", help="'tag:key=value' or 'budget:<tier>'")
+    json_option(lrm, 'print {"removed": KEY}')
     lrm.set_defaults(func=run_limits_remove)
 
 
@@ -60,7 +69,7 @@ def run_budgets_show(args: argparse.Namespace) -> int:
     with Orchestrator(load_settings()) as orch:
         rows = orch.budgets.status()
     if args.json:
-        print(json.dumps({"caps": rows}, indent=2))
+        output.emit({"caps": rows})
         return 0
     if not rows:
         print("no budget caps (set one: orchestrator budgets set global --usd 50)")
@@ -69,14 +78,14 @@ def run_budgets_show(args: argparse.Namespace) -> int:
     for row in rows:
         mark = " !" if row["ratio"] >= row["warn_at"] else ""
         print(
-            f"{row['cap']:<28} {row['period']:<10} {format_usd(row['spent_micro']):>12} "
-            f"{format_usd(row['reserved_micro']):>12} {format_usd(row['cap_micro']):>12}  "
+            f"{row['cap']:<28} {row['period']:<10} {output.usd(row['spent_micro']):>12} "
+            f"{output.usd(row['reserved_micro']):>12} {output.usd(row['cap_micro']):>12}  "
             f"{_bar(row['ratio'])} {row['ratio'] * 100:5.1f}%{mark}"
         )
         if row["overshoots"]:
             print(
                 f"{'':<28} {row['overshoots']} turn(s) cost more than their hold, "
-                f"by {format_usd(row['overshoot_micro'])} in all"
+                f"by {output.usd(row['overshoot_micro'])} in all"
             )
     return 0
 
@@ -88,7 +97,15 @@ def run_budgets_set(args: argparse.Namespace) -> int:
             scope=args.scope, period=args.period, limit_usd=usd, warn_at=args.warn_at,
             on_exceed=args.on_exceed,
         )  # fmt: skip
-    print(f"cap {cap.name}: {format_usd(cap.limit_micro)}, {cap.on_exceed} when reached")
+    if args.json:
+        output.emit(
+            {
+                "cap": cap.name, "period": args.period, "cap_micro": cap.limit_micro,
+                "warn_at": args.warn_at, "on_exceed": cap.on_exceed,
+            }
+        )  # fmt: skip
+    else:
+        print(f"cap {cap.name}: {output.usd(cap.limit_micro)}, {cap.on_exceed} when reached")
     return 0
 
 
@@ -97,7 +114,10 @@ def run_budgets_remove(args: argparse.Namespace) -> int:
         removed = orch.budgets.remove_cap(args.scope, args.period)
     if not removed:
         raise InputError("scope", f"no cap {args.scope}/{args.period}")
-    print(f"removed cap {args.scope}/{args.period}")
+    if args.json:
+        output.emit({"removed": {"scope": args.scope, "period": args.period}})
+    else:
+        print(output.clean(f"removed cap {args.scope}/{args.period}"))
     return 0
 
 
@@ -105,7 +125,7 @@ def run_limits_show(args: argparse.Namespace) -> int:
     with Orchestrator(load_settings()) as orch:
         rows = orch.limits.status()
     if args.json:
-        print(json.dumps({"limits": rows}, indent=2))
+        output.emit({"limits": rows})
         return 0
     if not rows:
         print("no concurrency limits (set one: orchestrator limits set tag:tenant=acme 5)")
@@ -119,7 +139,10 @@ def run_limits_show(args: argparse.Namespace) -> int:
 def run_limits_set(args: argparse.Namespace) -> int:
     with Orchestrator(load_settings()) as orch:
         orch.limits.set(args.key, args.limit)
-    print(f"limit {args.key}: at most {args.limit} running")
+    if args.json:
+        output.emit({"key": args.key, "limit": args.limit})
+    else:
+        print(output.clean(f"limit {args.key}: at most {args.limit} running"))
     return 0
 
 
@@ -127,5 +150,8 @@ def run_limits_remove(args: argparse.Namespace) -> int:
     with Orchestrator(load_settings()) as orch:
         if not orch.limits.remove(args.key):
             raise InputError("key", f"no limit on {args.key}")
-    print(f"removed limit {args.key}")
+    if args.json:
+        output.emit({"removed": args.key})
+    else:
+        print(output.clean(f"removed limit {args.key}"))
     return 0

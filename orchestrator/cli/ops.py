@@ -29,6 +29,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from orchestrator import rules
+from orchestrator.cli import output
+from orchestrator.cli.output import json_option
 from orchestrator.errors import InputError
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store.connection import StoreError
@@ -49,6 +52,7 @@ def register(sub: Any) -> None:
         "--port", type=int, default=None, help="TCP port (default: $METRICS_PORT, 9808)"
     )
     met.add_argument("--address", default="127.0.0.1", help="address to bind (default: loopback)")
+    json_option(met, 'print {"url"} on stdout once serving')
     met.set_defaults(func=run_metrics)
 
     health = sub.add_parser(
@@ -66,6 +70,7 @@ def register(sub: Any) -> None:
     )
     health.add_argument("--url", default=None, help="also require this URL to answer 2xx")
     health.add_argument("--timeout", type=float, default=5.0, help="seconds per check")
+    json_option(health, 'print {"ok", "checks"} or {"ok", "reason"}')
     health.set_defaults(func=run_health)
 
 
@@ -89,7 +94,10 @@ def run_metrics(args: argparse.Namespace) -> int:
         raise InputError(
             "port", f"cannot listen on {args.address}:{port}: {exc.strerror}"
         ) from None
-    print(f"metrics on http://{host}:{bound}/metrics", file=sys.stderr, flush=True)
+    url = f"http://{host}:{bound}/metrics"
+    if args.json:
+        output.emit_line({"url": url})
+    print(f"metrics on {url}", file=sys.stderr, flush=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -101,8 +109,9 @@ def run_metrics(args: argparse.Namespace) -> int:
 
 def run_health(args: argparse.Namespace) -> int:
     """Run the checks; print ``ok: ...`` or ``unhealthy: <reason>`` (one line)."""
-    if args.max_age is not None and args.max_age <= 0:
-        raise InputError("max_age", "must be positive")
+    if args.max_age is not None:
+        rules.positive_seconds(args.max_age, "max_age")
+    rules.positive_seconds(args.timeout, "timeout")
     settings = load_settings()
     from orchestrator.runtime import store_for
 
@@ -118,11 +127,18 @@ def run_health(args: argparse.Namespace) -> int:
         if args.max_age is not None:
             notes.append(_check_heartbeat(store, args.name, args.max_age))
     except _Unhealthy as exc:
-        print(f"unhealthy: {_redact(str(exc))}", flush=True)
+        reason = _redact(str(exc))
+        if args.json:
+            output.emit_line({"ok": False, "reason": reason, "checks": notes})
+        else:
+            print(f"unhealthy: {output.clean(reason)}", flush=True)
         return EXIT_UNHEALTHY
     finally:
         store.close()
-    print("ok: " + ", ".join(notes), flush=True)
+    if args.json:
+        output.emit_line({"ok": True, "checks": notes})
+    else:
+        print("ok: " + ", ".join(notes), flush=True)
     return 0
 
 

@@ -10,9 +10,9 @@ status 0 when nothing is left to repair, 1 when differences remain (found withou
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from orchestrator.cli import output
 from orchestrator.errors import InputError
 from orchestrator.settings import load_settings
 
@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
         metavar="S",
         help="a job is stuck only if it has not moved for S seconds (default 60)",
     )
-    rec.add_argument("--json", action="store_true", help="print the report as JSON")
+    output.json_option(rec, "print the report as JSON")
     rec.set_defaults(func=run_reconcile)
 
 
@@ -64,8 +64,8 @@ def run_reconcile(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+        output.emit(report.to_json())
     else:
         for line in render(report):
-            print(line)
+            print(output.clean(line))
     return 0 if report.clean else 1

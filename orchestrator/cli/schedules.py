@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from orchestrator.cli import output
+from orchestrator.cli.output import json_option
 from orchestrator.errors import InputError
 from orchestrator.wire.models import BUDGETS
 
@@ -30,21 +31,35 @@ def register(sub: Any) -> None:
     kind.add_argument("--at", metavar="ISO", help="once, at this date-time (with zone)")
     kind.add_argument("--in", dest="delay", type=int, metavar="SECONDS", help="once, from now")
     create.add_argument("--tz", default="UTC", help="IANA time zone of --cron (default UTC)")
-    create.add_argument("--budget", choices=BUDGETS, default="standard")
-    create.add_argument("--catch-up", choices=("skip", "once"), default="skip")
-    create.add_argument("--overlap", choices=("skip", "buffer"), default="skip")
-    create.add_argument("--json", action="store_true")
+    create.add_argument(
+        "--budget", choices=BUDGETS, default="standard", help="each run's budget tier"
+    )
+    create.add_argument(
+        "--catch-up", choices=("skip", "once"), default="skip",
+        help="after downtime: skip missed slots, or run once for them (default skip)",
+    )  # fmt: skip
+    create.add_argument(
+        "--overlap", choices=("skip", "buffer"), default="skip",
+        help="a slot due while the last run still runs: skip it, or run it after (default skip)",
+    )  # fmt: skip
+    for name in ("queue-ttl", "idle-timeout", "deadline"):
+        create.add_argument(
+            f"--{name}", type=float, metavar="SECONDS", help=f"each run's job {name}"
+        )
+    json_option(create, "print the schedule as JSON")
     create.set_defaults(func=cmd_create)
 
     lst = ssub.add_parser("list", help="a worker's schedules, or all with their next runs")
-    lst.add_argument("worker", nargs="?", default=None)
+    lst.add_argument(
+        "worker", nargs="?", default=None, help="a worker id or job id (none: every schedule)"
+    )
     lst.add_argument("--all", action="store_true", help="include done and cancelled ones")
-    lst.add_argument("--json", action="store_true")
+    json_option(lst, "print the schedules as JSON")
     lst.set_defaults(func=cmd_list)
 
     show = ssub.add_parser("show", help="one schedule: next 10 runs, counts, cost")
-    show.add_argument("schedule_id")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("schedule_id", help="the schedule's id (sch_...)")
+    json_option(show, "print everything about it as JSON")
     show.set_defaults(func=cmd_show)
 
     for name, text in (
@@ -54,22 +69,24 @@ def register(sub: Any) -> None:
         ("trigger", "run now"),
     ):
         p = ssub.add_parser(name, help=text)
-        p.add_argument("schedule_id")
+        p.add_argument("schedule_id", help="the schedule's id (sch_...)")
+        json_option(p, "print the outcome as JSON")
         p.set_defaults(func=cmd_action, action=name)
 
     hist = ssub.add_parser("history", help="a schedule's runs, newest first")
-    hist.add_argument("schedule_id")
-    hist.add_argument("--limit", type=int, default=20)
-    hist.add_argument("--json", action="store_true")
+    hist.add_argument("schedule_id", help="the schedule's id (sch_...)")
+    hist.add_argument("--limit", type=int, default=20, help="newest N runs (default 20)")
+    json_option(hist, "print the runs as JSON")
     hist.set_defaults(func=cmd_history)
 
     imp = ssub.add_parser("import", help="copy a worker's upstream schedules into ours")
-    imp.add_argument("worker")
+    imp.add_argument("worker", help="a worker id or job id")
     imp.add_argument("--cancel-upstream", action="store_true", help="cancel the upstream copies")
+    json_option(imp, "print {imported, already, cancelled_upstream} as JSON")
     imp.set_defaults(func=cmd_import)
 
     beat = sub.add_parser("beat", help="run the beat scheduler (any number may run at once)")
-    beat.add_argument("--loglevel", default="INFO")
+    beat.add_argument("--loglevel", default="INFO", help="Celery's log level (default INFO)")
     beat.add_argument("--max-interval", type=float, default=1.0, help="longest sleep (s)")
     beat.add_argument("--batch", type=int, default=500, help="due slots per Redis call")
     beat.add_argument(
@@ -80,6 +97,7 @@ def register(sub: Any) -> None:
         "--misfire-grace", type=float, default=5.0,
         help="seconds late a recurring slot may be and still run (later: missed)",
     )  # fmt: skip
+    json_option(beat, 'print {"scheduler"} on stdout once starting (logs stay on stderr)')
     beat.set_defaults(func=run_beat)
 
 
@@ -90,7 +108,7 @@ def _orch() -> Any:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+    output.emit(value)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -111,20 +129,36 @@ def cmd_create(args: argparse.Namespace) -> int:
             timezone=args.tz,
             catch_up=args.catch_up,
             overlap=args.overlap,
+            queue_ttl=args.queue_ttl,
+            idle_timeout=args.idle_timeout,
+            deadline=args.deadline,
         )
     if args.json:
         _print_json(made.to_wire())
     else:
-        print(f"{made.id}  {made.type}  next run {made.to_wire()['nextRunAt']}")
+        print(f"{made.id}  {made.type}  next run {output.when(made.to_wire()['nextRunAt'])}")
     return 0
 
 
+#: Columns shown as times, and as money (integer micro-dollars).
+_TIMES = {"nextRunAt", "next_run_at", "slot", "fired_at"}
+_MONEY = {"cost_micro"}
+
+
+def _cell(row: dict[str, Any], column: str) -> str:
+    value = row.get(column)
+    if value is None:
+        return "-"
+    if column in _TIMES:
+        return output.when(value)
+    if column in _MONEY:
+        return output.usd(int(value))
+    return str(value)
+
+
 def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
-    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in columns] for r in rows]
-    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    headers = [c.replace("_micro", "").upper() for c in columns]
+    output.table(headers, [[_cell(r, c) for c in columns] for r in rows])
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -152,32 +186,41 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(info)
         return 0
-    for key in ("id", "status", "when", "worker_id", "budget", "timezone", "catch_up", "overlap"):
-        print(f"{key:>12}: {info[key] if info[key] is not None else '-'}")
+    keys = ("id", "status", "when", "worker_id", "budget", "timezone", "catch_up", "overlap")
+    rows: list[tuple[str, object]] = [(k, "-" if info[k] is None else info[k]) for k in keys]
     counts = info["counts"]
-    print(f"{'runs':>12}: {counts['runs']} done, {counts['missed']} missed, "
-          f"{counts['skipped']} skipped")  # fmt: skip
-    print(f"{'cost':>12}: {info['cost']['total_cost_micro'] / 1e6:.6f} USD over "
-          f"{info['cost']['turns']} turn(s)")  # fmt: skip
-    print(f"{'next runs':>12}:")
-    for at in info["next_runs"]:
-        print(f"{'':>14}{at}")
+    rows += [
+        ("created", output.when(info["created_at"])),
+        ("runs", f"{counts.get('runs', 0)} done, {counts.get('missed', 0)} missed, "
+                 f"{counts.get('skipped', 0)} skipped"),
+        ("cost", f"{output.usd(info['cost']['total_cost_micro'])} over "
+                 f"{info['cost']['turns']} turn(s)"),
+    ]  # fmt: skip
+    nxt = [output.when(at) for at in info["next_runs"]] or ["-"]
+    rows += [("next runs" if i == 0 else "", at) for i, at in enumerate(nxt)]  # one a line
+    output.fields(rows, width=12)
     return 0
 
 
 def cmd_action(args: argparse.Namespace) -> int:
+    sid = args.schedule_id
     with _orch() as orch:
         api = orch.schedules
-        if args.action == "cancel":
-            print(json.dumps(api.cancel(args.schedule_id).to_wire()))
-        elif args.action == "trigger":
-            slot = api.trigger(args.schedule_id)
-            print(f"{args.schedule_id}: run sent for slot {slot}")
-        elif args.action == "pause":
-            print(f"{args.schedule_id}: {'paused' if api.pause(args.schedule_id) else 'unchanged'}")
+        result: dict[str, Any] = {"id": sid, "action": args.action}
+        if args.action == "trigger":
+            slot = api.trigger(sid)
+            result.update(slot=output.when(slot), slot_ms=slot)
+            text = f"{sid}: run sent for slot {output.when(slot)}"
         else:
-            done = api.resume(args.schedule_id)
-            print(f"{args.schedule_id}: {'resumed' if done else 'unchanged'}")
+            change = {"pause": api.pause, "resume": api.resume}.get(args.action)
+            changed = change(sid) if change else api.cancel(sid).cancelled
+            result["changed"] = bool(changed)
+            done = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[args.action]
+            text = f"{sid}: {done if changed else 'unchanged'}"
+    if args.json:
+        _print_json(result)
+    else:
+        print(output.clean(text))
     return 0
 
 
@@ -196,12 +239,15 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     with _orch() as orch:
         result = orch.schedules.import_upstream(args.worker, cancel_upstream=args.cancel_upstream)
+    if args.json:
+        _print_json({**result, "imported": [s.to_wire() for s in result["imported"]]})
+        return 0
     for s in result["imported"]:
-        print(f"imported {s.id}  {s.type}  next run {s.to_wire()['nextRunAt']}")
+        print(f"imported {s.id}  {s.type}  next run {output.when(s.to_wire()['nextRunAt'])}")
     for up in result["already"]:
-        print(f"already imported upstream {up}")
+        print(output.clean(f"already imported upstream {up}"))
     for up in result["cancelled_upstream"]:
-        print(f"cancelled upstream {up}")
+        print(output.clean(f"cancelled upstream {up}"))
     return 0
 
 
@@ -235,6 +281,8 @@ def run_beat(args: argparse.Namespace) -> int:
             "beat_max_loop_interval": args.max_interval,
         }
     )
+    if args.json:
+        output.emit_line({"scheduler": SCHEDULER})
     print(f"starting beat ({SCHEDULER})", file=sys.stderr, flush=True)
     app.start(["beat", "-S", SCHEDULER, "--loglevel", args.loglevel])
     return 0

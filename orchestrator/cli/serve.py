@@ -9,6 +9,8 @@ import sys
 from typing import Any
 
 from orchestrator.celery import QUEUES, STREAMS_QUEUE
+from orchestrator.cli import output
+from orchestrator.cli.output import json_option
 from orchestrator.errors import InputError
 from orchestrator.settings import load_settings
 
@@ -17,20 +19,31 @@ POOLS = ("threads", "prefork", "solo", "gevent", "eventlet")
 
 def register(sub: Any) -> None:
     emu = sub.add_parser("emulator", help="serve the local Workers API emulator")
-    emu.add_argument("--host", default="127.0.0.1")
-    emu.add_argument("--port", type=int, default=8765)
+    emu.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    emu.add_argument("--port", type=int, default=8765, help="TCP port (default 8765)")
     emu.add_argument(
         "--api-key",
         default=None,
         help="the key clients must send (default: $EMULATOR_API_KEY or $WORKERS_API_KEY)",
     )
-    emu.add_argument("--turn-seconds", type=float, default=1.0)
-    emu.add_argument("--events-per-turn", type=int, default=10)
-    emu.add_argument("--seed", type=int, default=None)
-    emu.add_argument("--rate-429", type=float, default=0.0)
-    emu.add_argument("--rate-500", type=float, default=0.0)
-    emu.add_argument("--rate-503", type=float, default=0.0)
-    emu.add_argument("--rate-cut-stream", type=float, default=0.0)
+    emu.add_argument(
+        "--turn-seconds", type=float, default=1.0, help="how long a turn runs (default 1)"
+    )
+    emu.add_argument(
+        "--events-per-turn", type=int, default=10, help="updates per turn (default 10)"
+    )
+    emu.add_argument("--seed", type=int, default=None, help="seed of the random choices")
+    for fault, what in (
+        ("429", "answers 429 (rate limited)"),
+        ("500", "answers 500"),
+        ("503", "answers 503"),
+        ("cut-stream", "cuts a stream short"),
+    ):
+        emu.add_argument(
+            f"--rate-{fault}", type=float, default=0.0,
+            help=f"share of requests (0-1) that {what} (default 0)",
+        )  # fmt: skip
+    json_option(emu, 'print {"url"} on stdout once serving')
     emu.set_defaults(func=run_emulator)
 
     work = sub.add_parser(
@@ -38,19 +51,25 @@ def register(sub: Any) -> None:
         help="run a Celery worker (no flags: every queue in one process, the one-box default)",
     )
     work.add_argument("--queues", default=",".join(QUEUES), help="comma-separated queues")
-    work.add_argument("--pool", choices=POOLS, default="threads")
-    work.add_argument("--concurrency", type=int, default=8)
+    work.add_argument(
+        "--pool", choices=POOLS, default="threads", help="Celery pool (default threads)"
+    )
+    work.add_argument(
+        "--concurrency", type=int, default=8, help="tasks at once per process (default 8)"
+    )
     work.add_argument("--hostname", default=None, help="Celery node name (default: generated)")
-    work.add_argument("--loglevel", default="INFO")
+    work.add_argument("--loglevel", default="INFO", help="Celery's log level (default INFO)")
+    json_option(work, 'print {"queues", "pool", "concurrency"} on stdout before starting')
     work.set_defaults(func=run_worker)
 
     flower = sub.add_parser("flower", help="run Flower (basic auth from FLOWER_USER/PASSWORD)")
-    flower.add_argument("--address", default="127.0.0.1")
-    flower.add_argument("--port", type=int, default=5555)
+    flower.add_argument("--address", default="127.0.0.1", help="address to bind (default loopback)")
+    flower.add_argument("--port", type=int, default=5555, help="TCP port (default 5555)")
     flower.add_argument("--max-tasks", type=int, default=10_000, help="tasks kept in memory")
     flower.add_argument(
         "--no-auth", action="store_true", help="serve without auth (local use only)"
     )
+    json_option(flower, 'print {"url"} on stdout before starting')
     flower.set_defaults(func=run_flower)
 
 
@@ -79,7 +98,10 @@ def run_emulator(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise InputError("emulator", str(exc).splitlines()[0]) from None
-    print(f"emulator on http://{args.host}:{args.port}/api", file=sys.stderr, flush=True)
+    url = f"http://{args.host}:{args.port}/api"
+    if args.json:
+        output.emit_line({"url": url})
+    print(f"emulator on {url}", file=sys.stderr, flush=True)
     serve(args.host, args.port, api_key, config)
     return 0
 
@@ -92,12 +114,12 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         raise InputError("concurrency", "must be at least 1")
     settings = load_settings()
-    from orchestrator.celery import app, celery_config
+    from orchestrator.celery import app, celery_config, consumed_queues
 
     celery_config(settings)  # fail early, one line, if REDIS_URL is missing
     argv = [
         "worker",
-        "-Q", ",".join(queues),
+        "-Q", ",".join(consumed_queues(queues, settings)),
         "-P", args.pool,
         "-c", str(args.concurrency),
         "-E",
@@ -105,6 +127,8 @@ def run_worker(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     if args.hostname:
         argv += ["-n", args.hostname]
+    if args.json:
+        output.emit_line({"queues": queues, "pool": args.pool, "concurrency": args.concurrency})
     if STREAMS_QUEUE in queues and args.pool == "prefork":
         print("note: the stream follower runs in the main process beside the pool", file=sys.stderr)
     app.worker_main(argv)
@@ -128,6 +152,10 @@ def run_flower(args: argparse.Namespace) -> int:
     else:
         env.pop("FLOWER_BASIC_AUTH", None)
     env.setdefault("FLOWER_COOKIE_SECRET", secrets.token_urlsafe(32))
+    if not 0 < args.port < 65536:
+        raise InputError("port", "must be 1-65535")
+    if args.json:
+        output.emit_line({"url": f"http://{args.address}:{args.port}"})
     argv = [
         sys.executable, "-m", "celery", "-A", "orchestrator", "flower",
         f"--address={args.address}", f"--port={args.port}",

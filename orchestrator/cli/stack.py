@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cli import output
+from orchestrator.cli.output import json_option
 from orchestrator.ops.stack import Stack
 from orchestrator.settings import load_settings
 
@@ -20,15 +22,24 @@ def register(sub: Any) -> None:
     up.set_defaults(func=run_up)
     demo = sub.add_parser("demo", help="start the stack, run a few jobs, show costs, stop")
     _common(demo)
-    demo.add_argument("--jobs", type=int, default=3)
+    demo.add_argument("--jobs", type=int, default=3, help="how many jobs to submit (default 3)")
     demo.set_defaults(func=run_demo)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", type=Path, default=Path("var/stack"))
-    parser.add_argument("--no-flower", action="store_true")
-    parser.add_argument("--no-beat", action="store_true")
-    parser.add_argument("--flower-port", type=int, default=5555)
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("var/stack"),
+        help="logs, Redis data and stack.env go here (default var/stack)",
+    )  # fmt: skip
+    parser.add_argument("--no-flower", action="store_true", help="do not start Flower")
+    parser.add_argument("--no-beat", action="store_true", help="do not start beat")
+    parser.add_argument(
+        "--no-metrics", action="store_true", help="do not start the Prometheus exporter"
+    )
+    parser.add_argument(
+        "--flower-port", type=int, default=5555, help="Flower's TCP port (default 5555)"
+    )
+    json_option(parser, 'one JSON object per line: {"part", "message", ...}')
 
 
 def _stack(args: argparse.Namespace) -> Stack:
@@ -37,7 +48,9 @@ def _stack(args: argparse.Namespace) -> Stack:
         args.workdir.resolve(),
         with_beat=not args.no_beat,
         with_flower=not args.no_flower,
+        with_metrics=not args.no_metrics,
         flower_port=args.flower_port,
+        json_lines=args.json,
     )
 
 
@@ -45,21 +58,34 @@ def _on_term(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+class _Say:
+    """The stack's voice: ``part      message`` lines, or JSON objects with ``--json``."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def __call__(self, part: str, message: str, **data: Any) -> None:
+        if self.as_json:
+            output.emit_line({"part": part, "message": message, **data})
+        else:
+            print(f"{part:<9} {message}", flush=True)
+
+
 def run_up(args: argparse.Namespace) -> int:
     stack = _stack(args)
+    say = _Say(args.json)
     signal.signal(signal.SIGTERM, _on_term)
     try:
         stack.start()
-        print("up        every part is ready; Ctrl-C stops them all", flush=True)
+        say("up", "every part is ready; Ctrl-C stops them all")
         if args.demo:
-            demo(stack, jobs=3)
-        last = ""
+            demo(stack, jobs=3, say=say)
+        last: dict[str, str] = {}
         while True:
             report = stack.health()
-            line = "health    " + "  ".join(f"{k}={v}" for k, v in report.items())
-            if line != last:
-                print(line, flush=True)
-                last = line
+            if report != last:
+                say("health", "  ".join(f"{k}={v}" for k, v in report.items()), parts=report)
+                last = report
             time.sleep(2)
     except KeyboardInterrupt:
         return 0
@@ -72,7 +98,7 @@ def run_demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_term)
     try:
         stack.start()
-        demo(stack, jobs=args.jobs)
+        demo(stack, jobs=args.jobs, say=_Say(args.json))
         return 0
     except KeyboardInterrupt:
         return 130
@@ -80,11 +106,13 @@ def run_demo(args: argparse.Namespace) -> int:
         stack.stop()
 
 
-def demo(stack: Stack, *, jobs: int) -> None:
+def demo(stack: Stack, *, jobs: int, say: _Say | None = None) -> None:
     """Submit a few jobs (and a schedule when beat runs), tail one, print costs."""
+    from orchestrator.cli import tail
     from orchestrator.facade import Orchestrator
-    from orchestrator.money import format_usd
+    from orchestrator.ledger import total_cost_micro
 
+    say = say or _Say(False)
     settings = load_settings(
         redis_url=stack.env["REDIS_URL"],
         workers_api_url=stack.env["WORKERS_API_URL"],
@@ -101,24 +129,40 @@ def demo(stack: Stack, *, jobs: int) -> None:
             for i in range(jobs)
         ]
         for job in submitted:
-            print(f"submitted {job.id}  budget={job.budget}  tags={job.tags}", flush=True)
+            say("submitted", f"{job.id}  budget={job.budget}  tags={job.tags}", job=job.id)
         first = submitted[0]
-        print(f"tail      live updates of {first.id}:", flush=True)
-        for index, data in orch.updates(first.id, timeout=120):
-            kind = data.get("type") if isinstance(data, dict) else "?"
-            print(f"  update {index:>3}  {kind}", flush=True)
+        say("tail", f"live updates of {first.id}:", job=first.id)
+        if say.as_json:
+            for index, data in orch.updates(first.id, timeout=120):
+                output.emit_line({"part": "update", "index": index, "data": data})
+        else:
+            transcript = tail.Transcript()
+            for index, data in orch.updates(first.id, timeout=120):
+                transcript.feed(index, data)
+            done = orch.get(first.id)
+            transcript.close(
+                tail.summary(done.id, done.status, transcript.updates, orch.cost(done.id))
+            )
         for job in submitted:
             done = orch.wait(job.id, timeout=120)
-            print(f"finished  {done.id}  {done.status}  worker={done.worker_id}", flush=True)
+            say(
+                "finished", f"{done.id}  {done.status}  worker={done.worker_id}",
+                job=done.id, status=done.status,
+            )  # fmt: skip
         report = orch.costs(by="tag")
-        print("\ncosts by tag")
-        print(f"  {'tag':<16} {'turns':>5} {'cost':>14} {'tokens':>9}")
-        for row in report["rows"]:
-            cost = format_usd(row["usage_cost_micro"])
-            print(f"  {row['key']:<16} {row['turns']:>5} {cost:>14} {row['total_tokens']:>9}")
-        total = report["total"]
-        print(
-            f"  {'total':<16} {total['turns']:>5} {format_usd(total['usage_cost_micro']):>14}"
-            f" {total['total_tokens']:>9}"
-        )
+        if say.as_json:
+            output.emit_line({"part": "costs", "report": report})
+        else:
+            rows = [
+                [row["key"], str(row["turns"]), output.usd(total_cost_micro(row)),
+                 str(row["total_tokens"])]
+                for row in report["rows"]
+            ]  # fmt: skip
+            total = report["total"]
+            footer = [
+                "total", str(total["turns"]), output.usd(total_cost_micro(total)),
+                str(total["total_tokens"]),
+            ]  # fmt: skip
+            print("\ncosts by tag")
+            output.table(["tag", "turns", "usd", "tokens"], rows, right=(1, 2, 3), footer=footer)
     sys.stdout.flush()

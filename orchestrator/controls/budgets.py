@@ -220,6 +220,8 @@ class Budgets:
             job = self.store.get_job(job_id)
             if job is not None and not job.done and job.status != "queued":
                 continue  # still running: its finalize settles it
+            if self.spend.settling(job_id):
+                continue  # ended here, its turn still upstream: the sweep settles it
             released += self.release(job_id) is not None
         return released
 

@@ -72,6 +72,10 @@ class Limits:
         """Free the job's slots; returns the waiting jobs that got them (send them again)."""
         return self.slots.release(job.id, self.candidate_keys(job), now_ms())
 
+    def leave_waiting(self, job: Job) -> bool:
+        """Take the job out of a limit's queue without a slot (it ended while waiting)."""
+        return self.slots.leave_waiting(job.id, self.group(job))
+
     def release_into(self, batch: Batch, job: Job) -> int:
         """Queue :meth:`release`; the index of its reply (the promoted job ids)."""
         return self.slots.release_into(batch, job.id, self.candidate_keys(job), now_ms())

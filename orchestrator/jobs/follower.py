@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 FinishedHook = Callable[[str], Awaitable[None]]
 
 
+class RelayStopped(StreamError):
+    """The store refused a worker's updates: the job of its turn ended here (cancelled,
+    timed out). Its follower lets the stream go; the turn is settled by the end sweep."""
+
+
 class UpdateWriter:
     """Batches updates of many streams into one store write per tick."""
 
@@ -96,7 +101,10 @@ class UpdateWriter:
         failed = self._failed.pop(worker_id, None)
         if failed is not None:
             self._pending.pop(worker_id, None)  # queued after the failure: a gap anyway
-            raise StreamError(f"update write failed: {failed}", call="relay")
+            stopped = "STOPPED" in failed
+            raise (RelayStopped if stopped else StreamError)(
+                f"update write failed: {failed}", call="relay"
+            )
 
     def forget(self, worker_id: str) -> None:
         self._failed.pop(worker_id, None)
@@ -287,6 +295,9 @@ class Follower:
                         await self._mark(job_id, "running")
                 await self.writer.barrier(worker_id)
                 break
+            except RelayStopped:
+                log.info("stream of %s: its job ended here; no longer relayed", job_id)
+                return  # no finalize: the end sweep settles the turn
             except MalformedEventError as exc:
                 if exc.index != bad_event:  # got further: a new event, counted anew
                     bad_event, parse_failures = exc.index, 0

@@ -14,27 +14,49 @@ from typing import Any
 from celery import Celery
 
 from orchestrator.celery import API_QUEUE
-from orchestrator.controls.budgets import BudgetExceeded, next_period_ms, turn_members
+from orchestrator.controls.budgets import BudgetExceeded, next_period_ms
 from orchestrator.errors import (
     APIError,
     APIStatusError,
     InputError,
+    JobEnded,
     ResponseTooLargeError,
     StreamError,
 )
-from orchestrator.jobs.model import Job
-from orchestrator.ledger import FigureError, total_cost_micro
-from orchestrator.ops.instruments import COST_ANOMALIES
+from orchestrator.jobs.model import FAILED_ENDS, LOCAL_ENDS, Job, overdue
+from orchestrator.jobs.settle import settle_turn
+from orchestrator.ledger import FigureError
+from orchestrator.ops.instruments import JOBS_ENDED_HERE
 from orchestrator.runtime import Runtime
 from orchestrator.store.jobs import now_ms
-from orchestrator.store.ledger import posted_deltas, posted_falls
 
 log = logging.getLogger(__name__)
 
 
+#: Longest tags text in a task's argsrepr (16 tags of 190 characters would be too much).
+TAGS_SHOWN_MAX = 120
+
+
 def describe(job: Job) -> str:
-    """What Flower shows for a job's tasks: id, budget and a short input. No secrets."""
-    return f"{job.id} budget={job.budget} input={job.short_input()!r}"
+    """What Flower shows for a job's tasks: the job, its budget, tags (the tenant, say)
+    and schedule, and a short input. Only our own validated values; no secrets."""
+    parts = [job.id, f"budget={job.budget}"]
+    if job.tags:
+        tags = ",".join(f"{k}={v}" for k, v in sorted(job.tags.items()))
+        parts.append(f"tags={tags if len(tags) <= TAGS_SHOWN_MAX else tags[:117] + '...'}")
+    if job.schedule_id:
+        parts.append(f"schedule={job.schedule_id}")
+    parts.append(f"input={job.short_input()!r}")
+    return " ".join(parts)
+
+
+def ended_unfinished(rt: Runtime, job_id: str) -> JobEnded | None:
+    """The :class:`JobEnded` a task raises when the job ended without completing
+    (``FAILED_ENDS``: failed, refused, cancelled, ...), else None."""
+    job = rt.store.get_job(job_id)
+    if job is None or job.status not in FAILED_ENDS:
+        return None
+    return JobEnded(job.id, job.status, job.error or "")
 
 
 # Redis transport priorities: lower runs first (see the Celery app's priority_steps).
@@ -84,13 +106,16 @@ def release_slots(app: Celery, rt: Runtime, job: Job) -> None:
 
 
 def dispatch_promoted(app: Celery, rt: Runtime, promoted_ids: list[str]) -> None:
-    """Send the jobs that a release of slots promoted (clearing any that moved on)."""
+    """Send the jobs that a release of slots promoted (clearing any that moved on; one
+    that ended meanwhile passes its new slot on at once)."""
     for promoted_id in promoted_ids:
         promoted = rt.store.get_job(promoted_id)
         if promoted is not None and promoted.status == "queued":
             dispatch(app, rt, promoted)
         else:
             rt.store.drop_unsent(promoted_id)
+            if promoted is not None and promoted.done:
+                release_slots(app, rt, promoted)
 
 
 def turn_ended(app: Celery, rt: Runtime, job: Job) -> None:
@@ -182,6 +207,14 @@ def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
         if job.status in ("submitted", "running"):
             store.request_follow(job.id)
         return job
+    late = overdue(job, now_ms())
+    if late is not None:  # its queue time-to-live (or deadline) passed: nothing is sent
+        if rt.ends.end_here(job.id, *late):
+            JOBS_ENDED_HERE.labels(state=late[0]).inc()
+            log.info("job %s %s: %s", job.id, *late)
+            rt.ends.settled(job.id)  # no call was made: nothing to settle later
+        turn_ended(app, rt, job)  # e.g. a slot it was promoted to
+        return store.require_job(job.id)
     if not counted:
         if not admit(app, rt, job):
             return store.require_job(job.id)
@@ -207,7 +240,12 @@ def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
         fail(app, rt, job.id, str(exc))
         return store.require_job(job.id)
     if not store.set_submitted(job, worker):
-        return store.require_job(job.id)  # cancelled meanwhile: report what it is now
+        # Ended here meanwhile (cancelled, say): its turn runs upstream all the same, so
+        # it is put up again for settling when that turn ends.
+        now = store.require_job(job.id)
+        if now.status in LOCAL_ENDS:
+            rt.ends.mark_ended(job.id)
+        return now
     log.info("job %s submitted as worker %s", job.id, worker.id)
     return job.model_copy(update={"status": "submitted", "worker_id": worker.id})
 
@@ -223,7 +261,10 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
     job = store.require_job(job_id)
     if job.done or job.worker_id is None:
         store.release_follow(job.id)
-        if job.done:
+        if job.status in LOCAL_ENDS:  # ended here: its turn is settled by the sweep
+            rt.ends.mark_ended(job.id)
+            release_slots(app, rt, job)
+        elif job.done:
             turn_ended(app, rt, job)  # e.g. failed by the follower: give back its hold
         return "noop"
     worker = rt.client.retrieve(job.worker_id)
@@ -231,30 +272,13 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
         store.save_snapshot(worker)
         store.request_follow(job.id, now=True)
         return "refollow"
-    # Three round trips from here, not one per write: the batches keep the order.
-    at = now_ms()
-    settle = store.batch()
     try:
-        posted_at, relayed_at = store.settle_into(
-            settle, job, worker, at, turn_members(job.tags, at)
-        )
-        hold_at = rt.budgets.hold_into(settle, job.id)
-        replies = settle.execute(raise_on_error=False)
-        posted = None if posted_at is None else posted_deltas(replies[posted_at])
+        relayed, raw_hold = settle_turn(rt, job, worker)
     except FigureError as exc:  # an absurd upstream figure: nothing was posted
         log.error("job %s: %s", job.id, exc)
         store.release_follow(job.id)
         fail(app, rt, job.id, f"cost not posted: {exc}")
         return "failed"
-    for field, fell_by in posted_falls(
-        replies[posted_at] if posted_at is not None else None
-    ).items():
-        log.warning("job %s: upstream %s fell by %d; nothing posted for it", job.id, field, fell_by)
-        COST_ANOMALIES.labels(field=field).inc()
-    raw_hold = replies[hold_at]
-    hold = rt.budgets.amount_of(raw_hold)
-    if posted is not None and hold is not None and total_cost_micro(posted) > hold:
-        rt.budgets.record_overshoot(job, hold, total_cost_micro(posted))
     fetches = []
     if job.fetch_files:
         for file in worker.files:
@@ -264,7 +288,7 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
     end = store.batch()
     # Watched until a worker begins each (see resend_lost_files).
     store.fetches_sent_into(end, job.id, fetches)
-    store.complete_into(end, job, int(replies[relayed_at] or 0))
+    store.complete_into(end, job, relayed)
     if raw_hold is not None:
         rt.budgets.release_into(end, job.id, raw_hold)
     promoted_at = rt.limits.release_into(end, job)

@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery
 
 from orchestrator.errors import InputError
-from orchestrator.jobs.model import Job, Submission, validate_submission
+from orchestrator.jobs.model import LIMITS, Job, Submission, validate_submission
 from orchestrator.jobs.steps import dispatch
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
@@ -20,8 +20,13 @@ from orchestrator.store.jobs import RedisStore
 
 def check(settings: Settings, **fields: Any) -> Submission:
     """The validated submission (``fields``: submit's keywords plus ``kind`` and
-    ``worker_id``); InputError naming the field, before anything is written."""
-    return validate_submission(settings.max_input_chars, **fields)
+    ``worker_id``); InputError naming the field, before anything is written. A limit
+    not given (None) takes the setting's default (``JOB_QUEUE_TTL`` ...; 0 is off)."""
+    sub = validate_submission(settings.max_input_chars, **fields)
+    defaults = {name: getattr(settings, f"job_{name}") or None for name in LIMITS}
+    return sub.model_copy(
+        update={name: value for name, value in defaults.items() if getattr(sub, name) is None}
+    )
 
 
 def enqueue(app: Celery, rt: Runtime, sub: Submission) -> Job:

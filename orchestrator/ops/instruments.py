@@ -6,7 +6,7 @@ on each scrape see :mod:`orchestrator.ops.collector`).
 - :data:`UPSTREAM_LATENCY` and :data:`UPSTREAM_RETRIES`, both fed by
   :func:`record_attempt` (the clients' ``on_attempt`` hook);
 - :data:`EVENTS_RELAYED`, :data:`SCHEDULE_RUNS`, :data:`SCHEDULE_LATENESS`,
-  :data:`RATE_LIMIT_WAITS` and :data:`COST_ANOMALIES`.
+  :data:`RATE_LIMIT_WAITS`, :data:`COST_ANOMALIES` and :data:`JOBS_ENDED_HERE`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from orchestrator.wire.retry import retry_reason
 __all__ = [
     "COST_ANOMALIES",
     "EVENTS_RELAYED",
+    "JOBS_ENDED_HERE",
     "RATE_LIMIT_WAITS",
     "SCHEDULE_LATENESS",
     "SCHEDULE_RUNS",
@@ -57,6 +58,12 @@ COST_ANOMALIES = Counter(
     "Turns whose upstream cumulative cost or usage figure fell below what was already "
     "counted (nothing posted for that field; see orchestrator reconcile), by field.",
     ["field"],
+)
+JOBS_ENDED_HERE = Counter(
+    "orchestrator_jobs_ended_here_total",
+    "Jobs this process ended itself, by end state: cancelled (by a user), expired (not "
+    "started upstream within its queue time-to-live), timed_out (idle timeout or deadline).",
+    ["state"],
 )
 SCHEDULE_LATENESS = Histogram(
     "orchestrator_schedule_lateness_seconds",

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from orchestrator.runtime import store_for
 from orchestrator.schedules.beat import READY_LINE as BEAT_READY
-from orchestrator.store.jobs import RedisStore
+from orchestrator.settings import Settings, load_settings
 
 __all__ = [
     "BEAT_READY",
@@ -30,6 +31,7 @@ __all__ = [
     "celery_beat",
     "celery_worker",
     "deployment_env",
+    "settings_of",
     "wait_for",
 ]
 
@@ -147,8 +149,11 @@ def deployment_env(
     redis_url: str, prefix: str, api_url: str, api_key: str, **extra: str
 ) -> dict[str, str]:
     """The environment of a project process pointed at one deployment: this process's
-    own, less any ``REDIS_*``/``WORKERS_*`` setting of the caller's shell, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "WORKERS_"))}
+    own, less any ``REDIS_*``/``BROKER_*``/``WORKERS_*`` setting of the caller's shell, plus
+    ``extra``."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "BROKER_", "WORKERS_"))
+    }
     env.update(
         REDIS_URL=redis_url,
         KEY_PREFIX=prefix,
@@ -158,6 +163,14 @@ def deployment_env(
     )
     env.update(extra)
     return env
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    """The settings of the deployment ``env`` describes (its store, broker and secrets)."""
+    names = ("REDIS_URL", "BROKER_URL", "KEY_PREFIX", "REDIS_PASSWORD", "BROKER_PASSWORD",
+             "REDIS_SENTINEL_PASSWORD", "WORKERS_API_URL", "WORKERS_API_KEY",
+             "FILES_DIR")  # fmt: skip
+    return load_settings(**{name.lower(): env[name] for name in names if env.get(name)})
 
 
 def celery_worker(
@@ -190,7 +203,7 @@ def celery_beat(env: dict[str, str], log: Path, *flags: str) -> Proc:
 def broker_depth(env: dict[str, str], queues: tuple[str, ...] = ("api", "streams")) -> int:
     """Messages waiting on the broker queues (every priority step) of the deployment
     ``env`` describes: a run has settled only once they are all taken."""
-    store = RedisStore.from_url(env["REDIS_URL"], env["KEY_PREFIX"])
+    store = store_for(settings_of(env))
     try:
         return sum(store.broker.waiting(queue) for queue in queues)
     finally:

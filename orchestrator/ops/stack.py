@@ -3,12 +3,15 @@
 ``orchestrator up`` (and ``demo``) use this. Redis comes from ``REDIS_URL`` or is an
 embedded real server; the hosted API comes from ``WORKERS_API_URL``/``WORKERS_API_KEY``
 or, when those are unset, the local emulator stands in (and says so). A Celery worker
-serving every queue, beat and Flower run as child processes in their own process
-groups, and :meth:`Stack.stop` ends every one of them, so no orphan is left.
+serving every queue, beat, Flower and the Prometheus exporter run as child processes in
+their own process groups, and :meth:`Stack.stop` ends every one of them, so no orphan
+is left. Each line the stack says is ``<part> <message>``, or with ``json_lines`` one
+JSON object ``{"part", "message"}`` per line.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shlex
@@ -44,6 +47,8 @@ class Stack:
     with_beat: bool = True
     with_flower: bool = True
     flower_port: int = 5555
+    with_metrics: bool = True
+    json_lines: bool = False
     out: TextIO = sys.stdout
     env: dict[str, str] = field(default_factory=dict)
     components: list[Component] = field(default_factory=list)
@@ -66,6 +71,8 @@ class Stack:
         else:
             self._say(f"redis     {_redact(redis_url)} (from REDIS_URL)")
         self.env["REDIS_URL"] = redis_url
+        if self.settings.broker_url:
+            self._say(f"broker    {_redact(self.settings.broker_url)} (from BROKER_URL)")
         if self.settings.uses_emulator:
             self._start_emulator()
         else:
@@ -76,6 +83,8 @@ class Stack:
             self._spawn("beat", [py, "-m", "orchestrator", "beat"], "beat: Starting")
         if self.with_flower and _has_flower():
             self._start_flower()
+        if self.with_metrics:
+            self._start_metrics()
         deadline = time.monotonic() + timeout
         for comp in self.components:
             self._wait_ready(comp, deadline)
@@ -124,6 +133,11 @@ class Stack:
         shown = password if "FLOWER_PASSWORD" not in os.environ else "(from FLOWER_PASSWORD)"
         self._say(f"flower    {url}  user {user}  password {shown}")
 
+    def _start_metrics(self) -> None:
+        port = free_port()
+        args = [sys.executable, "-m", "orchestrator", "metrics", "--port", str(port)]
+        self._spawn("metrics", args, "metrics on http", url=f"http://127.0.0.1:{port}/metrics")
+
     def _spawn(self, name: str, args: list[str], ready_line: str, url: str = "") -> None:
         """Launch a part; every part starts before any is waited for (see :meth:`start`)."""
         proc = Proc(args, self.env, self.workdir / f"{name}.log", ready_line).launch()
@@ -169,6 +183,9 @@ class Stack:
         self._say("stopped   every process this stack started")
 
     def _say(self, line: str) -> None:
+        if self.json_lines:
+            part, _, message = line.partition(" ")
+            line = json.dumps({"part": part, "message": message.strip()})
         print(line, file=self.out, flush=True)
 
 
@@ -181,7 +198,7 @@ def _has_flower() -> bool:
 
 
 def _redact(url: str) -> str:
-    """A Redis URL without its password, for printing."""
+    """A Redis or AMQP URL without its password, for printing."""
     if "@" not in url:
         return url
     scheme, rest = url.split("://", 1)

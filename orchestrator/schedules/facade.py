@@ -75,6 +75,9 @@ class ScheduleAPI:
         timezone: str = "UTC",
         catch_up: CatchUp = "skip",
         overlap: Overlap = "skip",
+        queue_ttl: float | None = None,
+        idle_timeout: float | None = None,
+        deadline: float | None = None,
     ) -> WorkerSchedule:
         """A new schedule running ``input`` on the worker (a worker id or a job of ours).
 
@@ -83,8 +86,12 @@ class ScheduleAPI:
         ``timezone`` (IANA) applies to cron; ``catch_up`` says what a recurring schedule
         does after beat was down (``skip`` the missed slots, or run ``once``);
         ``overlap`` what a slot does while the previous run still goes (``skip`` it, or
-        ``buffer`` one run for when it ends). Returns the reference's WorkerSchedule.
+        ``buffer`` one run for when it ends). ``queue_ttl``, ``idle_timeout`` and
+        ``deadline`` are each run's job limits, as for ``Orchestrator.submit`` (None: the
+        settings' defaults when the run happens). Returns the reference's WorkerSchedule.
         """
+        limits = {"queue_ttl": queue_ttl, "idle_timeout": idle_timeout, "deadline": deadline}
+        given = {name: value for name, value in limits.items() if value is not None}
         when_data = when.model_dump(by_alias=True) if isinstance(when, BaseModel) else when
         request = validate(
             ScheduleRequest,
@@ -97,6 +104,7 @@ class ScheduleAPI:
             input=input,
             budget=budget,
             worker_id=wid,
+            **given,
         )
         if wid is not None:
             self._require_worker(wid)
@@ -107,6 +115,7 @@ class ScheduleAPI:
             budget=sub.budget,
             worker_id=wid,
             now_ms=now_ms(),
+            limits={name: getattr(sub, name) for name in given},
         )
         self.store.add(schedule)
         return schedule.wire()
@@ -180,6 +189,7 @@ class ScheduleAPI:
             "timezone": s.timing.tz,
             "catch_up": s.catch_up,
             "overlap": s.overlap,
+            "limits": dict(s.limits),
             "created_at": iso(s.created_at),
             "upstream_id": s.upstream_id,
             "next_runs": [iso(t) for t in nxt[:count]],

@@ -81,6 +81,7 @@ def run_slot(rt: Runtime, app: Celery, schedule_id: str, slot_ms: int) -> str:
             schedule_id=schedule.id,
             idempotency_key=f"sched:{schedule.id}:{slot_ms}",
             priority="batch",  # nobody waits on a screen for a scheduled run
+            **schedule.limits,
         )
     except InputError as exc:
         # Only a bad submission is the run's error; a store failure below is the task's.

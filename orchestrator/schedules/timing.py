@@ -310,6 +310,8 @@ class Schedule:
     upstream_id: str | None = None
     last_job: str = ""
     counts: Mapping[str, int] = field(default_factory=dict)
+    # Per-run job limits given at creation (queue_ttl ...: seconds); the rest default.
+    limits: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def kind(self) -> Kind:
@@ -345,6 +347,7 @@ def new_schedule(
     allow_past: bool = False,
     first_run_ms: int | None = None,
     upstream_id: str | None = None,
+    limits: Mapping[str, float] | None = None,
 ) -> Schedule:
     """A new active schedule, its first run computed from ``now_ms``.
 
@@ -389,4 +392,5 @@ def new_schedule(
         created_at=now_ms,
         delay_seconds=delay,
         upstream_id=upstream_id,
+        limits=dict(limits or {}),
     )

@@ -15,7 +15,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from orchestrator.store.keys import Keys
 
@@ -45,14 +45,47 @@ def broker_prefix(prefix: str) -> str:
     return Keys(prefix).broker_prefix
 
 
+class BrokerView(Protocol):
+    """What the orchestrator reads of its broker (``store.broker``): this module's
+    :class:`BrokerLayout` on a Redis broker, :class:`orchestrator.ops.rabbitmq.RabbitQueues`
+    on RabbitMQ."""
+
+    def waiting(self, queue: str) -> int: ...
+
+    def queue_figures(self, queues: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]: ...
+
+    def held_tasks(self) -> list[tuple[str, list[Any]]]: ...
+
+    def lost(
+        self,
+        due: Sequence[T],
+        sweep: str,
+        period_seconds: float,
+        held_of: Callable[[str, list[Any]], Iterable[T]],
+        *,
+        backlog_queue: str,
+    ) -> list[T]: ...
+
+    def close(self) -> None: ...
+
+
 class BrokerLayout:
     """Reads of the broker's keys under one prefix (``store.broker``), and the fleet-wide
     pass of the lost-task sweeps. Queue names are passed in: the store knows the
-    broker's layout, not the Celery app's routing."""
+    broker's layout, not the Celery app's routing.
 
-    def __init__(self, r: Any, keys: Keys) -> None:
+    ``r`` is the broker's Redis: the store's own client (the one-box default), or a
+    client of its own when ``BROKER_URL`` names another Redis (``owned``: closed with
+    the store)."""
+
+    def __init__(self, r: Any, keys: Keys, *, owned: bool = False) -> None:
         self.r = r
         self.keys = keys
+        self.owned = owned
+
+    def close(self) -> None:
+        if self.owned:
+            self.r.close()
 
     def waiting(self, queue: str) -> int:
         """Messages waiting on ``queue``, every priority step together (one round trip)."""

@@ -1,8 +1,16 @@
 """The one place that opens Redis connections, and the error type callers catch.
 
 Every client of the orchestrator comes from here: :func:`connect` for the synchronous
-store (tasks, the CLI, backends) and :func:`connect_async` for the stream follower. A
-later Redis topology (Sentinel, Cluster) changes these two functions, not their callers.
+store (tasks, the CLI, backends, a Redis broker's reads) and :func:`connect_async` for the
+stream follower. Two forms of address are understood:
+
+- ``redis://``, ``rediss://``, ``unix://``: one server;
+- ``redis+sentinel://host:port,host:port/<master name>/<db>``: the primary that Redis
+  Sentinel names, asked of the sentinels listed, and asked again after a failover (the
+  pool reconnects to whichever server the sentinels promoted).
+
+Passwords come as arguments (from settings), never inside a URL that might be logged:
+``password`` for the data servers, ``sentinel_password`` for the sentinels themselves.
 
 Code outside :mod:`orchestrator.store` catches :data:`StoreError` (every error a store
 call raises when Redis misbehaves or is away) instead of importing ``redis`` itself.
@@ -10,32 +18,141 @@ call raises when Redis misbehaves or is away) instead of importing ``redis`` its
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.sentinel as asentinel
+import redis.sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError as StoreError
+from redis.retry import Retry
 
-__all__ = ["StoreError", "connect", "connect_async"]
+from orchestrator.errors import ConfigError
+
+__all__ = [
+    "SENTINEL_SCHEME",
+    "SentinelAddress",
+    "StoreError",
+    "connect",
+    "connect_async",
+    "parse_sentinel_url",
+]
+
+SENTINEL_SCHEME = "redis+sentinel://"
+
+#: The socket timeout stays above the longest blocking read we issue (5 s).
+_SYNC_OPTIONS: dict[str, Any] = {
+    "decode_responses": True,
+    "health_check_interval": 30,
+    "socket_keepalive": True,
+    "socket_timeout": 30,
+    "socket_connect_timeout": 5,
+}
+#: A sentinel answers at once or is down: ask the next one soon.
+_SENTINEL_TIMEOUT = 1.0
+#: Under Sentinel a call that meets a dead primary (or sentinels still agreeing on the
+#: next one) is tried again: redis-py nests the retry (a command's tries, each one's
+#: connect tries to the address the sentinels named), so 5 tries with a backoff of 0.1 s
+#: doubling to 0.5 s ask the sentinels again every ~1.7 s and ride through ~10 s of
+#: failover. Like redis-py's default retry, a command whose reply was lost may run
+#: twice; our writes are scripts keyed by natural ids, so a second run is a no-op.
+SENTINEL_RETRIES = 5
 
 
-def connect(url: str) -> redis.Redis:
-    """A pooled client that decodes replies to str.
-
-    The socket timeout stays above the longest blocking read we issue (5 s).
-    """
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        health_check_interval=30,
-        socket_keepalive=True,
-        socket_timeout=30,
-        socket_connect_timeout=5,
-    )
+def _failover_retry() -> Retry:
+    return Retry(ExponentialBackoff(cap=0.5, base=0.05), SENTINEL_RETRIES)
 
 
-def connect_async(url: str, *, max_connections: int = 100) -> aioredis.Redis:
+@dataclass(frozen=True)
+class SentinelAddress:
+    """Where Sentinel names the primary: the sentinels, the master name, the db."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int
+
+
+def parse_sentinel_url(url: str, variable: str = "REDIS_URL") -> SentinelAddress:
+    """``redis+sentinel://h:p,h:p/master/db`` → :class:`SentinelAddress`; ConfigError
+    naming ``variable`` when malformed. A password in the URL is refused: it goes in
+    the settings (``REDIS_PASSWORD``, ``REDIS_SENTINEL_PASSWORD``) so it is never
+    printed with the address."""
+    if not url.startswith(SENTINEL_SCHEME):
+        raise ConfigError(variable, f"must start with {SENTINEL_SCHEME}")
+    rest = url[len(SENTINEL_SCHEME) :]
+    hosts, _, path = rest.partition("/")
+    if "@" in hosts:
+        raise ConfigError(variable, "carries a password: set it in REDIS_PASSWORD instead")
+    sentinels = []
+    for part in hosts.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(variable, "lists a sentinel that is not host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    master, _, db = path.strip("/").partition("/")
+    if not master:
+        raise ConfigError(variable, "names no master: redis+sentinel://h:p,h:p/<master>/<db>")
+    if db and not db.isdigit():
+        raise ConfigError(variable, "has a db that is not a number")
+    return SentinelAddress(tuple(sentinels), unquote(master), int(db or 0))
+
+
+def _sentinel_kwargs(sentinel_password: str | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"socket_timeout": _SENTINEL_TIMEOUT}
+    if sentinel_password:
+        kwargs["password"] = sentinel_password
+    return kwargs
+
+
+def connect(
+    url: str, *, password: str | None = None, sentinel_password: str | None = None
+) -> redis.Redis:
+    """A pooled client that decodes replies to str (see the module for the URL forms)."""
+    if url.startswith(SENTINEL_SCHEME):
+        where = parse_sentinel_url(url)
+        # Any: redis-py's Sentinel classes are untyped.
+        sentinel: Any = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(where.sentinels), sentinel_kwargs=_sentinel_kwargs(sentinel_password)
+        )
+        client: redis.Redis = sentinel.master_for(
+            where.master, db=where.db, password=password, retry=_failover_retry(), **_SYNC_OPTIONS
+        )
+        return client
+    extra = {"password": password} if password and not urlsplit(url).password else {}
+    return redis.Redis.from_url(url, **_SYNC_OPTIONS, **extra)
+
+
+def connect_async(
+    url: str,
+    *,
+    max_connections: int = 100,
+    password: str | None = None,
+    sentinel_password: str | None = None,
+) -> aioredis.Redis:
     """The stream follower's client. A blocking pool: with thousands of streams, a burst
-    of Redis calls waits for a connection instead of failing ("Too many connections")."""
+    of Redis calls waits for a connection instead of failing ("Too many connections").
+
+    Under Sentinel the pool is redis-py's sentinel pool, which does not block: it is
+    left unbounded (Redis' own ``maxclients`` bounds it) rather than fail a burst."""
+    if url.startswith(SENTINEL_SCHEME):
+        where = parse_sentinel_url(url)
+        sentinel: Any = asentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(where.sentinels), sentinel_kwargs=_sentinel_kwargs(sentinel_password)
+        )
+        aclient: aioredis.Redis = sentinel.master_for(
+            where.master,
+            db=where.db,
+            password=password,
+            decode_responses=True,
+            retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), SENTINEL_RETRIES),
+        )
+        return aclient
+    extra = {"password": password} if password and not urlsplit(url).password else {}
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, decode_responses=True, max_connections=max_connections, timeout=30
+        url, decode_responses=True, max_connections=max_connections, timeout=30, **extra
     )
     return aioredis.Redis(connection_pool=pool)

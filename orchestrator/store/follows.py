@@ -13,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from orchestrator.jobs.model import TERMINAL, JobStatus
+from orchestrator.jobs.model import LOCAL_ENDS, TERMINAL, JobStatus
 from orchestrator.store.batch import AsyncBatch
 from orchestrator.store.connection import connect_async
 from orchestrator.store.keys import Keys
@@ -48,10 +48,17 @@ class FollowStore:
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str, *, retention: RetentionPolicy | None = None
+        cls,
+        url: str,
+        prefix: str,
+        *,
+        retention: RetentionPolicy | None = None,
+        password: str | None = None,
+        sentinel_password: str | None = None,
     ) -> FollowStore:
         """A follower's store on its own blocking pool (see :func:`connect_async`)."""
-        return cls(connect_async(url), prefix, retention=retention)
+        client = connect_async(url, password=password, sentinel_password=sentinel_password)
+        return cls(client, prefix, retention=retention)
 
     def rate_store(self) -> AsyncRateStore:
         """The fleet rate limit on this store's pool (one pool per follower process)."""
@@ -89,7 +96,7 @@ class FollowStore:
         """Move a job forward (as :meth:`RedisStore.transition`)."""
         for _ in range(5):
             fields = None
-            if status in TERMINAL:
+            if status in TERMINAL and status not in LOCAL_ENDS:
                 fields = fields_of(await self.r.hmget(self.keys.job(job_id), RECORD_FIELDS))
             now = int(time.time() * 1000)
             keys, args = transition_call(
@@ -105,7 +112,8 @@ class FollowStore:
         script pipelines add a SCRIPT EXISTS each). One reply per worker, in order: the
         stored count, or the exception its write raised (a gap, say)."""
         writes = AsyncBatch(self.r)
+        now = int(time.time() * 1000)
         for worker_id, (first, payloads) in pending.items():
             keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
-            writes.script(self._append, keys, [first, maxlen, *payloads])
+            writes.script(self._append, keys, [first, maxlen, now, *payloads])
         return await writes.execute(raise_on_error=False)

@@ -17,37 +17,33 @@ from typing import Any
 import redis
 
 from orchestrator.errors import InputError
-from orchestrator.jobs.model import STATUSES, TERMINAL, Job, JobStatus, Submission, new_job_id
+from orchestrator.jobs.model import (
+    LIMITS,
+    STATUSES,
+    Job,
+    Submission,
+    limit_ms,
+    new_job_id,
+    next_due,
+)
 from orchestrator.ledger import cumulative
 from orchestrator.store.batch import Batch
-from orchestrator.store.broker import BrokerLayout
+from orchestrator.store.broker import BrokerLayout, BrokerView
 from orchestrator.store.connection import connect
 from orchestrator.store.files import FilesStore, now_ms
 from orchestrator.store.keys import Keys
 from orchestrator.store.ledger import LedgerStore
-from orchestrator.store.retention import (
-    RECORD_FIELDS,
-    RetentionPolicy,
-    RetentionStore,
-    fields_of,
-    retain_call,
-    transition_call,
-)
+from orchestrator.store.retention import RetentionPolicy, RetentionStore
 from orchestrator.store.scripts import jobs as scripts
 from orchestrator.store.scripts import records
+from orchestrator.store.status import JobWatch, StatusStore
+from orchestrator.store.status import job_id_checked as _job_id
 from orchestrator.wire.models import Worker
 
-__all__ = ["RedisStore", "connect", "now_ms"]
+__all__ = ["JobWatch", "RedisStore", "connect", "now_ms"]
 
 
-def _job_id(value: object) -> str:
-    """``value`` if it looks like a job id; InputError naming ``job_id`` otherwise."""
-    if not isinstance(value, str) or not value.startswith("job_"):
-        raise InputError("job_id", f"{value!r} is not a job id")
-    return value
-
-
-class RedisStore(LedgerStore, RetentionStore, FilesStore):
+class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore):
     """Synchronous access to everything the orchestrator keeps in Redis."""
 
     def __init__(
@@ -66,13 +62,15 @@ class RedisStore(LedgerStore, RetentionStore, FilesStore):
         self.retention = retention or RetentionPolicy()
         self._transition = client.register_script(records.TRANSITION)
         self._retain = client.register_script(records.RETAIN)
+        self._settled = client.register_script(records.SETTLED)
         self._create = client.register_script(scripts.CREATE_JOB)
         self._begin = client.register_script(scripts.BEGIN_ATTEMPT)
         self._append = client.register_script(scripts.APPEND_UPDATES)
         self._post_turn = client.register_script(scripts.POST_TURN)
         self._release = client.register_script(scripts.RELEASE_FOLLOW)
-        #: What Celery's broker keeps in the same Redis (queue depths, unacked tasks).
-        self.broker = BrokerLayout(client, self.keys)
+        #: What Celery's broker holds (queue depths, unacked tasks): by default its keys
+        #: in this same Redis; ``runtime.store_for`` puts another broker's view here.
+        self.broker: BrokerView = BrokerLayout(client, self.keys)
 
     @classmethod
     def from_url(
@@ -82,9 +80,19 @@ class RedisStore(LedgerStore, RetentionStore, FilesStore):
         *,
         updates_maxlen: int = 100_000,
         retention: RetentionPolicy | None = None,
+        password: str | None = None,
+        sentinel_password: str | None = None,
     ) -> RedisStore:
         """A store on its own connection pool (:func:`orchestrator.store.connection.connect`)."""
-        return cls(connect(url), prefix, updates_maxlen=updates_maxlen, retention=retention)
+        client = connect(url, password=password, sentinel_password=sentinel_password)
+        return cls(client, prefix, updates_maxlen=updates_maxlen, retention=retention)
+
+    def broker_on(
+        self, url: str, *, password: str | None = None, sentinel_password: str | None = None
+    ) -> None:
+        """Read the broker's keys in another Redis (``BROKER_URL``), on a client of its own."""
+        client = connect(url, password=password, sentinel_password=sentinel_password)
+        self.broker = BrokerLayout(client, self.keys, owned=True)
 
     def batch(self) -> Batch:
         """An empty batch: writes of several store methods (their ``*_into`` forms) go
@@ -117,6 +125,7 @@ class RedisStore(LedgerStore, RetentionStore, FilesStore):
             "attempts": "0",
             "created_at": str(created),
             "at_queued": str(created),
+            **{f"{name}_ms": str(limit_ms(getattr(sub, name))) for name in LIMITS},
             # The history's first entry (see scripts.records.HISTORY_FN for its form).
             "history": json.dumps(
                 {"status": "queued", "at": created, "detail": ""}, separators=(",", ":")
@@ -128,11 +137,13 @@ class RedisStore(LedgerStore, RetentionStore, FilesStore):
             self.keys.jobs,
             self.keys.outbox,
             self.keys.job_states,
+            self.keys.jobs_live,
         ]
         if sub.idempotency_key:
             keys.append(self.keys.idempotency(sub.idempotency_key))
         flat = [part for item in record.items() for part in item]
-        written, found_id = self._create(keys=keys, args=[job_id, created, *flat])
+        due = next_due(Job.from_hash(record), created)
+        written, found_id = self._create(keys=keys, args=[job_id, created, due, *flat])
         if int(written) == 1:
             return Job.from_hash(record), True
         job = self.get_job(str(found_id))
@@ -176,37 +187,6 @@ class RedisStore(LedgerStore, RetentionStore, FilesStore):
         if job is None:
             raise InputError("job_id", f"no job {job_id} (never made, or expired: RETENTION)")
         return job
-
-    def transition(self, job_id: str, status: JobStatus, detail: str = "") -> bool:
-        """Move a job forward; False if it already was there or may not move. A
-        terminal status sets the expiry of the job's records in the same script (see
-        :mod:`orchestrator.store.retention`)."""
-        for _ in range(5):
-            fields = None
-            if status in TERMINAL:
-                fields = fields_of(self.r.hmget(self.keys.job(job_id), RECORD_FIELDS))
-            keys, args = transition_call(
-                self.keys, self.retention, job_id, status, now_ms(), detail, fields
-            )
-            result = int(self._transition(keys=keys, args=args))
-            if result != -2:  # -2: its worker was linked meanwhile; read it again
-                return result == 1
-        return False
-
-    def history(self, job_id: str) -> list[dict[str, Any]]:
-        raw = self.r.hget(self.keys.job(job_id), "history") or ""
-        entries = [json.loads(line) for line in raw.split("\n") if line]
-        return [
-            {"status": e["status"], "at": int(e["at"]), "detail": e.get("detail") or None}
-            for e in entries
-        ]
-
-    def watch_job(self, job_id: str) -> JobWatch:
-        """A subscription to the job's status moves: open it, then read the job; any
-        later move wakes :meth:`JobWatch.wait` (use it as a context manager)."""
-        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(self.keys.job_events(_job_id(job_id)))
-        return JobWatch(pubsub)
 
     def begin_attempt(self, job_id: str) -> tuple[Job, bool]:
         """Read a job for its create step; True if its attempt was counted already.
@@ -262,10 +242,11 @@ class RedisStore(LedgerStore, RetentionStore, FilesStore):
         for key in (wkey, self.keys.updates(worker.id), self.keys.ledger("worker", worker.id)):
             batch.pipe.persist(key)
         batch.pipe.zadd(self.keys.follows, {job.id: 0}, nx=True)
-        keys, args = transition_call(
-            self.keys, self.retention, job.id, "submitted", now_ms(), "", None
-        )
-        batch.script(self._transition, keys, args)
+        at = now_ms()
+        upstream = job.model_copy(update={"status": "submitted"})
+        # XX: a job that ended meanwhile has left the live index, and stays out of it.
+        batch.pipe.zadd(self.keys.jobs_live, {job.id: next_due(upstream, at)}, xx=True)
+        self.transition_into(batch, job.id, "submitted", at)
         return int(batch.execute()[-1]) == 1
 
     def request_follow(self, job_id: str, *, now: bool = False) -> None:
@@ -286,18 +267,6 @@ class RedisStore(LedgerStore, RetentionStore, FilesStore):
         keys = [self.keys.follows, self.keys.follow_owners]
         return int(self._release(keys=keys, args=[job_id, owner])) == 1
 
-    def complete_into(self, batch: Batch, job: Job, update_to: int) -> None:
-        """Queue the end of a settled turn: where its updates end, ``completed`` (with
-        its records' expiry), and the release of its follow lease."""
-        job_id = job.id
-        batch.pipe.hset(self.keys.job(job_id), "update_to", update_to)
-        fields = (job.worker_id or "", job.idempotency_key or "", job.tags)
-        keys, args = transition_call(
-            self.keys, self.retention, job_id, "completed", now_ms(), "", fields
-        )
-        batch.script(self._transition, keys, args)
-        batch.script(self._release, [self.keys.follows, self.keys.follow_owners], [job_id, ""])
-
     def following(self) -> int:
         return int(self.r.zcard(self.keys.follows))
 
@@ -313,21 +282,11 @@ class RedisStore(LedgerStore, RetentionStore, FilesStore):
     def relayed(self, worker_id: str) -> int:
         return int(self.r.hget(self.keys.worker(worker_id), "relayed") or 0)
 
-    def retain_archived(self, job_id: str, ended_ms: int) -> int:
-        """The archiver wrote the job: set its records' expiry (RETAIN). 1 when set, 0
-        when the job was not waiting for the archive."""
-        for _ in range(5):
-            fields = fields_of(self.r.hmget(self.keys.job(job_id), RECORD_FIELDS))
-            keys, args = retain_call(self.keys, self.retention, job_id, ended_ms, now_ms(), fields)
-            result = int(self._retain(keys=keys, args=args))
-            if result != -2:
-                return result
-        return 0
-
     def append_updates(self, worker_id: str, first_index: int, payloads: Sequence[str]) -> int:
         """Store updates ``first_index...``; those already stored are skipped."""
         keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
-        return int(self._append(keys=keys, args=[first_index, self.updates_maxlen, *payloads]))
+        args: list[str | int] = [first_index, self.updates_maxlen, now_ms(), *payloads]
+        return int(self._append(keys=keys, args=args))
 
     def read_updates(
         self, worker_id: str, after: int = -1, *, count: int = 500, block_ms: int | None = None
@@ -350,6 +309,7 @@ class RedisStore(LedgerStore, RetentionStore, FilesStore):
 
     def close(self) -> None:
         """Close the store's connections (the store is not used after)."""
+        self.broker.close()
         self.r.close()
 
     def record_heartbeat(self, name: str, at_ms: int, ttl_seconds: int) -> None:
@@ -376,24 +336,3 @@ class RedisStore(LedgerStore, RetentionStore, FilesStore):
                 "maxmemory-policy", f"is {policy!r}; the store needs 'noeviction' (no key loss)"
             )
         return policy
-
-
-class JobWatch:
-    """A job's status moves, as they happen (see :meth:`RedisStore.watch_job`)."""
-
-    def __init__(self, pubsub: Any) -> None:
-        self.pubsub = pubsub
-
-    def wait(self, timeout: float) -> str | None:
-        """The next status the job moved to, or None after ``timeout`` seconds."""
-        message = self.pubsub.get_message(timeout=max(timeout, 0.001))
-        return None if message is None else str(message["data"])
-
-    def close(self) -> None:
-        self.pubsub.close()
-
-    def __enter__(self) -> JobWatch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

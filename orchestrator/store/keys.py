@@ -48,6 +48,19 @@ class Keys:
         """Hash: status -> number of jobs currently in it (for gauges)."""
         return f"{self.prefix}:jobs:states"
 
+    @property
+    def jobs_live(self) -> str:
+        """Sorted set: every job not yet ended, by the next time one of its limits (queue
+        time-to-live, idle timeout, deadline) falls due (ms; ``NEVER`` when none
+        applies). Added by CREATE_JOB, left in TRANSITION to an end state."""
+        return f"{self.prefix}:jobs:live"
+
+    @property
+    def jobs_ended(self) -> str:
+        """Sorted set: jobs ended here (cancelled, expired, timed out) whose wind-down or
+        upstream turn's settlement is still to do, by the next time to look (ms)."""
+        return f"{self.prefix}:jobs:ended"
+
     def idempotency(self, key: str) -> str:
         """String: the job id that a submission idempotency key maps to."""
         return f"{self.prefix}:idem:{key}"

@@ -131,6 +131,33 @@ class LedgerStore:
         raw = self.r.get(self.keys.ledger_turn(job_id))
         return {k: int(v) for k, v in json.loads(raw).items()} if raw else None
 
+    def turn_costs(self, job_ids: Sequence[str]) -> list[dict[str, int] | None]:
+        """:meth:`turn_cost` of each job, in one round trip."""
+        if not job_ids:
+            return []
+        raw = self.r.mget([self.keys.ledger_turn(job_id) for job_id in job_ids])
+        return [{k: int(v) for k, v in json.loads(r).items()} if r else None for r in raw]
+
+    def job_costs(
+        self, *, since_ms: int | None = None, until_ms: int | None = None, limit: int = 50
+    ) -> dict[str, Any]:
+        """The newest ``limit`` jobs created in ``[since_ms, until_ms]`` with each one's
+        posted turn (``posted`` false and zeros until it is posted), plus the all-time
+        total: ``{"by": "job", "rows", "total"}``. O(limit), read from the jobs index."""
+        if not 1 <= limit <= 10_000:
+            raise InputError("limit", "must be between 1 and 10000")
+        high = "+inf" if until_ms is None else until_ms
+        low = "-inf" if since_ms is None else since_ms
+        ids = list(self.r.zrevrangebyscore(self.keys.jobs, high, low, start=0, num=limit))
+        rows = []
+        for job_id, cost in zip(ids, self.turn_costs(ids), strict=True):
+            row = empty_row()
+            if cost is not None:
+                row.update({k: v for k, v in cost.items() if k in row}, turns=1)
+            rows.append({"key": job_id, "posted": cost is not None, **row})
+        total = parse_row(self.r.hgetall(self.keys.ledger_total)) or empty_row()
+        return {"by": "job", "rows": rows, "total": total}
+
     def costs(
         self, by: str = "day", *, since: date | None = None, until: date | None = None
     ) -> dict[str, Any]:

@@ -4,7 +4,9 @@ pass that tidies the indexes expiry cannot reach (see docs/retention.md).
 The expiry itself is set in Redis by the script that makes a job terminal
 (:data:`~orchestrator.store.scripts.records.TRANSITION`), or, with an archive
 configured, by :data:`~orchestrator.store.scripts.records.RETAIN` once the archiver has
-written the job. This module builds their KEYS and ARGV.
+written the job. A job ended here (cancelled, expired, timed out) keeps its records
+until its upstream turn is settled: :data:`~orchestrator.store.scripts.records.SETTLED`
+starts their retention then. This module builds their KEYS and ARGV.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import redis
 
-from orchestrator.jobs.model import TERMINAL
+from orchestrator.jobs.model import LOCAL_ENDS, TERMINAL
 from orchestrator.store.keys import Keys
 from orchestrator.store.scripts.records import HISTORY_MAX
 
@@ -84,18 +86,34 @@ def transition_call(
     fields: tuple[str, str, dict[str, str]] | None,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of TRANSITION. ``fields`` (see :func:`fields_of`) are needed only
-    for a terminal status: they name the records that expire."""
-    fixed = [keys.job(job_id), keys.job_states, keys.retention, keys.archive_queue]
+    for a terminal status other than an end reached here (``LOCAL_ENDS``): they name
+    the records that expire. A job ended here goes to the ended set instead; its
+    retention starts when it is settled (:func:`settled_call`)."""
+    fixed = [keys.job(job_id), keys.job_states, keys.retention, keys.archive_queue,
+             keys.jobs_live, keys.jobs_ended]  # fmt: skip
     channel = keys.job_events(job_id)
-    if status not in TERMINAL:
-        return fixed, [status, now, detail[:1000], HISTORY_MAX, 0, "", 0, channel, "0"]
+    here = "1" if status in LOCAL_ENDS else "0"
+    if status not in TERMINAL or status in LOCAL_ENDS:
+        return fixed, [status, now, detail[:1000], HISTORY_MAX, 0, "", 0, channel, "0", here]
     if fields is None:  # without them the records' keys and retention are unknown
         raise ValueError(f"a move to {status} needs the job's record fields")
     worker_id, idem, tags = fields
     records, nw = record_keys(keys, job_id, worker_id, idem)
     args: list[Any] = [status, now, detail[:1000], HISTORY_MAX, policy.ttl_ms(tags), worker_id,
-                       nw, channel, "1" if policy.archive else "0"]  # fmt: skip
+                       nw, channel, "1" if policy.archive else "0", here]  # fmt: skip
     return fixed + records, args
+
+
+def settled_call(
+    keys: Keys, policy: RetentionPolicy, job_id: str, now: int,
+    fields: tuple[str, str, dict[str, str]],
+) -> tuple[list[str], list[Any]]:  # fmt: skip
+    """KEYS and ARGV of SETTLED (a job ended here is settled: its retention starts now)."""
+    worker_id, idem, tags = fields
+    records, nw = record_keys(keys, job_id, worker_id, idem)
+    fixed = [keys.job(job_id), keys.retention, keys.archive_queue, keys.jobs_ended]
+    archive = "1" if policy.archive else "0"
+    return fixed + records, [job_id, now, policy.ttl_ms(tags), nw, worker_id, archive]
 
 
 def retain_call(

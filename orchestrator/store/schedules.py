@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import InputError
-from orchestrator.jobs.model import STATUSES, TERMINAL
+from orchestrator.jobs.model import LIMITS, STATUSES, TERMINAL, limit_ms
 from orchestrator.schedules.timing import (
     COUNTERS,
     SCHEDULE_ID,
@@ -121,6 +121,7 @@ def schedule_to_hash(s: Schedule) -> dict[str, str | int]:
         "created_at": s.created_at,
         "upstream_id": s.upstream_id or "",
         "last_job": s.last_job,
+        **{f"{name}_ms": limit_ms(s.limits.get(name)) for name in LIMITS},
     }
 
 
@@ -140,6 +141,9 @@ def schedule_from_hash(data: Mapping[str, str]) -> Schedule:
         upstream_id=data.get("upstream_id") or None,
         last_job=data.get("last_job") or "",
         counts={name: int(data.get(name) or 0) for name in COUNTERS},
+        limits={
+            name: int(ms) / 1000 for name in LIMITS if int(ms := data.get(f"{name}_ms") or 0) > 0
+        },
     )
 
 

@@ -105,6 +105,11 @@ class BudgetStore:
         """The amount (micro-USD) of a raw hold; None for no hold."""
         return int(json.loads(raw_hold)["amount"]) if raw_hold else None
 
+    def settling(self, job_id: str) -> bool:
+        """Whether the job ended here and its upstream turn is not yet settled (its hold
+        reserves the money that turn is spending)."""
+        return self.r.zscore(self.keys.jobs_ended, job_id) is not None
+
     def holds_before(self, cutoff_ms: int) -> list[str]:
         """Ids of the jobs whose hold was taken before ``cutoff_ms``."""
         return list(self.r.zrangebyscore(self.keys.budget_hold_times, "-inf", cutoff_ms))
@@ -158,6 +163,7 @@ class LimitStore:
         self.keys = store.keys
         self._acquire = self.r.register_script(scripts.ACQUIRE_SLOTS)
         self._promote = self.r.register_script(scripts.PROMOTE_WAITING)
+        self._leave = self.r.register_script(scripts.LEAVE_WAITING)
 
     def set(self, key: str, limit: int) -> None:
         self.r.hset(self.keys.limits, key, limit)
@@ -198,6 +204,14 @@ class LimitStore:
         keys = [self.keys.limits, self.keys.limit_parked, self.keys.outbox]
         args = [job_id, now_ms, len(limit_keys), *limit_keys]
         return batch.script(self._promote, keys + self._slot_keys(limit_keys), args)
+
+    def leave_waiting(self, job_id: str, group: str) -> bool:
+        """Take a job out of the queue it waits in for a slot (if it waits in one)."""
+        key = self.r.hget(self.keys.limit_parked, job_id)
+        if key is None:
+            return False
+        keys = [self.keys.limit_parked, self.keys.limit_waiting(key), self.keys.limit_groups(key)]
+        return int(self._leave(keys=keys, args=[job_id, key, group])) == 1
 
     def usage(self, key: str) -> tuple[int, int]:
         """(running, waiting) jobs of a limit key."""

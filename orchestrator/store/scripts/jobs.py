@@ -12,18 +12,19 @@ from orchestrator.store.scripts.records import HISTORY_FN, HISTORY_MAX
 # same script, so of two racing submissions with one key exactly one writes a job.
 CREATE_JOB = """
 -- KEYS[1] job hash, KEYS[2] jobs zset, KEYS[3] outbox zset, KEYS[4] states count hash,
--- KEYS[5] idempotency key (optional)
--- ARGV[1] job id, ARGV[2] now (ms), ARGV[3..] the job hash (flat field, value, ...; its
--- history's first entry included)
+-- KEYS[5] live jobs zset, KEYS[6] idempotency key (optional)
+-- ARGV[1] job id, ARGV[2] now (ms), ARGV[3] when its first limit falls due (ms),
+-- ARGV[4..] the job hash (flat field, value, ...; its history's first entry included)
 -- Returns {1, job id} when written, or {0, the id the idempotency key already names}.
-if KEYS[5] then
-  local existing = redis.call('GET', KEYS[5])
+if KEYS[6] then
+  local existing = redis.call('GET', KEYS[6])
   if existing then return {0, existing} end
-  redis.call('SET', KEYS[5], ARGV[1])
+  redis.call('SET', KEYS[6], ARGV[1])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 redis.call('HINCRBY', KEYS[4], 'queued', 1)
 return {1, ARGV[1]}
 """
@@ -54,15 +55,26 @@ return {counted, job}
 # hash's 'relayed' counter says how many are stored, so a replay adds nothing.
 APPEND_UPDATES = """
 -- KEYS[1] worker hash, KEYS[2] updates stream
--- ARGV[1] index of the first payload, ARGV[2] stream maxlen, ARGV[3..] payloads (JSON)
--- Returns the number of updates stored after the call; raises on a gap, or GONE.
+-- ARGV[1] index of the first payload, ARGV[2] stream maxlen, ARGV[3] now (ms),
+-- ARGV[4..] payloads (JSON)
+-- Returns the number of updates stored after the call; raises on a gap, refuses (GONE)
+-- a worker with no records (expired, or never submitted: a follower left over from a
+-- job Redis lost), and refuses (STOPPED) while 'stopped_job' names the worker's
+-- 'active_job' (its job ended here: nothing more of that turn is relayed).
+-- 'relayed_at' on the worker is when an update was last stored (a job's idle timeout
+-- counts from it).
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('GONE the worker has no records (expired or never submitted)')
 end
-local relayed = tonumber(redis.call('HGET', KEYS[1], 'relayed') or '0')
+local state = redis.call('HMGET', KEYS[1], 'relayed', 'stopped_job', 'active_job')
+if state[2] and state[2] == state[3] then
+  return redis.error_reply('STOPPED the job of this turn has ended: not relayed')
+end
+local relayed = tonumber(state[1] or '0')
+local before = relayed
 local first = tonumber(ARGV[1])
-for i = 3, #ARGV do
-  local index = first + i - 3
+for i = 4, #ARGV do
+  local index = first + i - 4
   if index > relayed then
     return redis.error_reply('GAP expected update ' .. relayed .. ' got ' .. index)
   end
@@ -72,7 +84,19 @@ for i = 3, #ARGV do
   end
 end
 redis.call('HSET', KEYS[1], 'relayed', relayed)
+if relayed > before then redis.call('HSET', KEYS[1], 'relayed_at', ARGV[3]) end
 return relayed
+"""
+
+# A sweep's claim on the entries of a zset scored by due time: each claimed entry moves
+# to a later score, so a second sweeper passes it by unless the first one died.
+CLAIM_DUE = """
+-- KEYS[1] zset scored by due time (ms)
+-- ARGV[1] now (ms), ARGV[2] the score claimed entries move to (ms), ARGV[3] most to claim
+-- Returns the claimed members (those due by ARGV[1]).
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member) end
+return due
 """
 
 # One turn's cost is the difference of cumulative snapshots; posting it is keyed by

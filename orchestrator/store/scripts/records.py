@@ -5,7 +5,9 @@ A job's history is a field of its own hash (``history``: one JSON object a line,
 Each status move is published on the job's event channel, which is what
 ``Orchestrator.wait()`` blocks on. When a job reaches a terminal status, its records get
 their expiry in the same script (or, with an archive configured, the job is queued for
-the archiver, whose RETAIN sets it once the job is written; see docs/retention.md).
+the archiver, whose RETAIN sets it once the job is written; see docs/retention.md). A
+job ended here (cancelled, expired, timed out) waits in the ended set instead, its
+records kept until its upstream turn is settled; SETTLED then starts their retention.
 """
 
 from __future__ import annotations
@@ -66,15 +68,20 @@ end
 
 # Status order: a job only ever moves forward; terminal states never change again. The
 # rank table and the terminal rank are written in from jobs.model, the rule's one home.
+# An end leaves the live index; an end reached here (cancelled, expired, timed out:
+# ARGV[10]) enters the ended set instead of starting its retention, which SETTLED starts
+# once its upstream turn is settled (its records must outlive the turn they pay for).
 _RANKS = ", ".join(f"{status}={rank}" for status, rank in STATUS_RANK.items())
 TRANSITION = (
     """
 -- KEYS[1] job hash, KEYS[2] states count hash, KEYS[3] retention zset, KEYS[4] archive
--- queue zset, KEYS[5 ..] the records that expire with the job (see retain)
+-- queue zset, KEYS[5] live jobs zset, KEYS[6] ended jobs zset, KEYS[7 ..] the records
+-- that expire with the job (see retain)
 -- ARGV[1] new status, ARGV[2] now (ms), ARGV[3] detail ('' for none), ARGV[4] history
 -- max, ARGV[5] retention (ms), ARGV[6] the job's worker id as the caller read it ('' none),
 -- ARGV[7] how many of the records are the worker's, ARGV[8] the job's event channel,
--- ARGV[9] '1' to queue the job for the archiver instead of setting its expiry
+-- ARGV[9] '1' to queue the job for the archiver instead of setting its expiry,
+-- ARGV[10] '1' if the job ends here (into the ended set, its retention not yet begun)
 -- Returns 1 if the status changed, 0 if it already was that, -1 if refused
 -- (backwards/terminal), -2 if the job's worker is not ARGV[6] (read again, call again).
 """
@@ -87,8 +94,9 @@ local new = ARGV[1]
 if current == new then return 0 end
 if rank[current] >= terminal or rank[new] < rank[current] then return -1 end
 local ends = rank[new] >= terminal
+local here = ARGV[10] == '1'
 local worker = redis.call('HGET', KEYS[1], 'worker_id') or ''
-if ends and worker ~= ARGV[6] then return -2 end
+if ends and not here and worker ~= ARGV[6] then return -2 end
 redis.call('HSET', KEYS[1], 'status', new, 'at_' .. new, ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
 history_add(KEYS[1], new, ARGV[2], ARGV[3], tonumber(ARGV[4]))
@@ -96,16 +104,52 @@ redis.call('HINCRBY', KEYS[2], current, -1)
 redis.call('HINCRBY', KEYS[2], new, 1)
 if ends then
   local id = redis.call('HGET', KEYS[1], 'id')
-  if ARGV[9] == '1' then
+  redis.call('ZREM', KEYS[5], id)
+  if here then
+    redis.call('ZADD', KEYS[6], ARGV[2], id)
+  elseif ARGV[9] == '1' then
     redis.call('ZADD', KEYS[4], ARGV[2], id)
   else
     local ttl = tonumber(ARGV[5])
-    retain(5, tonumber(ARGV[7]), ttl, id)
+    retain(7, tonumber(ARGV[7]), ttl, id)
     redis.call('PEXPIRE', KEYS[1], ttl)
     redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + ttl, id .. '|' .. worker)
   end
 end
 redis.call('PUBLISH', ARGV[8], new)
+return 1
+"""
+)
+
+# A job ended here is settled (its upstream turn posted, or found to have none): it
+# leaves the ended set and its retention starts now, as TRANSITION starts a finished
+# job's (or it is queued for the archiver, which starts it once the job is written).
+SETTLED = (
+    """
+-- KEYS[1] job hash, KEYS[2] retention zset, KEYS[3] archive queue zset, KEYS[4] ended
+-- jobs zset, KEYS[5 ..] the records that expire with the job (see retain)
+-- ARGV[1] job id, ARGV[2] now (ms), ARGV[3] retention (ms), ARGV[4] how many of the
+-- records are the worker's, ARGV[5] the job's worker id as the caller read it,
+-- ARGV[6] '1' to queue the job for the archiver instead of setting its expiry
+-- Returns 1 once done, 0 if the job was not in the ended set (or is gone), -2 if the
+-- job's worker is not ARGV[5] (read again, call again).
+"""
+    + RETAIN_FN
+    + """if redis.call('ZSCORE', KEYS[4], ARGV[1]) == false then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  return 0
+end
+if (redis.call('HGET', KEYS[1], 'worker_id') or '') ~= ARGV[5] then return -2 end
+redis.call('ZREM', KEYS[4], ARGV[1])
+if ARGV[6] == '1' then
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+else
+  local ttl = tonumber(ARGV[3])
+  retain(5, tonumber(ARGV[4]), ttl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + ttl, ARGV[1] .. '|' .. ARGV[5])
+end
 return 1
 """
 )

@@ -126,6 +126,26 @@ end
 return promoted
 """
 
+# A job that leaves a limit's queue without a slot (cancelled or expired while waiting).
+LEAVE_WAITING = """
+-- KEYS[1] parked hash, KEYS[2] the waiting set of the limit key the job waits on,
+-- KEYS[3] that key's groups list
+-- ARGV[1] job id, ARGV[2] the limit key (as read from the parked hash), ARGV[3] its group
+-- Returns 1 if the job left the waiting set, 0 if it was not waiting on that key.
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local low, high = '[' .. ARGV[3] .. '|', '[' .. ARGV[3] .. '|\\255'
+local suffix = '|' .. ARGV[1]
+for _, member in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], low, high)) do
+  if string.sub(member, -#suffix) == suffix then
+    redis.call('ZREM', KEYS[2], member)
+    break
+  end
+end
+if redis.call('ZLEXCOUNT', KEYS[2], low, high) == 0 then redis.call('LREM', KEYS[3], 0, ARGV[3]) end
+return 1
+"""
+
 RATE_ACQUIRE = """
 -- KEYS[1] the fleet rate hash (fields tat, pause_until)
 -- ARGV[1] now (ms), ARGV[2] ms between requests (1000 / rate), ARGV[3] burst
