@@ -36,6 +36,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "beat": ("beat_scale", "scenario"),
     "costs": ("costs", "scenario"),
     "memory": ("memory", "scenario"),
+    "gateway": ("gateway", "scenario"),
     "topologies": ("topologies", "scenario"),
 }
 

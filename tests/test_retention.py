@@ -82,6 +82,23 @@ def job_keys(store: RedisStore, job: Job) -> list[str]:
     return out
 
 
+def test_the_prune_pass_trims_the_listing_indexes_of_expired_jobs(short: RedisStore) -> None:
+    """The per-tag listing indexes (written by CREATE_JOB) lose the ids of jobs whose
+    records expired, keep live jobs' ids, and an index left empty is forgotten."""
+    r, k = short.r, short.keys
+    ended = finished_job(short, "wrk_ret_idx", tags={"team": "x", "solo": "1"})
+    live, _ = short.create_job(validate_submission(1000, input="still queued", tags={"team": "x"}))
+    team, solo = k.jobs_by_tag("team", "x"), k.jobs_by_tag("solo", "1")
+    assert r.smembers(k.job_indexes) == {team, solo}
+    assert short.prune_indexes() == 0  # nothing expired yet: nothing removed
+    assert set(r.zrange(team, 0, -1)) == {ended.id, live.id}
+    wait_for(lambda: not r.exists(k.job(ended.id)), 10, "the finished job to expire")
+    assert short.prune_indexes() == 2
+    assert r.zrange(team, 0, -1) == [live.id]
+    assert not r.exists(solo)
+    assert r.smembers(k.job_indexes) == {team}
+
+
 def test_duration_and_override_rules() -> None:
     assert duration_seconds("7d") == 7 * 86_400
     assert duration_seconds("30s") == 30 and duration_seconds("12h") == 43_200

@@ -136,6 +136,7 @@ async def _housekeeping(stop: asyncio.Event) -> None:
         pipeline.release_budget_waiters(app, rt)
         rt.budgets.reclaim(int(rt.settings.hold_reclaim_seconds * 1000))
         rt.store.prune_expired(now_ms())
+        rt.store.prune_indexes()
         if archive is None:
             release_unarchived(rt.store)
 

@@ -22,6 +22,7 @@ from orchestrator.cli import (
     archive,
     cancel,
     controls,
+    gateway,
     jobs,
     ops,
     output,
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     serve.register(sub)
+    gateway.register(sub)
     jobs.register(sub)
     cancel.register(sub)
     schedules.register(sub)

@@ -63,6 +63,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore):
         self._transition = client.register_script(records.TRANSITION)
         self._retain = client.register_script(records.RETAIN)
         self._settled = client.register_script(records.SETTLED)
+        self._trim_index = client.register_script(records.TRIM_INDEX)
         self._create = client.register_script(scripts.CREATE_JOB)
         self._begin = client.register_script(scripts.BEGIN_ATTEMPT)
         self._append = client.register_script(scripts.APPEND_UPDATES)
@@ -138,12 +139,18 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore):
             self.keys.outbox,
             self.keys.job_states,
             self.keys.jobs_live,
+            self.keys.job_indexes,
         ]
+        indexes = [self.keys.jobs_by_tag(k, v) for k, v in sorted(sub.tags.items())]
+        if sub.schedule_id:
+            indexes.append(self.keys.jobs_by_schedule(sub.schedule_id))
+        keys += indexes
         if sub.idempotency_key:
             keys.append(self.keys.idempotency(sub.idempotency_key))
         flat = [part for item in record.items() for part in item]
         due = next_due(Job.from_hash(record), created)
-        written, found_id = self._create(keys=keys, args=[job_id, created, due, *flat])
+        args: list[str | int] = [job_id, created, due, len(indexes), *flat]
+        written, found_id = self._create(keys=keys, args=args)
         if int(written) == 1:
             return Job.from_hash(record), True
         job = self.get_job(str(found_id))

@@ -132,6 +132,7 @@ class RetentionStore:
 
     r: Any
     keys: Keys
+    _trim_index: Any
 
     def prune_expired(self, now_ms: int, limit: int = 1000) -> int:
         """Drop the jobs whose records have expired from the indexes expiry cannot
@@ -154,6 +155,31 @@ class RetentionStore:
             pipe.zrem(self.keys.retention, *due)
             pipe.execute()
         return len(due)
+
+    def prune_indexes(self, indexes: int = 16, per_index: int = 200) -> int:
+        """Trim the per-tag and per-schedule listing indexes of jobs whose records have
+        expired: of up to ``indexes`` of them (picked at random), the ``per_index``
+        oldest ids are checked and the ones whose job hash is gone removed. Bounded per
+        call; the oldest go first, and they are the ones retention takes first. Returns
+        how many ids were removed."""
+        names = list(self.r.srandmember(self.keys.job_indexes, indexes) or [])
+        if not names:
+            return 0
+        with self.r.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zrange(name, 0, per_index - 1)
+            oldest: list[list[str]] = pipe.execute()
+        with self.r.pipeline(transaction=False) as pipe:
+            for ids in oldest:
+                for job_id in ids:
+                    pipe.exists(self.keys.job(job_id))
+            alive = iter(pipe.execute())
+        removed = 0
+        for name, ids in zip(names, oldest, strict=True):
+            gone = [job_id for job_id in ids if not next(alive)]
+            if gone or not ids:
+                removed += int(self._trim_index(keys=[self.keys.job_indexes, name], args=gone))
+        return removed
 
     def config_differences(self) -> dict[str, str]:
         """Settings of :data:`COMPACT_SERVER_CONFIG` the server has otherwise, as

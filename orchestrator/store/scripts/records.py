@@ -176,3 +176,16 @@ redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + ttl, ARGV[1] .. '|' .. ARGV[5])
 return 1
 """
 )
+
+# Trim one listing index (per tag, per schedule) of expired jobs' ids; an index left
+# empty is forgotten in the same step, so a job created meanwhile (which writes the
+# index and its name together) is never left in an index nobody trims.
+TRIM_INDEX = """
+-- KEYS[1] set of the listing indexes' names, KEYS[2] the index zset
+-- ARGV[1..] ids of jobs whose records are gone
+-- Returns how many ids were removed.
+local removed = 0
+if #ARGV > 0 then removed = redis.call('ZREM', KEYS[2], unpack(ARGV)) end
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SREM', KEYS[1], KEYS[2]) end
+return removed
+"""
