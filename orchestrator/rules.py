@@ -38,6 +38,7 @@ __all__ = [
     "WORKER_ID",
     "Rule",
     "cap_usd",
+    "duration_seconds",
     "input_problem",
     "input_text",
     "job_limit",
@@ -45,6 +46,7 @@ __all__ = [
     "limit_value",
     "positive_seconds",
     "reason_text",
+    "retention_by_tag",
     "shown",
     "tag",
 ]
@@ -287,3 +289,39 @@ def webhook_events(value: object, field: str = "events") -> list[str]:
         if name not in WEBHOOK_EVENTS:
             raise InputError(field, f"{shown(name)} is not one of {', '.join(WEBHOOK_EVENTS)}")
     return sorted(set(value))
+
+
+#: Durations (retention): a whole number and a unit, ``30s``, ``15m``, ``12h``, ``7d``.
+_DURATION = re.compile(r"\A([0-9]{1,6})([smhd])\Z")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+#: The longest duration taken: ten years.
+DURATION_MAX_SECONDS = 3650 * 86_400
+
+
+def duration_seconds(value: object, field: str = "retention") -> int:
+    """A duration like ``7d``, ``12h``, ``15m`` or ``30s`` in seconds (1 s to ten years);
+    InputError naming ``field``."""
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise InputError(field, f"{shown(value)} is not a duration like 7d, 12h, 15m or 30s")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not 1 <= seconds <= DURATION_MAX_SECONDS:
+        raise InputError(field, f"{shown(value)} must be between 1s and 3650d")
+    return seconds
+
+
+def retention_by_tag(value: object, field: str = "retention_by_tag") -> dict[tuple[str, str], int]:
+    """Per-tag retention overrides, ``key=value=duration`` comma-separated (``tenant=acme=30d,
+    tier=gold=90d``), as {(key, value): seconds}; InputError naming ``field``."""
+    if not isinstance(value, str):
+        raise InputError(field, "must be text like tenant=acme=30d")
+    out: dict[tuple[str, str], int] = {}
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        pieces = part.rsplit("=", 2)
+        if len(pieces) != 3:
+            raise InputError(field, f"{shown(part)} is not key=value=duration")
+        key, tag_value = tag(pieces[0].strip(), pieces[1].strip(), field)
+        out[(key, tag_value)] = duration_seconds(pieces[2].strip(), field)
+    return out

@@ -118,7 +118,8 @@ def _send_finalize(rt: runtime.Runtime, job_id: str) -> None:
 async def _housekeeping(stop: asyncio.Event) -> None:
     """Periodic repairs that need no beat: re-send jobs a dead producer left unsent or
     whose task the broker lost, wake jobs whose budget period began, reclaim holds of
-    jobs that died."""
+    jobs that died, drop expired jobs from the indexes expiry cannot reach; with
+    ARCHIVE_DIR, archive finished jobs every ARCHIVE_INTERVAL_SECONDS."""
     from orchestrator.jobs import files as fetching
     from orchestrator.jobs import steps as pipeline
     from workers_tasks.schedule_tasks import resend_lost_runs
@@ -135,10 +136,31 @@ async def _housekeeping(stop: asyncio.Event) -> None:
         resend_lost_runs(rt, after)
         pipeline.release_budget_waiters(app, rt)
         rt.budgets.reclaim(int(rt.settings.hold_reclaim_seconds * 1000))
+        rt.store.prune_expired(now_ms())
+        rt.store.prune_indexes()
+        if archive is None:
+            release_unarchived(rt.store)
 
+    from orchestrator.ops.archive import ArchiveDir, archive_pass, release_unarchived
+
+    archive_dir = runtime.get_settings().archive_dir
+    archive = None if archive_dir is None else ArchiveDir(archive_dir)
+
+    def archiving() -> None:
+        assert archive is not None
+        while archive_pass(runtime.get_runtime().store, archive) == 500:
+            pass  # a backlog: keep going until the queue is short
+
+    if archive is not None:
+        every = min(every, runtime.get_settings().archive_interval_seconds)
+    last_repairs = float("-inf")
     while not stop.is_set():
         try:
-            await loop.run_in_executor(None, repairs)
+            if archive is not None:
+                await loop.run_in_executor(None, archiving)
+            if loop.time() - last_repairs >= min(15.0, after / 2):
+                last_repairs = loop.time()
+                await loop.run_in_executor(None, repairs)
         except Exception as exc:  # keep going: Redis may be briefly away
             log.warning("housekeeping failed: %s", exc)
         with contextlib.suppress(TimeoutError):

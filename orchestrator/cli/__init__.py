@@ -19,6 +19,7 @@ from kombu.exceptions import OperationalError
 
 from orchestrator import __version__
 from orchestrator.cli import (
+    archive,
     cancel,
     controls,
     gateway,
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     controls.register(sub)
     repair.register(sub)
     webhooks.register(sub)
+    archive.register(sub)
     _register_completion(sub)
     return parser
 

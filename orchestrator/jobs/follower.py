@@ -287,7 +287,15 @@ class Follower:
         bad_event, parse_failures = -1, 0
         marked_running = status == "running"
         self.writer.forget(worker_id)  # a failure of an earlier follow is not ours
+        retrying = False
         while True:
+            if retrying:
+                # The job may have ended, or expired with its records (its worker then
+                # takes no updates: APPEND_UPDATES answers GONE), while this one retried.
+                _, status = await self._job_fields(job_id)
+                if status is None or status in TERMINAL:
+                    break
+            retrying = True
             try:
                 relayed = await self.store.relayed(worker_id)
                 async for update in self.client.stream_updates(worker_id):

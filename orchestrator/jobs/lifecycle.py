@@ -186,7 +186,7 @@ def wind_down(app: Celery, rt: Runtime, job: Job) -> None:
 
 def _nothing_to_settle(rt: Runtime, job: Job) -> None:
     rt.budgets.release(job.id)
-    rt.ends.forget_ended(job.id)
+    rt.ends.settled(job.id)
 
 
 def settle_ended(app: Celery, rt: Runtime, job: Job, now: int) -> str:
@@ -226,11 +226,11 @@ def settle_ended(app: Celery, rt: Runtime, job: Job, now: int) -> str:
     except FigureError as exc:  # nothing posted; the hold and slots are given back
         log.error("job %s: %s", job.id, exc)
         fail(app, rt, job.id, f"cost not posted: {exc}")
-        rt.ends.forget_ended(job.id)
+        rt.ends.settled(job.id)
         return "failed"
     if raw_hold is not None:
         rt.budgets.release(job.id)
-    rt.ends.forget_ended(job.id)
+    rt.ends.settled(job.id)
     log.info("job %s (%s): its upstream turn ended and is settled", job.id, job.status)
     return "settled"
 
@@ -262,7 +262,7 @@ def sweep(app: Celery, rt: Runtime, now: int | None = None) -> dict[str, int]:
     for job_id in rt.ends.claim_ended(now, CLAIM_MS):
         job = rt.store.get_job(job_id)
         if job is None or job.status not in LOCAL_ENDS:
-            rt.ends.forget_ended(job_id)
+            rt.ends.settled(job_id)
             continue
         outcome = settle_ended(app, rt, job, now)
         counts[outcome] = counts.get(outcome, 0) + 1

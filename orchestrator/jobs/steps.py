@@ -221,7 +221,7 @@ def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
         if rt.ends.end_here(job.id, *late):
             JOBS_ENDED_HERE.labels(state=late[0]).inc()
             log.info("job %s %s: %s", job.id, *late)
-            rt.ends.forget_ended(job.id)  # no call was made: nothing to settle later
+            rt.ends.settled(job.id)  # no call was made: nothing to settle later
             hooks.job_ended(store, job.id)
         turn_ended(app, rt, job)  # e.g. a slot it was promoted to
         return store.require_job(job.id)
@@ -298,7 +298,7 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
     if job.fetch_files and worker.files:
         send_fetches(app, rt, job, worker)
     end = store.batch()
-    store.complete_into(end, job.id, relayed)
+    store.complete_into(end, job, relayed)
     if raw_hold is not None:
         rt.budgets.release_into(end, job.id, raw_hold)
     promoted_at = rt.limits.release_into(end, job)

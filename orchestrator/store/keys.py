@@ -23,9 +23,10 @@ class Keys:
         """Hash: the job record (see :class:`orchestrator.jobs.model.Job`)."""
         return f"{self.prefix}:job:{job_id}"
 
-    def job_history(self, job_id: str) -> str:
-        """Stream: one entry per status transition (status, at, detail)."""
-        return f"{self.prefix}:job:{job_id}:history"
+    def job_events(self, job_id: str) -> str:
+        """Pub/sub channel (not a key): the job's new status at each move; what
+        ``Orchestrator.wait()`` blocks on. (The history is the job hash's ``history``.)"""
+        return f"{self.prefix}:job:{job_id}:events"
 
     @property
     def files_dispatched(self) -> str:
@@ -49,6 +50,12 @@ class Keys:
     def jobs_by_schedule(self, schedule_id: str) -> str:
         """Sorted set: ids of the jobs a schedule ran, by creation time (ms)."""
         return f"{self.prefix}:jobs:schedule:{schedule_id}"
+
+    @property
+    def job_indexes(self) -> str:
+        """Set: the names of the per-tag and per-schedule job indexes (written by
+        CREATE_JOB), so the prune pass can trim them of expired jobs' ids."""
+        return f"{self.prefix}:jobs:indexes"
 
     @property
     def job_states(self) -> str:
@@ -131,10 +138,44 @@ class Keys:
         """Set: the values seen for a dimension (days, tiers, tags, ...)."""
         return f"{self.prefix}:ledger-index:{dimension}"
 
+    def ledger_turn(self, job_id: str) -> str:
+        """String: JSON of what the job's turn posted; a replay is a no-op. Expires with
+        the job (a late finalize of an expired job finds no job, so posts nothing)."""
+        return f"{self.prefix}:ledger-turn:{job_id}"
+
     @property
-    def ledger_turns(self) -> str:
-        """Hash: turn id (worker:job) -> JSON of what was posted; a replay is a no-op."""
-        return f"{self.prefix}:ledger:turns"
+    def ledger_corrections(self) -> str:
+        """Hash: reconcile correction id (``reconcile:<wid>:<n>``) -> JSON of what it
+        posted. Kept: corrections are rare, and the audit of the ledger's repairs."""
+        return f"{self.prefix}:ledger:corrections"
+
+    # --- retention (see docs/retention.md) ---
+    @property
+    def retention(self) -> str:
+        """Sorted set: ``<job id>|<worker id>`` of finished jobs by when their records
+        expire (ms); the prune pass drops expired ones from ``jobs`` and the ledger's
+        worker index."""
+        return f"{self.prefix}:retention"
+
+    @property
+    def archive_queue(self) -> str:
+        """Sorted set: finished jobs waiting for the archiver, by end time (ms); their
+        records get their expiry once archived."""
+        return f"{self.prefix}:archive:queue"
+
+    def record_patterns(self) -> dict[str, tuple[str, str]]:
+        """Record kind -> (SCAN pattern of its keys, suffix of other keys the pattern
+        also matches: they are left out). The memory gauge samples these."""
+        p = self.prefix
+        return {
+            "job": (f"{p}:job:job_*", ":files"),
+            "job_files": (f"{p}:job:*:files", ""),
+            "worker": (f"{p}:worker:*", ":schedules"),
+            "updates": (f"{p}:updates:*", ""),
+            "ledger_turn": (f"{p}:ledger-turn:*", ""),
+            "ledger_row": (f"{p}:ledger:*", ""),
+            "idempotency": (f"{p}:idem:*", ""),
+        }
 
     # --- schedules ---
     def schedule(self, schedule_id: str) -> str:

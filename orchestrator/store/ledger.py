@@ -59,10 +59,13 @@ class LedgerStore:
     keys: Keys
     _post_turn: Any
 
-    def turn_keys(self, worker_id: str, members: Sequence[tuple[str, str]]) -> list[str]:
-        """KEYS of POST_TURN and RECONCILE_WORKER: the worker, the turns hash, the total,
-        then each rollup row and each rollup's index set."""
-        keys = [self.keys.worker(worker_id), self.keys.ledger_turns, self.keys.ledger_total]
+    def turn_keys(
+        self, worker_id: str, members: Sequence[tuple[str, str]], record: str
+    ) -> list[str]:
+        """KEYS of POST_TURN and RECONCILE_WORKER: the worker, where the post is recorded
+        (the turn's record, or the corrections hash), the total, then each rollup row
+        and each rollup's index set."""
+        keys = [self.keys.worker(worker_id), record, self.keys.ledger_total]
         keys += [self.keys.ledger(dim, value) for dim, value in members]
         keys += [self.keys.ledger_index(dim) for dim, _ in members]
         return keys
@@ -121,19 +124,19 @@ class LedgerStore:
         args: list[Any] = [job.id, len(members), json.dumps(texts)]
         args += [value for _, value in members]
         args.append(at_ms)
-        keys = self.turn_keys(worker.id, members)
-        keys += [self.keys.job(job.id), self.keys.job_history(job.id)]
+        keys = self.turn_keys(worker.id, members, self.keys.ledger_turn(job.id))
+        keys.append(self.keys.job(job.id))
         return batch.script(self._post_turn, keys, args)
 
     def turn_cost(self, job_id: str) -> dict[str, int] | None:
-        raw = self.r.hget(self.keys.ledger_turns, job_id)
+        raw = self.r.get(self.keys.ledger_turn(job_id))
         return {k: int(v) for k, v in json.loads(raw).items()} if raw else None
 
     def turn_costs(self, job_ids: Sequence[str]) -> list[dict[str, int] | None]:
         """:meth:`turn_cost` of each job, in one round trip."""
         if not job_ids:
             return []
-        raw = self.r.hmget(self.keys.ledger_turns, list(job_ids))
+        raw = self.r.mget([self.keys.ledger_turn(job_id) for job_id in job_ids])
         return [{k: int(v) for k, v in json.loads(r).items()} if r else None for r in raw]
 
     def job_costs(
@@ -286,7 +289,7 @@ class LedgerRepair:
         or None when nothing differed (a finalize posted it meanwhile)."""
         members = rollups(job, worker_id, at_ms, extra)
         own_row = members.index(("worker", worker_id)) + 1
-        keys = self.store.turn_keys(worker_id, members)
+        keys = self.store.turn_keys(worker_id, members, self.keys.ledger_corrections)
         args: list[Any] = [f"reconcile:{worker_id}:", len(members), json.dumps(figures), own_row]
         args += [value for _, value in members]
         result = self._worker_script(keys=keys, args=args)
@@ -295,9 +298,10 @@ class LedgerRepair:
         return str(result[0]), json.loads(result[1])
 
     def check_total(self, fix: bool) -> dict[str, tuple[int, int]]:
-        """Fields where the ledger total differs from the sum of the worker rows, as
-        ``(total, sum)``; with ``fix`` the total is moved to the sum (RECONCILE_TOTAL)."""
-        workers = sorted(self.r.smembers(self.keys.ledger_index("worker")))
-        keys = [self.keys.ledger_total] + [self.keys.ledger("worker", w) for w in workers]
+        """Fields where the ledger total differs from the sum of the day rows, as
+        ``(total, sum)``; with ``fix`` the total is moved to the sum (RECONCILE_TOTAL).
+        Day rows, not worker rows: those expire with their worker's records."""
+        days = sorted(self.r.smembers(self.keys.ledger_index("day")))
+        keys = [self.keys.ledger_total] + [self.keys.ledger("day", d) for d in days]
         raw = self._total_script(keys=keys, args=[json.dumps(list(FIELDS)), "1" if fix else "0"])
         return {name: (int(pair[0]), int(pair[1])) for name, pair in json.loads(raw).items()}
