@@ -146,7 +146,7 @@ def submit(rt: Runtime, text: str, **fields: Any) -> Job:
     return job
 
 
-def follow(rt: Runtime, job_id: str, *, fail_writes: int = 0, seconds: float = 20) -> list[str]:
+def follow(rt: Runtime, job_id: str, *, fail_writes: int = 0, seconds: float = 60) -> list[str]:
     """Run a real follower (in this process) until the job's turn is finalized, or for
     ``seconds`` at most; finalize runs through its task function. Its outcomes."""
     outcomes: list[str] = []
