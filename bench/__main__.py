@@ -33,6 +33,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "streams": ("streams", "scenario"),
     "beat": ("beat_scale", "scenario"),
     "costs": ("costs", "scenario"),
+    "first_update": ("first_update", "scenario"),
     "memory": ("memory", "scenario"),
     "topologies": ("topologies", "scenario"),
 }

@@ -8,6 +8,7 @@ lease's owner; claims, renewals and update writes are the Lua scripts of
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -36,6 +37,7 @@ class FollowStore:
         self._renew = client.register_script(scripts.RENEW_FOLLOWS)
         self._transition = client.register_script(scripts.TRANSITION)
         self._append = client.register_script(scripts.APPEND_UPDATES)
+        self._wake: Any = None  # the wake channel's subscription, once subscribed
 
     @classmethod
     def from_url(
@@ -55,6 +57,7 @@ class FollowStore:
         return AsyncRateStore(self.r, self.keys.prefix)
 
     async def close(self) -> None:
+        await self.stop_waking()
         await self.r.aclose()
 
     # --- leases ------------------------------------------------------------------
@@ -70,6 +73,34 @@ class FollowStore:
         at once); returns the jobs whose lease it no longer holds."""
         keys = [self.keys.follows, self.keys.follow_owners]
         return list(await self._renew(keys=keys, args=[expiry_ms, owner, *job_ids]))
+
+    async def wait_wake(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a job to be put up for following (a
+        message on the wake channel; the first call subscribes). True if one came.
+
+        The subscription holds one connection of its own; a message missed while it
+        was away is caught by the follower's poll."""
+        if self._wake is None:
+            wake = self.r.pubsub(ignore_subscribe_messages=True)
+            await wake.subscribe(self.keys.follow_wake)
+            self._wake = wake
+        try:
+            message = await self._wake.get_message(timeout=timeout)
+        except BaseException:
+            await self.stop_waking()  # resubscribed on the next call
+            raise
+        if message is None:
+            return False
+        # Drain what else came meanwhile: one claim serves every job put up so far.
+        while await self._wake.get_message(timeout=0) is not None:
+            pass
+        return True
+
+    async def stop_waking(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            with contextlib.suppress(Exception):
+                await wake.aclose()
 
     # --- jobs and workers ----------------------------------------------------------
 
