@@ -34,6 +34,8 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "beat": ("beat_scale", "scenario"),
     "costs": ("costs", "scenario"),
     "first_update": ("first_update", "scenario"),
+    "overhead": ("overhead", "overhead"),
+    "long_turns": ("overhead", "long_turns"),
     "memory": ("memory", "scenario"),
     "topologies": ("topologies", "scenario"),
 }
