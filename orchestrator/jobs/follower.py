@@ -57,6 +57,9 @@ class UpdateWriter:
         self.maxlen = maxlen
         self.max_delay = max_delay
         self._pending: Pending = {}
+        # Jobs to move to 'running', written with the next batch (one round trip for all).
+        self._running: list[str] = []
+        self._writing_running: list[str] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._wakeup = asyncio.Event()
         # Workers whose write failed, and why, until their follower has been told.
@@ -78,13 +81,19 @@ class UpdateWriter:
             entry[1].append(payload)
         self._wakeup.set()
 
+    def mark_running(self, job_id: str) -> None:
+        """Move the job to 'running' with the next batch (before any later barrier
+        returns, so before its turn is finalized)."""
+        self._running.append(job_id)
+        self._wakeup.set()
+
     async def barrier(self, worker_id: str | None = None) -> None:
         """Wait until everything added so far is written; raise StreamError if a write
         failed (with ``worker_id``: any write of that worker since it was last told).
 
         A batch already being written counts: the waiter is released after it.
         """
-        if self._pending or self._writing:
+        if self._pending or self._running or self._writing:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(future)
             self._wakeup.set()
@@ -116,9 +125,10 @@ class UpdateWriter:
             if self.max_delay:
                 await asyncio.sleep(self.max_delay)  # let more events gather
             batch, self._pending = self._pending, {}
+            self._writing_running, self._running = self._running, []
             waiters, self._waiters = self._waiters, []
             error: BaseException | None = None
-            if batch:
+            if batch or self._writing_running:
                 self._writing = True
                 try:
                     await self._write(batch)
@@ -136,10 +146,12 @@ class UpdateWriter:
 
     async def _write(self, batch: Pending) -> None:
         results: list[Any]
+        running, self._writing_running = self._writing_running, []
         try:
-            results = await self.store.append_updates(batch, self.maxlen)
+            results = await self.store.append_updates(batch, self.maxlen, running)
         except Exception as exc:  # the whole batch failed (Redis away)
             results = [exc] * len(batch)
+            self._running[:0] = running  # tried again with the next batch
         failed = {w: r for w, r in zip(batch, results, strict=True) if isinstance(r, Exception)}
         for worker_id, error in failed.items():
             self._failed[worker_id] = f"{type(error).__name__}: {error}"
@@ -309,7 +321,7 @@ class Follower:
                     EVENTS_RELAYED.inc()
                     if not marked_running:
                         marked_running = True
-                        await self._mark(job_id, "running")
+                        self.writer.mark_running(job_id)
                 await self.writer.barrier(worker_id)
                 break
             except RelayStopped:

@@ -9,7 +9,9 @@ lease's owner; claims, renewals and update writes are the Lua scripts of
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -21,6 +23,8 @@ from orchestrator.store.jobs import HISTORY_MAXLEN
 from orchestrator.store.keys import Keys
 from orchestrator.store.scripts import jobs as scripts
 from orchestrator.store.spend import AsyncRateStore
+
+log = logging.getLogger(__name__)
 
 #: Pending updates of many workers: worker id -> (index of the first, payloads as JSON).
 Pending = dict[str, tuple[int, list[str]]]
@@ -115,19 +119,32 @@ class FollowStore:
 
     async def transition(self, job_id: str, status: JobStatus, detail: str = "") -> bool:
         """Move a job forward (as :meth:`RedisStore.transition`)."""
-        keys = [self.keys.job(job_id), self.keys.job_history(job_id), self.keys.job_states,
-                self.keys.jobs_live]  # fmt: skip
+        keys = self._transition_keys(job_id)
         now = int(time.time() * 1000)
         result = await self._transition(keys=keys, args=[status, now, detail, HISTORY_MAXLEN])
         return int(result) == 1
 
-    async def append_updates(self, pending: Pending, maxlen: int) -> list[Any]:
+    def _transition_keys(self, job_id: str) -> list[str]:
+        return [self.keys.job(job_id), self.keys.job_history(job_id), self.keys.job_states,
+                self.keys.jobs_live]  # fmt: skip
+
+    async def append_updates(
+        self, pending: Pending, maxlen: int, running: Sequence[str] = ()
+    ) -> list[Any]:
         """Store the pending updates of many workers in one round trip (redis-py's own
-        script pipelines add a SCRIPT EXISTS each). One reply per worker, in order: the
-        stored count, or the exception its write raised (a gap, say)."""
+        script pipelines add a SCRIPT EXISTS each), and move the ``running`` jobs to
+        'running' first. One reply per worker, in order: the stored count, or the
+        exception its write raised (a gap, say)."""
         writes = AsyncBatch(self.r)
         now = int(time.time() * 1000)
+        for job_id in running:
+            writes.script(self._transition, self._transition_keys(job_id),
+                          ["running", now, "", HISTORY_MAXLEN])  # fmt: skip
         for worker_id, (first, payloads) in pending.items():
             keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
             writes.script(self._append, keys, [first, maxlen, now, *payloads])
-        return await writes.execute(raise_on_error=False)
+        replies = await writes.execute(raise_on_error=False)
+        for job_id, reply in zip(running, replies, strict=False):
+            if isinstance(reply, Exception):
+                log.warning("could not mark job %s running: %s", job_id, reply)
+        return replies[len(running) :]
