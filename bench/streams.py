@@ -255,7 +255,7 @@ def scenario(ctx: Context) -> Result:
     events = 10
     # (workers, turn seconds, blocking Redis pool for the follower or None, repetitions)
     runs_of: list[tuple[int, float, int | None, int]] = ctx.size(
-        [(1000, 10.0, None, ctx.reps), (5000, 60.0, None, 1), (10000, 120.0, None, 1)],
+        [(1000, 10.0, None, ctx.reps), (5000, 60.0, None, 1), (10000, 150.0, None, 1)],
         [(200, 3.0, None, ctx.reps)],
     )
     res = Result(
