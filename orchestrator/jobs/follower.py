@@ -282,7 +282,7 @@ class Follower:
             if task is not None:
                 task.cancel()
 
-    async def _job_fields(self, job_id: str) -> tuple[str, str | None]:
+    async def _job_fields(self, job_id: str) -> tuple[str, str | None, int]:
         """The job's worker id and status; a Redis blip is waited out, not fatal (a
         follow task that died here would leave its stream until the lease expired)."""
         backoff = Backoff()
@@ -302,7 +302,7 @@ class Follower:
             await self._follow_turn(job_id)
 
     async def _follow_turn(self, job_id: str) -> None:
-        worker_id, status = await self._job_fields(job_id)
+        worker_id, status, start = await self._job_fields(job_id)
         if not worker_id or status in TERMINAL:
             await self.on_finished(job_id)
             return
@@ -312,7 +312,13 @@ class Follower:
         self.writer.forget(worker_id)  # a failure of an earlier follow is not ours
         while True:
             try:
-                relayed = await self.store.relayed(worker_id)
+                # A turn still 'submitted' has stored nothing yet (its first batch
+                # marks it running): no read of the stored count on that common path.
+                # Were it wrong, updates already stored are refused as duplicates.
+                if status == "submitted" and backoff.retries == 0:
+                    relayed = start
+                else:
+                    relayed = await self.store.relayed(worker_id)
                 async for update in self.client.stream_updates(worker_id):
                     if update.index < relayed:
                         continue  # a reconnect replays from 0: stored already

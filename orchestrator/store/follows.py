@@ -108,10 +108,13 @@ class FollowStore:
 
     # --- jobs and workers ----------------------------------------------------------
 
-    async def job_worker_and_status(self, job_id: str) -> tuple[str, str | None]:
-        """The job's worker id ('' before it has one) and status (None: no such job)."""
-        worker_id, status = await self.r.hmget(self.keys.job(job_id), ["worker_id", "status"])
-        return str(worker_id or ""), status
+    async def job_worker_and_status(self, job_id: str) -> tuple[str, str | None, int]:
+        """The job's worker id ('' before it has one), status (None: no such job) and
+        ``update_from`` (where its turn's updates start in the worker's stream)."""
+        worker_id, status, start = await self.r.hmget(
+            self.keys.job(job_id), ["worker_id", "status", "update_from"]
+        )
+        return str(worker_id or ""), status, int(start or 0)
 
     async def relayed(self, worker_id: str) -> int:
         """How many updates of the worker are stored."""
