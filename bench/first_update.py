@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.jobs.follower import Follower, UpdateWriter
+from orchestrator.jobs.follower import tune_gc as follower_tune_gc
 from orchestrator.jobs.model import validate_submission
 from orchestrator.ops.redis_server import RedisServer
 from orchestrator.store.connection import connect_async
@@ -36,7 +38,7 @@ from orchestrator.wire.aclient import AsyncWorkersClient
 from orchestrator.wire.client import WorkersClient
 
 from .harness import API_KEY, ROOT, Context, Result, percentile
-from .streams import PREFIX
+from .streams import DEFAULT_GC, PREFIX
 
 PROBED = "bench:first-update:submitted"
 
@@ -70,6 +72,7 @@ def _child(code: str) -> subprocess.Popen[bytes]:
 async def measure(
     redis_url: str, api_url: str, probes: int, pace: float, background: int, wake: bool
 ) -> dict[str, Any]:
+    follower_tune_gc()  # as the streams worker does when its follower starts
     r = connect_async(redis_url)
     keys = Keys(PREFIX)
     first_written: dict[str, float] = {}
@@ -130,6 +133,8 @@ async def measure(
         await client.aclose()
         await r.delete(PROBED)
         await r.aclose()
+        gc.unfreeze()
+        gc.set_threshold(*DEFAULT_GC)
     lags = [first_written[w] - float(at) for w, at in submitted.items() if w in first_written]
     return {
         "probes": probes,
