@@ -37,6 +37,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "overhead": ("overhead", "overhead"),
     "long_turns": ("overhead", "long_turns"),
     "memory": ("memory", "scenario"),
+    "gateway": ("gateway", "scenario"),
     "topologies": ("topologies", "scenario"),
 }
 

@@ -30,6 +30,7 @@ __all__ = [
     "JOB_LIMIT_MAX_SECONDS",
     "KEY_PREFIX",
     "LIMIT_MAX",
+    "LIST_CURSOR",
     "SCHEDULE_ID",
     "TAG_KEY",
     "TAG_VALUE",
@@ -113,6 +114,10 @@ WORKER_ID = _rule("a worker id", r"[A-Za-z0-9_-]{1,128}", "1-128 of A-Z a-z 0-9 
 JOB_ID = _rule("a job id", r"job_[A-Za-z0-9_-]{1,64}", "job_ then 1-64 of A-Z a-z 0-9 _ -")
 SCHEDULE_ID = _rule(
     "a schedule id", r"sch_[A-Za-z0-9_-]{1,64}", "sch_ then 1-64 of A-Z a-z 0-9 _ -"
+)
+#: Where a page of the gateway's job list goes on: ``<creation ms>.<job id>``.
+LIST_CURSOR = _rule(
+    "a list cursor", r"[0-9]{1,15}\.job_[A-Za-z0-9_-]{1,64}", "as returned in next_cursor"
 )
 KEY_PREFIX = _rule("a key prefix", r"[A-Za-z0-9_.:-]{1,64}", "1-64 of A-Z a-z 0-9 _ . : -")
 
@@ -202,13 +207,16 @@ def cap_usd(value: object, field: str = "limit_usd") -> Decimal:
 
 
 def input_problem(value: str) -> str | None:
-    """What is wrong with a job's input text, or None: empty, only whitespace, or a
-    control character (tab, CR and LF are text; other C0, DEL and C1 are not)."""
+    """What is wrong with a job's input text, or None: empty, only whitespace, a control
+    character (tab, CR and LF are text; other C0, DEL and C1 are not), or a lone
+    surrogate (no UTF-8 for it: it could be neither stored nor sent)."""
     if not value.strip():
         return "must not be empty or only whitespace"
     for c in value:
         if (ord(c) < 32 and c not in "\n\r\t") or 127 <= ord(c) < 160:
             return f"contains control character {ord(c):#04x}"
+        if 0xD800 <= ord(c) <= 0xDFFF:  # a lone surrogate (e.g. from JSON "\ud800")
+            return "is not valid Unicode text (a lone surrogate)"
     return None
 
 

@@ -100,6 +100,28 @@ class Settings(BaseSettings):
     flower_password: SecretStr | None = None
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9808
 
+    # The HTTP gateway (see docs/gateway.md).
+    gateway_signing_key: SecretStr | None = None  # signs read links; unset: no links
+    gateway_link_seconds: Annotated[int, Field(ge=10, le=86_400)] = 900
+    gateway_rate_per_second: Annotated[float, Field(gt=0, le=100_000)] = 50.0
+    gateway_rate_burst: Annotated[int, Field(ge=1, le=100_000)] = 100
+    gateway_max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = 2**20
+    gateway_sse_keepalive_seconds: Annotated[float, Field(gt=0, le=300)] = 15.0
+    gateway_sse_buffer: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    # Close a live-update connection after this many events (0: never); the client
+    # resumes with Last-Event-ID, so long streams spread over gateway processes.
+    gateway_sse_max_events: Annotated[int, Field(ge=0)] = 0
+    gateway_list_scan: Annotated[int, Field(ge=10, le=100_000)] = 2000
+
+    @field_validator("gateway_signing_key")
+    @classmethod
+    def _check_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        if len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
     @field_validator("budget_holds_usd")
     @classmethod
     def _check_holds(cls, value: dict[str, str]) -> dict[str, str]:

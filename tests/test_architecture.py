@@ -65,6 +65,21 @@ FORBIDDEN: list[tuple[str, tuple[str, ...], str]] = [
     ),
 ]
 
+FORBIDDEN.append(
+    (
+        "orchestrator.gateway",
+        (
+            "orchestrator.cli", "orchestrator.emulator", "orchestrator.celery",
+            "orchestrator.wire.client", "orchestrator.wire.aclient", "celery", "kombu", "redis",
+        ),
+        "the gateway speaks through the facade and the store",
+    )
+)
+
+#: The only rooms that may import the gateway (the CLI serves it).
+GATEWAY = "orchestrator.gateway"
+GATEWAY_USERS = ("orchestrator.cli", "orchestrator.ops.stack", GATEWAY)
+
 #: Only the store holds a Redis client.
 REDIS_OWNER = "orchestrator.store"
 
@@ -147,6 +162,10 @@ def rule_violations(modules: dict[str, Module]) -> Iterator[str]:
             for target in sorted(mod.imports):
                 if any(under(target, b) for b in banned):
                     yield f"{mod.name} imports {target} ({why})"
+        if not any(under(mod.name, user) for user in GATEWAY_USERS):
+            for target in sorted(mod.imports):
+                if under(target, GATEWAY):
+                    yield f"{mod.name} imports {target} (only the CLI and the stack may)"
         if not under(mod.name, REDIS_OWNER):
             for target in sorted(mod.imports):
                 if under(target, "redis"):
@@ -283,6 +302,10 @@ def test_the_checker_catches_each_kind_of_break(tmp_path: Path) -> None:
                 "def wait(store):\n    return store.r.get(store.keys.job('x'))\n"
             ),
             "workers_tasks/tasks.py": "from orchestrator.store.keys import Keys\nKeys('p')\n",
+            "orchestrator/gateway/__init__.py": "",
+            "orchestrator/gateway/app.py": "import celery\n",
+            "orchestrator/jobs/__init__.py": "",
+            "orchestrator/jobs/steps.py": "from orchestrator.gateway import app\n",
         },
     )
     broken = list(rule_violations(fake))
@@ -290,6 +313,8 @@ def test_the_checker_catches_each_kind_of_break(tmp_path: Path) -> None:
     assert any(b.startswith("orchestrator.wire.client imports orchestrator.store.jobs") for b in broken)  # noqa: E501
     assert any(b.startswith("orchestrator.store.jobs imports orchestrator.facade") for b in broken)
     assert any(b.startswith("workers_tasks.tasks imports orchestrator.store.keys") for b in broken)
+    assert any(b.startswith("orchestrator.gateway.app imports celery") for b in broken)
+    assert any(b.startswith("orchestrator.jobs.steps imports orchestrator.gateway") for b in broken)
     raw = list(raw_store_access(fake))
     assert "orchestrator.facade:3 touches a raw Redis client (.r)" in raw
     assert "orchestrator.facade:3 builds a key (store.keys)" in raw

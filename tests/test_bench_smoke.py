@@ -37,3 +37,23 @@ def test_quick_relay_scenario_writes_results(tmp_path: Path) -> None:
     assert rate["ours"]["median"] > 0 and rate["baseline"]["median"] > 0
     text = (tmp_path / "RESULTS.md").read_text()
     assert "# Benchmark results" in text and "relay rate" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_quick_gateway_scenario_writes_results(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    argv = ["gateway", "--quick", "--reps", "1", "--out", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *argv],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    [gateway] = json.loads((tmp_path / "RESULTS.json").read_text())["scenarios"]
+    figures = {m["name"]: m for m in gateway["metrics"]}
+    assert figures["submit p50"]["ours"]["median"] > 0
+    assert figures["submit p50"]["baseline"]["median"] > 0
+    assert any(name.startswith("lag p99, 200 jobs") for name in figures)

@@ -29,7 +29,9 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 REDIS_CONF = ROOT / "deploy" / "redis.conf"
 K8S = ROOT / "deploy" / "k8s"
-SERVICES = {"redis", "emulator", "worker-api", "worker-streams", "beat", "flower", "metrics"}
+SERVICES = {
+    "redis", "emulator", "worker-api", "worker-streams", "beat", "flower", "metrics", "gateway",
+}
 # Servers of the optional topologies (profiles rabbitmq and sentinel), not our image.
 TOPOLOGY_SERVICES = {"rabbitmq", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
 TOPOLOGIES = K8S / "topologies"
@@ -126,9 +128,10 @@ def test_compose_services_and_policies() -> None:
         dep = services[name]["depends_on"]
         assert dep["redis"]["condition"] == "service_healthy"
         assert dep["emulator"]["required"] is False
-    for name in ("flower", "metrics"):
+    for name in ("flower", "metrics", "gateway"):
         assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
-    assert not any("ports" in services[n] for n in SERVICES - {"flower", "metrics"})
+    assert not any("ports" in services[n] for n in SERVICES - {"flower", "metrics", "gateway"})
+    assert services["gateway"]["command"][:3] == ["serve", "--host", "0.0.0.0"]
     cmd = {n: services[n]["command"] for n in ("worker-api", "worker-streams")}
     api = ["worker", "--queues", "api", "--pool", "prefork", "--concurrency", "4"]
     assert cmd["worker-api"] == api
@@ -236,7 +239,7 @@ def test_every_orchestrator_command_used_parses_with_the_cli() -> None:
     argvs = orchestrator_argvs()
     assert len(argvs) >= 15
     used = {argv[0] for _, argv in argvs}
-    assert used >= {"emulator", "worker", "beat", "flower", "metrics", "health"}
+    assert used >= {"emulator", "worker", "beat", "flower", "metrics", "health", "serve"}
     for where, argv in argvs:
         command = argv[0]
         assert command in known | PENDING_COMMANDS, f"{where}: no command {command!r}"
@@ -431,15 +434,17 @@ def test_every_manifest_is_a_named_kubernetes_object() -> None:
         if doc["kind"] not in ("Namespace", "Kustomization"):
             assert doc["metadata"].get("namespace") == "orchestrator", path.name
         kinds.setdefault(doc["kind"], set()).add(doc["metadata"]["name"])
-    assert kinds["Deployment"] == {"worker-api", "worker-streams", "beat", "flower", "metrics"}
-    assert kinds["Service"] == {"flower", "metrics"}
+    assert kinds["Deployment"] == {
+        "worker-api", "worker-streams", "beat", "flower", "metrics", "gateway",
+    }  # fmt: skip
+    assert kinds["Service"] == {"flower", "metrics", "gateway"}
     assert kinds["HorizontalPodAutoscaler"] >= {"worker-api"}
     assert {"Namespace", "ConfigMap", "Secret"} <= set(kinds)
 
 
 def test_kubernetes_workloads() -> None:
     docs = {(d["kind"], d["metadata"]["name"]): d for _, d in manifests()}
-    for name in ("worker-api", "worker-streams", "beat", "flower", "metrics"):
+    for name in ("worker-api", "worker-streams", "beat", "flower", "metrics", "gateway"):
         pod = docs[("Deployment", name)]["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         for c in pod["containers"]:
@@ -455,6 +460,10 @@ def test_kubernetes_workloads() -> None:
         assert "celery@$(POD_NAME)" in probe["args"]
     assert docs[("Deployment", "beat")]["spec"]["replicas"] == 2
     assert docs[("Service", "flower")]["spec"]["type"] == "ClusterIP"
+    gateway = docs[("Deployment", "gateway")]["spec"]["template"]["spec"]["containers"][0]
+    assert gateway["args"][:3] == ["serve", "--host", "0.0.0.0"]
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert docs[("Service", "gateway")]["spec"]["type"] == "ClusterIP"
     annotations = docs[("Service", "metrics")]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == "9808"

@@ -73,7 +73,7 @@ def test_up_runs_everything_and_leaves_nothing(tmp_path: Path) -> None:
         assert up.poll() is None, text
         assert "the local emulator stands in for the hosted API" in text
         children = descendants(up.pid)
-        assert len(children) >= 6, text  # redis, emulator, worker, beat, flower, metrics
+        assert len(children) >= 7, text  # redis, emulator, worker, beat, flower, metrics, gateway
         redis_url = re.search(r"redis-server at (redis://\S+)", text)
         metrics_url = re.search(
             r"^metrics\s+ready\s+(http://127\.0\.0\.1:\d+/metrics)$", text, re.M
@@ -106,6 +106,27 @@ def test_up_runs_everything_and_leaves_nothing(tmp_path: Path) -> None:
             env=cli_env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert email.returncode == 0 and "@" in email.stdout, email.stderr
+
+        # The HTTP API: a token made by the CLI (into a header file, never on a command
+        # line), then curl as the README shows it.
+        gateway = re.search(r"gateway\s+(http://\S+)/v1", text)
+        assert gateway and pairs["GATEWAY_URL"] == gateway.group(1), text
+        header = tmp_path / "auth.hdr"
+        made = subprocess.run(
+            [sys.executable, "-m", "orchestrator", "tokens", "create", "--role", "submit",
+             "--header-file", str(header)],
+            env=cli_env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        assert header.stat().st_mode & 0o777 == 0o600
+        curl = subprocess.run(
+            ["curl", "-sS", "--fail-with-body", "-H", f"@{header}", "-H",
+             "Content-Type: application/json", "-d", '{"input": "hello over HTTP"}',
+             f"{gateway.group(1)}/v1/jobs"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert curl.returncode == 0, curl.stdout + curl.stderr
+        assert json.loads(curl.stdout)["status"] == "queued"
 
         # Flower answers with auth and refuses without.
         flower = f"http://127.0.0.1:{flower_port}"

@@ -18,7 +18,18 @@ from typing import Any
 from kombu.exceptions import OperationalError
 
 from orchestrator import __version__
-from orchestrator.cli import cancel, controls, jobs, ops, output, repair, schedules, serve, stack
+from orchestrator.cli import (
+    cancel,
+    controls,
+    gateway,
+    jobs,
+    ops,
+    output,
+    repair,
+    schedules,
+    serve,
+    stack,
+)
 from orchestrator.errors import ConfigError, InputError, OrchestratorError
 from orchestrator.store.connection import StoreError
 
@@ -46,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     serve.register(sub)
+    gateway.register(sub)
     jobs.register(sub)
     cancel.register(sub)
     schedules.register(sub)

@@ -39,6 +39,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flower-port", type=int, default=5555, help="Flower's TCP port (default 5555)"
     )
+    parser.add_argument("--no-gateway", action="store_true", help="do not start the HTTP API")
+    parser.add_argument(
+        "--gateway-port", type=int, default=0, help="the HTTP API's TCP port (default: a free one)"
+    )
     json_option(parser, 'one JSON object per line: {"part", "message", ...}')
 
 
@@ -50,6 +54,8 @@ def _stack(args: argparse.Namespace) -> Stack:
         with_flower=not args.no_flower,
         with_metrics=not args.no_metrics,
         flower_port=args.flower_port,
+        with_gateway=not args.no_gateway,
+        gateway_port=args.gateway_port,
         json_lines=args.json,
     )
 

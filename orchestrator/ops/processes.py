@@ -24,6 +24,7 @@ from orchestrator.settings import Settings, load_settings
 
 __all__ = [
     "BEAT_READY",
+    "GATEWAY_READY",
     "QUICK_RETRIES",
     "WORKER_READY",
     "Proc",
@@ -31,10 +32,12 @@ __all__ = [
     "celery_beat",
     "celery_worker",
     "deployment_env",
+    "gateway_server",
     "settings_of",
     "wait_for",
 ]
 
+GATEWAY_READY = "Application startup complete"  # uvicorn's, once the lifespan ran
 WORKER_READY = "ready."  # Celery's "celery@host ready." once it consumes
 # Retry settings that keep a test or chaos run short when the upstream fails on purpose.
 QUICK_RETRIES = {"MAX_RETRIES": "8", "RETRY_INITIAL_DELAY": "0.05", "RETRY_MAX_DELAY": "0.5"}
@@ -198,6 +201,15 @@ def celery_beat(env: dict[str, str], log: Path, *flags: str) -> Proc:
     """An ``orchestrator beat`` with ``flags`` (not started yet)."""
     args = [sys.executable, "-m", "orchestrator", "beat", "--loglevel", "INFO", *flags]
     return Proc(args, env, log, BEAT_READY)
+
+
+def gateway_server(env: dict[str, str], log: Path, port: int, workers: int = 1) -> Proc:
+    """An ``orchestrator serve`` on 127.0.0.1:``port`` (not started yet)."""
+    args = [
+        sys.executable, "-m", "orchestrator", "serve", "--port", str(port),
+        "--workers", str(workers),
+    ]  # fmt: skip
+    return Proc(args, env, log, GATEWAY_READY)
 
 
 def broker_depth(env: dict[str, str], queues: tuple[str, ...] = ("api", "streams")) -> int:

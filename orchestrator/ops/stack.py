@@ -23,7 +23,7 @@ from typing import TextIO
 
 import httpx
 
-from orchestrator.ops.processes import WORKER_READY, Proc, wait_for
+from orchestrator.ops.processes import GATEWAY_READY, WORKER_READY, Proc, wait_for
 from orchestrator.ops.redis_server import RedisServer, free_port
 from orchestrator.settings import Settings
 
@@ -47,6 +47,8 @@ class Stack:
     with_beat: bool = True
     with_flower: bool = True
     flower_port: int = 5555
+    with_gateway: bool = True
+    gateway_port: int = 0  # 0: a free port
     with_metrics: bool = True
     json_lines: bool = False
     out: TextIO = sys.stdout
@@ -81,6 +83,8 @@ class Stack:
             self._spawn("beat", [py, "-m", "orchestrator", "beat"], "beat: Starting")
         if self.with_flower and _has_flower():
             self._start_flower()
+        if self.with_gateway:
+            self._start_gateway()
         if self.with_metrics:
             self._start_metrics()
         deadline = time.monotonic() + timeout
@@ -96,7 +100,7 @@ class Stack:
         """What another shell needs to point the CLI at this stack, in a file only the
         user can read (it holds the emulator's key; a hosted key stays in the user's
         own environment and is not written)."""
-        names = ["REDIS_URL", "KEY_PREFIX"]
+        names = ["REDIS_URL", "KEY_PREFIX", "GATEWAY_URL"]
         if self.emulator_key:
             names += ["WORKERS_API_URL", "WORKERS_API_KEY"]
         lines = [f"{name}={shlex.quote(self.env[name])}\n" for name in names if name in self.env]
@@ -130,6 +134,18 @@ class Stack:
         self._spawn("flower", args, "Visit me at", url=url)
         shown = password if "FLOWER_PASSWORD" not in os.environ else "(from FLOWER_PASSWORD)"
         self._say(f"flower    {url}  user {user}  password {shown}")
+
+    def _start_gateway(self) -> None:
+        """The HTTP API. Its link-signing key comes from the environment, or is made for
+        this run (links then die with the stack, which is what a dev stack wants)."""
+        if not self.env.get("GATEWAY_SIGNING_KEY"):
+            self.env["GATEWAY_SIGNING_KEY"] = secrets.token_urlsafe(32)
+        port = self.gateway_port or free_port()
+        url = f"http://127.0.0.1:{port}"
+        self.env["GATEWAY_URL"] = url
+        args = [sys.executable, "-m", "orchestrator", "serve", "--port", str(port)]
+        self._spawn("gateway", args, GATEWAY_READY, url=url)
+        self._say(f"gateway   {url}/v1  (docs {url}/docs; a token: orchestrator tokens create)")
 
     def _start_metrics(self) -> None:
         port = free_port()
@@ -165,6 +181,12 @@ class Stack:
                 ).raise_for_status()
             except httpx.HTTPError:
                 report["emulator"] = "not answering"
+        gateway = next((c for c in self.components if c.name == "gateway"), None)
+        if gateway is not None and report.get("gateway") == "ok":
+            try:
+                httpx.get(f"{gateway.url}/healthz", timeout=2).raise_for_status()
+            except httpx.HTTPError:
+                report["gateway"] = "not answering"
         return report
 
     def stop(self) -> None:

@@ -133,11 +133,16 @@ class RedisStore(LedgerStore):
             self.keys.job_history(job_id),
             self.keys.jobs_live,
         ]
+        indexes = [self.keys.jobs_by_tag(k, v) for k, v in sorted(sub.tags.items())]
+        if sub.schedule_id:
+            indexes.append(self.keys.jobs_by_schedule(sub.schedule_id))
+        keys += indexes
         if sub.idempotency_key:
             keys.append(self.keys.idempotency(sub.idempotency_key))
         flat = [part for item in record.items() for part in item]
         due = next_due(Job.from_hash(record), created)
-        written, found_id = self._create(keys=keys, args=[job_id, created, due, *flat])
+        args: list[str | int] = [job_id, created, due, len(indexes), *flat]
+        written, found_id = self._create(keys=keys, args=args)
         if int(written) == 1:
             return Job.from_hash(record), True
         job = self.get_job(str(found_id))

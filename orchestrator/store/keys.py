@@ -42,6 +42,14 @@ class Keys:
         """Sorted set: job id by creation time (ms)."""
         return f"{self.prefix}:jobs"
 
+    def jobs_by_tag(self, key: str, value: str) -> str:
+        """Sorted set: ids of the jobs tagged ``key=value``, by creation time (ms)."""
+        return f"{self.prefix}:jobs:tag:{key}={value}"
+
+    def jobs_by_schedule(self, schedule_id: str) -> str:
+        """Sorted set: ids of the jobs a schedule ran, by creation time (ms)."""
+        return f"{self.prefix}:jobs:schedule:{schedule_id}"
+
     @property
     def job_states(self) -> str:
         """Hash: status -> number of jobs currently in it (for gauges)."""
@@ -250,3 +258,19 @@ class Keys:
     def rate(self) -> str:
         """Hash: the fleet rate limit: ``tat`` (ms), ``pause_until`` (ms), settings."""
         return f"{self.prefix}:rate"
+
+    # --- the HTTP gateway (see docs/gateway.md) ---
+    @property
+    def tokens(self) -> str:
+        """Hash: token id -> JSON of its record (role, tenant, name, SHA-256 of the token)."""
+        return f"{self.prefix}:tokens"
+
+    @property
+    def token_hashes(self) -> str:
+        """Hash: SHA-256 (hex) of a token -> its token id (the token itself is never kept)."""
+        return f"{self.prefix}:tokens:by-hash"
+
+    def token_bucket(self, digest: str) -> str:
+        """Hash (with a TTL): the request bucket of the token with this SHA-256 (hex):
+        ``level`` and ``at`` (ms). Named by the hash, so one script finds everything."""
+        return f"{self.prefix}:tokens:bucket:{digest}"

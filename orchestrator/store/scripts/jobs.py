@@ -42,22 +42,28 @@ return 1
 )
 
 # A new job in one step: the idempotency key (when given) is checked and set in the
-# same script, so of two racing submissions with one key exactly one writes a job.
+# same script, so of two racing submissions with one key exactly one writes a job. The
+# listing indexes (per tag, per schedule) are written here too, so a listed job is
+# always one that was created.
 CREATE_JOB = """
 -- KEYS[1] job hash, KEYS[2] jobs zset, KEYS[3] outbox zset, KEYS[4] states count hash,
--- KEYS[5] job history stream, KEYS[6] live jobs zset, KEYS[7] idempotency key (optional)
--- ARGV[1] job id, ARGV[2] now (ms), ARGV[3] when its first limit falls due (ms),
--- ARGV[4..] the job hash (flat field, value, ...)
+-- KEYS[5] job history stream, KEYS[6] live jobs zset, KEYS[7..6+n] listing index zsets
+-- (per tag, per schedule), KEYS[7+n] idempotency key (optional)
+-- ARGV[1] job id, ARGV[2] now (ms), ARGV[3] when its first limit falls due (ms), ARGV[4] n,
+-- ARGV[5..] the job hash (flat field, value, ...)
 -- Returns {1, job id} when written, or {0, the id the idempotency key already names}.
-if KEYS[7] then
-  local existing = redis.call('GET', KEYS[7])
+local n = tonumber(ARGV[4])
+local idem = KEYS[7 + n]
+if idem then
+  local existing = redis.call('GET', idem)
   if existing then return {0, existing} end
-  redis.call('SET', KEYS[7], ARGV[1])
+  redis.call('SET', idem, ARGV[1])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
+for i = 7, 6 + n do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
 redis.call('HINCRBY', KEYS[4], 'queued', 1)
 redis.call('XADD', KEYS[5], '*', 'status', 'queued', 'at', ARGV[2], 'detail', '')
 return {1, ARGV[1]}

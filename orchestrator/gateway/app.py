@@ -1,0 +1,121 @@
+"""The gateway's ASGI app: ``create_app()`` (uvicorn's factory), served by
+``orchestrator serve``.
+
+Everything the routes share is built in the lifespan (one facade, one token store, one
+live-update hub per process). Requests larger than ``GATEWAY_MAX_BODY_BYTES`` are refused
+(413) before they are read, and uvicorn's access log never shows a read link's token.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from orchestrator.facade import Orchestrator
+from orchestrator.gateway import errors, events, jobs, money, schedules
+from orchestrator.gateway.events import Hub
+from orchestrator.gateway.links import redact
+from orchestrator.gateway.schemas import Health
+from orchestrator.gateway.state import Gateway
+from orchestrator.settings import Settings, load_settings
+from orchestrator.store.listing import JobIndex
+from orchestrator.store.live import LiveStore
+from orchestrator.store.tokens import TokenStore
+
+
+class _RedactLinks(logging.Filter):
+    """uvicorn's access log line carries the path: take any link token out of it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3:
+            args = list(record.args)
+            args[2] = redact(str(args[2]))
+            record.args = tuple(args)
+        return True
+
+
+class _BodyLimit:
+    """413 for a request body over ``limit`` bytes: by its Content-Length at once, or
+    as soon as a chunked body passes it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await _too_large(scope, receive, send, self.limit)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await _too_large(scope, receive, send, self.limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    response = errors.error_response(413, f"the body is over {limit} bytes", "body")
+    await response(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The gateway app; settings from the environment unless given."""
+    settings = settings or load_settings()
+    logging.getLogger("uvicorn.access").addFilter(_RedactLinks())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        orch = Orchestrator(settings)
+        assert settings.redis_url is not None  # the facade has refused otherwise
+        live = LiveStore.from_url(settings.redis_url, settings.key_prefix)
+        hub = Hub(live, settings.gateway_sse_buffer)
+        app.state.gateway = Gateway(
+            settings, orch, TokenStore(orch.store), JobIndex(orch.store), hub, live.token_check()
+        )
+        try:
+            yield
+        finally:
+            await hub.close()
+            orch.close()
+
+    app = FastAPI(
+        title="orchestrator",
+        version="1",
+        description="Jobs, schedules and costs over REST; live updates over SSE.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (jobs, events, schedules, money):
+        app.include_router(module.router)
+
+    @app.get("/healthz", response_model=Health, tags=["ops"],
+             responses=errors.responses(503, 500))  # fmt: skip
+    async def healthz() -> Any:
+        """200 when Redis answers; 503 otherwise."""
+        await run_in_threadpool(app.state.gateway.orch.store.ping)
+        return Health(status="ok")
+
+    app.add_middleware(_BodyLimit, limit=settings.gateway_max_body_bytes)
+    return app

@@ -1,0 +1,113 @@
+"""Who is asking: bearer tokens, roles, tenants and the per-token rate limit.
+
+Roles, each including the one before: ``read`` (GET routes), ``submit`` (also submit and
+continue jobs), ``admin`` (everything: schedules' and controls' writes). A token bound
+to a tenant sees only jobs tagged ``tenant=<its tenant>`` (another job is "not found",
+never "forbidden", so its existence does not leak), its submissions get that tag set by
+the server (a body naming another tenant is refused with 403), and it reaches neither
+schedules nor the money routes, which are not per tenant.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from orchestrator.gateway.errors import ApiError, not_found
+from orchestrator.gateway.state import Gateway, gateway
+from orchestrator.jobs.model import Job
+
+Role = Literal["read", "submit", "admin"]
+ROLES: tuple[Role, ...] = ("read", "submit", "admin")
+TENANT_TAG = "tenant"
+
+_bearer = HTTPBearer(auto_error=False, description="an API token (`orchestrator tokens create`)")
+
+
+@dataclass(frozen=True)
+class Principal:
+    token_id: str
+    role: Role
+    tenant: str | None
+
+    def may(self, role: Role) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+    def sees(self, job: Job) -> bool:
+        return self.tenant is None or job.tags.get(TENANT_TAG) == self.tenant
+
+    def visible(self, job: Job | None, job_id: str) -> Job:
+        """The job if this token may see it; 404 otherwise (unknown or another tenant's)."""
+        if job is None or not self.sees(job):
+            raise not_found(f"job {job_id}", "job_id")
+        return job
+
+    def tags_for(self, tags: dict[str, str]) -> dict[str, str]:
+        """The tags a submission is stored with: a tenant's own tag forced."""
+        if self.tenant is None:
+            return tags
+        given = tags.get(TENANT_TAG)
+        if given is not None and given != self.tenant:
+            raise ApiError(403, "a tenant-bound token submits only as its tenant", field="tags")
+        return {**tags, TENANT_TAG: self.tenant}
+
+
+async def authenticate(
+    request: Request,
+    gw: Annotated[Gateway, Depends(gateway)],
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The caller's token, looked up by its hash; 401 if missing or unknown, 429 when its
+    bucket is empty. One script on the event loop's Redis client: no thread."""
+    if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
+        raise ApiError(401, "a bearer token is required", field="authorization",
+                       headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    s = gw.settings
+    found = await gw.token_check.authenticate(
+        creds.credentials, s.gateway_rate_per_second, s.gateway_rate_burst
+    )
+    if found is None:
+        raise ApiError(401, "unknown or revoked token", field="authorization",
+                       headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    record, wait_ms = found
+    who = Principal(record["id"], record["role"], record.get("tenant"))
+    if wait_ms > 0:
+        raise ApiError(429, "too many requests for this token", field="authorization",
+                       headers={"Retry-After": str(max(1, math.ceil(wait_ms / 1000)))})  # fmt: skip
+    request.state.principal = who
+    return who
+
+
+def role(needed: Role) -> object:
+    """A dependency: the caller, who must hold at least ``needed``."""
+
+    # async, as it does no I/O: no thread-pool hop (see state.gateway).
+    async def check(who: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        if not who.may(needed):
+            raise ApiError(
+                403, f"this needs a token of role {needed} or above", field="authorization"
+            )
+        return who
+
+    return check
+
+
+def untenanted(needed: Role) -> object:
+    """A dependency: a caller of at least ``needed`` not bound to a tenant."""
+    inner = role(needed)
+
+    async def check(who: Annotated[Principal, Depends(inner)]) -> Principal:
+        if who.tenant is not None:
+            raise ApiError(403, "not available to a tenant-bound token", field="authorization")
+        return who
+
+    return check
+
+
+Reader = Annotated[Principal, Depends(role("read"))]
+Submitter = Annotated[Principal, Depends(role("submit"))]
+Admin = Annotated[Principal, Depends(role("admin"))]
+GlobalReader = Annotated[Principal, Depends(untenanted("read"))]
+GlobalAdmin = Annotated[Principal, Depends(untenanted("admin"))]

@@ -1,0 +1,71 @@
+"""``/v1/costs``, ``/v1/budgets`` and ``/v1/limits``: the ledger by every dimension over
+a period, budget caps and concurrency limits (read: role read; write: role admin).
+Not per tenant: untenanted tokens only."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+
+from orchestrator.gateway.auth import GlobalAdmin, GlobalReader
+from orchestrator.gateway.errors import COMMON, responses
+from orchestrator.gateway.schemas import CapBody, Changed, CostsOut, LimitBody
+from orchestrator.gateway.state import Gateway, gateway
+from orchestrator.store.keys import LEDGER_DIMENSIONS
+
+router = APIRouter(prefix="/v1", tags=["money"], responses=responses(*COMMON))
+GW = Annotated[Gateway, Depends(gateway)]
+Row = dict[str, Any]
+Dimension = Literal["day", "budget", "tag", "schedule", "worker"]
+assert set(Dimension.__args__) == set(LEDGER_DIMENSIONS)  # type: ignore[attr-defined]
+
+
+@router.get("/costs", response_model=CostsOut)
+def costs(
+    _: GlobalReader,
+    gw: GW,
+    by: Dimension = "day",
+    since: Annotated[date | None, Query(description="first UTC day (by=day)")] = None,
+    until: Annotated[date | None, Query(description="last UTC day (by=day)")] = None,
+) -> CostsOut:
+    """Cost and usage rows of one dimension (micro-dollars and tokens) and the total."""
+    return CostsOut(**gw.orch.costs(by, since=since, until=until))
+
+
+@router.get("/budgets", response_model=list[Row])
+def budgets(_: GlobalReader, gw: GW) -> list[Row]:
+    """Per cap: spent, reserved, cap and what is left (micro-dollars) in its period."""
+    return gw.orch.budgets.status()
+
+
+@router.put("/budgets", response_model=Row)
+def set_cap(body: CapBody, _: GlobalAdmin, gw: GW) -> Row:
+    """Create or replace a cap."""
+    cap = gw.orch.budgets.set_cap(**body.model_dump())
+    return cap.model_dump(mode="json")
+
+
+@router.delete("/budgets", response_model=Changed)
+def remove_cap(
+    _: GlobalAdmin, gw: GW, scope: str, period: Literal["day", "month"] = "day"
+) -> Changed:
+    return Changed(changed=gw.orch.budgets.remove_cap(scope, period))
+
+
+@router.get("/limits", response_model=list[Row])
+def limits(_: GlobalReader, gw: GW) -> list[Row]:
+    """Per limited key: the limit, running and waiting jobs."""
+    return gw.orch.limits.status()
+
+
+@router.put("/limits", response_model=Changed)
+def set_limit(body: LimitBody, _: GlobalAdmin, gw: GW) -> Changed:
+    gw.orch.limits.set(body.key, body.limit)
+    return Changed(changed=True)
+
+
+@router.delete("/limits", response_model=Changed)
+def remove_limit(_: GlobalAdmin, gw: GW, key: str) -> Changed:
+    return Changed(changed=gw.orch.limits.remove(key))

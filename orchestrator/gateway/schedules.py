@@ -1,0 +1,103 @@
+"""``/v1/schedules``: create (all four kinds), list, get, describe, history, pause,
+resume, trigger and cancel. Schedules are not per tenant: untenanted tokens only; reads
+for role read, changes for role admin."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from orchestrator import rules
+from orchestrator.errors import InputError
+from orchestrator.gateway.auth import GlobalAdmin, GlobalReader
+from orchestrator.gateway.errors import COMMON, ApiError, not_found, responses
+from orchestrator.gateway.schemas import Changed, ScheduleBody, Triggered
+from orchestrator.gateway.state import Gateway, gateway
+
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"], responses=responses(*COMMON))
+GW = Annotated[Gateway, Depends(gateway)]
+Row = dict[str, Any]
+
+
+def _require(gw: Gateway, schedule_id: str) -> str:
+    """The schedule id if such a schedule exists; 404 otherwise."""
+    if not rules.SCHEDULE_ID.ok(schedule_id):
+        raise not_found(f"schedule {rules.shown(schedule_id)}", "schedule_id")
+    try:
+        gw.orch.schedules.get(schedule_id)
+    except InputError:
+        raise not_found(f"schedule {schedule_id}", "schedule_id") from None
+    return schedule_id
+
+
+@router.post("", status_code=201, response_model=Row)
+def create(body: ScheduleBody, _: GlobalAdmin, gw: GW) -> Row:
+    """A new schedule: ``when`` is ``{"type": "scheduled", "at": ...}``, ``delayed``
+    (``delaySeconds``), ``cron`` (``cron``) or ``interval`` (``intervalSeconds``)."""
+    made = gw.orch.schedules.create(
+        body.worker, body.input, body.when, budget=body.budget, timezone=body.timezone,
+        catch_up=body.catch_up, overlap=body.overlap,
+    )  # fmt: skip
+    return dict(made.to_wire())
+
+
+@router.get("", response_model=list[Row])
+def list_schedules(
+    _: GlobalReader,
+    gw: GW,
+    include_finished: bool = False,
+    worker: Annotated[str | None, Query(description="only this worker's live ones")] = None,
+) -> list[Row]:
+    """Every schedule with its next run (finished ones on request)."""
+    if worker is not None:
+        wid = gw.orch.worker_id_of(worker)  # checked by the id rules first
+        return [dict(s.to_wire()) for s in gw.orch.schedules.list(wid).schedules]
+    return gw.orch.schedules.list_all(include_finished=include_finished)
+
+
+@router.get("/{schedule_id}", response_model=Row)
+def get(schedule_id: str, _: GlobalReader, gw: GW) -> Row:
+    """The schedule in the Workers API's shape."""
+    return dict(gw.orch.schedules.get(_require(gw, schedule_id)).wire().to_wire())
+
+
+@router.get("/{schedule_id}/describe", response_model=Row)
+def describe(
+    schedule_id: str, _: GlobalReader, gw: GW, count: Annotated[int, Query(ge=1, le=100)] = 10
+) -> Row:
+    """Its next fire times, run counts and cost."""
+    return gw.orch.schedules.describe(_require(gw, schedule_id), count)
+
+
+@router.get("/{schedule_id}/history", response_model=list[Row])
+def history(
+    schedule_id: str, _: GlobalReader, gw: GW, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> list[Row]:
+    """The newest runs first: slot, status, job, its status and cost."""
+    return gw.orch.schedules.history(_require(gw, schedule_id), limit)
+
+
+@router.post("/{schedule_id}/pause", response_model=Changed)
+def pause(schedule_id: str, _: GlobalAdmin, gw: GW) -> Changed:
+    return Changed(changed=gw.orch.schedules.pause(_require(gw, schedule_id)))
+
+
+@router.post("/{schedule_id}/resume", response_model=Changed)
+def resume(schedule_id: str, _: GlobalAdmin, gw: GW) -> Changed:
+    return Changed(changed=gw.orch.schedules.resume(_require(gw, schedule_id)))
+
+
+@router.post("/{schedule_id}/trigger", response_model=Triggered, responses=responses(409))
+def trigger(schedule_id: str, _: GlobalAdmin, gw: GW) -> Triggered:
+    """Run it now (same dedupe and overlap rules as a due slot)."""
+    sid = _require(gw, schedule_id)
+    if not gw.orch.schedules.get(sid).live:
+        raise ApiError(409, "the schedule is not live", field="schedule_id")
+    return Triggered(slot=gw.orch.schedules.trigger(sid))
+
+
+@router.post("/{schedule_id}/cancel", response_model=Changed)
+def cancel(schedule_id: str, _: GlobalAdmin, gw: GW) -> Changed:
+    """Stop it for good (its history stays)."""
+    return Changed(changed=gw.orch.schedules.cancel(_require(gw, schedule_id)).cancelled)

@@ -1,0 +1,83 @@
+"""Fixtures for the gateway's tests: a real ``orchestrator serve`` process on a free
+port, pointed at the test's Redis prefix and the emulator, and tokens to call it with."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from orchestrator.ops.processes import Proc, celery_worker, gateway_server
+from orchestrator.ops.redis_server import free_port
+from orchestrator.store.jobs import RedisStore
+from orchestrator.store.tokens import TokenStore
+
+SIGNING_KEY = "test-signing-key-" + secrets.token_hex(16)
+
+
+@dataclass
+class Gateway:
+    url: str
+    proc: Proc
+    tokens: TokenStore
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    def token(self, role: str = "admin", tenant: str | None = None) -> str:
+        token, _ = self.tokens.create(role, tenant, "test")
+        return token
+
+    def client(self, role: str = "admin", tenant: str | None = None) -> httpx.Client:
+        """An httpx client with a fresh token of ``role`` (and ``tenant``)."""
+        headers = {"Authorization": f"Bearer {self.token(role, tenant)}"}
+        c = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        self.clients.append(c)
+        return c
+
+
+def start_gateway(
+    env: dict[str, str], tmp_path: Path, store: RedisStore, workers: int = 1, **extra: str
+) -> Gateway:
+    port = free_port()
+    genv = {"GATEWAY_SIGNING_KEY": SIGNING_KEY, **env, **extra}
+    proc = gateway_server(genv, tmp_path / f"gateway-{port}.log", port, workers)
+    proc.start(timeout=60)
+    if workers > 1:  # every process has said it is up, not only the first
+        deadline = time.monotonic() + 60
+        while proc.text().count("Application startup complete") < workers:
+            assert time.monotonic() < deadline, proc.text()
+            time.sleep(0.1)
+    return Gateway(f"http://127.0.0.1:{port}", proc, TokenStore(store))
+
+
+@pytest.fixture
+def gateway_extra() -> dict[str, str]:
+    """Settings of the test's gateway beyond the defaults (override in a module)."""
+    return {}
+
+
+@pytest.fixture
+def gateway(
+    env: dict[str, str], tmp_path: Path, store: RedisStore, gateway_extra: dict[str, str]
+) -> Iterator[Gateway]:
+    gw = start_gateway(env, tmp_path, store, **gateway_extra)
+    try:
+        yield gw
+    finally:
+        for c in gw.clients:
+            c.close()
+        gw.proc.stop()
+
+
+@pytest.fixture
+def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Proc]:
+    """A real Celery worker on every queue."""
+    proc = celery_worker(env, tmp_path / "worker.log").start(timeout=90)
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -1,0 +1,360 @@
+# ruff: noqa: F811  (the gateway fixtures are imported by name)
+"""The gateway's REST API over real HTTP (httpx and curl) against a real ``orchestrator
+serve`` process, real Redis and the emulator: jobs, listing, errors, tokens, tenants."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.gateway.app import create_app
+from orchestrator.ops.redis_server import free_port
+from orchestrator.settings import load_settings
+from orchestrator.store.jobs import RedisStore
+
+from .gateway_support import Gateway, gateway, gateway_extra, start_gateway  # noqa: F401
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The one error shape, with the expected status."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"type", "field", "message"}
+    assert "Traceback" not in response.text
+    return dict(body["error"])
+
+
+def test_submit_get_history_and_idempotency(gateway: Gateway) -> None:
+    api = gateway.client("submit")
+    body = {"input": "Summarise", "budget": "low", "tags": {"team": "a"}}
+    made = api.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k-1"})
+    assert made.status_code == 202, made.text
+    job = made.json()
+    assert job["status"] == "queued" and job["tags"] == {"team": "a"} and job["budget"] == "low"
+    again = api.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k-1"})
+    assert again.status_code == 202 and again.json()["id"] == job["id"]
+    other = api.post("/v1/jobs", json={"input": "Else"}, headers={"Idempotency-Key": "k-1"})
+    assert error_of(other, 409)["field"] == "idempotency_key"
+    got = api.get(f"/v1/jobs/{job['id']}")
+    assert got.status_code == 200 and got.json()["id"] == job["id"]
+    history = api.get(f"/v1/jobs/{job['id']}/history").json()
+    assert [h["status"] for h in history] == ["queued"]
+    assert api.get(f"/v1/jobs/{job['id']}/files").json() == []
+
+
+def test_listing_filters_and_cursor_pages(gateway: Gateway, store: RedisStore) -> None:
+    api = gateway.client("submit")
+    ids = []
+    for i in range(7):
+        tags = {"team": "a" if i % 2 == 0 else "b"}
+        ids.append(api.post("/v1/jobs", json={"input": f"job {i}", "tags": tags}).json()["id"])
+    # Newest first; jobs of one millisecond by id, descending (the index's order).
+    created = {i: store.get_job(i).created_at for i in ids}  # type: ignore[union-attr]
+    newest_first = sorted(ids, key=lambda i: (created[i], i), reverse=True)
+
+    seen: list[str] = []
+    cursor = None
+    for _ in range(20):  # bounded: 7 jobs at 2 a page
+        params: dict[str, Any] = {"limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = api.get("/v1/jobs", params=params).json()
+        seen += [j["id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == newest_first  # every job once, in order: no gap, no repeat
+
+    team_a = api.get("/v1/jobs", params={"tag": "team=a"}).json()
+    assert [j["id"] for j in team_a["jobs"]] == [i for i in newest_first if i in ids[::2]]
+    assert api.get("/v1/jobs", params={"status": "completed"}).json()["jobs"] == []
+    queued = api.get("/v1/jobs", params={"status": "queued", "tag": "team=b"}).json()["jobs"]
+    assert {j["id"] for j in queued} == set(ids[1::2])
+    at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created[ids[3]] / 1000))
+    ms = f"{created[ids[3]] % 1000:03d}"
+    after = api.get("/v1/jobs", params={"created_after": f"{at}.{ms}Z"}).json()["jobs"]
+    assert set(ids[3:]) <= {j["id"] for j in after}
+    assert error_of(api.get("/v1/jobs", params={"cursor": "nope"}), 400)["field"] == "cursor"
+    assert error_of(api.get("/v1/jobs", params={"tag": "bad"}), 400)["field"] == "tags"
+    assert error_of(api.get("/v1/jobs", params={"limit": 0}), 422)["field"] == "limit"
+
+    # A job whose record expired (retention) is skipped and leaves the index.
+    store.r.delete(store.keys.job(ids[6]))
+    rest = api.get("/v1/jobs").json()["jobs"]
+    assert ids[6] not in [j["id"] for j in rest] and len(rest) == 6
+    assert store.r.zscore(store.keys.jobs, ids[6]) is None
+
+
+def test_status_filter_pages_are_bounded_and_go_on(
+    env: dict[str, str], tmp_path: Path, store: RedisStore
+) -> None:
+    gw = start_gateway(env, tmp_path, store, GATEWAY_LIST_SCAN="10")
+    try:
+        api = gw.client("submit")
+        wanted = api.post("/v1/jobs", json={"input": "the old one", "tags": {"k": "x"}}).json()
+        for i in range(25):
+            api.post("/v1/jobs", json={"input": f"filler {i}"})
+        found: list[str] = []
+        cursor = None
+        pages = 0
+        while pages < 10:
+            params: dict[str, Any] = {"status": "queued", "limit": 50}
+            if cursor:
+                params["cursor"] = cursor
+            page = api.get("/v1/jobs", params=params).json()
+            pages += 1
+            assert len(page["jobs"]) <= 10  # at most GATEWAY_LIST_SCAN examined per page
+            found += [j["id"] for j in page["jobs"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert pages >= 3 and wanted["id"] in found and len(found) == 26
+    finally:
+        gw.proc.stop()
+
+
+def test_error_shapes(gateway: Gateway) -> None:
+    url = gateway.url
+    assert error_of(httpx.get(f"{url}/v1/jobs"), 401)["field"] == "authorization"
+    bad = httpx.get(f"{url}/v1/jobs", headers={"Authorization": "Bearer orch_nope"})
+    assert error_of(bad, 401)["type"] == "unauthorized"
+    reader = gateway.client("read")
+    assert error_of(reader.post("/v1/jobs", json={"input": "x"}), 403)["type"] == "forbidden"
+    admin = gateway.client("admin")
+    assert error_of(admin.get("/v1/jobs/job_unknown"), 404)["field"] == "job_id"
+    assert error_of(admin.get("/v1/jobs/not-a-job"), 404)["type"] == "not_found"
+    blank = error_of(admin.post("/v1/jobs", json={"input": "  "}), 400)
+    assert blank["field"] == "input" and blank["type"] == "invalid_request"
+    assert error_of(admin.post("/v1/jobs", json={"input": "x", "tags": {"Bad": "v"}}), 400)
+    surrogate = admin.post("/v1/jobs", content=b'{"input": "\\ud800 lone"}',
+                           headers={"Content-Type": "application/json"})  # fmt: skip
+    assert error_of(surrogate, 400)["field"] == "input"
+    missing = error_of(admin.post("/v1/jobs", json={"budget": "low"}), 422)
+    assert missing["field"] == "input" and missing["type"] == "validation_error"
+    assert error_of(admin.post("/v1/jobs", json={"input": "x", "budget": "huge"}), 422)
+    assert error_of(admin.post("/v1/jobs", content=b"{not json",
+                               headers={"Content-Type": "application/json"}), 422)  # fmt: skip
+    big = admin.post("/v1/jobs", json={"input": "x" * (2 * 2**20)})
+    assert error_of(big, 413)["type"] == "too_large"
+    assert error_of(admin.get("/v1/costs", params={"by": "planet"}), 422)["field"] == "by"
+    assert error_of(admin.get("/v1/schedules/sch_unknown"), 404)["field"] == "schedule_id"
+    assert error_of(admin.get("/v1/nowhere"), 404)
+    assert error_of(admin.delete("/v1/jobs"), 405)
+
+
+def test_rate_limit_answers_429_with_retry_after(
+    env: dict[str, str], tmp_path: Path, store: RedisStore
+) -> None:
+    # Two gateway processes: the bucket is in Redis, so they share it.
+    gw = start_gateway(env, tmp_path, store, workers=2, GATEWAY_RATE_PER_SECOND="0.2",
+                       GATEWAY_RATE_BURST="3")  # fmt: skip
+    try:
+        api = gw.client("read")
+        # A new connection per request, so the kernel spreads them over both processes.
+        answers = [httpx.get(f"{gw.url}/v1/jobs", headers=api.headers) for _ in range(4)]
+        assert [a.status_code for a in answers[:3]] == [200, 200, 200]
+        limited = error_of(answers[3], 429)
+        assert limited["type"] == "rate_limited"
+        assert 1 <= int(answers[3].headers["Retry-After"]) <= 5
+        # Another token has its own bucket.
+        assert gw.client("read").get("/v1/jobs").status_code == 200
+    finally:
+        gw.proc.stop()
+
+
+def test_unavailable_store_is_503_and_a_crash_is_500_without_traceback(
+    env: dict[str, str], tmp_path: Path, store: RedisStore
+) -> None:
+    dead = {**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    gw = start_gateway(dead, tmp_path, store)
+    try:
+        assert error_of(httpx.get(f"{gw.url}/healthz", timeout=30), 503)["type"] == "unavailable"
+        auth = {"Authorization": "Bearer orch_x"}
+        down = httpx.get(f"{gw.url}/v1/jobs", headers=auth, timeout=30)
+        error_of(down, 503)
+    finally:
+        gw.proc.stop()
+
+    # An unexpected exception: 500 in the one shape, the traceback only in the log.
+    from fastapi.testclient import TestClient
+
+    settings = load_settings(redis_url=env["REDIS_URL"], key_prefix=env["KEY_PREFIX"],
+                             workers_api_url=env["WORKERS_API_URL"],
+                             workers_api_key=env["WORKERS_API_KEY"])  # fmt: skip
+    app = create_app(settings)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        crashed = client.get("/boom")
+    assert error_of(crashed, 500) == {
+        "type": "internal_error", "field": None, "message": "internal error"
+    }  # fmt: skip
+    assert "secret internals" not in crashed.text
+
+
+def test_tenant_isolation(gateway: Gateway) -> None:
+    a, b = gateway.client("submit", tenant="acme"), gateway.client("submit", tenant="globex")
+    admin = gateway.client("admin")
+    job_a = a.post("/v1/jobs", json={"input": "for acme"}).json()
+    assert job_a["tags"]["tenant"] == "acme"  # forced by the server
+    job_b = b.post("/v1/jobs", json={"input": "for globex", "tags": {"tenant": "globex"}}).json()
+    refused = a.post("/v1/jobs", json={"input": "as globex", "tags": {"tenant": "globex"}})
+    assert error_of(refused, 403)["field"] == "tags"
+    for path in ("", "/history", "/files", "/events", "/email"):
+        assert error_of(a.get(f"/v1/jobs/{job_b['id']}{path}"), 404)["field"] == "job_id"
+    assert error_of(a.post(f"/v1/jobs/{job_b['id']}/links"), 404)
+    cont = a.post("/v1/jobs/continue", json={"worker": job_b["id"], "input": "more"})
+    assert error_of(cont, 404)
+    assert [j["id"] for j in a.get("/v1/jobs").json()["jobs"]] == [job_a["id"]]
+    assert a.get("/v1/jobs", params={"tag": "tenant=globex"}).json()["jobs"] == []
+    assert {j["id"] for j in admin.get("/v1/jobs").json()["jobs"]} == {job_a["id"], job_b["id"]}
+    for path in ("/v1/schedules", "/v1/costs", "/v1/budgets", "/v1/limits"):
+        assert error_of(a.get(path), 403)["type"] == "forbidden"
+    # One idempotency key, two tenants: two jobs, neither sees the other's.
+    ka = a.post("/v1/jobs", json={"input": "same"}, headers={"Idempotency-Key": "shared"})
+    kb = b.post("/v1/jobs", json={"input": "same"}, headers={"Idempotency-Key": "shared"})
+    assert ka.status_code == kb.status_code == 202 and ka.json()["id"] != kb.json()["id"]
+
+
+def test_roles(gateway: Gateway) -> None:
+    reader, submitter, admin = (gateway.client(r) for r in ("read", "submit", "admin"))
+    assert reader.get("/v1/costs").status_code == 200
+    cap = {"scope": "tag:tenant=acme", "limit_usd": "12.50"}
+    assert error_of(submitter.put("/v1/budgets", json=cap), 403)
+    made = admin.put("/v1/budgets", json=cap)
+    assert made.status_code == 200 and made.json()["limit_usd"] == "12.50"
+    assert [r["scope"] for r in reader.get("/v1/budgets").json()] == ["tag:tenant=acme"]
+    assert error_of(admin.put("/v1/budgets", json={**cap, "limit_usd": "nan"}), 400)
+    assert error_of(reader.put("/v1/limits", json={"key": "budget:low", "limit": 2}), 403)
+    assert admin.put("/v1/limits", json={"key": "budget:low", "limit": 2}).json()["changed"]
+    assert reader.get("/v1/limits").json()[0]["limit"] == 2
+    assert error_of(admin.put("/v1/limits", json={"key": "budget:low", "limit": 10**20}), 400)
+    assert admin.delete("/v1/limits", params={"key": "budget:low"}).json()["changed"] is True
+    costs = reader.get("/v1/costs", params={"by": "day", "since": "2026-01-01",
+                                            "until": "2026-01-03"})  # fmt: skip
+    assert costs.status_code == 200 and costs.json()["by"] == "day"
+
+
+def test_tokens_cli_create_list_revoke(
+    gateway: Gateway, env: dict[str, str], store: RedisStore, tmp_path: Path
+) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "orchestrator", "tokens", *args], env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    made = cli("create", "--role", "read", "--tenant", "acme", "--name", "dash", "--json")
+    assert made.returncode == 0, made.stderr
+    record = json.loads(made.stdout)
+    token = record["token"]
+    assert record["role"] == "read" and record["tenant"] == "acme" and "sha256" not in record
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{gateway.url}/v1/jobs", headers=headers).status_code == 200
+    listed = cli("list", "--json")
+    assert listed.returncode == 0 and token not in listed.stdout
+    assert record["id"] in [r["id"] for r in json.loads(listed.stdout)]
+    # Redis holds only the token's hash.
+    for key in store.r.scan_iter(f"{store.keys.prefix}:*"):
+        kind = store.r.type(key)
+        value = json.dumps(store.r.hgetall(key)) if kind == "hash" else store.r.get(key)
+        assert kind not in ("hash", "string") or token not in value, key
+    assert cli("create", "--role", "boss").returncode == 2
+    assert cli("revoke", "tok_0000").returncode == 2
+    revoked = cli("revoke", record["id"])
+    assert revoked.returncode == 0, revoked.stderr
+    assert error_of(httpx.get(f"{gateway.url}/v1/jobs", headers=headers), 401)
+    assert token not in gateway.proc.text()
+
+
+def test_curl_submit_get_and_list(gateway: Gateway, tmp_path: Path) -> None:
+    header = tmp_path / "auth.hdr"
+    header.write_text(f"Authorization: Bearer {gateway.token('submit')}\n")
+
+    def curl(*args: str) -> Any:
+        done = subprocess.run(["curl", "-sS", "--fail-with-body", "-H", f"@{header}", *args],
+                              capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads(done.stdout)
+
+    body = '{"input": "from curl", "tags": {"via": "curl"}}'
+    job = curl("-H", "Content-Type: application/json", "-H", "Idempotency-Key: curl-1",
+               "-d", body, f"{gateway.url}/v1/jobs")  # fmt: skip
+    assert job["status"] == "queued"
+    assert curl(f"{gateway.url}/v1/jobs/{job['id']}")["input"] == "from curl"
+    listed = curl(f"{gateway.url}/v1/jobs?tag=via=curl&limit=5")
+    assert [j["id"] for j in listed["jobs"]] == [job["id"]]
+
+
+def test_file_download_is_streamed_and_path_safe(
+    gateway: Gateway, store: RedisStore, env: dict[str, str], tmp_path: Path
+) -> None:
+    api = gateway.client("read")
+    job = gateway.client("submit").post("/v1/jobs", json={"input": "files"}).json()
+    files_dir = Path(env["FILES_DIR"]) / job["id"] / "out"
+    files_dir.mkdir(parents=True)
+    (files_dir / "report.txt").write_bytes(b"hello file\n" * 1000)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not yours")
+    report = {"path": str(files_dir / "report.txt"), "size": 11000, "sha256": "x"}
+    store.record_file(job["id"], "out/report.txt", report)
+    store.record_file(job["id"], "evil.txt", {"path": str(outside), "size": 9, "sha256": "y"})
+    index = api.get(f"/v1/jobs/{job['id']}/files").json()
+    assert {f["name"] for f in index} == {"out/report.txt", "evil.txt"}
+    assert all("path" not in f for f in index)  # no server paths leak
+    got = api.get(f"/v1/jobs/{job['id']}/files/out/report.txt")
+    assert got.status_code == 200 and got.content == b"hello file\n" * 1000
+    assert error_of(api.get(f"/v1/jobs/{job['id']}/files/evil.txt"), 404)
+    assert error_of(api.get(f"/v1/jobs/{job['id']}/files/..%2F..%2Fetc%2Fpasswd"), 404)
+
+
+def test_openapi_document_has_every_route_and_its_errors(gateway: Gateway) -> None:
+    doc = httpx.get(f"{gateway.url}/openapi.json").json()
+    from orchestrator.gateway import events, jobs, money, schedules
+
+    routes = [(r.path, m) for module in (jobs, events, schedules, money)
+              for r in module.router.routes for m in r.methods]  # type: ignore[attr-defined]  # fmt: skip
+    assert len(routes) >= 25
+    for path, method in routes:
+        op = doc["paths"][path.replace(":path}", "}")][method.lower()]
+        codes = set(op["responses"])
+        assert {"400", "404", "500"} <= codes, (path, method)
+        if not path.startswith("/v1/links"):
+            assert {"401", "403", "422", "429", "503"} <= codes, (path, method)
+        ref = op["responses"]["404"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.endswith("/ErrorBody")
+    assert {"ErrorBody", "ErrorDetail", "JobOut", "JobPage"} <= set(doc["components"]["schemas"])
+    assert "swagger" in httpx.get(f"{gateway.url}/docs").text.lower()
+
+
+@pytest.mark.parametrize("when", [
+    {"type": "delayed", "delayInSeconds": 3600},
+    {"type": "cron", "cron": "0 7 * * *"},
+    {"type": "interval", "intervalSeconds": 600},
+    {"type": "scheduled", "date": "2099-01-01T00:00:00Z"},
+])  # fmt: skip
+def test_schedules_of_every_kind(gateway: Gateway, when: dict[str, Any]) -> None:
+    admin, reader = gateway.client("admin"), gateway.client("read")
+    made = admin.post("/v1/schedules", json={"input": "digest", "when": when, "budget": "low"})
+    assert made.status_code == 201, made.text
+    sid = made.json()["id"]
+    assert sid in [s["id"] for s in reader.get("/v1/schedules").json()]
+    assert reader.get(f"/v1/schedules/{sid}").json()["id"] == sid
+    assert reader.get(f"/v1/schedules/{sid}/describe").json()["type"] == when["type"]
+    assert reader.get(f"/v1/schedules/{sid}/history").json() == []
+    assert error_of(reader.post(f"/v1/schedules/{sid}/pause"), 403)
+    assert admin.post(f"/v1/schedules/{sid}/pause").json() == {"changed": True}
+    assert admin.post(f"/v1/schedules/{sid}/resume").json() == {"changed": True}
+    assert admin.post(f"/v1/schedules/{sid}/trigger").json()["slot"] > 0
+    assert admin.post(f"/v1/schedules/{sid}/cancel").json() == {"changed": True}
+    assert error_of(admin.post(f"/v1/schedules/{sid}/trigger"), 409)
+    bad = admin.post("/v1/schedules", json={"input": "x", "when": {"type": "cron", "cron": "nope"}})
+    assert error_of(bad, 400)["field"].startswith("when")
