@@ -370,12 +370,13 @@ class Follower:
         await self.store.transition(job_id, status, detail)
 
 
-#: Collect the young generation every 10,000 net allocations instead of 700: a
-#: follower of 1,000 streams holds millions of objects, and every full collection the
-#: default thresholds trigger stalled its event loop for 75-200 ms (python -m
-#: bench.streams, 1,000 streams: loop stall max 170-200 ms -> 93-108 ms, live lag p99
-#: 233-421 ms -> 104-225 ms, same RSS).
-GC_THRESHOLDS = (10_000, 10, 10)
+#: Collect the young generation every 100,000 net allocations instead of 700, the middle
+#: one every 50 of those: a follower of thousands of streams holds millions of objects,
+#: and collections at the default thresholds stalled its event loop for 75-200 ms
+#: (1,000 streams); at (10,000, 10, 10) the middle generation's collections still took
+#: up to 0.76 s with 5,000 streams (python -m bench.streams --workers 5000
+#: --turn-seconds 60: live lag p99 1.3 s; at these thresholds 106 ms, same RSS).
+GC_THRESHOLDS = (100_000, 50, 10)
 
 
 def tune_gc() -> None:
