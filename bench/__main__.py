@@ -1,4 +1,6 @@
 """``python -m bench [scenario ...] [--quick] [--out DIR]``: run the benchmarks.
+``python -m bench records ...`` and ``python -m bench soak ...`` are commands of their
+own (Redis bytes per job by layout; memory over a long run with retention).
 
 Starts its own Redis server, emulator and Celery processes, runs each scenario with its
 baseline in the same run, and writes ``RESULTS.md`` and ``RESULTS.json`` (to ``bench/``
@@ -46,7 +48,15 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+#: Subcommands with their own arguments: name -> module of bench (its ``main(argv)``).
+COMMANDS = {"records": "records", "soak": "soak"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        command = importlib.import_module(f"bench.{COMMANDS[argv[0]]}")
+        return int(command.main(argv[1:]))
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("scenarios", nargs="*", metavar="scenario",
                         help=f"any of {', '.join(SCENARIOS)} (default: all)")  # fmt: skip

@@ -92,7 +92,7 @@ def grow(store: RedisStore, start: int, total: int) -> None:
     for base in range(start, total, 10_000):
         with store.r.pipeline(transaction=False) as pipe:
             ids = range(base, min(total, base + 10_000))
-            pipe.hset(keys.ledger_turns, mapping={f"job_synth{i:08d}": record for i in ids})
+            pipe.mset({keys.ledger_turn(f"job_synth{i:08d}"): record for i in ids})
             workers = [f"wrk_synth{i:08d}" for i in ids if i % 10 == 0]
             for wid in workers:
                 pipe.hset(keys.ledger("worker", wid), mapping={**per_row, "turns": 10})

@@ -42,6 +42,7 @@ TASK_ROUTES = {
     "workers.run_schedules": API_QUEUE,
     "workers.sweep": API_QUEUE,
     "workers.settle_ended": API_QUEUE,
+    "workers.deliver_webhook": API_QUEUE,
     # workers.heartbeat is sent to each worker's own direct queue, never routed here.
     "workers.follow": STREAMS_QUEUE,
 }

@@ -97,8 +97,9 @@ class StreamError(APIError):
 
 class MalformedEventError(StreamError):
     """An event of an update stream whose data is not JSON; ``index`` is its place in
-    the stream (the worker's update number). Reconnecting replays the same event, so a
-    follower retries it a bounded number of times only."""
+    the stream (the worker's update number), -1 when the answer is no event stream at
+    all. Reconnecting replays the same thing, so a follower retries it a bounded number
+    of times only."""
 
     def __init__(self, message: str, *, call: str, index: int) -> None:
         self.index = index

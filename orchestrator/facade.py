@@ -196,17 +196,18 @@ class Orchestrator:
         TimeoutError after ``timeout``."""
         rules.JOB_ID.check(job_id, "job_id")
         deadline = time.monotonic() + timeout
-        while True:
-            # The status and the history's last entry are read at one instant, so a
-            # change after the read is a newer entry and wakes the wait below at once.
-            job, mark = self.store.job_with_mark(job_id)
-            if job.status in TERMINAL:
-                return job
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
-            # Block on the job's history stream instead of spinning.
-            self.store.wait_history(job_id, mark, int(min(remaining, 5.0) * 1000))
+        # Subscribed to the job's status moves before its status is read, so a move
+        # right after the read still wakes the wait below at once.
+        with self.store.watch_job(job_id) as watch:
+            while True:
+                job = self.store.require_job(job_id)
+                if job.status in TERMINAL:
+                    return job
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
+                # Blocks until the job moves (or 5 s, to re-read in any case).
+                watch.wait(min(remaining, 5.0))
 
     def updates(
         self, job_id: str, *, after: int | None = None, block: bool = True, timeout: float = 600.0
@@ -283,7 +284,7 @@ class Orchestrator:
 
     def download(self, job_id: str, name: str, dest: Path) -> dict[str, Any]:
         """Download one published file of the job's worker now, to ``dest``."""
-        from orchestrator.jobs.steps import safe_path
+        from orchestrator.jobs.files import safe_path
 
         job = self._require(job_id)
         if job.worker_id is None:

@@ -144,10 +144,14 @@ def rollups(
     """The ``(dimension, value)`` ledger rows a turn of ``job`` on ``worker_id`` at
     ``at_ms`` adds to, beside the total: its day, budget, worker, tags, schedule, and
     ``extra`` (the budget periods it counts against)."""
-    members = [("day", utc_day(at_ms)), ("budget", job.budget), ("worker", worker_id)]
+    day = utc_day(at_ms)
+    members = [("day", day), ("budget", job.budget), ("worker", worker_id)]
     members += [("tag", f"{k}={v}") for k, v in sorted(job.tags.items())]
+    # Spend per day per tier and per schedule (per tag per day is among the budgets'
+    # ``extra``): what the console stacks, read by key for each day of a period.
+    members.append(("budget-day", f"{job.budget}|{day}"))
     if job.schedule_id:
-        members.append(("schedule", job.schedule_id))
+        members += [("schedule", job.schedule_id), ("schedule-day", f"{job.schedule_id}|{day}")]
     return members + list(extra)
 
 

@@ -18,6 +18,7 @@ import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from urllib.parse import urlsplit
 
 from orchestrator.errors import InputError
 from orchestrator.money import MICRO_PER_USD
@@ -37,6 +38,7 @@ __all__ = [
     "WORKER_ID",
     "Rule",
     "cap_usd",
+    "duration_seconds",
     "input_problem",
     "input_text",
     "job_limit",
@@ -44,6 +46,7 @@ __all__ = [
     "limit_value",
     "positive_seconds",
     "reason_text",
+    "retention_by_tag",
     "shown",
     "tag",
 ]
@@ -119,6 +122,9 @@ SCHEDULE_ID = _rule(
 LIST_CURSOR = _rule(
     "a list cursor", r"[0-9]{1,15}\.job_[A-Za-z0-9_-]{1,64}", "as returned in next_cursor"
 )
+#: Webhook subscriptions and their deliveries (made here, hex after the prefix).
+SUBSCRIPTION_ID = _rule("a subscription id", r"whk_[0-9a-f]{16}", "whk_ then 16 of 0-9 a-f")
+DELIVERY_ID = _rule("a delivery id", r"dlv_[0-9a-f]{32}", "dlv_ then 32 of 0-9 a-f")
 KEY_PREFIX = _rule("a key prefix", r"[A-Za-z0-9_.:-]{1,64}", "1-64 of A-Z a-z 0-9 _ . : -")
 
 #: The largest concurrency limit (a larger one means no limit: remove it instead).
@@ -241,3 +247,81 @@ def input_text(value: object, field: str = "input") -> str:
     if problem is not None:
         raise InputError(field, problem)
     return value
+
+
+#: What a webhook subscription may ask for (see docs/gateway.md, Webhooks).
+WEBHOOK_EVENTS = (
+    "job.completed", "job.failed", "job.cancelled", "job.expired", "job.timed_out",
+    "budget.threshold",
+)  # fmt: skip
+WEBHOOK_URL_MAX_CHARS = 2048
+_URL_CHARS = re.compile(r"\A[\x21-\x7e]+\Z")
+
+
+def webhook_url(value: object, field: str = "url") -> str:
+    """A webhook target: an absolute http(s) URL with a host, no user or password, printable
+    ASCII only (whether its addresses may be reached is checked when it is resolved)."""
+    if not isinstance(value, str) or not value:
+        raise InputError(field, "must be an http or https URL")
+    if len(value) > WEBHOOK_URL_MAX_CHARS:
+        raise InputError(field, f"is over {WEBHOOK_URL_MAX_CHARS} characters")
+    if not _URL_CHARS.fullmatch(value):
+        raise InputError(field, "must be printable ASCII without spaces")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise InputError(field, f"{shown(value)} is not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(field, "must be an http or https URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise InputError(field, "must not carry a user or password")
+    if port == 0:
+        raise InputError(field, "port 0 cannot be reached")
+    return value
+
+
+def webhook_events(value: object, field: str = "events") -> list[str]:
+    """A subscription's events: a non-empty list of known names, each once (sorted)."""
+    if not isinstance(value, list) or not value:
+        raise InputError(field, f"give one or more of {', '.join(WEBHOOK_EVENTS)}")
+    for name in value:
+        if name not in WEBHOOK_EVENTS:
+            raise InputError(field, f"{shown(name)} is not one of {', '.join(WEBHOOK_EVENTS)}")
+    return sorted(set(value))
+
+
+#: Durations (retention): a whole number and a unit, ``30s``, ``15m``, ``12h``, ``7d``.
+_DURATION = re.compile(r"\A([0-9]{1,6})([smhd])\Z")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+#: The longest duration taken: ten years.
+DURATION_MAX_SECONDS = 3650 * 86_400
+
+
+def duration_seconds(value: object, field: str = "retention") -> int:
+    """A duration like ``7d``, ``12h``, ``15m`` or ``30s`` in seconds (1 s to ten years);
+    InputError naming ``field``."""
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise InputError(field, f"{shown(value)} is not a duration like 7d, 12h, 15m or 30s")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not 1 <= seconds <= DURATION_MAX_SECONDS:
+        raise InputError(field, f"{shown(value)} must be between 1s and 3650d")
+    return seconds
+
+
+def retention_by_tag(value: object, field: str = "retention_by_tag") -> dict[tuple[str, str], int]:
+    """Per-tag retention overrides, ``key=value=duration`` comma-separated (``tenant=acme=30d,
+    tier=gold=90d``), as {(key, value): seconds}; InputError naming ``field``."""
+    if not isinstance(value, str):
+        raise InputError(field, "must be text like tenant=acme=30d")
+    out: dict[tuple[str, str], int] = {}
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        pieces = part.rsplit("=", 2)
+        if len(pieces) != 3:
+            raise InputError(field, f"{shown(part)} is not key=value=duration")
+        key, tag_value = tag(pieces[0].strip(), pieces[1].strip(), field)
+        out[(key, tag_value)] = duration_seconds(pieces[2].strip(), field)
+    return out

@@ -15,6 +15,7 @@ from orchestrator.settings import Settings, get_settings
 from orchestrator.store.follows import FollowStore
 from orchestrator.store.jobs import RedisStore
 from orchestrator.store.lifecycle import LifecycleStore
+from orchestrator.store.retention import RetentionPolicy
 from orchestrator.store.spend import RateStore
 from orchestrator.wire.client import WorkersClient
 
@@ -86,6 +87,7 @@ def store_for(settings: Settings) -> RedisStore:
         settings.redis_url,
         settings.key_prefix,
         updates_maxlen=settings.updates_maxlen,
+        retention=retention_policy(settings),
         **settings.redis_secrets(),
     )
     if settings.broker_is_store:
@@ -110,7 +112,21 @@ def follows_for(settings: Settings) -> FollowStore:
 
     if settings.redis_url is None:
         raise ConfigError("REDIS_URL", "is not set")
-    return FollowStore.from_url(settings.redis_url, settings.key_prefix, **settings.redis_secrets())
+    return FollowStore.from_url(
+        settings.redis_url,
+        settings.key_prefix,
+        retention=retention_policy(settings),
+        **settings.redis_secrets(),
+    )
+
+
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    """RETENTION, RETENTION_BY_TAG and ARCHIVE_DIR as the store's policy."""
+    return RetentionPolicy(
+        settings.retention_seconds,
+        settings.retention_overrides,
+        archive=settings.archive_dir is not None,
+    )
 
 
 def get_runtime() -> Runtime:

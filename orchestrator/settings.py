@@ -17,12 +17,28 @@ from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from orchestrator import rules
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, InputError
 from orchestrator.store.connection import SENTINEL_SCHEME, parse_sentinel_url
 from orchestrator.wire.models import error_message
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME)
 _AMQP_SCHEMES = ("amqp://", "amqps://")
+
+
+def _duration(value: str) -> str:
+    try:
+        rules.duration_seconds(value)
+    except InputError as exc:
+        raise ValueError(exc.message) from None
+    return value
+
+
+def _by_tag(value: str) -> str:
+    try:
+        rules.retention_by_tag(value)
+    except InputError as exc:
+        raise ValueError(exc.message) from None
+    return value
 
 
 class Settings(BaseSettings):
@@ -62,7 +78,9 @@ class Settings(BaseSettings):
 
     # Bounds on what the upstream sends (see RELIABILITY.md).
     file_max_bytes: Annotated[int, Field(ge=1, le=2**40)] = 100 * 2**20
+    files_max_per_turn: Annotated[int, Field(ge=0, le=100_000)] = 1000
     event_max_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = 2**20
+    answer_max_bytes: Annotated[int, Field(ge=64 * 1024, le=2**31)] = 32 * 2**20
     stream_max_parse_failures: Annotated[int, Field(ge=1, le=1000)] = 5
 
     # Jobs and files.
@@ -75,6 +93,14 @@ class Settings(BaseSettings):
     job_queue_ttl: Annotated[float | None, Field(ge=0, le=rules.JOB_LIMIT_MAX_SECONDS)] = 86_400.0
     job_idle_timeout: Annotated[float | None, Field(ge=0, le=rules.JOB_LIMIT_MAX_SECONDS)] = 3_600.0
     job_deadline: Annotated[float | None, Field(ge=0, le=rules.JOB_LIMIT_MAX_SECONDS)] = 86_400.0
+
+    # Retention (docs/retention.md): a finished job's records expire this long after it
+    # ends; RETENTION_BY_TAG overrides it per tag (the longest matching wins).
+    retention: Annotated[str, AfterValidator(_duration)] = "7d"
+    retention_by_tag: Annotated[str, AfterValidator(_by_tag)] = ""
+    # Finished jobs are archived (gzip JSON Lines, one file a UTC day) before they expire.
+    archive_dir: Path | None = None
+    archive_interval_seconds: Annotated[float, Field(ge=0.1, le=3600)] = 10.0
 
     # Celery.
     visibility_timeout: Annotated[int, Field(ge=10)] = 3600
@@ -99,6 +125,8 @@ class Settings(BaseSettings):
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9808
+    # `orchestrator health` warns when used_memory passes this share of maxmemory.
+    memory_warn_share: Annotated[float, Field(gt=0, le=1)] = 0.8
 
     # The HTTP gateway (see docs/gateway.md).
     gateway_signing_key: SecretStr | None = None  # signs read links; unset: no links
@@ -112,6 +140,15 @@ class Settings(BaseSettings):
     # resumes with Last-Event-ID, so long streams spread over gateway processes.
     gateway_sse_max_events: Annotated[int, Field(ge=0)] = 0
     gateway_list_scan: Annotated[int, Field(ge=10, le=100_000)] = 2000
+
+    # Webhooks (see docs/gateway.md): targets on private, loopback or link-local
+    # addresses are refused unless allowed (tests and a private network may).
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
+    webhook_max_attempts: Annotated[int, Field(ge=1, le=50)] = 8
+    # The wait before the second attempt, doubled for each next one, up to the most.
+    webhook_backoff_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    webhook_backoff_max_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600.0
 
     @field_validator("gateway_signing_key")
     @classmethod
@@ -174,6 +211,11 @@ class Settings(BaseSettings):
         _check_sentinel(value)
         return value
 
+    @field_validator("archive_dir", mode="before")
+    @classmethod
+    def _check_archive_dir(cls, value: object) -> object:
+        return None if value in (None, "") else value
+
     @field_validator("workers_api_key")
     @classmethod
     def _check_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -214,6 +256,15 @@ class Settings(BaseSettings):
             "password": _reveal(self.redis_password),
             "sentinel_password": _reveal(self.redis_sentinel_password),
         }
+
+    @property
+    def retention_seconds(self) -> int:
+        return rules.duration_seconds(self.retention)
+
+    @property
+    def retention_overrides(self) -> dict[tuple[str, str], int]:
+        """{(tag key, tag value): seconds} from RETENTION_BY_TAG."""
+        return rules.retention_by_tag(self.retention_by_tag)
 
     @property
     def uses_emulator(self) -> bool:

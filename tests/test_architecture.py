@@ -71,8 +71,21 @@ FORBIDDEN.append(
         (
             "orchestrator.cli", "orchestrator.emulator", "orchestrator.celery",
             "orchestrator.wire.client", "orchestrator.wire.aclient", "celery", "kombu", "redis",
+            "orchestrator.hooks.delivery",
         ),
         "the gateway speaks through the facade and the store",
+    )
+)
+
+FORBIDDEN.append(
+    (
+        "orchestrator.hooks",
+        (
+            "orchestrator.cli", "orchestrator.gateway", "orchestrator.facade",
+            "orchestrator.jobs.steps", "orchestrator.jobs.lifecycle", "orchestrator.runtime",
+            "orchestrator.controls", "orchestrator.celery", "redis",
+        ),
+        "webhooks are told of events by the job and budget code, never the other way",
     )
 )
 

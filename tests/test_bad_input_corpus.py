@@ -27,7 +27,7 @@ import redis
 from orchestrator import cli
 from orchestrator.errors import APIError, InputError
 from orchestrator.facade import Orchestrator
-from orchestrator.jobs.steps import safe_path
+from orchestrator.jobs.files import safe_path
 from orchestrator.settings import load_settings
 from orchestrator.wire.client import WorkersClient
 from orchestrator.wire.retry import RetryPolicy

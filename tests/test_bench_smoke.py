@@ -41,6 +41,31 @@ def test_quick_relay_scenario_writes_results(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
+def test_soak_runs_jobs_with_a_short_retention_and_keeps_the_ledger_exact(
+    tmp_path: Path,
+) -> None:
+    """``bench soak`` end to end at smoke size: every job completed, the ledger equal to
+    the emulator's, finished jobs expiring meanwhile (flatness needs the long run)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    out = tmp_path / "soak.json"
+    args = ["soak", "--jobs", "150", "--minutes", "1", "--retention", "2s", "--no-compare",
+            "--out", str(out)]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=170,
+    )  # fmt: skip
+    assert out.exists(), done.stdout[-2000:] + done.stderr[-2000:]
+    soak = json.loads(out.read_text())["soak"]
+    assert soak["completed"] == soak["submitted"] == 150, soak
+    assert soak["ledger_mismatches"] == {} and soak["ledger_turns"] == 150
+    assert soak["samples"] and soak["retained_at_end"] < 150
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_quick_gateway_scenario_writes_results(tmp_path: Path) -> None:
     env = {
         **os.environ,

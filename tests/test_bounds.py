@@ -18,7 +18,7 @@ import pytest
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from orchestrator.errors import APITimeoutError, ResponseTooLargeError
-from orchestrator.jobs import steps
+from orchestrator.jobs import files as fetching
 from orchestrator.jobs.follower import Follower
 from orchestrator.jobs.model import validate_submission
 from orchestrator.runtime import Runtime
@@ -174,7 +174,7 @@ def fetch_all(rt: Runtime, names: list[str]) -> dict[str, dict[str, object]]:
     job, _ = rt.store.create_job(validate_submission(100, input="x", fetch_files=True))
     rt.store.set_submitted(job, Worker(id="wrk_hostile"))
     for name in names:
-        steps.fetch_file(rt, job.id, name)
+        fetching.fetch_file(rt, job.id, name)
     return rt.store.files(job.id)
 
 
@@ -198,9 +198,9 @@ def test_a_transient_failure_is_recorded_on_the_last_attempt(runtime: Runtime) -
     job, _ = runtime.store.create_job(validate_submission(100, input="x", fetch_files=True))
     runtime.store.set_submitted(job, Worker(id="wrk_hostile"))
     with pytest.raises(APITimeoutError):
-        steps.fetch_file(runtime, job.id, "drip")
+        fetching.fetch_file(runtime, job.id, "drip")
     assert runtime.store.files(job.id) == {}
-    info = steps.fetch_file(runtime, job.id, "drip", last_attempt=True)
+    info = fetching.fetch_file(runtime, job.id, "drip", last_attempt=True)
     assert "deadline" in str(info["error"]) and runtime.store.files(job.id) == {"drip": info}
 
 

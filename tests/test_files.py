@@ -8,6 +8,7 @@ import pytest
 
 from orchestrator.errors import InputError
 from orchestrator.facade import Orchestrator
+from orchestrator.jobs import files as fetching
 from orchestrator.jobs import steps as pipeline
 from orchestrator.jobs.model import validate_submission
 from orchestrator.runtime import Runtime
@@ -25,7 +26,7 @@ from .processes import celery_worker, wait_for
 )
 def test_unsafe_paths_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(InputError) as info:
-        pipeline.safe_path(tmp_path / "job", name)
+        fetching.safe_path(tmp_path / "job", name)
     assert info.value.field == "file_path"
 
 
@@ -34,13 +35,13 @@ def test_symlink_escape_is_refused(tmp_path: Path) -> None:
     root.mkdir()
     (root / "link").symlink_to(tmp_path.parent)
     with pytest.raises(InputError):
-        pipeline.safe_path(root, "link/outside.txt")
+        fetching.safe_path(root, "link/outside.txt")
 
 
 @pytest.mark.parametrize("name", ["report.md", "data/charts/plot.bin", "a b/ü.txt"])
 def test_safe_paths_stay_inside(tmp_path: Path, name: str) -> None:
     root = tmp_path / "job"
-    assert pipeline.safe_path(root, name).is_relative_to(root.resolve())
+    assert fetching.safe_path(root, name).is_relative_to(root.resolve())
 
 
 def test_escaping_file_is_recorded_as_refused_and_not_fetched(
@@ -54,7 +55,7 @@ def test_escaping_file_is_recorded_as_refused_and_not_fetched(
     job, _ = store.create_job(validate_submission(100, input="x", fetch_files=True))
     store.set_submitted(job, Worker(id="wrk_x"))
     rt = Runtime(settings, store)
-    info = pipeline.fetch_file(rt, job.id, "../../outside.txt")
+    info = fetching.fetch_file(rt, job.id, "../../outside.txt")
     assert "refused" in info
     assert store.files(job.id) == {"../../outside.txt": info}
     assert not (tmp_path / "outside.txt").exists()

@@ -209,6 +209,8 @@ def test_a_slow_client_is_dropped_alone(store: RedisStore, redis_url: str, buffe
     nothing overflows its buffer and is dropped, the other gets every update."""
     job, _ = store.create_job(Submission(input="slow"))
     store.r.hset(store.keys.job(job.id), mapping={"worker_id": "wrk_slow", "update_from": 0})
+    # Updates are stored only for a worker with records (a submitted turn's).
+    store.r.hset(store.keys.worker("wrk_slow"), "active_job", job.id)
 
     async def run() -> tuple[list[int], list[Any]]:
         hub = Hub(LiveStore.from_url(redis_url, store.keys.prefix), buffer)
@@ -243,6 +245,7 @@ def test_keep_alive_comments_while_a_job_waits(
         # A continue turn not begun: its worker's stream holds an earlier turn only.
         sub = Submission(kind="continue", worker_id="wrk_earlier", input="nobody runs me")
         job = store.create_job(sub)[0].model_dump()
+        store.r.hset(store.keys.worker("wrk_earlier"), "relayed", 0)  # its earlier turn's
         store.append_updates("wrk_earlier", 0, [json.dumps({"earlier": n}) for n in range(3)])
         comments = 0
         url = f"{gw.url}/v1/jobs/{job['id']}/events"
@@ -266,6 +269,7 @@ def test_feeds_joining_while_the_reader_runs_are_not_ended(
     for i in range(60):
         job, _ = store.create_job(Submission(input=f"running {i}"))
         store.r.hset(store.keys.job(job.id), mapping={"worker_id": f"wrk_r{i}", "update_from": 0})
+        store.r.hset(store.keys.worker(f"wrk_r{i}"), "active_job", job.id)
         jobs.append(job.id)
 
     async def run() -> list[Any]:

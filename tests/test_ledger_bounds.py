@@ -144,8 +144,9 @@ def test_a_refused_turn_writes_nothing_and_a_fixed_retry_posts_it_once(store: Re
     assert dump(store) == before
     # ... and the script refuses on its own, before its first write, whatever reaches it
     # (every field in turn: an early one, a late one).
-    keys = store.turn_keys("wrk_1", [("day", "2024-01-01"), ("worker", "wrk_1")])
-    keys += [store.keys.job(second.id), store.keys.job_history(second.id)]
+    members = [("day", "2024-01-01"), ("worker", "wrk_1")]
+    keys = store.turn_keys("wrk_1", members, store.keys.ledger_turn(second.id))
+    keys += [store.keys.job(second.id)]
     good = {name: "20000000" for name in FIELDS}
     for name in (FIELDS[0], FIELDS[-1]):
         for bad in ("9300000000000000000", str(2**63), str(MAX_FIGURE + 1), "-5", "1.5", "x"):

@@ -185,13 +185,13 @@ def test_cancel_of_a_running_job_settles_its_turn_later_and_once(orch: Orchestra
     assert orch.costs(by="worker")["total"]["model_cost_micro"] == 12_345
     assert orch.costs(by="worker")["total"]["turns"] == 1
     # A new turn of the worker (a continue, once settled) is relayed again.
-    orch.rt.ends.forget_ended(job.id)
+    orch.rt.ends.settled(job.id)
     again = orch.continue_(job.id, "more")
     assert orch.store.set_submitted(again, _worker("wkr_cancel1", running=True))
     assert orch.store.append_updates("wkr_cancel1", 1, ['{"n": 1}']) == 2
     # Racing finalize: a completion after the cancel is refused; the job stays cancelled.
     end = orch.store.batch()
-    orch.store.complete_into(end, job.id, 3)
+    orch.store.complete_into(end, orch.get(job.id), 3)
     end.execute()
     assert orch.get(job.id).status == "cancelled"
 
@@ -199,7 +199,7 @@ def test_cancel_of_a_running_job_settles_its_turn_later_and_once(orch: Orchestra
 def test_cancel_racing_a_finalize_that_won(orch: Orchestrator) -> None:
     job = _submitted(orch, "finishing", "wkr_race2")
     end = orch.store.batch()
-    orch.store.complete_into(end, job.id, 5)
+    orch.store.complete_into(end, job, 5)
     end.execute()
     assert orch.cancel(job.id).status == "completed"
     assert job.id not in _ended(orch)

@@ -157,7 +157,7 @@ def test_reconcile_finds_and_repairs_destroyed_ledger_data(
             assert {f: int(row.get(f, 0)) for f in MONEY_FIELDS} == {
                 f: upstream[f] for f in MONEY_FIELDS
             }
-        assert orch.store.r.hget(keys.ledger_turns, correction["id"])
+        assert orch.store.r.hget(keys.ledger_corrections, correction["id"])
     finally:
         worker.stop()
 

@@ -19,6 +19,7 @@ from orchestrator.celery import STREAMS_QUEUE, app
 from orchestrator.controls.limits import AsyncFleetRate
 from orchestrator.jobs.follower import Follower, tune_gc
 from orchestrator.ops.instruments import record_attempt
+from orchestrator.store.jobs import now_ms
 from orchestrator.wire.aclient import AsyncWorkersClient
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,9 @@ def _send_finalize(rt: runtime.Runtime, job_id: str) -> None:
 async def _housekeeping(stop: asyncio.Event) -> None:
     """Periodic repairs that need no beat: re-send jobs a dead producer left unsent or
     whose task the broker lost, wake jobs whose budget period began, reclaim holds of
-    jobs that died."""
+    jobs that died, drop expired jobs from the indexes expiry cannot reach; with
+    ARCHIVE_DIR, archive finished jobs every ARCHIVE_INTERVAL_SECONDS."""
+    from orchestrator.jobs import files as fetching
     from orchestrator.jobs import steps as pipeline
     from workers_tasks.schedule_tasks import resend_lost_runs
 
@@ -129,14 +132,35 @@ async def _housekeeping(stop: asyncio.Event) -> None:
         rt = runtime.get_runtime()
         pipeline.resend_unsent(app, rt, after)
         pipeline.resend_lost(app, rt, after)
-        pipeline.resend_lost_files(app, rt, after)
+        fetching.resend_lost_files(app, rt, after)
         resend_lost_runs(rt, after)
         pipeline.release_budget_waiters(app, rt)
         rt.budgets.reclaim(int(rt.settings.hold_reclaim_seconds * 1000))
+        rt.store.prune_expired(now_ms())
+        rt.store.prune_indexes()
+        if archive is None:
+            release_unarchived(rt.store)
 
+    from orchestrator.ops.archive import ArchiveDir, archive_pass, release_unarchived
+
+    archive_dir = runtime.get_settings().archive_dir
+    archive = None if archive_dir is None else ArchiveDir(archive_dir)
+
+    def archiving() -> None:
+        assert archive is not None
+        while archive_pass(runtime.get_runtime().store, archive) == 500:
+            pass  # a backlog: keep going until the queue is short
+
+    if archive is not None:
+        every = min(every, runtime.get_settings().archive_interval_seconds)
+    last_repairs = float("-inf")
     while not stop.is_set():
         try:
-            await loop.run_in_executor(None, repairs)
+            if archive is not None:
+                await loop.run_in_executor(None, archiving)
+            if loop.time() - last_repairs >= min(15.0, after / 2):
+                last_repairs = loop.time()
+                await loop.run_in_executor(None, repairs)
         except Exception as exc:  # keep going: Redis may be briefly away
             log.warning("housekeeping failed: %s", exc)
         with contextlib.suppress(TimeoutError):
@@ -145,8 +169,10 @@ async def _housekeeping(stop: asyncio.Event) -> None:
 
 async def _end_sweep(stop: asyncio.Event) -> None:
     """End the jobs whose queue time-to-live, idle timeout or deadline passed, and settle
-    the turns of jobs ended here once they end upstream (``lifecycle.sweep``); it wakes
-    when the next entry falls due (at most 5 s apart)."""
+    the turns of jobs ended here once they end upstream (``lifecycle.sweep``); send the
+    webhook deliveries due (``delivery.send_due``). It wakes when the next entry of
+    either falls due (at most 1 s apart when idle, 5 s after an error)."""
+    from orchestrator.hooks import delivery
     from orchestrator.jobs import lifecycle
 
     loop = asyncio.get_running_loop()
@@ -156,7 +182,12 @@ async def _end_sweep(stop: asyncio.Event) -> None:
         counts = lifecycle.sweep(app, rt)
         if counts:
             log.info("end sweep: %s", counts)
-        return lifecycle.sweep_pause(rt)
+        delivery.send_due(app, rt.store)
+        pause = lifecycle.sweep_pause(rt)
+        wake = delivery.next_due(rt.store)
+        if wake is not None:
+            pause = min(pause, max((wake - now_ms()) / 1000, 0.1))
+        return pause
 
     while not stop.is_set():
         pause = 5.0

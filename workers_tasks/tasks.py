@@ -15,6 +15,8 @@ from celery import Task
 
 from orchestrator.celery import app
 from orchestrator.errors import APIError, APIStatusError, InputError, JobEnded
+from orchestrator.hooks import delivery
+from orchestrator.jobs import files as fetching
 from orchestrator.jobs import lifecycle
 from orchestrator.jobs import steps as pipeline
 from orchestrator.runtime import get_runtime
@@ -24,8 +26,14 @@ from workers_tasks import follower_service, heartbeat  # noqa: F401  (connect th
 log = logging.getLogger(__name__)
 
 
-def _retry_or_fail(task: Task, job_id: str, exc: APIError, argsrepr: str) -> None:
-    """Retry a transient failure with backoff; fail the job once retries run out."""
+def _retry_or_fail(task: Task, job_id: str, exc: Exception, argsrepr: str) -> None:
+    """Retry a transient failure with backoff; fail the job once retries run out.
+
+    ``exc`` may be our own error too (a Redis blip, a bug in a step): the step is
+    idempotent, so it is retried like an API error, and the job fails (giving back its
+    hold and slots) if it keeps failing. Left to Celery, the task would be acked as
+    failed and the job would stay where it was, holding them.
+    """
     rt = get_runtime()
     if isinstance(exc, APIStatusError) and not exc.retryable:
         pipeline.fail(app, rt, job_id, str(exc))
@@ -48,7 +56,10 @@ def _retry_or_fail(task: Task, job_id: str, exc: APIError, argsrepr: str) -> Non
 
 
 def _job_repr(store: RedisStore, job_id: str) -> str:
-    job = store.get_job(job_id)
+    try:
+        job = store.get_job(job_id)
+    except Exception:  # Redis away: the retry still goes, named by its id
+        return job_id
     return pipeline.describe(job) if job else job_id
 
 
@@ -82,7 +93,9 @@ def _start(task: Task, job_id: str) -> str:
     except InputError as exc:
         log.error("dropping task for %s: %s", job_id, exc)
         return "unknown"
-    except APIError as exc:
+    except Exception as exc:  # an API error, or one of our own after admission
+        if not isinstance(exc, APIError):
+            log.exception("create step of %s failed", job_id)
         _retry_or_fail(task, job_id, exc, _job_repr(rt.store, job_id))
         status = "failed"
     _raise_if_ended(job_id, status)
@@ -104,7 +117,9 @@ def finalize(self: Task, job_id: str) -> str:
     except InputError as exc:
         log.error("dropping finalize for %s: %s", job_id, exc)
         return "unknown"
-    except APIError as exc:
+    except Exception as exc:  # an API error, or one of our own
+        if not isinstance(exc, APIError):
+            log.exception("finalize of %s failed", job_id)
         _retry_or_fail(self, job_id, exc, job_id)
         outcome = "failed"
     _raise_if_ended(job_id)
@@ -133,8 +148,11 @@ def fetch_file(self: Task, job_id: str, name: str) -> dict[str, Any]:
     # is raised to be retried.
     last = self.request.retries >= rt.settings.task_max_retries
     try:
-        return pipeline.fetch_file(rt, job_id, name, last_attempt=last)
-    except APIError as exc:
+        return fetching.fetch_file(rt, job_id, name, last_attempt=last)
+    except Exception as exc:  # transient API errors, and our own (a Redis blip)
+        if last:
+            # files() promises an entry for every fetch; best effort (Redis may be away).
+            return fetching.fetch_gave_up(rt, job_id, name, exc)
         raise self.retry(
             countdown=rt.client.retry.delay(self.request.retries + 1),
             max_retries=rt.settings.task_max_retries,
@@ -142,10 +160,19 @@ def fetch_file(self: Task, job_id: str, name: str) -> dict[str, Any]:
         ) from None
 
 
+@app.task(name=delivery.TASK)
+def deliver_webhook(delivery_id: str) -> str:
+    """One attempt at a webhook delivery (its only argument the delivery id: the
+    payload and the signing secret stay in Redis). Retries are put up again in the
+    store with their backoff and sent by the sweep, not by Celery's retry()."""
+    rt = get_runtime()
+    return delivery.deliver(rt.settings, rt.store, delivery_id)
+
+
 @app.task(name="workers.sweep")
 def sweep(older_than_seconds: float = 30.0) -> int:
     """Re-send jobs whose first task was never known sent, or was lost by the broker, and
     file fetches the broker lost (see ``pipeline.resend_*``)."""
     rt = get_runtime()
-    sweeps = (pipeline.resend_unsent, pipeline.resend_lost, pipeline.resend_lost_files)
+    sweeps = (pipeline.resend_unsent, pipeline.resend_lost, fetching.resend_lost_files)
     return sum(sweep(app, rt, older_than_seconds) for sweep in sweeps)

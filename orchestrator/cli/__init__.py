@@ -19,6 +19,7 @@ from kombu.exceptions import OperationalError
 
 from orchestrator import __version__
 from orchestrator.cli import (
+    archive,
     cancel,
     controls,
     gateway,
@@ -29,6 +30,7 @@ from orchestrator.cli import (
     schedules,
     serve,
     stack,
+    webhooks,
 )
 from orchestrator.errors import ConfigError, InputError, OrchestratorError
 from orchestrator.store.connection import StoreError
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     ops.register(sub)
     controls.register(sub)
     repair.register(sub)
+    webhooks.register(sub)
+    archive.register(sub)
     _register_completion(sub)
     return parser
 

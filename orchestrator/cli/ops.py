@@ -8,6 +8,9 @@ first reason otherwise:
 - the Celery broker accepts a connection (kombu, as a worker would connect);
 - Redis's ``maxmemory-policy`` cannot evict our keys (skipped where ``CONFIG`` is
   disabled, as on some managed services);
+- Redis's ``used_memory`` is below ``MEMORY_WARN_SHARE`` (80 %) of ``maxmemory``: past
+  it the line warns (``warning: ...``) but the exit stays 0, since nothing is broken
+  yet; a server differing from the compact-record settings is warned of the same way;
 - with ``--url``: that URL answers 2xx (Flower's ``/healthcheck``, the exporter);
 - with ``--max-age S``: the heartbeat named ``--name`` (default ``celery@<hostname>``,
   Celery's own node name) was written less than S seconds ago. A heartbeat is the Redis
@@ -118,6 +121,7 @@ def run_health(args: argparse.Namespace) -> int:
         notes.append(_check_redis(store))
         notes.append(_check_broker(settings, args.timeout))
         notes.append(_check_policy(store))
+        notes += _check_memory(store, settings.memory_warn_share)
         if args.url:
             notes.append(_check_url(args.url, args.timeout))
         if args.max_age is not None:
@@ -178,6 +182,23 @@ def _check_policy(store: RedisStore) -> str:
     if policy is None:
         return "maxmemory-policy unknown (CONFIG disabled)"
     return f"maxmemory-policy {policy or 'noeviction'}"
+
+
+def _check_memory(store: RedisStore, share: float) -> list[str]:
+    """Warnings (not failures) about Redis memory; see the module's docstring."""
+    used, most = store.memory_info()
+    notes = []
+    if most and used >= share * most:
+        notes.append(
+            f"warning: redis used_memory {used} is {used / most:.0%} of maxmemory {most}"
+            f" (warns from {share:.0%}: finished jobs expire after RETENTION; see"
+            " docs/retention.md)"
+        )
+    elif most:
+        notes.append(f"redis memory {used / most:.0%} of maxmemory")
+    for name, value in store.config_differences().items():
+        notes.append(f"warning: redis {name} is {value} (compact records want it otherwise)")
+    return notes
 
 
 def _check_url(url: str, timeout: float) -> str:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator import rules
 from orchestrator.errors import InputError, OrchestratorError
+from orchestrator.hooks import events as hooks
 from orchestrator.jobs.model import Job
 from orchestrator.ledger import total_cost_micro
 from orchestrator.money import format_usd, to_micro
@@ -266,6 +267,7 @@ class Budgets:
             if cap is None or row["ratio"] < cap.warn_at:
                 continue
             if self.spend.mark_warned(cap.name, row["period"]):
+                hooks.budget_crossed(self.store, row, cap.scope)
                 used = format_usd(row["spent_micro"] + row["reserved_micro"])
                 log.warning(
                     "budget %s at %.0f%% (%s of %s)",

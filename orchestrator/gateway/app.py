@@ -18,11 +18,12 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.facade import Orchestrator
-from orchestrator.gateway import errors, events, jobs, money, schedules
+from orchestrator.gateway import console, errors, events, jobs, me, money, schedules
 from orchestrator.gateway.events import Hub
 from orchestrator.gateway.links import redact
 from orchestrator.gateway.schemas import Health
 from orchestrator.gateway.state import Gateway
+from orchestrator.gateway.webhooks import router as webhook_routes
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store.listing import JobIndex
 from orchestrator.store.live import LiveStore
@@ -107,8 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (jobs, events, schedules, money):
+    for module in (jobs, events, schedules, money, me):
         app.include_router(module.router)
+    app.include_router(webhook_routes)
 
     @app.get("/healthz", response_model=Health, tags=["ops"],
              responses=errors.responses(503, 500))  # fmt: skip
@@ -117,5 +119,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(app.state.gateway.orch.store.ping)
         return Health(status="ok")
 
+    console.mount(app)
     app.add_middleware(_BodyLimit, limit=settings.gateway_max_body_bytes)
     return app

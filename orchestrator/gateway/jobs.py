@@ -1,4 +1,4 @@
-"""``/v1/jobs``: submit, continue, get, list, history, files, email and read links.
+"""``/v1/jobs``: submit, continue, cancel, get, list, history, files, email and read links.
 
 Routes are plain functions (FastAPI runs them in its thread pool) over the synchronous
 facade; each checks what the caller may see before it reads or writes anything.
@@ -19,6 +19,10 @@ from orchestrator.gateway.auth import Principal, Reader, Submitter
 from orchestrator.gateway.errors import COMMON, ApiError, not_found, responses
 from orchestrator.gateway.links import sign
 from orchestrator.gateway.schemas import (
+    BulkCancelBody,
+    BulkCancelOut,
+    CancelBody,
+    CancelOut,
     ContinueBody,
     EmailOut,
     FileEntry,
@@ -30,6 +34,7 @@ from orchestrator.gateway.schemas import (
     SubmitBody,
 )
 from orchestrator.gateway.state import Gateway, gateway
+from orchestrator.jobs.lifecycle import UPSTREAM_NOTE
 from orchestrator.jobs.model import STATUSES, Job, JobStatus, parse_tag
 from orchestrator.store.listing import Position
 
@@ -39,9 +44,6 @@ IdemKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", description="same key, same job (per tenant)"),
 ]
-
-# Cancel (single and bulk) joins this router once the jobs' lifecycle offers it:
-# POST /v1/jobs/{job_id}/cancel and POST /v1/jobs/cancel, both for role submit.
 
 
 def _job(gw: Gateway, who: Principal, job_id: str) -> Job:
@@ -116,6 +118,29 @@ def continue_(
     return _accepted(job)
 
 
+@router.post("/cancel", response_model=BulkCancelOut)
+def cancel_many(body: BulkCancelBody, who: Submitter, gw: GW) -> BulkCancelOut:
+    """Cancel every live job matching all the filters given (at least one). A
+    tenant-bound token cancels only its tenant's jobs (its tag is added to the filter)."""
+    if body.tags is None and body.status is None and body.schedule_id is None:
+        # Checked before a tenant's tag is added: that tag alone is not a filter.
+        raise ApiError(400, "give at least one filter: tags, status or schedule_id", field="tags")
+    tags = who.tags_for(body.tags or {}) or None
+    cancelled = gw.orch.cancel_many(
+        tags=tags, status=body.status, schedule_id=body.schedule_id, reason=body.reason
+    )
+    return BulkCancelOut(cancelled=cancelled, note=UPSTREAM_NOTE)
+
+
+@router.post("/{job_id}/cancel", response_model=CancelOut)
+def cancel(job_id: str, who: Submitter, gw: GW, body: CancelBody | None = None) -> CancelOut:
+    """Cancel a job: it ends ``cancelled`` now (one already ended is returned as it
+    is). A turn already started upstream goes on and is billed (see ``note``)."""
+    job = _job(gw, who, job_id)
+    ended = gw.orch.cancel(job.id, reason=body.reason if body else None)
+    return CancelOut(job=JobOut.of(ended), note=UPSTREAM_NOTE)
+
+
 def _cursor(text: str | None) -> Position | None:
     if text is None:
         return None
@@ -176,8 +201,10 @@ def list_jobs(
         since_ms=since, until_ms=until, keep=keep,
     )  # fmt: skip
     after = page.after
+    # Each listed job's turn cost, in one round trip (the console shows it per row).
+    costs = gw.orch.store.turn_costs([j.id for j in page.jobs])
     return JobPage(
-        jobs=[JobOut.of(j) for j in page.jobs],
+        jobs=[JobOut.of(j, c) for j, c in zip(page.jobs, costs, strict=True)],
         next_cursor=f"{after.created_ms}.{after.job_id}" if after else None,
     )
 

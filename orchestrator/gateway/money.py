@@ -9,9 +9,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 
+from orchestrator import rules
 from orchestrator.gateway.auth import GlobalAdmin, GlobalReader
 from orchestrator.gateway.errors import COMMON, responses
-from orchestrator.gateway.schemas import CapBody, Changed, CostsOut, LimitBody
+from orchestrator.gateway.schemas import CapBody, Changed, CostsOut, DailyOut, LimitBody
 from orchestrator.gateway.state import Gateway, gateway
 from orchestrator.store.keys import LEDGER_DIMENSIONS
 
@@ -32,6 +33,22 @@ def costs(
 ) -> CostsOut:
     """Cost and usage rows of one dimension (micro-dollars and tokens) and the total."""
     return CostsOut(**gw.orch.costs(by, since=since, until=until))
+
+
+@router.get("/costs/daily", response_model=DailyOut)
+def daily(
+    _: GlobalReader,
+    gw: GW,
+    since: date,
+    until: date,
+    by: Literal["budget", "schedule", "tag"] = "tag",
+    tag_key: Annotated[str, Query(description="the tag whose values stack (by=tag)")] = "tenant",
+    top: Annotated[int, Query(ge=1, le=20)] = 8,
+) -> DailyOut:
+    """Money per UTC day over a period (at most 366 days), stacked by tier, schedule or
+    a tag's values: the ``top`` values by all-time spend, the rest as ``other``."""
+    rules.TAG_KEY.check(tag_key, "tag_key")
+    return DailyOut(**gw.orch.store.daily(by, since, until, tag_key=tag_key, top=top))
 
 
 @router.get("/budgets", response_model=list[Row])

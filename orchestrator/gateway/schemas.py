@@ -120,6 +120,19 @@ class CostsOut(BaseModel):
     total: dict[str, int]
 
 
+class DailySeries(BaseModel):
+    key: str
+    micro: list[int] = Field(description="money per day (micro-dollars), one per day")
+
+
+class DailyOut(BaseModel):
+    by: str
+    days: list[str] = Field(description="the UTC days, oldest first")
+    series: list[DailySeries]
+    other_micro: list[int] = Field(description="the rest of each day's money")
+    total_micro: list[int] = Field(description="each day's money")
+
+
 class CapBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -137,5 +150,61 @@ class LimitBody(BaseModel):
     limit: int
 
 
+class MeOut(BaseModel):
+    token_id: str
+    role: Literal["read", "submit", "admin"]
+    tenant: str | None = Field(description="the tenant the token is bound to; none: all")
+
+
 class Health(BaseModel):
     status: str
+
+
+class CancelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, description="kept in the job's history")
+
+
+class BulkCancelBody(CancelBody):
+    """Live jobs matching every filter given (at least one)."""
+
+    tags: dict[str, str] | None = Field(default=None, description="a subset of the job's tags")
+    status: JobStatus | None = Field(default=None, description="a live status")
+    schedule_id: str | None = None
+
+
+class CancelOut(BaseModel):
+    job: JobOut
+    note: str = Field(description="what happens upstream: the turn goes on and is billed")
+
+
+class BulkCancelOut(BaseModel):
+    cancelled: list[str] = Field(description="the ids of the jobs cancelled now")
+    note: str = Field(description="what happens upstream: the turn goes on and is billed")
+
+
+class WebhookBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="http or https; private and loopback hosts are refused")
+    events: list[str] = Field(
+        description="job.completed, job.failed, job.cancelled, job.expired, job.timed_out,"
+        " budget.threshold"
+    )
+    tenant: str | None = Field(
+        default=None,
+        description="only this tenant's events (a tenant-bound token's own, always); none: all",
+    )
+
+
+class WebhookOut(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    tenant: str | None
+    created_at: int = Field(description="epoch ms")
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="the signing secret (whsec_…), shown this once only")

@@ -37,11 +37,16 @@ from orchestrator.ops.instruments import EVENTS_RELAYED
 from orchestrator.store.connection import StoreError
 from orchestrator.store.follows import FollowStore, Pending
 from orchestrator.wire.aclient import AsyncWorkersClient
-from orchestrator.wire.retry import Backoff
+from orchestrator.wire.retry import Backoff, backoff_ceiling
 
 log = logging.getLogger(__name__)
 
 FinishedHook = Callable[[str], Awaitable[None]]
+
+#: The pause before following a turn again after follows that relayed nothing new:
+#: doubling from QUIET_INITIAL to QUIET_MAX seconds.
+QUIET_INITIAL = 0.25
+QUIET_MAX = 5.0
 
 
 class RelayStopped(StreamError):
@@ -57,8 +62,7 @@ class UpdateWriter:
         self.maxlen = maxlen
         self.max_delay = max_delay
         self._pending: Pending = {}
-        # Jobs to move to 'running', written with the next batch (one round trip for all).
-        self._running: list[str] = []
+        self._running: list[str] = []  # jobs to move to 'running' with the next batch
         self._writing_running: list[str] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._wakeup = asyncio.Event()
@@ -82,8 +86,7 @@ class UpdateWriter:
         self._wakeup.set()
 
     def mark_running(self, job_id: str) -> None:
-        """Move the job to 'running' with the next batch (before any later barrier
-        returns, so before its turn is finalized)."""
+        """Move the job to 'running' with the next batch (before any later barrier)."""
         self._running.append(job_id)
         self._wakeup.set()
 
@@ -192,15 +195,17 @@ class Follower:
         # the turn still running and put the stream up again): followed once more by
         # that task, not left to wait out the new lease.
         self.again: set[str] = set()
+        # Jobs whose last follows relayed nothing new: how many in a row.
+        self._quiet: dict[str, int] = {}
         self.events_relayed = 0
-        # Set by a wake-up (a job put up for following) or by stop: claim now.
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # a job was put up for following, or stop: claim now
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim, follow and renew until ``stop`` is set; then let leases lapse."""
         writer = asyncio.create_task(self.writer.run())
         listener = asyncio.create_task(self._listen())
-        stopper = asyncio.create_task(self._stop_on(stop))
+        stopper = asyncio.create_task(stop.wait())
+        stopper.add_done_callback(lambda _: self._wake.set())
         last_renew = 0.0
         try:
             while not stop.is_set():
@@ -216,8 +221,8 @@ class Follower:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
         finally:
-            listener.cancel()
-            stopper.cancel()
+            for helper in (listener, stopper):
+                helper.cancel()
             held = list(self.active)
             for task in self.active.values():
                 task.cancel()
@@ -225,14 +230,9 @@ class Follower:
             writer.cancel()
             await self._hand_back(held)
 
-    async def _stop_on(self, stop: asyncio.Event) -> None:
-        await stop.wait()
-        self._wake.set()
-
     async def _listen(self) -> None:
-        """Wake the claim loop as soon as a job is put up for following, instead of at
-        its next poll (first update p99 0.5 s -> see bench/RESULTS.md); the poll stays
-        as the fallback for wake-ups missed while Redis was away."""
+        """Wake the claim loop when a job is put up for following, not at its next poll
+        (which stays, for wake-ups missed while Redis was away)."""
         backoff = Backoff()
         while True:
             try:
@@ -304,17 +304,31 @@ class Follower:
     async def _follow_turn(self, job_id: str) -> None:
         worker_id, status, start = await self._job_fields(job_id)
         if not worker_id or status in TERMINAL:
+            self._quiet.pop(job_id, None)
             await self.on_finished(job_id)
             return
+        # Followed again while nothing new came (the stream closes at once and the
+        # upstream says the turn still runs): wait longer each time, not a tight loop.
+        quiet = self._quiet.get(job_id, 0)
+        if quiet:
+            await asyncio.sleep(backoff_ceiling(quiet, QUIET_INITIAL, QUIET_MAX))
+        new_updates = 0
         backoff = Backoff()
         bad_event, parse_failures = -1, 0
         marked_running = status == "running"
         self.writer.forget(worker_id)  # a failure of an earlier follow is not ours
+        retrying = False
         while True:
+            if retrying:
+                # The job may have ended, or expired with its records (its worker then
+                # takes no updates: APPEND_UPDATES answers GONE), while this one retried.
+                _, status, _ = await self._job_fields(job_id)
+                if status is None or status in TERMINAL:
+                    break
+            retrying = True
             try:
-                # A turn still 'submitted' has stored nothing yet (its first batch
-                # marks it running): no read of the stored count on that common path.
-                # Were it wrong, updates already stored are refused as duplicates.
+                # A turn still 'submitted' has stored nothing (its first batch marks it
+                # running): no read of the count; a duplicate would be refused anyway.
                 if status == "submitted" and backoff.retries == 0:
                     relayed = start
                 else:
@@ -323,6 +337,7 @@ class Follower:
                     if update.index < relayed:
                         continue  # a reconnect replays from 0: stored already
                     self.writer.add(worker_id, update.index, json.dumps(update.data))
+                    new_updates += 1
                     self.events_relayed += 1
                     EVENTS_RELAYED.inc()
                     if not marked_running:
@@ -332,6 +347,7 @@ class Follower:
                 break
             except RelayStopped:
                 log.info("stream of %s: its job ended here; no longer relayed", job_id)
+                self._quiet.pop(job_id, None)
                 return  # no finalize: the end sweep settles the turn
             except MalformedEventError as exc:
                 if exc.index != bad_event:  # got further: a new event, counted anew
@@ -354,7 +370,16 @@ class Follower:
             except (StoreError, OSError) as exc:
                 log.warning("relay of %s failed: %s; retrying", job_id, exc)
             await asyncio.sleep(backoff.next())
+        self._count_quiet(job_id, new_updates)
         await self.on_finished(job_id)
+
+    def _count_quiet(self, job_id: str, new_updates: int) -> None:
+        if new_updates:
+            self._quiet.pop(job_id, None)
+            return
+        if len(self._quiet) >= 4 * self.capacity:  # bounded: count anew
+            self._quiet.clear()
+        self._quiet[job_id] = self._quiet.get(job_id, 0) + 1
 
     async def _fail_unreadable(
         self, job_id: str, worker_id: str, exc: MalformedEventError, tries: int
@@ -370,12 +395,9 @@ class Follower:
         await self.store.transition(job_id, status, detail)
 
 
-#: Collect the young generation every 100,000 net allocations instead of 700, the middle
-#: one every 50 of those: a follower of thousands of streams holds millions of objects,
-#: and collections at the default thresholds stalled its event loop for 75-200 ms
-#: (1,000 streams); at (10,000, 10, 10) the middle generation's collections still took
-#: up to 0.76 s with 5,000 streams (python -m bench.streams --workers 5000
-#: --turn-seconds 60: live lag p99 1.3 s; at these thresholds 106 ms, same RSS).
+#: A follower of thousands of streams holds millions of objects: collections at the
+#: default thresholds stalled its loop 75-200 ms (1,000 streams), at (10,000, 10, 10) up to
+#: 0.76 s (python -m bench.streams --workers 5000: live lag p99 1.3 s -> 106 ms, same RSS).
 GC_THRESHOLDS = (100_000, 50, 10)
 
 

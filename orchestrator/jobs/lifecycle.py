@@ -25,6 +25,7 @@ from celery import Celery
 
 from orchestrator import rules
 from orchestrator.errors import APIError, APIStatusError, InputError
+from orchestrator.hooks import events as hooks
 from orchestrator.jobs.model import (
     LOCAL_ENDS,
     STATUSES,
@@ -68,6 +69,7 @@ def end_job(app: Celery, rt: Runtime, job: Job, status: JobStatus, detail: str) 
         return False
     JOBS_ENDED_HERE.labels(state=status).inc()
     log.info("job %s %s: %s", job.id, status, detail)
+    hooks.job_ended(rt.store, job.id)
     ended = rt.store.require_job(job.id)
     wind_down(app, rt, ended)
     if ended.worker_id is None and ended.attempts == 0:
@@ -184,7 +186,7 @@ def wind_down(app: Celery, rt: Runtime, job: Job) -> None:
 
 def _nothing_to_settle(rt: Runtime, job: Job) -> None:
     rt.budgets.release(job.id)
-    rt.ends.forget_ended(job.id)
+    rt.ends.settled(job.id)
 
 
 def settle_ended(app: Celery, rt: Runtime, job: Job, now: int) -> str:
@@ -192,6 +194,7 @@ def settle_ended(app: Celery, rt: Runtime, job: Job, now: int) -> str:
     have taken a slot since), then settle its upstream turn if it is over. Returns
     ``settled``, ``nothing`` (no upstream turn), ``later`` or ``failed``."""
     wind_down(app, rt, job)
+    hooks.job_ended(rt.store, job.id)  # again, in case end_job stopped short: a no-op else
     ended_at = job.timestamps.get(job.status, now)
     if job.worker_id is None:
         # A create call may still be in flight (it records its worker when it returns);
@@ -223,11 +226,11 @@ def settle_ended(app: Celery, rt: Runtime, job: Job, now: int) -> str:
     except FigureError as exc:  # nothing posted; the hold and slots are given back
         log.error("job %s: %s", job.id, exc)
         fail(app, rt, job.id, f"cost not posted: {exc}")
-        rt.ends.forget_ended(job.id)
+        rt.ends.settled(job.id)
         return "failed"
     if raw_hold is not None:
         rt.budgets.release(job.id)
-    rt.ends.forget_ended(job.id)
+    rt.ends.settled(job.id)
     log.info("job %s (%s): its upstream turn ended and is settled", job.id, job.status)
     return "settled"
 
@@ -259,7 +262,7 @@ def sweep(app: Celery, rt: Runtime, now: int | None = None) -> dict[str, int]:
     for job_id in rt.ends.claim_ended(now, CLAIM_MS):
         job = rt.store.get_job(job_id)
         if job is None or job.status not in LOCAL_ENDS:
-            rt.ends.forget_ended(job_id)
+            rt.ends.settled(job_id)
             continue
         outcome = settle_ended(app, rt, job, now)
         counts[outcome] = counts.get(outcome, 0) + 1

@@ -8,7 +8,6 @@ creates at most one upstream worker per job, ``finalize`` posts a turn's cost on
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -18,11 +17,12 @@ from orchestrator.controls.budgets import BudgetExceeded, next_period_ms
 from orchestrator.errors import (
     APIError,
     APIStatusError,
-    InputError,
     JobEnded,
     ResponseTooLargeError,
     StreamError,
 )
+from orchestrator.hooks import events as hooks
+from orchestrator.jobs.files import send_fetches
 from orchestrator.jobs.model import FAILED_ENDS, LOCAL_ENDS, Job, overdue
 from orchestrator.jobs.settle import settle_turn
 from orchestrator.ledger import FigureError
@@ -63,14 +63,20 @@ def ended_unfinished(rt: Runtime, job_id: str) -> JobEnded | None:
 PRIORITY = {"interactive": 0, "batch": 9}
 
 
-#: Task names of a job's first step, and of a file fetch.
+#: Task names of a job's first step.
 FIRST_TASKS = ("workers.create", "workers.continue")
-FETCH_TASK = "workers.fetch_file"
 
 
 def dispatch(app: Celery, rt: Runtime, job: Job) -> None:
-    """Send the job's first task, then clear it from the outbox."""
+    """Mark the job dispatched, send its first task, then take it out of the outbox.
+
+    The mark comes before the send: a worker may begin the task (clearing the mark)
+    before ``send_task`` returns, and a mark written after that would stay behind. The
+    outbox entry goes after it: a producer that dies before the send leaves the job in
+    the outbox, which :func:`resend_unsent` sends again on any broker.
+    """
     name = FIRST_TASKS[0] if job.kind == "create" else FIRST_TASKS[1]
+    rt.store.mark_sending(job.id)
     app.send_task(name, args=[job.id], argsrepr=describe(job), priority=PRIORITY[job.priority])
     rt.store.mark_sent(job.id)
 
@@ -125,8 +131,11 @@ def turn_ended(app: Celery, rt: Runtime, job: Job) -> None:
 
 
 def fail(app: Celery, rt: Runtime, job_id: str, message: str) -> None:
-    """Mark the job failed and give back what it held."""
+    """Mark the job failed and give back what it held: hold, slots and follow lease
+    (a finalize that gave up leaves no lease to lapse first)."""
     rt.store.transition(job_id, "failed", message)
+    rt.store.release_follow(job_id)
+    hooks.job_ended(rt.store, job_id)
     job = rt.store.get_job(job_id)
     if job is not None:
         turn_ended(app, rt, job)
@@ -212,7 +221,8 @@ def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
         if rt.ends.end_here(job.id, *late):
             JOBS_ENDED_HERE.labels(state=late[0]).inc()
             log.info("job %s %s: %s", job.id, *late)
-            rt.ends.forget_ended(job.id)  # no call was made: nothing to settle later
+            rt.ends.settled(job.id)  # no call was made: nothing to settle later
+            hooks.job_ended(store, job.id)
         turn_ended(app, rt, job)  # e.g. a slot it was promoted to
         return store.require_job(job.id)
     if not counted:
@@ -233,10 +243,10 @@ def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
         if not exc.retryable:
             fail(app, rt, job.id, str(exc))
         raise
-    except StreamError as exc:
-        # A malformed answer (e.g. an unsafe worker id): the same idempotency key gets
-        # the same answer, so it is not retried; the job fails and gives back its hold
-        # and slots now.
+    except (StreamError, ResponseTooLargeError) as exc:
+        # A malformed answer (e.g. an unsafe worker id, or one over ANSWER_MAX_BYTES):
+        # the same idempotency key gets the same answer, so it is not retried; the job
+        # fails and gives back its hold and slots now.
         fail(app, rt, job.id, str(exc))
         return store.require_job(job.id)
     if not store.set_submitted(job, worker):
@@ -266,6 +276,9 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
             release_slots(app, rt, job)
         elif job.done:
             turn_ended(app, rt, job)  # e.g. failed by the follower: give back its hold
+            if job.status == "failed" and job.worker_id is not None:
+                settle_failed_turn(rt, job)
+            hooks.job_ended(store, job.id)  # recorded once, however often this runs
         return "noop"
     worker = rt.client.retrieve(job.worker_id)
     if worker.running or worker.status == "running":
@@ -276,136 +289,45 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
         relayed, raw_hold = settle_turn(rt, job, worker)
     except FigureError as exc:  # an absurd upstream figure: nothing was posted
         log.error("job %s: %s", job.id, exc)
+        # Kept as the upstream said it (the job's reason names the figure), so that
+        # reconcile reports the figure, not also a stale snapshot.
+        store.save_snapshot(worker)
         store.release_follow(job.id)
         fail(app, rt, job.id, f"cost not posted: {exc}")
         return "failed"
-    fetches = []
-    if job.fetch_files:
-        for file in worker.files:
-            name = file.filename or file.url.rsplit("/", 1)[-1]
-            send_fetch(app, job.id, name)
-            fetches.append(name)
+    if job.fetch_files and worker.files:
+        send_fetches(app, rt, job, worker)
     end = store.batch()
-    # Watched until a worker begins each (see resend_lost_files).
-    store.fetches_sent_into(end, job.id, fetches)
-    store.complete_into(end, job.id, relayed)
+    store.complete_into(end, job, relayed)
     if raw_hold is not None:
         rt.budgets.release_into(end, job.id, raw_hold)
     promoted_at = rt.limits.release_into(end, job)
     promoted = end.execute()[promoted_at]
+    hooks.job_ended(store, job.id)
     dispatch_promoted(app, rt, [str(p) for p in promoted])
     return "completed"
 
 
-def send_fetch(app: Celery, job_id: str, name: str) -> None:
-    shown = name if len(name) <= 120 else f"{name[:117]}..."  # Flower shows it
-    app.send_task(FETCH_TASK, args=[job_id, name], argsrepr=f"{job_id} file={shown!r}")
-
-
-def _fetch_of(task: str, args: list[Any]) -> list[tuple[str, str]]:
-    if task != FETCH_TASK or len(args) != 2:
-        return []
-    return [(str(args[0]), str(args[1]))]
-
-
-def resend_lost_files(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) -> int:
-    """Send again the file fetches the broker lost (see :func:`resend_lost`); a fetch
-    whose file is recorded already is only forgotten."""
-    store = rt.store
-    due = store.unbegun_fetches(int(older_than_seconds * 1000))
-    lost = store.broker.lost(
-        due, "resend-files", older_than_seconds, _fetch_of, backlog_queue=API_QUEUE
-    )
-    resent = 0
-    for job_id, name in lost:
-        if store.file_recorded(job_id, name):
-            store.forget_fetch(job_id, name)
-        else:
-            log.warning("re-sending the fetch of %r for job %s: the broker lost it", name, job_id)
-            send_fetch(app, job_id, name)
-            store.fetch_resent(job_id, name)
-            resent += 1
-    return resent
-
-
-#: Bounds on a published file's name, well inside what filesystems take (255 bytes a
-#: part, 4,096 a path) once ``FILES_DIR/<job id>/`` is in front.
-FILE_PART_MAX_BYTES = 255
-FILE_NAME_MAX_BYTES = 1024
-FILE_NAME_MAX_DEPTH = 32
-
-
-def _shown(name: str) -> str:
-    return repr(name if len(name) <= 80 else f"{name[:77]}...")
-
-
-def safe_path(root: Path, name: str) -> Path:
-    """``root/name`` if it stays inside ``root``; InputError naming the file otherwise."""
-    if not name or "\x00" in name or name.startswith(("/", "\\")) or "\\" in name:
-        raise InputError("file_path", f"{_shown(name)} is not a safe relative path")
-    parts = name.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise InputError("file_path", f"{_shown(name)} is not a safe relative path")
-    encoded = name.encode("utf-8", "surrogatepass")
-    if len(encoded) > FILE_NAME_MAX_BYTES or len(parts) > FILE_NAME_MAX_DEPTH:
-        raise InputError(
-            "file_path",
-            f"{_shown(name)} is longer than {FILE_NAME_MAX_BYTES} bytes"
-            f" or deeper than {FILE_NAME_MAX_DEPTH} levels",
-        )
-    if any(len(p.encode("utf-8", "surrogatepass")) > FILE_PART_MAX_BYTES for p in parts):
-        raise InputError(
-            "file_path", f"{_shown(name)} has a part longer than {FILE_PART_MAX_BYTES} bytes"
-        )
-    base = root.resolve()
-    target = base.joinpath(*parts).resolve()
-    if not target.is_relative_to(base):
-        raise InputError("file_path", f"{_shown(name)} escapes the files directory")
-    return target
-
-
-def fetch_file(
-    rt: Runtime, job_id: str, name: str, *, last_attempt: bool = False
-) -> dict[str, Any]:
-    """Stream one published file to ``FILES_DIR/<job id>/<name>``; record size and hash.
-
-    Every way a fetch ends is recorded in the job's files: ``{path, size, sha256}``,
-    ``{refused}`` (an unsafe name), or ``{error}`` (a file over ``FILE_MAX_BYTES``, an
-    answer that is final, a name the disk will not take). A transient failure (no
-    answer, timeout, 5xx) is raised for the task to retry, and recorded as an error
-    too on its ``last_attempt``.
-    """
-    rt.store.forget_fetch(job_id, name)
-    job = rt.store.require_job(job_id)
+def settle_failed_turn(rt: Runtime, job: Job) -> None:
+    """Post the cost of a turn that ran upstream although its job failed here (the
+    follower could not read its stream: a 404, events that are never JSON), once the
+    upstream says the turn is over. The upstream bills it all the same, so the ledger
+    must hold it. Best effort: a turn still running, an unreadable answer or an absurd
+    figure is left to ``orchestrator reconcile``, which finds the difference."""
     assert job.worker_id is not None
-    root = Path(rt.settings.files_dir) / job.id
+    if rt.store.turn_cost(job.id) is not None:
+        return  # posted already (a redelivered finalize)
     try:
-        dest = safe_path(root, name)
-    except InputError as exc:
-        info: dict[str, Any] = {"refused": exc.message}
-        rt.store.record_file(job.id, name, info)
-        log.warning("job %s: refused file %s: %s", job.id, _shown(name), exc.message)
-        return info
-    try:
-        got = rt.client.download_file(job.worker_id, name, dest)
-    except (ResponseTooLargeError, OSError) as exc:
-        return _fetch_failed(rt, job.id, name, exc)
-    except APIError as exc:
-        if last_attempt or (isinstance(exc, APIStatusError) and not exc.retryable):
-            return _fetch_failed(rt, job.id, name, exc)
-        raise
-    info = {"path": str(got.path), "size": got.size, "sha256": got.sha256}
-    rt.store.record_file(job.id, name, info)
-    return info
-
-
-def _fetch_failed(rt: Runtime, job_id: str, name: str, exc: Exception) -> dict[str, Any]:
-    """Record a fetch that failed for good as ``{error}``."""
-    if isinstance(exc, OSError):  # e.g. "a" is a file and "a/b" wants it as a directory
-        message = f"cannot write the file: {exc.strerror or type(exc).__name__}"
+        worker = rt.client.retrieve(job.worker_id)
+        if worker.running or worker.status == "running":
+            log.info("job %s failed while its turn still runs upstream; not settled", job.id)
+            return
+        try:
+            settle_turn(rt, job, worker)  # the hold was given back already
+        except FigureError:
+            rt.store.save_snapshot(worker)  # as finalize does: nothing posted
+            raise
+    except (APIError, FigureError) as exc:
+        log.warning("job %s: the cost of its failed turn was not posted: %s", job.id, exc)
     else:
-        message = str(exc)
-    info: dict[str, Any] = {"error": message}
-    rt.store.record_file(job_id, name, info)
-    log.warning("job %s: file %s not fetched: %s", job_id, _shown(name), message)
-    return info
+        log.info("job %s failed; its turn's cost upstream was posted", job.id)

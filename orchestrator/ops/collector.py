@@ -73,6 +73,8 @@ class StoreSnapshot:
     tags_dropped: int = 0
     budgets: list[dict[str, Any]] = field(default_factory=list)
     limits: list[dict[str, Any]] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
+    retained: int = 0
 
 
 def read_snapshot(
@@ -101,6 +103,8 @@ def read_snapshot(
         tags_dropped=max(len(tags) - max_tags, 0),
         budgets=Budgets(store).status(),
         limits=Limits(store).status(),
+        memory=store.memory_sample(),
+        retained=store.retained(),
     )
 
 
@@ -151,7 +155,36 @@ def families(snap: StoreSnapshot) -> list[Metric]:
         "Tags left out of the cost series to bound their number (the cheapest ones).",
         value=snap.tags_dropped,
     )
-    return [jobs, depth, unacked, followed, usd, micro, tokens, turns, dropped, *_controls(snap)]
+    return [jobs, depth, unacked, followed, usd, micro, tokens, turns, dropped,
+            *_controls(snap), *_memory(snap)]  # fmt: skip
+
+
+def _memory(snap: StoreSnapshot) -> list[Metric]:
+    """Redis memory by record kind (a bounded sample: ``RetentionStore.memory_sample``)."""
+    kinds = GaugeMetricFamily(
+        "orchestrator_redis_memory_bytes",
+        "Redis memory held by each kind of record (estimated from a bounded sample of "
+        "MEMORY USAGE per kind).",
+        labels=["kind"],
+    )
+    for kind, size in sorted(snap.memory.get("kinds", {}).items()):
+        kinds.add_metric([kind], size)
+    used = GaugeMetricFamily(
+        "orchestrator_redis_used_memory_bytes",
+        "Redis used_memory (INFO memory).",
+        value=snap.memory.get("used_memory", 0),
+    )
+    most = GaugeMetricFamily(
+        "orchestrator_redis_maxmemory_bytes",
+        "Redis maxmemory (0: no limit).",
+        value=snap.memory.get("maxmemory", 0),
+    )
+    retained = GaugeMetricFamily(
+        "orchestrator_jobs_retained",
+        "Finished jobs whose records are kept until their retention ends.",
+        value=snap.retained,
+    )
+    return [kinds, used, most, retained]
 
 
 def _controls(snap: StoreSnapshot) -> list[Metric]:

@@ -12,9 +12,10 @@ the last ``hours`` (the store's ``jobs`` index), the worker's snapshot is read a
   worker and the budget periods), repairs the worker row alone when only it was lost,
   and moves ``counted`` up to the upstream figure. A correction is not a turn:
   ``turns`` does not move.
-- ``total``: the ledger total against the sum of all per-worker rows; fixed by moving
-  the total (``RECONCILE_TOTAL``, ``LedgerRepair.check_total``, after the worker rows
-  are repaired).
+- ``total``: the ledger total against the sum of the day rows (kept, where worker rows
+  expire with their records); fixed by moving the total (``RECONCILE_TOTAL``,
+  ``LedgerRepair.check_total``, after the money repairs). Jobs whose records have
+  expired are not in the ``jobs`` index any more: reconcile covers the retention window.
 - ``fell``: an anomaly kept by POST_TURN: a turn's upstream cumulative figure was below
   what the ledger had counted (nothing was posted for it, ``counted`` kept its high mark).
   Reported with the fall; fixed (``--fix``) by following the upstream figure: the
@@ -72,7 +73,7 @@ class Difference:
             text = "; ".join(parts)
         elif self.kind == "total":
             parts = [
-                f"{f} total {d['total']} sum of worker rows {d['workers']}"
+                f"{f} total {d['total']} sum of day rows {d['days']}"
                 for f, d in sorted(self.detail["fields"].items())
             ]
             text = "; ".join(parts)
@@ -239,8 +240,8 @@ class Reconciler:
 
     def _check_total(self, fix: bool, report: Report) -> None:
         wrong = {
-            name: {"total": total, "workers": workers}
-            for name, (total, workers) in self.ledger.check_total(fix).items()
+            name: {"total": total, "days": days}
+            for name, (total, days) in self.ledger.check_total(fix).items()
         }
         if wrong:
             report.differences.append(Difference("total", "total", {"fields": wrong}, fixed=fix))

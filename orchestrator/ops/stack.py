@@ -63,6 +63,8 @@ class Stack:
         self.env = {k: v for k, v in os.environ.items()}
         self.env["PYTHONUNBUFFERED"] = "1"
         self.env.setdefault("FILES_DIR", str(self.workdir / "files"))
+        # The dev stack archives finished jobs before they expire (docs/retention.md).
+        self.env.setdefault("ARCHIVE_DIR", str(self.workdir / "archive"))
         redis_url = self.settings.redis_url
         if redis_url is None:
             self.redis = RedisServer(data_dir=self.workdir / "redis").start()

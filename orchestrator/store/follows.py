@@ -16,12 +16,18 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from orchestrator.jobs.model import JobStatus
+from orchestrator.jobs.model import LOCAL_ENDS, TERMINAL, JobStatus
 from orchestrator.store.batch import AsyncBatch
 from orchestrator.store.connection import connect_async
-from orchestrator.store.jobs import HISTORY_MAXLEN
 from orchestrator.store.keys import Keys
+from orchestrator.store.retention import (
+    RECORD_FIELDS,
+    RetentionPolicy,
+    fields_of,
+    transition_call,
+)
 from orchestrator.store.scripts import jobs as scripts
+from orchestrator.store.scripts import records
 from orchestrator.store.spend import AsyncRateStore
 
 log = logging.getLogger(__name__)
@@ -33,13 +39,16 @@ Pending = dict[str, tuple[int, list[str]]]
 class FollowStore:
     """Async access for stream followers; one per follower process (it owns the client)."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis, prefix: str, *, retention: RetentionPolicy | None = None
+    ) -> None:
         # Any, as in RedisStore: the stubs cannot see decode_responses=True.
         self.r: Any = client
         self.keys = Keys(prefix)
+        self.retention = retention or RetentionPolicy()
         self._claim = client.register_script(scripts.CLAIM_FOLLOWS)
         self._renew = client.register_script(scripts.RENEW_FOLLOWS)
-        self._transition = client.register_script(scripts.TRANSITION)
+        self._transition = client.register_script(records.TRANSITION)
         self._append = client.register_script(scripts.APPEND_UPDATES)
         self._wake: Any = None  # the wake channel's subscription, once subscribed
 
@@ -49,12 +58,13 @@ class FollowStore:
         url: str,
         prefix: str,
         *,
+        retention: RetentionPolicy | None = None,
         password: str | None = None,
         sentinel_password: str | None = None,
     ) -> FollowStore:
         """A follower's store on its own blocking pool (see :func:`connect_async`)."""
         client = connect_async(url, password=password, sentinel_password=sentinel_password)
-        return cls(client, prefix)
+        return cls(client, prefix, retention=retention)
 
     def rate_store(self) -> AsyncRateStore:
         """The fleet rate limit on this store's pool (one pool per follower process)."""
@@ -122,14 +132,18 @@ class FollowStore:
 
     async def transition(self, job_id: str, status: JobStatus, detail: str = "") -> bool:
         """Move a job forward (as :meth:`RedisStore.transition`)."""
-        keys = self._transition_keys(job_id)
-        now = int(time.time() * 1000)
-        result = await self._transition(keys=keys, args=[status, now, detail, HISTORY_MAXLEN])
-        return int(result) == 1
-
-    def _transition_keys(self, job_id: str) -> list[str]:
-        return [self.keys.job(job_id), self.keys.job_history(job_id), self.keys.job_states,
-                self.keys.jobs_live]  # fmt: skip
+        for _ in range(5):
+            fields = None
+            if status in TERMINAL and status not in LOCAL_ENDS:
+                fields = fields_of(await self.r.hmget(self.keys.job(job_id), RECORD_FIELDS))
+            now = int(time.time() * 1000)
+            keys, args = transition_call(
+                self.keys, self.retention, job_id, status, now, detail, fields
+            )
+            result = int(await self._transition(keys=keys, args=args))
+            if result != -2:  # -2: its worker was linked meanwhile; read it again
+                return result == 1
+        return False
 
     async def append_updates(
         self, pending: Pending, maxlen: int, running: Sequence[str] = ()
@@ -140,9 +154,11 @@ class FollowStore:
         exception its write raised (a gap, say)."""
         writes = AsyncBatch(self.r)
         now = int(time.time() * 1000)
-        for job_id in running:
-            writes.script(self._transition, self._transition_keys(job_id),
-                          ["running", now, "", HISTORY_MAXLEN])  # fmt: skip
+        for job_id in running:  # not an end: no record fields needed
+            keys, args = transition_call(
+                self.keys, self.retention, job_id, "running", now, "", None
+            )
+            writes.script(self._transition, keys, args)
         for worker_id, (first, payloads) in pending.items():
             keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
             writes.script(self._append, keys, [first, maxlen, now, *payloads])

@@ -11,7 +11,6 @@ writes never leaves half a change. See ``docs/redis-layout.md``.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,46 +21,50 @@ from orchestrator.jobs.model import (
     LIMITS,
     STATUSES,
     Job,
-    JobStatus,
     Submission,
     limit_ms,
     new_job_id,
     next_due,
 )
+from orchestrator.ledger import cumulative
 from orchestrator.store.batch import Batch
 from orchestrator.store.broker import BrokerLayout, BrokerView
 from orchestrator.store.connection import connect
+from orchestrator.store.files import FilesStore, now_ms
 from orchestrator.store.keys import Keys
 from orchestrator.store.ledger import LedgerStore
+from orchestrator.store.retention import RetentionPolicy, RetentionStore
 from orchestrator.store.scripts import jobs as scripts
+from orchestrator.store.scripts import records
+from orchestrator.store.status import JobWatch, StatusStore
+from orchestrator.store.status import job_id_checked as _job_id
 from orchestrator.wire.models import Worker
 
-__all__ = ["HISTORY_MAXLEN", "RedisStore", "connect", "now_ms"]
-
-HISTORY_MAXLEN = 100
+__all__ = ["JobWatch", "RedisStore", "connect", "now_ms"]
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _job_id(value: object) -> str:
-    """``value`` if it looks like a job id; InputError naming ``job_id`` otherwise."""
-    if not isinstance(value, str) or not value.startswith("job_"):
-        raise InputError("job_id", f"{value!r} is not a job id")
-    return value
-
-
-class RedisStore(LedgerStore):
+class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore):
     """Synchronous access to everything the orchestrator keeps in Redis."""
 
-    def __init__(self, client: redis.Redis, prefix: str, *, updates_maxlen: int = 100_000) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        *,
+        updates_maxlen: int = 100_000,
+        retention: RetentionPolicy | None = None,
+    ) -> None:
         # Typed as Any: redis-py's stubs cannot see decode_responses=True (every reply
         # here is str), and casting each of them would bury the logic.
         self.r: Any = client
         self.keys = Keys(prefix)
         self.updates_maxlen = updates_maxlen
-        self._transition = client.register_script(scripts.TRANSITION)
+        self.retention = retention or RetentionPolicy()
+        self._transition = client.register_script(records.TRANSITION)
+        self._retain = client.register_script(records.RETAIN)
+        self._settled = client.register_script(records.SETTLED)
+        self._trim_index = client.register_script(records.TRIM_INDEX)
+        self._note = client.register_script(records.NOTE)
         self._create = client.register_script(scripts.CREATE_JOB)
         self._begin = client.register_script(scripts.BEGIN_ATTEMPT)
         self._append = client.register_script(scripts.APPEND_UPDATES)
@@ -78,12 +81,13 @@ class RedisStore(LedgerStore):
         prefix: str,
         *,
         updates_maxlen: int = 100_000,
+        retention: RetentionPolicy | None = None,
         password: str | None = None,
         sentinel_password: str | None = None,
     ) -> RedisStore:
         """A store on its own connection pool (:func:`orchestrator.store.connection.connect`)."""
         client = connect(url, password=password, sentinel_password=sentinel_password)
-        return cls(client, prefix, updates_maxlen=updates_maxlen)
+        return cls(client, prefix, updates_maxlen=updates_maxlen, retention=retention)
 
     def broker_on(
         self, url: str, *, password: str | None = None, sentinel_password: str | None = None
@@ -124,14 +128,19 @@ class RedisStore(LedgerStore):
             "created_at": str(created),
             "at_queued": str(created),
             **{f"{name}_ms": str(limit_ms(getattr(sub, name))) for name in LIMITS},
+            # The history's first entry (see scripts.records.HISTORY_FN for its form).
+            "history": json.dumps(
+                {"status": "queued", "at": created, "detail": ""}, separators=(",", ":")
+            ),
+            "history_n": "1",
         }
         keys = [
             self.keys.job(job_id),
             self.keys.jobs,
             self.keys.outbox,
             self.keys.job_states,
-            self.keys.job_history(job_id),
             self.keys.jobs_live,
+            self.keys.job_indexes,
         ]
         indexes = [self.keys.jobs_by_tag(k, v) for k, v in sorted(sub.tags.items())]
         if sub.schedule_id:
@@ -150,13 +159,16 @@ class RedisStore(LedgerStore):
             raise InputError("idempotency_key", "names a job that is gone")
         return job, False
 
+    def mark_sending(self, job_id: str) -> None:
+        """The job's first task is about to be sent: watched until a worker takes it
+        (:meth:`begin_attempt` clears the mark). Written before the send, so that a
+        worker that begins at once leaves no mark; the outbox keeps the job until
+        :meth:`mark_sent`, so a producer dying in between still has it sent again."""
+        self.r.zadd(self.keys.dispatched, {job_id: now_ms()})
+
     def mark_sent(self, job_id: str) -> None:
-        """The job's first task is on the broker: out of the outbox, and watched until a
-        worker takes it (:meth:`begin_attempt`)."""
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.keys.outbox, job_id)
-            pipe.zadd(self.keys.dispatched, {job_id: now_ms()})
-            pipe.execute()
+        """The job's first task is on the broker: out of the outbox."""
+        self.r.zrem(self.keys.outbox, job_id)
 
     def drop_unsent(self, job_id: str) -> None:
         """Out of the outbox without being sent (the job moved on without it)."""
@@ -184,48 +196,8 @@ class RedisStore(LedgerStore):
     def require_job(self, job_id: str) -> Job:
         job = self.get_job(_job_id(job_id))
         if job is None:
-            raise InputError("job_id", f"no job {job_id}")
+            raise InputError("job_id", f"no job {job_id} (never made, or expired: RETENTION)")
         return job
-
-    def transition(self, job_id: str, status: JobStatus, detail: str = "") -> bool:
-        """Move a job forward; False if it already was there or may not move."""
-        result = self._transition(
-            keys=self.transition_keys(job_id),
-            args=[status, now_ms(), detail[:1000], HISTORY_MAXLEN],
-        )
-        return int(result) == 1
-
-    def transition_keys(self, job_id: str, *, ended_here: bool = False) -> list[str]:
-        """The TRANSITION script's keys for a job; ``ended_here`` adds the ended set (an
-        end state reached here: its wind-down and settlement follow)."""
-        keys = [self.keys.job(job_id), self.keys.job_history(job_id), self.keys.job_states,
-                self.keys.jobs_live]  # fmt: skip
-        return [*keys, self.keys.jobs_ended] if ended_here else keys
-
-    def history(self, job_id: str) -> list[dict[str, Any]]:
-        entries = self.r.xrange(self.keys.job_history(job_id))
-        return [
-            {"status": f["status"], "at": int(f["at"]), "detail": f.get("detail") or None}
-            for _id, f in entries
-        ]
-
-    def job_with_mark(self, job_id: str) -> tuple[Job, str]:
-        """The job and the id of its latest history entry, read at one instant (MULTI):
-        any later change of status is a history entry after that id (see
-        :meth:`wait_history`). InputError for an unknown job."""
-        history = self.keys.job_history(_job_id(job_id))
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.xrevrange(history, count=1)
-            pipe.hgetall(self.keys.job(job_id))
-            last, data = pipe.execute()
-        if not data:
-            raise InputError("job_id", f"no job {job_id}")
-        return Job.from_hash(data), last[0][0] if last else "0-0"
-
-    def wait_history(self, job_id: str, after: str, block_ms: int) -> None:
-        """Return when the job's history has an entry after the id ``after`` (at once if
-        it has one already), or after ``block_ms``."""
-        self.r.xread({self.keys.job_history(job_id): after}, count=1, block=max(block_ms, 1))
 
     def begin_attempt(self, job_id: str) -> tuple[Job, bool]:
         """Read a job for its create step; True if its attempt was counted already.
@@ -269,15 +241,24 @@ class RedisStore(LedgerStore):
         batch = Batch(self.r)
         jkey = self.keys.job(job.id)
         batch.pipe.hset(jkey, mapping={"worker_id": worker.id, "update_from": relayed})
+        if job.kind == "continue" and not self.r.exists(wkey):
+            # The worker's records expired with its last job: count this turn from the
+            # cumulative figures the continue answered, or its cost would include every
+            # earlier turn again.
+            seed = cumulative(worker) or {}
+            for name, value in seed.items():
+                batch.pipe.hsetnx(wkey, f"counted:{name}", value)
         batch.pipe.hset(wkey, mapping={"snapshot": worker.model_dump_json(), "active_job": job.id})
+        # A new turn: the worker's records live again until this job ends.
+        for key in (wkey, self.keys.updates(worker.id), self.keys.ledger("worker", worker.id)):
+            batch.pipe.persist(key)
         batch.pipe.zadd(self.keys.follows, {job.id: 0}, nx=True)
         batch.pipe.publish(self.keys.follow_wake, job.id)  # followers claim it at once
         at = now_ms()
         upstream = job.model_copy(update={"status": "submitted"})
         # XX: a job that ended meanwhile has left the live index, and stays out of it.
         batch.pipe.zadd(self.keys.jobs_live, {job.id: next_due(upstream, at)}, xx=True)
-        batch.script(self._transition, self.transition_keys(job.id),
-                     ["submitted", at, "", HISTORY_MAXLEN])  # fmt: skip
+        self.transition_into(batch, job.id, "submitted", at)
         return int(batch.execute()[-1]) == 1
 
     def request_follow(self, job_id: str, *, now: bool = False) -> None:
@@ -298,15 +279,6 @@ class RedisStore(LedgerStore):
     def release_follow(self, job_id: str, owner: str = "") -> bool:
         keys = [self.keys.follows, self.keys.follow_owners]
         return int(self._release(keys=keys, args=[job_id, owner])) == 1
-
-    def complete_into(self, batch: Batch, job_id: str, update_to: int) -> None:
-        """Queue the end of a settled turn: where its updates end, ``completed``, and
-        the release of its follow lease."""
-        key = self.keys.job(job_id)
-        batch.pipe.hset(key, "update_to", update_to)
-        history = self.transition_keys(job_id)
-        batch.script(self._transition, history, ["completed", now_ms(), "", HISTORY_MAXLEN])
-        batch.script(self._release, [self.keys.follows, self.keys.follow_owners], [job_id, ""])
 
     def following(self) -> int:
         return int(self.r.zcard(self.keys.follows))
@@ -341,43 +313,6 @@ class RedisStore(LedgerStore):
             reply = self.r.xread({stream: start}, count=count, block=block_ms)
             entries = reply[0][1] if reply else []
         return [(int(eid.split("-")[1]) - 1, json.loads(f["data"])) for eid, f in entries]
-
-    # --- files -------------------------------------------------------------------
-
-    def record_file(self, job_id: str, name: str, info: dict[str, Any]) -> None:
-        self.r.hset(self.keys.job_files(job_id), name, json.dumps(info, sort_keys=True))
-
-    def files(self, job_id: str) -> dict[str, dict[str, Any]]:
-        raw = self.r.hgetall(self.keys.job_files(job_id))
-        return {name: json.loads(value) for name, value in sorted(raw.items())}
-
-    def file_recorded(self, job_id: str, name: str) -> bool:
-        return bool(self.r.hexists(self.keys.job_files(job_id), name))
-
-    # File fetches sent and not yet begun, watched so a fetch the broker lost is sent
-    # again; a member is ``<job id>|<file name>`` (job ids never hold a ``|``).
-
-    def fetches_sent_into(self, batch: Batch, job_id: str, names: Sequence[str]) -> None:
-        """Queue the record that fetches of the job's files ``names`` were sent now."""
-        if names:
-            at = now_ms()
-            sent = {f"{job_id}|{name}": at for name in names}
-            batch.pipe.zadd(self.keys.files_dispatched, sent)
-
-    def fetch_resent(self, job_id: str, name: str) -> None:
-        self.r.zadd(self.keys.files_dispatched, {f"{job_id}|{name}": now_ms()})
-
-    def forget_fetch(self, job_id: str, name: str) -> None:
-        """The fetch began (or needs no watching any more)."""
-        self.r.zrem(self.keys.files_dispatched, f"{job_id}|{name}")
-
-    def unbegun_fetches(self, older_than_ms: int, limit: int = 500) -> list[tuple[str, str]]:
-        """(job id, file name) of fetches sent at least ``older_than_ms`` ago that no
-        worker has begun."""
-        cutoff = now_ms() - older_than_ms
-        key = self.keys.files_dispatched
-        members = self.r.zrangebyscore(key, "-inf", cutoff, start=0, num=limit)
-        return [(job_id, name) for job_id, _, name in (m.partition("|") for m in members)]
 
     # --- operations ----------------------------------------------------------------
 

@@ -23,9 +23,10 @@ class Keys:
         """Hash: the job record (see :class:`orchestrator.jobs.model.Job`)."""
         return f"{self.prefix}:job:{job_id}"
 
-    def job_history(self, job_id: str) -> str:
-        """Stream: one entry per status transition (status, at, detail)."""
-        return f"{self.prefix}:job:{job_id}:history"
+    def job_events(self, job_id: str) -> str:
+        """Pub/sub channel (not a key): the job's new status at each move; what
+        ``Orchestrator.wait()`` blocks on. (The history is the job hash's ``history``.)"""
+        return f"{self.prefix}:job:{job_id}:events"
 
     @property
     def files_dispatched(self) -> str:
@@ -49,6 +50,12 @@ class Keys:
     def jobs_by_schedule(self, schedule_id: str) -> str:
         """Sorted set: ids of the jobs a schedule ran, by creation time (ms)."""
         return f"{self.prefix}:jobs:schedule:{schedule_id}"
+
+    @property
+    def job_indexes(self) -> str:
+        """Set: the names of the per-tag and per-schedule job indexes (written by
+        CREATE_JOB), so the prune pass can trim them of expired jobs' ids."""
+        return f"{self.prefix}:jobs:indexes"
 
     @property
     def job_states(self) -> str:
@@ -136,10 +143,44 @@ class Keys:
         """Set: the values seen for a dimension (days, tiers, tags, ...)."""
         return f"{self.prefix}:ledger-index:{dimension}"
 
+    def ledger_turn(self, job_id: str) -> str:
+        """String: JSON of what the job's turn posted; a replay is a no-op. Expires with
+        the job (a late finalize of an expired job finds no job, so posts nothing)."""
+        return f"{self.prefix}:ledger-turn:{job_id}"
+
     @property
-    def ledger_turns(self) -> str:
-        """Hash: turn id (worker:job) -> JSON of what was posted; a replay is a no-op."""
-        return f"{self.prefix}:ledger:turns"
+    def ledger_corrections(self) -> str:
+        """Hash: reconcile correction id (``reconcile:<wid>:<n>``) -> JSON of what it
+        posted. Kept: corrections are rare, and the audit of the ledger's repairs."""
+        return f"{self.prefix}:ledger:corrections"
+
+    # --- retention (see docs/retention.md) ---
+    @property
+    def retention(self) -> str:
+        """Sorted set: ``<job id>|<worker id>`` of finished jobs by when their records
+        expire (ms); the prune pass drops expired ones from ``jobs`` and the ledger's
+        worker index."""
+        return f"{self.prefix}:retention"
+
+    @property
+    def archive_queue(self) -> str:
+        """Sorted set: finished jobs waiting for the archiver, by end time (ms); their
+        records get their expiry once archived."""
+        return f"{self.prefix}:archive:queue"
+
+    def record_patterns(self) -> dict[str, tuple[str, str]]:
+        """Record kind -> (SCAN pattern of its keys, suffix of other keys the pattern
+        also matches: they are left out). The memory gauge samples these."""
+        p = self.prefix
+        return {
+            "job": (f"{p}:job:job_*", ":files"),
+            "job_files": (f"{p}:job:*:files", ""),
+            "worker": (f"{p}:worker:*", ":schedules"),
+            "updates": (f"{p}:updates:*", ""),
+            "ledger_turn": (f"{p}:ledger-turn:*", ""),
+            "ledger_row": (f"{p}:ledger:*", ""),
+            "idempotency": (f"{p}:idem:*", ""),
+        }
 
     # --- schedules ---
     def schedule(self, schedule_id: str) -> str:
@@ -274,3 +315,29 @@ class Keys:
         """Hash (with a TTL): the request bucket of the token with this SHA-256 (hex):
         ``level`` and ``at`` (ms). Named by the hash, so one script finds everything."""
         return f"{self.prefix}:tokens:bucket:{digest}"
+
+    # --- webhooks (see docs/gateway.md) ---
+    @property
+    def webhooks(self) -> str:
+        """Hash: subscription id -> JSON {id, url, events, tenant, created_at} (no secret)."""
+        return f"{self.prefix}:webhooks"
+
+    @property
+    def webhook_secrets(self) -> str:
+        """Hash: subscription id -> its signing secret (``whsec_…``), read only to sign."""
+        return f"{self.prefix}:webhooks:secrets"
+
+    def webhook_delivery(self, delivery_id: str) -> str:
+        """Hash: one event for one subscription: subscription, event id and type, payload,
+        attempts, state, last error; expires a week after it is delivered."""
+        return f"{self.prefix}:webhook:delivery:{delivery_id}"
+
+    @property
+    def webhooks_due(self) -> str:
+        """Sorted set: delivery ids to (re)try, by when (ms); the sweep claims them."""
+        return f"{self.prefix}:webhooks:due"
+
+    @property
+    def webhooks_dead(self) -> str:
+        """Sorted set: delivery ids whose last attempt failed, by when (ms)."""
+        return f"{self.prefix}:webhooks:dead"

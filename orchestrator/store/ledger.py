@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.errors import InputError
 from orchestrator.jobs.model import Job
 from orchestrator.ledger import (
+    COST_FIELDS,
     FIELDS,
     FigureError,
     check_figures,
@@ -58,10 +59,13 @@ class LedgerStore:
     keys: Keys
     _post_turn: Any
 
-    def turn_keys(self, worker_id: str, members: Sequence[tuple[str, str]]) -> list[str]:
-        """KEYS of POST_TURN and RECONCILE_WORKER: the worker, the turns hash, the total,
-        then each rollup row and each rollup's index set."""
-        keys = [self.keys.worker(worker_id), self.keys.ledger_turns, self.keys.ledger_total]
+    def turn_keys(
+        self, worker_id: str, members: Sequence[tuple[str, str]], record: str
+    ) -> list[str]:
+        """KEYS of POST_TURN and RECONCILE_WORKER: the worker, where the post is recorded
+        (the turn's record, or the corrections hash), the total, then each rollup row
+        and each rollup's index set."""
+        keys = [self.keys.worker(worker_id), record, self.keys.ledger_total]
         keys += [self.keys.ledger(dim, value) for dim, value in members]
         keys += [self.keys.ledger_index(dim) for dim, _ in members]
         return keys
@@ -120,19 +124,19 @@ class LedgerStore:
         args: list[Any] = [job.id, len(members), json.dumps(texts)]
         args += [value for _, value in members]
         args.append(at_ms)
-        keys = self.turn_keys(worker.id, members)
-        keys += [self.keys.job(job.id), self.keys.job_history(job.id)]
+        keys = self.turn_keys(worker.id, members, self.keys.ledger_turn(job.id))
+        keys.append(self.keys.job(job.id))
         return batch.script(self._post_turn, keys, args)
 
     def turn_cost(self, job_id: str) -> dict[str, int] | None:
-        raw = self.r.hget(self.keys.ledger_turns, job_id)
+        raw = self.r.get(self.keys.ledger_turn(job_id))
         return {k: int(v) for k, v in json.loads(raw).items()} if raw else None
 
     def turn_costs(self, job_ids: Sequence[str]) -> list[dict[str, int] | None]:
         """:meth:`turn_cost` of each job, in one round trip."""
         if not job_ids:
             return []
-        raw = self.r.hmget(self.keys.ledger_turns, list(job_ids))
+        raw = self.r.mget([self.keys.ledger_turn(job_id) for job_id in job_ids])
         return [{k: int(v) for k, v in json.loads(r).items()} if r else None for r in raw]
 
     def job_costs(
@@ -187,6 +191,48 @@ class LedgerStore:
             if data
         ]
         return {"by": by, "rows": rows, "total": parse_row(replies[-1]) or empty_row()}
+
+    def daily(
+        self, by: str, since: date, until: date, *, tag_key: str = "tenant", top: int = 8
+    ) -> dict[str, Any]:
+        """Money per UTC day from ``since`` to ``until`` stacked by ``by`` (``budget``,
+        ``schedule``, or ``tag`` for the values of ``tag_key``): the ``top`` values by
+        all-time spend, each with one figure a day, and ``other`` (the rest, untagged
+        spend included) so every day's stack sums to its total. Read by key: values
+        from the dimension's index, rows ``<by>-day:<value>|<day>``; no scan of jobs."""
+        if by not in ("budget", "schedule", "tag"):
+            raise InputError("by", "must be one of budget, schedule, tag")
+        if until < since:
+            raise InputError("until", "is before since")
+        if (until - since).days >= 366:
+            raise InputError("since", "range is longer than 366 days")
+        days = [(since + timedelta(days=i)).isoformat() for i in range((until - since).days + 1)]
+        values = sorted(self.r.smembers(self.keys.ledger_index(by)))
+        if by == "tag":
+            values = [v for v in values if v.partition("=")[0] == tag_key]
+        alltime = self._money([self.keys.ledger(by, v) for v in values])
+        ranked = sorted(zip(values, alltime, strict=True), key=lambda p: (-p[1], p[0]))
+        chosen = [v for v, _ in ranked[:top]]
+        row_dim = "tag-day" if by == "tag" else f"{by}-day"
+        keys = [self.keys.ledger(row_dim, f"{v}|{d}") for v in chosen for d in days]
+        money = self._money(keys + [self.keys.ledger("day", d) for d in days])
+        n = len(days)
+        series = [money[i * n : (i + 1) * n] for i in range(len(chosen))]
+        totals = money[len(keys) :]
+        other = [t - sum(s[i] for s in series) for i, t in enumerate(totals)]
+        names = [v.partition("=")[2] if by == "tag" else v for v in chosen]
+        return {
+            "by": by, "days": days, "total_micro": totals, "other_micro": other,
+            "series": [{"key": k, "micro": m} for k, m in zip(names, series, strict=True)],
+        }  # fmt: skip
+
+    def _money(self, keys: Sequence[str]) -> list[int]:
+        """The money (sum of the cost fields, micro) of each ledger row, in one trip."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, list(COST_FIELDS))
+            replies = pipe.execute()
+        return [sum(int(v or 0) for v in reply) for reply in replies]
 
 
 class LedgerRepair:
@@ -243,7 +289,7 @@ class LedgerRepair:
         or None when nothing differed (a finalize posted it meanwhile)."""
         members = rollups(job, worker_id, at_ms, extra)
         own_row = members.index(("worker", worker_id)) + 1
-        keys = self.store.turn_keys(worker_id, members)
+        keys = self.store.turn_keys(worker_id, members, self.keys.ledger_corrections)
         args: list[Any] = [f"reconcile:{worker_id}:", len(members), json.dumps(figures), own_row]
         args += [value for _, value in members]
         result = self._worker_script(keys=keys, args=args)
@@ -252,9 +298,10 @@ class LedgerRepair:
         return str(result[0]), json.loads(result[1])
 
     def check_total(self, fix: bool) -> dict[str, tuple[int, int]]:
-        """Fields where the ledger total differs from the sum of the worker rows, as
-        ``(total, sum)``; with ``fix`` the total is moved to the sum (RECONCILE_TOTAL)."""
-        workers = sorted(self.r.smembers(self.keys.ledger_index("worker")))
-        keys = [self.keys.ledger_total] + [self.keys.ledger("worker", w) for w in workers]
+        """Fields where the ledger total differs from the sum of the day rows, as
+        ``(total, sum)``; with ``fix`` the total is moved to the sum (RECONCILE_TOTAL).
+        Day rows, not worker rows: those expire with their worker's records."""
+        days = sorted(self.r.smembers(self.keys.ledger_index("day")))
+        keys = [self.keys.ledger_total] + [self.keys.ledger("day", d) for d in days]
         raw = self._total_script(keys=keys, args=[json.dumps(list(FIELDS)), "1" if fix else "0"])
         return {name: (int(pair[0]), int(pair[1])) for name, pair in json.loads(raw).items()}

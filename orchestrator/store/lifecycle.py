@@ -5,7 +5,9 @@ a bulk cancel filters by. The policy is :mod:`orchestrator.jobs.lifecycle`'s.
 ``<p>:jobs:live`` scores every job not yet ended by the next time one of its limits falls
 due, so a sweep reads only what is due (never a scan of all keys); CREATE_JOB adds a job
 and TRANSITION to an end state removes it. ``<p>:jobs:ended`` holds the jobs ended here
-until their upstream turn is over and settled, scored by the next time to look.
+until their upstream turn is over and settled, scored by the next time to look; their
+records' retention starts when they leave it (so a turn billed after the end is posted
+while the job's records, and its worker's, are still there).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
-from orchestrator.jobs.model import JobStatus
-from orchestrator.store.jobs import HISTORY_MAXLEN, RedisStore, now_ms
+from orchestrator.jobs.model import LOCAL_ENDS, JobStatus
+from orchestrator.store.jobs import RedisStore
 from orchestrator.store.scripts import jobs as scripts
 
 
@@ -35,17 +37,16 @@ class LifecycleStore:
         self.r = store.r
         self.keys = store.keys
         self.store = store
-        self._transition = self.r.register_script(scripts.TRANSITION)
         self._claim = self.r.register_script(scripts.CLAIM_DUE)
 
     # --- ending a job here -----------------------------------------------------------
 
     def end_here(self, job_id: str, status: JobStatus, detail: str) -> bool:
-        """Move a live job to an end state reached here and, in the same script, out of
-        the live index and into the ended set; False if it had ended already."""
-        keys = self.store.transition_keys(job_id, ended_here=True)
-        args = [status, now_ms(), detail[:1000], HISTORY_MAXLEN]
-        return int(self._transition(keys=keys, args=args)) == 1
+        """Move a live job to an end state reached here (``LOCAL_ENDS``) and, in the
+        same script, out of the live index and into the ended set, its records kept
+        until :meth:`settled`; False if it had ended already."""
+        assert status in LOCAL_ENDS
+        return self.store.transition(job_id, status, detail)
 
     def stop_relay(self, worker_id: str, job_id: str) -> None:
         """Refuse the worker's updates while ``job_id`` (ended here) is its active job:
@@ -60,8 +61,11 @@ class LifecycleStore:
         """Whether the job ended here and its settlement is still to do."""
         return self.r.zscore(self.keys.jobs_ended, job_id) is not None
 
-    def forget_ended(self, job_id: str) -> None:
-        self.r.zrem(self.keys.jobs_ended, job_id)
+    def settled(self, job_id: str) -> None:
+        """The ended job's settlement is done (or there is none to do): it leaves the
+        ended set and its records' retention starts now (see
+        :meth:`~orchestrator.store.status.StatusStore.settled`)."""
+        self.store.settled(job_id)
 
     def look_again(self, job_id: str, at_ms: int) -> None:
         """Look at an ended job again at ``at_ms`` (unless it was forgotten meanwhile)."""

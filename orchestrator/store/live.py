@@ -79,7 +79,7 @@ class LiveStore:
         return [(_index(eid), str(fields["data"])) for eid, fields in entries]
 
     async def turn_cost(self, job_id: str) -> dict[str, int] | None:
-        raw = await self.r.hget(self.keys.ledger_turns, job_id)
+        raw = await self.r.get(self.keys.ledger_turn(job_id))
         return {k: int(v) for k, v in json.loads(raw).items()} if raw else None
 
     async def wait(

@@ -15,6 +15,12 @@ from pydantic import SecretStr
 
 from orchestrator.settings import Settings
 from orchestrator.wire import routes
+from orchestrator.wire.body import (
+    ACCEPT_ENCODING,
+    ERROR_BODY_MAX_BYTES,
+    aiter_decoded,
+    aread_bounded,
+)
 from orchestrator.wire.client import (
     AttemptHook,
     Attempts,
@@ -48,6 +54,7 @@ class AsyncWorkersClient:
         stream_read_timeout: float = 120.0,
         deadline: float | None = 120.0,
         event_max_bytes: int = 2**20,
+        answer_max_bytes: int = 32 * 2**20,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 2000,
@@ -59,6 +66,7 @@ class AsyncWorkersClient:
         self.retry = retry or RetryPolicy()
         self._deadline = deadline  # of each attempt, whole exchange (see wire.deadline)
         self._event_max_bytes = event_max_bytes
+        self._answer_max_bytes = answer_max_bytes
         self._stream_timeout = httpx.Timeout(
             timeout, connect=connect_timeout, read=stream_read_timeout
         )
@@ -79,7 +87,7 @@ class AsyncWorkersClient:
         self._pools = [
             httpx.AsyncClient(
                 base_url=base_url,
-                headers=auth_headers(api_key),
+                headers={**auth_headers(api_key), **ACCEPT_ENCODING},
                 timeout=httpx.Timeout(timeout, connect=connect_timeout),
                 transport=transport or async_transport(limits, tls),
             )
@@ -151,7 +159,9 @@ class AsyncWorkersClient:
             check_event_stream(call, response)
             index = 0
             try:
-                async for event in aiter_events(response.aiter_bytes(), self._event_max_bytes):
+                async for event in aiter_events(
+                    aiter_decoded(call, response), self._event_max_bytes
+                ):
                     yield Update(index, routes.decode_event(call, event, index))
                     index += 1
             except httpx.TransportError as exc:
@@ -172,14 +182,14 @@ class AsyncWorkersClient:
                 await self._throttle.before(call.name)
             try:
                 with deadline(self._deadline):  # for a stream: up to its headers
-                    outcome: Outcome = await http.send(request, stream=stream)
+                    # Always streamed: a JSON answer is read here, with a bound.
+                    outcome: Outcome = await http.send(request, stream=True)
                     if attempts.succeeded(outcome):
+                        if not stream:
+                            await aread_bounded(call, outcome, self._answer_max_bytes)
                         return outcome
                     if isinstance(outcome, httpx.Response):
-                        try:
-                            await outcome.aread()
-                        finally:
-                            await outcome.aclose()
+                        await aread_bounded(call, outcome, ERROR_BODY_MAX_BYTES, strict=False)
             except httpx.TransportError as exc:
                 outcome = exc
             delay, fleet_wide = attempts.retry_delay(outcome)

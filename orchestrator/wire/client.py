@@ -30,6 +30,7 @@ from orchestrator.errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
+    MalformedEventError,
     RateLimitError,
     ResponseTooLargeError,
     StreamError,
@@ -37,6 +38,12 @@ from orchestrator.errors import (
 )
 from orchestrator.settings import Settings
 from orchestrator.wire import routes
+from orchestrator.wire.body import (
+    ACCEPT_ENCODING,
+    ERROR_BODY_MAX_BYTES,
+    iter_decoded,
+    read_bounded,
+)
 from orchestrator.wire.deadline import deadline, sync_transport
 from orchestrator.wire.models import Budget, ScheduleCancel, ScheduleList, Worker, WorkerSchedule
 from orchestrator.wire.retry import RetryPolicy
@@ -75,6 +82,7 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "stream_read_timeout": settings.stream_read_timeout,
         "deadline": settings.http_deadline,
         "event_max_bytes": settings.event_max_bytes,
+        "answer_max_bytes": settings.answer_max_bytes,
         "file_deadline": settings.file_deadline,
         "file_max_bytes": settings.file_max_bytes,
         "retry": RetryPolicy(
@@ -163,10 +171,13 @@ class Attempts:
 
 
 def check_event_stream(call: Call, response: httpx.Response) -> None:
-    """Raise :class:`StreamError` unless the response is an SSE stream."""
+    """Raise :class:`MalformedEventError` (index -1: before any event) unless the
+    response is an SSE stream: asking again gets the same answer, so a follower gives
+    up after a bounded number of tries, as for an event that is not JSON."""
     content_type = response.headers.get("content-type", "")
     if "text/event-stream" not in content_type:
-        raise StreamError(f"expected an event stream, got {content_type!r}", call=call.name)
+        message = f"expected an event stream, got {content_type[:80]!r}"
+        raise MalformedEventError(message, call=call.name, index=-1)
 
 
 def stream_broken(call: Call, count: int, exc: httpx.TransportError) -> StreamError:
@@ -187,6 +198,7 @@ class WorkersClient:
         stream_read_timeout: float = 120.0,
         deadline: float | None = 120.0,
         event_max_bytes: int = 2**20,
+        answer_max_bytes: int = 32 * 2**20,
         file_deadline: float | None = 600.0,
         file_max_bytes: int = 100 * 2**20,
         retry: RetryPolicy | None = None,
@@ -202,12 +214,13 @@ class WorkersClient:
         # Deadlines (whole exchange, see wire.deadline) and size bounds on answers.
         self._deadline = deadline
         self._event_max_bytes = event_max_bytes
+        self._answer_max_bytes = answer_max_bytes
         self._file_deadline = file_deadline
         self._file_max_bytes = file_max_bytes
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
         self._http = httpx.Client(
             base_url=base_url,
-            headers=auth_headers(api_key),
+            headers={**auth_headers(api_key), **ACCEPT_ENCODING},
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             transport=transport or sync_transport(limits),
         )
@@ -315,7 +328,7 @@ class WorkersClient:
                     )
                 with open(tmp, "wb") as out:
                     try:
-                        for chunk in response.iter_bytes(chunk_size):
+                        for chunk in iter_decoded(call, response, chunk_size):
                             size += len(chunk)
                             if size > cap:
                                 raise ResponseTooLargeError(
@@ -371,14 +384,14 @@ class WorkersClient:
                 self._throttle.before(call.name)
             try:
                 with deadline(self._deadline):
-                    outcome: Outcome = self._http.send(request, stream=stream)
+                    # Always streamed: a JSON answer is read here, with a bound.
+                    outcome: Outcome = self._http.send(request, stream=True)
                     if attempts.succeeded(outcome):
+                        if not stream:
+                            read_bounded(call, outcome, self._answer_max_bytes)
                         return outcome
                     if isinstance(outcome, httpx.Response):
-                        try:
-                            outcome.read()
-                        finally:
-                            outcome.close()
+                        read_bounded(call, outcome, ERROR_BODY_MAX_BYTES, strict=False)
             except httpx.TransportError as exc:
                 outcome = exc
             delay, fleet_wide = attempts.retry_delay(outcome)
@@ -399,7 +412,7 @@ class WorkersClient:
             check_event_stream(call, response)
             index = 0
             try:
-                for event in iter_events(response.iter_bytes(), self._event_max_bytes):
+                for event in iter_events(iter_decoded(call, response), self._event_max_bytes):
                     yield Update(index, routes.decode_event(call, event, index))
                     index += 1
             except httpx.TransportError as exc:

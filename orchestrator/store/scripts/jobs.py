@@ -5,52 +5,20 @@ or failover) and opens with a comment naming its KEYS and ARGV.
 
 from __future__ import annotations
 
-from orchestrator.jobs.model import STATUS_RANK, TERMINAL_RANK
 from orchestrator.ledger import FIELDS, MAX_FIGURE, ROW_CEILING
-
-# Status order: a job only ever moves forward; terminal states never change again. The
-# rank table and the terminal rank are written in from jobs.model, the rule's one home.
-_RANKS = ", ".join(f"{status}={rank}" for status, rank in STATUS_RANK.items())
-TRANSITION = (
-    """
--- KEYS[1] job hash, KEYS[2] job history stream, KEYS[3] states count hash,
--- KEYS[4] live jobs zset (optional: the job leaves it on reaching an end state),
--- KEYS[5] ended jobs zset (optional: the job enters it, at ARGV[2], on reaching an end
--- state: it ended here and its wind-down and settlement follow)
--- ARGV[1] new status, ARGV[2] now (ms), ARGV[3] detail ('' for none), ARGV[4] history maxlen
--- Returns 1 if the status changed, 0 if it already was that, -1 if refused (backwards/terminal).
-"""
-    + f"local rank = {{{_RANKS}}}\nlocal terminal = {TERMINAL_RANK}\n"
-    + """local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return -1 end
-local new = ARGV[1]
-if current == new then return 0 end
-if rank[current] >= terminal or rank[new] < rank[current] then return -1 end
-redis.call('HSET', KEYS[1], 'status', new, 'at_' .. new, ARGV[2])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
-           'status', new, 'at', ARGV[2], 'detail', ARGV[3])
-redis.call('HINCRBY', KEYS[3], current, -1)
-redis.call('HINCRBY', KEYS[3], new, 1)
-if rank[new] >= terminal and KEYS[4] then
-  local id = redis.call('HGET', KEYS[1], 'id')
-  redis.call('ZREM', KEYS[4], id)
-  if KEYS[5] then redis.call('ZADD', KEYS[5], ARGV[2], id) end
-end
-return 1
-"""
-)
+from orchestrator.store.scripts.records import HISTORY_FN, HISTORY_MAX
 
 # A new job in one step: the idempotency key (when given) is checked and set in the
 # same script, so of two racing submissions with one key exactly one writes a job. The
 # listing indexes (per tag, per schedule) are written here too, so a listed job is
-# always one that was created.
+# always one that was created; their names go to a set the prune pass trims them from.
 CREATE_JOB = """
 -- KEYS[1] job hash, KEYS[2] jobs zset, KEYS[3] outbox zset, KEYS[4] states count hash,
--- KEYS[5] job history stream, KEYS[6] live jobs zset, KEYS[7..6+n] listing index zsets
--- (per tag, per schedule), KEYS[7+n] idempotency key (optional)
+-- KEYS[5] live jobs zset, KEYS[6] set of the listing indexes' names,
+-- KEYS[7..6+n] listing index zsets (per tag, per schedule), KEYS[7+n] idempotency key
+-- (optional)
 -- ARGV[1] job id, ARGV[2] now (ms), ARGV[3] when its first limit falls due (ms), ARGV[4] n,
--- ARGV[5..] the job hash (flat field, value, ...)
+-- ARGV[5..] the job hash (flat field, value, ...; its history's first entry included)
 -- Returns {1, job id} when written, or {0, the id the idempotency key already names}.
 local n = tonumber(ARGV[4])
 local idem = KEYS[7 + n]
@@ -62,10 +30,12 @@ end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
-for i = 7, 6 + n do redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) end
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+for i = 7, 6 + n do
+  redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
+  redis.call('SADD', KEYS[6], KEYS[i])
+end
 redis.call('HINCRBY', KEYS[4], 'queued', 1)
-redis.call('XADD', KEYS[5], '*', 'status', 'queued', 'at', ARGV[2], 'detail', '')
 return {1, ARGV[1]}
 """
 
@@ -97,10 +67,15 @@ APPEND_UPDATES = """
 -- KEYS[1] worker hash, KEYS[2] updates stream
 -- ARGV[1] index of the first payload, ARGV[2] stream maxlen, ARGV[3] now (ms),
 -- ARGV[4..] payloads (JSON)
--- Returns the number of updates stored after the call; raises on a gap, and refuses
--- (STOPPED) while 'stopped_job' names the worker's 'active_job' (its job ended here:
--- nothing more of that turn is relayed). 'relayed_at' on the worker is when an update
--- was last stored (a job's idle timeout counts from it).
+-- Returns the number of updates stored after the call; raises on a gap, refuses (GONE)
+-- a worker with no records (expired, or never submitted: a follower left over from a
+-- job Redis lost), and refuses (STOPPED) while 'stopped_job' names the worker's
+-- 'active_job' (its job ended here: nothing more of that turn is relayed).
+-- 'relayed_at' on the worker is when an update was last stored (a job's idle timeout
+-- counts from it).
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('GONE the worker has no records (expired or never submitted)')
+end
 local state = redis.call('HMGET', KEYS[1], 'relayed', 'stopped_job', 'active_job')
 if state[2] and state[2] == state[3] then
   return redis.error_reply('STOPPED the job of this turn has ended: not relayed')
@@ -146,9 +121,9 @@ return due
 _FIELD_LIST = ", ".join(f"'{name}'" for name in FIELDS)
 POST_TURN = (
     """
--- KEYS[1] worker hash, KEYS[2] ledger turns hash, KEYS[3] ledger total hash,
--- KEYS[4 .. 3+n] rollup hashes, KEYS[4+n .. 3+2n] index sets (one per rollup),
--- KEYS[4+2n] job hash (its 'cost_known' is set), KEYS[5+2n] job history stream
+-- KEYS[1] worker hash, KEYS[2] the turn's ledger record (string), KEYS[3] ledger total
+-- hash, KEYS[4 .. 3+n] rollup hashes, KEYS[4+n .. 3+2n] index sets (one per rollup),
+-- KEYS[4+2n] job hash (its 'cost_known' is set, its history noted)
 -- ARGV[1] turn id, ARGV[2] n, ARGV[3] JSON {field: cumulative as a decimal string},
 -- ARGV[4 .. 3+n] the index member of each rollup, ARGV[4+n] now (ms)
 -- Returns {JSON of the posted deltas, JSON of the falls}, false if this turn was already
@@ -156,7 +131,8 @@ POST_TURN = (
 """
     + f"local fields = {{{_FIELD_LIST}}}\nlocal max_figure = {MAX_FIGURE}\n"
     + f"local row_ceiling = {ROW_CEILING}\n"
-    + """if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return false end
+    + HISTORY_FN
+    + """if redis.call('EXISTS', KEYS[2]) == 1 then return false end
 local n = tonumber(ARGV[2])
 local ok, cumulative = pcall(cjson.decode, ARGV[3])
 if not ok or type(cumulative) ~= 'table' then
@@ -208,7 +184,7 @@ for i = 1, n do
   redis.call('SADD', KEYS[3 + n + i], ARGV[3 + i])
 end
 local record = cjson.encode(posted)
-redis.call('HSET', KEYS[2], ARGV[1], record)
+redis.call('SET', KEYS[2], record)
 local job_known = redis.call('EXISTS', KEYS[4 + 2 * n]) == 1
 if job_known then redis.call('HSET', KEYS[4 + 2 * n], 'cost_known', '1') end
 local fallen = '{}'
@@ -219,9 +195,11 @@ if fell then
     if falls[field] then table.insert(parts, field .. ' fell by ' .. falls[field]) end
   end
   local status = redis.call('HGET', KEYS[4 + 2 * n], 'status') or ''
-  if job_known then redis.call('XADD', KEYS[5 + 2 * n], '*', 'status', status, 'at', ARGV[4 + n],
-             'detail', 'cost anomaly: upstream cumulative figure below what was counted '
-             .. '(nothing posted for it): ' .. table.concat(parts, ', ')) end
+  if job_known then history_add(KEYS[4 + 2 * n], status, ARGV[4 + n],
+             'cost anomaly: upstream cumulative figure below what was counted '
+             .. '(nothing posted for it): ' .. table.concat(parts, ', '), """
+    + str(HISTORY_MAX)
+    + """) end
 end
 return {record, fallen}
 """
@@ -276,7 +254,7 @@ return 1
 # row alone is brought to the upstream figure, and 'counted:*' moves to it. Atomic, so it
 # is safe beside a finalize posting the same worker: whichever runs second adds nothing.
 RECONCILE_WORKER = """
--- KEYS[1] worker hash, KEYS[2] ledger turns hash, KEYS[3] ledger total hash,
+-- KEYS[1] worker hash, KEYS[2] ledger corrections hash, KEYS[3] ledger total hash,
 -- KEYS[4 .. 3+n] rollup hashes of the worker's latest job (one is the worker's own row),
 -- KEYS[4+n .. 3+2n] index sets (one per rollup)
 -- ARGV[1] correction id prefix ('reconcile:<worker>:'), ARGV[2] n,
@@ -320,13 +298,14 @@ redis.call('HSET', KEYS[2], id, record)
 return {id, record}
 """
 
-# The ledger total must equal the sum of the per-worker rows (every post adds to both).
+# The ledger total must equal the sum of the day rows (every post adds to both; days are
+# kept, where worker rows expire with their worker's records).
 # Read (and, asked to, repaired) in one step, so a turn posted meanwhile cannot show up
 # as a phantom difference.
 RECONCILE_TOTAL = """
--- KEYS[1] ledger total hash, KEYS[2 ..] every worker's ledger row
+-- KEYS[1] ledger total hash, KEYS[2 ..] every day's ledger row
 -- ARGV[1] JSON list of the fields to compare, ARGV[2] '1' to repair the total, '0' not
--- Returns JSON {field: [total, sum of worker rows]} of the fields that differ(ed).
+-- Returns JSON {field: [total, sum of day rows]} of the fields that differ(ed).
 local fields = cjson.decode(ARGV[1])
 local out = {}
 for _, field in ipairs(fields) do

@@ -1,0 +1,117 @@
+"""What the archiver reads and writes in Redis (see :mod:`orchestrator.ops.archive`).
+
+Finished jobs wait in the archive queue (a sorted set by end time) while an archive is
+configured: TRANSITION queued them there instead of setting their expiry. The archiver
+reads each one's records (:meth:`ArchiveStore.record`), writes them to the day's file,
+and only then sets their expiry (``RedisStore.retain_archived``), so nothing expires
+unarchived. ``import`` puts a day's records back (:meth:`ArchiveStore.restore`), with a
+fresh retention, and never touches the ledger: the money was counted when it happened.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.store.jobs import RedisStore
+
+
+class ArchiveStore:
+    """The archive queue, a finished job's records as one dict, and their re-import."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.r: Any = store.r
+        self.keys = store.keys
+
+    def due(self, limit: int = 500) -> list[tuple[str, int]]:
+        """Finished jobs waiting for the archiver, oldest first, with their end (ms)."""
+        pairs = self.r.zrange(self.keys.archive_queue, 0, limit - 1, withscores=True)
+        return [(str(job_id), int(score)) for job_id, score in pairs]
+
+    def waiting(self) -> int:
+        return int(self.r.zcard(self.keys.archive_queue))
+
+    def take_turn(self, owner: str, ttl_ms: int) -> bool:
+        """One archiver of the fleet at a time writes (a lease of ``ttl_ms``)."""
+        lock = self.keys.pass_lock("archive")
+        if self.r.set(lock, owner, nx=True, px=ttl_ms):
+            return True
+        return bool(self.r.get(lock) == owner and self.r.pexpire(lock, ttl_ms))
+
+    def give_turn(self, owner: str) -> None:
+        lock = self.keys.pass_lock("archive")
+        if self.r.get(lock) == owner:
+            self.r.delete(lock)
+
+    def record(self, job_id: str) -> dict[str, Any] | None:
+        """The job's records as one JSON-able dict: ``job`` (its hash, history apart),
+        ``history``, ``updates`` (its turn's, ``[index, data]``), ``ledger`` (what its
+        turn posted), ``files`` and ``worker`` (the snapshot). None if the job is gone."""
+        keys = self.keys
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.job(job_id))
+            pipe.get(keys.ledger_turn(job_id))
+            pipe.hgetall(keys.job_files(job_id))
+            data, turn, files = pipe.execute()
+        if not data:
+            return None
+        worker_id = data.get("worker_id") or ""
+        snapshot, updates = None, []
+        if worker_id:
+            snapshot = self.r.hget(keys.worker(worker_id), "snapshot")
+            start = int(data.get("update_from") or 0)
+            end = data.get("update_to")
+            last = f"0-{int(end)}" if end not in (None, "") else "+"
+            entries = self.r.xrange(keys.updates(worker_id), f"0-{start + 1}", last)
+            updates = [[int(eid.split("-")[1]) - 1, json.loads(f["data"])] for eid, f in entries]
+        history = [json.loads(line) for line in (data.pop("history", "") or "").split("\n") if line]
+        data.pop("history_n", None)
+        return {
+            "job": data,
+            "history": history,
+            "updates": updates,
+            "ledger": json.loads(turn) if turn else None,
+            "files": {name: json.loads(v) for name, v in sorted(files.items())},
+            "worker": json.loads(snapshot) if snapshot else None,
+        }
+
+    def restore(self, record: dict[str, Any], ttl_ms: int) -> bool:
+        """Put an archived job's records back for ``ttl_ms`` (job hash with its history,
+        files index, turn record; its worker's snapshot and its turn's updates when the
+        worker has no records). False (nothing written) when the job is in Redis."""
+        job = {str(k): str(v) for k, v in dict(record["job"]).items()}
+        job_id = job["id"]
+        keys = self.keys
+        if self.r.exists(keys.job(job_id)):
+            return False
+        lines = [json.dumps(h, separators=(",", ":")) for h in record.get("history") or []]
+        worker_id = job.get("worker_id") or ""
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.job(job_id), mapping={**job, "history": "\n".join(lines),
+                                                 "history_n": len(lines)})  # fmt: skip
+            pipe.pexpire(keys.job(job_id), ttl_ms)
+            if record.get("files"):
+                files = {n: json.dumps(v, sort_keys=True) for n, v in record["files"].items()}
+                pipe.hset(keys.job_files(job_id), mapping=files)
+                pipe.pexpire(keys.job_files(job_id), ttl_ms)
+            if record.get("ledger") is not None:
+                pipe.set(keys.ledger_turn(job_id), json.dumps(record["ledger"]), px=ttl_ms)
+            pipe.execute()
+        if worker_id and record.get("worker") and not self.r.exists(keys.worker(worker_id)):
+            self._restore_worker(worker_id, record, ttl_ms)
+        return True
+
+    def _restore_worker(self, worker_id: str, record: dict[str, Any], ttl_ms: int) -> None:
+        """The worker's snapshot and the job's updates, read-only copies for ``ttl_ms``:
+        ``relayed`` is left unset, so no follower appends to them."""
+        keys = self.keys
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.worker(worker_id), "snapshot", json.dumps(record["worker"]))
+            pipe.pexpire(keys.worker(worker_id), ttl_ms)
+            for index, data in record.get("updates") or []:
+                pipe.xadd(keys.updates(worker_id), {"data": json.dumps(data)}, id=f"0-{index + 1}")
+            if record.get("updates"):
+                pipe.pexpire(keys.updates(worker_id), ttl_ms)
+            pipe.execute()

@@ -1,0 +1,74 @@
+"""What a job still holds in Redis: the read behind "every error path frees what it
+took" (invariant 9). Read-only; one pipelined round trip for any number of jobs.
+
+A finished job must hold none of these; a live one holds those of its stage (a budget
+hold and slots while its turn is upstream, a follow lease while its stream is read).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from orchestrator.store.jobs import RedisStore
+
+#: The names :meth:`Holdings.held` reports, each with what it is.
+HOLDINGS = {
+    "budget_hold": "a budget hold (reserved against its caps)",
+    "hold_time": "an entry in the leaked-hold reclaim index",
+    "budget_waiting": "a place in the wait for the next budget period",
+    "slot": "a running concurrency slot of a limit key",
+    "parked": "a place in a limit key's waiting queue",
+    "follow": "a follow lease (or a request to be followed)",
+    "follow_owner": "a follower named as its lease owner",
+    "outbox": "an entry in the outbox (written, not known sent)",
+    "dispatched": "an entry in the dispatched set (sent, not begun)",
+    "file_fetch": "a file fetch sent and not begun",
+}
+
+
+class Holdings:
+    """Reads, per job, which of :data:`HOLDINGS` it still has."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.r = store.r
+        self.keys = store.keys
+
+    def held(self, job_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Job id -> the names of what it still holds; jobs holding nothing are left out."""
+        keys = self.keys
+        limit_keys = sorted(self.r.hkeys(keys.limits))
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hexists(keys.budget_holds, job_id)
+                pipe.zscore(keys.budget_hold_times, job_id)
+                pipe.zscore(keys.budget_waiting, job_id)
+                pipe.hexists(keys.limit_parked, job_id)
+                pipe.zscore(keys.follows, job_id)
+                pipe.hexists(keys.follow_owners, job_id)
+                pipe.zscore(keys.outbox, job_id)
+                pipe.zscore(keys.dispatched, job_id)
+                for key in limit_keys:
+                    pipe.sismember(keys.limit_running(key), job_id)
+            for key in limit_keys:
+                pipe.zrange(keys.limit_waiting(key), 0, -1)
+            pipe.zrange(keys.files_dispatched, 0, -1)
+            replies = pipe.execute()
+        waiting = {m.rsplit("|", 1)[-1] for r in replies[-1 - len(limit_keys) : -1] for m in r}
+        fetching = {m.partition("|")[0] for m in replies[-1]}
+        names = ("budget_hold", "hold_time", "budget_waiting", "parked", "follow",
+                 "follow_owner", "outbox", "dispatched")  # fmt: skip
+        per_job = len(names) + len(limit_keys)
+        found: dict[str, list[str]] = {}
+        for i, job_id in enumerate(job_ids):
+            row = replies[i * per_job : (i + 1) * per_job]
+            # A score of 0 is held too (a follow request waits at 0): test for None.
+            held = [n for n, v in zip(names, row, strict=False) if v is not None and v is not False]
+            slots = zip(limit_keys, row[len(names) :], strict=True)
+            held += [f"slot {key}" for key, value in slots if value]
+            if job_id in waiting and "parked" not in held:
+                held.append("parked")
+            if job_id in fetching:
+                held.append("file_fetch")
+            if held:
+                found[job_id] = held
+        return found
