@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-SCENARIO_ORDER = ("dispatch", "throughput", "relay", "streams", "beat", "costs", "memory")
+SCENARIO_ORDER = (
+    "dispatch", "throughput", "overhead", "long_turns", "relay", "first_update", "streams",
+    "beat", "costs", "memory",
+)  # fmt: skip
 
 
 def merge(out: Path, run: dict[str, Any]) -> dict[str, Any]:

@@ -82,3 +82,26 @@ def test_quick_gateway_scenario_writes_results(tmp_path: Path) -> None:
     assert figures["submit p50"]["ours"]["median"] > 0
     assert figures["submit p50"]["baseline"]["median"] > 0
     assert any(name.startswith("lag p99, 200 jobs") for name in figures)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_quick_first_update_and_overhead_scenarios_write_results(tmp_path: Path) -> None:
+    """The wake-up scenario (ours against the poll alone) and the hand-written baseline
+    task run end to end; every probe's first update and every job arrive."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    argv = ["first_update", "overhead", "--quick", "--reps", "1", "--out", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *argv],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=170,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    scenarios = json.loads((tmp_path / "RESULTS.json").read_text())["scenarios"]
+    figures = {m["name"]: m for s in scenarios for m in s["metrics"]}
+    assert figures["first updates missing, idle stack"]["ours"]["median"] == 0
+    assert figures["first-update lag p99, idle stack"]["baseline"]["median"] > 0
+    assert figures["jobs/s, instant turns"]["ours"]["median"] > 0
+    assert figures["jobs/s, instant turns"]["baseline"]["median"] > 0

@@ -63,8 +63,14 @@ def _job_repr(store: RedisStore, job_id: str) -> str:
     return pipeline.describe(job) if job else job_id
 
 
-def _raise_if_ended(job_id: str) -> None:
-    """Raise JobEnded when the job ended without completing (see the module's doc)."""
+def _raise_if_ended(job_id: str, status: str | None = None) -> None:
+    """Raise JobEnded when the job ended without completing (see the module's doc).
+
+    ``status``: what the step just saw; a job it left submitted or running is not read
+    again (a Redis round trip and a parse per job, for a cancel racing the step's last
+    instant that only Flower would show)."""
+    if status in ("submitted", "running"):
+        return
     ended = pipeline.ended_unfinished(get_runtime(), job_id)
     if ended is not None:
         raise ended
@@ -92,7 +98,7 @@ def _start(task: Task, job_id: str) -> str:
             log.exception("create step of %s failed", job_id)
         _retry_or_fail(task, job_id, exc, _job_repr(rt.store, job_id))
         status = "failed"
-    _raise_if_ended(job_id)
+    _raise_if_ended(job_id, status)
     return status
 
 

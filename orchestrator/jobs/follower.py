@@ -62,6 +62,8 @@ class UpdateWriter:
         self.maxlen = maxlen
         self.max_delay = max_delay
         self._pending: Pending = {}
+        self._running: list[str] = []  # jobs to move to 'running' with the next batch
+        self._writing_running: list[str] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._wakeup = asyncio.Event()
         # Workers whose write failed, and why, until their follower has been told.
@@ -83,13 +85,18 @@ class UpdateWriter:
             entry[1].append(payload)
         self._wakeup.set()
 
+    def mark_running(self, job_id: str) -> None:
+        """Move the job to 'running' with the next batch (before any later barrier)."""
+        self._running.append(job_id)
+        self._wakeup.set()
+
     async def barrier(self, worker_id: str | None = None) -> None:
         """Wait until everything added so far is written; raise StreamError if a write
         failed (with ``worker_id``: any write of that worker since it was last told).
 
         A batch already being written counts: the waiter is released after it.
         """
-        if self._pending or self._writing:
+        if self._pending or self._running or self._writing:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(future)
             self._wakeup.set()
@@ -121,9 +128,10 @@ class UpdateWriter:
             if self.max_delay:
                 await asyncio.sleep(self.max_delay)  # let more events gather
             batch, self._pending = self._pending, {}
+            self._writing_running, self._running = self._running, []
             waiters, self._waiters = self._waiters, []
             error: BaseException | None = None
-            if batch:
+            if batch or self._writing_running:
                 self._writing = True
                 try:
                     await self._write(batch)
@@ -141,10 +149,12 @@ class UpdateWriter:
 
     async def _write(self, batch: Pending) -> None:
         results: list[Any]
+        running, self._writing_running = self._writing_running, []
         try:
-            results = await self.store.append_updates(batch, self.maxlen)
+            results = await self.store.append_updates(batch, self.maxlen, running)
         except Exception as exc:  # the whole batch failed (Redis away)
             results = [exc] * len(batch)
+            self._running[:0] = running  # tried again with the next batch
         failed = {w: r for w, r in zip(batch, results, strict=True) if isinstance(r, Exception)}
         for worker_id, error in failed.items():
             self._failed[worker_id] = f"{type(error).__name__}: {error}"
@@ -188,13 +198,18 @@ class Follower:
         # Jobs whose last follows relayed nothing new: how many in a row.
         self._quiet: dict[str, int] = {}
         self.events_relayed = 0
+        self._wake = asyncio.Event()  # a job was put up for following, or stop: claim now
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim, follow and renew until ``stop`` is set; then let leases lapse."""
         writer = asyncio.create_task(self.writer.run())
+        listener = asyncio.create_task(self._listen())
+        stopper = asyncio.create_task(stop.wait())
+        stopper.add_done_callback(lambda _: self._wake.set())
         last_renew = 0.0
         try:
             while not stop.is_set():
+                self._wake.clear()
                 try:
                     now = time.monotonic()
                     if self.active and now - last_renew > self.lease_ms / 3000:
@@ -204,14 +219,29 @@ class Follower:
                 except (StoreError, OSError) as exc:
                     log.warning("follower cannot reach Redis: %s", exc)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.poll_seconds)
+                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
         finally:
+            for helper in (listener, stopper):
+                helper.cancel()
             held = list(self.active)
             for task in self.active.values():
                 task.cancel()
             await asyncio.gather(*self.active.values(), return_exceptions=True)
             writer.cancel()
             await self._hand_back(held)
+
+    async def _listen(self) -> None:
+        """Wake the claim loop when a job is put up for following, not at its next poll
+        (which stays, for wake-ups missed while Redis was away)."""
+        backoff = Backoff()
+        while True:
+            try:
+                if await self.store.wait_wake(timeout=self.lease_ms / 3000):
+                    self._wake.set()
+                backoff.reset()
+            except (StoreError, OSError) as exc:
+                log.info("follow wake-ups unavailable (%s); polling meanwhile", exc)
+                await asyncio.sleep(backoff.next())
 
     async def _hand_back(self, job_ids: list[str]) -> None:
         """On a clean stop, make our streams claimable at once instead of at lease end."""
@@ -252,7 +282,7 @@ class Follower:
             if task is not None:
                 task.cancel()
 
-    async def _job_fields(self, job_id: str) -> tuple[str, str | None]:
+    async def _job_fields(self, job_id: str) -> tuple[str, str | None, int]:
         """The job's worker id and status; a Redis blip is waited out, not fatal (a
         follow task that died here would leave its stream until the lease expired)."""
         backoff = Backoff()
@@ -272,7 +302,7 @@ class Follower:
             await self._follow_turn(job_id)
 
     async def _follow_turn(self, job_id: str) -> None:
-        worker_id, status = await self._job_fields(job_id)
+        worker_id, status, start = await self._job_fields(job_id)
         if not worker_id or status in TERMINAL:
             self._quiet.pop(job_id, None)
             await self.on_finished(job_id)
@@ -292,12 +322,17 @@ class Follower:
             if retrying:
                 # The job may have ended, or expired with its records (its worker then
                 # takes no updates: APPEND_UPDATES answers GONE), while this one retried.
-                _, status = await self._job_fields(job_id)
+                _, status, _ = await self._job_fields(job_id)
                 if status is None or status in TERMINAL:
                     break
             retrying = True
             try:
-                relayed = await self.store.relayed(worker_id)
+                # A turn still 'submitted' has stored nothing (its first batch marks it
+                # running): no read of the count; a duplicate would be refused anyway.
+                if status == "submitted" and backoff.retries == 0:
+                    relayed = start
+                else:
+                    relayed = await self.store.relayed(worker_id)
                 async for update in self.client.stream_updates(worker_id):
                     if update.index < relayed:
                         continue  # a reconnect replays from 0: stored already
@@ -307,7 +342,7 @@ class Follower:
                     EVENTS_RELAYED.inc()
                     if not marked_running:
                         marked_running = True
-                        await self._mark(job_id, "running")
+                        self.writer.mark_running(job_id)
                 await self.writer.barrier(worker_id)
                 break
             except RelayStopped:
@@ -360,12 +395,10 @@ class Follower:
         await self.store.transition(job_id, status, detail)
 
 
-#: Collect the young generation every 10,000 net allocations instead of 700: a
-#: follower of 1,000 streams holds millions of objects, and every full collection the
-#: default thresholds trigger stalled its event loop for 75-200 ms (python -m
-#: bench.streams, 1,000 streams: loop stall max 170-200 ms -> 93-108 ms, live lag p99
-#: 233-421 ms -> 104-225 ms, same RSS).
-GC_THRESHOLDS = (10_000, 10, 10)
+#: A follower of thousands of streams holds millions of objects: collections at the
+#: default thresholds stalled its loop 75-200 ms (1,000 streams), at (10,000, 10, 10) up to
+#: 0.76 s (python -m bench.streams --workers 5000: live lag p99 1.3 s -> 106 ms, same RSS).
+GC_THRESHOLDS = (100_000, 50, 10)
 
 
 def tune_gc() -> None:

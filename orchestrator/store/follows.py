@@ -8,7 +8,10 @@ lease's owner; claims, renewals and update writes are the Lua scripts of
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -26,6 +29,8 @@ from orchestrator.store.retention import (
 from orchestrator.store.scripts import jobs as scripts
 from orchestrator.store.scripts import records
 from orchestrator.store.spend import AsyncRateStore
+
+log = logging.getLogger(__name__)
 
 #: Pending updates of many workers: worker id -> (index of the first, payloads as JSON).
 Pending = dict[str, tuple[int, list[str]]]
@@ -45,6 +50,7 @@ class FollowStore:
         self._renew = client.register_script(scripts.RENEW_FOLLOWS)
         self._transition = client.register_script(records.TRANSITION)
         self._append = client.register_script(scripts.APPEND_UPDATES)
+        self._wake: Any = None  # the wake channel's subscription, once subscribed
 
     @classmethod
     def from_url(
@@ -65,6 +71,7 @@ class FollowStore:
         return AsyncRateStore(self.r, self.keys.prefix)
 
     async def close(self) -> None:
+        await self.stop_waking()
         await self.r.aclose()
 
     # --- leases ------------------------------------------------------------------
@@ -81,12 +88,43 @@ class FollowStore:
         keys = [self.keys.follows, self.keys.follow_owners]
         return list(await self._renew(keys=keys, args=[expiry_ms, owner, *job_ids]))
 
+    async def wait_wake(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a job to be put up for following (a
+        message on the wake channel; the first call subscribes). True if one came.
+
+        The subscription holds one connection of its own; a message missed while it
+        was away is caught by the follower's poll."""
+        if self._wake is None:
+            wake = self.r.pubsub(ignore_subscribe_messages=True)
+            await wake.subscribe(self.keys.follow_wake)
+            self._wake = wake
+        try:
+            message = await self._wake.get_message(timeout=timeout)
+        except BaseException:
+            await self.stop_waking()  # resubscribed on the next call
+            raise
+        if message is None:
+            return False
+        # Drain what else came meanwhile: one claim serves every job put up so far.
+        while await self._wake.get_message(timeout=0) is not None:
+            pass
+        return True
+
+    async def stop_waking(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            with contextlib.suppress(Exception):
+                await wake.aclose()
+
     # --- jobs and workers ----------------------------------------------------------
 
-    async def job_worker_and_status(self, job_id: str) -> tuple[str, str | None]:
-        """The job's worker id ('' before it has one) and status (None: no such job)."""
-        worker_id, status = await self.r.hmget(self.keys.job(job_id), ["worker_id", "status"])
-        return str(worker_id or ""), status
+    async def job_worker_and_status(self, job_id: str) -> tuple[str, str | None, int]:
+        """The job's worker id ('' before it has one), status (None: no such job) and
+        ``update_from`` (where its turn's updates start in the worker's stream)."""
+        worker_id, status, start = await self.r.hmget(
+            self.keys.job(job_id), ["worker_id", "status", "update_from"]
+        )
+        return str(worker_id or ""), status, int(start or 0)
 
     async def relayed(self, worker_id: str) -> int:
         """How many updates of the worker are stored."""
@@ -107,13 +145,25 @@ class FollowStore:
                 return result == 1
         return False
 
-    async def append_updates(self, pending: Pending, maxlen: int) -> list[Any]:
+    async def append_updates(
+        self, pending: Pending, maxlen: int, running: Sequence[str] = ()
+    ) -> list[Any]:
         """Store the pending updates of many workers in one round trip (redis-py's own
-        script pipelines add a SCRIPT EXISTS each). One reply per worker, in order: the
-        stored count, or the exception its write raised (a gap, say)."""
+        script pipelines add a SCRIPT EXISTS each), and move the ``running`` jobs to
+        'running' first. One reply per worker, in order: the stored count, or the
+        exception its write raised (a gap, say)."""
         writes = AsyncBatch(self.r)
         now = int(time.time() * 1000)
+        for job_id in running:  # not an end: no record fields needed
+            keys, args = transition_call(
+                self.keys, self.retention, job_id, "running", now, "", None
+            )
+            writes.script(self._transition, keys, args)
         for worker_id, (first, payloads) in pending.items():
             keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
             writes.script(self._append, keys, [first, maxlen, now, *payloads])
-        return await writes.execute(raise_on_error=False)
+        replies = await writes.execute(raise_on_error=False)
+        for job_id, reply in zip(running, replies, strict=False):
+            if isinstance(reply, Exception):
+                log.warning("could not mark job %s running: %s", job_id, reply)
+        return replies[len(running) :]

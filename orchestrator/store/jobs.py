@@ -253,6 +253,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore):
         for key in (wkey, self.keys.updates(worker.id), self.keys.ledger("worker", worker.id)):
             batch.pipe.persist(key)
         batch.pipe.zadd(self.keys.follows, {job.id: 0}, nx=True)
+        batch.pipe.publish(self.keys.follow_wake, job.id)  # followers claim it at once
         at = now_ms()
         upstream = job.model_copy(update={"status": "submitted"})
         # XX: a job that ended meanwhile has left the live index, and stays out of it.
@@ -266,13 +267,14 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore):
         Without ``now`` it is a no-op when the job is already followed; with ``now`` a
         held lease is cut short so that any follower claims it at once.
         """
-        if now:
-            with self.r.pipeline(transaction=True) as pipe:
+        with self.r.pipeline(transaction=now) as pipe:
+            if now:
                 pipe.zadd(self.keys.follows, {job_id: 0})
                 pipe.hdel(self.keys.follow_owners, job_id)
-                pipe.execute()
-        else:
-            self.r.zadd(self.keys.follows, {job_id: 0}, nx=True)
+            else:
+                pipe.zadd(self.keys.follows, {job_id: 0}, nx=True)
+            pipe.publish(self.keys.follow_wake, job_id)
+            pipe.execute()
 
     def release_follow(self, job_id: str, owner: str = "") -> bool:
         keys = [self.keys.follows, self.keys.follow_owners]

@@ -125,6 +125,11 @@ class Keys:
         """Hash: job id -> the follower process holding its lease."""
         return f"{self.prefix}:follow-owners"
 
+    @property
+    def follow_wake(self) -> str:
+        """Pub/sub channel: a job was put up for following; followers claim at once."""
+        return f"{self.prefix}:follow-wake"
+
     # --- ledger ---
     def ledger(self, dimension: str, value: str) -> str:
         """Hash: summed cost/usage fields for one value of a dimension."""

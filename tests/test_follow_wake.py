@@ -1,0 +1,85 @@
+"""The follower claims a job put up for following at once (a wake-up on the follow
+channel), and still by its poll when no wake-up comes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+
+from orchestrator.jobs.follower import Follower
+from orchestrator.jobs.model import validate_submission
+from orchestrator.store.follows import FollowStore
+from orchestrator.store.jobs import RedisStore, connect
+from orchestrator.store.keys import Keys
+from orchestrator.wire.aclient import AsyncWorkersClient
+from orchestrator.wire.client import WorkersClient
+
+from .conftest import Emulator
+
+
+def _followed(
+    redis_url: str, key_prefix: str, emulator: Emulator, poll_seconds: float, *, wake: bool
+) -> tuple[float, int]:
+    """Start a follower, then put one job up (with its wake-up, or by a bare ZADD as a
+    message lost would leave it); seconds until its stream was relayed, updates stored."""
+    emulator.configure(turn_seconds=0.0, events_per_turn=3)
+    keys = Keys(key_prefix)
+    store = RedisStore(connect(redis_url), key_prefix)
+    with WorkersClient(emulator.url, emulator.api_key) as client:
+        worker = client.create("wake", budget="low")
+    job, _ = store.create_job(validate_submission(100, input="wake", budget="low"))
+    if not wake:  # submitted, then taken off the follows: put back later by a bare ZADD
+        store.set_submitted(job, worker)
+        store.r.zrem(keys.follows, job.id)
+
+    async def scenario() -> float:
+        r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        finished: asyncio.Queue[float] = asyncio.Queue()
+
+        async def on_finished(job_id: str) -> None:
+            await finished.put(time.monotonic())
+
+        async with AsyncWorkersClient(emulator.url, emulator.api_key) as api:
+            follower = Follower(
+                FollowStore(r, key_prefix), api, on_finished, poll_seconds=poll_seconds
+            )
+            stop = asyncio.Event()
+            running = asyncio.create_task(follower.run(stop))
+            deadline = time.monotonic() + 10
+            while not (await r.pubsub_numsub(keys.follow_wake))[0][1]:  # subscribed
+                assert time.monotonic() < deadline, "the follower never subscribed"
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # past the first claim, into the poll wait
+            t0 = time.monotonic()
+            if wake:
+                await asyncio.to_thread(store.set_submitted, job, worker)
+            else:
+                await r.zadd(keys.follows, {job.id: 0})
+            try:
+                took = await asyncio.wait_for(finished.get(), 30) - t0
+            finally:
+                stop.set()
+                await running
+        await r.aclose()
+        return took
+
+    took = asyncio.run(scenario())
+    return took, store.relayed(worker.id)
+
+
+def test_a_job_put_up_for_following_is_claimed_without_waiting_for_the_poll(
+    redis_url: str, key_prefix: str, emulator: Emulator
+) -> None:
+    took, relayed = _followed(redis_url, key_prefix, emulator, 60.0, wake=True)
+    assert relayed == 3
+    assert took < 10, f"followed after {took:.1f} s: the wake-up did not wake the follower"
+
+
+def test_without_a_wake_up_the_poll_still_claims(
+    redis_url: str, key_prefix: str, emulator: Emulator
+) -> None:
+    took, relayed = _followed(redis_url, key_prefix, emulator, 0.2, wake=False)
+    assert relayed == 3
+    assert took < 10
