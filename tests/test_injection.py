@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -87,11 +87,13 @@ class FlakyFollows(FollowStore):
 
     fail_writes = 0
 
-    async def append_updates(self, pending: Pending, maxlen: int) -> list[Any]:
+    async def append_updates(
+        self, pending: Pending, maxlen: int, running: Sequence[str] = ()
+    ) -> list[Any]:
         if self.fail_writes:
             self.fail_writes -= 1
             raise Injected("injected failure in append_updates")
-        return await super().append_updates(pending, maxlen)
+        return await super().append_updates(pending, maxlen, running)
 
 
 @pytest.fixture(scope="module")
