@@ -230,9 +230,11 @@ class Orchestrator:
             start = job.update_from or 0
             if position is None or position < start - 1:
                 position = start - 1
-            batch = self.store.read_updates(
-                job.worker_id, position, block_ms=1000 if block else None
-            )
+            if job.done and job.update_to is not None and position + 1 >= job.update_to:
+                return
+            # An ended turn's updates are all stored (a completed one's folded): no wait.
+            wait = 1000 if block and not job.done else None
+            batch = self.store.read_updates(job.worker_id, position, block_ms=wait, turn=start)
             for index, data in batch:
                 position = index
                 yield index, data
@@ -240,7 +242,7 @@ class Orchestrator:
                 continue
             if not block:
                 return
-            if job.done and (job.update_to is None or position + 1 >= job.update_to):
+            if job.done:  # nothing more is stored for an ended turn
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no end of updates for {job_id} after {timeout}s")

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestrator.jobs.model import validate_submission
 from orchestrator.ops import collector
 from orchestrator.ops.archive import (
     ArchiveDir,
@@ -32,7 +33,7 @@ from orchestrator.store.jobs import RedisStore, now_ms
 from orchestrator.store.retention import RetentionPolicy
 
 from .processes import wait_for
-from .test_retention import finished_job
+from .test_retention import finished_job, worker
 
 ARCHIVED = RetentionPolicy(default_seconds=2, archive=True)
 
@@ -62,7 +63,8 @@ def test_nothing_expires_before_it_is_archived_and_the_round_trip_is_whole(
     assert [j for j, _ in queue.due()] == [j.id for j in jobs]
     for job in jobs:  # queued for the archive: no expiry yet
         assert r.pttl(archived.keys.job(job.id)) == -1
-        assert r.pttl(archived.keys.updates(str(job.worker_id))) == -1
+        # The worker hash holds the snapshot and the folded turn (the stream is gone).
+        assert r.pttl(archived.keys.worker(str(job.worker_id))) == -1
     archive = ArchiveDir(tmp_path / "archive")
     assert archive_pass(archived, archive) == 3
     assert queue.due() == []
@@ -133,7 +135,7 @@ def test_jobs_left_waiting_when_the_archive_is_switched_off_still_expire(
     assert archived.r.pttl(key) == -1
     assert release_unarchived(archived) == 1
     assert 0 < archived.r.pttl(key) <= 2000
-    assert 0 < archived.r.pttl(archived.keys.updates("wrk_off")) <= 2000
+    assert 0 < archived.r.pttl(archived.keys.worker("wrk_off")) <= 2000
     assert ArchiveStore(archived).due() == []
 
 
@@ -168,6 +170,10 @@ def test_archive_cli_lists_shows_and_imports_a_day(
 def test_memory_gauge_by_record_kind(store: RedisStore) -> None:
     for i in range(3):
         finished_job(store, f"wrk_mem_{i}")
+    # A turn still running keeps its updates in a stream (a finished one's are folded).
+    running, _ = store.create_job(validate_submission(1000, input="runs"))
+    assert store.set_submitted(running, worker("wrk_mem_live"))
+    store.append_updates("wrk_mem_live", 0, ['{"n": 0}'])
     registry = collector.store_registry(store)
     text = generate_latest(registry).decode()
     found = {

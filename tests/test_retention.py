@@ -73,10 +73,13 @@ def finished_job(
 
 
 def job_keys(store: RedisStore, job: Job) -> list[str]:
+    """The keys a completed job leaves (its turn's updates are folded into the worker
+    hash: the updates stream is gone; a stream left by a turn that did not complete
+    expires as well, see test_a_cancelled_running_job_keeps_its_records_until_settled)."""
     k = store.keys
     assert job.worker_id
     out = [k.job(job.id), k.job_files(job.id), k.ledger_turn(job.id), k.worker(job.worker_id),
-           k.updates(job.worker_id), k.ledger("worker", job.worker_id)]  # fmt: skip
+           k.ledger("worker", job.worker_id)]  # fmt: skip
     if job.idempotency_key:
         out.append(k.idempotency(job.idempotency_key))
     return out
@@ -127,6 +130,8 @@ def test_every_record_kind_expires_after_the_job_ends_and_rollups_stay(
     keys = job_keys(short, job)
     ttls = {key: r.pttl(key) for key in keys}
     assert all(0 < ttl <= 2000 for ttl in ttls.values()), ttls
+    assert not r.exists(short.keys.updates("wrk_ret_1"))  # folded into the worker hash
+    assert short.read_updates("wrk_ret_1", turn=0) == [(i, {"n": i}) for i in range(10)]
     day_rows = short.costs("day")["rows"]
     tag_rows = short.costs("tag")["rows"]
     total = short.costs()["total"]
@@ -160,7 +165,7 @@ def test_live_work_never_expires_and_a_tag_override_keeps_longer(short: RedisSto
         assert r.pttl(key) == -1, key
     acme = finished_job(short, "wrk_acme", tags={"tenant": "acme"})
     assert 20_000 < r.pttl(short.keys.job(acme.id)) <= 30_000
-    assert 20_000 < r.pttl(short.keys.updates("wrk_acme")) <= 30_000
+    assert 20_000 < r.pttl(short.keys.worker("wrk_acme")) <= 30_000
     # A failed job that never reached a worker expires too.
     failed, _ = short.create_job(validate_submission(1000, input="refused"))
     assert short.transition(failed.id, "failed", "no")
@@ -179,7 +184,7 @@ def test_a_worker_lives_as_long_as_its_latest_job(short: RedisStore) -> None:
         validate_submission(1000, kind="continue", input="more", worker_id="wrk_two")
     )
     assert short.set_submitted(second, worker("wrk_two", "0.8"))
-    assert r.pttl(wkey) == -1 and r.pttl(ukey) == -1
+    assert r.pttl(wkey) == -1 and not r.exists(ukey)  # the first turn was folded
     # The first job's job records keep their own expiry.
     assert r.pttl(short.keys.job(first.id)) > 20_000
     # A stray terminal move of another job of the worker leaves the live worker alone.
@@ -194,11 +199,11 @@ def test_a_worker_lives_as_long_as_its_latest_job(short: RedisStore) -> None:
     short.complete_into(batch, short.require_job(second.id), short.relayed("wrk_two"))
     batch.execute()
     assert 0 < r.pttl(wkey) <= 2000
-    assert short.read_updates("wrk_two")[-1] == (10, {"n": 10})
+    assert short.read_updates("wrk_two") == [(i, {"n": i}) for i in range(11)]  # both turns
     # Extend, never shorten: a longer expiry set earlier is kept.
-    r.pexpire(ukey, 60_000)
+    r.pexpire(wkey, 60_000)
     short.transition(stray.id, "failed")  # no move: nothing changes
-    assert r.pttl(ukey) > 50_000
+    assert r.pttl(wkey) > 50_000
 
 
 def test_a_late_duplicate_update_after_expiry_is_not_stored_again(short: RedisStore) -> None:
@@ -257,14 +262,14 @@ def test_history_is_a_small_field_of_the_job_and_capped(store: RedisStore) -> No
 def test_an_updates_stream_is_sized_to_what_it_holds_when_its_turn_ends(
     store: RedisStore,
 ) -> None:
+    """A turn that ends without completing (failed here) keeps its stream, rewritten
+    to its exact size (a completed one is folded: see test_compact.py)."""
     job, _ = store.create_job(validate_submission(1000, input="sized"))
     assert store.set_submitted(job, worker("wrk_sized"))
     store.append_updates("wrk_sized", 0, [json.dumps({"n": i}) for i in range(10)])
     ukey = store.keys.updates("wrk_sized")
     live = int(store.r.memory_usage(ukey))
-    batch = store.batch()
-    store.complete_into(batch, store.require_job(job.id), 10)
-    batch.execute()
+    assert store.transition(job.id, "failed", "the follower gave up")
     done = int(store.r.memory_usage(ukey))
     assert live > 4000 and done < live / 2, (live, done)
     assert [i for i, _ in store.read_updates("wrk_sized")] == list(range(10))

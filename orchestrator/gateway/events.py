@@ -207,7 +207,8 @@ class Hub:
     async def _maybe_end(self, feed: Feed) -> None:
         """End a terminal job's feed once its last update was delivered."""
         if feed.positioned and feed.worker_id is not None:
-            self._deliver(feed, await self.live.updates(feed.worker_id, feed.after))
+            turn = _turn_start(feed.job)
+            self._deliver(feed, await self.live.updates(feed.worker_id, feed.after, turn=turn))
         end = _turn_end(feed.job)
         feed.grace += 1
         if end is not None and feed.after + 1 < end and feed.grace < END_GRACE_READS:
@@ -232,6 +233,12 @@ def _turn_end(job: dict[str, str]) -> int | None:
     """Where a finished turn's updates end (exclusive), or None while unknown."""
     end = job.get("update_to")
     return int(end) if end else None
+
+
+def _turn_start(job: dict[str, str]) -> int | None:
+    """Where the job's turn's updates begin (its folded form's name), or None."""
+    start = job.get("update_from")
+    return int(start) if start else None
 
 
 def _frame(index: int, data: str) -> str:
@@ -262,7 +269,7 @@ async def stream(
                 last = start
             end = _turn_end(job)
             while True:
-                batch = await hub.live.updates(worker, last)
+                batch = await hub.live.updates(worker, last, turn=start + 1)
                 if not batch:
                     return
                 for index, data in batch:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.store.compact import raw_hget, snapshot_text
+
 if TYPE_CHECKING:
     from orchestrator.store.jobs import RedisStore
 
@@ -60,12 +62,13 @@ class ArchiveStore:
         worker_id = data.get("worker_id") or ""
         snapshot, updates = None, []
         if worker_id:
-            snapshot = self.r.hget(keys.worker(worker_id), "snapshot")
+            raw = raw_hget(self.r, keys.worker(worker_id), "snapshot")
+            snapshot = snapshot_text(raw) if raw else None
             start = int(data.get("update_from") or 0)
             end = data.get("update_to")
-            last = f"0-{int(end)}" if end not in (None, "") else "+"
-            entries = self.r.xrange(keys.updates(worker_id), f"0-{start + 1}", last)
-            updates = [[int(eid.split("-")[1]) - 1, json.loads(f["data"])] for eid, f in entries]
+            stop = int(end) if end not in (None, "") else None
+            stored = self.store.read_updates(worker_id, start - 1, count=10**9, turn=start)
+            updates = [[i, d] for i, d in stored if stop is None or i < stop]
         history = [json.loads(line) for line in (data.pop("history", "") or "").split("\n") if line]
         data.pop("history_n", None)
         return {

@@ -29,6 +29,7 @@ from orchestrator.jobs.model import (
 from orchestrator.ledger import cumulative
 from orchestrator.store.batch import Batch
 from orchestrator.store.broker import BrokerLayout, BrokerView
+from orchestrator.store.compact import TurnStore, pack_snapshot, raw_hget, unpack_snapshot
 from orchestrator.store.connection import connect
 from orchestrator.store.files import FilesStore, now_ms
 from orchestrator.store.keys import Keys
@@ -43,7 +44,7 @@ from orchestrator.wire.models import Worker
 __all__ = ["JobWatch", "RedisStore", "connect", "now_ms"]
 
 
-class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore):
+class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore):
     """Synchronous access to everything the orchestrator keeps in Redis."""
 
     def __init__(
@@ -65,6 +66,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore):
         self._settled = client.register_script(records.SETTLED)
         self._trim_index = client.register_script(records.TRIM_INDEX)
         self._note = client.register_script(records.NOTE)
+        self._fold = client.register_script(records.FOLD_TURN)
         self._create = client.register_script(scripts.CREATE_JOB)
         self._begin = client.register_script(scripts.BEGIN_ATTEMPT)
         self._append = client.register_script(scripts.APPEND_UPDATES)
@@ -248,7 +250,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore):
             seed = cumulative(worker) or {}
             for name, value in seed.items():
                 batch.pipe.hsetnx(wkey, f"counted:{name}", value)
-        batch.pipe.hset(wkey, mapping={"snapshot": worker.model_dump_json(), "active_job": job.id})
+        batch.pipe.hset(wkey, mapping={"snapshot": pack_snapshot(worker), "active_job": job.id})
         # A new turn: the worker's records live again until this job ends.
         for key in (wkey, self.keys.updates(worker.id), self.keys.ledger("worker", worker.id)):
             batch.pipe.persist(key)
@@ -286,11 +288,11 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore):
     # --- workers and updates -----------------------------------------------------
 
     def save_snapshot(self, worker: Worker) -> None:
-        self.r.hset(self.keys.worker(worker.id), "snapshot", worker.model_dump_json())
+        self.r.hset(self.keys.worker(worker.id), "snapshot", pack_snapshot(worker))
 
     def snapshot(self, worker_id: str) -> Worker | None:
-        raw = self.r.hget(self.keys.worker(worker_id), "snapshot")
-        return Worker.model_validate_json(raw) if raw else None
+        raw = raw_hget(self.r, self.keys.worker(worker_id), "snapshot")
+        return unpack_snapshot(raw) if raw else None
 
     def relayed(self, worker_id: str) -> int:
         return int(self.r.hget(self.keys.worker(worker_id), "relayed") or 0)
@@ -300,19 +302,6 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore):
         keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
         args: list[str | int] = [first_index, self.updates_maxlen, now_ms(), *payloads]
         return int(self._append(keys=keys, args=args))
-
-    def read_updates(
-        self, worker_id: str, after: int = -1, *, count: int = 500, block_ms: int | None = None
-    ) -> list[tuple[int, Any]]:
-        """Updates with index > ``after``, oldest first; blocks up to ``block_ms`` if none."""
-        stream = self.keys.updates(worker_id)
-        start = f"0-{after + 1}"
-        if block_ms is None:
-            entries = self.r.xrange(stream, f"({start}", "+", count=count)
-        else:
-            reply = self.r.xread({stream: start}, count=count, block=block_ms)
-            entries = reply[0][1] if reply else []
-        return [(int(eid.split("-")[1]) - 1, json.loads(f["data"])) for eid, f in entries]
 
     # --- operations ----------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from orchestrator.ledger import (
     rollups,
 )
 from orchestrator.store.batch import Batch
+from orchestrator.store.compact import pack_snapshot
 from orchestrator.store.keys import LEDGER_DIMENSIONS, Keys
 from orchestrator.store.scripts import jobs as scripts
 from orchestrator.wire.models import Worker
@@ -78,7 +79,7 @@ class LedgerStore:
         relayed so far (the turn's ``update_to``). FigureError (nothing queued) for a
         figure outside the ledger's bounds."""
         figures = cumulative(worker)  # checked before anything is queued
-        batch.pipe.hset(self.keys.worker(worker.id), "snapshot", worker.model_dump_json())
+        batch.pipe.hset(self.keys.worker(worker.id), "snapshot", pack_snapshot(worker))
         posted = self.post_turn_into(batch, job, worker, at_ms, extra, figures=figures)
         batch.pipe.hget(self.keys.worker(worker.id), "relayed")
         return posted, len(batch.pipe) - 1

@@ -13,6 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from orchestrator.store.compact import raw_hget, turn_field, unpack_turn
 from orchestrator.store.connection import connect_async
 from orchestrator.store.keys import Keys
 from orchestrator.store.scripts.gateway import JOB_STATES
@@ -71,12 +72,23 @@ class LiveStore:
         last = await self.r.xrevrange(self.keys.updates(worker_id), count=1)
         return _index(last[0][0]) if last else -1
 
-    async def updates(self, worker_id: str, after: int, count: int = 1000) -> list[Update]:
-        """Stored updates with index > ``after``, oldest first, without blocking."""
-        entries = await self.r.xrange(
-            self.keys.updates(worker_id), f"0-{after + 2}", "+", count=count
-        )
-        return [(_index(eid), str(fields["data"])) for eid, fields in entries]
+    async def updates(
+        self, worker_id: str, after: int, count: int = 1000, turn: int | None = None
+    ) -> list[Update]:
+        """Stored updates with index > ``after``, oldest first, without blocking: from
+        the stream, and from the folded turn that began at update ``turn`` (a job's
+        ``update_from``; see :mod:`orchestrator.store.compact`) once it has completed."""
+        stream = self.keys.updates(worker_id)
+        if turn is None:
+            entries = await self.r.xrange(stream, f"0-{after + 2}", "+", count=count)
+            return [(_index(eid), str(fields["data"])) for eid, fields in entries]
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.xrange(stream, f"0-{after + 2}", "+", count=count)
+            raw_hget(pipe, self.keys.worker(worker_id), turn_field(turn))
+            entries, blob = await pipe.execute()
+        found = {i: d for i, d in unpack_turn(blob) if i > after} if blob else {}
+        found.update((_index(eid), str(fields["data"])) for eid, fields in entries)
+        return [(i, found[i]) for i in sorted(found)[:count]]
 
     async def turn_cost(self, job_id: str) -> dict[str, int] | None:
         raw = await self.r.get(self.keys.ledger_turn(job_id))

@@ -49,6 +49,7 @@ class StatusStore:
     _settled: Any
     _release: Any
     _note: Any
+    fold_turn_into: Any
 
     def transition(self, job_id: str, status: JobStatus, detail: str = "") -> bool:
         """Move a job forward; False if it already was there or may not move. An end
@@ -75,10 +76,13 @@ class StatusStore:
         batch.script(self._transition, keys, args)
 
     def complete_into(self, batch: Batch, job: Job, update_to: int) -> None:
-        """Queue the end of a settled turn: where its updates end, ``completed`` (with
-        its records' expiry), and the release of its follow lease."""
+        """Queue the end of a settled turn: where its updates end, its updates folded
+        out of the stream (:meth:`~orchestrator.store.compact.TurnStore.fold_turn_into`,
+        which reads them first), ``completed`` (with its records' expiry), and the
+        release of its follow lease."""
         job_id = job.id
         batch.pipe.hset(self.keys.job(job_id), "update_to", update_to)
+        self.fold_turn_into(batch, job, update_to)
         fields = (job.worker_id or "", job.idempotency_key or "", job.tags)
         keys, args = transition_call(
             self.keys, self.retention, job_id, "completed", now_ms(), "", fields

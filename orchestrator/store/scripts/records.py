@@ -177,6 +177,46 @@ return 1
 """
 )
 
+# A completed turn's updates leave the stream for one compressed field of the worker
+# hash (orchestrator/store/compact.py), checked first against what the stream holds, so
+# no update is lost, and written once, so a second call (a redelivered finalize) changes
+# nothing. Its entries go from the stream: all ids below the turn's end when nothing of an
+# earlier turn is left there (XTRIM: whole nodes freed), else each one (XDEL); an emptied
+# stream is deleted, and the worker's next turn starts a new one at its own index.
+FOLD_TURN = """
+-- KEYS[1] worker hash, KEYS[2] updates stream
+-- ARGV[1] the turn's first index (names the field), ARGV[2] the blob's first index,
+-- ARGV[3] the turn's end (exclusive), ARGV[4] the blob, ARGV[5] other folded turns that
+-- began before this index are dropped (the stream's cap, UPDATES_MAXLEN)
+-- Returns 1 once folded, 0 if folded already (or the worker is gone), -1 if the stream
+-- does not hold the blob's updates (nothing written).
+local field = 'turn:' .. ARGV[1]
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], field) == 1 then
+  return 0
+end
+local first, stop = tonumber(ARGV[2]), tonumber(ARGV[3])
+local entries = redis.call('XRANGE', KEYS[2], '0-' .. (first + 1), '0-' .. stop)
+if #entries ~= stop - first then return -1 end
+redis.call('HSET', KEYS[1], field, ARGV[4])
+local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1][1]
+if tonumber(string.sub(head, 3)) >= first + 1 then
+  redis.call('XTRIM', KEYS[2], 'MINID', '0-' .. (stop + 1))
+else
+  for _, entry in ipairs(entries) do redis.call('XDEL', KEYS[2], entry[1]) end
+end
+if redis.call('XLEN', KEYS[2]) == 0 then redis.call('DEL', KEYS[2]) end
+local oldest = tonumber(ARGV[5])
+if oldest > 0 then
+  for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
+    local start = string.match(name, '^turn:(%d+)$')
+    if start and tonumber(start) < oldest and name ~= field then
+      redis.call('HDEL', KEYS[1], name)
+    end
+  end
+end
+return 1
+"""
+
 # Trim one listing index (per tag, per schedule) of expired jobs' ids; an index left
 # empty is forgotten in the same step, so a job created meanwhile (which writes the
 # index and its name together) is never left in an index nobody trims.
