@@ -6,12 +6,18 @@ same probe (``bench/records_probe.py``) on one real Redis, real Celery and the e
 Each measurement is its own deployment (key prefix, emulator, ``orchestrator worker``
 run from the layout's own tree) on a shared embedded Redis: ``N`` jobs are submitted,
 then measured once all run (live: half-way through a 20 s turn) or all completed
-(finished, retained: the default retention of seven days). Prints a Markdown table.
+(finished, retained: the default retention of seven days). Prints a Markdown table:
+bytes per job by record kind (MEMORY USAGE), their sum ("records"), the ``used_memory``
+delta per job, and the delta of MEMORY STATS' ``dataset.bytes`` (``used_memory`` less
+Redis's own overheads: client buffers, which swing with the connections' traffic by
+kilobytes a job at 100 jobs, script caches and the keyspace's hash tables). The server's
+per-command latency histograms are off (:func:`untracked`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -21,6 +27,8 @@ import uuid
 from io import BytesIO
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from orchestrator.ops.processes import celery_worker
 from orchestrator.ops.redis_server import RedisServer
@@ -33,6 +41,14 @@ BEFORE_REV = "a536ca2"
 #: ... and the server settings it ran with (Redis's defaults).
 BEFORE_SERVER_CONFIG = {"hash-max-ziplist-value": "64"}
 LIVE_TURN_SECONDS = 20.0
+
+
+def untracked(ctx: Context) -> None:
+    """Turn off Redis 7's per-command latency histograms: the first use of a command
+    allocates one (~28 KB), which at 100 jobs would add ~280 B to each job of whichever
+    layout first used the command, not to any record (older servers lack the setting)."""
+    with ctx.redis() as r, contextlib.suppress(redis.ResponseError):
+        r.config_set("latency-tracking", "no")
 
 
 def checkout(rev: str, into: Path) -> Path:
@@ -83,12 +99,13 @@ def measure(
 
 def table(rows: list[tuple[str, int, bool, dict[str, Any]]]) -> str:
     kinds = sorted({k for *_, m in rows for k in m["per_job"]})
-    head = ["layout", "updates", "state", *kinds, "records", "used_memory Δ"]
+    head = ["layout", "updates", "state", *kinds, "records", "used_memory Δ", "dataset Δ"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for layout, events, live, m in rows:
         cells = [layout, str(events), "live" if live else "finished"]
         cells += [str(m["per_job"].get(k, 0)) for k in kinds]
         cells += [str(m["records_per_job"]), str(m["used_memory_delta_per_job"])]
+        cells.append(str(m.get("memory_stats_delta_per_job", {}).get("dataset.bytes", "")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -106,6 +123,7 @@ def main(argv: list[str]) -> int:
     rows: list[tuple[str, int, bool, dict[str, Any]]] = []
     with RedisServer(appendonly=False) as server:
         ctx = Context(server.url, False, logs, logs, reps=1)
+        untracked(ctx)
         try:
             for events in (int(e) for e in args.events.split(",")):
                 for live in (False,) if args.no_live else (False, True):
@@ -117,7 +135,8 @@ def main(argv: list[str]) -> int:
                         rows.append((layout, events, live, m))
                         print(f"  {layout} {events} updates {'live' if live else 'finished'}: "
                               f"{m['records_per_job']} B/job records, "
-                              f"{m['used_memory_delta_per_job']} B/job used_memory",
+                              f"{m['used_memory_delta_per_job']} B/job used_memory "
+                              f"(MEMORY STATS: {m.get('memory_stats_delta_per_job')})",
                               flush=True)  # fmt: skip
         finally:
             ctx.stop_all()

@@ -68,6 +68,12 @@ def used_memory(r: redis.Redis) -> int:
     return int(r.info("memory")["used_memory"])
 
 
+def memory_stats(r: redis.Redis) -> dict[str, int]:
+    """MEMORY STATS' top-level figures (bytes): where ``used_memory`` went (the keys'
+    dataset, client buffers, script caches)."""
+    return {str(k): int(v) for k, v in r.memory_stats().items() if isinstance(v, int)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--redis-url", required=True)
@@ -88,6 +94,7 @@ def main() -> int:
     )  # fmt: skip
     r = redis.Redis.from_url(args.redis_url, decode_responses=True)
     before = used_memory(r)
+    stats_before = memory_stats(r)
     with Orchestrator(settings) as orch:
         ids = [orch.submit(f"{INPUT} ({i})", tags={"tenant": "probe"}).id for i in range(args.jobs)]
         want = ("running",) if args.live else ("completed",)
@@ -102,13 +109,17 @@ def main() -> int:
             return 1
         time.sleep(args.settle)  # live: updates accumulate; finished: files and ledger
         after = used_memory(r)
+        stats_after = memory_stats(r)
         kinds = usage_by_kind(r, args.prefix)
     per_job = {k: round(v / args.jobs) for k, v in sorted(kinds.items())}
     records = sum(v for k, v in per_job.items() if k not in ("broker", "rollups"))
     delta = round((after - before) / args.jobs)
+    stats = {k: round((stats_after[k] - v) / args.jobs) for k, v in stats_before.items()
+             if k in ("dataset.bytes", "clients.normal", "lua.caches")}  # fmt: skip
     print(json.dumps({
         "jobs": args.jobs, "live": args.live, "per_job": per_job,
         "records_per_job": records, "used_memory_delta_per_job": delta,
+        "memory_stats_delta_per_job": stats,
     }))  # fmt: skip
     return 0
 

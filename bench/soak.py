@@ -32,7 +32,7 @@ from orchestrator.settings import load_settings
 from orchestrator.store.retention import COMPACT_SERVER_CONFIG
 
 from .harness import API_KEY, ROOT, Context
-from .records import BEFORE_REV, BEFORE_SERVER_CONFIG, checkout, measure
+from .records import BEFORE_REV, BEFORE_SERVER_CONFIG, checkout, measure, untracked
 
 SAMPLE_SECONDS = 2.0
 #: Jobs of each layout the comparison measures (fewer lets fixed costs show per job).
@@ -136,6 +136,7 @@ def main(argv: list[str]) -> int:
     report: dict[str, Any] = {"command": "python -m bench soak " + " ".join(argv)}
     with RedisServer(appendonly=False) as server:
         ctx = Context(server.url, False, logs, logs, reps=1)
+        untracked(ctx)
         try:
             if not args.no_compare:
                 before = checkout(BEFORE_REV, logs / "before")
