@@ -93,6 +93,9 @@ def main() -> int:
         workers_api_key=args.api_key,
     )  # fmt: skip
     r = redis.Redis.from_url(args.redis_url, decode_responses=True)
+    # Redis trims the buffers of a client idle for 2 s: the worker's connections, busy
+    # while it started, are measured at rest, as they are after the jobs.
+    time.sleep(3.0)
     before = used_memory(r)
     stats_before = memory_stats(r)
     with Orchestrator(settings) as orch:

@@ -129,3 +129,22 @@ def test_the_facade_reads_a_folded_turn_at_once(orch: Orchestrator) -> None:
     assert time.monotonic() - started < 0.9  # read from the fold, no blocking read
     assert [i for i, _ in orch.updates(job.id, after=7, block=False)] == [8, 9]
     assert json.loads(orch.worker(job.id).model_dump_json())["id"] == "wrk_fold_tail"
+
+
+def test_the_history_is_one_short_line_an_entry_and_older_lines_still_read(
+    store: RedisStore,
+) -> None:
+    job, _ = store.create_job(validate_submission(1000, input="lines"))
+    key = store.keys.job(job.id)
+    assert store.r.hget(key, "history") == f"{job.created_at} queued"
+    # A line written before (one JSON object) is read beside the short ones.
+    old = json.dumps({"status": "queued", "at": 5, "detail": "from before"})
+    store.r.hset(key, "history", f"{old}\n{job.created_at} queued")
+    assert store.transition(job.id, "submitted")
+    assert store.transition(job.id, "failed", 'said "no"\nand \\ more')
+    history = store.history(job.id)
+    assert [(h["status"], h["detail"]) for h in history] == [
+        ("queued", "from before"), ("queued", None), ("submitted", None),
+        ("failed", 'said "no"\nand \\ more'),
+    ]  # fmt: skip
+    assert len(store.r.hget(key, "history").split("\n")) == 4

@@ -14,6 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.store.compact import raw_hget, snapshot_text
+from orchestrator.store.status import history_entries, history_line
 
 if TYPE_CHECKING:
     from orchestrator.store.jobs import RedisStore
@@ -69,7 +70,7 @@ class ArchiveStore:
             stop = int(end) if end not in (None, "") else None
             stored = self.store.read_updates(worker_id, start - 1, count=10**9, turn=start)
             updates = [[i, d] for i, d in stored if stop is None or i < stop]
-        history = [json.loads(line) for line in (data.pop("history", "") or "").split("\n") if line]
+        history = history_entries(data.pop("history", "") or "")
         data.pop("history_n", None)
         return {
             "job": data,
@@ -89,7 +90,8 @@ class ArchiveStore:
         keys = self.keys
         if self.r.exists(keys.job(job_id)):
             return False
-        lines = [json.dumps(h, separators=(",", ":")) for h in record.get("history") or []]
+        lines = [history_line(str(h["status"]), int(h["at"]), str(h.get("detail") or ""))
+                 for h in record.get("history") or []]  # fmt: skip
         worker_id = job.get("worker_id") or ""
         with self.r.pipeline(transaction=True) as pipe:
             pipe.hset(keys.job(job_id), mapping={**job, "history": "\n".join(lines),

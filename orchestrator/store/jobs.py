@@ -37,7 +37,7 @@ from orchestrator.store.ledger import LedgerStore
 from orchestrator.store.retention import RetentionPolicy, RetentionStore
 from orchestrator.store.scripts import jobs as scripts
 from orchestrator.store.scripts import records
-from orchestrator.store.status import JobWatch, StatusStore
+from orchestrator.store.status import JobWatch, StatusStore, history_line
 from orchestrator.store.status import job_id_checked as _job_id
 from orchestrator.wire.models import Worker
 
@@ -131,9 +131,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
             "at_queued": str(created),
             **{f"{name}_ms": str(limit_ms(getattr(sub, name))) for name in LIMITS},
             # The history's first entry (see scripts.records.HISTORY_FN for its form).
-            "history": json.dumps(
-                {"status": "queued", "at": created, "detail": ""}, separators=(",", ":")
-            ),
+            "history": history_line("queued", created),
             "history_n": "1",
         }
         keys = [

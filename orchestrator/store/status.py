@@ -31,6 +31,30 @@ from orchestrator.store.scripts.records import HISTORY_MAX
 _TRIES = 5
 
 
+def history_line(status: str, at: int, detail: str = "") -> str:
+    """One entry of a job's ``history`` field, as HISTORY_FN writes it:
+    ``<at ms> <status>``, then the detail as a JSON string when there is one."""
+    line = f"{at} {status}"
+    return f"{line} {json.dumps(detail)}" if detail else line
+
+
+def history_entries(raw: str) -> list[dict[str, Any]]:
+    """``{"status", "at", "detail"}`` of each line of a ``history`` field (``detail``
+    "" when none); a line written as a JSON object (before 30 Nov 2026) reads too."""
+    out: list[dict[str, Any]] = []
+    for line in raw.split("\n"):
+        if line.startswith("{"):
+            e = json.loads(line)
+            out.append({"status": e["status"], "at": int(e["at"]), "detail": e.get("detail") or ""})
+        elif line:
+            at, _, rest = line.partition(" ")
+            status, _, detail = rest.partition(" ")
+            out.append(
+                {"status": status, "at": int(at), "detail": json.loads(detail) if detail else ""}
+            )
+    return out
+
+
 def job_id_checked(value: object) -> str:
     """``value`` if it looks like a job id; InputError naming ``job_id`` otherwise."""
     if not isinstance(value, str) or not value.startswith("job_"):
@@ -122,11 +146,7 @@ class StatusStore:
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
         raw = self.r.hget(self.keys.job(job_id), "history") or ""
-        entries = [json.loads(line) for line in raw.split("\n") if line]
-        return [
-            {"status": e["status"], "at": int(e["at"]), "detail": e.get("detail") or None}
-            for e in entries
-        ]
+        return [{**e, "detail": e["detail"] or None} for e in history_entries(raw)]
 
     def watch_job(self, job_id: str) -> JobWatch:
         """A subscription to the job's status moves: open it, then read the job; any

@@ -1,6 +1,7 @@
 """Lua for a job's records: its status moves, its history, and their retention.
 
-A job's history is a field of its own hash (``history``: one JSON object a line, at most
+A job's history is a field of its own hash (``history``: one line an entry,
+``<at ms> <status>`` and the detail as a JSON string when there is one, at most
 ``HISTORY_MAX`` lines), not a stream of its own: a stream's first node alone costs ~4 KB.
 Each status move is published on the job's event channel, which is what
 ``Orchestrator.wait()`` blocks on. When a job reaches a terminal status, its records get
@@ -21,11 +22,12 @@ HISTORY_MAX = 100
 #: as is (its waste is small beside it, and rewriting it would stall Redis).
 COMPACT_MAX_ENTRIES = 2000
 
-# history_add(job hash, status, at ms, detail, most entries): one line appended.
+# history_add(job hash, status, at ms, detail, most entries): one line appended, in the
+# form of orchestrator.store.status.history_line: '<at> <status>[ <detail as JSON>]'.
 HISTORY_FN = """
 local function history_add(job, status, at, detail, most)
-  local entry = '{"status":' .. cjson.encode(status) .. ',"at":' .. at
-                .. ',"detail":' .. cjson.encode(detail) .. '}'
+  local entry = at .. ' ' .. status
+  if detail ~= '' then entry = entry .. ' ' .. cjson.encode(detail) end
   local text = redis.call('HGET', job, 'history')
   local n = tonumber(redis.call('HGET', job, 'history_n') or '0') + 1
   if text and text ~= '' then text = text .. '\\n' .. entry else text = entry end
