@@ -116,8 +116,9 @@ def test_reconcile_finds_and_repairs_destroyed_ledger_data(
         r.hset(keys.job(stuck.id), "status", "running")
         # (d) a snapshot missing, another stale
         r.hdel(keys.worker(gone.worker_id), "snapshot")
-        old = json.loads(r.hget(keys.worker(stale.worker_id), "snapshot"))
-        r.hset(keys.worker(stale.worker_id), "snapshot", json.dumps({**old, "output_text": "x"}))
+        old = orch.store.snapshot(str(stale.worker_id))
+        assert old is not None
+        orch.store.save_snapshot(old.model_copy(update={"output_text": "x"}))
 
         code, report = run_cli(capsys)
         found = kinds(report)
