@@ -114,8 +114,8 @@ def dump(store: RedisStore) -> dict[str, Any]:
     r, out = store.r, {}
     for key in r.scan_iter(f"{store.keys.prefix}:*"):
         kind = r.type(key)
-        if kind == "hash":
-            out[key] = r.hgetall(key)
+        if kind == "hash":  # as bytes: a worker's snapshot is kept compressed
+            out[key] = r.execute_command("HGETALL", key, NEVER_DECODE=[])
         elif kind == "set":
             out[key] = r.smembers(key)
         elif kind == "stream":
