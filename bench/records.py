@@ -8,9 +8,11 @@ run from the layout's own tree) on a shared embedded Redis: ``N`` jobs are submi
 then measured once all run (live: half-way through a 20 s turn) or all completed
 (finished, retained: the default retention of seven days). Prints a Markdown table:
 bytes per job by record kind (MEMORY USAGE), their sum ("records"), the ``used_memory``
-delta per job, and the delta of MEMORY STATS' ``dataset.bytes`` (``used_memory`` less
-Redis's own overheads: client buffers, which swing with the connections' traffic by
-kilobytes a job at 100 jobs, script caches and the keyspace's hash tables). The server's
+delta per job, and the deltas of MEMORY STATS' ``clients.normal`` (the connections'
+buffers: they swing with the worker's traffic by up to ~2 KB a job at 100 jobs, a cost of
+the deployment, not of its jobs) and ``dataset.bytes`` (``used_memory`` less Redis's
+own overheads: client buffers, script caches, the keyspace's hash tables); then the
+after/before ratios. The server's
 per-command latency histograms are off (:func:`untracked`).
 """
 
@@ -99,14 +101,42 @@ def measure(
 
 def table(rows: list[tuple[str, int, bool, dict[str, Any]]]) -> str:
     kinds = sorted({k for *_, m in rows for k in m["per_job"]})
-    head = ["layout", "updates", "state", *kinds, "records", "used_memory Δ", "dataset Δ"]
+    head = ["layout", "updates", "state", *kinds, "records", "used_memory Δ", "clients Δ",
+            "dataset Δ"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for layout, events, live, m in rows:
         cells = [layout, str(events), "live" if live else "finished"]
         cells += [str(m["per_job"].get(k, 0)) for k in kinds]
         cells += [str(m["records_per_job"]), str(m["used_memory_delta_per_job"])]
-        cells.append(str(m.get("memory_stats_delta_per_job", {}).get("dataset.bytes", "")))
+        stats = m.get("memory_stats_delta_per_job", {})
+        cells += [str(stats.get("clients.normal", "")), str(stats.get("dataset.bytes", ""))]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratios(rows: list[tuple[str, int, bool, dict[str, Any]]]) -> str:
+    """after / before of each pair of rows, by figure."""
+    found = {(layout, events, live): m for layout, events, live, m in rows}
+    lines = []
+    for (layout, events, live), after in found.items():
+        before = found.get(("before", events, live))
+        if layout != "after" or before is None:
+            continue
+
+        def ratio(figure: Any) -> str:
+            b, a = figure(before), figure(after)
+            return f"{a / b:.3f}" if b else "-"
+
+        def less_clients(m: dict[str, Any]) -> int:
+            clients = m.get("memory_stats_delta_per_job", {}).get("clients.normal", 0)
+            return int(m["used_memory_delta_per_job"]) - int(clients)
+
+        lines.append(
+            f"after/before, {events} updates {'live' if live else 'finished'}: records "
+            f"{ratio(lambda m: m['records_per_job'])}, used_memory Δ "
+            f"{ratio(lambda m: m['used_memory_delta_per_job'])}, used_memory Δ less clients "
+            f"{ratio(less_clients)}"
+        )
     return "\n".join(lines)
 
 
@@ -141,5 +171,6 @@ def main(argv: list[str]) -> int:
         finally:
             ctx.stop_all()
     print(table(rows))
+    print(ratios(rows))
     print(f"command: python -m bench records {' '.join(argv)}".rstrip())
     return 0
