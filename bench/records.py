@@ -123,9 +123,8 @@ def ratios(rows: list[tuple[str, int, bool, dict[str, Any]]]) -> str:
         if layout != "after" or before is None:
             continue
 
-        def ratio(figure: Any) -> str:
-            b, a = figure(before), figure(after)
-            return f"{a / b:.3f}" if b else "-"
+        def ratio(figure: Any, b: Any = before, a: Any = after) -> str:
+            return f"{figure(a) / figure(b):.3f}" if figure(b) else "-"
 
         def less_clients(m: dict[str, Any]) -> int:
             clients = m.get("memory_stats_delta_per_job", {}).get("clients.normal", 0)
