@@ -140,12 +140,13 @@ def main(argv: list[str]) -> int:
         try:
             if not args.no_compare:
                 before = checkout(BEFORE_REV, logs / "before")
-                report["before_bytes_per_finished_job"] = measure(
-                    ctx, before, 10, COMPARE_JOBS, False, BEFORE_SERVER_CONFIG
-                )["used_memory_delta_per_job"]
-                report["after_bytes_per_finished_job"] = measure(
-                    ctx, ROOT, 10, COMPARE_JOBS, False, COMPACT_SERVER_CONFIG
-                )["used_memory_delta_per_job"]
+                for layout, code, config in (("before", before, BEFORE_SERVER_CONFIG),
+                                             ("after", ROOT, COMPACT_SERVER_CONFIG)):  # fmt: skip
+                    m = measure(ctx, code, 10, COMPARE_JOBS, False, config)
+                    clients = m.get("memory_stats_delta_per_job", {}).get("clients.normal", 0)
+                    report[f"{layout}_bytes_per_finished_job"] = m["used_memory_delta_per_job"]
+                    report[f"{layout}_records_per_finished_job"] = m["records_per_job"]
+                    report[f"{layout}_clients_per_finished_job"] = clients
                 ctx.flush()
             report["soak"] = run(
                 ctx, args.jobs, args.minutes, args.retention, args.window, args.rate
@@ -164,6 +165,11 @@ def main(argv: list[str]) -> int:
         print(f"bytes per finished job (probe, {COMPARE_JOBS} jobs, 10 updates): before {b},"
               f" after {a}"
               f" ({a / b:.2f} of before)")  # fmt: skip
+        rb, ra = report["before_records_per_finished_job"], report["after_records_per_finished_job"]
+        cb, ca = report["before_clients_per_finished_job"], report["after_clients_per_finished_job"]
+        print(f"  records (MEMORY USAGE): before {rb}, after {ra} ({ra / rb:.2f});"
+              f" less the connections' buffers (before {cb}, after {ca}):"
+              f" before {b - cb}, after {a - ca} ({(a - ca) / (b - cb):.2f})")  # fmt: skip
     if soak["bytes_per_retained_job"] is not None:
         print(f"bytes per retained finished job in the soak: {soak['bytes_per_retained_job']}")
     if args.out:
