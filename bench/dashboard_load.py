@@ -32,6 +32,10 @@ ENDED = ("completed", "failed", "cancelled", "expired", "timed_out")
 @dataclass
 class Load:
     orch: Orchestrator
+    #: initech's daily cap: small, so that its later turns are refused (jobs that fail).
+    initech_cap_usd: str = "0.60"
+    #: the round that also submits a burst of batch jobs (the queues fill for a moment).
+    burst_round: int = 3
     jobs: list[Job] = field(default_factory=list)
     schedule_id: str = ""
     cancelled: str = ""
@@ -39,10 +43,12 @@ class Load:
     def setup(self) -> None:
         """Caps, a limit and a schedule (fired by beat every minute, and by each round)."""
         budgets = self.orch.budgets
-        budgets.set_cap(scope="global", period="day", limit_usd="5.00", warn_at=0.8)
-        budgets.set_cap(scope="tag:tenant=acme", period="day", limit_usd="2.00", warn_at=0.5)
-        # Small enough that initech's later turns are refused: jobs that end failed.
-        budgets.set_cap(scope="tag:tenant=initech", period="day", limit_usd="0.30", warn_at=0.5)
+        # A turn holds its tier's amount (low $0.25 ... high $5) until it settles.
+        budgets.set_cap(scope="global", period="day", limit_usd="50.00", warn_at=0.8)
+        budgets.set_cap(scope="tag:tenant=acme", period="day", limit_usd="20.00", warn_at=0.5)
+        budgets.set_cap(
+            scope="tag:tenant=initech", period="day", limit_usd=self.initech_cap_usd, warn_at=0.5
+        )
         self.orch.limits.set("tag:tenant=globex", 1)
         schedule = self.orch.schedules.create(
             None, "Morning digest of new issues", {"type": "interval", "intervalSeconds": 60}
@@ -55,6 +61,12 @@ class Load:
         for text, budget, tags in ROUND:
             self.jobs.append(self.orch.submit(text, budget=budget, tags=tags))
         self.orch.schedules.trigger(self.schedule_id)
+        if number == self.burst_round:
+            for n in range(12):
+                self.jobs.append(self.orch.submit(
+                    f"Classify support ticket #{4100 + n}", budget="low",
+                    tags={"tenant": "umbrella"}, priority="batch",
+                ))  # fmt: skip
         if number >= 1:
             done = [j for j in self.jobs if self.orch.get(j.id).status == "completed"]
             for job in done[-2:]:

@@ -162,6 +162,16 @@ class PanelData:
     empty: list[str] = field(default_factory=list)  # queries that returned no series
 
 
+def unanswered(found: list[PanelData]) -> dict[str, list[str]]:
+    """Per panel title, each query that failed or returned no series."""
+    bad: dict[str, list[str]] = {}
+    for data in found:
+        problems = data.errors + [f"no series: {q}" for q in data.empty]
+        if problems:
+            bad[data.panel["title"]] = problems
+    return bad
+
+
 QueryRange = Callable[[str, float, float, float], list[dict[str, Any]]]
 
 

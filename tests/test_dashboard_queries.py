@@ -34,16 +34,6 @@ pytestmark = pytest.mark.skipif(
 SCRAPE_SECONDS = 1.0
 
 
-def _unanswered(panels: list[grafana.PanelData]) -> dict[str, list[str]]:
-    """Per panel title, each query that failed or returned no series."""
-    bad: dict[str, list[str]] = {}
-    for data in panels:
-        problems = data.errors + [f"no series: {q}" for q in data.empty]
-        if problems:
-            bad[data.panel["title"]] = problems
-    return bad
-
-
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(
     env: dict[str, str], tmp_path: Path, emulator: Emulator, worker: Any, orch: Orchestrator
 ) -> None:
@@ -58,7 +48,7 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(
         with Prometheus([f"127.0.0.1:{port}"], tmp_path / "prometheus", SCRAPE_SECONDS) as prom:
             prom.wait_scraped(2)
             started = time.time()
-            load = Load(orch)
+            load = Load(orch, initech_cap_usd="0.25", burst_round=1)
             load.run(rounds=2, pause=1.0)
             ends = load.wait_all(timeout=60)
             assert ends.get("completed", 0) >= 5 and ends.get("failed", 0) >= 1, ends
@@ -77,11 +67,11 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(
 
             def answered() -> bool:
                 last[0] = evaluate()
-                return not _unanswered(last[0])
+                return not grafana.unanswered(last[0])
 
             with contextlib.suppress(TimeoutError):  # the assert below names what is missing
                 wait_for(answered, 20, "every dashboard query to return data", 0.5)
-            assert _unanswered(last[0]) == {}
+            assert grafana.unanswered(last[0]) == {}
             sent = [q for data in last[0] for q in data.queries]
             assert len(sent) == len(targets) >= 15
             assert not any("$" in q for q in sent)  # every Grafana variable was replaced
