@@ -14,7 +14,7 @@ from orchestrator.store.listing import JobIndex
 from orchestrator.store.tokens import AsyncTokenCheck, TokenStore
 
 if TYPE_CHECKING:
-    from orchestrator.gateway.events import Hub
+    from orchestrator.gateway.fanout import Hub
 
 
 @dataclass
