@@ -2,10 +2,13 @@
 cost of submitting over HTTP.
 
 - fan-in: many SSE clients on one job; fan-out: many jobs with one client each. Updates
-  are written to the store as the follower writes them (``append_updates``), each
-  carrying its write time; lag = when a client's SSE event arrived minus that time.
-  Baseline, same run: a bare reader doing blocking ``XREAD`` on the same streams straight
-  from Redis (what a client of Redis itself would see).
+  are written straight to the update streams (``XADD``, ids as the follower's), each
+  carrying its write time; lag = when a client parsed its SSE event minus that time.
+  The clients run in ``CLIENT_PROCESSES`` processes of their own (each its own event
+  loop), so the figure measures delivery by the gateway rather than one client process
+  parsing every event on a core it shares with the gateway. Baseline, same run, in a
+  process of its own: a bare reader doing blocking ``XREAD`` on the same streams
+  straight from Redis (what a client of Redis itself would see).
 - the gateway's RSS (one uvicorn process) with every client connected;
 - submit: ``POST /v1/jobs`` over HTTP (keep-alive client, one at a time) against
   ``Orchestrator.submit()`` called in this process, same Redis, same run.
@@ -268,8 +271,9 @@ def scenario(ctx: Context) -> Result:
     m.met = m.ratio is not None and m.ratio <= 2
     res.add("GET /healthz p50 (one Redis PING: the HTTP floor)", "ms", floor_ms)
     res.notes.append(
-        "lag: from the update's write to Redis to its SSE event parsed by a client in the "
-        "bench process (clients and gateway share the machine's cores)"
+        f"lag: from the update's write to Redis to its SSE event parsed by a client; the "
+        f"clients run in {CLIENT_PROCESSES} processes of their own, the bare reader in "
+        "another (all share the machine's cores with the gateway)"
     )
     store.r.close()
     ctx.stop(proc)

@@ -92,8 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         assert settings.redis_url is not None  # the facade has refused otherwise
         live = LiveStore.from_url(settings.redis_url, settings.key_prefix)
         hub = Hub(live, settings.gateway_sse_buffer, settings.gateway_sse_keepalive_seconds)
+        tokens = live.token_check(settings.gateway_token_cache_seconds)
         app.state.gateway = Gateway(
-            settings, orch, TokenStore(orch.store), JobIndex(orch.store), hub, live.token_check()
+            settings, orch, TokenStore(orch.store), JobIndex(orch.store), hub, tokens
         )
         try:
             yield

@@ -51,9 +51,9 @@ class LiveStore:
             await conn.disconnect()
             await self.r.connection_pool.release(conn)
 
-    def token_check(self) -> AsyncTokenCheck:
+    def token_check(self, cache_seconds: float = 0.0) -> AsyncTokenCheck:
         """Token checks on this store's pool (one pool per gateway process)."""
-        return AsyncTokenCheck(self.r, self.keys.prefix)
+        return AsyncTokenCheck(self.r, self.keys.prefix, cache_seconds)
 
     async def job(self, job_id: str) -> dict[str, str]:
         """The job's hash ({} when there is no such job)."""

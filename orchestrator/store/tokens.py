@@ -12,6 +12,7 @@ import hashlib
 import json
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -71,23 +72,58 @@ class TokenStore:
         return True
 
 
+#: A process takes from a token's shared bucket this many seconds' worth of requests at
+#: once (at least one) and serves them without asking Redis again.
+LEASE_SECONDS = 0.1
+#: Tokens whose records a process keeps (all are forgotten past this).
+MAX_CACHED_TOKENS = 10_000
+
+
+@dataclass
+class _Held:
+    record: dict[str, Any]
+    until: float  # monotonic: past this, Redis is asked again (revocation shows)
+    left: int  # requests taken from the shared bucket and not yet served
+
+
 class AsyncTokenCheck:
     """Each request's token check on the gateway's event loop (an asyncio client, so it
-    needs no thread): the ``AUTHENTICATE`` script, one round trip."""
+    needs no thread): the ``AUTHENTICATE`` script, one round trip, which also takes a
+    lease of requests from the token's bucket; the record and the lease are then kept
+    for up to ``cache_seconds``, so most requests of a busy token ask Redis nothing.
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    What that costs: a revoked token still passes on a process that holds it for up to
+    ``cache_seconds``; and the limit is never looser than the shared bucket (every request
+    served was taken from it), only stricter by a lease left unused when it lapses."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, cache_seconds: float = 0.0) -> None:
         self.keys = Keys(prefix)
+        self.cache_seconds = cache_seconds
         self._auth = client.register_script(AUTHENTICATE)
+        self._held: dict[str, _Held] = {}
 
     async def authenticate(
         self, token: str, per_second: float, burst: int
     ) -> tuple[dict[str, Any], int] | None:
         """The record of a live token and the ms to wait before it may make a request
-        (0: one was taken from its bucket now); None for an unknown or revoked token."""
+        (0: one was taken from its bucket); None for an unknown or revoked token."""
         digest = token_digest(token)
+        held = self._held.get(digest)
+        now = time.monotonic()
+        if held is not None and held.left > 0 and now < held.until:
+            held.left -= 1
+            return held.record, 0
+        want = max(1, min(burst, int(per_second * LEASE_SECONDS))) if self.cache_seconds else 1
         keys = [self.keys.token_hashes, self.keys.tokens, self.keys.token_bucket(digest)]
-        now = int(time.time() * 1000)
-        reply = await self._auth(keys=keys, args=[digest, now, per_second, burst])
+        reply = await self._auth(
+            keys=keys, args=[digest, int(time.time() * 1000), per_second, burst, want]
+        )
         if not reply:
+            self._held.pop(digest, None)
             return None
-        return dict(json.loads(reply[0])), int(reply[1])
+        record, wait, taken = dict(json.loads(reply[0])), int(reply[1]), int(reply[2])
+        if self.cache_seconds and taken > 1:
+            if len(self._held) >= MAX_CACHED_TOKENS:
+                self._held.clear()
+            self._held[digest] = _Held(record, now + self.cache_seconds, taken - 1)
+        return record, wait
