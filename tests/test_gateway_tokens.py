@@ -56,9 +56,7 @@ def test_without_a_cache_revocation_is_at_once(store: RedisStore, redis_url: str
     assert first == (record, 0) and second is None
 
 
-def test_leases_never_pass_more_than_the_shared_bucket(
-    store: RedisStore, redis_url: str
-) -> None:
+def test_leases_never_pass_more_than_the_shared_bucket(store: RedisStore, redis_url: str) -> None:
     """Three checkers (three gateway processes) on one token, asking as fast as they can:
     what they let through in all is at most the burst plus the refill since the start."""
     token, _ = TokenStore(store).create("read", None, "limited")
@@ -92,3 +90,23 @@ def test_leases_never_pass_more_than_the_shared_bucket(
     assert ok <= burst + rate * spent + 1
     # ... and not much stricter: leases left unused are at most one per checker.
     assert ok >= burst + rate * 0.5 - 3 * (rate * 0.1) - 20
+
+
+def test_requests_arriving_together_share_one_lease(store: RedisStore, redis_url: str) -> None:
+    """A thousand streams opened at once with one token: they wait for the one request
+    asking Redis and share its lease, rather than each take a lease and empty the bucket."""
+    token, _ = TokenStore(store).create("read", None, "together")
+
+    async def run() -> list[int]:
+        live = LiveStore.from_url(redis_url, store.keys.prefix)
+        check = live.token_check(cache_seconds=1.0)
+        try:
+            found = await asyncio.gather(
+                *(check.authenticate(token, 1000, 1000) for _ in range(300))
+            )
+            return [f[1] for f in found if f is not None]
+        finally:
+            await live.close()
+
+    waits = asyncio.run(run())
+    assert len(waits) == 300 and set(waits) == {0}
