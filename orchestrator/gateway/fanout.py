@@ -35,6 +35,12 @@ log = logging.getLogger("orchestrator.gateway.events")
 
 #: How long one blocking read waits; a feed added meanwhile is read from the next one.
 BLOCK_MS = 100
+#: While updates flow, reads start at most this often (seconds). An XREAD naming a
+#: thousand streams costs Redis milliseconds whatever it returns, and one is answered as
+#: soon as any stream has news: without a pause, updates arriving one after another
+#: would have the reader ask again and again, each time for one. The first update after
+#: a quiet spell is read at once.
+READ_EVERY = 0.01
 #: How often the followed jobs' states are read (a status change, a worker that appears,
 #: a turn's end are seen within this).
 STATE_EVERY = 0.25
@@ -124,6 +130,7 @@ class Hub:
         self._reader: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._closed = False
+        self._last_read = 0.0  # when the last read that brought updates began (monotonic)
 
     async def close(self) -> None:
         # Also a flag: redis-py can swallow a cancellation (a zero timeout met while
@@ -251,9 +258,15 @@ class Hub:
         if not self._watches:
             await asyncio.sleep(BLOCK_MS / 1000)
             return
+        pause = self._last_read + READ_EVERY - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
         # Two jobs of one worker (a turn ending as the next begins) read from the lower.
         read_from = dict(self._watches)
-        for worker, updates in (await self.live.wait(read_from, BLOCK_MS)).items():
+        started = time.monotonic()
+        got = await self.live.wait(read_from, BLOCK_MS)
+        self._last_read = started if got else 0.0
+        for worker, updates in got.items():
             group = self._by_worker.get(worker)
             if not group:
                 continue
