@@ -139,6 +139,7 @@ def run_flower(args: argparse.Namespace) -> int:
     """Exec Flower on our app. Secrets travel in its environment, never in argv."""
     settings = load_settings()
     from orchestrator.celery import celery_config
+    from orchestrator.ops.redis_server import port_taken
 
     celery_config(settings)
     env = dict(os.environ)
@@ -154,6 +155,9 @@ def run_flower(args: argparse.Namespace) -> int:
     env.setdefault("FLOWER_COOKIE_SECRET", secrets.token_urlsafe(32))
     if not 0 < args.port < 65536:
         raise InputError("port", "must be 1-65535")
+    if port_taken(args.port, args.address):
+        # Flower would only say so in a traceback.
+        raise InputError("port", f"{args.address}:{args.port} is in use (give another --port)")
     if args.json:
         output.emit_line({"url": f"http://{args.address}:{args.port}"})
     argv = [
