@@ -237,6 +237,8 @@ class Orchestrator:
                 job.worker_id, position, block_ms=1000 if block else None
             )
             for index, data in batch:
+                if job.done and job.update_to is not None and index >= job.update_to:
+                    return  # a later turn of the worker (a continue) is another job's
                 position = index
                 yield index, data
             if batch:
