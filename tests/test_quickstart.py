@@ -37,7 +37,7 @@ def quiet_env(**extra: str) -> dict[str, str]:
         k: v for k, v in os.environ.items()
         if not k.startswith(("REDIS_", "WORKERS_", "FLOWER_", "KEY_PREFIX", "EMULATOR_"))
     }  # fmt: skip
-    env.update(EMULATOR_TURN_SECONDS="0.3", PYTHONUNBUFFERED="1", **extra)
+    env.update({"EMULATOR_TURN_SECONDS": "0.3", "PYTHONUNBUFFERED": "1", **extra})
     return env
 
 
@@ -125,6 +125,22 @@ def test_a_redis_server_that_dies_at_start_is_one_line(tmp_path: Path) -> None:
             f"configuration error: REDIS_URL: {fake} exited at start (code 127): "
             "cannot load libssl.so.3\n"
         )
+
+
+def test_a_part_that_exits_at_start_is_one_line_naming_it(tmp_path: Path) -> None:
+    workdir = tmp_path / "s"
+    run = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "up", "--workdir", str(workdir), *ONLY_EMULATOR],
+        env=quiet_env(EMULATOR_TURN_SECONDS="-1"), capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith("error: emulator: exited at start: error: emulator:"), run.stderr
+    assert (
+        run.stderr.endswith(f"(log: {workdir / 'emulator.log'})\n")
+        and "Traceback" not in run.stderr
+    )
+    assert run.stdout.splitlines()[-1] == "stopped   every process this stack started"
 
 
 def test_redis_server_start_failures_name_what_failed(tmp_path: Path) -> None:

@@ -111,6 +111,7 @@ def run_up(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     stack = _stack(args)
     stack.fresh_data = True  # each run shows its own jobs and costs
+    stack.shell_file = False  # it stops in a minute: nothing to point another shell at
     _stop_on_signals()
     try:
         stack.start()

@@ -24,7 +24,7 @@ from typing import TextIO
 
 import httpx
 
-from orchestrator.errors import ConfigError, InputError
+from orchestrator.errors import InputError, OrchestratorError
 from orchestrator.ops.processes import GATEWAY_READY, WORKER_READY, Proc, wait_for
 from orchestrator.ops.redis_server import RedisServer, free_port, port_taken
 from orchestrator.settings import Settings
@@ -68,6 +68,7 @@ class Stack:
     with_metrics: bool = True
     json_lines: bool = False
     fresh_data: bool = False  # a data set of its own for this run (the demo's)
+    shell_file: bool = True  # write stack.env for the CLI in another shell
     out: TextIO = sys.stdout
     env: dict[str, str] = field(default_factory=dict)
     components: list[Component] = field(default_factory=list)
@@ -116,7 +117,8 @@ class Stack:
         deadline = time.monotonic() + timeout
         for comp in self.components:
             self._wait_ready(comp, deadline)
-        self._write_shell_env()
+        if self.shell_file:
+            self._write_shell_env()
 
     def _check_ports(self) -> None:
         """A port the user asked for must be free before anything starts."""
@@ -195,7 +197,10 @@ class Stack:
         self.env["GATEWAY_URL"] = url
         args = [sys.executable, "-m", "orchestrator", "serve", "--port", str(port)]
         self._spawn("gateway", args, GATEWAY_READY, url=url, probe=f"{url}/healthz")
-        self._say(f"gateway   {url}/v1  (docs {url}/docs; a token: orchestrator tokens create)")
+        self._say(
+            f"gateway   {url}/v1  (console {url}/, docs {url}/docs; a token: "
+            "orchestrator tokens create)"
+        )
 
     def _start_metrics(self) -> None:
         port = free_port()
@@ -218,8 +223,8 @@ class Stack:
             except RuntimeError:
                 # It exited: its log's last line is the reason (the whole log is kept).
                 lines = comp.proc.launch_text().strip().splitlines() or ["(it printed nothing)"]
-                raise ConfigError(
-                    comp.name, f"exited at start: {lines[-1].strip()} (log: {comp.proc.log})"
+                raise OrchestratorError(
+                    f"{comp.name}: exited at start: {lines[-1].strip()} (log: {comp.proc.log})"
                 ) from None
 
         left = deadline - time.monotonic()
