@@ -271,6 +271,7 @@ CLI = [
     (["worker", "--queues", "nope"], "error: queues:"),
     (["worker", "--concurrency", "0"], "error: concurrency:"),
     (["metrics", "--port", "70000"], "error: port:"),
+    (["emulator", "--api-key", "k", "--turn-seconds", "-1"], "error: turn_seconds:"),
     (["health", "--max-age", "-1"], "error: max_age:"),
     (["reconcile", "--hours", "0"], "error: hours:"),
     (["reconcile", "--grace", "-1"], "error: grace:"),

@@ -135,7 +135,9 @@ def test_a_part_that_exits_at_start_is_one_line_naming_it(tmp_path: Path) -> Non
         cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 1, run.stderr
-    assert run.stderr.startswith("error: emulator: exited at start: error: emulator:"), run.stderr
+    assert run.stderr.startswith("error: emulator: exited at start: error: turn_seconds:"), (
+        run.stderr
+    )
     assert (
         run.stderr.endswith(f"(log: {workdir / 'emulator.log'})\n")
         and "Traceback" not in run.stderr

@@ -8,6 +8,8 @@ import secrets
 import sys
 from typing import Any
 
+from pydantic import ValidationError
+
 from orchestrator.celery import QUEUES, STREAMS_QUEUE
 from orchestrator.cli import output
 from orchestrator.cli.output import json_option
@@ -96,8 +98,11 @@ def run_emulator(args: argparse.Namespace) -> int:
                 seed=args.seed,
             ),
         )
-    except ValueError as exc:
-        raise InputError("emulator", str(exc).splitlines()[0]) from None
+    except ValidationError as exc:
+        # The option at fault, not pydantic's "1 validation error for EmulatorConfig".
+        first = exc.errors()[0]
+        name = str(first["loc"][-1]) if first["loc"] else "emulator"
+        raise InputError(name, str(first["msg"])) from None
     url = f"http://{args.host}:{args.port}/api"
     if args.json:
         output.emit_line({"url": url})
