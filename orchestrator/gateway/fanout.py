@@ -31,7 +31,7 @@ from orchestrator.jobs.model import TERMINAL
 from orchestrator.ledger import total_cost_micro
 from orchestrator.store.live import LiveStore, Update
 
-log = logging.getLogger("orchestrator.gateway.events")
+log = logging.getLogger(__name__)
 
 #: How long one blocking read waits; a feed added meanwhile is read from the next one.
 BLOCK_MS = 100
