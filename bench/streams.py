@@ -317,9 +317,7 @@ def main() -> None:
         ctx = Context(server.url, False, logs, logs)
         try:
             tune = not args.default_gc
-            result = _once(
-                ctx, args.workers, args.turn_seconds, args.events, args.redis_pool, tune
-            )
+            result = _once(ctx, args.workers, args.turn_seconds, args.events, args.redis_pool, tune)
         finally:
             ctx.stop_all()
     print(json.dumps(result, indent=2))
