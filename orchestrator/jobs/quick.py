@@ -49,7 +49,7 @@ def relay_here(rt: Runtime, app: Celery, job: Job) -> str | None:
     it if it ends within ``RELAY_SECONDS``: finalize's outcome. None when the turn went
     to the followers (or, refused by the store, to the end sweep). Never raises."""
     try:
-        ended = _relay(rt, job)
+        ended, read = _relay(rt, job)
     except RelayRefused as exc:
         log.info("stream of %s: %s; not relayed here", job.id, exc)
         if "GAP" in str(exc):
@@ -57,20 +57,21 @@ def relay_here(rt: Runtime, app: Celery, job: Job) -> str | None:
         return None
     except Exception as exc:  # Redis away, say: the followers take over
         log.warning("relay of %s here failed (%s); handing it over", job.id, exc)
-        ended = False
+        ended, read = False, None
     if not ended:
         _hand_over(rt, job)
         return None
     try:
-        return finalize(rt, app, job.id)
+        return finalize(rt, app, job.id, read=read)
     except Exception as exc:  # the followers replay the stream (nothing new) and settle it
         log.info("finalize of %s failed here (%s); handing it over", job.id, exc)
         _hand_over(rt, job)
         return None
 
 
-def _relay(rt: Runtime, job: Job) -> bool:
-    """Read and store the stream for up to RELAY_SECONDS; True if it closed by then.
+def _relay(rt: Runtime, job: Job) -> tuple[bool, Job | None]:
+    """Read and store the stream for up to RELAY_SECONDS; True if it closed by then,
+    and the job as read with the last write (None if there was none).
 
     Updates are written together: when the stream closes or the time is up, or sooner
     when one has waited FLUSH_SECONDS by the time the next arrives. An instant turn's
@@ -90,27 +91,33 @@ def _relay(rt: Runtime, job: Job) -> bool:
                         oldest = time.monotonic()
                     pending.append(json.dumps(update.data))
                     if time.monotonic() - oldest >= FLUSH_SECONDS:
-                        stored = _write(rt, job, stored, pending, mark_running=stored == 0)
+                        stored, _ = _write(rt, job, stored, pending, mark_running=stored == 0)
                         pending = []
         ended = True
     except APIError as exc:  # cut by the time limit, or a failure: the followers resume
         log.debug("stream of %s not read to its end here: %s", job.id, exc)
-    if pending:
-        _write(rt, job, stored, pending, mark_running=stored == 0)
-    return ended
+    if not pending:
+        return ended, None
+    # The job is read back with the last write: finalize needs it as it is now.
+    return ended, _write(rt, job, stored, pending, mark_running=stored == 0, read=True)[1]
 
 
-def _write(rt: Runtime, job: Job, first: int, payloads: list[str], *, mark_running: bool) -> int:
-    """Store updates ``first...`` (and mark the job running first); the stored count."""
+def _write(
+    rt: Runtime, job: Job, first: int, payloads: list[str], *, mark_running: bool,
+    read: bool = False,
+) -> tuple[int, Job | None]:  # fmt: skip
+    """Store updates ``first...`` (and mark the job running first); the stored count,
+    and with ``read`` the job as it is after the write."""
     assert job.worker_id is not None
     batch = rt.store.batch()
     if mark_running:
         rt.store.transition_into(batch, job.id, "running", now_ms())
     at = rt.store.append_updates_into(batch, job.worker_id, first, payloads)
-    reply = batch.execute(raise_on_error=False)[at]
-    if isinstance(reply, Exception):
-        raise RelayRefused(str(reply))
-    return int(reply)
+    read_at = rt.store.job_into(batch, job.id) if read else None
+    replies = batch.execute(raise_on_error=False)
+    if isinstance(replies[at], Exception):
+        raise RelayRefused(str(replies[at]))
+    return int(replies[at]), None if read_at is None else rt.store.job_of(replies[read_at])
 
 
 def _hand_over(rt: Runtime, job: Job) -> None:

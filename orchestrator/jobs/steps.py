@@ -272,15 +272,17 @@ def begin_turn(rt: Runtime, app: Celery, job_id: str, *, hold_ms: int = 0) -> tu
     return submitted, follow_at != 0
 
 
-def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
+def finalize(rt: Runtime, app: Celery, job_id: str, *, read: Job | None = None) -> str:
     """After the stream closed: snapshot, ledger delta, status; then fetch files.
 
     Returns what happened: ``completed``, ``refollow`` (the turn is still running: the
     stream closed early), ``failed`` (an upstream cost or usage figure outside the
     ledger's bounds: nothing posted, the hold and slots given back) or ``noop``.
+    ``read``: the job as just read from the store, after the stream closed (else read
+    here).
     """
     store = rt.store
-    job = store.require_job(job_id)
+    job = read if read is not None else store.require_job(job_id)
     if job.done or job.worker_id is None:
         store.release_follow(job.id)
         if job.status in LOCAL_ENDS:  # ended here: its turn is settled by the sweep

@@ -193,6 +193,18 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore):
         data = self.r.hgetall(self.keys.job(job_id))
         return Job.from_hash(data) if data else None
 
+    def job_into(self, batch: Batch, job_id: str) -> int:
+        """Queue a read of the job (for :meth:`job_of`); the index of its reply."""
+        batch.pipe.hgetall(self.keys.job(job_id))
+        return len(batch.pipe) - 1
+
+    @staticmethod
+    def job_of(reply: Any) -> Job | None:
+        """The job a :meth:`job_into` read found (None: none; an error reply raises)."""
+        if isinstance(reply, Exception):
+            raise reply
+        return Job.from_hash(reply) if reply else None
+
     def require_job(self, job_id: str) -> Job:
         job = self.get_job(_job_id(job_id))
         if job is None:
