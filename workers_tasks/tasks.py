@@ -101,7 +101,8 @@ def continue_(self: Task, job_id: str) -> str:
 def _start(task: Task, job_id: str) -> str:
     rt = get_runtime()
     try:
-        job, held = pipeline.begin_turn(rt, app, job_id, hold_ms=quick.HOLD_MS)
+        hold_ms = quick.HOLD_MS if rt.settings.quick_relay_seconds else 0
+        job, held = pipeline.begin_turn(rt, app, job_id, hold_ms=hold_ms)
         status = job.status
     except InputError as exc:
         log.error("dropping task for %s: %s", job_id, exc)

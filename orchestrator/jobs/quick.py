@@ -1,11 +1,12 @@
 """A turn that ends quickly is relayed and settled by the task that created it.
 
 The create task opens the new worker's stream itself and reads it for at most
-``RELAY_SECONDS``. A turn that ends by then (its stream closes) is written and finalized
-right there, as a hand-written task would: no follower claim, no second stream, no hop
-to another thread. Any other turn is handed to the followers, who resume from the
-stored count (updates are stored once whoever relays them: APPEND_UPDATES dedupes on
-the index). Tasks stay short: the read is bounded, and a failure of any kind hands over.
+``QUICK_RELAY_SECONDS`` (50 ms: instant turns close theirs in a few ms; a longer turn
+costs the task this much, once). A turn that ends by then is written and finalized right
+there, as a hand-written task would: no follower claim, no second stream, no hop to
+another thread. Any other turn is handed to the followers, who resume from the stored
+count (updates are stored once whoever relays them: APPEND_UPDATES dedupes on the
+index). Tasks stay short: the read is bounded, and a failure of any kind hands over.
 
 While the task reads, the job's follow entry is held ``HOLD_MS`` ahead (see
 ``RedisStore.set_submitted``), so no follower takes it; if the task's process dies, the
@@ -30,9 +31,6 @@ from orchestrator.wire.deadline import deadline
 
 log = logging.getLogger(__name__)
 
-#: How long the create task reads a new turn's stream before handing it over. Instant
-#: turns close theirs in a few ms; a longer turn costs the task this much, once.
-RELAY_SECONDS = 0.05
 #: An update read is written once the next one finds it this old (else with the rest).
 FLUSH_SECONDS = 0.005
 #: How long the followers leave a stream to its create task (a lease nobody renews).
@@ -46,7 +44,7 @@ class RelayRefused(Exception):
 
 def relay_here(rt: Runtime, app: Celery, job: Job) -> str | None:
     """Relay the just-submitted turn of ``job`` (a create, held for this task) and settle
-    it if it ends within ``RELAY_SECONDS``: finalize's outcome. None when the turn went
+    it if it ends within ``QUICK_RELAY_SECONDS``: finalize's outcome. None when the turn went
     to the followers (or, refused by the store, to the end sweep). Never raises."""
     try:
         ended, read = _relay(rt, job)
@@ -70,20 +68,20 @@ def relay_here(rt: Runtime, app: Celery, job: Job) -> str | None:
 
 
 def _relay(rt: Runtime, job: Job) -> tuple[bool, Job | None]:
-    """Read and store the stream for up to RELAY_SECONDS; True if it closed by then,
+    """Read and store the stream for up to QUICK_RELAY_SECONDS; True if it closed by then,
     and the job as read with the last write (None if there was none).
 
     Updates are written together: when the stream closes or the time is up, or sooner
     when one has waited FLUSH_SECONDS by the time the next arrives. An instant turn's
     updates arrive together and take one write, the job's move to 'running' with it; a
-    slower turn's first update waits at most RELAY_SECONDS."""
+    slower turn's first update waits at most QUICK_RELAY_SECONDS."""
     assert job.worker_id is not None
     pending: list[str] = []
     stored = 0  # a create's turn is the worker's first: its updates start at 0
     oldest = 0.0
     ended = False
     try:
-        with deadline(RELAY_SECONDS):
+        with deadline(rt.settings.quick_relay_seconds):
             updates = rt.client.stream_updates(job.worker_id, retry=False)
             with contextlib.closing(updates):
                 for update in updates:
