@@ -9,11 +9,15 @@ Debian's headless Chromium. Every process it started is stopped at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from bench.dashboard_load import ROUND as JOBS
 from orchestrator.facade import Orchestrator
 from orchestrator.ops.stack import Stack
 from orchestrator.settings import load_settings
@@ -21,13 +25,6 @@ from orchestrator.store.tokens import TokenStore
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
-JOBS = [
-    ("Summarise this week's support tickets", "standard", {"tenant": "acme", "team": "support"}),
-    ("Draft release notes for 2.4", "high", {"tenant": "acme", "team": "eng"}),
-    ("Find three suppliers for recycled packaging", "low", {"tenant": "globex"}),
-    ("Compare our pricing page with the competition", "standard", {"tenant": "globex"}),
-    ("Translate the onboarding email to German", "low", {"tenant": "initech"}),
-]
 
 
 def _fill(orch: Orchestrator) -> tuple[str, str]:
@@ -46,6 +43,24 @@ def _fill(orch: Orchestrator) -> tuple[str, str]:
     return jobs[1].id, sched.id
 
 
+@contextlib.contextmanager
+def running_stack(workdir: Path, **options: Any) -> Iterator[tuple[Stack, Orchestrator]]:
+    """A stack of its own under ``workdir`` (``options`` go to :class:`Stack`) and the
+    facade pointed at it; every process it started is stopped on the way out."""
+    stack = Stack(load_settings(), workdir, **options)
+    try:
+        stack.start()
+        env = stack.env
+        settings = load_settings(
+            redis_url=env["REDIS_URL"], workers_api_url=env["WORKERS_API_URL"],
+            workers_api_key=env["WORKERS_API_KEY"],
+        )  # fmt: skip
+        with Orchestrator(settings) as orch:
+            yield stack, orch
+    finally:
+        stack.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.console_shots")
     parser.add_argument("--out", type=Path, default=Path("docs/img"), help="where PNGs go")
@@ -53,43 +68,36 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="console-shots-") as tmp:
-        stack = Stack(load_settings(), Path(tmp), with_flower=False, with_metrics=False)
-        try:
-            stack.start()
-            env = stack.env
-            settings = load_settings(
-                redis_url=env["REDIS_URL"], workers_api_url=env["WORKERS_API_URL"],
-                workers_api_key=env["WORKERS_API_KEY"],
-            )  # fmt: skip
-            with Orchestrator(settings) as orch:
-                job_id, schedule_id = _fill(orch)
-                token, _ = TokenStore(orch.store).create("admin", None, "screenshots")
-            url = env["GATEWAY_URL"]
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-                page = browser.new_page(viewport={"width": 1280, "height": 860})
-                page.goto(url + "/")
-                page.fill("#token", token)
-                page.click("#login button[type=submit]")
-                page.wait_for_selector("#jobs tr[data-job]")
-                page.wait_for_function(
-                    "!document.querySelector('#jobs td.cost').textContent.includes('—')"
-                )
-                page.screenshot(path=str(args.out / "console-jobs.png"), full_page=True)
-                page.goto(f"{url}/#/job/{job_id}")
-                page.wait_for_selector("#page-job[data-ended] #turn-cost")
-                time.sleep(0.5)  # the history and files cards fill in the same refresh
-                page.screenshot(path=str(args.out / "console-job.png"), full_page=True)
-                page.goto(f"{url}/#/money")
-                page.wait_for_selector("#page-money[data-loaded] #chart-day rect")
-                page.screenshot(path=str(args.out / "console-money.png"), full_page=True)
-                page.goto(f"{url}/#/schedules/{schedule_id}")
-                page.wait_for_selector("#schedule-runs tr")
-                page.screenshot(path=str(args.out / "console-schedules.png"), full_page=True)
-                browser.close()
-        finally:
-            stack.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="console-shots-") as tmp,
+        running_stack(Path(tmp), with_flower=False, with_metrics=False) as (stack, orch),
+    ):
+        job_id, schedule_id = _fill(orch)
+        token, _ = TokenStore(orch.store).create("admin", None, "screenshots")
+        env = stack.env
+        url = env["GATEWAY_URL"]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.goto(url + "/")
+            page.fill("#token", token)
+            page.click("#login button[type=submit]")
+            page.wait_for_selector("#jobs tr[data-job]")
+            page.wait_for_function(
+                "!document.querySelector('#jobs td.cost').textContent.includes('—')"
+            )
+            page.screenshot(path=str(args.out / "console-jobs.png"), full_page=True)
+            page.goto(f"{url}/#/job/{job_id}")
+            page.wait_for_selector("#page-job[data-ended] #turn-cost")
+            time.sleep(0.5)  # the history and files cards fill in the same refresh
+            page.screenshot(path=str(args.out / "console-job.png"), full_page=True)
+            page.goto(f"{url}/#/money")
+            page.wait_for_selector("#page-money[data-loaded] #chart-day rect")
+            page.screenshot(path=str(args.out / "console-money.png"), full_page=True)
+            page.goto(f"{url}/#/schedules/{schedule_id}")
+            page.wait_for_selector("#schedule-runs tr")
+            page.screenshot(path=str(args.out / "console-schedules.png"), full_page=True)
+            browser.close()
     print(f"screenshots in {args.out}")
     return 0
 

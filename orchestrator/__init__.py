@@ -10,6 +10,7 @@ from orchestrator.errors import (
     OrchestratorError,
     RateLimitError,
     StreamError,
+    UnknownIdError,
 )
 
 __version__ = "0.1.0"
@@ -35,5 +36,6 @@ __all__ = [
     "OrchestratorError",
     "RateLimitError",
     "StreamError",
+    "UnknownIdError",
     "__version__",
 ]

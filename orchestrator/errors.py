@@ -31,6 +31,7 @@ __all__ = [
     "RateLimitError",
     "ResponseTooLargeError",
     "StreamError",
+    "UnknownIdError",
     "UnprocessableEntityError",
 ]
 
@@ -57,6 +58,11 @@ class InputError(OrchestratorError, ValueError):
         self.field = field
         self.message = message
         super().__init__(f"{field}: {message}")
+
+
+class UnknownIdError(InputError):
+    """A well-formed id that names nothing we or the upstream know (the HTTP API
+    answers 404 for it, where other refused input is 400)."""
 
 
 class JobEnded(OrchestratorError):

@@ -114,11 +114,14 @@ class Orchestrator:
     ) -> Job:
         """Add a turn to a worker, named by its id or by a job of ours that made it.
 
-        Refused (InputError ``worker_id``) while the worker's turn of a job cancelled or
+        Refused (InputError ``worker_id``) for a worker neither a job of ours ran nor
+        the API knows, and while the worker's turn of a job cancelled or
         timed out here may still run upstream. The limits are as for :meth:`submit`.
         """
         worker_id = self.worker_id_of(worker_or_job)
         named = worker_or_job if worker_or_job.startswith("job_") else None
+        if named is None:
+            submit.require_worker(self.rt, worker_id, unsure_ok=True)
         lifecycle.refuse_unsettled(self.rt, named, worker_id)
         return self._enqueue(
             "continue",
@@ -234,6 +237,8 @@ class Orchestrator:
                 job.worker_id, position, block_ms=1000 if block else None
             )
             for index, data in batch:
+                if job.done and job.update_to is not None and index >= job.update_to:
+                    return  # a later turn of the worker (a continue) is another job's
                 position = index
                 yield index, data
             if batch:

@@ -108,6 +108,7 @@ API: list[tuple[str, Call, str]] = [
     ("continue traversal", lambda o: o.continue_("../../etc/passwd", "x"), "worker_id"),
     ("continue empty", lambda o: o.continue_("", "x"), "worker_id"),
     ("continue unknown job", lambda o: o.continue_("job_nope", "x"), "job_id"),
+    ("continue unknown worker", lambda o: o.continue_("wrk_nosuchworker", "x"), "worker_id"),
     ("get not an id", lambda o: o.get("nope"), "job_id"),
     ("get int", lambda o: o.get(5), "job_id"),
     ("costs by month", lambda o: o.costs(by="month"), "by"),
@@ -270,6 +271,7 @@ CLI = [
     (["worker", "--queues", "nope"], "error: queues:"),
     (["worker", "--concurrency", "0"], "error: concurrency:"),
     (["metrics", "--port", "70000"], "error: port:"),
+    (["emulator", "--api-key", "k", "--turn-seconds", "-1"], "error: turn_seconds:"),
     (["health", "--max-age", "-1"], "error: max_age:"),
     (["reconcile", "--hours", "0"], "error: hours:"),
     (["reconcile", "--grace", "-1"], "error: grace:"),
@@ -277,6 +279,7 @@ CLI = [
     (["submit", "ok", "--tag", "tenant=acme\n"], "error: tags:"),
     (["submit", "ok", "--idempotency-key", "order-42\n"], "error: idempotency_key:"),
     (["continue", "wrk_1\n", "more"], "error: worker_id:"),
+    (["continue", "wrk_nosuchworker", "more"], "error: worker_id: no worker wrk_nosuchworker"),
     (["limits", "set", "tag:tenant=acme", str(10**30)], "error: limit:"),
     (["limits", "set", "tag:tenant=acme\n", "1"], "error: key:"),
     (["budgets", "set", "global", "--usd", "1e-10"], "error: usd:"),
@@ -319,6 +322,7 @@ def test_cli_refuses_in_one_line(
 SUBPROCESS = [
     (["submit", "bell\x07"], "error: input:"),
     (["continue", "wrk/../../x", "more"], "error: worker_id:"),
+    (["continue", "wrk_nosuchworker", "more"], "error: worker_id: no worker wrk_nosuchworker"),
     (["schedules", "create", "--input", "x", "--cron", "0 25 * * *"], "error: when.cron:"),
 ]
 

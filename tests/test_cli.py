@@ -293,6 +293,24 @@ def _play_turn(env: Env, outputs: list[str]) -> None:
     env.store.transition(job.id, "completed")
 
 
+def test_tail_of_a_job_stops_at_its_turn_when_the_worker_went_on(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = queued_job(env)
+    env.store.set_submitted(job, Worker(id="wrk_went_on", status="running"))
+    env.store.transition(job.id, "running")
+    delta = lambda text: json.dumps({"type": "text-delta", "id": "t", "delta": text})  # noqa: E731
+    env.store.append_updates("wrk_went_on", 0, [delta("its"), delta(" turn")])
+    env.r.hset(env.store.keys.job(job.id), "update_to", 2)
+    env.store.transition(job.id, "completed")
+    env.store.append_updates("wrk_went_on", 2, [delta(" the next turn")])  # a continue's
+    for follow in ("--no-follow", "--timeout=10"):
+        code, out, _ = run(capsys, "tail", job.id, "--raw", follow)
+        assert code == 0 and [line.split("\t")[0] for line in out.splitlines()] == ["0", "1"]
+    code, out, _ = run(capsys, "tail", job.id, "--no-follow")
+    assert "its turn" in out and "next turn" not in out
+
+
 def test_submit_tail_prints_updates_live_then_the_finished_job(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -120,6 +120,23 @@ def test_status_filter_pages_are_bounded_and_go_on(
         gw.proc.stop()
 
 
+def test_continue_of_an_unknown_or_malformed_worker_is_refused_up_front(
+    gateway: Gateway, store: RedisStore
+) -> None:
+    api = gateway.client("submit")
+    waiting = store.broker.waiting("api")
+
+    def go(worker: str) -> httpx.Response:
+        return api.post("/v1/jobs/continue", json={"worker": worker, "input": "more"})
+
+    unknown = error_of(go("wrk_nosuchworker"), 404)
+    assert unknown["field"] == "worker_id" and "no worker wrk_nosuchworker" in unknown["message"]
+    assert error_of(go("wrk/../../x"), 400)["field"] == "worker_id"
+    assert error_of(go("wrk_1\n"), 400)["field"] == "worker_id"
+    assert error_of(go("job_unknown"), 404)["field"] == "worker"
+    assert store.broker.waiting("api") == waiting and store.recent_jobs() == []
+
+
 def test_error_shapes(gateway: Gateway) -> None:
     url = gateway.url
     assert error_of(httpx.get(f"{url}/v1/jobs"), 401)["field"] == "authorization"

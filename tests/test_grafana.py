@@ -104,3 +104,20 @@ def test_the_dashboard_is_importable(dashboard: dict[str, Any]) -> None:
             grid = panel["gridPos"]
             assert grid["x"] + grid["w"] <= 24 and grid["h"] > 0
     assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
+
+
+def test_grafana_intervals_are_worked_out_as_grafana_does() -> None:
+    from bench import grafana
+
+    # 10 minutes over 960 px with a 1 s scrape: the interval is the scrape interval.
+    w = grafana.window(1000.0, 1600.0, 960, 1.0)
+    assert (w.step, w.rate_interval, w.range_s) == (1.0, 4.0, 600)
+    # 6 hours over 1000 px with a 15 s scrape: 21.6 s rounds to 20 s; rate = 4 scrapes.
+    w = grafana.window(0.0, 21_600.0, 1000, 15.0)
+    assert (w.step, w.rate_interval) == (20.0, 60.0)
+    expr = "rate(x[$__rate_interval]) + increase(y[${__range}]) * $__interval_ms"
+    assert grafana.substitute(expr, w.variables()) == "rate(x[1m]) + increase(y[21600s]) * 20000"
+    with pytest.raises(KeyError, match="tenant"):
+        grafana.substitute("x{tag=~\"$tenant\"}", w.variables())
+    assert grafana.legend("{{budget}} spent", {"budget": "low"}) == "low spent"
+    assert grafana.legend("", {"__name__": "up", "job": "o"}) == 'up{job="o"}'

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.celery import celery_config
+from orchestrator.errors import UnknownIdError
 from orchestrator.facade import Orchestrator
 from orchestrator.ledger import FIELDS
 from orchestrator.settings import load_settings
+from orchestrator.wire.models import Worker
 
 from .conftest import Emulator
 from .processes import Proc, celery_worker, wait_for
@@ -158,7 +160,12 @@ def test_permanent_errors_fail_at_once(
     assert emulator.ledger()["workers_created"] == 0
     worker = celery_worker(env, tmp_path / "good.log").start()
     try:
-        missing = orch.continue_("wrk_does_not_exist", "hello")
+        # Unknown here and upstream: refused before anything is enqueued.
+        with pytest.raises(UnknownIdError):
+            orch.continue_("wrk_does_not_exist", "hello")
+        # Known here (a job of ours ran it) but gone upstream: the task's 404 fails it.
+        orch.store.save_snapshot(Worker(id="wrk_gone_upstream", status="completed"))
+        missing = orch.continue_("wrk_gone_upstream", "hello")
         done = orch.wait(missing.id, timeout=30)
         assert done.status == "failed" and "404" in (done.error or ""), done.error
         assert done.attempts == 1

@@ -8,6 +8,8 @@ import secrets
 import sys
 from typing import Any
 
+from pydantic import ValidationError
+
 from orchestrator.celery import QUEUES, STREAMS_QUEUE
 from orchestrator.cli import output
 from orchestrator.cli.output import json_option
@@ -96,8 +98,11 @@ def run_emulator(args: argparse.Namespace) -> int:
                 seed=args.seed,
             ),
         )
-    except ValueError as exc:
-        raise InputError("emulator", str(exc).splitlines()[0]) from None
+    except ValidationError as exc:
+        # The option at fault, not pydantic's "1 validation error for EmulatorConfig".
+        first = exc.errors()[0]
+        name = str(first["loc"][-1]) if first["loc"] else "emulator"
+        raise InputError(name, str(first["msg"])) from None
     url = f"http://{args.host}:{args.port}/api"
     if args.json:
         output.emit_line({"url": url})
@@ -139,6 +144,7 @@ def run_flower(args: argparse.Namespace) -> int:
     """Exec Flower on our app. Secrets travel in its environment, never in argv."""
     settings = load_settings()
     from orchestrator.celery import celery_config
+    from orchestrator.ops.redis_server import port_taken
 
     celery_config(settings)
     env = dict(os.environ)
@@ -154,6 +160,9 @@ def run_flower(args: argparse.Namespace) -> int:
     env.setdefault("FLOWER_COOKIE_SECRET", secrets.token_urlsafe(32))
     if not 0 < args.port < 65536:
         raise InputError("port", "must be 1-65535")
+    if port_taken(args.port, args.address):
+        # Flower would only say so in a traceback.
+        raise InputError("port", f"{args.address}:{args.port} is in use (give another --port)")
     if args.json:
         output.emit_line({"url": f"http://{args.address}:{args.port}"})
     argv = [

@@ -37,8 +37,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--no-metrics", action="store_true", help="do not start the Prometheus exporter"
     )
     parser.add_argument(
-        "--flower-port", type=int, default=5555, help="Flower's TCP port (default 5555)"
-    )
+        "--flower-port", type=int, default=None,
+        help="Flower's TCP port (default 5555, or a free one when 5555 is taken)",
+    )  # fmt: skip
     parser.add_argument("--no-gateway", action="store_true", help="do not start the HTTP API")
     parser.add_argument(
         "--gateway-port", type=int, default=0, help="the HTTP API's TCP port (default: a free one)"
@@ -64,6 +65,14 @@ def _on_term(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the stack, even when this process was started with
+    SIGINT ignored (a non-interactive shell's ``cmd &`` does that, and Python then
+    installs no handler of its own)."""
+    signal.signal(signal.SIGINT, _on_term)
+    signal.signal(signal.SIGTERM, _on_term)
+
+
 class _Say:
     """The stack's voice: ``part      message`` lines, or JSON objects with ``--json``."""
 
@@ -80,7 +89,7 @@ class _Say:
 def run_up(args: argparse.Namespace) -> int:
     stack = _stack(args)
     say = _Say(args.json)
-    signal.signal(signal.SIGTERM, _on_term)
+    _stop_on_signals()
     try:
         stack.start()
         say("up", "every part is ready; Ctrl-C stops them all")
@@ -96,12 +105,14 @@ def run_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        stack.stop()
+        _stop(stack)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     stack = _stack(args)
-    signal.signal(signal.SIGTERM, _on_term)
+    stack.fresh_data = True  # each run shows its own jobs and costs
+    stack.shell_file = False  # it stops in a minute: nothing to point another shell at
+    _stop_on_signals()
     try:
         stack.start()
         demo(stack, jobs=args.jobs, say=_Say(args.json))
@@ -109,7 +120,15 @@ def run_demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        stack.stop()
+        _stop(stack)
+
+
+def _stop(stack: Stack) -> None:
+    # A second Ctrl-C must not cut the stop short and leave children behind; the stop
+    # is bounded (SIGKILL after a grace period).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stack.stop()
 
 
 def demo(stack: Stack, *, jobs: int, say: _Say | None = None) -> None:
@@ -123,6 +142,7 @@ def demo(stack: Stack, *, jobs: int, say: _Say | None = None) -> None:
         redis_url=stack.env["REDIS_URL"],
         workers_api_url=stack.env["WORKERS_API_URL"],
         workers_api_key=stack.env["WORKERS_API_KEY"],
+        key_prefix=stack.env.get("KEY_PREFIX") or stack.settings.key_prefix,
     )
     with Orchestrator(settings) as orch:
         submitted = [

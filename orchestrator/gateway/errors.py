@@ -23,6 +23,7 @@ from orchestrator.errors import (
     APIStatusError,
     InputError,
     NotFoundError,
+    UnknownIdError,
 )
 from orchestrator.gateway.links import redact
 from orchestrator.store.connection import StoreError
@@ -105,7 +106,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(InputError)
     async def _input(_: Request, exc: InputError) -> JSONResponse:
-        return error_response(400, exc.message, exc.field)
+        return error_response(
+            404 if isinstance(exc, UnknownIdError) else 400, exc.message, exc.field
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 
-from orchestrator.errors import InputError
+from orchestrator.errors import APIError, InputError, NotFoundError, UnknownIdError
 from orchestrator.jobs.model import LIMITS, Job, Submission, validate_submission
 from orchestrator.jobs.steps import dispatch
 from orchestrator.runtime import Runtime
@@ -41,6 +41,22 @@ def enqueue(app: Celery, rt: Runtime, sub: Submission) -> Job:
 def submit(app: Celery, rt: Runtime, **fields: Any) -> Job:
     """:func:`check`, then :func:`enqueue`."""
     return enqueue(app, rt, check(rt.settings, **fields))
+
+
+def require_worker(rt: Runtime, worker_id: str, *, unsure_ok: bool = False) -> None:
+    """InputError ``worker_id`` unless a job of ours ran the worker (we hold its
+    snapshot) or the API knows it: a turn for a worker that does not exist is refused
+    here, not enqueued to fail later. With ``unsure_ok`` an API that cannot answer now
+    lets it through (the task's retries will ask again)."""
+    if rt.store.snapshot(worker_id) is not None:
+        return
+    try:
+        rt.client.retrieve(worker_id)
+    except NotFoundError:
+        raise UnknownIdError("worker_id", f"no worker {worker_id}") from None
+    except APIError:
+        if not unsure_ok:
+            raise
 
 
 def worker_id_of(store: RedisStore, worker_or_job: str) -> str:

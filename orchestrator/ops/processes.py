@@ -74,6 +74,9 @@ class Proc:
     ) -> None:
         self.args, self.env, self.log, self.ready_line, self.cwd = args, env, log, ready_line, cwd
         self.process: subprocess.Popen[bytes] | None = None
+        # Where this launch's output starts: a log kept from an earlier run already
+        # holds a ready line, which must not pass for this run's.
+        self._since = 0
 
     @property
     def name(self) -> str:
@@ -87,6 +90,7 @@ class Proc:
     def launch(self) -> Proc:
         """Start the process without waiting for it to be ready."""
         with open(self.log, "ab") as out:
+            self._since = out.tell()
             self.process = subprocess.Popen(
                 self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd,
                 start_new_session=True,
@@ -106,12 +110,21 @@ class Proc:
         """Whether the ready line is in the log; RuntimeError if the process has exited
         (it will never be ready), with the end of its log."""
         if not self.alive():
-            tail = "\n".join(self.text().splitlines()[-LOG_TAIL_LINES:])
+            tail = "\n".join(self.launch_text().splitlines()[-LOG_TAIL_LINES:])
             raise RuntimeError(f"{self.name} exited at start; its log ends:\n{tail}")
-        return self.ready_line in self.text()
+        return self.ready_line in self.launch_text()
 
     def text(self) -> str:
+        """The whole log, earlier launches' output included."""
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def launch_text(self) -> str:
+        """What the last launch wrote to the log."""
+        if not self.log.exists():
+            return ""
+        with open(self.log, "rb") as log:
+            log.seek(self._since)
+            return log.read().decode(errors="replace")
 
     def terminate(self) -> None:
         """SIGTERM the process group (a clean shutdown); see :meth:`wait_stopped`."""

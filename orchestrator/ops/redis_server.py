@@ -10,6 +10,8 @@ or a lost queue, and with the settings that keep records compact
 
 from __future__ import annotations
 
+import functools
+import re
 import shutil
 import socket
 import subprocess
@@ -21,7 +23,7 @@ from types import TracebackType
 from orchestrator.errors import ConfigError
 from orchestrator.store.retention import COMPACT_SERVER_CONFIG
 
-__all__ = ["RedisServer", "find_redis_server", "free_port"]
+__all__ = ["RedisServer", "find_redis_server", "free_port", "port_taken"]
 
 
 def free_port() -> int:
@@ -29,6 +31,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on ``host:port`` now (a bind would fail)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def find_redis_server() -> str:
@@ -50,6 +62,27 @@ def find_redis_server() -> str:
     return str(binary)
 
 
+LOG_NAME = "redis.log"
+OUT_NAME = "redis-server.out"
+
+
+class _PortTaken(Exception):
+    pass
+
+
+@functools.lru_cache(maxsize=8)
+def server_version(binary: str) -> tuple[int, ...] | None:
+    """The version of a ``redis-server`` binary, from ``--version`` (None if unknown)."""
+    try:
+        said = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"v=(\d+)\.(\d+)\.(\d+)", said)
+    return tuple(int(part) for part in found.groups()) if found else None
+
+
 class RedisServer:
     """A redis-server child process on 127.0.0.1; a context manager.
 
@@ -68,6 +101,8 @@ class RedisServer:
         binary: str | None = None,
     ) -> None:
         self.port = port or free_port()
+        self._port_ours = port is None  # a port we picked may be taken before the bind
+        self._log_since = 0
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="orch-redis-"))
         self.appendonly = appendonly
@@ -92,21 +127,45 @@ class RedisServer:
             "--maxmemory-policy", "noeviction",
             *[part for item in COMPACT_SERVER_CONFIG.items() for part in (f"--{item[0]}", item[1])],
             "--daemonize", "no",
-            "--logfile", str(self.data_dir / "redis.log"),
+            "--logfile", str(self.data_dir / LOG_NAME),
             *self.extra_args,
         ]  # fmt: skip
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start the server and wait (bounded) until it accepts connections."""
+        """Start the server and wait (bounded) until it accepts connections;
+        :class:`ConfigError` naming the binary and quoting what it said if it exits."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        self._check_data_format()
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except _PortTaken:
+                # Someone bound the free port we picked before the server did.
+                if not self._port_ours or attempt == 2:
+                    raise ConfigError("REDIS_URL", self._exited_message()) from None
+                self.port = free_port()
+        raise AssertionError("not reached")
+
+    def _start(self, timeout: float) -> RedisServer:
+        # Before the server opens its log file (a bad setting, an unusable binary) it
+        # writes to stdout/stderr only: kept in a file, quoted if it exits.
+        log = self.data_dir / LOG_NAME
+        self._log_since = log.stat().st_size if log.exists() else 0
+        with open(self.data_dir / OUT_NAME, "wb") as out:
+            try:
+                self.process = subprocess.Popen(
+                    self.command(), stdout=out, stderr=subprocess.STDOUT
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    "REDIS_URL", f"cannot run {self.binary}: {exc.strerror}"
+                ) from None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                log = (self.data_dir / "redis.log").read_text(errors="replace")[-500:]
-                raise ConfigError("REDIS_URL", f"redis-server exited at start: {log}")
+                if "Address already in use" in self._said():
+                    raise _PortTaken
+                raise ConfigError("REDIS_URL", self._exited_message())
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
@@ -118,7 +177,40 @@ class RedisServer:
                 pass
             time.sleep(0.02)
         self.stop()
-        raise ConfigError("REDIS_URL", f"redis-server did not start within {timeout}s")
+        raise ConfigError("REDIS_URL", f"{self.binary} did not start within {timeout}s")
+
+    def _said(self) -> str:
+        """The last lines the server wrote (its log, and its stdout/stderr)."""
+        lines: list[str] = []
+        for name, since in ((OUT_NAME, 0), (LOG_NAME, self._log_since)):
+            path = self.data_dir / name
+            if path.exists():
+                with open(path, "rb") as said:
+                    said.seek(since)
+                    lines += said.read().decode(errors="replace").splitlines()
+        lines = [line.strip() for line in lines if line.strip()]
+        return " | ".join(lines[-3:])
+
+    def _exited_message(self) -> str:
+        code = self.process.returncode if self.process is not None else None
+        said = self._said()
+        return f"{self.binary} exited at start (code {code}): " + (said or "it printed nothing")
+
+    def _check_data_format(self) -> None:
+        """Redis 7 keeps its AOF in ``appendonlydir``, which Redis 6 does not read: it
+        would start empty and write a second data set beside the first. (Redis 7 reads
+        and upgrades Redis 6's ``appendonly.aof``.)"""
+        if not (self.data_dir / "appendonlydir").is_dir():
+            return
+        version = server_version(self.binary)
+        if version and version < (7,):
+            shown = ".".join(map(str, version))
+            raise ConfigError(
+                "REDIS_URL",
+                f"{self.data_dir} holds the data of Redis 7 or later, which {self.binary} "
+                f"(Redis {shown}) cannot read: install redis-server 7 or later, or move "
+                "that directory away to start empty",
+            )
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server (SIGKILL with ``kill``, to simulate a crash)."""

@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,19 +24,36 @@ from typing import TextIO
 
 import httpx
 
+from orchestrator.errors import InputError, OrchestratorError
 from orchestrator.ops.processes import GATEWAY_READY, WORKER_READY, Proc, wait_for
-from orchestrator.ops.redis_server import RedisServer, free_port
+from orchestrator.ops.redis_server import RedisServer, free_port, port_taken
 from orchestrator.settings import Settings
+
+FLOWER_PORT = 5555  # Flower's usual port, taken when free
 
 
 @dataclass
 class Component:
-    """One part of the stack: its child process (log ``<workdir>/<name>.log``)."""
+    """One part of the stack: its child process (log ``<workdir>/<name>.log``), and the
+    URL that must answer 2xx (with ``headers``) for it to count as up: at start, and in
+    every health report unless ``watch`` is off."""
 
     name: str
     proc: Proc
     url: str = ""
     ready: bool = False
+    probe: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    watch: bool = True
+
+    def answers(self) -> bool:
+        if not self.probe:
+            return True
+        try:
+            httpx.get(self.probe, headers=self.headers, timeout=2).raise_for_status()
+        except httpx.HTTPError:
+            return False
+        return True
 
 
 @dataclass
@@ -46,11 +64,13 @@ class Stack:
     workdir: Path
     with_beat: bool = True
     with_flower: bool = True
-    flower_port: int = 5555
+    flower_port: int | None = None  # None: 5555, or a free port when that is taken
     with_gateway: bool = True
     gateway_port: int = 0  # 0: a free port
     with_metrics: bool = True
     json_lines: bool = False
+    fresh_data: bool = False  # a data set of its own for this run (the demo's)
+    shell_file: bool = True  # write stack.env for the CLI in another shell
     out: TextIO = sys.stdout
     env: dict[str, str] = field(default_factory=dict)
     components: list[Component] = field(default_factory=list)
@@ -58,7 +78,9 @@ class Stack:
     emulator_key: str | None = None
 
     def start(self, timeout: float = 90.0) -> None:
-        """Start every part and wait (bounded) until each says it is ready."""
+        """Start every part and wait (bounded) until each says it is ready and answers
+        what :meth:`health` asks it."""
+        self._check_ports()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.env = {k: v for k, v in os.environ.items()}
         self.env["PYTHONUNBUFFERED"] = "1"
@@ -67,11 +89,16 @@ class Stack:
         self.env.setdefault("ARCHIVE_DIR", str(self.workdir / "archive"))
         redis_url = self.settings.redis_url
         if redis_url is None:
-            self.redis = RedisServer(data_dir=self.workdir / "redis").start()
+            self.redis = RedisServer(data_dir=self._redis_dir()).start()
             redis_url = self.redis.url
             self._say(f"redis     embedded redis-server at {redis_url} (AOF on, noeviction)")
         else:
             self._say(f"redis     {_redact(redis_url)} (from REDIS_URL)")
+            if self.fresh_data:
+                # Someone's Redis: never emptied, a key namespace of this run's instead.
+                prefix = f"{self.settings.key_prefix}-demo-{secrets.token_hex(4)}"
+                self.env["KEY_PREFIX"] = prefix
+                self._say(f"redis     this run's keys start with {prefix}:")
         self.env["REDIS_URL"] = redis_url
         if self.settings.broker_url:
             self._say(f"broker    {_redact(self.settings.broker_url)} (from BROKER_URL)")
@@ -92,7 +119,26 @@ class Stack:
         deadline = time.monotonic() + timeout
         for comp in self.components:
             self._wait_ready(comp, deadline)
-        self._write_shell_env()
+        if self.shell_file:
+            self._write_shell_env()
+
+    def _check_ports(self) -> None:
+        """A port the user asked for must be free before anything starts."""
+        asked = {"flower_port": self.flower_port if self.with_flower else None,
+                 "gateway_port": self.gateway_port if self.with_gateway else None}  # fmt: skip
+        for name, port in asked.items():
+            if port and port_taken(port):
+                raise InputError(name, f"127.0.0.1:{port} is in use (give another port)")
+
+    def _redis_dir(self) -> Path:
+        """The embedded server's data, whichever binary runs it (one that cannot read
+        it refuses to start; see :class:`RedisServer`). A fresh run gets a directory
+        of its own, emptied first, and leaves ``up``'s data alone."""
+        if not self.fresh_data:
+            return self.workdir / "redis"
+        path = self.workdir / "redis-demo"
+        shutil.rmtree(path, ignore_errors=True)
+        return path
 
     @property
     def shell_env(self) -> Path:
@@ -125,15 +171,21 @@ class Stack:
             f"api       no WORKERS_API_URL/WORKERS_API_KEY configured: the local emulator "
             f"stands in for the hosted API at {url}"
         )
-        self._spawn("emulator", args, "Uvicorn running", url=url)
+        self._spawn(
+            "emulator", args, "Uvicorn running", url=url, probe=f"{url}/_emulator/config",
+            headers={"Authorization": f"Bearer {self.emulator_key}"},
+        )  # fmt: skip
 
     def _start_flower(self) -> None:
         user = os.environ.get("FLOWER_USER") or "admin"
         password = os.environ.get("FLOWER_PASSWORD") or secrets.token_urlsafe(12)
         self.env.update(FLOWER_USER=user, FLOWER_PASSWORD=password)
-        args = [sys.executable, "-m", "orchestrator", "flower", "--port", str(self.flower_port)]
-        url = f"http://127.0.0.1:{self.flower_port}"
-        self._spawn("flower", args, "Visit me at", url=url)
+        port = self.flower_port
+        if port is None:
+            port = FLOWER_PORT if not port_taken(FLOWER_PORT) else free_port()
+        args = [sys.executable, "-m", "orchestrator", "flower", "--port", str(port)]
+        url = f"http://127.0.0.1:{port}"
+        self._spawn("flower", args, "Visit me at", url=url, probe=f"{url}/healthcheck")
         shown = password if "FLOWER_PASSWORD" not in os.environ else "(from FLOWER_PASSWORD)"
         self._say(f"flower    {url}  user {user}  password {shown}")
 
@@ -146,22 +198,41 @@ class Stack:
         url = f"http://127.0.0.1:{port}"
         self.env["GATEWAY_URL"] = url
         args = [sys.executable, "-m", "orchestrator", "serve", "--port", str(port)]
-        self._spawn("gateway", args, GATEWAY_READY, url=url)
-        self._say(f"gateway   {url}/v1  (docs {url}/docs; a token: orchestrator tokens create)")
+        self._spawn("gateway", args, GATEWAY_READY, url=url, probe=f"{url}/healthz")
+        self._say(
+            f"gateway   {url}/v1  (console {url}/, docs {url}/docs; a token: "
+            "orchestrator tokens create)"
+        )
 
     def _start_metrics(self) -> None:
         port = free_port()
         args = [sys.executable, "-m", "orchestrator", "metrics", "--port", str(port)]
-        self._spawn("metrics", args, "metrics on http", url=f"http://127.0.0.1:{port}/metrics")
+        url = f"http://127.0.0.1:{port}/metrics"
+        # A scrape reads the whole store: asked once at start, not every health report.
+        self._spawn("metrics", args, "metrics on http", url=url, probe=url)
+        self.components[-1].watch = False
 
-    def _spawn(self, name: str, args: list[str], ready_line: str, url: str = "") -> None:
+    def _spawn(
+        self, name: str, args: list[str], ready_line: str, url: str = "", probe: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         """Launch a part; every part starts before any is waited for (see :meth:`start`)."""
         proc = Proc(args, self.env, self.workdir / f"{name}.log", ready_line).launch()
-        self.components.append(Component(name, proc, url))
+        self.components.append(Component(name, proc, url, probe=probe, headers=headers or {}))
 
     def _wait_ready(self, comp: Component, deadline: float) -> None:
+        def up() -> bool:
+            try:
+                return comp.proc.is_ready() and comp.answers()
+            except RuntimeError:
+                # It exited: its log's last line is the reason (the whole log is kept).
+                lines = comp.proc.launch_text().strip().splitlines() or ["(it printed nothing)"]
+                raise OrchestratorError(
+                    f"{comp.name}: exited at start: {lines[-1].strip()} (log: {comp.proc.log})"
+                ) from None
+
         left = deadline - time.monotonic()
-        wait_for(comp.proc.is_ready, left, f"{comp.name} to be ready (log: {comp.proc.log})", 0.1)
+        wait_for(up, left, f"{comp.name} to be ready (log: {comp.proc.log})", 0.1)
         comp.ready = True
         self._say(f"{comp.name:<9} ready{'  ' + comp.url if comp.url else ''}")
 
@@ -172,23 +243,11 @@ class Stack:
             alive = self.redis.process is not None and self.redis.process.poll() is None
             report["redis"] = "ok" if alive else "down"
         for comp in self.components:
-            report[comp.name] = "ok" if comp.proc.alive() else f"exited ({comp.proc.log})"
-        if self.emulator_key:
-            emu = next(c for c in self.components if c.name == "emulator")
-            try:
-                httpx.get(
-                    f"{emu.url}/_emulator/ledger",
-                    headers={"Authorization": f"Bearer {self.emulator_key}"},
-                    timeout=2,
-                ).raise_for_status()
-            except httpx.HTTPError:
-                report["emulator"] = "not answering"
-        gateway = next((c for c in self.components if c.name == "gateway"), None)
-        if gateway is not None and report.get("gateway") == "ok":
-            try:
-                httpx.get(f"{gateway.url}/healthz", timeout=2).raise_for_status()
-            except httpx.HTTPError:
-                report["gateway"] = "not answering"
+            if not comp.proc.alive():
+                report[comp.name] = f"exited ({comp.proc.log})"
+            else:
+                answers = not comp.watch or comp.answers()
+                report[comp.name] = "ok" if answers else "not answering"
         return report
 
     def stop(self) -> None:

@@ -22,7 +22,7 @@ from celery import Celery
 from pydantic import BaseModel
 
 from orchestrator.errors import InputError, NotFoundError
-from orchestrator.jobs.submit import check, worker_id_of
+from orchestrator.jobs.submit import check, require_worker, worker_id_of
 from orchestrator.ledger import parse_row, total_cost_micro
 from orchestrator.runtime import Runtime
 from orchestrator.schedules.run import send_run
@@ -289,12 +289,7 @@ class ScheduleAPI:
 
     def _require_worker(self, worker_id: str) -> None:
         """InputError ``worker_id`` unless we know the worker or the API does."""
-        if self.store.worker_known(worker_id):
-            return
-        try:
-            self.rt.client.retrieve(worker_id)
-        except NotFoundError:
-            raise InputError("worker_id", f"no worker {worker_id}") from None
+        require_worker(self.rt, worker_id)
 
     def _summary(self, s: Schedule) -> dict[str, Any]:
         t = s.timing

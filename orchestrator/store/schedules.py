@@ -207,10 +207,6 @@ class ScheduleStore:
         found = self._r.hget(self._keys.schedules_upstream, upstream_id)
         return str(found) if found else None
 
-    def worker_known(self, worker_id: str) -> bool:
-        """Whether a job of ours has run the worker (we hold its snapshot)."""
-        return bool(self._r.exists(self._keys.worker(worker_id)))
-
     def set_worker(self, schedule_id: str, worker_id: str) -> None:
         """Record the worker a worker-less schedule's first run created."""
         key = self._keys.schedule(schedule_id)
