@@ -2,10 +2,13 @@
 cost of submitting over HTTP.
 
 - fan-in: many SSE clients on one job; fan-out: many jobs with one client each. Updates
-  are written to the store as the follower writes them (``append_updates``), each
-  carrying its write time; lag = when a client's SSE event arrived minus that time.
-  Baseline, same run: a bare reader doing blocking ``XREAD`` on the same streams straight
-  from Redis (what a client of Redis itself would see).
+  are written straight to the update streams (``XADD``, ids as the follower's), each
+  carrying its write time; lag = when a client parsed its SSE event minus that time.
+  The clients run in ``CLIENT_PROCESSES`` processes of their own (each its own event
+  loop), so the figure measures delivery by the gateway rather than one client process
+  parsing every event on a core it shares with the gateway. Baseline, same run, in a
+  process of its own: a bare reader doing blocking ``XREAD`` on the same streams
+  straight from Redis (what a client of Redis itself would see).
 - the gateway's RSS (one uvicorn process) with every client connected;
 - submit: ``POST /v1/jobs`` over HTTP (keep-alive client, one at a time) against
   ``Orchestrator.submit()`` called in this process, same Redis, same run.
@@ -14,13 +17,18 @@ cost of submitting over HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import sys
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
+import redis
 
 from orchestrator.facade import Orchestrator
 from orchestrator.jobs.model import Submission
@@ -34,6 +42,9 @@ from .harness import Context, Result, cpu_seconds, percentile, rss_mb, wait_for
 
 PREFIX = "bgw"
 ROUNDS_EVERY = 0.2  # seconds between rounds of updates
+#: Processes the SSE clients are spread over, each with its own event loop, so that
+#: parsing 5,000 events a second is not done on one core shared with the gateway.
+CLIENT_PROCESSES = 4
 
 
 def _jobs(store: RedisStore, count: int) -> list[tuple[str, str]]:
@@ -50,10 +61,10 @@ def _jobs(store: RedisStore, count: int) -> list[tuple[str, str]]:
 
 async def _client(
     host: str, port: int, path: str, token: str, want: int, lags: list[float],
-    connected: asyncio.Event, counter: list[int], total: int,
+    connected: Callable[[], None],
 ) -> None:  # fmt: skip
     """One SSE client on a bare asyncio connection (HTTP/1.1 by hand, chunked body):
-    light enough that a thousand in one process measure the gateway, not the client."""
+    light, so that the client processes measure the gateway, not themselves."""
     reader, writer = await asyncio.open_connection(host, port)
     request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
                "Accept: text/event-stream\r\n\r\n")  # fmt: skip
@@ -65,9 +76,7 @@ async def _client(
             if not line:
                 raise RuntimeError("the gateway closed a stream early")
             if line.startswith(b"retry:"):
-                counter[0] += 1
-                if counter[0] == total:
-                    connected.set()
+                connected()
             elif line.startswith(b"data:"):
                 payload = json.loads(line[5:])
                 if "t" not in payload:
@@ -78,66 +87,133 @@ async def _client(
         writer.close()
 
 
-async def _bare(redis_url: str, workers: list[str], want: int, lags: list[float]) -> None:
-    """Blocking XREAD straight from Redis over every stream (the baseline reader)."""
-    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+async def _clients(host: str, port: int, token: str, paths: list[str], want: int,
+                   conn: Connection) -> list[float]:  # fmt: skip
+    """Every client of one client process; tells ``conn`` once all are connected."""
+    lags: list[float] = []
+    count = [0]
+
+    def connected() -> None:
+        count[0] += 1
+        if count[0] == len(paths):
+            conn.send(("connected", None))
+
+    await asyncio.gather(
+        *(_client(host, port, path, token, want, lags, connected) for path in paths)
+    )
+    return lags
+
+
+def _client_process(host: str, port: int, token: str, paths: list[str], want: int,
+                    conn: Connection) -> None:  # fmt: skip
+    """A process of SSE clients with its own event loop: (``connected``, then ``lags``
+    or ``error``) on ``conn``."""
+    _fast_loop()
+    try:
+        conn.send(("lags", asyncio.run(_clients(host, port, token, paths, want, conn))))
+    except BaseException as e:  # reported to the bench process, which raises it
+        conn.send(("error", repr(e)))
+
+
+def _bare_process(redis_url: str, workers: list[str], want: int, conn: Connection) -> None:
+    """The baseline in a process of its own: blocking XREAD straight from Redis over every
+    stream; (``connected``, then ``lags`` or ``error``) on ``conn``."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = Keys(PREFIX)
     positions = {keys.updates(w): "0-0" for w in workers}
-    seen = 0
+    lags: list[float] = []
     try:
-        while seen < want * len(workers):
+        r.ping()
+        conn.send(("connected", None))
+        while len(lags) < want * len(workers):
             for chunk_start in range(0, len(workers), 500):
                 chunk = dict(list(positions.items())[chunk_start : chunk_start + 500])
-                reply = await r.xread(chunk, block=50, count=1000)
+                reply = r.xread(chunk, block=50, count=1000)
                 now = time.time()
                 for stream, entries in reply or []:
                     for eid, fields in entries:
                         lags.append(now - json.loads(fields["data"])["t"])
                         positions[stream] = eid
-                        seen += 1
+        conn.send(("lags", lags))
+    except BaseException as e:
+        conn.send(("error", repr(e)))
     finally:
-        await r.aclose()
+        r.close()
 
 
-async def _deliver(
+def _fast_loop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _await(conns: list[Connection], what: str, timeout: float) -> list[Any]:
+    """Each connection's next message, which must be ``what``; bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    out = []
+    for conn in conns:
+        try:
+            if not conn.poll(max(0.0, deadline - time.monotonic())):
+                raise RuntimeError(f"no {what} from a client process within {timeout} s")
+            kind, value = conn.recv()
+        except EOFError:
+            raise RuntimeError(f"a client process ended before {what}") from None
+        if kind != what:
+            raise RuntimeError(f"a client process: {kind} {value}")
+        out.append(value)
+    return out
+
+
+def _deliver(
     ctx: Context, gateway: str, token: str, jobs: list[tuple[str, str]], per_job: int,
     rounds: int, memory: Callable[[], float], cpu: Callable[[], float],
 ) -> tuple[list[float], list[float], float, float]:  # fmt: skip
-    """Connect ``per_job`` clients to each job, then write ``rounds`` updates to every
-    job; (gateway lags, bare-reader lags, gateway RSS with all connected, gateway CPU
-    seconds while delivering)."""
+    """Connect ``per_job`` clients to each job (spread over ``CLIENT_PROCESSES``
+    processes), then write ``rounds`` updates to every job; (gateway lags, bare-reader
+    lags, gateway RSS with all connected, gateway CPU seconds while delivering)."""
     store = RedisStore(connect(ctx.redis_url), PREFIX)
-    lags: list[float] = []
-    bare: list[float] = []
-    connected = asyncio.Event()
-    total = per_job * len(jobs)
-    counter = [0]
     host, port = gateway.removeprefix("http://").split(":")
-    args = (token, rounds, lags, connected, counter, total)
-    clients = [
-        asyncio.create_task(_client(host, int(port), f"/v1/jobs/{job_id}/events", *args))
-        for job_id, _ in jobs
-        for _ in range(per_job)
-    ]
-    await asyncio.wait_for(connected.wait(), 300)
-    await asyncio.sleep(1.0)  # let the reader settle on every feed
-    rss = memory()
-    cpu0 = cpu()
-    reader = asyncio.ensure_future(  # noqa: RUF006 (awaited below)
-        _bare(ctx.redis_url, [w for _, w in jobs], rounds, bare)
-    )
-    await asyncio.sleep(0.2)
-    for n in range(rounds):
-        with store.r.pipeline(transaction=False) as pipe:
-            for _, worker in jobs:
-                data = json.dumps({"t": time.time(), "n": n})
-                pipe.xadd(store.keys.updates(worker), {"data": data}, id=f"0-{n + 1}")
-            pipe.execute()
-        await asyncio.sleep(ROUNDS_EVERY)
-    await asyncio.wait_for(asyncio.gather(*clients, reader), 300)
-    spent = cpu() - cpu0
-    store.r.close()
-    return lags, bare, rss, spent
+    paths = [f"/v1/jobs/{job_id}/events" for job_id, _ in jobs for _ in range(per_job)]
+    mp = multiprocessing.get_context("spawn")
+    procs: list[BaseProcess] = []
+    conns: list[Connection] = []
+    try:
+        for i in range(CLIENT_PROCESSES):
+            mine, theirs = mp.Pipe()
+            args = (host, int(port), token, paths[i::CLIENT_PROCESSES], rounds, theirs)
+            procs.append(mp.Process(target=_client_process, args=args, daemon=True))
+            conns.append(mine)
+        mine, theirs = mp.Pipe()
+        bare = mp.Process(target=_bare_process, daemon=True,
+                          args=(ctx.redis_url, [w for _, w in jobs], rounds, theirs))  # fmt: skip
+        procs.append(bare)
+        for proc in procs:
+            proc.start()
+        _await(conns, "connected", 300)
+        _await([mine], "connected", 60)
+        time.sleep(1.0)  # let the gateway's reader settle on every feed
+        rss = memory()
+        cpu0 = cpu()
+        for n in range(rounds):
+            with store.r.pipeline(transaction=False) as pipe:
+                for _, worker in jobs:
+                    data = json.dumps({"t": time.time(), "n": n})
+                    pipe.xadd(store.keys.updates(worker), {"data": data}, id=f"0-{n + 1}")
+                pipe.execute()
+            time.sleep(ROUNDS_EVERY)
+        lags = [lag for got in _await(conns, "lags", 300) for lag in got]
+        spent = cpu() - cpu0
+        base = _await([mine], "lags", 60)[0]
+    finally:
+        for proc in procs:
+            if proc.pid is None:
+                continue  # never started
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+        store.r.close()
+    return lags, base, rss, spent
 
 
 def scenario(ctx: Context) -> Result:
@@ -170,9 +246,7 @@ def scenario(ctx: Context) -> Result:
         for name, count, per_job in (("one", 1, clients_one_job), ("many", many_jobs, 1)):
             jobs = _jobs(store, count)
             probes = (lambda: rss_mb(proc.pid), lambda: cpu_seconds(proc.pid))
-            got, bare, mb, spent = asyncio.run(
-                _deliver(ctx, url, token, jobs, per_job, rounds, *probes)
-            )
+            got, bare, mb, spent = _deliver(ctx, url, token, jobs, per_job, rounds, *probes)
             per_event.setdefault(name, []).append(spent / max(len(got), 1) * 1e6)
             if len(got) != count * per_job * rounds:
                 raise RuntimeError(f"{name}: {len(got)} of {count * per_job * rounds} delivered")
@@ -197,8 +271,9 @@ def scenario(ctx: Context) -> Result:
     m.met = m.ratio is not None and m.ratio <= 2
     res.add("GET /healthz p50 (one Redis PING: the HTTP floor)", "ms", floor_ms)
     res.notes.append(
-        "lag: from the update's write to Redis to its SSE event parsed by a client in the "
-        "bench process (clients and gateway share the machine's cores)"
+        f"lag: from the update's write to Redis to its SSE event parsed by a client; the "
+        f"clients run in {CLIENT_PROCESSES} processes of their own, the bare reader in "
+        "another (all share the machine's cores with the gateway)"
     )
     store.r.close()
     ctx.stop(proc)

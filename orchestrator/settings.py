@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     gateway_link_seconds: Annotated[int, Field(ge=10, le=86_400)] = 900
     gateway_rate_per_second: Annotated[float, Field(gt=0, le=100_000)] = 50.0
     gateway_rate_burst: Annotated[int, Field(ge=1, le=100_000)] = 100
+    # A process keeps a token's record and a lease of its requests this long (0: asks
+    # Redis on every request): a revoked token passes for at most this long.
+    gateway_token_cache_seconds: Annotated[float, Field(ge=0, le=60)] = 1.0
     gateway_max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = 2**20
     gateway_sse_keepalive_seconds: Annotated[float, Field(gt=0, le=300)] = 15.0
     gateway_sse_buffer: Annotated[int, Field(ge=1, le=1_000_000)] = 1000

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.gateway.events import DROPPED, Hub
+from orchestrator.gateway.fanout import DROPPED, Hub
 from orchestrator.gateway.links import sign
 from orchestrator.jobs.model import Submission
 from orchestrator.store.jobs import RedisStore
@@ -222,12 +222,11 @@ def test_a_slow_client_is_dropped_alone(store: RedisStore, redis_url: str, buffe
             for batch in range(3):
                 payloads = [json.dumps({"n": batch * 2 + k}) for k in range(2)]
                 store.append_updates("wrk_slow", batch * 2, payloads)
-                for _ in range(2):
-                    index, frame = await asyncio.wait_for(fast.queue.get(), 10)
-                    assert frame.startswith(f"id: {index}\ndata: ")
-                    got.append(index)
-            left = [slow.queue.get_nowait() for _ in range(slow.queue.qsize())]
-            return got, left
+                while len(got) < batch * 2 + 2:
+                    for index, frame in await asyncio.wait_for(fast.take(), 10):
+                        assert frame.startswith(f"id: {index}\ndata: ".encode())
+                        got.append(index)
+            return got, list(slow.items)
         finally:
             await hub.close()
 
@@ -289,7 +288,7 @@ def test_feeds_joining_while_the_reader_runs_are_not_ended(
                 asyncio.gather(*(hub.join(j) for j in jobs[1:] for _ in range(3))), busy()
             )
             await asyncio.sleep(1.0)  # several reads and state polls
-            return [c.queue.get_nowait() for _, c in joined if not c.queue.empty()]
+            return [item for _, c in joined for item in c.items]
         finally:
             await hub.close()
 

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.facade import Orchestrator
 from orchestrator.gateway import console, errors, events, jobs, me, money, schedules
-from orchestrator.gateway.events import Hub
+from orchestrator.gateway.fanout import Hub
 from orchestrator.gateway.links import redact
 from orchestrator.gateway.schemas import Health
 from orchestrator.gateway.state import Gateway
@@ -91,9 +91,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         orch = Orchestrator(settings)
         assert settings.redis_url is not None  # the facade has refused otherwise
         live = LiveStore.from_url(settings.redis_url, settings.key_prefix)
-        hub = Hub(live, settings.gateway_sse_buffer)
+        hub = Hub(live, settings.gateway_sse_buffer, settings.gateway_sse_keepalive_seconds)
+        tokens = live.token_check(settings.gateway_token_cache_seconds)
         app.state.gateway = Gateway(
-            settings, orch, TokenStore(orch.store), JobIndex(orch.store), hub, live.token_check()
+            settings, orch, TokenStore(orch.store), JobIndex(orch.store), hub, tokens
         )
         try:
             yield

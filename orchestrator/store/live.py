@@ -32,7 +32,9 @@ class LiveStore:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.r: Any = client
         self.keys = Keys(prefix)
-        self._names: dict[str, bytes] = {}
+        self._names: dict[str, bytes] = {}  # worker id -> its stream's name, packed
+        self._workers: dict[str, str] = {}  # stream name -> worker id
+        self._conn: Any = None  # the connection :meth:`wait` reads on
         self._states = client.register_script(JOB_STATES)
 
     @classmethod
@@ -40,11 +42,18 @@ class LiveStore:
         return cls(connect_async(url, max_connections=64), prefix)
 
     async def close(self) -> None:
+        await self._drop_reader()
         await self.r.aclose()
 
-    def token_check(self) -> AsyncTokenCheck:
+    async def _drop_reader(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect()
+            await self.r.connection_pool.release(conn)
+
+    def token_check(self, cache_seconds: float = 0.0) -> AsyncTokenCheck:
         """Token checks on this store's pool (one pool per gateway process)."""
-        return AsyncTokenCheck(self.r, self.keys.prefix)
+        return AsyncTokenCheck(self.r, self.keys.prefix, cache_seconds)
 
     async def job(self, job_id: str) -> dict[str, str]:
         """The job's hash ({} when there is no such job)."""
@@ -87,26 +96,65 @@ class LiveStore:
     ) -> dict[str, list[Update]]:
         """Block up to ``block_ms`` until one watched worker's stream has an update after
         its index in ``watches`` (worker id -> last index delivered); per worker id,
-        what arrived."""
+        what arrived.
+
+        The command is packed and its reply read here, not by redis-py: with a thousand
+        streams named in every call, redis-py's per-argument packing and its reply
+        callback (a dict per entry) cost more than the rest of the delivery. It goes on
+        a connection kept for it (one caller at a time: the fan-out's reader), so no
+        pool checkout per read."""
+        if not watches:
+            return {}
         if len(self._names) > MAX_CACHED_KEYS:
             self._names.clear()
-        streams: dict[bytes, bytes] = {}
-        for worker_id, after in watches.items():
-            name = self._names.get(worker_id)
+            self._workers.clear()
+        names = self._names
+        parts = [_XREAD % (6 + 2 * len(watches), _bulk(b"%d" % count),
+                           _bulk(b"%d" % max(block_ms, 1)))]  # fmt: skip
+        for worker_id in watches:
+            name = names.get(worker_id)
             if name is None:
-                # Encoded once: XREAD names every stream on each call.
-                name = self._names[worker_id] = self.keys.updates(worker_id).encode()
-            # Entry ids are 0-(n+1); XREAD returns the ids above this one.
-            streams[name] = b"0-%d" % (after + 1)
-        if not streams:
+                key = self.keys.updates(worker_id)
+                self._workers[key] = worker_id
+                name = names[worker_id] = _bulk(key.encode())
+            parts.append(name)
+        # Entry ids are 0-(n+1); XREAD returns the ids above this one.
+        parts.extend(_bulk(b"0-%d" % (after + 1)) for after in watches.values())
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = await self.r.connection_pool.get_connection()
+        try:
+            await conn.send_packed_command(b"".join(parts), check_health=False)
+            reply = await conn.read_response()
+        except BaseException:
+            # Cancelled or failed mid-reply: the connection's state is unknown.
+            await self._drop_reader()
+            raise
+        if not reply:
             return {}
-        reply = await self.r.xread(streams, count=count, block=max(block_ms, 1))
-        skip = len(self.keys.updates(""))
+        workers = self._workers
+        # RESP2 answers a list of [stream, entries]; RESP3 a map stream -> entries.
+        streams = reply.items() if isinstance(reply, dict) else reply
         return {
-            str(stream)[skip:]: [(_index(eid), str(f["data"])) for eid, f in entries]
-            for stream, entries in reply or []
+            workers[stream]: [(_index(eid), _data(fields)) for eid, fields in entries]
+            for stream, entries in streams
         }
 
 
+_XREAD = b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n%s$5\r\nBLOCK\r\n%s$7\r\nSTREAMS\r\n"
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _data(fields: list[str]) -> str:
+    """The ``data`` field of an entry's [name, value, ...] list."""
+    for i in range(0, len(fields) - 1, 2):
+        if fields[i] == "data":
+            return str(fields[i + 1])
+    raise ValueError("an update entry without data")
+
+
 def _index(entry_id: str) -> int:
-    return int(str(entry_id).split("-")[1]) - 1
+    return int(entry_id[entry_id.index("-") + 1 :]) - 1
