@@ -105,6 +105,8 @@ def overhead(ctx: Context) -> Result:
     rate.met = rate.ratio is not None and rate.ratio >= 0.8
     res.add("worker CPU per job", "ms", ours["cpu_ms"], base["cpu_ms"],
             note="CPU time of the worker process divided by jobs")  # fmt: skip
+    res.notes.append("where the CPU goes, step by step: bench/PROFILE.md "
+                     "(python -m bench.profile spy)")  # fmt: skip
     if any(ours["failed"]):
         res.notes.append(f"jobs failed per repetition: {ours['failed']}")
     return res

@@ -1,5 +1,7 @@
 """Profiles and what-if experiments behind the hot spots in ``RESULTS.md``.
 
+    python -m bench.profile spy           # a worker running jobs under py-spy: CPU per job by step
+    python -m bench.profile spy-baseline  # the same for the hand-written task
     python -m bench.profile pipeline      # CPU per job, step by step, with cProfile tops
     python -m bench.profile dispatch      # dispatch latency split: caller vs create step
     python -m bench.profile send          # send_task cost, with and without task-sent events
@@ -28,6 +30,7 @@ from typing import Any
 from orchestrator.ops.redis_server import RedisServer
 
 from .harness import Context
+from .spy import spy, spy_baseline
 
 
 def _top(profile: cProfile.Profile, n: int = 14) -> str:
@@ -277,58 +280,9 @@ def follow_burst(ctx: Context, n: int = 300) -> None:
         ctx.flush()
 
 
-def spy(ctx: Context, n: int = 1500) -> None:
-    """py-spy on one ``orchestrator worker`` (threads x 8, api+streams) running n jobs
-    with instant turns: the share of samples per function of ours (self and total)."""
-    import collections
-    import subprocess
-    import sys
-
-    from .dispatch import _orchestrator
-
-    _, url = ctx.emulator("spy-emulator")
-    worker = ctx.worker("spy-ours", ctx.env(url, prefix="bp"), "api,streams")
-    orch = _orchestrator(ctx, url, "bp")
-    for i in range(30):
-        orch.submit(f"warm {i}", budget="low")
-    time.sleep(2)
-    out = ctx.logs / "spy.txt"
-    spy_bin = str(Path(sys.executable).with_name("py-spy"))
-    rec = subprocess.Popen([spy_bin, "record", "--pid", str(worker.pid), "--format", "raw",
-                            "--rate", "200", "--gil", "--nonblocking", "-o", str(out)])  # fmt: skip
-    try:
-        time.sleep(1)
-        for i in range(n):
-            orch.submit(f"spy {i}", budget="low", tags={"tenant": f"t{i % 10}"})
-        time.sleep(max(3.0, n / 100))
-    finally:
-        rec.send_signal(2)
-        rec.wait(timeout=30)
-        orch.close()
-    own: collections.Counter[str] = collections.Counter()
-    total: collections.Counter[str] = collections.Counter()
-    samples = 0
-    for line in out.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if "(threading.py)" in stack.split(";")[-1] or "wait (" in stack.split(";")[-1]:
-            continue  # idle threads
-        k = int(count)
-        samples += k
-        frames = stack.split(";")
-        own[frames[-1]] += k
-        for frame in set(frames):
-            total[frame] += k
-    print(f"{samples} busy samples; top self:")
-    for frame, k in own.most_common(25):
-        print(f"  {100 * k / samples:5.1f}%  {frame[:140]}")
-    print("top total (ours):")
-    ours = [(f, k) for f, k in total.items() if "orchestrator/" in f or "workers_tasks" in f]
-    for frame, k in sorted(ours, key=lambda x: -x[1])[:40]:
-        print(f"  {100 * k / samples:5.1f}%  {frame[:140]}")
-
-
 TARGETS = {
     "spy": spy,
+    "spy-baseline": spy_baseline,
     "pipeline": pipeline,
     "dispatch": dispatch,
     "send": send,

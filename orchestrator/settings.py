@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     # Stream following: a follower's lease on a stream, and how many one process holds.
     follow_lease_seconds: Annotated[float, Field(ge=1, le=600)] = 30.0
     follower_capacity: Annotated[int, Field(gt=0, le=100_000)] = 2000
+    # A create task reads its new turn's stream this long and settles it if it ended
+    # (orchestrator.jobs.quick); 0 hands every stream to the followers.
+    quick_relay_seconds: Annotated[float, Field(ge=0, le=1)] = 0.05
 
     # Spend and traffic control (see docs/controls.md).
     budget_holds_usd: dict[str, str] = Field(

@@ -81,6 +81,10 @@ class FlakyStore(RedisStore):
         self._trip("record_file")
         super().record_file(*args, **kwargs)
 
+    def append_updates_into(self, *args: Any, **kwargs: Any) -> int:
+        self._trip("append_updates_into")
+        return super().append_updates_into(*args, **kwargs)
+
 
 class FlakyFollows(FollowStore):
     """The follower's real store; its update writes fail ``fail_writes`` times."""
@@ -103,13 +107,17 @@ def api() -> Iterator[HostileAPI]:
         yield server
 
 
-def settings_for(redis_url: str, prefix: str, url: str, files: Path) -> Settings:
+def settings_for(
+    redis_url: str, prefix: str, url: str, files: Path, quick_relay: float = 0.0
+) -> Settings:
+    """The runtime's settings; the create task hands every stream to the followers
+    (whose faults these tests inject) unless ``quick_relay`` says otherwise."""
     return load_settings(
         redis_url=redis_url, key_prefix=prefix, files_dir=files, workers_api_url=url,
         workers_api_key="sk-injection", max_retries=1, retry_initial_delay=0.01,
         retry_max_delay=0.02, http_deadline=0.6, file_deadline=1.0, file_max_bytes=MiB,
         task_max_retries=1, stream_max_parse_failures=2, stream_read_timeout=0.5,
-        files_max_per_turn=25,
+        files_max_per_turn=25, quick_relay_seconds=quick_relay,
     )  # fmt: skip
 
 
@@ -121,8 +129,9 @@ def make_rt(
     process runtime the task functions use; the tenant has 1 slot and a cap."""
     made: list[Runtime] = []
 
-    def make(url: str | None = None) -> Runtime:
-        settings = settings_for(redis_url, key_prefix, url or api.url, tmp_path / "files")
+    def make(url: str | None = None, quick_relay: float = 0.0) -> Runtime:
+        files = tmp_path / "files"
+        settings = settings_for(redis_url, key_prefix, url or api.url, files, quick_relay)
         store = FlakyStore(connect(redis_url), key_prefix)
         store.armed = {}
         rt = Runtime(settings, store)
@@ -555,3 +564,53 @@ def test_a_turn_that_never_ends_upstream_is_read_again_with_growing_pauses(
     reads = api.calls[f"stream {rt.store.require_job(job.id).worker_id}"]
     assert set(outcomes) == {"refollow"} and 3 <= reads <= 7, (outcomes, reads)
     assert not_ended(rt.store, [job.id]) == {job.id: "submitted"}
+
+
+# --- the create task's quick relay (orchestrator.jobs.quick) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "status", "says"),
+    [
+        ("stream:404", "failed", "HTTP 404"),
+        ("stream:nonjson", "failed", "unreadable after 2 tries"),
+        ("stream:500-then-ok", "completed", None),
+        ("stream:cut-then-ok", "completed", None),
+        ("stream:oversize", "completed", None),
+        ("retrieve:500-then-ok", "completed", None),
+        ("retrieve:500", "failed", "HTTP 500"),
+        ("cost:1e308", "failed", "cost not posted"),
+    ],
+)
+def test_a_fault_met_by_the_create_tasks_relay_ends_like_the_followers_would(
+    make_rt: Any, api: HostileAPI, text: str, status: str, says: str | None
+) -> None:
+    """The task relays and settles what ends at once; anything it cannot do (a stream
+    that fails or is cut, a retrieve that fails) goes to the followers, whose retries
+    and verdicts apply as for any stream: the end is the same, and nothing is held."""
+    rt = make_rt(quick_relay=0.5)
+    job = started(rt, f"{text}#quick")
+    if not rt.store.require_job(job.id).done:  # handed over: the followers take it
+        follow(rt, job.id)
+    after = rt.store.require_job(job.id)
+    assert after.status == status, (after.status, after.error)
+    assert after.worker_id is not None
+    if says:
+        assert says in str(after.error), after.error
+    else:
+        relayed = [i for i, _ in rt.store.read_updates(after.worker_id)]
+        assert relayed == list(range(len(relayed))) and len(relayed) >= 4
+        posted = rt.store.turn_cost(job.id)
+        assert posted is not None
+        assert {k: posted[k] for k in api.billed[after.worker_id]} == api.billed[after.worker_id]
+    assert_nothing_held(rt.store, [job.id])
+
+
+def test_a_store_that_fails_under_the_quick_relay_hands_the_stream_over(make_rt: Any) -> None:
+    rt = make_rt(quick_relay=0.5)
+    rt.store.arm("append_updates_into", 1)
+    job = started(rt, "ok#quick-store")
+    assert rt.store.require_job(job.id).status in ("submitted", "running")
+    assert rt.store.r.zscore(rt.store.keys.follows, job.id) == 0  # claimable at once
+    assert follow(rt, job.id) == ["completed"]
+    assert_nothing_held(rt.store, [job.id])

@@ -100,7 +100,9 @@ def settle(job_id: str) -> None:
         log.info("finalize of %s failed here (%s); sending the finalize task", job_id, exc)
         _send_finalize(rt, job_id)
     else:
-        log.info("finalized %s: %s", job_id, outcome)
+        # A completed job says so in its record: its line is for debugging only.
+        level = logging.DEBUG if outcome == "completed" else logging.INFO
+        log.log(level, "finalized %s: %s", job_id, outcome)
         if outcome != "completed" and pipeline.ended_unfinished(rt, job_id) is not None:
             # Ended here, outside any task (a broken stream, a bad figure, a limit): the
             # finalize task, a no-op now, fails in Flower with the reason.

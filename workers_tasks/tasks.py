@@ -12,18 +12,30 @@ import logging
 from typing import Any
 
 from celery import Task
+from celery.signals import worker_ready
 
 from orchestrator.celery import app
 from orchestrator.errors import APIError, APIStatusError, InputError, JobEnded
 from orchestrator.hooks import delivery
 from orchestrator.jobs import files as fetching
-from orchestrator.jobs import lifecycle
+from orchestrator.jobs import lifecycle, quick
 from orchestrator.jobs import steps as pipeline
 from orchestrator.runtime import get_runtime
 from orchestrator.store.jobs import RedisStore, now_ms
 from workers_tasks import follower_service, heartbeat  # noqa: F401  (connect the worker signals)
 
 log = logging.getLogger(__name__)
+
+#: Libraries whose INFO lines a worker drops: httpx logs every request, three a job at
+#: about 0.1 ms of worker CPU each (python -m bench.profile spy). Attempts are counted
+#: in the metrics (orchestrator.ops.instruments); failures are logged here.
+QUIET_LOGGERS = ("httpx", "httpcore")
+
+
+@worker_ready.connect
+def _quiet_libraries(**_: Any) -> None:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _retry_or_fail(task: Task, job_id: str, exc: Exception, argsrepr: str) -> None:
@@ -66,10 +78,10 @@ def _job_repr(store: RedisStore, job_id: str) -> str:
 def _raise_if_ended(job_id: str, status: str | None = None) -> None:
     """Raise JobEnded when the job ended without completing (see the module's doc).
 
-    ``status``: what the step just saw; a job it left submitted or running is not read
-    again (a Redis round trip and a parse per job, for a cancel racing the step's last
-    instant that only Flower would show)."""
-    if status in ("submitted", "running"):
+    ``status``: what the step just saw; a job it left submitted or running (or completed,
+    an end that stays) is not read again (a Redis round trip and a parse per job, for a
+    cancel racing the step's last instant that only Flower would show)."""
+    if status in ("submitted", "running", "completed"):
         return
     ended = pipeline.ended_unfinished(get_runtime(), job_id)
     if ended is not None:
@@ -89,7 +101,9 @@ def continue_(self: Task, job_id: str) -> str:
 def _start(task: Task, job_id: str) -> str:
     rt = get_runtime()
     try:
-        status = pipeline.start_turn(rt, app, job_id).status
+        hold_ms = quick.HOLD_MS if rt.settings.quick_relay_seconds else 0
+        job, held = pipeline.begin_turn(rt, app, job_id, hold_ms=hold_ms)
+        status = job.status
     except InputError as exc:
         log.error("dropping task for %s: %s", job_id, exc)
         return "unknown"
@@ -98,6 +112,11 @@ def _start(task: Task, job_id: str) -> str:
             log.exception("create step of %s failed", job_id)
         _retry_or_fail(task, job_id, exc, _job_repr(rt.store, job_id))
         status = "failed"
+    else:
+        if held:  # a turn that ends at once is settled here
+            outcome = quick.relay_here(rt, app, job)  # never raises
+            if outcome in ("completed", "failed"):
+                status = outcome
     _raise_if_ended(job_id, status)
     return status
 

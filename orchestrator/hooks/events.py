@@ -23,6 +23,7 @@ from orchestrator.hooks.signing import new_secret
 from orchestrator.hooks.targets import check_target
 from orchestrator.jobs.model import Job
 from orchestrator.ledger import total_cost_micro
+from orchestrator.store.batch import Batch
 from orchestrator.store.jobs import RedisStore, now_ms
 from orchestrator.store.webhooks import WebhookStore
 
@@ -82,9 +83,17 @@ def _record(
     return made
 
 
-def job_ended(store: RedisStore, job_id: str) -> int:
+def subscribed_into(store: RedisStore, batch: Batch) -> int:
+    """Queue a count of the subscriptions (for :func:`job_ended`'s ``subscribed``)."""
+    return WebhookStore(store).count_into(batch)
+
+
+def job_ended(store: RedisStore, job_id: str, subscribed: int | None = None) -> int:
     """Record the deliveries of a job's end event (if it ended, and anyone subscribed);
-    the number recorded now. Called after each move to an end state."""
+    the number recorded now. Called after each move to an end state; ``subscribed``: a
+    count of the subscriptions read with the move (0 skips the read here)."""
+    if subscribed == 0:
+        return 0
     hooks = WebhookStore(store)
     subs = hooks.subscriptions()
     if not subs:

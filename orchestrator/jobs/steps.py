@@ -204,18 +204,27 @@ def upstream_key(job: Job) -> str:
 
 
 def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
+    """Create the worker (or continue it) upstream, exactly once per job (see
+    :func:`begin_turn`); its stream is put up for the followers at once."""
+    return begin_turn(rt, app, job_id)[0]
+
+
+def begin_turn(rt: Runtime, app: Celery, job_id: str, *, hold_ms: int = 0) -> tuple[Job, bool]:
     """Create the worker (or continue it) upstream, exactly once per job.
 
     ``upstream_key(job)`` is the ``Idempotency-Key``; an attempt is recorded before the call and
     the worker id after it, so a redelivered task that finds a worker id goes straight
     on to following, and one that does not repeats the call with the same key.
+
+    With ``hold_ms``, a create that this call submits is left alone by the followers
+    for that long (the caller relays it, :mod:`orchestrator.jobs.quick`): True then.
     """
     store = rt.store
     job, counted = store.begin_attempt(job_id)
     if job.status != "queued":
         if job.status in ("submitted", "running"):
             store.request_follow(job.id)
-        return job
+        return job, False
     late = overdue(job, now_ms())
     if late is not None:  # its queue time-to-live (or deadline) passed: nothing is sent
         if rt.ends.end_here(job.id, *late):
@@ -224,10 +233,10 @@ def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
             rt.ends.settled(job.id)  # no call was made: nothing to settle later
             hooks.job_ended(store, job.id)
         turn_ended(app, rt, job)  # e.g. a slot it was promoted to
-        return store.require_job(job.id)
+        return store.require_job(job.id), False
     if not counted:
         if not admit(app, rt, job):
-            return store.require_job(job.id)
+            return store.require_job(job.id), False
         store.count_attempt(job.id)
     try:
         if job.kind == "create":
@@ -248,27 +257,32 @@ def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
         # the same idempotency key gets the same answer, so it is not retried; the job
         # fails and gives back its hold and slots now.
         fail(app, rt, job.id, str(exc))
-        return store.require_job(job.id)
-    if not store.set_submitted(job, worker):
+        return store.require_job(job.id), False
+    # Held for a create only: a continue's updates start at the worker's stored count.
+    follow_at = now_ms() + hold_ms if hold_ms and job.kind == "create" else 0
+    if not store.set_submitted(job, worker, follow_at=follow_at):
         # Ended here meanwhile (cancelled, say): its turn runs upstream all the same, so
         # it is put up again for settling when that turn ends.
         now = store.require_job(job.id)
         if now.status in LOCAL_ENDS:
             rt.ends.mark_ended(job.id)
-        return now
-    log.info("job %s submitted as worker %s", job.id, worker.id)
-    return job.model_copy(update={"status": "submitted", "worker_id": worker.id})
+        return now, False
+    log.debug("job %s submitted as worker %s", job.id, worker.id)
+    submitted = job.model_copy(update={"status": "submitted", "worker_id": worker.id})
+    return submitted, follow_at != 0
 
 
-def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
+def finalize(rt: Runtime, app: Celery, job_id: str, *, read: Job | None = None) -> str:
     """After the stream closed: snapshot, ledger delta, status; then fetch files.
 
     Returns what happened: ``completed``, ``refollow`` (the turn is still running: the
     stream closed early), ``failed`` (an upstream cost or usage figure outside the
     ledger's bounds: nothing posted, the hold and slots given back) or ``noop``.
+    ``read``: the job as just read from the store, after the stream closed (else read
+    here).
     """
     store = rt.store
-    job = store.require_job(job_id)
+    job = read if read is not None else store.require_job(job_id)
     if job.done or job.worker_id is None:
         store.release_follow(job.id)
         if job.status in LOCAL_ENDS:  # ended here: its turn is settled by the sweep
@@ -302,8 +316,10 @@ def finalize(rt: Runtime, app: Celery, job_id: str) -> str:
     if raw_hold is not None:
         rt.budgets.release_into(end, job.id, raw_hold)
     promoted_at = rt.limits.release_into(end, job)
-    promoted = end.execute()[promoted_at]
-    hooks.job_ended(store, job.id)
+    subscribed_at = hooks.subscribed_into(store, end)
+    replies = end.execute()
+    promoted = replies[promoted_at]
+    hooks.job_ended(store, job.id, int(replies[subscribed_at]))
     dispatch_promoted(app, rt, [str(p) for p in promoted])
     return "completed"
 

@@ -193,6 +193,18 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         data = self.r.hgetall(self.keys.job(job_id))
         return Job.from_hash(data) if data else None
 
+    def job_into(self, batch: Batch, job_id: str) -> int:
+        """Queue a read of the job (for :meth:`job_of`); the index of its reply."""
+        batch.pipe.hgetall(self.keys.job(job_id))
+        return len(batch.pipe) - 1
+
+    @staticmethod
+    def job_of(reply: Any) -> Job | None:
+        """The job a :meth:`job_into` read found (None: none; an error reply raises)."""
+        if isinstance(reply, Exception):
+            raise reply
+        return Job.from_hash(reply) if reply else None
+
     def require_job(self, job_id: str) -> Job:
         job = self.get_job(_job_id(job_id))
         if job is None:
@@ -226,11 +238,13 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
     def recent_jobs(self, limit: int = 50) -> list[str]:
         return list(self.r.zrevrange(self.keys.jobs, 0, limit - 1))
 
-    def set_submitted(self, job: Job, worker: Worker) -> bool:
+    def set_submitted(self, job: Job, worker: Worker, *, follow_at: int = 0) -> bool:
         """After the upstream call: link the worker, store its snapshot, ask for a follower,
         then move the job to ``submitted`` (False if it had moved on already).
 
-        ``update_from`` is where this turn's updates start in the worker's stream.
+        ``update_from`` is where this turn's updates start in the worker's stream. With
+        ``follow_at`` (epoch ms) the stream is up for following only from then on: the
+        caller relays it meanwhile (a lease nobody renews: it lapses if the caller dies).
         """
         wkey = self.keys.worker(worker.id)
         # A create's turn is the worker's first, even if a follower left over from a job
@@ -252,8 +266,9 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         # A new turn: the worker's records live again until this job ends.
         for key in (wkey, self.keys.updates(worker.id), self.keys.ledger("worker", worker.id)):
             batch.pipe.persist(key)
-        batch.pipe.zadd(self.keys.follows, {job.id: 0}, nx=True)
-        batch.pipe.publish(self.keys.follow_wake, job.id)  # followers claim it at once
+        batch.pipe.zadd(self.keys.follows, {job.id: follow_at}, nx=True)
+        if not follow_at:
+            batch.pipe.publish(self.keys.follow_wake, job.id)  # followers claim it at once
         at = now_ms()
         upstream = job.model_copy(update={"status": "submitted"})
         # XX: a job that ended meanwhile has left the live index, and stays out of it.
@@ -300,6 +315,14 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
         args: list[str | int] = [first_index, self.updates_maxlen, now_ms(), *payloads]
         return int(self._append(keys=keys, args=args))
+
+    def append_updates_into(
+        self, batch: Batch, worker_id: str, first_index: int, payloads: Sequence[str]
+    ) -> int:
+        """Queue :meth:`append_updates`; the index of its reply."""
+        keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
+        args: list[str | int] = [first_index, self.updates_maxlen, now_ms(), *payloads]
+        return batch.script(self._append, keys, args)
 
     # --- operations ----------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from orchestrator.store.batch import Batch
 from orchestrator.store.jobs import RedisStore, now_ms
 from orchestrator.store.scripts.jobs import CLAIM_DUE
 
@@ -33,6 +34,11 @@ class WebhookStore:
             pipe.hset(self.keys.webhooks, record["id"], json.dumps(record, sort_keys=True))
             pipe.hset(self.keys.webhook_secrets, record["id"], secret)
             pipe.execute()
+
+    def count_into(self, batch: Batch) -> int:
+        """Queue a count of the subscriptions; the index of its reply."""
+        batch.pipe.hlen(self.keys.webhooks)
+        return len(batch.pipe) - 1
 
     def subscriptions(self) -> list[dict[str, Any]]:
         records = [json.loads(raw) for raw in self.r.hvals(self.keys.webhooks)]

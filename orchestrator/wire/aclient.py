@@ -28,9 +28,7 @@ from orchestrator.wire.client import (
     Update,
     auth_headers,
     build_request,
-    check_event_stream,
     client_options,
-    stream_broken,
 )
 from orchestrator.wire.deadline import async_transport, deadline
 from orchestrator.wire.models import Budget, Worker
@@ -156,7 +154,7 @@ class AsyncWorkersClient:
         call = routes.stream_updates(worker_id, via_retrieve=via_retrieve)
         response = await self._send(call, stream=True, key=worker_id)
         try:
-            check_event_stream(call, response)
+            routes.check_event_stream(call, response)
             index = 0
             try:
                 async for event in aiter_events(
@@ -165,7 +163,7 @@ class AsyncWorkersClient:
                     yield Update(index, routes.decode_event(call, event, index))
                     index += 1
             except httpx.TransportError as exc:
-                raise stream_broken(call, index, exc) from None
+                raise routes.stream_broken(call, index, exc) from None
         finally:
             await response.aclose()
 

@@ -17,7 +17,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +30,8 @@ from orchestrator.errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
-    MalformedEventError,
     RateLimitError,
     ResponseTooLargeError,
-    StreamError,
     status_error,
 )
 from orchestrator.settings import Settings
@@ -53,6 +51,7 @@ from orchestrator.wire.sse import iter_events
 __all__ = ["DownloadedFile", "Update", "WorkersClient", "client_options"]
 
 CHUNK_SIZE = 64 * 1024
+NO_RETRY = RetryPolicy(max_retries=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,21 +169,6 @@ class Attempts:
         return self._policy.delay(self._retries, headers), isinstance(error, RateLimitError)
 
 
-def check_event_stream(call: Call, response: httpx.Response) -> None:
-    """Raise :class:`MalformedEventError` (index -1: before any event) unless the
-    response is an SSE stream: asking again gets the same answer, so a follower gives
-    up after a bounded number of tries, as for an event that is not JSON."""
-    content_type = response.headers.get("content-type", "")
-    if "text/event-stream" not in content_type:
-        message = f"expected an event stream, got {content_type[:80]!r}"
-        raise MalformedEventError(message, call=call.name, index=-1)
-
-
-def stream_broken(call: Call, count: int, exc: httpx.TransportError) -> StreamError:
-    """The error for a stream cut after ``count`` events."""
-    return StreamError(f"stream broken after {count} events ({type(exc).__name__})", call=call.name)
-
-
 class WorkersClient:
     """Blocking client for every route of the Workers API. Thread-safe; close when done."""
 
@@ -284,18 +268,21 @@ class WorkersClient:
         budget: Budget | None = None,
         idempotency_key: str | None = None,
     ) -> Iterator[Update]:
-        call = routes.continue_(
-            worker_id, input, budget, stream=True, idempotency_key=idempotency_key
-        )
+        key = idempotency_key
+        call = routes.continue_(worker_id, input, budget, stream=True, idempotency_key=key)
         return self._events(call)
 
-    def stream_updates(self, worker_id: str, *, via_retrieve: bool = False) -> Iterator[Update]:
+    def stream_updates(
+        self, worker_id: str, *, via_retrieve: bool = False, retry: bool = True
+    ) -> Generator[Update, None, None]:
         """Every stored update of the worker, then live ones until the turn ends.
 
         A reconnect starts from update 0 again, so ``Update.index`` is the worker's
-        update number. A stream cut mid-way raises :class:`StreamError`.
+        update number. A stream cut mid-way raises :class:`StreamError`. Without
+        ``retry`` a failed open raises at once (the caller has someone to hand over to).
         """
-        return self._events(routes.stream_updates(worker_id, via_retrieve=via_retrieve))
+        call = routes.stream_updates(worker_id, via_retrieve=via_retrieve)
+        return self._events(call, None if retry else NO_RETRY)
 
     def retrieve_email(self, worker_id: str) -> str:
         """The worker's email address."""
@@ -370,14 +357,17 @@ class WorkersClient:
     def _json(self, call: Call, model: type[routes.M]) -> routes.M:
         return routes.parse(call, self._send(call), model)
 
-    def _send(self, call: Call, *, stream: bool = False) -> httpx.Response:
-        """Send with retries; returns a successful response (unread if ``stream``).
+    def _send(
+        self, call: Call, *, stream: bool = False, policy: RetryPolicy | None = None
+    ) -> httpx.Response:
+        """Send with retries (``policy``, else the client's); returns a successful response
+        (unread if ``stream``).
 
         Each attempt (for a stream: up to its headers) has ``deadline`` seconds in all;
         a download's own deadline, around the whole download, applies instead.
         """
         request = build_request(self._http, call, self._stream_timeout if stream else None)
-        attempts = Attempts(call, self.retry, self._on_attempt)
+        attempts = Attempts(call, policy or self.retry, self._on_attempt)
         while True:
             attempts.start()
             if self._throttle is not None:
@@ -400,20 +390,22 @@ class WorkersClient:
             self._sleep(delay)
 
     @contextmanager
-    def _streaming(self, call: Call) -> Iterator[httpx.Response]:
-        response = self._send(call, stream=True)
+    def _streaming(self, call: Call, policy: RetryPolicy | None = None) -> Iterator[httpx.Response]:
+        response = self._send(call, stream=True, policy=policy)
         try:
             yield response
         finally:
             response.close()
 
-    def _events(self, call: Call) -> Iterator[Update]:
-        with self._streaming(call) as response:
-            check_event_stream(call, response)
+    def _events(
+        self, call: Call, policy: RetryPolicy | None = None
+    ) -> Generator[Update, None, None]:
+        with self._streaming(call, policy) as response:
+            routes.check_event_stream(call, response)
             index = 0
             try:
                 for event in iter_events(iter_decoded(call, response), self._event_max_bytes):
                     yield Update(index, routes.decode_event(call, event, index))
                     index += 1
             except httpx.TransportError as exc:
-                raise stream_broken(call, index, exc) from None
+                raise routes.stream_broken(call, index, exc) from None

@@ -200,3 +200,18 @@ def parse_schedule(call: Call, response: httpx.Response) -> WorkerSchedule:
         return WORKER_SCHEDULE_ADAPTER.validate_json(response.content)
     except ValidationError as exc:
         raise StreamError(f"malformed answer: {exc.errors()[0]['msg']}", call=call.name) from None
+
+
+def check_event_stream(call: Call, response: httpx.Response) -> None:
+    """Raise :class:`MalformedEventError` (index -1: before any event) unless the
+    response is an SSE stream: asking again gets the same answer, so a follower gives
+    up after a bounded number of tries, as for an event that is not JSON."""
+    content_type = response.headers.get("content-type", "")
+    if "text/event-stream" not in content_type:
+        message = f"expected an event stream, got {content_type[:80]!r}"
+        raise MalformedEventError(message, call=call.name, index=-1)
+
+
+def stream_broken(call: Call, count: int, exc: httpx.TransportError) -> StreamError:
+    """The error for a stream cut after ``count`` events."""
+    return StreamError(f"stream broken after {count} events ({type(exc).__name__})", call=call.name)
