@@ -38,6 +38,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "first_update": ("first_update", "scenario"),
     "overhead": ("overhead", "overhead"),
     "long_turns": ("overhead", "long_turns"),
+    "turns_60s": ("overhead", "turns_60s"),
     "memory": ("memory", "scenario"),
     "gateway": ("gateway", "scenario"),
     "topologies": ("topologies", "scenario"),

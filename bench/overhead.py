@@ -131,3 +131,33 @@ def long_turns(ctx: Context) -> Result:
     if any(ours["failed"]):
         res.notes.append(f"jobs failed per repetition: {ours['failed']}")
     return res
+
+
+def turns_60s(ctx: Context) -> Result:
+    """60 s turns with 2,000 jobs in flight: a report, no goal (issue: "report 60 s turns
+    with 2,000 jobs in flight"). One repetition each: a turn lasts a minute."""
+    n = ctx.size(2000, 200)
+    gevent = importlib.util.find_spec("gevent") is not None
+    # The hand-written task holds one pool slot a job for the whole turn: to have every
+    # job in flight at once it needs as many greenlets as jobs.
+    pool = ("gevent", n) if gevent else ("threads", 200)
+    res = Result(
+        "turns_60s",
+        f"60 s turns, {n} jobs submitted at once: jobs/s against the hand-written task",
+        baseline=f"bench.handwritten on {pool[0]} x {pool[1]}, one worker process",
+        params={"jobs": n, "repetitions": 1,
+                "ours": "one worker process, threads x 8 (api+streams)",
+                "emulator": "turn_seconds=60, events_per_turn=10",
+                "submitter": "one thread in the driver, back to back"},
+    )  # fmt: skip
+    reps, ctx.reps = ctx.reps, 1
+    try:
+        ours, base = _compare(ctx, "turns-60s", 60.0, n, pool)
+    finally:
+        ctx.reps = reps
+    res.add("jobs/s, 60 s turns", "jobs/s", ours["rate"], base["rate"],
+            note=f"{n} jobs / seconds from the first submit to the last end")  # fmt: skip
+    res.add("worker CPU per job", "ms", ours["cpu_ms"], base["cpu_ms"])
+    if any(ours["failed"]):
+        res.notes.append(f"jobs failed: {ours['failed']}")
+    return res

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 SCENARIO_ORDER = (
-    "dispatch", "throughput", "overhead", "long_turns", "relay", "first_update", "streams",
-    "beat", "costs", "memory",
+    "dispatch", "throughput", "overhead", "long_turns", "turns_60s", "relay", "first_update",
+    "streams", "beat", "costs", "memory",
 )  # fmt: skip
 
 
