@@ -25,9 +25,14 @@ from orchestrator.gateway.schemas import Health
 from orchestrator.gateway.state import Gateway
 from orchestrator.gateway.webhooks import router as webhook_routes
 from orchestrator.settings import Settings, load_settings
+from orchestrator.store.intake import AsyncJobWriter
 from orchestrator.store.listing import JobIndex
 from orchestrator.store.live import LiveStore
 from orchestrator.store.tokens import TokenStore
+
+#: At shutdown, how long the first-task sends under way are waited for (the re-send
+#: sweep makes any left).
+SEND_DRAIN_SECONDS = 5.0
 
 
 class _RedactLinks(logging.Filter):
@@ -93,12 +98,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         live = LiveStore.from_url(settings.redis_url, settings.key_prefix)
         hub = Hub(live, settings.gateway_sse_buffer, settings.gateway_sse_keepalive_seconds)
         tokens = live.token_check(settings.gateway_token_cache_seconds)
-        app.state.gateway = Gateway(
-            settings, orch, TokenStore(orch.store), JobIndex(orch.store), hub, tokens
-        )
+        writer = AsyncJobWriter(live.r, settings.key_prefix)
+        gw = Gateway(settings, orch, TokenStore(orch.store), JobIndex(orch.store), hub, tokens,
+                     writer)  # fmt: skip
+        app.state.gateway = gw
         try:
             yield
         finally:
+            await gw.drain(SEND_DRAIN_SECONDS)
             await hub.close()
             orch.close()
 

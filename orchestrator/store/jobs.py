@@ -112,52 +112,14 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         duplicate is impossible, not merely unlikely: of two racing submissions with the
         same key, one writes and the other gets its job.
         """
-        job_id = new_job_id()
-        created = now_ms()
-        record = {
-            "id": job_id,
-            "kind": sub.kind,
-            "input": sub.input,
-            "budget": sub.budget,
-            "tags": json.dumps(sub.tags, sort_keys=True),
-            "idempotency_key": sub.idempotency_key or "",
-            "fetch_files": "1" if sub.fetch_files else "0",
-            "schedule_id": sub.schedule_id or "",
-            "priority": sub.priority,
-            "worker_id": sub.worker_id or "",
-            "status": "queued",
-            "attempts": "0",
-            "created_at": str(created),
-            "at_queued": str(created),
-            **{f"{name}_ms": str(limit_ms(getattr(sub, name))) for name in LIMITS},
-            # The history's first entry (see scripts.records.HISTORY_FN for its form).
-            "history": history_line("queued", created),
-            "history_n": "1",
-        }
-        keys = [
-            self.keys.job(job_id),
-            self.keys.jobs,
-            self.keys.outbox,
-            self.keys.job_states,
-            self.keys.jobs_live,
-            self.keys.job_indexes,
-        ]
-        indexes = [self.keys.jobs_by_tag(k, v) for k, v in sorted(sub.tags.items())]
-        if sub.schedule_id:
-            indexes.append(self.keys.jobs_by_schedule(sub.schedule_id))
-        keys += indexes
-        if sub.idempotency_key:
-            keys.append(self.keys.idempotency(sub.idempotency_key))
-        flat = [part for item in record.items() for part in item]
-        due = next_due(Job.from_hash(record), created)
-        args: list[str | int] = [job_id, created, due, len(indexes), *flat]
+        job, keys, args = creation(self.keys, sub)
         written, found_id = self._create(keys=keys, args=args)
         if int(written) == 1:
-            return Job.from_hash(record), True
-        job = self.get_job(str(found_id))
-        if job is None:
+            return job, True
+        found = self.get_job(str(found_id))
+        if found is None:
             raise InputError("idempotency_key", "names a job that is gone")
-        return job, False
+        return found, False
 
     def mark_sending(self, job_id: str) -> None:
         """The job's first task is about to be sent: watched until a worker takes it
@@ -359,3 +321,42 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
                 "maxmemory-policy", f"is {policy!r}; the store needs 'noeviction' (no key loss)"
             )
         return policy
+
+
+def creation(keys: Keys, sub: Submission) -> tuple[Job, list[str], list[str | int]]:
+    """The ``CREATE_JOB`` call that stores ``sub`` as a new queued job: (the job it
+    writes, the script's KEYS, its ARGV). Shared by :meth:`RedisStore.create_job` and the
+    gateway's async writer (:mod:`orchestrator.store.intake`)."""
+    job_id = new_job_id()
+    created = now_ms()
+    record = {
+        "id": job_id,
+        "kind": sub.kind,
+        "input": sub.input,
+        "budget": sub.budget,
+        "tags": json.dumps(sub.tags, sort_keys=True),
+        "idempotency_key": sub.idempotency_key or "",
+        "fetch_files": "1" if sub.fetch_files else "0",
+        "schedule_id": sub.schedule_id or "",
+        "priority": sub.priority,
+        "worker_id": sub.worker_id or "",
+        "status": "queued",
+        "attempts": "0",
+        "created_at": str(created),
+        "at_queued": str(created),
+        **{f"{name}_ms": str(limit_ms(getattr(sub, name))) for name in LIMITS},
+        # The history's first entry (see scripts.records.HISTORY_FN for its form).
+        "history": history_line("queued", created),
+        "history_n": "1",
+    }
+    names = [keys.job(job_id), keys.jobs, keys.outbox, keys.job_states, keys.jobs_live,
+             keys.job_indexes]  # fmt: skip
+    indexes = [keys.jobs_by_tag(k, v) for k, v in sorted(sub.tags.items())]
+    if sub.schedule_id:
+        indexes.append(keys.jobs_by_schedule(sub.schedule_id))
+    names += indexes
+    if sub.idempotency_key:
+        names.append(keys.idempotency(sub.idempotency_key))
+    flat = [part for item in record.items() for part in item]
+    job = Job.from_hash(record)
+    return job, names, [job_id, created, next_due(job, created), len(indexes), *flat]
