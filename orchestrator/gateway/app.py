@@ -24,6 +24,7 @@ from orchestrator.gateway.links import redact
 from orchestrator.gateway.schemas import Health
 from orchestrator.gateway.state import Gateway
 from orchestrator.gateway.webhooks import router as webhook_routes
+from orchestrator.ops.gctune import tune_gc
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store.intake import AsyncJobWriter
 from orchestrator.store.listing import JobIndex
@@ -102,6 +103,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gw = Gateway(settings, orch, TokenStore(orch.store), JobIndex(orch.store), hub, tokens,
                      writer)  # fmt: skip
         app.state.gateway = gw
+        # A thousand SSE connections are a heap of long-lived objects: at Python's
+        # defaults, full collections stalled the loop (and every stream) 0.3-0.8 s.
+        tune_gc()
         try:
             yield
         finally:
