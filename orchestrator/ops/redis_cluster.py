@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from orchestrator.ops.redis_server import RedisServer, find_redis_server, free_port, port_taken
 from orchestrator.store.connection import connect
@@ -33,6 +34,12 @@ def cluster_port() -> int:
         if port + BUS_OFFSET < 65536 and not port_taken(port + BUS_OFFSET):
             return port
     raise RuntimeError("no free port with a free cluster bus port")
+
+
+def _command(client: Any, *args: str) -> Any:
+    """A raw command (redis-py's ``execute_command`` is untyped; CLUSTER INFO and SLOTS
+    replies are read here as the server sends them)."""
+    return client.execute_command(*args)
 
 
 def _find_redis_cli(server_binary: str) -> str:
@@ -96,7 +103,7 @@ class RedisCluster:
     def _info(self, node: RedisServer) -> dict[str, str]:
         client = connect(node.url)
         try:
-            text = str(client.execute_command("CLUSTER", "INFO"))
+            text = str(_command(client, "CLUSTER", "INFO"))
         finally:
             client.close()
         return dict(line.split(":", 1) for line in text.split() if ":" in line)
@@ -105,7 +112,7 @@ class RedisCluster:
         """(first slot, last slot, primary's port) as ``node`` sees them."""
         client = connect(node.url)
         try:
-            reply = client.execute_command("CLUSTER", "SLOTS")
+            reply = _command(client, "CLUSTER", "SLOTS")
         finally:
             client.close()
         return [(int(r[0]), int(r[1]), int(r[2][1])) for r in reply]
