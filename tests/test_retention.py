@@ -78,7 +78,7 @@ def job_keys(store: RedisStore, job: Job) -> list[str]:
     expires as well, see test_a_cancelled_running_job_keeps_its_records_until_settled)."""
     k = store.keys
     assert job.worker_id
-    out = [k.job(job.id), k.job_files(job.id), k.ledger_turn(job.id), k.worker(job.worker_id),
+    out = [k.job(job.id), k.job_files(job.id), k.worker(job.worker_id),
            k.ledger("worker", job.worker_id)]  # fmt: skip
     if job.idempotency_key:
         out.append(k.idempotency(job.idempotency_key))
@@ -131,6 +131,9 @@ def test_every_record_kind_expires_after_the_job_ends_and_rollups_stay(
     ttls = {key: r.pttl(key) for key in keys}
     assert all(0 < ttl <= 2000 for ttl in ttls.values()), ttls
     assert not r.exists(short.keys.updates("wrk_ret_1"))  # folded into the worker hash
+    # The turn's ledger record is a field of the job hash: it expires with it.
+    assert r.hget(short.keys.job(job.id), "ledger") and short.turn_cost(job.id)
+    assert not r.exists(short.keys.ledger_turn(job.id))
     assert short.read_updates("wrk_ret_1", turn=0) == [(i, {"n": i}) for i in range(10)]
     day_rows = short.costs("day")["rows"]
     tag_rows = short.costs("tag")["rows"]
@@ -333,7 +336,6 @@ def test_a_cancelled_running_job_keeps_its_records_until_settled(
     settled_at = now_ms()
     assert not orch.rt.ends.unsettled(job.id)
     assert orch.costs()["total"]["turns"] == 1  # posted against the kept records
-    records.append(keys.ledger_turn(job.id))
     records.append(keys.ledger("worker", upstream.id))
     ttls = [r.pttl(key) for key in records]
     assert all(0 < ttl <= 2000 for ttl in ttls), ttls

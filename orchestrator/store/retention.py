@@ -63,6 +63,8 @@ def record_keys(
     worker: list[str] = []
     if worker_id:
         worker = [keys.worker(worker_id), keys.updates(worker_id), keys.ledger("worker", worker_id)]
+    # The turn's record is a field of the job hash; the string key is the older
+    # layout's, still set to expire where an upgrade left one (PEXPIRE of none is a no-op).
     own = [keys.job_files(job_id), keys.ledger_turn(job_id)]
     if idempotency_key:
         own.append(keys.idempotency(idempotency_key))
