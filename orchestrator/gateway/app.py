@@ -26,7 +26,6 @@ from orchestrator.gateway.state import Gateway
 from orchestrator.gateway.webhooks import router as webhook_routes
 from orchestrator.ops.gctune import tune_gc
 from orchestrator.settings import Settings, load_settings
-from orchestrator.store.intake import AsyncJobWriter
 from orchestrator.store.listing import JobIndex
 from orchestrator.store.live import LiveStore
 from orchestrator.store.tokens import TokenStore
@@ -99,9 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         live = LiveStore.from_url(settings.redis_url, settings.key_prefix)
         hub = Hub(live, settings.gateway_sse_buffer, settings.gateway_sse_keepalive_seconds)
         tokens = live.token_check(settings.gateway_token_cache_seconds)
-        writer = AsyncJobWriter(live.r, settings.key_prefix)
         gw = Gateway(settings, orch, TokenStore(orch.store), JobIndex(orch.store), hub, tokens,
-                     writer)  # fmt: skip
+                     live.job_writer())  # fmt: skip
         app.state.gateway = gw
         # A thousand SSE connections are a heap of long-lived objects: at Python's
         # defaults, full collections stalled the loop (and every stream) 0.3-0.8 s.
