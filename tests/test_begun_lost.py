@@ -78,3 +78,26 @@ def test_a_begun_job_whose_task_was_lost_is_sent_again_and_finds_its_worker(
         assert steps.resend_lost(app, rt, older_than_seconds=0) == 0
     finally:
         rt.close()
+
+
+def test_a_begun_job_that_ended_leaves_the_set_when_the_sweep_reads_it(
+    redis_url: str, key_prefix: str, emulator: Emulator
+) -> None:
+    settings = load_settings(
+        redis_url=redis_url, key_prefix=key_prefix, workers_api_url=emulator.url,
+        workers_api_key=emulator.api_key, quick_relay_seconds=0,
+    )  # fmt: skip
+    app = make_app(settings)
+    store = LosesSubmission(connect(redis_url), key_prefix)
+    rt = Runtime(settings, store)
+    try:
+        with Orchestrator(settings) as orch:
+            job_id = orch.submit("begun, then failed", budget="low").id
+            with pytest.raises(StoreError):
+                steps.begin_turn(rt, app, job_id)
+            assert store.r.zscore(store.keys.begun, job_id) is not None
+            steps.fail(app, rt, job_id, "given up")
+        assert store.stalled(0) == []
+        assert store.r.zscore(store.keys.begun, job_id) is None
+    finally:
+        rt.close()

@@ -239,10 +239,22 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
             return int(pipe.execute()[0])
 
     def stalled(self, older_than_ms: int, limit: int = 500) -> list[str]:
-        """Jobs whose upstream call began ``older_than_ms`` ago or more and that are not
-        yet known submitted (see :attr:`Keys.begun`)."""
+        """Jobs still queued whose upstream call began ``older_than_ms`` ago or more (see
+        :attr:`Keys.begun`). Those that moved on (failed, ended here) or expired leave
+        the set here, so a busy broker queue, which holds the re-send back, never lets
+        them pile up."""
         cutoff = now_ms() - older_than_ms
-        return list(self.r.zrangebyscore(self.keys.begun, "-inf", cutoff, start=0, num=limit))
+        found = list(self.r.zrangebyscore(self.keys.begun, "-inf", cutoff, start=0, num=limit))
+        if not found:
+            return []
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_id in found:
+                pipe.hget(self.keys.job(job_id), "status")
+            statuses = pipe.execute()
+        done = [j for j, status in zip(found, statuses, strict=True) if status != "queued"]
+        if done:
+            self.r.zrem(self.keys.begun, *done)
+        return [job_id for job_id in found if job_id not in done]
 
     def job_states(self) -> dict[str, int]:
         raw = self.r.hgetall(self.keys.job_states)
