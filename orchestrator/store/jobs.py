@@ -149,7 +149,11 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         return list(self.r.zrangebyscore(key, "-inf", cutoff, start=0, num=limit))
 
     def forget_dispatched(self, job_id: str) -> None:
-        self.r.zrem(self.keys.dispatched, job_id)
+        """Out of the sent-not-begun and the begun-not-submitted sets."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.dispatched, job_id)
+            pipe.zrem(self.keys.begun, job_id)
+            pipe.execute()
 
     def get_job(self, job_id: str) -> Job | None:
         data = self.r.hgetall(self.keys.job(job_id))
@@ -182,8 +186,8 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         """
         job_id = _job_id(job_id)
         keys = [self.keys.job(job_id), self.keys.limits, self.keys.budget_caps,
-                self.keys.dispatched]  # fmt: skip
-        counted, flat = self._begin(keys=keys, args=[job_id])
+                self.keys.dispatched, self.keys.begun]  # fmt: skip
+        counted, flat = self._begin(keys=keys, args=[job_id, now_ms()])
         if not flat:
             raise InputError("job_id", f"no job {job_id}")
         data = dict(zip(flat[::2], flat[1::2], strict=True))
@@ -191,7 +195,28 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
 
     def count_attempt(self, job_id: str) -> int:
         """Record, before calling upstream, that an attempt is being made."""
-        return int(self.r.hincrby(self.keys.job(job_id), "attempts", 1))
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hincrby(self.keys.job(job_id), "attempts", 1)
+            pipe.zadd(self.keys.begun, {job_id: now_ms()})
+            return int(pipe.execute()[0])
+
+    def stalled(self, older_than_ms: int, limit: int = 500) -> list[str]:
+        """Jobs still queued whose upstream call began ``older_than_ms`` ago or more (see
+        :attr:`Keys.begun`). Those that moved on (failed, ended here) or expired leave
+        the set here, so a busy broker queue, which holds the re-send back, never lets
+        them pile up."""
+        cutoff = now_ms() - older_than_ms
+        found = list(self.r.zrangebyscore(self.keys.begun, "-inf", cutoff, start=0, num=limit))
+        if not found:
+            return []
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_id in found:
+                pipe.hget(self.keys.job(job_id), "status")
+            statuses = pipe.execute()
+        done = [j for j, status in zip(found, statuses, strict=True) if status != "queued"]
+        if done:
+            self.r.zrem(self.keys.begun, *done)
+        return [job_id for job_id in found if job_id not in done]
 
     def job_states(self) -> dict[str, int]:
         raw = self.r.hgetall(self.keys.job_states)
@@ -217,6 +242,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         batch = Batch(self.r)
         jkey = self.keys.job(job.id)
         batch.pipe.hset(jkey, mapping={"worker_id": worker.id, "update_from": relayed})
+        batch.pipe.zrem(self.keys.begun, job.id)
         if job.kind == "continue" and not self.r.exists(wkey):
             # The worker's records expired with its last job: count this turn from the
             # cumulative figures the continue answered, or its cost would include every
