@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         orch = Orchestrator(settings)
+        orch.app.conf.task_send_sent_event = settings.gateway_task_sent_events
         assert settings.redis_url is not None  # the facade has refused otherwise
         live = LiveStore.from_url(settings.redis_url, settings.key_prefix)
         hub = Hub(live, settings.gateway_sse_buffer, settings.gateway_sse_keepalive_seconds)
