@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrator.gateway.errors import ApiError, not_found
-from orchestrator.gateway.state import Gateway, gateway
+from orchestrator.gateway.state import Gateway
 from orchestrator.jobs.model import Job
 
 Role = Literal["read", "submit", "admin"]
@@ -54,13 +54,11 @@ class Principal:
         return {**tags, TENANT_TAG: self.tenant}
 
 
-async def authenticate(
-    request: Request,
-    gw: Annotated[Gateway, Depends(gateway)],
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
+async def authenticate(request: Request, creds: HTTPAuthorizationCredentials | None) -> Principal:
     """The caller's token, looked up by its hash; 401 if missing or unknown, 429 when its
-    bucket is empty. One script on the event loop's Redis client: no thread."""
+    bucket is empty. One script on the event loop's Redis client (none while the token is
+    held): no thread."""
+    gw: Gateway = request.app.state.gateway
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
         raise ApiError(401, "a bearer token is required", field="authorization",
                        headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
@@ -83,8 +81,13 @@ async def authenticate(
 def role(needed: Role) -> object:
     """A dependency: the caller, who must hold at least ``needed``."""
 
-    # async, as it does no I/O: no thread-pool hop (see state.gateway).
-    async def check(who: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    # One dependency (the bearer scheme, for the OpenAPI document, below it), not a
+    # chain: each level FastAPI solves costs every request, and this is every route's.
+    async def check(
+        request: Request,
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        who = await authenticate(request, creds)
         if not who.may(needed):
             raise ApiError(
                 403, f"this needs a token of role {needed} or above", field="authorization"

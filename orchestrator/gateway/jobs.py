@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from orchestrator import rules
@@ -84,10 +84,11 @@ def _accepted(job: Job) -> Response:
 
 @router.post("", status_code=202, response_model=JobOut, responses=responses(409))
 async def submit(
-    body: SubmitBody, who: Submitter, gw: GW, idempotency_key: IdemKey = None
+    body: SubmitBody, who: Submitter, request: Request, idempotency_key: IdemKey = None
 ) -> Response:
     """Submit a job: a new worker runs ``input``. Answered once the job is stored (one
     Redis round trip on the event loop, no thread); its task is sent right after."""
+    gw: Gateway = request.app.state.gateway  # not a dependency: one less to solve
     sub = gw.orch.checked(
         "create", None, input=body.input, budget=body.budget, tags=who.tags_for(body.tags),
         idempotency_key=_idem(who, idempotency_key), fetch_files=body.fetch_files,
