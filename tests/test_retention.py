@@ -116,6 +116,10 @@ def test_one_prune_pass_keeps_up_with_a_busy_tenant(short: RedisStore) -> None:
     assert short.prune_indexes() == 1000
     assert r.zrange(index, 0, -1) == [live.id]
     assert short.prune_indexes(checks=1) == 0  # bounded: one id checked, alive, kept
+    # The retention index likewise: 2,500 due in one pass, 1,000 at a time.
+    r.zadd(k.retention, {f"job_{i:032x}|": base - 1 - i for i in range(2500)})
+    assert short.prune_expired(now_ms(), limit=1000) == 2500
+    assert r.zcard(k.retention) == 0
 
 
 def test_duration_and_override_rules() -> None:

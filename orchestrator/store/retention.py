@@ -143,10 +143,21 @@ class RetentionStore:
     keys: Keys
     _trim_index: Any
 
-    def prune_expired(self, now_ms: int, limit: int = 1000) -> int:
+    def prune_expired(self, now_ms: int, limit: int = 1000, rounds: int = 20) -> int:
         """Drop the jobs whose records have expired from the indexes expiry cannot
         reach: the ``jobs`` set, and the ledger's worker index (when the worker's row
-        is gone too). Returns how many jobs were dropped."""
+        is gone too), ``limit`` at a time while a full batch was due, at most ``rounds``
+        batches (one batch a pass fell behind past ``limit`` jobs a pass). Returns how
+        many jobs were dropped."""
+        dropped = 0
+        for _ in range(rounds):
+            done = self._prune_batch(now_ms, limit)
+            dropped += done
+            if done < limit:
+                break
+        return dropped
+
+    def _prune_batch(self, now_ms: int, limit: int) -> int:
         due = self.r.zrangebyscore(self.keys.retention, "-inf", now_ms, start=0, num=limit)
         if not due:
             return 0
