@@ -182,7 +182,7 @@ def test_memory_gauge_by_record_kind(store: RedisStore) -> None:
         if family.name == "orchestrator_redis_memory_bytes"
         for sample in family.samples
     }
-    for kind in ("job", "worker", "updates", "ledger_turn", "job_files"):
+    for kind in ("job", "worker", "updates", "job_files"):
         assert found.get(kind, 0) > 0, (kind, found)
     assert "orchestrator_redis_used_memory_bytes" in text
     assert "orchestrator_jobs_retained 3.0" in text

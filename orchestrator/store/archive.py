@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.ledger import FIELDS
 from orchestrator.store.compact import raw_hget, snapshot_text
+from orchestrator.store.ledger import LEDGER_FIELD, pack_posted, posted_record
 from orchestrator.store.status import history_entries, history_line
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ class ArchiveStore:
             data, turn, files = pipe.execute()
         if not data:
             return None
+        posted = posted_record(data.pop(LEDGER_FIELD, None) or turn)
         worker_id = data.get("worker_id") or ""
         snapshot, updates = None, []
         if worker_id:
@@ -76,33 +79,41 @@ class ArchiveStore:
             "job": data,
             "history": history,
             "updates": updates,
-            "ledger": json.loads(turn) if turn else None,
+            # Named, integers as strings: the archive's format, whatever Redis's.
+            "ledger": {k: str(v) for k, v in posted.items()} if posted else None,
             "files": {name: json.loads(v) for name, v in sorted(files.items())},
             "worker": json.loads(snapshot) if snapshot else None,
         }
 
     def restore(self, record: dict[str, Any], ttl_ms: int) -> bool:
-        """Put an archived job's records back for ``ttl_ms`` (job hash with its history,
-        files index, turn record; its worker's snapshot and its turn's updates when the
-        worker has no records). False (nothing written) when the job is in Redis."""
+        """Put an archived job's records back for ``ttl_ms`` (job hash with its history
+        and turn record, files index; its worker's snapshot and its turn's updates when
+        the worker has no records). False (nothing written) when the job is in Redis.
+        A turn record of other fields than today's (another version's) goes back as the
+        older layout's string key, which every reader still reads."""
         job = {str(k): str(v) for k, v in dict(record["job"]).items()}
         job_id = job["id"]
         keys = self.keys
         if self.r.exists(keys.job(job_id)):
             return False
+        mapping = {**job}
+        ledger = record.get("ledger")
+        older = ledger is not None and set(ledger) != set(FIELDS)  # another version's fields
+        if ledger is not None and not older:
+            mapping[LEDGER_FIELD] = pack_posted(ledger)
         lines = [history_line(str(h["status"]), int(h["at"]), str(h.get("detail") or ""))
                  for h in record.get("history") or []]  # fmt: skip
         worker_id = job.get("worker_id") or ""
         with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.job(job_id), mapping={**job, "history": "\n".join(lines),
+            pipe.hset(keys.job(job_id), mapping={**mapping, "history": "\n".join(lines),
                                                  "history_n": len(lines)})  # fmt: skip
             pipe.pexpire(keys.job(job_id), ttl_ms)
             if record.get("files"):
                 files = {n: json.dumps(v, sort_keys=True) for n, v in record["files"].items()}
                 pipe.hset(keys.job_files(job_id), mapping=files)
                 pipe.pexpire(keys.job_files(job_id), ttl_ms)
-            if record.get("ledger") is not None:
-                pipe.set(keys.ledger_turn(job_id), json.dumps(record["ledger"]), px=ttl_ms)
+            if older:
+                pipe.set(keys.ledger_turn(job_id), json.dumps(ledger), px=ttl_ms)
             pipe.execute()
         if worker_id and record.get("worker") and not self.r.exists(keys.worker(worker_id)):
             self._restore_worker(worker_id, record, ttl_ms)

@@ -144,8 +144,10 @@ class Keys:
         return f"{self.prefix}:ledger-index:{dimension}"
 
     def ledger_turn(self, job_id: str) -> str:
-        """String: JSON of what the job's turn posted; a replay is a no-op. Expires with
-        the job (a late finalize of an expired job finds no job, so posts nothing)."""
+        """String: JSON of what the job's turn posted, the older layout's record (today
+        it is the job hash's ``ledger`` field). Still read, and its presence still makes
+        a replay a no-op: a deployment upgraded in place has them. Written only by a
+        post for a job whose hash does not exist. Expires with the job."""
         return f"{self.prefix}:ledger-turn:{job_id}"
 
     @property

@@ -36,6 +36,28 @@ if TYPE_CHECKING:
     from orchestrator.store.jobs import RedisStore
 
 
+#: The job hash's field holding what its turn posted (see POST_TURN).
+LEDGER_FIELD = "ledger"
+
+
+def pack_posted(posted: dict[str, Any]) -> str:
+    """A turn's record as POST_TURN writes it: the deltas in FIELDS order, comma separated."""
+    return ",".join(str(int(posted[name])) for name in FIELDS)
+
+
+def posted_record(raw: str | None) -> dict[str, int] | None:
+    """What a turn posted, from its job's ``ledger`` field or from the string key of the
+    older layout (JSON of named deltas; a deployment upgraded in place has them)."""
+    if not raw:
+        return None
+    if raw.startswith("{"):
+        return {k: int(v) for k, v in json.loads(raw).items()}
+    values = raw.split(",")
+    if len(values) != len(FIELDS):
+        raise ValueError(f"a turn record of {len(values)} fields, not {len(FIELDS)}")
+    return {name: int(v) for name, v in zip(FIELDS, values, strict=True)}
+
+
 def posted_deltas(reply: Any) -> dict[str, int] | None:
     """The deltas a POST_TURN reply says were posted (None: posted before).
     FigureError when the script refused the post (nothing was written)."""
@@ -130,15 +152,20 @@ class LedgerStore:
         return batch.script(self._post_turn, keys, args)
 
     def turn_cost(self, job_id: str) -> dict[str, int] | None:
-        raw = self.r.get(self.keys.ledger_turn(job_id))
-        return {k: int(v) for k, v in json.loads(raw).items()} if raw else None
+        """What the job's turn posted (None: nothing yet)."""
+        return self.turn_costs([job_id])[0]
 
     def turn_costs(self, job_ids: Sequence[str]) -> list[dict[str, int] | None]:
-        """:meth:`turn_cost` of each job, in one round trip."""
+        """:meth:`turn_cost` of each job, in one round trip: the job's ``ledger`` field,
+        else the older layout's string key."""
         if not job_ids:
             return []
-        raw = self.r.mget([self.keys.ledger_turn(job_id) for job_id in job_ids])
-        return [{k: int(v) for k, v in json.loads(r).items()} if r else None for r in raw]
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.keys.job(job_id), LEDGER_FIELD)
+            pipe.mget([self.keys.ledger_turn(job_id) for job_id in job_ids])
+            *fields, older = pipe.execute()
+        return [posted_record(f or o) for f, o in zip(fields, older, strict=True)]
 
     def job_costs(
         self, *, since_ms: int | None = None, until_ms: int | None = None, limit: int = 50

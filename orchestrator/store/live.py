@@ -8,7 +8,6 @@ Redis calls of the live-update path.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -16,6 +15,7 @@ import redis.asyncio as aioredis
 from orchestrator.store.compact import raw_hget, turn_field, unpack_turn
 from orchestrator.store.connection import connect_async
 from orchestrator.store.keys import Keys
+from orchestrator.store.ledger import LEDGER_FIELD, posted_record
 from orchestrator.store.scripts.gateway import JOB_STATES
 from orchestrator.store.tokens import AsyncTokenCheck
 
@@ -100,8 +100,12 @@ class LiveStore:
         return [(i, found[i]) for i in sorted(found)[:count]]
 
     async def turn_cost(self, job_id: str) -> dict[str, int] | None:
-        raw = await self.r.get(self.keys.ledger_turn(job_id))
-        return {k: int(v) for k, v in json.loads(raw).items()} if raw else None
+        """What the job's turn posted (see :meth:`LedgerStore.turn_costs`)."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.job(job_id), LEDGER_FIELD)
+            pipe.get(self.keys.ledger_turn(job_id))
+            field, older = await pipe.execute()
+        return posted_record(field or older)
 
     async def wait(
         self, watches: dict[str, int], block_ms: int, count: int = 500

@@ -111,6 +111,11 @@ return due
 
 # One turn's cost is the difference of cumulative snapshots; posting it is keyed by
 # the turn id so a replay is a no-op, and 'counted:*' on the worker only moves forward.
+# What a turn posted is its job hash's 'ledger' field (the deltas in FIELDS order, comma
+# separated: a few dozen bytes where a key of named JSON cost ~420), so it expires with
+# the job. The string key is the older layout's: a deployment upgraded in place has
+# them, so its presence still means "posted"; it is written only for a job whose hash
+# does not exist (nothing else to keep the record in).
 # All or nothing: every figure is checked, and every row it adds to, before the first
 # write (Redis does not roll a script back). Figures arrive as decimal strings of at most
 # MAX_FIGURE (< 2**53, exact as Lua doubles); replies carry integers as strings (cjson
@@ -121,9 +126,10 @@ return due
 _FIELD_LIST = ", ".join(f"'{name}'" for name in FIELDS)
 POST_TURN = (
     """
--- KEYS[1] worker hash, KEYS[2] the turn's ledger record (string), KEYS[3] ledger total
--- hash, KEYS[4 .. 3+n] rollup hashes, KEYS[4+n .. 3+2n] index sets (one per rollup),
--- KEYS[4+2n] job hash (its 'cost_known' is set, its history noted)
+-- KEYS[1] worker hash, KEYS[2] the turn's ledger record of the older layout (string),
+-- KEYS[3] ledger total hash, KEYS[4 .. 3+n] rollup hashes, KEYS[4+n .. 3+2n] index sets
+-- (one per rollup), KEYS[4+2n] job hash (its 'ledger' and 'cost_known' are set, its
+-- history noted)
 -- ARGV[1] turn id, ARGV[2] n, ARGV[3] JSON {field: cumulative as a decimal string},
 -- ARGV[4 .. 3+n] the index member of each rollup, ARGV[4+n] now (ms)
 -- Returns {JSON of the posted deltas, JSON of the falls}, false if this turn was already
@@ -132,8 +138,11 @@ POST_TURN = (
     + f"local fields = {{{_FIELD_LIST}}}\nlocal max_figure = {MAX_FIGURE}\n"
     + f"local row_ceiling = {ROW_CEILING}\n"
     + HISTORY_FN
-    + """if redis.call('EXISTS', KEYS[2]) == 1 then return false end
-local n = tonumber(ARGV[2])
+    + """local n = tonumber(ARGV[2])
+local job = KEYS[4 + 2 * n]
+local job_known = redis.call('EXISTS', job) == 1
+if redis.call('EXISTS', KEYS[2]) == 1
+   or (job_known and redis.call('HEXISTS', job, 'ledger') == 1) then return false end
 local ok, cumulative = pcall(cjson.decode, ARGV[3])
 if not ok or type(cumulative) ~= 'table' then
   return redis.error_reply('BADFIGURE the figures are not a JSON object')
@@ -184,9 +193,13 @@ for i = 1, n do
   redis.call('SADD', KEYS[3 + n + i], ARGV[3 + i])
 end
 local record = cjson.encode(posted)
-redis.call('SET', KEYS[2], record)
-local job_known = redis.call('EXISTS', KEYS[4 + 2 * n]) == 1
-if job_known then redis.call('HSET', KEYS[4 + 2 * n], 'cost_known', '1') end
+if job_known then
+  local packed = {}
+  for i, field in ipairs(fields) do packed[i] = posted[field] end
+  redis.call('HSET', job, 'ledger', table.concat(packed, ','), 'cost_known', '1')
+else
+  redis.call('SET', KEYS[2], record)
+end
 local fallen = '{}'
 if fell then
   fallen = cjson.encode(falls)
@@ -194,8 +207,8 @@ if fell then
   for _, field in ipairs(fields) do
     if falls[field] then table.insert(parts, field .. ' fell by ' .. falls[field]) end
   end
-  local status = redis.call('HGET', KEYS[4 + 2 * n], 'status') or ''
-  if job_known then history_add(KEYS[4 + 2 * n], status, ARGV[4 + n],
+  local status = redis.call('HGET', job, 'status') or ''
+  if job_known then history_add(job, status, ARGV[4 + n],
              'cost anomaly: upstream cumulative figure below what was counted '
              .. '(nothing posted for it): ' .. table.concat(parts, ', '), """
     + str(HISTORY_MAX)
