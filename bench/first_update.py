@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.jobs.follower import Follower, UpdateWriter
-from orchestrator.jobs.follower import tune_gc as follower_tune_gc
 from orchestrator.jobs.model import validate_submission
+from orchestrator.ops.gctune import tune_gc as follower_tune_gc
 from orchestrator.ops.redis_server import RedisServer
 from orchestrator.store.connection import connect_async
 from orchestrator.store.follows import FollowStore

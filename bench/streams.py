@@ -30,8 +30,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from orchestrator.jobs.follower import Follower, UpdateWriter
-from orchestrator.jobs.follower import tune_gc as follower_tune_gc
 from orchestrator.jobs.model import validate_submission
+from orchestrator.ops.gctune import tune_gc as follower_tune_gc
 from orchestrator.ops.redis_server import RedisServer
 from orchestrator.store.connection import connect_async
 from orchestrator.store.follows import FollowStore
@@ -119,7 +119,7 @@ async def measure(
 
     ``pool`` gives the follower a blocking Redis pool of that size (None: the streams
     worker's own client, ``connect_async``); ``tune_gc`` sets up the collector as the
-    streams worker does (``follower.tune_gc``; False: Python's defaults).
+    streams worker does (``ops.gctune.tune_gc``; False: Python's defaults).
     """
     if tune_gc:
         follower_tune_gc()  # as the streams worker does when its follower starts
@@ -318,7 +318,7 @@ def main() -> None:
                         "(default: the streams worker's own client)")  # fmt: skip
     parser.add_argument("--default-gc", action="store_true",
                         help="keep Python's collector settings (the streams worker tunes "
-                        "them: orchestrator.jobs.follower.tune_gc)")  # fmt: skip
+                        "them: orchestrator.ops.gctune.tune_gc)")  # fmt: skip
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     with RedisServer(appendonly=False) as server:

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 from orchestrator import rules
 from orchestrator.errors import InputError
-from orchestrator.jobs import lifecycle, submit
-from orchestrator.jobs.model import TERMINAL, Job, JobKind
+from orchestrator.jobs import lifecycle, steps, submit
+from orchestrator.jobs.model import TERMINAL, Job, JobKind, Submission
 from orchestrator.runtime import Runtime, store_for
 from orchestrator.schedules.facade import ScheduleAPI
 from orchestrator.settings import Settings, load_settings
@@ -164,6 +164,16 @@ class Orchestrator:
         return lifecycle.cancel_many(
             self.app, self.rt, tags=tags, status=status, schedule_id=schedule_id, reason=reason
         )
+
+    def checked(self, kind: JobKind, worker_id: str | None, **fields: Any) -> Submission:
+        """A submission checked as :meth:`submit` (``kind`` create) or :meth:`continue_`
+        would check it (``fields``: their keywords); InputError naming the field. Nothing
+        is written: the gateway stores it with its async writer, then calls :meth:`send`."""
+        return submit.check(self.settings, kind=kind, worker_id=worker_id, **fields)
+
+    def send(self, job: Job) -> None:
+        """Send the first task of a job just stored (the last step of :meth:`submit`)."""
+        steps.dispatch(self.app, self.rt, job)
 
     def _enqueue(self, kind: JobKind, worker_id: str | None, **fields: Any) -> Job:
         """Validate a submission (``fields``: submit's keywords), store it as a job and

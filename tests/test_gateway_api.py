@@ -380,3 +380,26 @@ def test_schedules_of_every_kind(gateway: Gateway, when: dict[str, Any]) -> None
     assert error_of(admin.post(f"/v1/schedules/{sid}/trigger"), 409)
     bad = admin.post("/v1/schedules", json={"input": "x", "when": {"type": "cron", "cron": "nope"}})
     assert error_of(bad, 400)["field"].startswith("when")
+
+
+def test_submit_answers_once_stored_and_a_failed_send_leaves_the_job_to_the_sweep(
+    env: dict[str, str], tmp_path: Path, store: RedisStore
+) -> None:
+    """Submit answers once the job is stored; its first task is sent after. With the
+    broker away the answer is still 202 and the job stays in the outbox (the re-send
+    sweep's to send), the failure logged by its type, never its URL."""
+    dead = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
+    gw = start_gateway(env, tmp_path, store, BROKER_URL=dead)
+    try:
+        made = gw.client("submit").post("/v1/jobs", json={"input": "no broker"})
+        assert made.status_code == 202, made.text
+        job_id = made.json()["id"]
+        deadline = time.monotonic() + 60
+        while "first task not sent" not in gw.proc.text():
+            assert time.monotonic() < deadline, gw.proc.text()
+            time.sleep(0.1)
+        assert job_id in store.unsent(0)
+        assert store.get_job(job_id).status == "queued"  # type: ignore[union-attr]
+        assert "hunter2-secret" not in gw.proc.text()
+    finally:
+        gw.proc.stop()

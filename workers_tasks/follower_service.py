@@ -17,7 +17,8 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from orchestrator import runtime
 from orchestrator.celery import STREAMS_QUEUE, app
 from orchestrator.controls.limits import AsyncFleetRate
-from orchestrator.jobs.follower import Follower, tune_gc
+from orchestrator.jobs.follower import Follower
+from orchestrator.ops.gctune import tune_gc
 from orchestrator.ops.instruments import record_attempt
 from orchestrator.store.jobs import now_ms
 from orchestrator.wire.aclient import AsyncWorkersClient

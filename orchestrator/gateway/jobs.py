@@ -1,16 +1,16 @@
 """``/v1/jobs``: submit, continue, cancel, get, list, history, files, email and read links.
 
 Routes are plain functions (FastAPI runs them in its thread pool) over the synchronous
-facade, but submit, the hot path: it hands the facade call to the event loop's executor
-(``Gateway.blocking``), a cheaper hop. Each checks what the caller may see before it
-reads or writes anything.
+facade, but submit, the hot path: it checks the body with the facade's rules, stores the
+job on the event loop's Redis client and answers, its task sent just after on the
+executor (``Gateway.send``). Each checks what the caller may see before it reads or
+writes anything.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -86,13 +86,16 @@ def _accepted(job: Job) -> Response:
 async def submit(
     body: SubmitBody, who: Submitter, gw: GW, idempotency_key: IdemKey = None
 ) -> Response:
-    """Submit a job: a new worker runs ``input``."""
-    tags = who.tags_for(body.tags)
-    job = await gw.blocking(
-        partial(gw.orch.submit, body.input, budget=body.budget, tags=tags,
-                idempotency_key=_idem(who, idempotency_key), fetch_files=body.fetch_files,
-                priority=body.priority)
+    """Submit a job: a new worker runs ``input``. Answered once the job is stored (one
+    Redis round trip on the event loop, no thread); its task is sent right after."""
+    sub = gw.orch.checked(
+        "create", None, input=body.input, budget=body.budget, tags=who.tags_for(body.tags),
+        idempotency_key=_idem(who, idempotency_key), fetch_files=body.fetch_files,
+        priority=body.priority,
     )  # fmt: skip
+    job, created = await gw.writer.create_job(sub)
+    if created:
+        await gw.send(job)
     if idempotency_key is not None:
         _same(job, who, body, "create")
     return _accepted(job)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -393,21 +392,6 @@ class Follower:
 
     async def _mark(self, job_id: str, status: JobStatus, detail: str = "") -> None:
         await self.store.transition(job_id, status, detail)
-
-
-#: A follower of thousands of streams holds millions of objects: collections at the
-#: default thresholds stalled its loop 75-200 ms (1,000 streams), at (10,000, 10, 10) up to
-#: 0.76 s (python -m bench.streams --workers 5000: live lag p99 1.3 s -> 106 ms, same RSS).
-GC_THRESHOLDS = (100_000, 50, 10)
-
-
-def tune_gc() -> None:
-    """Set up the collector for a process that follows many streams: freeze what was
-    allocated so far (modules, settings: never garbage) out of every later collection,
-    and collect less often. Called once, when the follower starts."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def describe_state(follower: Follower) -> dict[str, Any]:

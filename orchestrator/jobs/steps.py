@@ -173,19 +173,25 @@ def resend_unsent(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) ->
 
 def resend_lost(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) -> int:
     """Send again the jobs whose first task the broker lost after it was sent (see
-    :meth:`BrokerLayout.lost <orchestrator.store.broker.BrokerLayout.lost>`). A second
-    copy of a task that was not lost after all is harmless: ``start_turn`` is idempotent.
+    :meth:`BrokerLayout.lost <orchestrator.store.broker.BrokerLayout.lost>`), or lost
+    while its upstream call was under way. A second copy of a task that was not lost
+    after all is harmless: ``start_turn`` is idempotent.
     """
     store = rt.store
     due = store.untaken(int(older_than_seconds * 1000))
+    # Begun but never submitted: the task died with its call, or its retry could not be
+    # sent (the broker away); the call's idempotency key makes a second one find the
+    # first one's worker.
+    stalled = set(store.stalled(int(older_than_seconds * 1000)))
     lost = store.broker.lost(
-        due, "resend-lost", older_than_seconds, _job_of, backlog_queue=API_QUEUE
-    )
+        [*due, *(j for j in stalled if j not in due)], "resend-lost", older_than_seconds,
+        _job_of, backlog_queue=API_QUEUE,
+    )  # fmt: skip
     resent = 0
     for job_id in lost:
         job = store.get_job(job_id)
-        if job is None or job.status != "queued" or job.attempts:
-            store.forget_dispatched(job_id)  # begun (it left the set then) or gone
+        if job is None or job.status != "queued" or (job.attempts and job_id not in stalled):
+            store.forget_dispatched(job_id)  # moved on, gone, or begun since it was read
         else:
             log.warning("re-sending job %s: the broker lost its first task", job_id)
             dispatch(app, rt, job)

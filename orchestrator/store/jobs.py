@@ -112,52 +112,14 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         duplicate is impossible, not merely unlikely: of two racing submissions with the
         same key, one writes and the other gets its job.
         """
-        job_id = new_job_id()
-        created = now_ms()
-        record = {
-            "id": job_id,
-            "kind": sub.kind,
-            "input": sub.input,
-            "budget": sub.budget,
-            "tags": json.dumps(sub.tags, sort_keys=True),
-            "idempotency_key": sub.idempotency_key or "",
-            "fetch_files": "1" if sub.fetch_files else "0",
-            "schedule_id": sub.schedule_id or "",
-            "priority": sub.priority,
-            "worker_id": sub.worker_id or "",
-            "status": "queued",
-            "attempts": "0",
-            "created_at": str(created),
-            "at_queued": str(created),
-            **{f"{name}_ms": str(limit_ms(getattr(sub, name))) for name in LIMITS},
-            # The history's first entry (see scripts.records.HISTORY_FN for its form).
-            "history": history_line("queued", created),
-            "history_n": "1",
-        }
-        keys = [
-            self.keys.job(job_id),
-            self.keys.jobs,
-            self.keys.outbox,
-            self.keys.job_states,
-            self.keys.jobs_live,
-            self.keys.job_indexes,
-        ]
-        indexes = [self.keys.jobs_by_tag(k, v) for k, v in sorted(sub.tags.items())]
-        if sub.schedule_id:
-            indexes.append(self.keys.jobs_by_schedule(sub.schedule_id))
-        keys += indexes
-        if sub.idempotency_key:
-            keys.append(self.keys.idempotency(sub.idempotency_key))
-        flat = [part for item in record.items() for part in item]
-        due = next_due(Job.from_hash(record), created)
-        args: list[str | int] = [job_id, created, due, len(indexes), *flat]
+        job, keys, args = creation(self.keys, sub)
         written, found_id = self._create(keys=keys, args=args)
         if int(written) == 1:
-            return Job.from_hash(record), True
-        job = self.get_job(str(found_id))
-        if job is None:
+            return job, True
+        found = self.get_job(str(found_id))
+        if found is None:
             raise InputError("idempotency_key", "names a job that is gone")
-        return job, False
+        return found, False
 
     def mark_sending(self, job_id: str) -> None:
         """The job's first task is about to be sent: watched until a worker takes it
@@ -187,7 +149,11 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         return list(self.r.zrangebyscore(key, "-inf", cutoff, start=0, num=limit))
 
     def forget_dispatched(self, job_id: str) -> None:
-        self.r.zrem(self.keys.dispatched, job_id)
+        """Out of the sent-not-begun and the begun-not-submitted sets."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.dispatched, job_id)
+            pipe.zrem(self.keys.begun, job_id)
+            pipe.execute()
 
     def get_job(self, job_id: str) -> Job | None:
         data = self.r.hgetall(self.keys.job(job_id))
@@ -220,8 +186,8 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         """
         job_id = _job_id(job_id)
         keys = [self.keys.job(job_id), self.keys.limits, self.keys.budget_caps,
-                self.keys.dispatched]  # fmt: skip
-        counted, flat = self._begin(keys=keys, args=[job_id])
+                self.keys.dispatched, self.keys.begun]  # fmt: skip
+        counted, flat = self._begin(keys=keys, args=[job_id, now_ms()])
         if not flat:
             raise InputError("job_id", f"no job {job_id}")
         data = dict(zip(flat[::2], flat[1::2], strict=True))
@@ -229,7 +195,28 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
 
     def count_attempt(self, job_id: str) -> int:
         """Record, before calling upstream, that an attempt is being made."""
-        return int(self.r.hincrby(self.keys.job(job_id), "attempts", 1))
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hincrby(self.keys.job(job_id), "attempts", 1)
+            pipe.zadd(self.keys.begun, {job_id: now_ms()})
+            return int(pipe.execute()[0])
+
+    def stalled(self, older_than_ms: int, limit: int = 500) -> list[str]:
+        """Jobs still queued whose upstream call began ``older_than_ms`` ago or more (see
+        :attr:`Keys.begun`). Those that moved on (failed, ended here) or expired leave
+        the set here, so a busy broker queue, which holds the re-send back, never lets
+        them pile up."""
+        cutoff = now_ms() - older_than_ms
+        found = list(self.r.zrangebyscore(self.keys.begun, "-inf", cutoff, start=0, num=limit))
+        if not found:
+            return []
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_id in found:
+                pipe.hget(self.keys.job(job_id), "status")
+            statuses = pipe.execute()
+        done = [j for j, status in zip(found, statuses, strict=True) if status != "queued"]
+        if done:
+            self.r.zrem(self.keys.begun, *done)
+        return [job_id for job_id in found if job_id not in done]
 
     def job_states(self) -> dict[str, int]:
         raw = self.r.hgetall(self.keys.job_states)
@@ -255,6 +242,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         batch = Batch(self.r)
         jkey = self.keys.job(job.id)
         batch.pipe.hset(jkey, mapping={"worker_id": worker.id, "update_from": relayed})
+        batch.pipe.zrem(self.keys.begun, job.id)
         if job.kind == "continue" and not self.r.exists(wkey):
             # The worker's records expired with its last job: count this turn from the
             # cumulative figures the continue answered, or its cost would include every
@@ -359,3 +347,42 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
                 "maxmemory-policy", f"is {policy!r}; the store needs 'noeviction' (no key loss)"
             )
         return policy
+
+
+def creation(keys: Keys, sub: Submission) -> tuple[Job, list[str], list[str | int]]:
+    """The ``CREATE_JOB`` call that stores ``sub`` as a new queued job: (the job it
+    writes, the script's KEYS, its ARGV). Shared by :meth:`RedisStore.create_job` and the
+    gateway's async writer (:mod:`orchestrator.store.intake`)."""
+    job_id = new_job_id()
+    created = now_ms()
+    record = {
+        "id": job_id,
+        "kind": sub.kind,
+        "input": sub.input,
+        "budget": sub.budget,
+        "tags": json.dumps(sub.tags, sort_keys=True),
+        "idempotency_key": sub.idempotency_key or "",
+        "fetch_files": "1" if sub.fetch_files else "0",
+        "schedule_id": sub.schedule_id or "",
+        "priority": sub.priority,
+        "worker_id": sub.worker_id or "",
+        "status": "queued",
+        "attempts": "0",
+        "created_at": str(created),
+        "at_queued": str(created),
+        **{f"{name}_ms": str(limit_ms(getattr(sub, name))) for name in LIMITS},
+        # The history's first entry (see scripts.records.HISTORY_FN for its form).
+        "history": history_line("queued", created),
+        "history_n": "1",
+    }
+    names = [keys.job(job_id), keys.jobs, keys.outbox, keys.job_states, keys.jobs_live,
+             keys.job_indexes]  # fmt: skip
+    indexes = [keys.jobs_by_tag(k, v) for k, v in sorted(sub.tags.items())]
+    if sub.schedule_id:
+        indexes.append(keys.jobs_by_schedule(sub.schedule_id))
+    names += indexes
+    if sub.idempotency_key:
+        names.append(keys.idempotency(sub.idempotency_key))
+    flat = [part for item in record.items() for part in item]
+    job = Job.from_hash(record)
+    return job, names, [job_id, created, next_due(job, created), len(indexes), *flat]

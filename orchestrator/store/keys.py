@@ -90,6 +90,15 @@ class Keys:
         by send time (ms); left when the create step begins."""
         return f"{self.prefix}:dispatched"
 
+    @property
+    def begun(self) -> str:
+        """Sorted set: job ids whose upstream call is under way (attempt counted, the job
+        not yet submitted), by begin time (ms). One still queued long after, with no task
+        of it in the broker, lost that task (e.g. its retry could not be sent while Redis
+        was away) and is sent again; the upstream call's idempotency key makes the
+        second call find the first one's worker."""
+        return f"{self.prefix}:begun"
+
     def pass_lock(self, name: str) -> str:
         """String (with a TTL): one worker of the fleet runs the repair pass ``name``
         per TTL, so two never re-send the same lost task at once."""

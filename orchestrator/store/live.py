@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from orchestrator.store.compact import raw_hget, turn_field, unpack_turn
 from orchestrator.store.connection import connect_async
+from orchestrator.store.intake import AsyncJobWriter
 from orchestrator.store.keys import Keys
 from orchestrator.store.ledger import LEDGER_FIELD, posted_record
 from orchestrator.store.scripts.gateway import JOB_STATES
@@ -55,6 +56,10 @@ class LiveStore:
     def token_check(self, cache_seconds: float = 0.0) -> AsyncTokenCheck:
         """Token checks on this store's pool (one pool per gateway process)."""
         return AsyncTokenCheck(self.r, self.keys.prefix, cache_seconds)
+
+    def job_writer(self) -> AsyncJobWriter:
+        """Submit's async job writes on this store's pool."""
+        return AsyncJobWriter(self.r, self.keys.prefix)
 
     async def job(self, job_id: str) -> dict[str, str]:
         """The job's hash ({} when there is no such job)."""

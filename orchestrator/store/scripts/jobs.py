@@ -43,8 +43,9 @@ return {1, ARGV[1]}
 # admit against) a queued job's attempt is counted in the same step, so the step reaches
 # the API after one round trip; otherwise the caller admits it first, then counts.
 BEGIN_ATTEMPT = """
--- KEYS[1] job hash, KEYS[2] limits hash, KEYS[3] budget caps hash, KEYS[4] dispatched zset
--- ARGV[1] job id
+-- KEYS[1] job hash, KEYS[2] limits hash, KEYS[3] budget caps hash, KEYS[4] dispatched zset,
+-- KEYS[5] begun zset
+-- ARGV[1] job id, ARGV[2] now (ms)
 -- Returns {1 if the attempt was counted else 0, job hash (flat field, value, ...)}.
 redis.call('ZREM', KEYS[4], ARGV[1])
 local job = redis.call('HGETALL', KEYS[1])
@@ -53,6 +54,7 @@ local counted = 0
 if redis.call('HGET', KEYS[1], 'status') == 'queued'
    and redis.call('EXISTS', KEYS[2]) == 0 and redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
   counted = 1
   for i = 1, #job, 2 do
     if job[i] == 'attempts' then job[i + 1] = tostring(tonumber(job[i + 1]) + 1) end
