@@ -103,6 +103,25 @@ def test_the_prune_pass_trims_the_listing_indexes_of_expired_jobs(short: RedisSt
     assert r.smembers(k.job_indexes) == {team}
 
 
+def test_one_prune_pass_keeps_up_with_a_busy_tenant(short: RedisStore) -> None:
+    """A tenant's index gains an id per job: 1,000 expired ids behind a job that lives on
+    (the oldest) all go in one pass, which checked only 200 of them before (a tenant
+    past ~13 jobs a second grew its index for ever); the live job stays."""
+    r, k = short.r, short.keys
+    live, _ = short.create_job(validate_submission(1000, input="lives on", tags={"t": "busy"}))
+    index = k.jobs_by_tag("t", "busy")
+    base = now_ms()
+    # Ids of jobs whose records have expired: in the index, their hashes gone.
+    r.zadd(index, {f"job_{i:032x}": base + 1 + i for i in range(1000)})
+    assert short.prune_indexes() == 1000
+    assert r.zrange(index, 0, -1) == [live.id]
+    assert short.prune_indexes(checks=1) == 0  # bounded: one id checked, alive, kept
+    # The retention index likewise: 2,500 due in one pass, 1,000 at a time.
+    r.zadd(k.retention, {f"job_{i:032x}|": base - 1 - i for i in range(2500)})
+    assert short.prune_expired(now_ms(), limit=1000) == 2500
+    assert r.zcard(k.retention) == 0
+
+
 def test_duration_and_override_rules() -> None:
     assert duration_seconds("7d") == 7 * 86_400
     assert duration_seconds("30s") == 30 and duration_seconds("12h") == 43_200

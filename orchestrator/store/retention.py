@@ -143,10 +143,21 @@ class RetentionStore:
     keys: Keys
     _trim_index: Any
 
-    def prune_expired(self, now_ms: int, limit: int = 1000) -> int:
+    def prune_expired(self, now_ms: int, limit: int = 1000, rounds: int = 20) -> int:
         """Drop the jobs whose records have expired from the indexes expiry cannot
         reach: the ``jobs`` set, and the ledger's worker index (when the worker's row
-        is gone too). Returns how many jobs were dropped."""
+        is gone too), ``limit`` at a time while a full batch was due, at most ``rounds``
+        batches (one batch a pass fell behind past ``limit`` jobs a pass). Returns how
+        many jobs were dropped."""
+        dropped = 0
+        for _ in range(rounds):
+            done = self._prune_batch(now_ms, limit)
+            dropped += done
+            if done < limit:
+                break
+        return dropped
+
+    def _prune_batch(self, now_ms: int, limit: int) -> int:
         due = self.r.zrangebyscore(self.keys.retention, "-inf", now_ms, start=0, num=limit)
         if not due:
             return 0
@@ -165,29 +176,35 @@ class RetentionStore:
             pipe.execute()
         return len(due)
 
-    def prune_indexes(self, indexes: int = 16, per_index: int = 200) -> int:
+    def prune_indexes(self, indexes: int = 16, per_index: int = 200, checks: int = 20_000) -> int:
         """Trim the per-tag and per-schedule listing indexes of jobs whose records have
         expired: of up to ``indexes`` of them (picked at random), the ``per_index``
-        oldest ids are checked and the ones whose job hash is gone removed. Bounded per
-        call; the oldest go first, and they are the ones retention takes first. Returns
-        how many ids were removed."""
+        oldest ids are checked and the ones whose job hash is gone removed, again while
+        a full batch had some gone (a tenant's index gains ids as fast as its jobs come:
+        one batch a pass fell behind past ~13 jobs a second), up to ``checks`` ids a
+        call. The oldest go first, and they are the ones retention takes first; a job
+        that lives on is passed over. Returns how many ids were removed."""
         names = list(self.r.srandmember(self.keys.job_indexes, indexes) or [])
-        if not names:
-            return 0
-        with self.r.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.zrange(name, 0, per_index - 1)
-            oldest: list[list[str]] = pipe.execute()
-        with self.r.pipeline(transaction=False) as pipe:
-            for ids in oldest:
-                for job_id in ids:
-                    pipe.exists(self.keys.job(job_id))
-            alive = iter(pipe.execute())
         removed = 0
-        for name, ids in zip(names, oldest, strict=True):
-            gone = [job_id for job_id in ids if not next(alive)]
-            if gone or not ids:
-                removed += int(self._trim_index(keys=[self.keys.job_indexes, name], args=gone))
+        while names and checks > 0:
+            with self.r.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.zrange(name, 0, per_index - 1)
+                oldest: list[list[str]] = pipe.execute()
+            with self.r.pipeline(transaction=False) as pipe:
+                for ids in oldest:
+                    for job_id in ids:
+                        pipe.exists(self.keys.job(job_id))
+                alive = iter(pipe.execute())
+            checks -= sum(len(ids) for ids in oldest)
+            again = []
+            for name, ids in zip(names, oldest, strict=True):
+                gone = [job_id for job_id in ids if not next(alive)]
+                if gone or not ids:
+                    removed += int(self._trim_index(keys=[self.keys.job_indexes, name], args=gone))
+                if gone and len(ids) == per_index:
+                    again.append(name)
+            names = again
         return removed
 
     def config_differences(self) -> dict[str, str]:
