@@ -67,6 +67,8 @@ def breakdown(raw: str) -> tuple[int, collections.Counter[str]]:
     samples = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue  # a line py-spy cut short when it was stopped
         last = stack.split(";")[-1]
         if "(threading.py)" in last or "wait (" in last:
             continue  # idle threads

@@ -68,6 +68,40 @@ def test_a_completed_turn_is_folded_and_the_relay_stays_exactly_once(store: Redi
     assert store.read_updates("wrk_fold") == [*want, (10, {"n": 10})]
 
 
+def test_a_turn_relayed_here_is_folded_from_memory_and_still_checked(store: RedisStore) -> None:
+    """The quick relay hands finalize the updates it stored: the fold takes them without
+    reading the stream back (no XRANGE), gives the same blob, and a count that does not
+    match the turn falls back to the read; FOLD_TURN checks the stream either way."""
+    r, k = store.r, store.keys
+    datas = [json.dumps({"n": i}) for i in range(10)]
+    blobs = []
+    for worker_id, given in (("wrk_mem", datas), ("wrk_read", None), ("wrk_short", datas[:9])):
+        job, _ = store.create_job(validate_submission(1000, input="here"))
+        assert store.set_submitted(job, worker(worker_id))
+        store.append_updates(worker_id, 0, datas)
+        batch = store.batch()
+        with r.monitor() as monitor:
+            store.fold_turn_into(batch, store.require_job(job.id), 10, given)
+            r.ping()  # the last command MONITOR shows
+            seen = []
+            while not seen or "PING" not in seen[-1]:
+                seen.append(monitor.next_command()["command"])
+        assert any(c.startswith("XRANGE") for c in seen) == (given is not datas), seen
+        assert batch.execute() == [1]
+        blobs.append(store.r.execute_command("HGET", k.worker(worker_id), turn_field(0),
+                                             NEVER_DECODE=[]))  # fmt: skip
+        assert store.read_updates(worker_id) == [(i, {"n": i}) for i in range(10)]
+    assert blobs[0] == blobs[1] == blobs[2]
+    # Updates that the stream does not hold are refused by the script, nothing written.
+    job, _ = store.create_job(validate_submission(1000, input="gap"))
+    assert store.set_submitted(job, worker("wrk_gap"))
+    store.append_updates("wrk_gap", 0, datas[:5])
+    batch = store.batch()
+    store.fold_turn_into(batch, store.require_job(job.id), 10, datas)
+    assert batch.execute() == [-1]
+    assert not r.hexists(k.worker("wrk_gap"), turn_field(0))
+
+
 def test_a_turn_left_unfolded_stays_in_the_stream_beside_a_folded_one(store: RedisStore) -> None:
     """A failed turn keeps its stream entries (its job's readers still read them); the
     worker's next, completed turn is folded out of the same stream around them."""

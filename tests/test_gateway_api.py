@@ -156,8 +156,9 @@ def test_error_shapes(gateway: Gateway) -> None:
     missing = error_of(admin.post("/v1/jobs", json={"budget": "low"}), 422)
     assert missing["field"] == "input" and missing["type"] == "validation_error"
     assert error_of(admin.post("/v1/jobs", json={"input": "x", "budget": "huge"}), 422)
-    assert error_of(admin.post("/v1/jobs", content=b"{not json",
-                               headers={"Content-Type": "application/json"}), 422)  # fmt: skip
+    not_json = error_of(admin.post("/v1/jobs", content=b"[1,2",
+                                   headers={"Content-Type": "application/json"}), 422)  # fmt: skip
+    assert not_json["field"] == "body" and "not valid JSON" in not_json["message"]
     big = admin.post("/v1/jobs", json={"input": "x" * (2 * 2**20)})
     assert error_of(big, 413)["type"] == "too_large"
     assert error_of(admin.get("/v1/costs", params={"by": "planet"}), 422)["field"] == "by"

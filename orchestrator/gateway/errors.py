@@ -113,6 +113,17 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            # Its location is the character where parsing stopped, not a field.
+            where = first.get("loc", ())[-1:]
+            ctx = first.get("ctx")
+            said = ctx.get("error", "") if isinstance(ctx, dict) else ""
+            message = (
+                f"the body is not valid JSON ({said} at character {where[0]})"
+                if (where and said)
+                else "the body is not valid JSON"
+            )
+            return error_response(422, message, "body")
         message = str(first.get("msg", "invalid"))
         return error_response(422, message, _field_of(tuple(first.get("loc", ()))))
 

@@ -47,7 +47,7 @@ def relay_here(rt: Runtime, app: Celery, job: Job) -> str | None:
     it if it ends within ``QUICK_RELAY_SECONDS``: finalize's outcome. None when the turn went
     to the followers (or, refused by the store, to the end sweep). Never raises."""
     try:
-        ended, read = _relay(rt, job)
+        ended, read, updates = _relay(rt, job)
     except RelayRefused as exc:
         log.info("stream of %s: %s; not relayed here", job.id, exc)
         if "GAP" in str(exc):
@@ -55,21 +55,23 @@ def relay_here(rt: Runtime, app: Celery, job: Job) -> str | None:
         return None
     except Exception as exc:  # Redis away, say: the followers take over
         log.warning("relay of %s here failed (%s); handing it over", job.id, exc)
-        ended, read = False, None
+        ended, read, updates = False, None, None
     if not ended:
         _hand_over(rt, job)
         return None
     try:
-        return finalize(rt, app, job.id, read=read)
+        return finalize(rt, app, job.id, read=read, updates=updates)
     except Exception as exc:  # the followers replay the stream (nothing new) and settle it
         log.info("finalize of %s failed here (%s); handing it over", job.id, exc)
         _hand_over(rt, job)
         return None
 
 
-def _relay(rt: Runtime, job: Job) -> tuple[bool, Job | None]:
+def _relay(rt: Runtime, job: Job) -> tuple[bool, Job | None, list[str] | None]:
     """Read and store the stream for up to QUICK_RELAY_SECONDS; True if it closed by then,
-    and the job as read with the last write (None if there was none).
+    the job as read with the last write (None if there was none), and the turn's
+    updates as stored when the store holds exactly these (finalize folds them without
+    reading them back; None: it reads them).
 
     Updates are written together: when the stream closes or the time is up, or sooner
     when one has waited FLUSH_SECONDS by the time the next arrives. An instant turn's
@@ -77,6 +79,7 @@ def _relay(rt: Runtime, job: Job) -> tuple[bool, Job | None]:
     slower turn's first update waits at most QUICK_RELAY_SECONDS."""
     assert job.worker_id is not None
     pending: list[str] = []
+    sent: list[str] = []  # every update written, in order
     stored = 0  # a create's turn is the worker's first: its updates start at 0
     oldest = 0.0
     ended = False
@@ -90,14 +93,18 @@ def _relay(rt: Runtime, job: Job) -> tuple[bool, Job | None]:
                     pending.append(json.dumps(update.data))
                     if time.monotonic() - oldest >= FLUSH_SECONDS:
                         stored, _ = _write(rt, job, stored, pending, mark_running=stored == 0)
+                        sent += pending
                         pending = []
         ended = True
     except APIError as exc:  # cut by the time limit, or a failure: the followers resume
         log.debug("stream of %s not read to its end here: %s", job.id, exc)
     if not pending:
-        return ended, None
+        return ended, None, None
     # The job is read back with the last write: finalize needs it as it is now.
-    return ended, _write(rt, job, stored, pending, mark_running=stored == 0, read=True)[1]
+    stored, read = _write(rt, job, stored, pending, mark_running=stored == 0, read=True)
+    sent += pending
+    # More stored than sent: a follower of a job Redis lost relayed some too.
+    return ended, read, sent if stored == len(sent) else None
 
 
 def _write(

@@ -8,6 +8,7 @@ creates at most one upstream worker per job, ``finalize`` posts a turn's cost on
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -278,14 +279,22 @@ def begin_turn(rt: Runtime, app: Celery, job_id: str, *, hold_ms: int = 0) -> tu
     return submitted, follow_at != 0
 
 
-def finalize(rt: Runtime, app: Celery, job_id: str, *, read: Job | None = None) -> str:
+def finalize(
+    rt: Runtime,
+    app: Celery,
+    job_id: str,
+    *,
+    read: Job | None = None,
+    updates: Sequence[str] | None = None,
+) -> str:
     """After the stream closed: snapshot, ledger delta, status; then fetch files.
 
     Returns what happened: ``completed``, ``refollow`` (the turn is still running: the
     stream closed early), ``failed`` (an upstream cost or usage figure outside the
     ledger's bounds: nothing posted, the hold and slots given back) or ``noop``.
     ``read``: the job as just read from the store, after the stream closed (else read
-    here).
+    here); ``updates``: the turn's updates as stored, when the caller relayed them all
+    (else they are read back to be folded).
     """
     store = rt.store
     job = read if read is not None else store.require_job(job_id)
@@ -318,7 +327,7 @@ def finalize(rt: Runtime, app: Celery, job_id: str, *, read: Job | None = None) 
     if job.fetch_files and worker.files:
         send_fetches(app, rt, job, worker)
     end = store.batch()
-    store.complete_into(end, job, relayed)
+    store.complete_into(end, job, relayed, updates)
     if raw_hold is not None:
         rt.budgets.release_into(end, job.id, raw_hold)
     promoted_at = rt.limits.release_into(end, job)

@@ -140,21 +140,30 @@ class TurnStore:
     updates_maxlen: int
     _fold: Any
 
-    def fold_turn_into(self, batch: Batch, job: Job, update_to: int) -> None:
+    def fold_turn_into(
+        self, batch: Batch, job: Job, update_to: int, updates: Sequence[str] | None = None
+    ) -> None:
         """Queue the fold of the job's completed turn (updates ``update_from`` to
         ``update_to``) into one compressed field of its worker's hash. Reads the turn
-        first (one round trip); a turn with no updates, or longer than
+        first (one round trip) unless ``updates`` holds it whole (the JSON texts as
+        stored, from ``update_from``: the caller relayed them itself); FOLD_TURN checks
+        either against the stream. A turn with no updates, or longer than
         :data:`FOLD_MAX_ENTRIES`, stays as it is."""
         start = job.update_from or 0
         if job.worker_id is None or update_to <= start:
             return
         stream = self.keys.updates(job.worker_id)
-        entries = self.r.xrange(stream, f"0-{start + 1}", f"0-{update_to}",
-                                count=FOLD_MAX_ENTRIES + 1)  # fmt: skip
-        if not entries or len(entries) > FOLD_MAX_ENTRIES:
+        span = update_to - start
+        if updates is not None and len(updates) == span and span <= self.updates_maxlen:
+            first, datas = start, list(updates)
+        else:
+            entries = self.r.xrange(stream, f"0-{start + 1}", f"0-{update_to}",
+                                    count=FOLD_MAX_ENTRIES + 1)  # fmt: skip
+            first = _index(entries[0][0]) if entries else start
+            datas = [str(fields["data"]) for _, fields in entries]
+        if not datas or len(datas) > FOLD_MAX_ENTRIES:
             return
-        first = _index(entries[0][0])
-        blob = pack_turn(first, [str(fields["data"]) for _, fields in entries])
+        blob = pack_turn(first, datas)
         oldest = max(update_to - self.updates_maxlen, 0)
         batch.script(self._fold, [self.keys.worker(job.worker_id), stream],
                      [start, first, update_to, blob, oldest])  # fmt: skip

@@ -9,6 +9,7 @@ until its upstream turn is settled (:meth:`StatusStore.settled`).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.errors import InputError
@@ -99,14 +100,16 @@ class StatusStore:
         keys, args = transition_call(self.keys, self.retention, job_id, status, at, "", None)
         batch.script(self._transition, keys, args)
 
-    def complete_into(self, batch: Batch, job: Job, update_to: int) -> None:
+    def complete_into(
+        self, batch: Batch, job: Job, update_to: int, updates: Sequence[str] | None = None
+    ) -> None:
         """Queue the end of a settled turn: where its updates end, its updates folded
         out of the stream (:meth:`~orchestrator.store.compact.TurnStore.fold_turn_into`,
-        which reads them first), ``completed`` (with its records' expiry), and the
-        release of its follow lease."""
+        which reads them first unless ``updates`` holds them), ``completed`` (with its
+        records' expiry), and the release of its follow lease."""
         job_id = job.id
         batch.pipe.hset(self.keys.job(job_id), "update_to", update_to)
-        self.fold_turn_into(batch, job, update_to)
+        self.fold_turn_into(batch, job, update_to, updates)
         fields = (job.worker_id or "", job.idempotency_key or "", job.tags)
         keys, args = transition_call(
             self.keys, self.retention, job_id, "completed", now_ms(), "", fields

