@@ -1,5 +1,5 @@
-"""The first task a gateway sends: published without Flower's task-sent event unless
-``GATEWAY_TASK_SENT_EVENTS`` asks for it (a second publish per submit)."""
+"""The first task a gateway sends: published with Flower's task-sent event, as every
+sender's, unless ``GATEWAY_TASK_SENT_EVENTS=false`` drops it (one publish less)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def _sent_events(env: dict[str, str], tmp_path: Path, store: RedisStore, **extra
         gw.proc.stop()
 
 
-def test_the_gateway_sends_without_task_sent_unless_asked(
+def test_the_gateway_sends_task_sent_unless_told_not_to(
     env: dict[str, str], tmp_path: Path, store: RedisStore
 ) -> None:
-    assert _sent_events(env, tmp_path, store, GATEWAY_TASK_SENT_EVENTS="true") == 1
-    assert _sent_events(env, tmp_path, store) == 0
+    assert _sent_events(env, tmp_path, store) == 1
+    assert _sent_events(env, tmp_path, store, GATEWAY_TASK_SENT_EVENTS="false") == 0
