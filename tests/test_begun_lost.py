@@ -8,6 +8,7 @@ step fails where the Redis outage made it fail (recording the submission)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -40,64 +41,56 @@ def _queued_jobs(store: RedisStore) -> list[str]:
     return [raw for raw in held if isinstance(raw, str)]
 
 
-def test_a_begun_job_whose_task_was_lost_is_sent_again_and_finds_its_worker(
-    redis_url: str, key_prefix: str, emulator: Emulator
-) -> None:
+@pytest.fixture
+def rt(redis_url: str, key_prefix: str, emulator: Emulator) -> Iterator[Runtime]:
+    """A runtime over :class:`LosesSubmission`, the create step run in this process."""
     settings = load_settings(
         redis_url=redis_url, key_prefix=key_prefix, workers_api_url=emulator.url,
         workers_api_key=emulator.api_key, quick_relay_seconds=0,
     )  # fmt: skip
-    app = make_app(settings)
-    store = LosesSubmission(connect(redis_url), key_prefix)
-    rt = Runtime(settings, store)
-    try:
-        with Orchestrator(settings) as orch:
-            job_id = orch.submit("lost after it began", budget="low").id
-        # A worker takes the task off the queue (kombu pops it) ...
-        assert len(_queued_jobs(store)) == 1
-        store.r.delete(store.keys.broker_queue(API_QUEUE))
-        # ... calls upstream, and cannot record the answer; its retry cannot be sent
-        # either, so Celery drops the message: nothing of the task is left anywhere.
+    runtime = Runtime(settings, LosesSubmission(connect(redis_url), key_prefix))
+    yield runtime
+    runtime.close()
+
+
+def test_a_begun_job_whose_task_was_lost_is_sent_again_and_finds_its_worker(
+    rt: Runtime, emulator: Emulator
+) -> None:
+    settings, store, app = rt.settings, rt.store, make_app(rt.settings)
+    with Orchestrator(settings) as orch:
+        job_id = orch.submit("lost after it began", budget="low").id
+    # A worker takes the task off the queue (kombu pops it) ...
+    assert len(_queued_jobs(store)) == 1
+    store.r.delete(store.keys.broker_queue(API_QUEUE))
+    # ... calls upstream, and cannot record the answer; its retry cannot be sent
+    # either, so Celery drops the message: nothing of the task is left anywhere.
+    with pytest.raises(StoreError):
+        steps.begin_turn(rt, app, job_id)
+    job = store.require_job(job_id)
+    assert (job.status, job.attempts, job.worker_id) == ("queued", 1, None)
+    assert emulator.ledger()["workers_created"] == 1
+    assert store.stalled(0) == [job_id]
+
+    assert steps.resend_lost(app, rt, older_than_seconds=0) == 1
+    assert any(job_id in raw for raw in _queued_jobs(store))
+
+    # The task sent again: the same idempotency key finds the same upstream worker.
+    job, _ = steps.begin_turn(rt, app, job_id)
+    assert job.status == "submitted" and job.worker_id is not None
+    assert emulator.ledger()["workers_created"] == 1
+    assert store.stalled(0) == []
+    # Nothing more to send: a second sweep finds the job submitted.
+    store.r.delete(store.keys.broker_queue(API_QUEUE))
+    assert steps.resend_lost(app, rt, older_than_seconds=0) == 0
+
+
+def test_a_begun_job_that_ended_leaves_the_set_when_the_sweep_reads_it(rt: Runtime) -> None:
+    settings, store, app = rt.settings, rt.store, make_app(rt.settings)
+    with Orchestrator(settings) as orch:
+        job_id = orch.submit("begun, then failed", budget="low").id
         with pytest.raises(StoreError):
             steps.begin_turn(rt, app, job_id)
-        job = store.require_job(job_id)
-        assert (job.status, job.attempts, job.worker_id) == ("queued", 1, None)
-        assert emulator.ledger()["workers_created"] == 1
-        assert store.stalled(0) == [job_id]
-
-        assert steps.resend_lost(app, rt, older_than_seconds=0) == 1
-        assert any(job_id in raw for raw in _queued_jobs(store))
-
-        # The task sent again: the same idempotency key finds the same upstream worker.
-        job, _ = steps.begin_turn(rt, app, job_id)
-        assert job.status == "submitted" and job.worker_id is not None
-        assert emulator.ledger()["workers_created"] == 1
-        assert store.stalled(0) == []
-        # Nothing more to send: a second sweep finds the job submitted.
-        store.r.delete(store.keys.broker_queue(API_QUEUE))
-        assert steps.resend_lost(app, rt, older_than_seconds=0) == 0
-    finally:
-        rt.close()
-
-
-def test_a_begun_job_that_ended_leaves_the_set_when_the_sweep_reads_it(
-    redis_url: str, key_prefix: str, emulator: Emulator
-) -> None:
-    settings = load_settings(
-        redis_url=redis_url, key_prefix=key_prefix, workers_api_url=emulator.url,
-        workers_api_key=emulator.api_key, quick_relay_seconds=0,
-    )  # fmt: skip
-    app = make_app(settings)
-    store = LosesSubmission(connect(redis_url), key_prefix)
-    rt = Runtime(settings, store)
-    try:
-        with Orchestrator(settings) as orch:
-            job_id = orch.submit("begun, then failed", budget="low").id
-            with pytest.raises(StoreError):
-                steps.begin_turn(rt, app, job_id)
-            assert store.r.zscore(store.keys.begun, job_id) is not None
-            steps.fail(app, rt, job_id, "given up")
-        assert store.stalled(0) == []
-        assert store.r.zscore(store.keys.begun, job_id) is None
-    finally:
-        rt.close()
+        assert store.r.zscore(store.keys.begun, job_id) is not None
+        steps.fail(app, rt, job_id, "given up")
+    assert store.stalled(0) == []
+    assert store.r.zscore(store.keys.begun, job_id) is None
