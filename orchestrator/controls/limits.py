@@ -20,7 +20,7 @@ from orchestrator import rules
 from orchestrator.errors import InputError
 from orchestrator.jobs.model import Job
 from orchestrator.ops.instruments import RATE_LIMIT_WAITS
-from orchestrator.store.batch import Batch
+from orchestrator.store.batch import Queue
 from orchestrator.store.jobs import RedisStore, now_ms
 from orchestrator.store.spend import AsyncRateStore, LimitStore, RateStore
 from orchestrator.wire.models import BUDGETS
@@ -76,7 +76,7 @@ class Limits:
         """Take the job out of a limit's queue without a slot (it ended while waiting)."""
         return self.slots.leave_waiting(job.id, self.group(job))
 
-    def release_into(self, batch: Batch, job: Job) -> int:
+    def release_into(self, batch: Queue, job: Job) -> int:
         """Queue :meth:`release`; the index of its reply (the promoted job ids)."""
         return self.slots.release_into(batch, job.id, self.candidate_keys(job), now_ms())
 

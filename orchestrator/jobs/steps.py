@@ -25,7 +25,7 @@ from orchestrator.errors import (
 from orchestrator.hooks import events as hooks
 from orchestrator.jobs.files import send_fetches
 from orchestrator.jobs.model import FAILED_ENDS, LOCAL_ENDS, Job, overdue
-from orchestrator.jobs.settle import settle_turn
+from orchestrator.jobs.settle import settle_and_complete, settle_turn
 from orchestrator.ledger import FigureError
 from orchestrator.ops.instruments import JOBS_ENDED_HERE
 from orchestrator.runtime import Runtime
@@ -314,8 +314,15 @@ def finalize(
         store.save_snapshot(worker)
         store.request_follow(job.id, now=True)
         return "refollow"
+    fetches = bool(job.fetch_files and worker.files)
+    # Relayed whole by the caller (and no files to fetch first): post and complete in
+    # one round trip; a refused post completes nothing (see settle_and_complete).
+    one_trip = updates is not None and not fetches
     try:
-        relayed, raw_hold = settle_turn(rt, job, worker)
+        if updates is not None and one_trip:
+            raw_hold, promoted, subscribed = settle_and_complete(rt, job, worker, updates)
+        else:
+            relayed, raw_hold = settle_turn(rt, job, worker)
     except FigureError as exc:  # an absurd upstream figure: nothing was posted
         log.error("job %s: %s", job.id, exc)
         # Kept as the upstream said it (the job's reason names the figure), so that
@@ -324,18 +331,21 @@ def finalize(
         store.release_follow(job.id)
         fail(app, rt, job.id, f"cost not posted: {exc}")
         return "failed"
-    if job.fetch_files and worker.files:
-        send_fetches(app, rt, job, worker)
     end = store.batch()
-    store.complete_into(end, job, relayed, updates)
     if raw_hold is not None:
         rt.budgets.release_into(end, job.id, raw_hold)
-    promoted_at = rt.limits.release_into(end, job)
-    subscribed_at = hooks.subscribed_into(store, end)
-    replies = end.execute()
-    promoted = replies[promoted_at]
-    hooks.job_ended(store, job.id, int(replies[subscribed_at]))
-    dispatch_promoted(app, rt, [str(p) for p in promoted])
+    if not one_trip:
+        if fetches:
+            send_fetches(app, rt, job, worker)
+        store.complete_into(end, job, relayed, updates)
+        promoted_at = rt.limits.release_into(end, job)
+        subscribed_at = hooks.subscribed_into(store, end)
+    replies = end.execute()  # nothing to send for a one-trip turn without a hold
+    if not one_trip:
+        promoted = [str(p) for p in replies[promoted_at]]
+        subscribed = int(replies[subscribed_at])
+    hooks.job_ended(store, job.id, subscribed)
+    dispatch_promoted(app, rt, promoted)
     return "completed"
 
 

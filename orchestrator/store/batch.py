@@ -11,10 +11,24 @@ here is idempotent, so the rare late re-run after a ``NOSCRIPT`` is harmless.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError
+
+from orchestrator.store.scripts.chain import PART_NUMBER, SET_FIELD_SHA
+
+
+class Queue(Protocol):
+    """Where the ``*_into`` methods queue their writes: a :class:`Batch`, or a
+    :class:`Chain` (scripts and field writes only)."""
+
+    @property
+    def pipe(self) -> Any: ...
+
+    def script(
+        self, script: Script | AsyncScript, keys: Sequence[Any], args: Sequence[Any]
+    ) -> int: ...
 
 
 class _Queue:
@@ -77,3 +91,37 @@ def _checked(replies: list[Any], raise_on_error: bool) -> list[Any]:
             if isinstance(reply, Exception):
                 raise reply
     return replies
+
+
+class Chain:
+    """Script calls gathered to run as one script (CHAIN, see
+    :mod:`orchestrator.store.scripts.chain`): in order, none after the first that
+    answers an error. The indexes :meth:`script` returns are into the reply of
+    :meth:`into`'s call (a list, or the error that stopped it)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, Sequence[Any], Sequence[Any]]] = []
+
+    @property
+    def pipe(self) -> Chain:
+        return self  # for the ``*_into`` methods that write a field: see :meth:`hset`
+
+    def script(self, script: Script | AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> int:
+        self.calls.append((PART_NUMBER[script.sha], keys, args))
+        return len(self.calls) - 1
+
+    def hset(self, name: str, key: str, value: Any) -> int:
+        self.calls.append((PART_NUMBER[SET_FIELD_SHA], [name], [key, value]))
+        return len(self.calls) - 1
+
+    def into(self, batch: Batch, chain: Script) -> int:
+        """Queue the calls on ``batch`` as one call of ``chain`` (CHAIN registered);
+        the index of its reply."""
+        keys: list[Any] = []
+        head: list[Any] = [len(self.calls)]
+        args: list[Any] = []
+        for number, call_keys, call_args in self.calls:
+            head += [number, len(call_keys), len(call_args)]
+            keys += call_keys
+            args += call_args
+        return batch.script(chain, keys, head + args)

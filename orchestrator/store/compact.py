@@ -32,7 +32,7 @@ from typing import Any
 from redis.client import NEVER_DECODE
 
 from orchestrator.jobs.model import Job
-from orchestrator.store.batch import Batch
+from orchestrator.store.batch import Queue
 from orchestrator.store.keys import Keys
 from orchestrator.wire.models import Worker
 
@@ -141,7 +141,7 @@ class TurnStore:
     _fold: Any
 
     def fold_turn_into(
-        self, batch: Batch, job: Job, update_to: int, updates: Sequence[str] | None = None
+        self, batch: Queue, job: Job, update_to: int, updates: Sequence[str] | None = None
     ) -> None:
         """Queue the fold of the job's completed turn (updates ``update_from`` to
         ``update_to``) into one compressed field of its worker's hash. Reads the turn

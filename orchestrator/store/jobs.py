@@ -37,6 +37,7 @@ from orchestrator.store.ledger import LedgerStore
 from orchestrator.store.retention import RetentionPolicy, RetentionStore
 from orchestrator.store.scripts import jobs as scripts
 from orchestrator.store.scripts import records
+from orchestrator.store.scripts.chain import CHAIN
 from orchestrator.store.status import JobWatch, StatusStore, history_line
 from orchestrator.store.status import job_id_checked as _job_id
 from orchestrator.wire.models import Worker
@@ -72,6 +73,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         self._append = client.register_script(scripts.APPEND_UPDATES)
         self._post_turn = client.register_script(scripts.POST_TURN)
         self._release = client.register_script(scripts.RELEASE_FOLLOW)
+        self._chain = client.register_script(CHAIN)
         #: What Celery's broker holds (queue depths, unacked tasks): by default its keys
         #: in this same Redis; ``runtime.store_for`` puts another broker's view here.
         self.broker: BrokerView = BrokerLayout(client, self.keys)

@@ -26,7 +26,7 @@ from orchestrator.ledger import (
     parse_row,
     rollups,
 )
-from orchestrator.store.batch import Batch
+from orchestrator.store.batch import Batch, Chain, Queue
 from orchestrator.store.compact import pack_snapshot
 from orchestrator.store.keys import LEDGER_DIMENSIONS, Keys
 from orchestrator.store.scripts import jobs as scripts
@@ -81,6 +81,7 @@ class LedgerStore:
     r: Any
     keys: Keys
     _post_turn: Any
+    _chain: Any
 
     def turn_keys(
         self, worker_id: str, members: Sequence[tuple[str, str]], record: str
@@ -106,6 +107,27 @@ class LedgerStore:
         batch.pipe.hget(self.keys.worker(worker.id), "relayed")
         return posted, len(batch.pipe) - 1
 
+    def settle_chained_into(
+        self,
+        batch: Batch,
+        chain: Chain,
+        job: Job,
+        worker: Worker,
+        at_ms: int,
+        extra: Sequence[tuple[str, str]],
+    ) -> int | None:
+        """:meth:`settle_into` with the post on ``chain`` (the turn's completion to follow
+        it there: none of it runs if the post is refused); the snapshot goes on
+        ``batch``. The index of the post's reply in the chain's, or None (costs unknown).
+        FigureError (nothing queued) for a figure outside the ledger's bounds."""
+        figures = cumulative(worker)
+        batch.pipe.hset(self.keys.worker(worker.id), "snapshot", pack_snapshot(worker))
+        return self.post_turn_into(chain, job, worker, at_ms, extra, figures=figures)
+
+    def chain_into(self, batch: Batch, chain: Chain) -> int:
+        """Queue ``chain``'s calls on ``batch`` as one script (CHAIN); its reply's index."""
+        return chain.into(batch, self._chain)
+
     def post_turn(
         self,
         job: Job,
@@ -125,7 +147,7 @@ class LedgerStore:
 
     def post_turn_into(
         self,
-        batch: Batch,
+        batch: Queue,
         job: Job,
         worker: Worker,
         at_ms: int,

@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from orchestrator.store.batch import Batch
+from orchestrator.store.batch import Batch, Queue
 from orchestrator.store.jobs import RedisStore
 from orchestrator.store.keys import Keys
 from orchestrator.store.scripts import spend as scripts
@@ -198,7 +198,7 @@ class LimitStore:
         return [str(j) for j in batch.execute()[index]]
 
     def release_into(
-        self, batch: Batch, job_id: str, limit_keys: Sequence[str], now_ms: int
+        self, batch: Queue, job_id: str, limit_keys: Sequence[str], now_ms: int
     ) -> int:
         """Queue :meth:`release`; the index of its reply (the promoted job ids)."""
         keys = [self.keys.limits, self.keys.limit_parked, self.keys.outbox]

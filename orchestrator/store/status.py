@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator.errors import InputError
 from orchestrator.jobs.model import LOCAL_ENDS, TERMINAL, Job, JobStatus
-from orchestrator.store.batch import Batch
+from orchestrator.store.batch import Batch, Queue
 from orchestrator.store.files import now_ms
 from orchestrator.store.keys import Keys
 from orchestrator.store.retention import (
@@ -101,7 +101,7 @@ class StatusStore:
         batch.script(self._transition, keys, args)
 
     def complete_into(
-        self, batch: Batch, job: Job, update_to: int, updates: Sequence[str] | None = None
+        self, batch: Queue, job: Job, update_to: int, updates: Sequence[str] | None = None
     ) -> None:
         """Queue the end of a settled turn: where its updates end, its updates folded
         out of the stream (:meth:`~orchestrator.store.compact.TurnStore.fold_turn_into`,
