@@ -3,6 +3,7 @@
     python -m bench.profile spy           # a worker running jobs under py-spy: CPU per job by step
     python -m bench.profile spy-baseline  # the same for the hand-written task
     python -m bench.profile pipeline      # CPU per job, step by step, with cProfile tops
+    python -m bench.profile steps         # instant turns settled by their create step: CPU by phase
     python -m bench.profile dispatch      # dispatch latency split: caller vs create step
     python -m bench.profile send          # send_task cost, with and without task-sent events
     python -m bench.profile beat-batch    # 10k due: 100 runs a message vs one a slot
@@ -104,6 +105,64 @@ def pipeline(ctx: Context, n: int = 300) -> None:
 
     _cpu(lambda: asyncio.run(follow()), n, "follow (10 events)", True)
     _cpu(lambda: [steps.finalize(orch.rt, orch.app, j) for j in ids], n, "finalize step", True)
+    orch.close()
+
+
+def quick_steps(ctx: Context, n: int = 300, rounds: int = 5) -> None:
+    """An instant turn settled by its create step (what a create task does), in this
+    process without Celery: thread CPU a job of each phase, Redis round trips and
+    Python calls a job (these two do not move with the load)."""
+    import redis.connection
+
+    from orchestrator.facade import Orchestrator
+    from orchestrator.jobs import quick, steps
+    from orchestrator.settings import load_settings
+
+    from .harness import API_KEY
+
+    _, url = ctx.emulator("steps-emulator")
+    settings = load_settings(
+        redis_url=ctx.redis_url, key_prefix="bq", workers_api_url=url, workers_api_key=API_KEY
+    )
+    orch = Orchestrator(settings)
+    rt, app = orch.rt, orch.app
+    sent = [0]
+    real = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        sent[0] += 1  # one round trip (a pipeline or a script counts once)
+        real(self, command, check_health)  # type: ignore[no-untyped-call]
+
+    redis.connection.AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    phases: dict[str, list[float]] = {"begin": [], "relay here": [], "finalize": []}
+    profile = cProfile.Profile()
+    for r in range(rounds + 2):  # the first round warms up, the last is profiled
+        ids = [orch.submit(f"s {i}", tags={"tenant": f"t{i % 10}"}).id for i in range(n)]
+        spent = dict.fromkeys(phases, 0.0)
+        trips = sent[0]
+        if r == rounds + 1:
+            profile.enable()
+        for job_id in ids:
+            t0 = time.thread_time()
+            job, _ = steps.begin_turn(rt, app, job_id, hold_ms=quick.HOLD_MS)
+            t1 = time.thread_time()
+            _, read, updates = quick._relay(rt, job)
+            t2 = time.thread_time()
+            steps.finalize(rt, app, job.id, read=read, updates=updates)
+            t3 = time.thread_time()
+            for name, took in zip(phases, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                spent[name] += took
+        profile.disable()
+        if 0 < r <= rounds:
+            for name in phases:
+                phases[name].append(spent[name] * 1000 / n)
+    redis.connection.AbstractConnection.send_packed_command = real  # type: ignore[method-assign]
+    for name, values in phases.items():
+        values.sort()
+        median, best = values[len(values) // 2], values[0]
+        print(f"{name}: median {median:.3f} ms, best {best:.3f} ms CPU a job")
+    print(f"Redis round trips a job: {(sent[0] - trips) / n:.2f}; "
+          f"Python calls a job: {pstats.Stats(profile).total_calls / n:,.0f}")  # type: ignore[attr-defined]  # fmt: skip
     orch.close()
 
 
@@ -284,6 +343,7 @@ TARGETS = {
     "spy": spy,
     "spy-baseline": spy_baseline,
     "pipeline": pipeline,
+    "steps": quick_steps,
     "dispatch": dispatch,
     "send": send,
     "beat-batch": beat_batch,
