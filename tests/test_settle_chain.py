@@ -83,7 +83,7 @@ def test_the_chain_runs_nothing_after_an_error_reply(store: RedisStore) -> None:
     marker = store.keys.job(job.id)
     batch, chain = store.batch(), Chain()
     # POST_TURN with figures that are not JSON refuses (BADFIGURE) before any write.
-    keys = store.turn_keys("wrk_x", [], store.keys.ledger_turn(job.id)) + [marker]
+    keys = [*store.turn_keys("wrk_x", [], store.keys.ledger_turn(job.id)), marker]
     chain.script(store._post_turn, keys, [job.id, 0, "not json", 1])
     chain.pipe.hset(marker, "after", "1")
     at = store.chain_into(batch, chain)
