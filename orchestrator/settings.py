@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     # publish less (about a third of the gateway's CPU for one), and Flower lists the
     # task once a worker receives it.
     gateway_task_sent_events: bool = True
+    # Who sends a job submitted over HTTP: the outbox relay of the streams workers
+    # (one Redis call per submit in the gateway), or the gateway itself (``direct``:
+    # for a deployment whose gateway runs with no streams worker).
+    gateway_send: Literal["relay", "direct"] = "relay"
     gateway_max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = 2**20
     gateway_sse_keepalive_seconds: Annotated[float, Field(gt=0, le=300)] = 15.0
     gateway_sse_buffer: Annotated[int, Field(ge=1, le=1_000_000)] = 1000

@@ -39,6 +39,7 @@ from orchestrator.store.scripts import jobs as scripts
 from orchestrator.store.scripts import records
 from orchestrator.store.status import JobWatch, StatusStore, history_line
 from orchestrator.store.status import job_id_checked as _job_id
+from orchestrator.store.wakes import WakeList
 from orchestrator.wire.models import Worker
 
 __all__ = ["JobWatch", "RedisStore", "connect", "now_ms"]
@@ -135,6 +136,11 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
     def drop_unsent(self, job_id: str) -> None:
         """Out of the outbox without being sent (the job moved on without it)."""
         self.r.zrem(self.keys.outbox, job_id)
+
+    @property
+    def wakes(self) -> WakeList:
+        """The relay's wake list (jobs the gateway stored for a streams worker to send)."""
+        return WakeList(self.r, self.keys)
 
     def unsent(self, older_than_ms: int, limit: int = 500) -> list[str]:
         """Jobs written but never known sent (the sender died in between)."""
@@ -349,10 +355,13 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         return policy
 
 
-def creation(keys: Keys, sub: Submission) -> tuple[Job, list[str], list[str | int]]:
+def creation(
+    keys: Keys, sub: Submission, wake_cap: int = 0
+) -> tuple[Job, list[str], list[str | int]]:
     """The ``CREATE_JOB`` call that stores ``sub`` as a new queued job: (the job it
     writes, the script's KEYS, its ARGV). Shared by :meth:`RedisStore.create_job` and the
-    gateway's async writer (:mod:`orchestrator.store.intake`)."""
+    gateway's async writer (:mod:`orchestrator.store.intake`). ``wake_cap`` > 0: the job
+    id goes onto the relay's wake list too (kept to that many entries)."""
     job_id = new_job_id()
     created = now_ms()
     record = {
@@ -376,7 +385,7 @@ def creation(keys: Keys, sub: Submission) -> tuple[Job, list[str], list[str | in
         "history_n": "1",
     }
     names = [keys.job(job_id), keys.jobs, keys.outbox, keys.job_states, keys.jobs_live,
-             keys.job_indexes]  # fmt: skip
+             keys.job_indexes, keys.outbox_wake]  # fmt: skip
     indexes = [keys.jobs_by_tag(k, v) for k, v in sorted(sub.tags.items())]
     if sub.schedule_id:
         indexes.append(keys.jobs_by_schedule(sub.schedule_id))
@@ -385,4 +394,4 @@ def creation(keys: Keys, sub: Submission) -> tuple[Job, list[str], list[str | in
         names.append(keys.idempotency(sub.idempotency_key))
     flat = [part for item in record.items() for part in item]
     job = Job.from_hash(record)
-    return job, names, [job_id, created, next_due(job, created), len(indexes), *flat]
+    return job, names, [job_id, created, next_due(job, created), len(indexes), wake_cap, *flat]

@@ -85,6 +85,13 @@ class Keys:
         return f"{self.prefix}:outbox"
 
     @property
+    def outbox_wake(self) -> str:
+        """List: ids of jobs the gateway stored for the relay to send (LPUSH by
+        CREATE_JOB, popped by the streams workers' relay; capped, the outbox being the
+        record of what is unsent)."""
+        return f"{self.prefix}:outbox:wake"
+
+    @property
     def dispatched(self) -> str:
         """Sorted set: job ids whose first task was sent but not yet taken by a worker,
         by send time (ms); left when the create step begins."""

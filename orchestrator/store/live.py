@@ -19,6 +19,7 @@ from orchestrator.store.keys import Keys
 from orchestrator.store.ledger import LEDGER_FIELD, posted_record
 from orchestrator.store.scripts.gateway import JOB_STATES
 from orchestrator.store.tokens import AsyncTokenCheck
+from orchestrator.store.wakes import WAKE_CAP
 
 #: One update: (its index, its JSON text as stored).
 Update = tuple[int, str]
@@ -57,9 +58,10 @@ class LiveStore:
         """Token checks on this store's pool (one pool per gateway process)."""
         return AsyncTokenCheck(self.r, self.keys.prefix, cache_seconds)
 
-    def job_writer(self) -> AsyncJobWriter:
-        """Submit's async job writes on this store's pool."""
-        return AsyncJobWriter(self.r, self.keys.prefix)
+    def job_writer(self, wake: bool) -> AsyncJobWriter:
+        """Submit's async job writes on this store's pool (``wake``: each new job wakes
+        the outbox relay, which sends its first task)."""
+        return AsyncJobWriter(self.r, self.keys.prefix, WAKE_CAP if wake else 0)
 
     async def job(self, job_id: str) -> dict[str, str]:
         """The job's hash ({} when there is no such job)."""
