@@ -271,6 +271,9 @@ def scenario(ctx: Context) -> Result:
     # deployed (GATEWAY_SEND=relay): its sends share the machine with the submits.
     relay = ctx.worker("relay", env, queues="streams", concurrency=2)
     http_ms, local_ms, floor_ms = _submits(ctx, url, token, env, submits)
+    # Every job the gateway stored was sent (the SSE part's jobs, never sent, are
+    # running: not the relay's).
+    wait_for(lambda: not store.wakes.unsent(store.unsent(-60_000, 10_000)), 60, "the relay")
     ctx.stop(relay)
     m = res.add("submit p50", "ms", http_ms, local_ms, goal="≤ 2x in-process submit()")
     m.met = m.ratio is not None and m.ratio <= 2

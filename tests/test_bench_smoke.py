@@ -105,3 +105,24 @@ def test_quick_first_update_and_overhead_scenarios_write_results(tmp_path: Path)
     assert figures["first-update lag p99, idle stack"]["baseline"]["median"] > 0
     assert figures["jobs/s, instant turns"]["ours"]["median"] > 0
     assert figures["jobs/s, instant turns"]["baseline"]["median"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_quick_gateway_first_scenario_writes_results(tmp_path: Path) -> None:
+    """Submit to first update through a relaying gateway and a sending one: every probe's
+    job reaches ``running`` (the scenario raises otherwise)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    argv = ["gateway_first", "--quick", "--reps", "1", "--out", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *argv],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=170,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    [scenario] = json.loads((tmp_path / "RESULTS.json").read_text())["scenarios"]
+    figures = {m["name"]: m for m in scenario["metrics"]}
+    assert figures["submit to first update p50"]["ours"]["median"] > 0
+    assert figures["submit to first update p50"]["baseline"]["median"] > 0
