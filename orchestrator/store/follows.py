@@ -44,7 +44,7 @@ class FollowStore:
     ) -> None:
         # Any, as in RedisStore: the stubs cannot see decode_responses=True.
         self.r: Any = client
-        self.keys = Keys(prefix)
+        self.keys = Keys.for_client(client, prefix)
         self.retention = retention or RetentionPolicy()
         self._claim = client.register_script(scripts.CLAIM_FOLLOWS)
         self._renew = client.register_script(scripts.RENEW_FOLLOWS)

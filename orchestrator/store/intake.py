@@ -25,7 +25,7 @@ class AsyncJobWriter:
 
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.r: Any = client
-        self.keys = Keys(prefix)
+        self.keys = Keys.for_client(client, prefix)
         self._create = client.register_script(CREATE_JOB)
 
     async def create_job(self, sub: Submission) -> tuple[Job, bool]:

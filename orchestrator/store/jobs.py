@@ -30,7 +30,7 @@ from orchestrator.ledger import cumulative
 from orchestrator.store.batch import Batch
 from orchestrator.store.broker import BrokerLayout, BrokerView
 from orchestrator.store.compact import TurnStore, pack_snapshot, raw_hget, unpack_snapshot
-from orchestrator.store.connection import connect
+from orchestrator.store.connection import connect, home_client
 from orchestrator.store.files import FilesStore, now_ms
 from orchestrator.store.keys import Keys
 from orchestrator.store.ledger import LedgerStore
@@ -58,7 +58,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         # Typed as Any: redis-py's stubs cannot see decode_responses=True (every reply
         # here is str), and casting each of them would bury the logic.
         self.r: Any = client
-        self.keys = Keys(prefix)
+        self.keys = Keys.for_client(client, prefix)
         self.updates_maxlen = updates_maxlen
         self.retention = retention or RetentionPolicy()
         self._transition = client.register_script(records.TRANSITION)
@@ -336,7 +336,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         """The server's maxmemory-policy; raises if it could evict our keys. With
         ``unknown_ok``, None where the server refuses CONFIG (some managed services)."""
         try:
-            reply = self.r.config_get("maxmemory-policy")
+            reply = home_client(self.r, self.keys.jobs).config_get("maxmemory-policy")
         except redis.ResponseError:
             if unknown_ok:
                 return None
