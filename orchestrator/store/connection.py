@@ -50,6 +50,8 @@ __all__ = [
     "is_cluster",
     "parse_cluster_url",
     "parse_sentinel_url",
+    "pubsub",
+    "pubsub_async",
 ]
 
 SENTINEL_SCHEME = "redis+sentinel://"
@@ -151,6 +153,27 @@ def home_client(client: Any, key: str) -> Any:
         node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
         return client.get_redis_connection(node)
     return client
+
+
+def pubsub(client: Any, key: str) -> Any:
+    """A pub/sub object (replies as str, subscribe confirmations skipped). On a Redis
+    Cluster it listens on the primary holding ``key`` (any node would do: PUBLISH
+    reaches every node), after a command that brings the client's map of the slots up
+    to date, so that it never picks a primary a failover has replaced."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        client.exists(key)
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        return client.pubsub(node=node, ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    return client.pubsub(ignore_subscribe_messages=True)
+
+
+async def pubsub_async(client: Any, key: str) -> Any:
+    """:func:`pubsub` for the asyncio clients."""
+    if isinstance(client, acluster.RedisCluster):
+        await client.exists(key)
+        node = client.get_node_from_key(key)
+        return client.pubsub(node=node, ignore_subscribe_messages=True)
+    return client.pubsub(ignore_subscribe_messages=True)
 
 
 def _sentinel_kwargs(sentinel_password: str | None) -> dict[str, Any]:

@@ -256,7 +256,8 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
             batch.pipe.persist(key)
         batch.pipe.zadd(self.keys.follows, {job.id: follow_at}, nx=True)
         if not follow_at:
-            batch.pipe.publish(self.keys.follow_wake, job.id)  # followers claim it at once
+            # Followers claim it at once. Raw: cluster pipelines refuse their publish().
+            batch.pipe.execute_command("PUBLISH", self.keys.follow_wake, job.id)
         at = now_ms()
         upstream = job.model_copy(update={"status": "submitted"})
         # XX: a job that ended meanwhile has left the live index, and stays out of it.
@@ -276,7 +277,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
                 pipe.hdel(self.keys.follow_owners, job_id)
             else:
                 pipe.zadd(self.keys.follows, {job_id: 0}, nx=True)
-            pipe.publish(self.keys.follow_wake, job_id)
+            pipe.execute_command("PUBLISH", self.keys.follow_wake, job_id)  # raw, as above
             pipe.execute()
 
     def release_follow(self, job_id: str, owner: str = "") -> bool:
