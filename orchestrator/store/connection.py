@@ -74,11 +74,11 @@ _SENTINEL_TIMEOUT = 1.0
 #: failover. Like redis-py's default retry, a command whose reply was lost may run
 #: twice; our writes are scripts keyed by natural ids, so a second run is a no-op.
 SENTINEL_RETRIES = 5
-#: Under Cluster a call that meets a dead primary is tried again on the slots' new map:
-#: 8 tries, backoff 0.1 s doubling to 1 s, ride through the ~2-3 s it takes the
-#: cluster to mark the primary failed and promote its replica (node timeout 1 s here;
-#: production's 5 s or more needs ``cluster-node-timeout`` + ~2 s). Lost replies may
-#: run a command twice, as under Sentinel: our writes are keyed by natural ids.
+#: Under Cluster redis-py tries a call that met a dead primary again on a refreshed map
+#: of the slots: 8 tries, backoff 0.1 s doubling to 1 s. A failover (~2.5 s here with
+#: node timeout 1 s) can outlast them; callers then retry by their own means (task
+#: retries, the follower's backoff), as the cluster's end-to-end test shows. A lost
+#: reply may run a command twice, as under Sentinel: our writes are keyed by natural ids.
 CLUSTER_RETRIES = 8
 
 
