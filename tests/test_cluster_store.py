@@ -2,14 +2,16 @@
 with a replica each): the ``redis+cluster://`` address and what the settings refuse with
 it, every key of a deployment in the one slot of its hash tag, and the store's paths that
 a cluster client takes differently: scripts inside pipelines, transactions, pub/sub (a
-job's moves, the followers' wake-up), the live fan-out's blocking read, the memory gauge's
-per-server reads, and a watch and a script surviving the tag's primary being killed."""
+job's moves, the followers' wake-up), the live fan-out's blocking read, the gateway's
+job writes and token checks, the memory gauge's per-server reads, and a watch and a
+script surviving the tag's primary being killed."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from redis.crc import key_slot
@@ -24,6 +26,7 @@ from orchestrator.store.jobs import RedisStore
 from orchestrator.store.keys import Keys, hash_tag
 from orchestrator.store.live import LiveStore
 from orchestrator.store.status import JobWatch
+from orchestrator.store.tokens import TokenStore
 
 AMQP = "amqp://u@127.0.0.1:5672/v"
 
@@ -151,6 +154,32 @@ def test_a_watch_wakes_on_a_move_and_the_fan_out_reads_updates(
             await fan_out.close()
 
     assert asyncio.run(live()) == {"w2": [(0, '{"n":0}')]}
+
+
+def test_the_gateways_writes_and_token_checks_run_on_the_cluster(
+    cluster: RedisCluster, store: RedisStore, key_prefix: str
+) -> None:
+    token, record = TokenStore(store).create("submitter", "acme", "cluster")
+
+    async def gateway() -> tuple[str, bool, bool, Any]:
+        fan_out = LiveStore.from_url(cluster.url, key_prefix)
+        try:
+            writer = fan_out.job_writer()
+            sub = validate_submission(
+                100, input="via gateway", budget="low", idempotency_key="k1"
+            )
+            job, new = await writer.create_job(sub)
+            again, second = await writer.create_job(sub)
+            assert again.id == job.id
+            checked = await fan_out.token_check().authenticate(token, 10.0, 5)
+            return job.id, new, second, checked
+        finally:
+            await fan_out.close()
+
+    job_id, new, second, checked = asyncio.run(gateway())
+    assert (new, second) == (True, False)
+    assert store.get_job(job_id) is not None
+    assert checked is not None and checked[0]["id"] == record["id"] and checked[1] == 0
 
 
 def test_a_watch_and_the_scripts_carry_on_after_the_tags_primary_is_killed(
