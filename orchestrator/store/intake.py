@@ -28,7 +28,7 @@ class AsyncJobWriter:
         """``wake_cap`` > 0: each new job's id goes on the relay's wake list, kept to
         that many entries (0: the caller sends the first task itself)."""
         self.r: Any = client
-        self.keys = Keys(prefix)
+        self.keys = Keys.for_client(client, prefix)
         self._create = client.register_script(CREATE_JOB)
         self._wake_cap = wake_cap
 

@@ -30,7 +30,7 @@ from orchestrator.ledger import cumulative
 from orchestrator.store.batch import Batch
 from orchestrator.store.broker import BrokerLayout, BrokerView
 from orchestrator.store.compact import TurnStore, pack_snapshot, raw_hget, unpack_snapshot
-from orchestrator.store.connection import connect
+from orchestrator.store.connection import connect, home_client
 from orchestrator.store.files import FilesStore, now_ms
 from orchestrator.store.keys import Keys
 from orchestrator.store.ledger import LedgerStore
@@ -59,7 +59,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         # Typed as Any: redis-py's stubs cannot see decode_responses=True (every reply
         # here is str), and casting each of them would bury the logic.
         self.r: Any = client
-        self.keys = Keys(prefix)
+        self.keys = Keys.for_client(client, prefix)
         self.updates_maxlen = updates_maxlen
         self.retention = retention or RetentionPolicy()
         self._transition = client.register_script(records.TRANSITION)
@@ -262,7 +262,8 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
             batch.pipe.persist(key)
         batch.pipe.zadd(self.keys.follows, {job.id: follow_at}, nx=True)
         if not follow_at:
-            batch.pipe.publish(self.keys.follow_wake, job.id)  # followers claim it at once
+            # Followers claim it at once. Raw: cluster pipelines refuse their publish().
+            batch.pipe.execute_command("PUBLISH", self.keys.follow_wake, job.id)
         at = now_ms()
         upstream = job.model_copy(update={"status": "submitted"})
         # XX: a job that ended meanwhile has left the live index, and stays out of it.
@@ -282,7 +283,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
                 pipe.hdel(self.keys.follow_owners, job_id)
             else:
                 pipe.zadd(self.keys.follows, {job_id: 0}, nx=True)
-            pipe.publish(self.keys.follow_wake, job_id)
+            pipe.execute_command("PUBLISH", self.keys.follow_wake, job_id)  # raw, as above
             pipe.execute()
 
     def release_follow(self, job_id: str, owner: str = "") -> bool:
@@ -342,7 +343,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         """The server's maxmemory-policy; raises if it could evict our keys. With
         ``unknown_ok``, None where the server refuses CONFIG (some managed services)."""
         try:
-            reply = self.r.config_get("maxmemory-policy")
+            reply = home_client(self.r, self.keys.jobs).config_get("maxmemory-policy")
         except redis.ResponseError:
             if unknown_ok:
                 return None
