@@ -164,7 +164,7 @@ def test_the_gateways_writes_and_token_checks_run_on_the_cluster(
     async def gateway() -> tuple[str, bool, bool, Any]:
         fan_out = LiveStore.from_url(cluster.url, key_prefix)
         try:
-            writer = fan_out.job_writer()
+            writer = fan_out.job_writer(wake=True)
             sub = validate_submission(
                 100, input="via gateway", budget="low", idempotency_key="k1"
             )
@@ -179,6 +179,9 @@ def test_the_gateways_writes_and_token_checks_run_on_the_cluster(
     job_id, new, second, checked = asyncio.run(gateway())
     assert (new, second) == (True, False)
     assert store.get_job(job_id) is not None
+    # The outbox relay's pop and read, on the cluster: woken once, by the new job only.
+    assert store.wakes.take(1, 10) == [job_id]
+    assert [job.id for job in store.wakes.unsent([job_id])] == [job_id]
     assert checked is not None and checked[0]["id"] == record["id"] and checked[1] == 0
 
 

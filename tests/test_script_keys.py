@@ -27,7 +27,7 @@ KEY_ARGS: dict[str, tuple[int, ...] | str] = {
             "HGET", "HSET", "HSETNX", "HDEL", "HMGET", "HINCRBY", "HEXISTS", "HKEYS", "HGETALL",
             "ZADD", "ZREM", "ZSCORE", "ZCARD", "ZRANGE", "ZRANGEBYSCORE", "ZRANGEBYLEX",
             "ZLEXCOUNT", "ZREMRANGEBYRANK", "SADD", "SREM", "SCARD", "SISMEMBER", "LLEN", "LREM",
-            "LPOS", "RPUSH", "XADD", "XLEN", "XRANGE", "XTRIM", "XDEL",
+            "LPOS", "LPUSH", "LTRIM", "RPUSH", "XADD", "XLEN", "XRANGE", "XTRIM", "XDEL",
         ],
         (1,),
     ),
