@@ -59,6 +59,16 @@ def _next_move(watch: JobWatch, tries: int = 5) -> str | None:
     return None
 
 
+def _sees_cancel(store: RedisStore, watch: JobWatch, job_id: str, after: float) -> bool:
+    """Cancel ``job_id`` ``after`` seconds from now; whether ``watch`` sees it."""
+    moved = threading.Timer(after, store.transition, (job_id, "cancelled"))
+    moved.start()
+    try:
+        return _next_move(watch) == "cancelled"
+    finally:
+        moved.join()
+
+
 def test_a_cluster_store_needs_a_broker_of_its_own_and_never_is_one() -> None:
     url = "redis+cluster://10.0.0.1:7000,10.0.0.2:7001/"
     assert parse_cluster_url(url) == (("10.0.0.1", 7000), ("10.0.0.2", 7001))
@@ -130,12 +140,7 @@ def test_a_watch_wakes_on_a_move_and_the_fan_out_reads_updates(
 ) -> None:
     job_id = _job(store, "watched")
     with store.watch_job(job_id) as watch:
-        moved = threading.Timer(0.2, store.transition, (job_id, "cancelled"))
-        moved.start()
-        try:
-            assert _next_move(watch) == "cancelled"
-        finally:
-            moved.join()
+        assert _sees_cancel(store, watch, job_id, 0.2)
 
     async def live() -> dict[str, list[tuple[int, str]]]:
         fan_out = LiveStore.from_url(cluster.url, key_prefix)
@@ -204,12 +209,7 @@ def test_a_watch_and_the_scripts_carry_on_after_the_tags_primary_is_killed(
                 old = own.kill_primary(slot)
                 own.wait_failover(old, slot)
                 assert watch.wait(1.0) is None  # the lost server: a short pause
-                moved = threading.Timer(0.5, store.transition, (job_id, "cancelled"))
-                moved.start()
-                try:
-                    assert _next_move(watch) == "cancelled"
-                finally:
-                    moved.join()
+                assert _sees_cancel(store, watch, job_id, 0.5)
             batch = store.batch()
             store.append_updates_into(batch, "w3", 1, ['{"n":1}'])
             assert batch.execute() == [2]

@@ -106,18 +106,13 @@ def parse_sentinel_url(url: str, variable: str = "REDIS_URL") -> SentinelAddress
     hosts, _, path = rest.partition("/")
     if "@" in hosts:
         raise ConfigError(variable, "carries a password: set it in REDIS_PASSWORD instead")
-    sentinels = []
-    for part in hosts.split(","):
-        host, sep, port = part.strip().rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(variable, "lists a sentinel that is not host:port")
-        sentinels.append((host.strip("[]"), int(port)))
+    sentinels = _host_ports(hosts, variable, "sentinel")
     master, _, db = path.strip("/").partition("/")
     if not master:
         raise ConfigError(variable, "names no master: redis+sentinel://h:p,h:p/<master>/<db>")
     if db and not db.isdigit():
         raise ConfigError(variable, "has a db that is not a number")
-    return SentinelAddress(tuple(sentinels), unquote(master), int(db or 0))
+    return SentinelAddress(sentinels, unquote(master), int(db or 0))
 
 
 def parse_cluster_url(url: str, variable: str = "REDIS_URL") -> tuple[tuple[str, int], ...]:
@@ -130,13 +125,19 @@ def parse_cluster_url(url: str, variable: str = "REDIS_URL") -> tuple[tuple[str,
         raise ConfigError(variable, "carries a password: set it in REDIS_PASSWORD instead")
     if path.strip("/") not in ("", "0"):
         raise ConfigError(variable, "names a db: a Redis Cluster has only db 0")
-    nodes = []
+    return _host_ports(hosts, variable, "cluster node")
+
+
+def _host_ports(hosts: str, variable: str, what: str) -> tuple[tuple[str, int], ...]:
+    """``h:p,h:p`` → ((host, port), ...); ConfigError naming ``variable`` for a part
+    that is not host:port (``what``: the kind of server, for the message)."""
+    found = []
     for part in hosts.split(","):
         host, sep, port = part.strip().rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(variable, "lists a cluster node that is not host:port")
-        nodes.append((host.strip("[]"), int(port)))
-    return tuple(nodes)
+            raise ConfigError(variable, f"lists a {what} that is not host:port")
+        found.append((host.strip("[]"), int(port)))
+    return tuple(found)
 
 
 def is_cluster(client: object) -> bool:
