@@ -41,6 +41,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "turns_60s": ("overhead", "turns_60s"),
     "memory": ("memory", "scenario"),
     "gateway": ("gateway", "scenario"),
+    "gateway_first": ("gateway_first", "scenario"),
     "topologies": ("topologies", "scenario"),
 }
 

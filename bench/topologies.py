@@ -1,9 +1,11 @@
 """The same jobs on each deployment topology, as a ratio to one Redis in the same run.
 
 Topologies: ``redis`` (one Redis: broker and store; the baseline), ``rabbitmq``
-(RabbitMQ quorum queues as the broker, the same Redis as the store) and ``sentinel`` (a
+(RabbitMQ quorum queues as the broker, the same Redis as the store), ``sentinel`` (a
 primary, one replica and three sentinels; broker and store through Sentinel; no
-failover here, the tests do that). Each repetition runs N jobs (create, 10 updates,
+failover here, the tests do that) and ``cluster`` (a Redis Cluster of three primaries
+with a replica each as the store, one slot: all keys under one hash tag; RabbitMQ the
+broker). Each repetition runs N jobs (create, 10 updates,
 finalize, ledger) back to back through one ``orchestrator worker`` (api+streams, threads
 x 8) per topology, in a rotating order so drift on a shared machine hits all alike.
 
@@ -25,12 +27,13 @@ from typing import Any
 from orchestrator.facade import Orchestrator
 from orchestrator.ops.processes import settings_of
 from orchestrator.ops.rabbitmq import TemporaryVhost
+from orchestrator.ops.redis_cluster import RedisCluster
 from orchestrator.ops.sentinel import SentinelGroup
 from orchestrator.store.connection import connect
 
 from .harness import Context, Result, cpu_seconds, wait_for
 
-NAMES = ("redis", "rabbitmq", "sentinel")
+NAMES = ("redis", "rabbitmq", "sentinel", "cluster")
 
 
 def _redis_pid(url: str) -> int:
@@ -59,6 +62,8 @@ def _topologies(ctx: Context, api_url: str) -> Iterator[dict[str, Deployment]]:
     with ExitStack() as stack:
         vhost = stack.enter_context(TemporaryVhost())
         group = stack.enter_context(SentinelGroup())
+        cluster = stack.enter_context(RedisCluster(primaries=3, replicas=1))
+        cluster_pids = [n.process.pid for n in cluster.nodes if n.process is not None]
         store_pid = _redis_pid(ctx.redis_url)
         yield {
             "redis": (ctx.env(api_url), [store_pid]),
@@ -69,6 +74,13 @@ def _topologies(ctx: Context, api_url: str) -> Iterator[dict[str, Deployment]]:
             "sentinel": (
                 {**ctx.env(api_url), "REDIS_URL": group.url},
                 [_redis_pid(f"redis://127.0.0.1:{group.primary_port()}/0")],
+            ),
+            "cluster": (
+                {
+                    **ctx.env(api_url, BROKER_URL=vhost.url, BROKER_PASSWORD=vhost.password),
+                    "REDIS_URL": cluster.url,
+                },
+                [*cluster_pids, _rabbitmq_pid()],
             ),
         }
 
@@ -117,7 +129,9 @@ def scenario(ctx: Context) -> Result:
         params={"jobs_per_rep": n, "pool": "one worker process, threads x 8 (api+streams)",
                 "emulator": "turn_seconds=0, events_per_turn=10",
                 "sentinel": "primary + 1 replica + 3 sentinels on this machine",
-                "rabbitmq": "quorum queues on the machine's RabbitMQ, own vhost"},
+                "rabbitmq": "quorum queues on the machine's RabbitMQ, own vhost",
+                "cluster": "3 primaries + 1 replica each on this machine, one slot; "
+                           "RabbitMQ broker"},
     )  # fmt: skip
     _, url = ctx.emulator("topologies-emulator")
     figures: dict[str, dict[str, list[float]]] = {

@@ -13,6 +13,7 @@ and relays up to thousands of streams on one event loop, under leases.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from typing import Any
 
@@ -224,6 +225,16 @@ def _rabbitmq(settings: Settings) -> dict[str, Any]:
         # Quorum queues refuse global QoS; Celery sees them and sets prefetch per consumer.
         "worker_detect_quorum_queues": True,
     }
+
+
+def retry_countdown(settings: Settings, seconds: float) -> float:
+    """A task retry's countdown as the broker can keep it. RabbitMQ's delayed delivery
+    (kombu's, on quorum queues) counts whole seconds and refuses less than one: celery
+    then rejects the task without requeueing it, and the job would wait forever. So
+    on RabbitMQ a retry waits at least 1 s, rounded up to whole seconds."""
+    if settings.broker_kind == "amqp":
+        return float(max(1, math.ceil(seconds)))
+    return seconds
 
 
 def consumed_queues(queues: list[str], settings: Settings) -> list[str]:

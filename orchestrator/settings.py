@@ -11,17 +11,34 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from orchestrator import rules
 from orchestrator.errors import ConfigError, InputError
-from orchestrator.store.connection import SENTINEL_SCHEME, parse_sentinel_url
+from orchestrator.store.connection import (
+    CLUSTER_SCHEME,
+    SENTINEL_SCHEME,
+    parse_cluster_url,
+    parse_sentinel_url,
+)
 from orchestrator.wire.models import error_message
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME)
+#: Celery's Redis transport cannot run on Redis Cluster (its commands span slots).
+_NO_CLUSTER_BROKER = (
+    "a Redis Cluster cannot be Celery's broker (kombu's commands span slots): "
+    "use amqp:// (RabbitMQ) or a Redis of its own"
+)
 _AMQP_SCHEMES = ("amqp://", "amqps://")
 
 
@@ -54,7 +71,8 @@ class Settings(BaseSettings):
 
     # Redis: unset means "start an embedded server" (dev stack and tests only). The
     # store's Redis (jobs, updates, ledger, schedules); a redis+sentinel:// address asks
-    # Sentinel for the primary (docs/scaling.md).
+    # Sentinel for the primary; redis+cluster://h:p,h:p/ is a Redis Cluster, which
+    # needs a BROKER_URL of its own (docs/scaling.md).
     redis_url: str | None = None
     # Celery's broker: amqp:// (RabbitMQ), or a Redis address as above. Unset: REDIS_URL.
     broker_url: str | None = None
@@ -144,6 +162,10 @@ class Settings(BaseSettings):
     # publish less (about a third of the gateway's CPU for one), and Flower lists the
     # task once a worker receives it.
     gateway_task_sent_events: bool = True
+    # Who sends a job submitted over HTTP: the outbox relay of the streams workers
+    # (one Redis call per submit in the gateway), or the gateway itself (``direct``:
+    # for a deployment whose gateway runs with no streams worker).
+    gateway_send: Literal["relay", "direct"] = "relay"
     gateway_max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = 2**20
     gateway_sse_keepalive_seconds: Annotated[float, Field(gt=0, le=300)] = 15.0
     gateway_sse_buffer: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
@@ -199,8 +221,11 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        if not value.startswith(_REDIS_SCHEMES):
-            raise ValueError(f"must start with redis://, rediss://, unix:// or {SENTINEL_SCHEME}")
+        if not value.startswith((*_REDIS_SCHEMES, CLUSTER_SCHEME)):
+            raise ValueError(
+                f"must start with redis://, rediss://, unix://, {SENTINEL_SCHEME} "
+                f"or {CLUSTER_SCHEME}"
+            )
         _check_sentinel(value)
         return value
 
@@ -214,6 +239,8 @@ class Settings(BaseSettings):
     def _check_broker_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
+        if value.startswith(CLUSTER_SCHEME):
+            raise ValueError(_NO_CLUSTER_BROKER)
         if not value.startswith(_REDIS_SCHEMES + _AMQP_SCHEMES):
             raise ValueError(
                 "must start with amqp://, amqps://, redis://, rediss://, unix:// "
@@ -221,6 +248,13 @@ class Settings(BaseSettings):
             )
         _check_sentinel(value)
         return value
+
+    @model_validator(mode="after")
+    def _broker_beside_a_cluster(self) -> Settings:
+        if self.broker_url is None and self.redis_url and self.redis_url.startswith(CLUSTER_SCHEME):
+            # Raised as is (not a ValueError): it names BROKER_URL, not the model.
+            raise ConfigError("BROKER_URL", "is not set, and " + _NO_CLUSTER_BROKER)
+        return self
 
     @field_validator("archive_dir", mode="before")
     @classmethod
@@ -244,7 +278,8 @@ class Settings(BaseSettings):
 
     @property
     def broker_kind(self) -> str:
-        """``amqp`` (RabbitMQ), ``sentinel`` (Redis under Sentinel) or ``redis``."""
+        """``amqp`` (RabbitMQ), ``sentinel`` (Redis under Sentinel) or ``redis`` (a
+        Redis Cluster is never the broker: refused when the settings are read)."""
         url = self.broker
         if url.startswith(_AMQP_SCHEMES):
             return "amqp"
@@ -288,11 +323,14 @@ def _reveal(secret: SecretStr | None) -> str | None:
 
 
 def _check_sentinel(url: str) -> None:
-    if url.startswith(SENTINEL_SCHEME):
-        try:
+    """A ``redis+sentinel://`` or ``redis+cluster://`` address checked for its form."""
+    try:
+        if url.startswith(SENTINEL_SCHEME):
             parse_sentinel_url(url)
-        except ConfigError as exc:
-            raise ValueError(str(exc).partition(": ")[2]) from None
+        elif url.startswith(CLUSTER_SCHEME):
+            parse_cluster_url(url)
+    except ConfigError as exc:
+        raise ValueError(str(exc).partition(": ")[2]) from None
 
 
 def load_settings(**overrides: object) -> Settings:

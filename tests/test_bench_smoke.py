@@ -8,32 +8,46 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_quick_relay_scenario_writes_results(tmp_path: Path) -> None:
+def _bench(*argv: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m bench ARGV`` from the checkout, its output captured."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "relay", "--quick", "--reps", "1", "--out", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *argv],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
+
+
+def _quick(tmp_path: Path, *scenarios: str, timeout: float) -> list[dict[str, Any]]:
+    """Run ``scenarios`` at smoke size into ``tmp_path``; the scenarios' results."""
+    done = _bench(*scenarios, "--quick", "--reps", "1", "--out", str(tmp_path), timeout=timeout)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     data = json.loads((tmp_path / "RESULTS.json").read_text())
     assert data["quick"] is True
-    assert data["machine"]["cpus"] >= 1
-    [relay] = data["scenarios"]
+    result: list[dict[str, Any]] = data["scenarios"]
+    return result
+
+
+def _figures(scenarios: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for s in scenarios for m in s["metrics"]}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_quick_relay_scenario_writes_results(tmp_path: Path) -> None:
+    [relay] = _quick(tmp_path, "relay", timeout=90)
+    assert json.loads((tmp_path / "RESULTS.json").read_text())["machine"]["cpus"] >= 1
     assert relay["scenario"] == "relay"
-    names = {m["name"] for m in relay["metrics"]}
-    assert "relay rate" in names
-    rate = next(m for m in relay["metrics"] if m["name"] == "relay rate")
+    rate = _figures([relay])["relay rate"]
     assert rate["ours"]["median"] > 0 and rate["baseline"]["median"] > 0
     text = (tmp_path / "RESULTS.md").read_text()
     assert "# Benchmark results" in text and "relay rate" in text
@@ -46,16 +60,10 @@ def test_soak_runs_jobs_with_a_short_retention_and_keeps_the_ledger_exact(
 ) -> None:
     """``bench soak`` end to end at smoke size: every job completed, the ledger equal to
     the emulator's, finished jobs expiring meanwhile (flatness needs the long run)."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
     out = tmp_path / "soak.json"
-    args = ["soak", "--jobs", "150", "--minutes", "1", "--retention", "2s", "--no-compare",
-            "--out", str(out)]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=170,
+    done = _bench(
+        "soak", "--jobs", "150", "--minutes", "1", "--retention", "2s", "--no-compare",
+        "--out", str(out), timeout=170,
     )  # fmt: skip
     assert out.exists(), done.stdout[-2000:] + done.stderr[-2000:]
     soak = json.loads(out.read_text())["soak"]
@@ -67,18 +75,7 @@ def test_soak_runs_jobs_with_a_short_retention_and_keeps_the_ledger_exact(
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_quick_gateway_scenario_writes_results(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    argv = ["gateway", "--quick", "--reps", "1", "--out", str(tmp_path)]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", *argv],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=150,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    [gateway] = json.loads((tmp_path / "RESULTS.json").read_text())["scenarios"]
-    figures = {m["name"]: m for m in gateway["metrics"]}
+    figures = _figures(_quick(tmp_path, "gateway", timeout=150))
     assert figures["submit p50"]["ours"]["median"] > 0
     assert figures["submit p50"]["baseline"]["median"] > 0
     assert any(name.startswith("lag p99, 200 jobs") for name in figures)
@@ -89,19 +86,18 @@ def test_quick_gateway_scenario_writes_results(tmp_path: Path) -> None:
 def test_quick_first_update_and_overhead_scenarios_write_results(tmp_path: Path) -> None:
     """The wake-up scenario (ours against the poll alone) and the hand-written baseline
     task run end to end; every probe's first update and every job arrive."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    argv = ["first_update", "overhead", "--quick", "--reps", "1", "--out", str(tmp_path)]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", *argv],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=170,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    scenarios = json.loads((tmp_path / "RESULTS.json").read_text())["scenarios"]
-    figures = {m["name"]: m for s in scenarios for m in s["metrics"]}
+    figures = _figures(_quick(tmp_path, "first_update", "overhead", timeout=170))
     assert figures["first updates missing, idle stack"]["ours"]["median"] == 0
     assert figures["first-update lag p99, idle stack"]["baseline"]["median"] > 0
     assert figures["jobs/s, instant turns"]["ours"]["median"] > 0
     assert figures["jobs/s, instant turns"]["baseline"]["median"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_quick_gateway_first_scenario_writes_results(tmp_path: Path) -> None:
+    """Submit to first update through a relaying gateway and a sending one: every probe's
+    job reaches ``running`` (the scenario raises otherwise)."""
+    figures = _figures(_quick(tmp_path, "gateway_first", timeout=170))
+    assert figures["submit to first update p50"]["ours"]["median"] > 0
+    assert figures["submit to first update p50"]["baseline"]["median"] > 0

@@ -33,15 +33,19 @@ K8S = ROOT / "deploy" / "k8s"
 SERVICES = {
     "redis", "emulator", "worker-api", "worker-streams", "beat", "flower", "metrics", "gateway",
 }
-# Servers of the optional topologies (profiles rabbitmq and sentinel), not our image.
-TOPOLOGY_SERVICES = {"rabbitmq", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
+# Servers of the optional topologies (profiles rabbitmq, sentinel, cluster), not our image.
+TOPOLOGY_SERVICES = {
+    "rabbitmq", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3",
+    "redis-cluster-init", *(f"redis-node-{i}" for i in range(1, 7)),
+}
 TOPOLOGIES = K8S / "topologies"
 
 SETTINGS = {name.upper() for name in Settings.model_fields}
 # Variables read by something other than Settings, or by compose/docker/Kubernetes.
 NOT_SETTINGS = {
     "REDIS_PASSWORD",  # compose: redis --requirepass and REDIS_URL (a setting too)
-    "COMPOSE_REDIS_URL",  # compose: REDIS_URL in the sentinel profile
+    "COMPOSE_REDIS_URL",  # compose: REDIS_URL in the sentinel and cluster profiles
+    "REDISCLI_AUTH",  # redis-cli's password, in the cluster profile's init
     "RABBITMQ_DEFAULT_USER",  # compose: the rabbitmq image
     "RABBITMQ_DEFAULT_PASS",
     "RABBITMQ_DEFAULT_VHOST",
@@ -115,6 +119,8 @@ def test_compose_services_and_policies() -> None:
     assert set(services) == SERVICES | TOPOLOGY_SERVICES
     assert set(data["volumes"]) >= {"redis-data"}
     for name, svc in services.items():
+        if name == "redis-cluster-init":  # a one-shot: it joins the nodes and exits
+            continue
         assert svc.get("restart") == "unless-stopped", name
         assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
         if name not in {"redis"} | TOPOLOGY_SERVICES:
@@ -171,6 +177,27 @@ def test_compose_topology_profiles() -> None:
     for name in SERVICES - {"redis", "emulator"}:
         deps = services[name]["depends_on"]
         assert deps["rabbitmq"]["required"] is False and deps["sentinel-1"]["required"] is False
+        init = deps["redis-cluster-init"]
+        assert init == {"condition": "service_completed_successfully", "required": False}
+
+
+def test_compose_cluster_profile() -> None:
+    services = compose()["services"]
+    nodes = [services[f"redis-node-{i}"] for i in range(1, 7)]
+    for i, node in enumerate(nodes, start=1):
+        assert node["profiles"] == ["cluster"] and node["hostname"] == f"redis-node-{i}"
+        assert node["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+        script = " ".join(node["command"])
+        assert "cluster-enabled yes" in script and "masterauth $$REDIS_PASSWORD" in script
+        assert "PASSWORD" not in script.split("<<EOF")[0]  # on stdin, not the command line
+        assert f"redis-node-{i}-data:/data" in node["volumes"]
+    init = services["redis-cluster-init"]
+    assert init["profiles"] == ["cluster"] and init["restart"] == "no"
+    create = " ".join(init["command"])
+    assert "--cluster-replicas 1" in create and "PASSWORD" not in create
+    assert all(f"redis-node-{i}:6379" in create for i in range(1, 7))
+    assert init["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")
+    assert set(init["depends_on"]) == {f"redis-node-{i}" for i in range(1, 7)}
 
 
 def topology_manifests() -> dict[tuple[str, str], dict[str, Any]]:
@@ -210,6 +237,36 @@ def test_kubernetes_topology_manifests() -> None:
     assert docs[("Service", "redis-sentinel")]["spec"]["ports"][0]["port"] == 26379
 
 
+def test_kubernetes_redis_cluster_manifests() -> None:
+    folder = TOPOLOGIES / "redis-cluster"
+    docs = {
+        (doc["kind"], doc["metadata"]["name"]): doc
+        for path in sorted(folder.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc is not None
+    }
+    listed = set(docs[("Kustomization", "orchestrator-redis-cluster")]["resources"])
+    assert listed == {p.name for p in folder.glob("*.yaml")} - {"kustomization.yaml"}
+    nodes = docs[("StatefulSet", "redis-cluster")]["spec"]
+    assert nodes["replicas"] == 6  # three primaries, a replica each
+    scripts = docs[("ConfigMap", "redis-cluster-scripts")]["data"]
+    assert "cluster-enabled yes" in scripts["node.sh"]
+    assert "maxmemory-policy noeviction" in scripts["node.sh"]
+    assert "--cluster-replicas 1" in scripts["create.sh"]
+    job = docs[("Job", "redis-cluster-create")]["spec"]["template"]["spec"]
+    for container in [*nodes["template"]["spec"]["containers"], *job["containers"]]:
+        assert all("PASSWORD" not in arg for arg in container["command"])
+        refs = {e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"]}
+        assert refs == {"REDIS_PASSWORD"}
+        assert container["resources"]["limits"]
+    service = docs[("Service", "redis-cluster")]["spec"]
+    assert service["clusterIP"] == "None"
+    assert {port["port"] for port in service["ports"]} == {6379, 16379}  # clients, bus
+    for (kind, name), doc in docs.items():
+        if kind != "Kustomization":
+            assert doc["metadata"]["namespace"] == "orchestrator", (kind, name)
+
+
 def test_docker_compose_config_validates(tmp_path: Path) -> None:
     docker = shutil.which("docker")
     probe = docker and subprocess.run([docker, "compose", "version"], capture_output=True)
@@ -219,7 +276,10 @@ def test_docker_compose_config_validates(tmp_path: Path) -> None:
     shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
     shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
     shutil.copy(ENV_EXAMPLE, tmp_path / ".env")
-    profiles = ([], ["--profile", "emulator"], ["--profile", "rabbitmq"], ["--profile", "sentinel"])
+    profiles = (
+        [], ["--profile", "emulator"], ["--profile", "rabbitmq"], ["--profile", "sentinel"],
+        ["--profile", "cluster"],
+    )  # fmt: skip
     for profile in profiles:
         result = subprocess.run(
             [docker, "compose", *profile, "config", "-q"],

@@ -386,11 +386,12 @@ def test_schedules_of_every_kind(gateway: Gateway, when: dict[str, Any]) -> None
 def test_submit_answers_once_stored_and_a_failed_send_leaves_the_job_to_the_sweep(
     env: dict[str, str], tmp_path: Path, store: RedisStore
 ) -> None:
-    """Submit answers once the job is stored; its first task is sent after. With the
+    """Submit answers once the job is stored; its first task is sent after (here by the
+    gateway itself, ``GATEWAY_SEND=direct``). With the
     broker away the answer is still 202 and the job stays in the outbox (the re-send
     sweep's to send), the failure logged by its type, never its URL."""
     dead = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
-    gw = start_gateway(env, tmp_path, store, BROKER_URL=dead)
+    gw = start_gateway(env, tmp_path, store, BROKER_URL=dead, GATEWAY_SEND="direct")
     try:
         made = gw.client("submit").post("/v1/jobs", json={"input": "no broker"})
         assert made.status_code == 202, made.text

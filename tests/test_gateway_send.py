@@ -1,5 +1,6 @@
-"""The first task a gateway sends: published with Flower's task-sent event, as every
-sender's, unless ``GATEWAY_TASK_SENT_EVENTS=false`` drops it (one publish less)."""
+"""The first task a gateway sends (``GATEWAY_SEND=direct``; by default the outbox relay
+sends it): published with Flower's task-sent event, as every sender's, unless
+``GATEWAY_TASK_SENT_EVENTS=false`` drops it (one publish less)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .gateway_support import start_gateway
 def _sent_events(env: dict[str, str], tmp_path: Path, store: RedisStore, **extra: str) -> int:
     """task-sent events published while one job is submitted over HTTP and its first
     task sent (the outbox entry goes once ``send_task`` has returned)."""
-    gw = start_gateway(env, tmp_path, store, **extra)
+    gw = start_gateway(env, tmp_path, store, GATEWAY_SEND="direct", **extra)
     events = store.r.pubsub()
     try:
         events.psubscribe("*celeryev*")

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.celery import BATCH_QUEUE, _batch_router, celery_config, consumed_queues
+from orchestrator.celery import (
+    BATCH_QUEUE,
+    _batch_router,
+    celery_config,
+    consumed_queues,
+    retry_countdown,
+)
 from orchestrator.errors import ConfigError
 from orchestrator.ops.rabbitmq import RabbitQueues, TemporaryVhost
 from orchestrator.ops.redis_server import RedisServer
@@ -48,6 +54,15 @@ def test_a_bad_address_names_its_variable_and_not_its_value(
         load_settings(**{variable.lower(): url})
     assert caught.value.variable == variable and says in str(caught.value)
     assert "pw" not in str(caught.value)
+
+
+def test_a_retry_on_rabbitmq_waits_whole_seconds_and_at_least_one() -> None:
+    """kombu's delayed delivery refuses a countdown under 1 s (celery then rejects the
+    task without requeueing it: the job would wait forever)."""
+    rabbit = load_settings(redis_url="redis://127.0.0.1:1/0", broker_url="amqp://u@h:5672/v")
+    one = load_settings(redis_url="redis://127.0.0.1:1/0")
+    assert [retry_countdown(rabbit, s) for s in (0.05, 0.4, 1.0, 1.2)] == [1.0, 1.0, 1.0, 2.0]
+    assert retry_countdown(one, 0.4) == 0.4
 
 
 def test_sentinel_address_parts() -> None:

@@ -1,6 +1,8 @@
 """End to end on each deployment topology (``tests/topologies.py``): one Redis; RabbitMQ as
-the broker with a Redis store; Redis under Sentinel with its primary SIGKILLed mid-run.
-Real ``celery worker`` and ``beat`` processes, the emulator over HTTP.
+the broker with a Redis store; Redis under Sentinel with its primary SIGKILLed mid-run; a
+Redis Cluster store (RabbitMQ the broker) with the primary of the store's hash tag
+SIGKILLed mid-run and its replica promoted. Real ``celery worker`` and ``beat``
+processes, the emulator over HTTP.
 
 On every topology: jobs complete, each update is stored once and in order, the ledger
 equals the upstream's to the micro-dollar, a budget cap is never passed, and each

@@ -1,6 +1,7 @@
 """The deployment topologies the end-to-end tests run on: one Redis for everything;
 RabbitMQ as the broker with Redis as the store; Redis under Sentinel, whose primary a test
-can kill (a failover during the run)."""
+can kill (a failover during the run); a Redis Cluster store (RabbitMQ the broker) whose
+primary serving the store's hash tag a test can kill."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from redis.crc import key_slot
 
 from orchestrator.ops.processes import settings_of
 from orchestrator.ops.rabbitmq import TemporaryVhost
+from orchestrator.ops.redis_cluster import RedisCluster
 from orchestrator.ops.sentinel import SentinelGroup
 from orchestrator.settings import Settings
+from orchestrator.store.keys import Keys, hash_tag
 
 from .processes import stack_env
 
-TOPOLOGIES = ("redis", "rabbitmq", "sentinel")
+TOPOLOGIES = ("redis", "rabbitmq", "sentinel", "cluster")
 
 
 @dataclass
@@ -71,5 +75,18 @@ def topology(
 
             env = stack_env(group.url, prefix, api_url, api_key, **extra)
             yield Topology(name, env, failover)
+    elif name == "cluster":
+        need_rabbitmq()
+        with RedisCluster(primaries=3, replicas=1) as cluster, TemporaryVhost() as vhost:
+            slot = key_slot(Keys(hash_tag(prefix)).jobs.encode())
+
+            def kill_the_tags_primary() -> float:
+                started = time.monotonic()
+                cluster.wait_failover(cluster.kill_primary(slot), slot)
+                return time.monotonic() - started
+
+            extra.update(BROKER_URL=vhost.url, BROKER_PASSWORD=vhost.password)
+            env = stack_env(cluster.url, prefix, api_url, api_key, **extra)
+            yield Topology(name, env, kill_the_tags_primary)
     else:
         raise ValueError(name)

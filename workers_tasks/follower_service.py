@@ -1,7 +1,8 @@
 """Runs the async stream follower inside every worker process that consumes the
 ``streams`` queue: a daemon thread with its own event loop, started when the worker is
 ready and stopped when it shuts down. Turns whose stream ended are finalized here too,
-in a few threads beside the loop."""
+in a few threads beside the loop; and the outbox relay (``jobs.relay``) sends the first
+tasks of the jobs the gateway stores, in a thread of its own."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from orchestrator import runtime
 from orchestrator.celery import STREAMS_QUEUE, app
 from orchestrator.controls.limits import AsyncFleetRate
+from orchestrator.jobs import relay
 from orchestrator.jobs.follower import Follower
 from orchestrator.ops.gctune import tune_gc
 from orchestrator.ops.instruments import record_attempt
@@ -219,14 +221,19 @@ def start() -> None:
     _state.update(thread=thread, loop=loop, stop=stop)
     thread.start()
     ready.wait(timeout=10)
+    # The outbox relay: sends the first tasks of the jobs the gateway stores.
+    _state["relay"] = relay.start(app)
 
 
 def stop() -> None:
     thread, loop, stop_event = _state.get("thread"), _state.get("loop"), _state.get("stop")
     if thread is None:
         return
+    relay_thread, relay_stop = _state["relay"]
+    relay_stop.set()
     loop.call_soon_threadsafe(stop_event.set)
     thread.join(timeout=10)
+    relay_thread.join(timeout=relay.WAIT_SECONDS + 5)
     _state.clear()
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready
 
-from orchestrator.celery import app
+from orchestrator.celery import app, retry_countdown
 from orchestrator.errors import APIError, APIStatusError, InputError, JobEnded
 from orchestrator.hooks import delivery
 from orchestrator.jobs import files as fetching
@@ -57,7 +57,7 @@ def _retry_or_fail(task: Task, job_id: str, exc: Exception, argsrepr: str) -> No
         # queued with its hold and slot.
         pipeline.fail(app, rt, job_id, f"gave up after {retries} retries: {exc}")
         return
-    countdown = rt.client.retry.delay(retries + 1)
+    countdown = retry_countdown(rt.settings, rt.client.retry.delay(retries + 1))
     # argsrepr is passed again: retry() would otherwise drop it (celery#6086).
     raise task.retry(
         countdown=countdown,
@@ -173,7 +173,7 @@ def fetch_file(self: Task, job_id: str, name: str) -> dict[str, Any]:
             # files() promises an entry for every fetch; best effort (Redis may be away).
             return fetching.fetch_gave_up(rt, job_id, name, exc)
         raise self.retry(
-            countdown=rt.client.retry.delay(self.request.retries + 1),
+            countdown=retry_countdown(rt.settings, rt.client.retry.delay(self.request.retries + 1)),
             max_retries=rt.settings.task_max_retries,
             exc=exc,
         ) from None

@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hub = Hub(live, settings.gateway_sse_buffer, settings.gateway_sse_keepalive_seconds)
         tokens = live.token_check(settings.gateway_token_cache_seconds)
         gw = Gateway(settings, orch, TokenStore(orch.store), JobIndex(orch.store), hub, tokens,
-                     live.job_writer())  # fmt: skip
+                     live.job_writer(wake=settings.gateway_send == "relay"))  # fmt: skip
         app.state.gateway = gw
         # A thousand SSE connections are a heap of long-lived objects: at Python's
         # defaults, full collections stalled the loop (and every stream) 0.3-0.8 s.

@@ -2,9 +2,10 @@
 
 Routes are plain functions (FastAPI runs them in its thread pool) over the synchronous
 facade, but submit, the hot path: it checks the body with the facade's rules, stores the
-job on the event loop's Redis client and answers, its task sent just after on the
-executor (``Gateway.send``). Each checks what the caller may see before it reads or
-writes anything.
+job on the event loop's Redis client (waking the outbox relay in the same call) and
+answers; the relay, in a streams worker, sends its task (``jobs.relay``; with
+``GATEWAY_SEND=direct``, this process does, on the executor: ``Gateway.send``). Each
+checks what the caller may see before it reads or writes anything.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ async def submit(
     body: SubmitBody, who: Submitter, request: Request, idempotency_key: IdemKey = None
 ) -> Response:
     """Submit a job: a new worker runs ``input``. Answered once the job is stored (one
-    Redis round trip on the event loop, no thread); its task is sent right after."""
+    Redis round trip on the event loop, no thread); its task is sent right after, by
+    the streams workers' outbox relay (``GATEWAY_SEND=relay``) or this process."""
     gw: Gateway = request.app.state.gateway  # not a dependency: one less to solve
     sub = gw.orch.checked(
         "create", None, input=body.input, budget=body.budget, tags=who.tags_for(body.tags),
@@ -95,8 +97,8 @@ async def submit(
         priority=body.priority,
     )  # fmt: skip
     job, created = await gw.writer.create_job(sub)
-    if created:
-        await gw.send(job)
+    if created and gw.settings.gateway_send == "direct":
+        await gw.send(job)  # else the relay, woken by create_job, sends it
     if idempotency_key is not None:
         _same(job, who, body, "create")
     return _accepted(job)

@@ -40,10 +40,11 @@ class Gateway:
     _sending: set[asyncio.Future[None]] = field(default_factory=set)
 
     async def send(self, job: Job) -> None:
-        """Send a just-stored job's first task on the executor, without waiting for it
-        (unless ``MAX_SENDING`` sends are under way). The job is in the outbox from its
-        write: a send that fails, or never runs because the process ends, is made by
-        the re-send sweep (``RESEND_AFTER_SECONDS``), so the answer need not wait."""
+        """With ``GATEWAY_SEND=direct``: send a just-stored job's first task on the
+        executor, without waiting for it (unless ``MAX_SENDING`` sends are under way).
+        The job is in the outbox from its write: a send that fails, or never runs
+        because the process ends, is made by the re-send sweep (``RESEND_AFTER_SECONDS``),
+        so the answer need not wait."""
         sending = asyncio.get_running_loop().run_in_executor(None, self.orch.send, job)
         sending.add_done_callback(partial(_sent, job.id))
         if len(self._sending) >= MAX_SENDING:

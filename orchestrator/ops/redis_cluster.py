@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from orchestrator.ops.redis_server import RedisServer, find_redis_server, free_port, port_taken
-from orchestrator.store.connection import connect
+from orchestrator.store.connection import CLUSTER_SCHEME, connect
 
 __all__ = ["NODE_TIMEOUT_MS", "RedisCluster", "cluster_port"]
 
@@ -80,6 +80,11 @@ class RedisCluster:
             )
             for i in range(primaries * (1 + replicas))
         ]
+
+    @property
+    def url(self) -> str:
+        """The store's ``REDIS_URL`` for this cluster (every node a startup node)."""
+        return CLUSTER_SCHEME + ",".join(f"{h}:{p}" for h, p in self.startup_nodes) + "/"
 
     @property
     def startup_nodes(self) -> list[tuple[str, int]]:

@@ -42,7 +42,9 @@ class _Queue:
         """Queue a script call; returns the index of its reply."""
         index = len(self.pipe)
         self._scripts[index] = (script, keys, args)
-        self.pipe.evalsha(script.sha, len(keys), *keys, *args)
+        # As a raw command: redis-py's cluster pipelines refuse their evalsha method, yet
+        # route a raw EVALSHA by its keys (all in the one slot of the store's hash tag).
+        self.pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         return index
 
 
@@ -73,8 +75,9 @@ class AsyncBatch(_Queue):
     async def execute(self, *, raise_on_error: bool = True) -> list[Any]:
         if not len(self.pipe):
             return []
-        async with self.pipe:
-            replies = list(await self.pipe.execute(raise_on_error=False))
+        # Not ``async with``: entering an async cluster pipeline empties its queue.
+        # execute() resets the pipeline after, as leaving the block would.
+        replies = list(await self.pipe.execute(raise_on_error=False))
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
                 script, keys, args = self._scripts[i]

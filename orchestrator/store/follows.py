@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from orchestrator.jobs.model import LOCAL_ENDS, TERMINAL, JobStatus
 from orchestrator.store.batch import AsyncBatch
-from orchestrator.store.connection import connect_async
+from orchestrator.store.connection import connect_async, pubsub_async
 from orchestrator.store.keys import Keys
 from orchestrator.store.retention import (
     RECORD_FIELDS,
@@ -44,7 +44,7 @@ class FollowStore:
     ) -> None:
         # Any, as in RedisStore: the stubs cannot see decode_responses=True.
         self.r: Any = client
-        self.keys = Keys(prefix)
+        self.keys = Keys.for_client(client, prefix)
         self.retention = retention or RetentionPolicy()
         self._claim = client.register_script(scripts.CLAIM_FOLLOWS)
         self._renew = client.register_script(scripts.RENEW_FOLLOWS)
@@ -95,7 +95,7 @@ class FollowStore:
         The subscription holds one connection of its own; a message missed while it
         was away is caught by the follower's poll."""
         if self._wake is None:
-            wake = self.r.pubsub(ignore_subscribe_messages=True)
+            wake = await pubsub_async(self.r, self.keys.follows)
             await wake.subscribe(self.keys.follow_wake)
             self._wake = wake
         try:

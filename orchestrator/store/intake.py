@@ -3,8 +3,9 @@
 on the event loop's client (one round trip, no thread).
 
 The job lands in the outbox with its record, so it is sent whatever happens to the
-process afterwards: by its writer at once, or by the sweep that re-sends what a producer
-left unsent (``jobs.steps.resend_unsent``).
+process afterwards: by the outbox relay its id wakes (``GATEWAY_SEND=relay``: the id goes
+on the wake list in the same call) or by its writer at once (``direct``), else by the
+sweep that re-sends what a producer left unsent (``jobs.steps.resend_unsent``).
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ from orchestrator.store.scripts.jobs import CREATE_JOB
 class AsyncJobWriter:
     """:meth:`create_job` on an asyncio client (one per gateway process)."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, wake_cap: int) -> None:
+        """``wake_cap`` > 0: each new job's id goes on the relay's wake list, kept to
+        that many entries (0: the caller sends the first task itself)."""
         self.r: Any = client
-        self.keys = Keys(prefix)
+        self.keys = Keys.for_client(client, prefix)
         self._create = client.register_script(CREATE_JOB)
+        self._wake_cap = wake_cap
 
     async def create_job(self, sub: Submission) -> tuple[Job, bool]:
         """(the new queued job, True), or (the job its idempotency key names, False)."""
-        job, keys, args = creation(self.keys, sub)
+        job, keys, args = creation(self.keys, sub, self._wake_cap)
         written, found_id = await self._create(keys=keys, args=args)
         if int(written) == 1:
             return job, True

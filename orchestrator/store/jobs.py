@@ -30,7 +30,7 @@ from orchestrator.ledger import cumulative
 from orchestrator.store.batch import Batch
 from orchestrator.store.broker import BrokerLayout, BrokerView
 from orchestrator.store.compact import TurnStore, pack_snapshot, raw_hget, unpack_snapshot
-from orchestrator.store.connection import connect
+from orchestrator.store.connection import connect, home_client
 from orchestrator.store.files import FilesStore, now_ms
 from orchestrator.store.keys import Keys
 from orchestrator.store.ledger import LedgerStore
@@ -40,6 +40,7 @@ from orchestrator.store.scripts import records
 from orchestrator.store.scripts.chain import CHAIN
 from orchestrator.store.status import JobWatch, StatusStore, history_line
 from orchestrator.store.status import job_id_checked as _job_id
+from orchestrator.store.wakes import WakeList
 from orchestrator.wire.models import Worker
 
 __all__ = ["JobWatch", "RedisStore", "connect", "now_ms"]
@@ -59,7 +60,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         # Typed as Any: redis-py's stubs cannot see decode_responses=True (every reply
         # here is str), and casting each of them would bury the logic.
         self.r: Any = client
-        self.keys = Keys(prefix)
+        self.keys = Keys.for_client(client, prefix)
         self.updates_maxlen = updates_maxlen
         self.retention = retention or RetentionPolicy()
         self._transition = client.register_script(records.TRANSITION)
@@ -137,6 +138,11 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
     def drop_unsent(self, job_id: str) -> None:
         """Out of the outbox without being sent (the job moved on without it)."""
         self.r.zrem(self.keys.outbox, job_id)
+
+    @property
+    def wakes(self) -> WakeList:
+        """The relay's wake list (jobs the gateway stored for a streams worker to send)."""
+        return WakeList(self.r, self.keys)
 
     def unsent(self, older_than_ms: int, limit: int = 500) -> list[str]:
         """Jobs written but never known sent (the sender died in between)."""
@@ -258,7 +264,8 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
             batch.pipe.persist(key)
         batch.pipe.zadd(self.keys.follows, {job.id: follow_at}, nx=True)
         if not follow_at:
-            batch.pipe.publish(self.keys.follow_wake, job.id)  # followers claim it at once
+            # Followers claim it at once. Raw: cluster pipelines refuse their publish().
+            batch.pipe.execute_command("PUBLISH", self.keys.follow_wake, job.id)
         at = now_ms()
         upstream = job.model_copy(update={"status": "submitted"})
         # XX: a job that ended meanwhile has left the live index, and stays out of it.
@@ -278,7 +285,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
                 pipe.hdel(self.keys.follow_owners, job_id)
             else:
                 pipe.zadd(self.keys.follows, {job_id: 0}, nx=True)
-            pipe.publish(self.keys.follow_wake, job_id)
+            pipe.execute_command("PUBLISH", self.keys.follow_wake, job_id)  # raw, as above
             pipe.execute()
 
     def release_follow(self, job_id: str, owner: str = "") -> bool:
@@ -338,7 +345,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         """The server's maxmemory-policy; raises if it could evict our keys. With
         ``unknown_ok``, None where the server refuses CONFIG (some managed services)."""
         try:
-            reply = self.r.config_get("maxmemory-policy")
+            reply = home_client(self.r, self.keys.jobs).config_get("maxmemory-policy")
         except redis.ResponseError:
             if unknown_ok:
                 return None
@@ -351,10 +358,13 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         return policy
 
 
-def creation(keys: Keys, sub: Submission) -> tuple[Job, list[str], list[str | int]]:
+def creation(
+    keys: Keys, sub: Submission, wake_cap: int = 0
+) -> tuple[Job, list[str], list[str | int]]:
     """The ``CREATE_JOB`` call that stores ``sub`` as a new queued job: (the job it
     writes, the script's KEYS, its ARGV). Shared by :meth:`RedisStore.create_job` and the
-    gateway's async writer (:mod:`orchestrator.store.intake`)."""
+    gateway's async writer (:mod:`orchestrator.store.intake`). ``wake_cap`` > 0: the job
+    id goes onto the relay's wake list too (kept to that many entries)."""
     job_id = new_job_id()
     created = now_ms()
     record = {
@@ -378,7 +388,7 @@ def creation(keys: Keys, sub: Submission) -> tuple[Job, list[str], list[str | in
         "history_n": "1",
     }
     names = [keys.job(job_id), keys.jobs, keys.outbox, keys.job_states, keys.jobs_live,
-             keys.job_indexes]  # fmt: skip
+             keys.job_indexes, keys.outbox_wake]  # fmt: skip
     indexes = [keys.jobs_by_tag(k, v) for k, v in sorted(sub.tags.items())]
     if sub.schedule_id:
         indexes.append(keys.jobs_by_schedule(sub.schedule_id))
@@ -387,4 +397,4 @@ def creation(keys: Keys, sub: Submission) -> tuple[Job, list[str], list[str | in
         names.append(keys.idempotency(sub.idempotency_key))
     flat = [part for item in record.items() for part in item]
     job = Job.from_hash(record)
-    return job, names, [job_id, created, next_due(job, created), len(indexes), *flat]
+    return job, names, [job_id, created, next_due(job, created), len(indexes), wake_cap, *flat]

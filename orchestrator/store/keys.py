@@ -3,13 +3,25 @@
 All keys start with the configurable prefix, so several deployments (or test runs)
 can share one Redis. Only modules of :mod:`orchestrator.store` use these names; everyone
 else calls the store's methods.
+
+On Redis Cluster the prefix is a hash tag, ``{<prefix>}``: every key of a deployment
+hashes to one slot, so every script, transaction and multi-key command stays on one
+primary (docs/scaling.md says what that gives and what it does not). ``KEY_PREFIX``
+itself may not hold braces: the tag is made here, and only here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from orchestrator.store.connection import is_cluster
+
 LEDGER_DIMENSIONS = ("day", "budget", "tag", "schedule", "worker")
+
+
+def hash_tag(prefix: str) -> str:
+    """``prefix`` as a Redis Cluster hash tag (a prefix already tagged is kept)."""
+    return prefix if prefix.startswith("{") and prefix.endswith("}") else f"{{{prefix}}}"
 
 
 @dataclass(frozen=True)
@@ -17,6 +29,11 @@ class Keys:
     """Key names under one prefix."""
 
     prefix: str
+
+    @classmethod
+    def for_client(cls, client: object, prefix: str) -> Keys:
+        """The keys a store on ``client`` uses: under the hash tag on a Redis Cluster."""
+        return cls(hash_tag(prefix) if is_cluster(client) else prefix)
 
     # --- jobs ---
     def job(self, job_id: str) -> str:
@@ -83,6 +100,13 @@ class Keys:
     def outbox(self) -> str:
         """Sorted set: job ids written but whose task is not yet known sent (ms)."""
         return f"{self.prefix}:outbox"
+
+    @property
+    def outbox_wake(self) -> str:
+        """List: ids of jobs the gateway stored for the relay to send (LPUSH by
+        CREATE_JOB, popped by the streams workers' relay; capped, the outbox being the
+        record of what is unsent)."""
+        return f"{self.prefix}:outbox:wake"
 
     @property
     def dispatched(self) -> str:

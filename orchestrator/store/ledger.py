@@ -185,7 +185,8 @@ class LedgerStore:
         with self.r.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hget(self.keys.job(job_id), LEDGER_FIELD)
-            pipe.mget([self.keys.ledger_turn(job_id) for job_id in job_ids])
+            # Raw: cluster pipelines refuse their mget() (these keys share one slot).
+            pipe.execute_command("MGET", *[self.keys.ledger_turn(job_id) for job_id in job_ids])
             *fields, older = pipe.execute()
         return [posted_record(f or o) for f, o in zip(fields, older, strict=True)]
 

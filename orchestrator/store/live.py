@@ -13,12 +13,13 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from orchestrator.store.compact import raw_hget, turn_field, unpack_turn
-from orchestrator.store.connection import connect_async
+from orchestrator.store.connection import connect_async, is_cluster
 from orchestrator.store.intake import AsyncJobWriter
 from orchestrator.store.keys import Keys
 from orchestrator.store.ledger import LEDGER_FIELD, posted_record
 from orchestrator.store.scripts.gateway import JOB_STATES
 from orchestrator.store.tokens import AsyncTokenCheck
+from orchestrator.store.wakes import WAKE_CAP
 
 #: One update: (its index, its JSON text as stored).
 Update = tuple[int, str]
@@ -33,10 +34,11 @@ class LiveStore:
 
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.r: Any = client
-        self.keys = Keys(prefix)
+        self.keys = Keys.for_client(client, prefix)
         self._names: dict[str, bytes] = {}  # worker id -> its stream's name, packed
         self._workers: dict[str, str] = {}  # stream name -> worker id
         self._conn: Any = None  # the connection :meth:`wait` reads on
+        self._node: Any = None  # on a cluster: the node that connection belongs to
         self._states = client.register_script(JOB_STATES)
 
     @classmethod
@@ -47,19 +49,38 @@ class LiveStore:
         await self._drop_reader()
         await self.r.aclose()
 
+    async def _reader(self) -> Any:
+        """The connection :meth:`wait` reads on, taken once and kept. On a Redis Cluster
+        it is one of the connections of the primary holding the store's hash tag; a
+        command through the cluster client first brings its map of the slots up to
+        date, so that after a failover the new primary is the one taken."""
+        if self._conn is None:
+            if is_cluster(self.r):
+                await self.r.exists(self.keys.jobs)
+                self._node = self.r.get_node_from_key(self.keys.jobs)
+                self._conn = self._node.acquire_connection()
+            else:
+                self._conn = await self.r.connection_pool.get_connection()
+        return self._conn
+
     async def _drop_reader(self) -> None:
         conn, self._conn = self._conn, None
+        node, self._node = self._node, None
         if conn is not None:
             await conn.disconnect()
-            await self.r.connection_pool.release(conn)
+            if node is not None:
+                node.release(conn)
+            else:
+                await self.r.connection_pool.release(conn)
 
     def token_check(self, cache_seconds: float = 0.0) -> AsyncTokenCheck:
         """Token checks on this store's pool (one pool per gateway process)."""
         return AsyncTokenCheck(self.r, self.keys.prefix, cache_seconds)
 
-    def job_writer(self) -> AsyncJobWriter:
-        """Submit's async job writes on this store's pool."""
-        return AsyncJobWriter(self.r, self.keys.prefix)
+    def job_writer(self, wake: bool) -> AsyncJobWriter:
+        """Submit's async job writes on this store's pool (``wake``: each new job wakes
+        the outbox relay, which sends its first task)."""
+        return AsyncJobWriter(self.r, self.keys.prefix, WAKE_CAP if wake else 0)
 
     async def job(self, job_id: str) -> dict[str, str]:
         """The job's hash ({} when there is no such job)."""
@@ -141,10 +162,8 @@ class LiveStore:
             parts.append(name)
         # Entry ids are 0-(n+1); XREAD returns the ids above this one.
         parts.extend(_bulk(b"0-%d" % (after + 1)) for after in watches.values())
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = await self.r.connection_pool.get_connection()
         try:
+            conn = await self._reader()
             await conn.send_packed_command(b"".join(parts), check_health=False)
             reply = await conn.read_response()
         except BaseException:

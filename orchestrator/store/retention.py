@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from orchestrator.jobs.model import LOCAL_ENDS, TERMINAL
+from orchestrator.store.connection import home_client
 from orchestrator.store.keys import Keys
 from orchestrator.store.scripts.records import HISTORY_MAX
 
@@ -211,7 +212,8 @@ class RetentionStore:
         """Settings of :data:`COMPACT_SERVER_CONFIG` the server has otherwise, as
         {name: its value}; empty where CONFIG is refused (some managed services)."""
         try:
-            found = {name: self.r.config_get(name).get(name) for name in COMPACT_SERVER_CONFIG}
+            server = home_client(self.r, self.keys.jobs)
+            found = {name: server.config_get(name).get(name) for name in COMPACT_SERVER_CONFIG}
         except redis.ResponseError:
             return {}
         return {
@@ -230,12 +232,13 @@ class RetentionStore:
         ``maxmemory`` from INFO. O(scan_calls x 1,000 + kinds x per_kind), whatever the
         size of the keyspace.
         """
+        server = home_client(self.r, self.keys.jobs)
         patterns = self.keys.record_patterns()
         seen: dict[str, list[str]] = {kind: [] for kind in patterns}
         counts = dict.fromkeys(patterns, 0)
         cursor, calls = 0, 0
         for calls in range(1, scan_calls + 1):  # noqa: B007 (calls is read after)
-            cursor, names = self.r.scan(cursor, match=f"{self.keys.prefix}:*", count=1000)
+            cursor, names = server.scan(cursor, match=f"{self.keys.prefix}:*", count=1000)
             for name in names:
                 for kind, (pattern, other) in patterns.items():
                     if fnmatchcase(name, pattern) and not (other and name.endswith(other)):
@@ -245,7 +248,7 @@ class RetentionStore:
                         break
             if cursor == 0:
                 break
-        with self.r.pipeline(transaction=False) as pipe:
+        with server.pipeline(transaction=False) as pipe:
             for names in seen.values():
                 for name in names:
                     pipe.memory_usage(name)
@@ -270,7 +273,7 @@ class RetentionStore:
 
     def memory_info(self) -> tuple[int, int]:
         """Redis ``used_memory`` and ``maxmemory`` (0: no limit), in bytes."""
-        info = self.r.info("memory")
+        info = home_client(self.r, self.keys.jobs).info("memory")
         return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
 
     def retained(self) -> int:

@@ -250,7 +250,7 @@ class AsyncRateStore(_RateScripts):
     """:class:`RateStore` over a ``redis.asyncio`` client, under key prefix ``prefix``."""
 
     def __init__(self, client: Any, prefix: str) -> None:
-        super().__init__(client, Keys(prefix))
+        super().__init__(client, Keys.for_client(client, prefix))
 
     async def acquire(self, now_ms: int, interval_ms: float, burst: int) -> int:
         return int(await self._acquire(keys=[self.key], args=[now_ms, interval_ms, burst]))

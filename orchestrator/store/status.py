@@ -8,13 +8,16 @@ until its upstream turn is settled (:meth:`StatusStore.settled`).
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestrator.errors import InputError
 from orchestrator.jobs.model import LOCAL_ENDS, TERMINAL, Job, JobStatus
 from orchestrator.store.batch import Batch, Queue
+from orchestrator.store.connection import StoreError, pubsub
 from orchestrator.store.files import now_ms
 from orchestrator.store.keys import Keys
 from orchestrator.store.retention import (
@@ -154,24 +157,46 @@ class StatusStore:
     def watch_job(self, job_id: str) -> JobWatch:
         """A subscription to the job's status moves: open it, then read the job; any
         later move wakes :meth:`JobWatch.wait` (use it as a context manager)."""
-        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(self.keys.job_events(job_id_checked(job_id)))
-        return JobWatch(pubsub)
+        channel = self.keys.job_events(job_id_checked(job_id))
+
+        def subscribe() -> Any:
+            subscription = pubsub(self.r, self.keys.job(job_id))
+            subscription.subscribe(channel)
+            return subscription
+
+        return JobWatch(subscribe)
 
 
 class JobWatch:
     """A job's status moves, as they happen (see :meth:`StatusStore.watch_job`)."""
 
-    def __init__(self, pubsub: Any) -> None:
-        self.pubsub = pubsub
+    #: How long a watch whose server went away waits before the caller re-reads.
+    LOST_PAUSE = 0.2
+
+    def __init__(self, subscribe: Callable[[], Any]) -> None:
+        self._subscribe = subscribe
+        self.pubsub: Any = subscribe()
 
     def wait(self, timeout: float) -> str | None:
-        """The next status the job moved to, or None after ``timeout`` seconds."""
-        message = self.pubsub.get_message(timeout=max(timeout, 0.001))
+        """The next status the job moved to, or None after ``timeout`` seconds. When
+        the subscription's server went away (a failover), None after a short pause:
+        the caller re-reads the job through a client that finds the new primary, and
+        the next wait subscribes anew."""
+        try:
+            if self.pubsub is None:
+                self.pubsub = self._subscribe()
+            message = self.pubsub.get_message(timeout=max(timeout, 0.001))
+        except StoreError:
+            self.close()
+            time.sleep(min(timeout, self.LOST_PAUSE))
+            return None
         return None if message is None else str(message["data"])
 
     def close(self) -> None:
-        self.pubsub.close()
+        subscription, self.pubsub = self.pubsub, None
+        if subscription is not None:
+            with contextlib.suppress(StoreError):
+                subscription.close()
 
     def __enter__(self) -> JobWatch:
         return self

@@ -101,7 +101,7 @@ class AsyncTokenCheck:
     served was taken from it), only stricter by a lease left unused when it lapses."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, cache_seconds: float = 0.0) -> None:
-        self.keys = Keys(prefix)
+        self.keys = Keys.for_client(client, prefix)
         self.cache_seconds = cache_seconds
         self._auth = client.register_script(AUTHENTICATE)
         self._held: dict[str, _Held] = {}

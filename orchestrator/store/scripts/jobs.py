@@ -12,30 +12,40 @@ from orchestrator.store.scripts.records import HISTORY_FN, HISTORY_MAX
 # same script, so of two racing submissions with one key exactly one writes a job. The
 # listing indexes (per tag, per schedule) are written here too, so a listed job is
 # always one that was created; their names go to a set the prune pass trims them from.
+# A job the gateway stores also wakes the relay that sends its first task (the same
+# call: one round trip per submit).
 CREATE_JOB = """
 -- KEYS[1] job hash, KEYS[2] jobs zset, KEYS[3] outbox zset, KEYS[4] states count hash,
--- KEYS[5] live jobs zset, KEYS[6] set of the listing indexes' names,
--- KEYS[7..6+n] listing index zsets (per tag, per schedule), KEYS[7+n] idempotency key
+-- KEYS[5] live jobs zset, KEYS[6] set of the listing indexes' names, KEYS[7] relay wake list,
+-- KEYS[8..7+n] listing index zsets (per tag, per schedule), KEYS[8+n] idempotency key
 -- (optional)
 -- ARGV[1] job id, ARGV[2] now (ms), ARGV[3] when its first limit falls due (ms), ARGV[4] n,
--- ARGV[5..] the job hash (flat field, value, ...; its history's first entry included)
+-- ARGV[5] the wake list's cap (0: no wake; the caller sends the task itself),
+-- ARGV[6..] the job hash (flat field, value, ...; its history's first entry included)
 -- Returns {1, job id} when written, or {0, the id the idempotency key already names}.
 local n = tonumber(ARGV[4])
-local idem = KEYS[7 + n]
+local idem = KEYS[8 + n]
 if idem then
   local existing = redis.call('GET', idem)
   if existing then return {0, existing} end
   redis.call('SET', idem, ARGV[1])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
-for i = 7, 6 + n do
+for i = 8, 7 + n do
   redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
   redis.call('SADD', KEYS[6], KEYS[i])
 end
 redis.call('HINCRBY', KEYS[4], 'queued', 1)
+local cap = tonumber(ARGV[5])
+if cap > 0 then
+  -- Past the cap the oldest wakes go: their jobs stay in the outbox for the sweep.
+  if redis.call('LPUSH', KEYS[7], ARGV[1]) > cap then
+    redis.call('LTRIM', KEYS[7], 0, cap - 1)
+  end
+end
 return {1, ARGV[1]}
 """
 
