@@ -108,11 +108,34 @@ def pipeline(ctx: Context, n: int = 300) -> None:
     orch.close()
 
 
+_REAL_SEND: list[Any] = []
+
+
+def _count_round_trips(stop: bool = False) -> list[int]:
+    """Count redis-py's sends (one a round trip: a pipeline or a script counts once) in
+    the list returned, until called again with ``stop``."""
+    import redis.connection
+
+    conn = redis.connection.AbstractConnection
+    if stop:
+        conn.send_packed_command = _REAL_SEND.pop()  # type: ignore[method-assign]
+        return []
+    sent = [0]
+    real = conn.send_packed_command
+    _REAL_SEND.append(real)
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        sent[0] += 1
+        real(self, command, check_health)  # type: ignore[no-untyped-call]
+
+    conn.send_packed_command = counted  # type: ignore[method-assign]
+    return sent
+
+
 def quick_steps(ctx: Context, n: int = 300, rounds: int = 5) -> None:
     """An instant turn settled by its create step (what a create task does), in this
     process without Celery: thread CPU a job of each phase, Redis round trips and
     Python calls a job (these two do not move with the load)."""
-    import redis.connection
 
     from orchestrator.facade import Orchestrator
     from orchestrator.jobs import quick, steps
@@ -126,14 +149,7 @@ def quick_steps(ctx: Context, n: int = 300, rounds: int = 5) -> None:
     )
     orch = Orchestrator(settings)
     rt, app = orch.rt, orch.app
-    sent = [0]
-    real = redis.connection.AbstractConnection.send_packed_command
-
-    def counted(self: Any, command: Any, check_health: bool = True) -> None:
-        sent[0] += 1  # one round trip (a pipeline or a script counts once)
-        real(self, command, check_health)  # type: ignore[no-untyped-call]
-
-    redis.connection.AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    sent = _count_round_trips()
     phases: dict[str, list[float]] = {"begin": [], "relay here": [], "finalize": []}
     profile = cProfile.Profile()
     for r in range(rounds + 2):  # the first round warms up, the last is profiled
@@ -156,7 +172,7 @@ def quick_steps(ctx: Context, n: int = 300, rounds: int = 5) -> None:
         if 0 < r <= rounds:
             for name in phases:
                 phases[name].append(spent[name] * 1000 / n)
-    redis.connection.AbstractConnection.send_packed_command = real  # type: ignore[method-assign]
+    _count_round_trips(stop=True)
     for name, values in phases.items():
         values.sort()
         median, best = values[len(values) // 2], values[0]
@@ -181,16 +197,8 @@ def dispatch(ctx: Context, n: int = 300) -> None:
     )
     orch = Orchestrator(settings)
     takes_app = len(inspect.signature(steps.start_turn).parameters) == 3
-    import redis.connection
 
-    sent = [0]
-    real = redis.connection.AbstractConnection.send_packed_command
-
-    def counted(self: Any, command: Any, check_health: bool = True) -> None:
-        sent[0] += 1  # one round trip (a pipeline or a script counts once)
-        real(self, command, check_health)  # type: ignore[no-untyped-call]
-
-    redis.connection.AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    sent = _count_round_trips()
 
     def commands() -> int:
         return sent[0]
@@ -219,7 +227,7 @@ def dispatch(ctx: Context, n: int = 300) -> None:
     )
     print(f"create step start -> request at the emulator: p50 {percentile(create_ms, 50):.2f} ms; "
           f"the whole step makes {percentile(create_cmds, 50):.0f} Redis round trips")  # fmt: skip
-    redis.connection.AbstractConnection.send_packed_command = real  # type: ignore[method-assign]
+    _count_round_trips(stop=True)
     orch.close()
 
 
