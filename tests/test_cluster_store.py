@@ -20,7 +20,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.jobs.model import validate_submission
 from orchestrator.ops.redis_cluster import RedisCluster
 from orchestrator.settings import load_settings
-from orchestrator.store.connection import home_client, parse_cluster_url
+from orchestrator.store.connection import connect_async, home_client, parse_cluster_url
 from orchestrator.store.follows import FollowStore
 from orchestrator.store.jobs import RedisStore
 from orchestrator.store.keys import Keys, hash_tag
@@ -188,6 +188,27 @@ def test_the_gateways_writes_and_token_checks_run_on_the_cluster(
     assert store.wakes.take(1, 10) == [job_id]
     assert [job.id for job in store.wakes.unsent([job_id])] == [job_id]
     assert checked is not None and checked[0]["id"] == record["id"] and checked[1] == 0
+
+
+def test_a_burst_past_the_pool_size_fails_nothing(
+    cluster: RedisCluster, key_prefix: str
+) -> None:
+    """A follower's burst of concurrent calls (more than ``max_connections``) all answer:
+    the asyncio cluster client's pools do not queue a call, so they are not bounded."""
+    key = f"{{{key_prefix}}}:burst"
+
+    async def burst() -> list[Any]:
+        client: Any = connect_async(cluster.url, max_connections=8)
+        try:
+            await client.set(key, "1")
+            # Each BLPOP holds its connection for a moment: all 40 are in flight at once.
+            waits = [client.blpop([key + ":none"], 0.2) for _ in range(40)]
+            return list(await asyncio.gather(*waits, *(client.get(key) for _ in range(40))))
+        finally:
+            await client.aclose()
+
+    replies = asyncio.run(burst())
+    assert replies[:40] == [None] * 40 and replies[40:] == ["1"] * 40
 
 
 def test_a_watch_and_the_scripts_carry_on_after_the_tags_primary_is_killed(

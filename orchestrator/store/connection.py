@@ -218,6 +218,10 @@ def connect(
     return redis.Redis.from_url(url, **_SYNC_OPTIONS, **extra)
 
 
+#: A pool size that never refuses a connection (redis-py's own default for a cluster).
+UNBOUNDED = 2**31
+
+
 def connect_async(
     url: str,
     *,
@@ -228,15 +232,15 @@ def connect_async(
     """The stream follower's client. A blocking pool: with thousands of streams, a burst
     of Redis calls waits for a connection instead of failing ("Too many connections").
 
-    Under Sentinel the pool is redis-py's sentinel pool, which does not block: it is
-    left unbounded (Redis' own ``maxclients`` bounds it) rather than fail a burst.
-    Under Cluster each node has a pool of ``max_connections``."""
+    Under Sentinel and Cluster redis-py's pools do not block (a call past a full pool
+    fails at once): they are left unbounded (Redis' own ``maxclients`` bounds them)
+    rather than fail a burst; ``max_connections`` bounds the one-server pool only."""
     if url.startswith(CLUSTER_SCHEME):
         nodes = [acluster.ClusterNode(h, p) for h, p in parse_cluster_url(url)]
         cluster = acluster.RedisCluster(
             startup_nodes=nodes,
             password=password,
-            max_connections=max_connections,
+            max_connections=UNBOUNDED,
             decode_responses=True,
             socket_keepalive=True,
             socket_connect_timeout=5,
