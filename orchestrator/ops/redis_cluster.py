@@ -14,10 +14,15 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
-from orchestrator.ops.redis_server import RedisServer, find_redis_server, free_port, port_taken
+from orchestrator.ops.redis_server import (
+    RedisServer,
+    ServerGroup,
+    find_redis_server,
+    free_port,
+    port_taken,
+)
 from orchestrator.store.connection import CLUSTER_SCHEME, connect
 
 __all__ = ["NODE_TIMEOUT_MS", "RedisCluster", "cluster_port"]
@@ -50,7 +55,7 @@ def _find_redis_cli(server_binary: str) -> str:
     return found
 
 
-class RedisCluster:
+class RedisCluster(ServerGroup):
     """``primaries`` primaries with ``replicas`` replicas each; a context manager.
 
     ``startup_nodes`` are the addresses a cluster client starts from. :meth:`kill_primary`
@@ -90,7 +95,7 @@ class RedisCluster:
     def startup_nodes(self) -> list[tuple[str, int]]:
         return [("127.0.0.1", node.port) for node in self.nodes if node.process is not None]
 
-    def start(self, timeout: float = 60.0) -> RedisCluster:
+    def start(self, timeout: float = 60.0) -> Self:
         for node in self.nodes:
             node.start()
         create = [
@@ -197,18 +202,3 @@ class RedisCluster:
         for node in self.nodes:
             node.stop()
         shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> RedisCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

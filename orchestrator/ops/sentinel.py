@@ -14,9 +14,9 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
-from orchestrator.ops.redis_server import RedisServer, find_redis_server, free_port
+from orchestrator.ops.redis_server import RedisServer, ServerGroup, find_redis_server, free_port
 from orchestrator.store.connection import SENTINEL_SCHEME, connect
 
 __all__ = ["MASTER_NAME", "SentinelGroup"]
@@ -42,7 +42,7 @@ def _sentinel_config(port: int, data_dir: Path, primary_port: int) -> str:
     )
 
 
-class SentinelGroup:
+class SentinelGroup(ServerGroup):
     """A primary, ``replicas`` replicas and ``sentinels`` sentinels; a context manager.
 
     ``url`` is the ``redis+sentinel://`` address of the group. :meth:`kill_primary`
@@ -73,7 +73,7 @@ class SentinelGroup:
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
         return f"{SENTINEL_SCHEME}{hosts}/{MASTER_NAME}/0"
 
-    def start(self, timeout: float = 30.0) -> SentinelGroup:
+    def start(self, timeout: float = 30.0) -> Self:
         for server in self.servers:
             server.start()
         primary_port = self.servers[0].port
@@ -188,21 +188,6 @@ class SentinelGroup:
         for proc in [*self._sentinels, *self.servers]:
             proc.stop()
         shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> SentinelGroup:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class _SentinelProcess(RedisServer):
