@@ -1,5 +1,6 @@
 """The follower claims a job put up for following at once (a wake-up on the follow
-channel), and still by its poll when no wake-up comes."""
+channel), and still by its poll when no wake-up comes; a pass that fails in an
+unexpected way does not end it."""
 
 from __future__ import annotations
 
@@ -19,9 +20,23 @@ from orchestrator.wire.client import WorkersClient
 from .conftest import Emulator
 
 
+class _Glitching(FollowStore):
+    """The follower's real store; its first ``glitches`` claims raise what redis-py's
+    cluster client raised on a connection a failover had closed."""
+
+    glitches = 0
+
+    async def claim(self, owner: str, lease_ms: int, limit: int) -> list[str]:
+        if self.glitches:
+            self.glitches -= 1
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+        return await super().claim(owner, lease_ms, limit)
+
+
 def _followed(
-    redis_url: str, key_prefix: str, emulator: Emulator, poll_seconds: float, *, wake: bool
-) -> tuple[float, int]:
+    redis_url: str, key_prefix: str, emulator: Emulator, poll_seconds: float, *, wake: bool,
+    glitches: int = 0,
+) -> tuple[float, int]:  # fmt: skip
     """Start a follower, then put one job up (with its wake-up, or by a bare ZADD as a
     message lost would leave it); seconds until its stream was relayed, updates stored."""
     emulator.configure(turn_seconds=0.0, events_per_turn=3)
@@ -42,9 +57,9 @@ def _followed(
             await finished.put(time.monotonic())
 
         async with AsyncWorkersClient(emulator.url, emulator.api_key) as api:
-            follower = Follower(
-                FollowStore(r, key_prefix), api, on_finished, poll_seconds=poll_seconds
-            )
+            follows = _Glitching(r, key_prefix)
+            follows.glitches = glitches
+            follower = Follower(follows, api, on_finished, poll_seconds=poll_seconds)
             stop = asyncio.Event()
             running = asyncio.create_task(follower.run(stop))
             deadline = time.monotonic() + 10
@@ -83,3 +98,10 @@ def test_without_a_wake_up_the_poll_still_claims(
     took, relayed = _followed(redis_url, key_prefix, emulator, 0.2, wake=False)
     assert relayed == 3
     assert took < 10
+
+
+def test_a_pass_that_fails_unexpectedly_does_not_end_the_follower(
+    redis_url: str, key_prefix: str, emulator: Emulator
+) -> None:
+    took, relayed = _followed(redis_url, key_prefix, emulator, 0.1, wake=True, glitches=3)
+    assert relayed == 3 and took < 10

@@ -217,6 +217,11 @@ class Follower:
                     await self._claim_more()
                 except (StoreError, OSError) as exc:
                     log.warning("follower cannot reach Redis: %s", exc)
+                except Exception:
+                    # Never let a pass end the follower: every stream it would claim
+                    # stays unrelayed, its jobs running for ever. (redis-py's cluster
+                    # client raised AttributeError on a connection a failover closed.)
+                    log.exception("follower pass failed; carrying on")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
         finally:
