@@ -152,6 +152,8 @@ BAD_INPUT = [
     (["costs", "--until", "2026-02-30"], "error: until:"),
     (["costs", "--since", "2026-02-01", "--until", "2026-01-01"], "error: until:"),
     (["costs", "--by", "tag", "--since", "2026-01-01"], "error: since:"),
+    # A header file that cannot be made: no token is created that nobody holds.
+    (["tokens", "create", "--role", "read", "--header-file", "no-dir/auth"], "error: header_file:"),
 ]
 
 

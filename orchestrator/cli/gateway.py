@@ -83,14 +83,19 @@ def run_create(args: argparse.Namespace) -> int:
     tenant = None if args.tenant is None else rules.TAG_VALUE.check(args.tenant, "tenant")
     if len(args.name) > 100 or rules.input_problem(args.name or "x") is not None:
         raise InputError("name", "must be at most 100 printable characters")
-    if args.header_file is not None and args.header_file.exists():
-        raise InputError("header_file", f"{args.header_file} exists; give a new file")
-    token, record = _tokens().create(args.role, tenant, args.name)
-    shown = _shown(record)
     if args.header_file is not None:
-        fd = os.open(args.header_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # The file is made before the token: a token whose only copy could not be
+        # written would be a live credential nobody holds.
+        fd = _new_file(args.header_file)
+        try:
+            token, record = _tokens().create(args.role, tenant, args.name)
+        except BaseException:
+            os.close(fd)
+            args.header_file.unlink()
+            raise
         with os.fdopen(fd, "w") as out:
             out.write(f"Authorization: Bearer {token}\n")
+        shown = _shown(record)
         if args.json:
             output.emit({**shown, "header_file": str(args.header_file)})
         else:
@@ -98,6 +103,8 @@ def run_create(args: argparse.Namespace) -> int:
             output.fields([("id", record["id"]), ("role", record["role"]),
                            ("tenant", tenant or "-"), ("header", use)])  # fmt: skip
         return 0
+    token, record = _tokens().create(args.role, tenant, args.name)
+    shown = _shown(record)
     if args.json:
         output.emit({**shown, "token": token})
     else:
@@ -105,6 +112,16 @@ def run_create(args: argparse.Namespace) -> int:
                        ("tenant", tenant or "-")])  # fmt: skip
         print("the token is shown only now; it is stored as its SHA-256", file=sys.stderr)
     return 0
+
+
+def _new_file(path: Path) -> int:
+    """A new mode-600 file opened for writing; InputError ``header_file`` if it cannot be."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise InputError("header_file", f"{path} exists; give a new file") from None
+    except OSError as exc:
+        raise InputError("header_file", f"cannot create {path}: {exc.strerror}") from None
 
 
 def _shown(record: dict[str, Any]) -> dict[str, Any]:
