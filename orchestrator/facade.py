@@ -26,12 +26,13 @@ if TYPE_CHECKING:
     from orchestrator.controls.limits import Limits
 
 from orchestrator import rules
-from orchestrator.errors import InputError
+from orchestrator.errors import InputError, NotFoundError, UnknownIdError
 from orchestrator.jobs import lifecycle, steps, submit
 from orchestrator.jobs.model import TERMINAL, Job, JobKind, Submission
 from orchestrator.runtime import Runtime, store_for
 from orchestrator.schedules.facade import ScheduleAPI
 from orchestrator.settings import Settings, load_settings
+from orchestrator.store.keys import LEDGER_DIMENSIONS
 from orchestrator.wire.models import Budget
 
 
@@ -313,7 +314,10 @@ class Orchestrator:
     def email(self, worker_or_job: str) -> str:
         """The worker's email address (asked of the API)."""
         worker_id = self.worker_id_of(worker_or_job)  # validate before building a client
-        return self.rt.client.retrieve_email(worker_id)
+        try:
+            return self.rt.client.retrieve_email(worker_id)
+        except NotFoundError:
+            raise UnknownIdError("worker_id", f"no worker {worker_id}") from None
 
     def cost(self, job_id: str) -> dict[str, int] | None:
         """The job's turn as posted to the ledger (integer fields), or None until then."""
@@ -334,6 +338,16 @@ class Orchestrator:
         ``by="job"`` lists the newest ``limit`` jobs created from ``since`` to ``until``
         (UTC days, inclusive), each with its turn's cost and ``posted``.
         """
+        if by not in (*LEDGER_DIMENSIONS, "job"):
+            raise InputError("by", f"must be one of {', '.join((*LEDGER_DIMENSIONS, 'job'))}")
+        for name, day in (("since", since), ("until", until)):
+            # A datetime is a date too, but the day arithmetic below needs a plain one.
+            if day is not None and (type(day) is not date):
+                raise InputError(name, f"{day!r} is not a datetime.date")
+        if by not in ("day", "job") and (since or until):
+            raise InputError("since" if since else "until", "only filters by day or job")
+        if by == "job" and (type(limit) is not int):
+            raise InputError("limit", f"{limit!r} is not an int")
         if by == "job":
             start = None if since is None else _day_ms(since)
             end = None if until is None else _day_ms(until) + DAY_MS - 1

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -112,6 +113,11 @@ API: list[tuple[str, Call, str]] = [
     ("get not an id", lambda o: o.get("nope"), "job_id"),
     ("get int", lambda o: o.get(5), "job_id"),
     ("costs by month", lambda o: o.costs(by="month"), "by"),
+    ("costs since by tag", lambda o: o.costs(by="tag", since=date(2026, 1, 1)), "since"),
+    ("costs since text", lambda o: o.costs(by="job", since="2026-01-01"), "since"),
+    ("costs until int", lambda o: o.costs(by="day", until=5), "until"),
+    ("costs limit text", lambda o: o.costs(by="job", limit="5"), "limit"),
+    ("email unknown worker", lambda o: o.email("wrk_nosuchworker"), "worker_id"),
     ("email traversal", lambda o: o.email("../x"), "worker_id"),
     ("pause unknown schedule", lambda o: o.schedules.pause("sch_nope"), "schedule_id"),
     ("schedule input control", lambda o: o.schedules.create(None, "a\x00", EVERY), "input"),
