@@ -162,6 +162,14 @@ def test_error_shapes(gateway: Gateway) -> None:
     big = admin.post("/v1/jobs", json={"input": "x" * (2 * 2**20)})
     assert error_of(big, 413)["type"] == "too_large"
     assert error_of(admin.get("/v1/costs", params={"by": "planet"}), 422)["field"] == "by"
+    # Wrong JSON types are refused as the Python facade refuses them, never coerced.
+    coerced = admin.post("/v1/jobs", json={"input": "x", "fetch_files": "no"})
+    assert error_of(coerced, 422)["field"] == "fetch_files"
+    text_limit = admin.put("/v1/limits", json={"key": "budget:low", "limit": "5"})
+    assert error_of(text_limit, 422)["field"] == "limit"
+    # since/until filter days only: refused rather than silently ignored for a tag.
+    by_tag = admin.get("/v1/costs", params={"by": "tag", "since": "2026-01-01"})
+    assert error_of(by_tag, 400)["field"] == "since"
     assert error_of(admin.get("/v1/schedules/sch_unknown"), 404)["field"] == "schedule_id"
     assert error_of(admin.get("/v1/nowhere"), 404)
     assert error_of(admin.delete("/v1/jobs"), 405)

@@ -18,7 +18,8 @@ class SubmitBody(BaseModel):
     input: str = Field(description="what the worker is asked to do")
     budget: Budget = "standard"
     tags: dict[str, str] = Field(default_factory=dict)
-    fetch_files: bool = False
+    # Strict, as the Python facade is: JSON has true/false, and "no" must not mean true.
+    fetch_files: bool = Field(default=False, strict=True)
     priority: Priority = "interactive"
 
 
@@ -147,7 +148,7 @@ class LimitBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     key: str = Field(description="tag:key=value or budget:<tier>")
-    limit: int
+    limit: int = Field(strict=True, description="1-10000 running turns (a JSON integer)")
 
 
 class MeOut(BaseModel):
