@@ -142,6 +142,7 @@ SCHEDULES: list[tuple[str, Any, dict[str, Any], str]] = [
     ("date naive", {"type": AT, "date": "2099-01-01T07:00:00"}, {}, "when.date"),
     ("date garbage", {"type": AT, "date": "next tuesday"}, {}, "when.date"),
     ("kind unknown", {"type": "sometimes"}, {}, "when"),
+    ("kind missing", {"kind": CRON, "cron": "0 7 * * *"}, {}, "when"),
     ("when text", "every day", {}, "when"),
     ("timezone unknown", DAILY, {"timezone": "Mars/Olympus"}, "timezone"),
     ("timezone traversal", DAILY, {"timezone": "../../etc/passwd"}, "timezone"),
@@ -193,6 +194,13 @@ def test_python_api_refuses(world: World, call: Call, field: str) -> None:
         call(world.orch)
     assert caught.value.field == field, str(caught.value)
     assert caught.value.message and "Traceback" not in caught.value.message
+
+
+def test_a_when_without_its_type_names_the_key_and_its_values(world: World) -> None:
+    with pytest.raises(InputError) as caught:
+        world.orch.schedules.create(None, "x", {"kind": "cron", "cron": "0 7 * * *"})
+    assert caught.value.field == "when"
+    assert '"type"' in caught.value.message and "interval" in caught.value.message
 
 
 # fmt: off

@@ -274,6 +274,11 @@ _UNION_TAGS = frozenset({"scheduled", "delayed", "cron", "interval"})
 def input_error(exc: ValidationError) -> InputError:
     """The first problem of a validation error, as an InputError naming the field."""
     first = exc.errors()[0]
+    if first["type"] == "union_tag_not_found" and first["loc"][-1:] == ("when",):
+        # pydantic says "Unable to extract tag using discriminator": name the key and
+        # its values instead, which is what a caller who wrote "kind" needs to read.
+        kinds = ", ".join(sorted(_UNION_TAGS))
+        return InputError(error_field(first["loc"]), f'needs "type": one of {kinds}')
     return InputError(error_field(first["loc"]), error_message(first["msg"]))
 
 
