@@ -196,6 +196,22 @@ def test_python_api_refuses(world: World, call: Call, field: str) -> None:
     assert caught.value.message and "Traceback" not in caught.value.message
 
 
+@pytest.mark.parametrize("worker", ["../x", "wrk_1\n", "victim:schedules", ""])
+def test_schedules_check_a_worker_id_by_the_rules_before_asking_anyone(
+    world: World, worker: str
+) -> None:
+    """The id rules' message, not a 404 from the upstream or the URL builder's own."""
+    for call in (
+        lambda: world.orch.schedules.create(worker, "x", EVERY),
+        lambda: world.orch.schedules.import_upstream(worker),
+        lambda: world.orch.schedules.list(worker),
+    ):
+        with pytest.raises(InputError) as caught:
+            call()
+        assert caught.value.field == "worker_id"
+        assert "is not a worker id" in caught.value.message, caught.value.message
+
+
 def test_a_when_without_its_type_names_the_key_and_its_values(world: World) -> None:
     with pytest.raises(InputError) as caught:
         world.orch.schedules.create(None, "x", {"kind": "cron", "cron": "0 7 * * *"})

@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import Celery
 
+from orchestrator import rules
 from orchestrator.errors import APIError, InputError, NotFoundError, UnknownIdError
 from orchestrator.jobs.model import LIMITS, Job, Submission, validate_submission
 from orchestrator.jobs.steps import dispatch
@@ -61,11 +62,11 @@ def require_worker(rt: Runtime, worker_id: str, *, unsure_ok: bool = False) -> N
 
 def worker_id_of(store: RedisStore, worker_or_job: str) -> str:
     """The upstream worker id named directly or by one of our job ids."""
-    if not isinstance(worker_or_job, str) or not worker_or_job:
-        raise InputError("worker_id", "must be a worker id or a job id")
-    if worker_or_job.startswith("job_"):
-        job = store.require_job(worker_or_job)
+    # Checked by the id rules here, where every caller passes (the schedules' facade
+    # too), before a key or a URL is built from it.
+    if isinstance(worker_or_job, str) and worker_or_job.startswith("job_"):
+        job = store.require_job(rules.JOB_ID.check(worker_or_job, "job_id"))
         if job.worker_id is None:
             raise InputError("worker_id", f"job {job.id} has no worker yet ({job.status})")
         return job.worker_id
-    return worker_or_job
+    return rules.WORKER_ID.check(worker_or_job, "worker_id")
