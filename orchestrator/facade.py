@@ -209,7 +209,7 @@ class Orchestrator:
         """Block until the job ends (completed, failed, cancelled, expired, timed_out);
         TimeoutError after ``timeout``."""
         rules.JOB_ID.check(job_id, "job_id")
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + rules.positive_seconds(timeout, "timeout")
         # Subscribed to the job's status moves before its status is read, so a move
         # right after the read still wakes the wait below at once.
         with self.store.watch_job(job_id) as watch:
@@ -232,7 +232,9 @@ class Orchestrator:
         live ones and ends when the turn ends; without, it yields what is stored now.
         """
         job = self._require(job_id)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + rules.positive_seconds(timeout, "timeout")
+        if after is not None and (type(after) is not int or after < -1):
+            raise InputError("after", f"{rules.shown(after)} is not an update index (-1 or more)")
         position = after
         while True:
             job = self.store.require_job(job_id)

@@ -82,3 +82,12 @@ def test_costs_of_an_empty_ledger_are_zero(orch: Orchestrator) -> None:
     report = orch.costs(by="tag")
     assert report["rows"] == []
     assert report["total"]["usage_cost_micro"] == 0 and report["total"]["turns"] == 0
+
+
+def test_updates_refuse_an_after_or_timeout_of_the_wrong_kind(orch: Orchestrator) -> None:
+    job = orch.submit("hello")
+    for kwargs, field in (({"after": "3"}, "after"), ({"after": -9}, "after"),
+                          ({"after": True}, "after"), ({"timeout": "x"}, "timeout")):  # fmt: skip
+        with pytest.raises(InputError) as info:
+            list(orch.updates(job.id, block=False, **kwargs))
+        assert info.value.field == field, info.value

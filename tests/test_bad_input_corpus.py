@@ -117,6 +117,8 @@ API: list[tuple[str, Call, str]] = [
     ("costs since text", lambda o: o.costs(by="job", since="2026-01-01"), "since"),
     ("costs until int", lambda o: o.costs(by="day", until=5), "until"),
     ("costs limit text", lambda o: o.costs(by="job", limit="5"), "limit"),
+    ("wait timeout text", lambda o: o.wait("job_x", timeout="a"), "timeout"),
+    ("wait timeout nan", lambda o: o.wait("job_x", timeout=float("nan")), "timeout"),
     ("email unknown worker", lambda o: o.email("wrk_nosuchworker"), "worker_id"),
     ("email traversal", lambda o: o.email("../x"), "worker_id"),
     ("pause unknown schedule", lambda o: o.schedules.pause("sch_nope"), "schedule_id"),
