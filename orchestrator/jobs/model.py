@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import (
@@ -199,6 +200,18 @@ def parse_tag(text: str) -> tuple[str, str]:
     if not sep:
         raise InputError("tags", f"{rules.shown(text)} is not key=value")
     return rules.tag(key, value, "tags")
+
+
+def parse_tags(texts: Iterable[str]) -> dict[str, str]:
+    """``key=value`` texts (``--tag``, repeatable) to one dict; InputError for a malformed
+    one or a key given twice (a later value must not silently replace an earlier one)."""
+    tags: dict[str, str] = {}
+    for text in texts:
+        key, value = parse_tag(text)
+        if key in tags:
+            raise InputError("tags", f"key {key!r} is given twice")
+        tags[key] = value
+    return tags
 
 
 class Job(BaseModel):
