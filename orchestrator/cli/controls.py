@@ -65,14 +65,24 @@ def _bar(ratio: float) -> str:
     return "[" + "#" * filled + "." * (BAR - filled) + "]"
 
 
+def _said_all(args: argparse.Namespace, name: str, rows: list[Any], none: str) -> bool:
+    """Print ``{name: rows}`` with ``--json``, or ``none`` when there are no rows; True
+    when that was all there is to print (else the caller prints its table)."""
+    if args.json:
+        output.emit({name: rows})
+        return True
+    if not rows:
+        print(none)
+        return True
+    return False
+
+
 def run_budgets_show(args: argparse.Namespace) -> int:
     with Orchestrator(load_settings()) as orch:
         rows = orch.budgets.status()
-    if args.json:
-        output.emit({"caps": rows})
-        return 0
-    if not rows:
-        print("no budget caps (set one: orchestrator budgets set global --usd 50)")
+    if _said_all(
+        args, "caps", rows, "no budget caps (set one: orchestrator budgets set global --usd 50)"
+    ):
         return 0
     print(f"{'cap':<28} {'period':<10} {'spent':>12} {'reserved':>12} {'cap':>12}  use")
     for row in rows:
@@ -114,21 +124,22 @@ def run_budgets_remove(args: argparse.Namespace) -> int:
         removed = orch.budgets.remove_cap(args.scope, args.period)
     if not removed:
         raise InputError("scope", f"no cap {args.scope}/{args.period}")
-    if args.json:
-        output.emit({"removed": {"scope": args.scope, "period": args.period}})
-    else:
-        print(output.clean(f"removed cap {args.scope}/{args.period}"))
-    return 0
+    return output.done(
+        args.json,
+        {"removed": {"scope": args.scope, "period": args.period}},
+        output.clean(f"removed cap {args.scope}/{args.period}"),
+    )
 
 
 def run_limits_show(args: argparse.Namespace) -> int:
     with Orchestrator(load_settings()) as orch:
         rows = orch.limits.status()
-    if args.json:
-        output.emit({"limits": rows})
-        return 0
-    if not rows:
-        print("no concurrency limits (set one: orchestrator limits set tag:tenant=acme 5)")
+    if _said_all(
+        args,
+        "limits",
+        rows,
+        "no concurrency limits (set one: orchestrator limits set tag:tenant=acme 5)",
+    ):
         return 0
     print(f"{'key':<32} {'limit':>6} {'running':>8} {'waiting':>8}")
     for row in rows:
@@ -139,19 +150,15 @@ def run_limits_show(args: argparse.Namespace) -> int:
 def run_limits_set(args: argparse.Namespace) -> int:
     with Orchestrator(load_settings()) as orch:
         orch.limits.set(args.key, args.limit)
-    if args.json:
-        output.emit({"key": args.key, "limit": args.limit})
-    else:
-        print(output.clean(f"limit {args.key}: at most {args.limit} running"))
-    return 0
+    return output.done(
+        args.json,
+        {"key": args.key, "limit": args.limit},
+        output.clean(f"limit {args.key}: at most {args.limit} running"),
+    )
 
 
 def run_limits_remove(args: argparse.Namespace) -> int:
     with Orchestrator(load_settings()) as orch:
         if not orch.limits.remove(args.key):
             raise InputError("key", f"no limit on {args.key}")
-    if args.json:
-        output.emit({"removed": args.key})
-    else:
-        print(output.clean(f"removed limit {args.key}"))
-    return 0
+    return output.done(args.json, {"removed": args.key}, output.clean(f"removed limit {args.key}"))
