@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable
-from typing import Any, Literal, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -120,7 +121,7 @@ class Submission(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: JobKind = "create"
-    input: StrictStr
+    input: Annotated[StrictStr, AfterValidator(rules.problem_validator(rules.input_problem))]
     budget: Budget = "standard"
     tags: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = None
@@ -143,14 +144,6 @@ class Submission(BaseModel):
             raise ValueError(problem)
         assert isinstance(value, int | float)
         return float(value)
-
-    @field_validator("input")
-    @classmethod
-    def _input(cls, value: str) -> str:
-        problem = rules.input_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
 
     @field_validator("tags")
     @classmethod
