@@ -9,6 +9,7 @@ baseline's end mark and the throughput baseline's completion count.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -23,18 +24,13 @@ QUEUE = "bench"
 TASK = "bench.noop"
 
 
-def bare_config(settings: Settings) -> dict[str, Any]:
-    """Our Celery configuration, routed to the bench queue, with no task modules."""
-    return baseline_config(settings, TASK, QUEUE)
-
-
 def make_bare_app(settings: Settings) -> Celery:
     """A producer of the baseline's tasks (the driver side)."""
-    return configured_app("bare", bare_config(settings))
+    return configured_app("bare", baseline_config(settings, TASK, QUEUE))
 
 
 # The worker side (`celery -A bench.bare worker`), configured from the environment.
-app = lazy_app("bare", bare_config)
+app = lazy_app("bare", functools.partial(baseline_config, task=TASK, queue=QUEUE))
 
 
 _redis: dict[str, Any] = {}

@@ -11,10 +11,10 @@ worker and counts its costs twice. Same Celery configuration as ours (see
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from decimal import Decimal
-from typing import Any
 
 import httpx
 import redis
@@ -29,16 +29,12 @@ QUEUE = "handwritten"
 TASK = "bench.handwritten"
 
 
-def handwritten_config(settings: Settings) -> dict[str, Any]:
-    return baseline_config(settings, TASK, QUEUE)
-
-
 def make_handwritten_app(settings: Settings) -> Celery:
     """A producer of the baseline's tasks (the driver side)."""
-    return configured_app("handwritten", handwritten_config(settings))
+    return configured_app("handwritten", baseline_config(settings, TASK, QUEUE))
 
 
-app = lazy_app("handwritten", handwritten_config)
+app = lazy_app("handwritten", functools.partial(baseline_config, task=TASK, queue=QUEUE))
 
 
 def done_key(run: str) -> str:
