@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from orchestrator import rules
@@ -18,13 +19,10 @@ BAR = 24
 
 
 def register(sub: Any) -> None:
-    budgets = sub.add_parser("budgets", help="budget caps: show (default), set, remove")
-    json_option(budgets, "print {caps: [...]}")
-    budgets.set_defaults(func=run_budgets_show)
-    actions = budgets.add_subparsers(dest="action", metavar="ACTION")
-    show = actions.add_parser("show", help="spent, reserved and cap per scope, with a bar")
-    json_option(show, "print {caps: [...]}")
-    show.set_defaults(func=run_budgets_show)
+    actions = _shown_group(
+        sub, "budgets", "budget caps: show (default), set, remove",
+        "spent, reserved and cap per scope, with a bar", "print {caps: [...]}", run_budgets_show,
+    )  # fmt: skip
     put = actions.add_parser("set", help="create or replace a cap")
     put.add_argument("scope", metavar="SCOPE", help="'global' or 'tag:key=value'")
     put.add_argument("--usd", required=True, help="the cap in USD, e.g. 25 or 12.50")
@@ -42,13 +40,10 @@ def register(sub: Any) -> None:
     json_option(rm, 'print {"removed": {scope, period}}')
     rm.set_defaults(func=run_budgets_remove)
 
-    limits = sub.add_parser("limits", help="concurrency limits: show (default), set, remove")
-    json_option(limits, "print {limits: [...]}")
-    limits.set_defaults(func=run_limits_show)
-    lact = limits.add_subparsers(dest="action", metavar="ACTION")
-    lshow = lact.add_parser("show", help="each limit with its running and waiting turns")
-    json_option(lshow, "print {limits: [...]}")
-    lshow.set_defaults(func=run_limits_show)
+    lact = _shown_group(
+        sub, "limits", "concurrency limits: show (default), set, remove",
+        "each limit with its running and waiting turns", "print {limits: [...]}", run_limits_show,
+    )  # fmt: skip
     lset = lact.add_parser("set", help="at most N running turns for KEY")
     lset.add_argument("key", metavar="KEY", help="'tag:key=value' or 'budget:<tier>'")
     lset.add_argument("limit", metavar="N", type=int, help=f"1 to {rules.LIMIT_MAX}")
@@ -58,6 +53,21 @@ def register(sub: Any) -> None:
     lrm.add_argument("key", metavar="KEY", help="'tag:key=value' or 'budget:<tier>'")
     json_option(lrm, 'print {"removed": KEY}')
     lrm.set_defaults(func=run_limits_remove)
+
+
+def _shown_group(
+    sub: Any, name: str, text: str, show_text: str, json_text: str, show: Callable[..., int]
+) -> Any:
+    """``orchestrator NAME`` and ``NAME show`` both run ``show``; the group's action
+    parsers, for its other actions."""
+    group = sub.add_parser(name, help=text)
+    json_option(group, json_text)
+    group.set_defaults(func=show)
+    actions = group.add_subparsers(dest="action", metavar="ACTION")
+    shown = actions.add_parser("show", help=show_text)
+    json_option(shown, json_text)
+    shown.set_defaults(func=show)
+    return actions
 
 
 def _bar(ratio: float) -> str:
