@@ -43,6 +43,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "gateway": ("gateway", "scenario"),
     "gateway_first": ("gateway_first", "scenario"),
     "topologies": ("topologies", "scenario"),
+    "spread": ("spread", "scenario"),
 }
 
 

@@ -101,3 +101,26 @@ def test_quick_gateway_first_scenario_writes_results(tmp_path: Path) -> None:
     figures = _figures(_quick(tmp_path, "gateway_first", timeout=170))
     assert figures["submit to first update p50"]["ours"]["median"] > 0
     assert figures["submit to first update p50"]["baseline"]["median"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_quick_spread_scenario_measures_every_primary_and_judges_the_goal(
+    tmp_path: Path,
+) -> None:
+    """500 jobs of 100 tenants on a 3-primary cluster: each measure's shares over the
+    primaries add up to the whole, the keys and commands goals are judged (met or
+    missed, whichever the layout gives), and every job completed."""
+    [spread] = _quick(tmp_path, "spread", timeout=170)
+    figures = _figures([spread])
+    for measure in ("keys", "commands", "used_memory growth", "CPU"):
+        shares = [figures[f"{measure}: primary {i} share"]["ours"]["median"] for i in (1, 2, 3)]
+        assert sum(shares) == pytest.approx(100, abs=0.01), (measure, shares)
+        ratio = figures[f"{measure}: largest/smallest share"]
+        assert 1 <= ratio["ours"]["median"] < float("inf"), ratio
+    for measure in ("keys", "commands"):
+        judged = figures[f"{measure}: largest/smallest share"]
+        assert judged["goal"] == "≤ 1.5"
+        assert judged["met"] is (judged["ours"]["median"] <= 1.5)
+    assert figures["store commands per job (all primaries)"]["ours"]["median"] > 10
+    assert not [n for n in spread["notes"] if "did not complete" in n], spread["notes"]
