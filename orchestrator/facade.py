@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Unpack
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
@@ -28,10 +28,11 @@ if TYPE_CHECKING:
 from orchestrator import rules
 from orchestrator.errors import InputError
 from orchestrator.jobs import lifecycle, steps, submit
-from orchestrator.jobs.model import TERMINAL, Job, JobKind, Submission, SubmitOptions
+from orchestrator.jobs.model import TERMINAL, Job, JobKind, Submission
 from orchestrator.runtime import Runtime, store_for
 from orchestrator.schedules.facade import ScheduleAPI
 from orchestrator.settings import Settings, load_settings
+from orchestrator.wire.models import Budget
 
 
 class Orchestrator:
@@ -59,33 +60,83 @@ class Orchestrator:
 
     # --- submitting --------------------------------------------------------------
 
-    def submit(self, input: str, **options: Unpack[SubmitOptions]) -> Job:
+    def submit(
+        self,
+        input: str,
+        *,
+        budget: Budget = "standard",
+        tags: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        fetch_files: bool = False,
+        schedule_id: str | None = None,
+        priority: str = "interactive",
+        queue_ttl: float | None = None,
+        idle_timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Job:
         """Create a new upstream worker with ``input``. Same idempotency key, same job.
 
-        ``options`` (:class:`~orchestrator.jobs.model.SubmitOptions`): ``budget``,
-        ``tags``, ``idempotency_key``, ``fetch_files``, ``schedule_id``, ``priority``
-        and the limits. ``priority``: ``interactive`` (someone is waiting, the default)
-        is taken before ``batch``. The job's limits, in seconds (None: the settings
-        ``JOB_QUEUE_TTL``, ``JOB_IDLE_TIMEOUT``, ``JOB_DEADLINE``): not started upstream
-        within ``queue_ttl`` → ``expired`` (nothing sent, nothing billed); no update for
+        ``priority``: ``interactive`` (someone is waiting) is taken before ``batch``.
+        The job's limits, in seconds (None: the settings ``JOB_QUEUE_TTL``,
+        ``JOB_IDLE_TIMEOUT``, ``JOB_DEADLINE``): not started upstream within
+        ``queue_ttl`` → ``expired`` (nothing sent, nothing billed); no update for
         ``idle_timeout``, or not ended ``deadline`` after submission → ``timed_out``.
-        A keyword not among these is refused as any bad field is (InputError naming it).
         """
-        return self._enqueue("create", None, input, options)
+        return self._enqueue(
+            "create",
+            None,
+            input=input,
+            budget=budget,
+            tags=tags or {},
+            idempotency_key=idempotency_key,
+            fetch_files=fetch_files,
+            schedule_id=schedule_id,
+            priority=priority,
+            queue_ttl=queue_ttl,
+            idle_timeout=idle_timeout,
+            deadline=deadline,
+        )
 
-    def continue_(self, worker_or_job: str, input: str, **options: Unpack[SubmitOptions]) -> Job:
+    def continue_(
+        self,
+        worker_or_job: str,
+        input: str,
+        *,
+        budget: Budget = "standard",
+        tags: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        fetch_files: bool = False,
+        schedule_id: str | None = None,
+        priority: str = "interactive",
+        queue_ttl: float | None = None,
+        idle_timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Job:
         """Add a turn to a worker, named by its id or by a job of ours that made it.
 
         Refused (InputError ``worker_id``) for a worker neither a job of ours ran nor
         the API knows, and while the worker's turn of a job cancelled or
-        timed out here may still run upstream. The options are as for :meth:`submit`.
+        timed out here may still run upstream. The limits are as for :meth:`submit`.
         """
         worker_id = self.worker_id_of(worker_or_job)
         named = worker_or_job if worker_or_job.startswith("job_") else None
         if named is None:
             submit.require_worker(self.rt, worker_id, unsure_ok=True)
         lifecycle.refuse_unsettled(self.rt, named, worker_id)
-        return self._enqueue("continue", worker_id, input, options)
+        return self._enqueue(
+            "continue",
+            worker_id,
+            input=input,
+            budget=budget,
+            tags=tags or {},
+            idempotency_key=idempotency_key,
+            fetch_files=fetch_files,
+            schedule_id=schedule_id,
+            priority=priority,
+            queue_ttl=queue_ttl,
+            idle_timeout=idle_timeout,
+            deadline=deadline,
+        )
 
     # --- ending ------------------------------------------------------------------
 
@@ -124,15 +175,10 @@ class Orchestrator:
         """Send the first task of a job just stored (the last step of :meth:`submit`)."""
         steps.dispatch(self.app, self.rt, job)
 
-    def _enqueue(
-        self, kind: JobKind, worker_id: str | None, input: str, options: SubmitOptions
-    ) -> Job:
-        """Validate a submission, store it as a job and dispatch it, unless its
-        idempotency key names a job already."""
-        fields = {**options, "tags": options.get("tags") or {}}
-        return submit.submit(
-            self.app, self.rt, kind=kind, worker_id=worker_id, input=input, **fields
-        )
+    def _enqueue(self, kind: JobKind, worker_id: str | None, **fields: Any) -> Job:
+        """Validate a submission (``fields``: submit's keywords), store it as a job and
+        dispatch it, unless its idempotency key names a job already."""
+        return submit.submit(self.app, self.rt, kind=kind, worker_id=worker_id, **fields)
 
     def worker_id_of(self, worker_or_job: str) -> str:
         """The upstream worker id named directly or by one of our job ids."""

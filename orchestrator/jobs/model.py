@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -172,22 +172,6 @@ class Submission(BaseModel):
     @classmethod
     def _schedule(cls, value: str | None) -> str | None:
         return None if value is None else rules.SCHEDULE_ID.validator(value)
-
-
-class SubmitOptions(TypedDict, total=False):
-    """The keywords of ``Orchestrator.submit`` and ``continue_``; one not given takes
-    :class:`Submission`'s default (budget ``standard``, no tags, priority ``interactive``,
-    fetch_files off; a limit left None takes its setting: ``JOB_QUEUE_TTL`` ...)."""
-
-    budget: Budget
-    tags: dict[str, str] | None
-    idempotency_key: str | None
-    fetch_files: bool
-    schedule_id: str | None
-    priority: str
-    queue_ttl: float | None
-    idle_timeout: float | None
-    deadline: float | None
 
 
 def validate_submission(max_input_chars: int, **fields: Any) -> Submission:
