@@ -9,47 +9,28 @@ baseline's end mark and the throughput baseline's completion count.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
 import redis
 from celery import Celery
-from kombu.entity import Queue
 
-from orchestrator.celery import celery_config
+from bench.harness import baseline_config
+from orchestrator.celery import configured_app, lazy_app
 from orchestrator.settings import Settings, get_settings
 
 QUEUE = "bench"
 TASK = "bench.noop"
 
 
-def bare_config(settings: Settings) -> dict[str, Any]:
-    """Our Celery configuration, routed to the bench queue, with no task modules."""
-    config = celery_config(settings)
-    config.update(
-        include=[],
-        task_routes={TASK: QUEUE},
-        task_queues=[Queue(QUEUE)],  # type: ignore[no-untyped-call]
-        task_default_queue=QUEUE,
-        worker_direct=False,
-    )
-    return config
-
-
 def make_bare_app(settings: Settings) -> Celery:
     """A producer of the baseline's tasks (the driver side)."""
-    instance = Celery("bare", set_as_current=False)
-    instance.conf.update(bare_config(settings))
-    return instance
+    return configured_app("bare", baseline_config(settings, TASK, QUEUE))
 
 
 # The worker side (`celery -A bench.bare worker`), configured from the environment.
-app = Celery("bare")
-
-
-@app.on_configure.connect  # type: ignore[untyped-decorator]
-def _configure(sender: Celery, **_: Any) -> None:
-    sender.conf.update(bare_config(get_settings()))
+app = lazy_app("bare", functools.partial(baseline_config, task=TASK, queue=QUEUE))
 
 
 _redis: dict[str, Any] = {}

@@ -11,44 +11,30 @@ worker and counts its costs twice. Same Celery configuration as ours (see
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from decimal import Decimal
-from typing import Any
 
 import httpx
 import redis
 from celery import Celery
 from httpx_sse import connect_sse
-from kombu.entity import Queue
 
-from orchestrator.celery import celery_config
+from bench.harness import baseline_config
+from orchestrator.celery import configured_app, lazy_app
 from orchestrator.settings import Settings, get_settings
 
 QUEUE = "handwritten"
 TASK = "bench.handwritten"
 
 
-def handwritten_config(settings: Settings) -> dict[str, Any]:
-    config = celery_config(settings)
-    config.update(include=[], task_routes={TASK: QUEUE}, task_queues=[Queue(QUEUE)],  # type: ignore[no-untyped-call]
-                  task_default_queue=QUEUE, worker_direct=False)  # fmt: skip
-    return config
-
-
 def make_handwritten_app(settings: Settings) -> Celery:
     """A producer of the baseline's tasks (the driver side)."""
-    instance = Celery("handwritten", set_as_current=False)
-    instance.conf.update(handwritten_config(settings))
-    return instance
+    return configured_app("handwritten", baseline_config(settings, TASK, QUEUE))
 
 
-app = Celery("handwritten")
-
-
-@app.on_configure.connect  # type: ignore[untyped-decorator]
-def _configure(sender: Celery, **_: Any) -> None:
-    sender.conf.update(handwritten_config(get_settings()))
+app = lazy_app("handwritten", functools.partial(baseline_config, task=TASK, queue=QUEUE))
 
 
 def done_key(run: str) -> str:

@@ -18,12 +18,29 @@ from typing import Any
 
 import httpx
 import redis
+from kombu.entity import Queue
 
+from orchestrator.celery import celery_config
 from orchestrator.ops.processes import Proc, celery_worker, deployment_env, wait_for
 from orchestrator.ops.redis_server import free_port
+from orchestrator.settings import Settings
 
 API_KEY = "bench-key"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def baseline_config(settings: Settings, task: str, queue: str) -> dict[str, Any]:
+    """Our Celery configuration (same broker, acks, prefetch, serialisation) for a
+    baseline's worker: ``task`` routed to ``queue`` of its own, none of our task modules."""
+    config = celery_config(settings)
+    config.update(
+        include=[],
+        task_routes={task: queue},
+        task_queues=[Queue(queue)],  # type: ignore[no-untyped-call]
+        task_default_queue=queue,
+        worker_direct=False,
+    )
+    return config
 
 
 # --- figures ---------------------------------------------------------------------------

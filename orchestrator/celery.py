@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import Celery
@@ -251,22 +252,33 @@ def consumed_queues(queues: list[str], settings: Settings) -> list[str]:
     return out
 
 
-def make_app(settings: Settings) -> Celery:
-    """A Celery app configured from explicit settings (a producer, say)."""
-    instance = Celery("orchestrator", set_as_current=False)
-    instance.conf.update(celery_config(settings))
+def configured_app(name: str, config: Mapping[str, Any]) -> Celery:
+    """A Celery app of ``config``, not made the current app (a producer, say)."""
+    instance = Celery(name, set_as_current=False)
+    instance.conf.update(config)
     return instance
 
 
-# The app that `celery -A orchestrator` and `orchestrator worker` run: configured
-# lazily from the environment.
-app = Celery("orchestrator")
+def lazy_app(name: str, config: Callable[[Settings], Mapping[str, Any]]) -> Celery:
+    """The app a ``celery -A`` worker runs: ``config`` of the environment's settings,
+    applied on first use, so importing the app (for the CLI's --help, say) needs none."""
+    instance = Celery(name)
+
+    def configure(sender: Celery, **_: Any) -> None:
+        sender.conf.update(config(get_settings()))
+
+    # Strong: Celery's signals hold receivers weakly, and this one is a closure.
+    instance.on_configure.connect(configure, weak=False)
+    return instance
 
 
-@app.on_configure.connect  # type: ignore[untyped-decorator]
-def _configure(sender: Celery, **_: Any) -> None:
-    # Lazy, so importing the app (for the CLI's --help, say) needs no settings.
-    sender.conf.update(celery_config(get_settings()))
+def make_app(settings: Settings) -> Celery:
+    """A Celery app configured from explicit settings (a producer, say)."""
+    return configured_app("orchestrator", celery_config(settings))
+
+
+# The app that `celery -A orchestrator` and `orchestrator worker` run.
+app = lazy_app("orchestrator", celery_config)
 
 
 #: How long a thread may hold the GIL while another waits (Python's default: 5 ms). A

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from orchestrator.errors import InputError
 from orchestrator.money import MICRO_PER_USD
+
+T = TypeVar("T")
 
 __all__ = [
     "CAP_MAX_USD",
@@ -38,6 +42,7 @@ __all__ = [
     "WORKER_ID",
     "Rule",
     "cap_usd",
+    "check_validator",
     "duration_seconds",
     "input_problem",
     "input_text",
@@ -45,6 +50,7 @@ __all__ = [
     "job_limit_problem",
     "limit_value",
     "positive_seconds",
+    "problem_validator",
     "reason_text",
     "retention_by_tag",
     "shown",
@@ -100,6 +106,34 @@ class Rule:
         if not self.ok(value):
             raise ValueError(f"must be {self.what} ({self.hint})")
         return value
+
+
+def check_validator(check: Callable[[T], object]) -> Callable[[T], T]:
+    """A pydantic validator (``AfterValidator``) of a rule that raises InputError: a
+    ValueError with its message (pydantic names the field); a value that passes is kept
+    as given, not as the rule parses it."""
+
+    def validate(value: T) -> T:
+        try:
+            check(value)
+        except InputError as exc:
+            raise ValueError(exc.message) from None
+        return value
+
+    return validate
+
+
+def problem_validator(problem: Callable[[T], str | None]) -> Callable[[T], T]:
+    """A pydantic validator (``AfterValidator``) of a rule that gives its problem as
+    text (None: the value passes): a ValueError with that text."""
+
+    def validate(value: T) -> T:
+        text = problem(value)
+        if text is not None:
+            raise ValueError(text)
+        return value
+
+    return validate
 
 
 def _rule(what: str, body: str, hint: str) -> Rule:

@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from orchestrator import rules
-from orchestrator.errors import ConfigError, InputError
+from orchestrator.errors import ConfigError
 from orchestrator.store.connection import (
     CLUSTER_SCHEME,
     SENTINEL_SCHEME,
@@ -40,22 +40,6 @@ _NO_CLUSTER_BROKER = (
     "use amqp:// (RabbitMQ) or a Redis of its own"
 )
 _AMQP_SCHEMES = ("amqp://", "amqps://")
-
-
-def _duration(value: str) -> str:
-    try:
-        rules.duration_seconds(value)
-    except InputError as exc:
-        raise ValueError(exc.message) from None
-    return value
-
-
-def _by_tag(value: str) -> str:
-    try:
-        rules.retention_by_tag(value)
-    except InputError as exc:
-        raise ValueError(exc.message) from None
-    return value
 
 
 class Settings(BaseSettings):
@@ -114,8 +98,10 @@ class Settings(BaseSettings):
 
     # Retention (docs/retention.md): a finished job's records expire this long after it
     # ends; RETENTION_BY_TAG overrides it per tag (the longest matching wins).
-    retention: Annotated[str, AfterValidator(_duration)] = "7d"
-    retention_by_tag: Annotated[str, AfterValidator(_by_tag)] = ""
+    retention: Annotated[str, AfterValidator(rules.check_validator(rules.duration_seconds))] = "7d"
+    retention_by_tag: Annotated[
+        str, AfterValidator(rules.check_validator(rules.retention_by_tag))
+    ] = ""
     # Finished jobs are archived (gzip JSON Lines, one file a UTC day) before they expire.
     archive_dir: Path | None = None
     archive_interval_seconds: Annotated[float, Field(ge=0.1, le=3600)] = 10.0

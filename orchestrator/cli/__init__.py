@@ -88,11 +88,7 @@ def run_completion(args: argparse.Namespace) -> int:
     from argcomplete.shell_integration import shellcode
 
     script = shellcode(["orchestrator"], shell=args.shell)
-    if args.json:
-        output.emit({"shell": args.shell, "script": script})
-    else:
-        print(script)
-    return 0
+    return output.done(args.json, {"shell": args.shell, "script": script}, script)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

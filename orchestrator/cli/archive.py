@@ -87,8 +87,8 @@ def run_archive(args: argparse.Namespace) -> int:
                 kept += 1
     finally:
         store.close()
-    if args.json:
-        output.emit({"day": day, "imported": put, "in_redis": kept})
-    else:
-        print(f"imported {put} jobs of {day}; {kept} were in Redis already")
-    return 0
+    return output.done(
+        args.json,
+        {"day": day, "imported": put, "in_redis": kept},
+        f"imported {put} jobs of {day}; {kept} were in Redis already",
+    )

@@ -16,7 +16,7 @@ from orchestrator.cli import output
 from orchestrator.errors import InputError
 from orchestrator.facade import Orchestrator
 from orchestrator.jobs.lifecycle import UPSTREAM_NOTE
-from orchestrator.jobs.model import STATUSES, TERMINAL, parse_tag
+from orchestrator.jobs.model import STATUSES, TERMINAL, parse_tags
 from orchestrator.settings import load_settings
 
 
@@ -50,12 +50,7 @@ def run_cancel(args: argparse.Namespace) -> int:
         )
     if not bulk and not args.job_ids:
         raise InputError("job_id", "name at least one job, or give --tag/--status/--schedule")
-    tags: dict[str, str] = {}
-    for text in args.tag:
-        key, value = parse_tag(text)
-        if key in tags:
-            raise InputError("tags", f"key {key!r} is given twice")
-        tags[key] = value
+    tags = parse_tags(args.tag)
     with Orchestrator(load_settings()) as orch:
         if bulk:
             ids = orch.cancel_many(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from orchestrator import rules
@@ -18,13 +19,10 @@ BAR = 24
 
 
 def register(sub: Any) -> None:
-    budgets = sub.add_parser("budgets", help="budget caps: show (default), set, remove")
-    json_option(budgets, "print {caps: [...]}")
-    budgets.set_defaults(func=run_budgets_show)
-    actions = budgets.add_subparsers(dest="action", metavar="ACTION")
-    show = actions.add_parser("show", help="spent, reserved and cap per scope, with a bar")
-    json_option(show, "print {caps: [...]}")
-    show.set_defaults(func=run_budgets_show)
+    actions = _shown_group(
+        sub, "budgets", "budget caps: show (default), set, remove",
+        "spent, reserved and cap per scope, with a bar", "print {caps: [...]}", run_budgets_show,
+    )  # fmt: skip
     put = actions.add_parser("set", help="create or replace a cap")
     put.add_argument("scope", metavar="SCOPE", help="'global' or 'tag:key=value'")
     put.add_argument("--usd", required=True, help="the cap in USD, e.g. 25 or 12.50")
@@ -42,13 +40,10 @@ def register(sub: Any) -> None:
     json_option(rm, 'print {"removed": {scope, period}}')
     rm.set_defaults(func=run_budgets_remove)
 
-    limits = sub.add_parser("limits", help="concurrency limits: show (default), set, remove")
-    json_option(limits, "print {limits: [...]}")
-    limits.set_defaults(func=run_limits_show)
-    lact = limits.add_subparsers(dest="action", metavar="ACTION")
-    lshow = lact.add_parser("show", help="each limit with its running and waiting turns")
-    json_option(lshow, "print {limits: [...]}")
-    lshow.set_defaults(func=run_limits_show)
+    lact = _shown_group(
+        sub, "limits", "concurrency limits: show (default), set, remove",
+        "each limit with its running and waiting turns", "print {limits: [...]}", run_limits_show,
+    )  # fmt: skip
     lset = lact.add_parser("set", help="at most N running turns for KEY")
     lset.add_argument("key", metavar="KEY", help="'tag:key=value' or 'budget:<tier>'")
     lset.add_argument("limit", metavar="N", type=int, help=f"1 to {rules.LIMIT_MAX}")
@@ -60,19 +55,44 @@ def register(sub: Any) -> None:
     lrm.set_defaults(func=run_limits_remove)
 
 
+def _shown_group(
+    sub: Any, name: str, text: str, show_text: str, json_text: str, show: Callable[..., int]
+) -> Any:
+    """``orchestrator NAME`` and ``NAME show`` both run ``show``; the group's action
+    parsers, for its other actions."""
+    group = sub.add_parser(name, help=text)
+    json_option(group, json_text)
+    group.set_defaults(func=show)
+    actions = group.add_subparsers(dest="action", metavar="ACTION")
+    shown = actions.add_parser("show", help=show_text)
+    json_option(shown, json_text)
+    shown.set_defaults(func=show)
+    return actions
+
+
 def _bar(ratio: float) -> str:
     filled = min(BAR, round(ratio * BAR))
     return "[" + "#" * filled + "." * (BAR - filled) + "]"
 
 
+def _said_all(args: argparse.Namespace, name: str, rows: list[Any], none: str) -> bool:
+    """Print ``{name: rows}`` with ``--json``, or ``none`` when there are no rows; True
+    when that was all there is to print (else the caller prints its table)."""
+    if args.json:
+        output.emit({name: rows})
+        return True
+    if not rows:
+        print(none)
+        return True
+    return False
+
+
 def run_budgets_show(args: argparse.Namespace) -> int:
     with Orchestrator(load_settings()) as orch:
         rows = orch.budgets.status()
-    if args.json:
-        output.emit({"caps": rows})
-        return 0
-    if not rows:
-        print("no budget caps (set one: orchestrator budgets set global --usd 50)")
+    if _said_all(
+        args, "caps", rows, "no budget caps (set one: orchestrator budgets set global --usd 50)"
+    ):
         return 0
     print(f"{'cap':<28} {'period':<10} {'spent':>12} {'reserved':>12} {'cap':>12}  use")
     for row in rows:
@@ -114,21 +134,22 @@ def run_budgets_remove(args: argparse.Namespace) -> int:
         removed = orch.budgets.remove_cap(args.scope, args.period)
     if not removed:
         raise InputError("scope", f"no cap {args.scope}/{args.period}")
-    if args.json:
-        output.emit({"removed": {"scope": args.scope, "period": args.period}})
-    else:
-        print(output.clean(f"removed cap {args.scope}/{args.period}"))
-    return 0
+    return output.done(
+        args.json,
+        {"removed": {"scope": args.scope, "period": args.period}},
+        output.clean(f"removed cap {args.scope}/{args.period}"),
+    )
 
 
 def run_limits_show(args: argparse.Namespace) -> int:
     with Orchestrator(load_settings()) as orch:
         rows = orch.limits.status()
-    if args.json:
-        output.emit({"limits": rows})
-        return 0
-    if not rows:
-        print("no concurrency limits (set one: orchestrator limits set tag:tenant=acme 5)")
+    if _said_all(
+        args,
+        "limits",
+        rows,
+        "no concurrency limits (set one: orchestrator limits set tag:tenant=acme 5)",
+    ):
         return 0
     print(f"{'key':<32} {'limit':>6} {'running':>8} {'waiting':>8}")
     for row in rows:
@@ -139,19 +160,15 @@ def run_limits_show(args: argparse.Namespace) -> int:
 def run_limits_set(args: argparse.Namespace) -> int:
     with Orchestrator(load_settings()) as orch:
         orch.limits.set(args.key, args.limit)
-    if args.json:
-        output.emit({"key": args.key, "limit": args.limit})
-    else:
-        print(output.clean(f"limit {args.key}: at most {args.limit} running"))
-    return 0
+    return output.done(
+        args.json,
+        {"key": args.key, "limit": args.limit},
+        output.clean(f"limit {args.key}: at most {args.limit} running"),
+    )
 
 
 def run_limits_remove(args: argparse.Namespace) -> int:
     with Orchestrator(load_settings()) as orch:
         if not orch.limits.remove(args.key):
             raise InputError("key", f"no limit on {args.key}")
-    if args.json:
-        output.emit({"removed": args.key})
-    else:
-        print(output.clean(f"removed limit {args.key}"))
-    return 0
+    return output.done(args.json, {"removed": args.key}, output.clean(f"removed limit {args.key}"))

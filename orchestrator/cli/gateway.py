@@ -146,8 +146,4 @@ def run_revoke(args: argparse.Namespace) -> int:
         raise InputError("id", "is not a token id (tok_...)")
     if not _tokens().revoke(args.id):
         raise InputError("id", f"no token {args.id}")
-    if args.json:
-        output.emit({"id": args.id, "revoked": True})
-    else:
-        print(f"revoked {args.id}")
-    return 0
+    return output.done(args.json, {"id": args.id, "revoked": True}, f"revoked {args.id}")

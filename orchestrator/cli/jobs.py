@@ -22,7 +22,7 @@ from orchestrator.cli import output, tail
 from orchestrator.cli.output import json_option as _json_option
 from orchestrator.errors import InputError
 from orchestrator.facade import Orchestrator
-from orchestrator.jobs.model import FAILED_ENDS, LIMITS, Job, parse_tag
+from orchestrator.jobs.model import FAILED_ENDS, LIMITS, Job, parse_tags
 from orchestrator.ledger import total_cost_micro
 from orchestrator.settings import load_settings
 from orchestrator.store.keys import LEDGER_DIMENSIONS
@@ -136,12 +136,7 @@ def _enqueue(args: argparse.Namespace, worker_or_job: str | None) -> int:
     Exit status 1 when ``--wait`` or ``--tail`` sees the job end without completing.
     """
     rules.positive_seconds(args.timeout, "timeout")
-    tags: dict[str, str] = {}
-    for text in args.tag:
-        key, value = parse_tag(text)
-        if key in tags:
-            raise InputError("tags", f"key {key!r} is given twice")
-        tags[key] = value
+    tags = parse_tags(args.tag)
     text = _stdin() if args.input == "-" else args.input
     options: dict[str, Any] = {
         "budget": args.budget,

@@ -5,7 +5,8 @@ Every command uses these, so the CLI reads the same everywhere:
 - money: :func:`usd` (``$0.170925``, from integer micro-dollars);
 - times: :func:`when` (ISO 8601 UTC with milliseconds, ``2026-01-31T12:00:00.000Z``);
 - ``--json``: :func:`json_option` adds it, :func:`emit` prints one JSON document,
-  :func:`emit_line` one JSON object per line (streams);
+  :func:`emit_line` one JSON object per line (streams), :func:`done` the JSON or the
+  line a command ends with;
 - errors: :func:`error` prints one ``error: <field>: <message>`` line on stderr;
 - text from outside (ids, names, upstream text) goes through :func:`clean` before it
   reaches a terminal, so no escape sequence is echoed raw;
@@ -87,6 +88,16 @@ def emit(value: Any) -> None:
 def emit_line(value: Any) -> None:
     """Print one JSON value on one line (for streams: one object per line)."""
     print(json.dumps(value, default=_default), flush=True)
+
+
+def done(as_json: bool, value: Any, line: str) -> int:
+    """A command's outcome: ``value`` as JSON with ``--json``, else ``line`` as given
+    (made safe by the caller where it carries outside text); exit status 0."""
+    if as_json:
+        emit(value)
+    else:
+        print(line)
+    return 0
 
 
 def error(message: str, prefix: str = "error") -> None:

@@ -84,11 +84,7 @@ def run_delete(args: argparse.Namespace) -> int:
     sub_id = rules.SUBSCRIPTION_ID.check(args.id, "id")
     if not _store().remove(sub_id):
         raise InputError("id", f"no webhook subscription {sub_id}")
-    if args.json:
-        output.emit({"id": sub_id, "deleted": True})
-    else:
-        print(f"deleted {sub_id}")
-    return 0
+    return output.done(args.json, {"id": sub_id, "deleted": True}, f"deleted {sub_id}")
 
 
 def run_list_failed(args: argparse.Namespace) -> int:
@@ -108,8 +104,8 @@ def run_replay(args: argparse.Namespace) -> int:
     delivery_id = rules.DELIVERY_ID.check(args.id, "id")
     if not _store().replay(delivery_id):
         raise InputError("id", f"no failed delivery {delivery_id}")
-    if args.json:
-        output.emit({"id": delivery_id, "replayed": True})
-    else:
-        print(f"replaying {delivery_id}: sent again within a second by a streams worker")
-    return 0
+    return output.done(
+        args.json,
+        {"id": delivery_id, "replayed": True},
+        f"replaying {delivery_id}: sent again within a second by a streams worker",
+    )

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator import rules
 from orchestrator.errors import InputError, OrchestratorError
@@ -35,33 +35,29 @@ Period = Literal["day", "month"]
 DEFAULT_HOLDS_USD = {"low": "0.25", "standard": "1", "high": "5", "unlimited": "25"}
 
 
+def parse_scope(scope: str) -> tuple[str, str] | None:
+    """``None`` for ``global``; ``(key, value)`` for ``tag:key=value``; InputError else."""
+    if scope == "global":
+        return None
+    if isinstance(scope, str):
+        kind, _, rest = scope.partition(":")
+        key, sep, value = rest.partition("=")
+        if kind == "tag" and sep and rules.TAG_KEY.ok(key) and rules.TAG_VALUE.ok(value):
+            return key, value
+    raise InputError("scope", f"{rules.shown(scope)} is not 'global' or 'tag:key=value'")
+
+
 class BudgetCap(BaseModel):
     """A cap on spend: ``scope`` is ``global`` or ``tag:key=value``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    scope: str
+    scope: Annotated[str, AfterValidator(rules.check_validator(parse_scope))]
     period: Period = "day"
-    limit_usd: Decimal  # at least one micro-dollar, at most rules.CAP_MAX_USD
+    # At least one micro-dollar, at most rules.CAP_MAX_USD.
+    limit_usd: Annotated[Decimal, AfterValidator(rules.problem_validator(rules.cap_problem))]
     warn_at: Annotated[float, Field(gt=0, le=1)] = 0.8
     on_exceed: Literal["refuse", "wait"] = "refuse"
-
-    @field_validator("scope")
-    @classmethod
-    def _scope(cls, value: str) -> str:
-        try:
-            parse_scope(value)
-        except InputError as exc:
-            raise ValueError(exc.message) from None
-        return value
-
-    @field_validator("limit_usd")
-    @classmethod
-    def _limit(cls, value: Decimal) -> Decimal:
-        problem = rules.cap_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
 
     @property
     def limit_micro(self) -> int:
@@ -82,18 +78,6 @@ class BudgetExceeded(OrchestratorError):
             f"budget cap {cap.name} of {format_usd(cap.limit_micro)} reached: "
             f"{format_usd(self.left_micro)} left, this turn holds {format_usd(hold_micro)}"
         )
-
-
-def parse_scope(scope: str) -> tuple[str, str] | None:
-    """``None`` for ``global``; ``(key, value)`` for ``tag:key=value``; InputError else."""
-    if scope == "global":
-        return None
-    if isinstance(scope, str):
-        kind, _, rest = scope.partition(":")
-        key, sep, value = rest.partition("=")
-        if kind == "tag" and sep and rules.TAG_KEY.ok(key) and rules.TAG_VALUE.ok(value):
-            return key, value
-    raise InputError("scope", f"{rules.shown(scope)} is not 'global' or 'tag:key=value'")
 
 
 def period_key(period: Period, at_ms: int) -> str:

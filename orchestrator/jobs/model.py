@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -119,7 +121,7 @@ class Submission(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: JobKind = "create"
-    input: StrictStr
+    input: Annotated[StrictStr, AfterValidator(rules.problem_validator(rules.input_problem))]
     budget: Budget = "standard"
     tags: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = None
@@ -142,14 +144,6 @@ class Submission(BaseModel):
             raise ValueError(problem)
         assert isinstance(value, int | float)
         return float(value)
-
-    @field_validator("input")
-    @classmethod
-    def _input(cls, value: str) -> str:
-        problem = rules.input_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
 
     @field_validator("tags")
     @classmethod
@@ -199,6 +193,18 @@ def parse_tag(text: str) -> tuple[str, str]:
     if not sep:
         raise InputError("tags", f"{rules.shown(text)} is not key=value")
     return rules.tag(key, value, "tags")
+
+
+def parse_tags(texts: Iterable[str]) -> dict[str, str]:
+    """``key=value`` texts (``--tag``, repeatable) to one dict; InputError for a malformed
+    one or a key given twice (a later value must not silently replace an earlier one)."""
+    tags: dict[str, str] = {}
+    for text in texts:
+        key, value = parse_tag(text)
+        if key in tags:
+            raise InputError("tags", f"key {key!r} is given twice")
+        tags[key] = value
+    return tags
 
 
 class Job(BaseModel):

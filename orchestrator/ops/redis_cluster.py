@@ -156,14 +156,8 @@ class RedisCluster(ServerGroup):
         return all(self.replicas_in_sync(port) for port in {port for _, _, port in view})
 
     def replicas_in_sync(self, primary_port: int) -> bool:
-        client = connect(f"redis://127.0.0.1:{primary_port}/0")
-        try:
-            info = client.info("replication")
-        finally:
-            client.close()
-        online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
         wanted = min(self.replicas, len(self.live()) - len(self.primaries()))
-        return sum(1 for v in online if v.get("state") == "online") >= wanted
+        return self.replicas_online(primary_port) >= wanted
 
     def primaries(self) -> list[RedisServer]:
         """The live nodes that serve slots now."""

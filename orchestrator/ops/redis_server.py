@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Self
 
 from orchestrator.errors import ConfigError
+from orchestrator.store.connection import connect
 from orchestrator.store.retention import SERVER_CONFIG
 
 __all__ = ["RedisServer", "find_redis_server", "free_port", "port_taken"]
@@ -260,6 +261,17 @@ class ServerGroup:
 
     def stop(self) -> None:
         raise NotImplementedError
+
+    @staticmethod
+    def replicas_online(primary_port: int) -> int:
+        """How many replicas the primary on ``primary_port`` reports in sync (its INFO)."""
+        client = connect(f"redis://127.0.0.1:{primary_port}/0")
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+        return sum(1 for v in online if v.get("state") == "online")
 
     def __enter__(self) -> Self:
         try:

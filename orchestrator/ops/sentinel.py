@@ -102,14 +102,7 @@ class SentinelGroup(ServerGroup):
         raise TimeoutError(f"sentinels did not learn the group within {timeout}s")
 
     def _replicas_online(self) -> bool:
-        client = connect(f"redis://127.0.0.1:{self.servers[0].port}/0")
-        try:
-            info = client.info("replication")
-        finally:
-            client.close()
-        online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
-        synced = sum(1 for v in online if v.get("state") == "online")
-        return synced >= len(self.servers) - 1
+        return self.replicas_online(self.servers[0].port) >= len(self.servers) - 1
 
     def _sentinel_ready(self, port: int) -> bool:
         client = connect(f"redis://127.0.0.1:{port}/0")

@@ -22,6 +22,7 @@ from celery import Celery
 from pydantic import BaseModel
 
 from orchestrator.errors import InputError, NotFoundError
+from orchestrator.jobs.model import Submission
 from orchestrator.jobs.submit import check, require_worker, worker_id_of
 from orchestrator.ledger import parse_row, total_cost_micro
 from orchestrator.runtime import Runtime
@@ -108,17 +109,7 @@ class ScheduleAPI:
         )
         if wid is not None:
             self._require_worker(wid)
-        schedule = new_schedule(
-            new_schedule_id(),
-            request,
-            input=sub.input,
-            budget=sub.budget,
-            worker_id=wid,
-            now_ms=now_ms(),
-            limits={name: getattr(sub, name) for name in given},
-        )
-        self.store.add(schedule)
-        return schedule.wire()
+        return self._add(request, sub, limits={name: getattr(sub, name) for name in given})
 
     def list(self, worker_id: str) -> ScheduleList:
         """The worker's live (active or paused) schedules, in the reference's list shape."""
@@ -273,16 +264,25 @@ class ScheduleAPI:
             budget=up.budget,
             worker_id=worker_id,
         )
+        return self._add(
+            request,
+            sub,
+            allow_past=True,
+            first_run_ms=None if up.type == "cron" else to_ms(up.next_run_at),
+            upstream_id=up.id,
+        )
+
+    def _add(self, request: ScheduleRequest, sub: Submission, **options: Any) -> WorkerSchedule:
+        """Store a new schedule of ``request`` running the checked ``sub`` (its input,
+        budget and worker); its wire form. ``options``: :func:`new_schedule`'s."""
         schedule = new_schedule(
             new_schedule_id(),
             request,
             input=sub.input,
             budget=sub.budget,
-            worker_id=worker_id,
+            worker_id=sub.worker_id,
             now_ms=now_ms(),
-            allow_past=True,
-            first_run_ms=None if up.type == "cron" else to_ms(up.next_run_at),
-            upstream_id=up.id,
+            **options,
         )
         self.store.add(schedule)
         return schedule.wire()

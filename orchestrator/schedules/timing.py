@@ -19,10 +19,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from orchestrator import rules
 from orchestrator.errors import InputError
@@ -96,18 +96,9 @@ class ScheduleRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     when: When
-    timezone: str = "UTC"
+    timezone: Annotated[str, AfterValidator(rules.check_validator(zone))] = "UTC"
     catch_up: CatchUp = "skip"
     overlap: Overlap = "skip"
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            zone(value)
-        except InputError as exc:
-            raise ValueError(exc.message) from None
-        return value
 
 
 @dataclass(frozen=True)
