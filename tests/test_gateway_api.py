@@ -413,3 +413,40 @@ def test_submit_answers_once_stored_and_a_failed_send_leaves_the_job_to_the_swee
         assert "hunter2-secret" not in gw.proc.text()
     finally:
         gw.proc.stop()
+
+
+def test_submit_takes_the_jobs_own_limits_checked_as_in_python(
+    gateway: Gateway, store: RedisStore
+) -> None:
+    """queue_ttl, idle_timeout and deadline over HTTP: stored on the job and shown; left
+    out, the settings' defaults; an idempotent repeat matches on them; a limit that is
+    not a JSON number in bounds is refused naming it, and nothing is written."""
+    api = gateway.client("submit")
+    body = {"input": "Long research", "queue_ttl": 600, "idle_timeout": 300, "deadline": 3600.5}
+    made = api.post("/v1/jobs", json=body, headers={"Idempotency-Key": "lim-1"})
+    assert made.status_code == 202, made.text
+    shown = made.json()
+    assert (shown["queue_ttl"], shown["idle_timeout"], shown["deadline"]) == (600, 300, 3600.5)
+    job = store.get_job(shown["id"])
+    assert job is not None and (job.queue_ttl, job.idle_timeout, job.deadline) == (600, 300, 3600.5)
+    again = api.post("/v1/jobs", json=body, headers={"Idempotency-Key": "lim-1"})
+    assert again.status_code == 202 and again.json()["id"] == shown["id"]
+    shorter = {**body, "deadline": 60}
+    other = api.post("/v1/jobs", json=shorter, headers={"Idempotency-Key": "lim-1"})
+    assert error_of(other, 409)["field"] == "idempotency_key"
+
+    plain = api.post("/v1/jobs", json={"input": "x"}, headers={"Idempotency-Key": "lim-2"})
+    defaults = plain.json()
+    stored = store.get_job(defaults["id"])
+    assert stored is not None and stored.deadline is not None  # the setting's (a day)
+    assert (defaults["queue_ttl"], defaults["deadline"]) == (stored.queue_ttl, stored.deadline)
+    repeat = api.post("/v1/jobs", json={"input": "x"}, headers={"Idempotency-Key": "lim-2"})
+    assert repeat.status_code == 202 and repeat.json()["id"] == defaults["id"]
+
+    before = store.job_states()
+    for field, value in (("deadline", "3600"), ("queue_ttl", True), ("idle_timeout", -1),
+                         ("deadline", 0), ("queue_ttl", 10**12), ("idle_timeout", [5])):
+        refused = api.post("/v1/jobs", json={"input": "x", field: value})
+        assert refused.status_code in (400, 422), (field, value, refused.text)
+        assert error_of(refused, refused.status_code)["field"] == field, (field, value)
+    assert store.job_states() == before  # nothing stored

@@ -11,6 +11,7 @@ checks what the caller may see before it reads or writes anything.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -39,7 +40,8 @@ from orchestrator.gateway.schemas import (
 )
 from orchestrator.gateway.state import Gateway, gateway
 from orchestrator.jobs.lifecycle import UPSTREAM_NOTE
-from orchestrator.jobs.model import STATUSES, Job, JobStatus, parse_tag
+from orchestrator.jobs.model import LIMITS, STATUSES, Job, JobStatus, limit_ms, parse_tag
+from orchestrator.settings import Settings
 from orchestrator.store.listing import Position
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(*COMMON))
@@ -65,16 +67,24 @@ def _idem(who: Principal, key: str | None) -> str | None:
     return rules.IDEMPOTENCY_KEY.check(f"t:{who.tenant}:{key}", "idempotency_key")
 
 
-def _same(job: Job, who: Principal, body: SubmitBody, kind: str) -> None:
+def _same(job: Job, who: Principal, body: SubmitBody, kind: str, settings: Settings) -> None:
     """409 when an idempotency key names a job made from a different submission."""
     if not who.sees(job):
         raise ApiError(409, "the idempotency key is taken", field="idempotency_key")
-    if (job.kind, job.input, job.budget, job.tags) != (
-        kind, body.input, body.budget, who.tags_for(body.tags)
+    # A limit left out is the setting's, as the job stored it.
+    asked = [getattr(body, n) or getattr(settings, f"job_{n}") or None for n in LIMITS]
+    stored = _limits_ms(getattr(job, n) for n in LIMITS)
+    if (job.kind, job.input, job.budget, job.tags, stored) != (
+        kind, body.input, body.budget, who.tags_for(body.tags), _limits_ms(asked)
     ):  # fmt: skip
         raise ApiError(
             409, "the idempotency key names a different submission", field="idempotency_key"
         )
+
+
+def _limits_ms(limits: Iterable[float | None]) -> tuple[int, ...]:
+    """Limits as the store keeps them (whole ms, 0 for off), to compare submissions."""
+    return tuple(limit_ms(value) for value in limits)
 
 
 def _accepted(job: Job) -> Response:
@@ -94,13 +104,14 @@ async def submit(
     sub = gw.orch.checked(
         "create", None, input=body.input, budget=body.budget, tags=who.tags_for(body.tags),
         idempotency_key=_idem(who, idempotency_key), fetch_files=body.fetch_files,
-        priority=body.priority,
+        priority=body.priority, queue_ttl=body.queue_ttl, idle_timeout=body.idle_timeout,
+        deadline=body.deadline,
     )  # fmt: skip
     job, created = await gw.writer.create_job(sub)
     if created and gw.settings.gateway_send == "direct":
         await gw.send(job)  # else the relay, woken by create_job, sends it
     if idempotency_key is not None:
-        _same(job, who, body, "create")
+        _same(job, who, body, "create", gw.settings)
     return _accepted(job)
 
 
@@ -123,10 +134,11 @@ def continue_(
     job = gw.orch.continue_(
         worker, body.input, budget=body.budget, tags=tags,
         idempotency_key=_idem(who, idempotency_key), fetch_files=body.fetch_files,
-        priority=body.priority,
+        priority=body.priority, queue_ttl=body.queue_ttl, idle_timeout=body.idle_timeout,
+        deadline=body.deadline,
     )  # fmt: skip
     if idempotency_key is not None:
-        _same(job, who, body, "continue")
+        _same(job, who, body, "continue", gw.settings)
     return _accepted(job)
 
 

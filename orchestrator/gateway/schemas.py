@@ -21,6 +21,17 @@ class SubmitBody(BaseModel):
     # Strict, as the Python facade is: JSON has true/false, and "no" must not mean true.
     fetch_files: bool = Field(default=False, strict=True)
     priority: Priority = "interactive"
+    # Seconds, JSON numbers only; null or absent: JOB_QUEUE_TTL, JOB_IDLE_TIMEOUT,
+    # JOB_DEADLINE. Bounds are the facade's (rules.job_limit_problem).
+    queue_ttl: float | None = Field(
+        default=None, strict=True, description="seconds it may wait to start upstream"
+    )
+    idle_timeout: float | None = Field(
+        default=None, strict=True, description="seconds upstream without an update"
+    )
+    deadline: float | None = Field(
+        default=None, strict=True, description="seconds from submission to its end"
+    )
 
 
 class ContinueBody(SubmitBody):
@@ -42,6 +53,9 @@ class JobOut(BaseModel):
     attempts: int
     error: str | None
     fetch_files: bool
+    queue_ttl: float | None = None
+    idle_timeout: float | None = None
+    deadline: float | None = None
     update_from: int | None
     update_to: int | None
     cost_known: bool | None
