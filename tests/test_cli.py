@@ -274,7 +274,7 @@ def test_wait_that_times_out_leaves_the_job_queued(
     assert env.depth() == depth + 1
     # Scripts still get the job, as JSON, to look at later.
     code, out, err = run(capsys, "submit", "slow", "--wait", "--timeout", "0.2", "--json")
-    assert code == 1 and err.startswith("timeout:")
+    assert code == 1 and json.loads(err)["error"]["type"] == "timeout"  # the JSON error shape
     assert json.loads(out)["status"] == "queued" and json.loads(out)["id"] in env.job_ids()
 
 
@@ -559,6 +559,30 @@ def test_process_refuses_bad_input_with_one_line_and_no_traceback(env: Env) -> N
     done = cli(env, "submit", "-", stdin="   ")
     assert done.returncode == 2 and done.stderr.startswith("error: input:")
     assert "Traceback" not in done.stderr
+    assert env.our_keys() == [] and env.depth() == depth
+
+
+def test_process_with_json_writes_errors_in_the_http_apis_shape(env: Env) -> None:
+    """A command run with --json tells its refusal as one JSON object on stderr, as the
+    HTTP API does (type, field, message), with the same exit status; nothing written."""
+    depth = env.depth()
+    done = cli(env, "submit", "ok", "--tag", "Bad Key=x", "--json")
+    assert done.returncode == 2 and done.stdout == ""
+    [line] = done.stderr.splitlines()
+    error = json.loads(line)["error"]
+    assert error["type"] == "invalid_request" and error["field"] == "tags", error
+    assert error["message"] and "Traceback" not in done.stderr
+    missing = cli(env, "status", "job_" + "0" * 32, "--json")
+    assert missing.returncode == 2, missing.stderr
+    assert json.loads(missing.stderr)["error"]["field"] == "job_id"
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    away = cli(env, "status", "job_" + "0" * 32, "--json", redis_url=dead)
+    assert away.returncode == 1
+    unreachable = json.loads(away.stderr)["error"]
+    assert (unreachable["type"], unreachable["field"]) == ("unavailable", "REDIS_URL")
+    assert unreachable["message"].startswith("cannot reach Redis") and dead not in away.stderr
+    plain = cli(env, "submit", "ok", "--tag", "Bad Key=x")
+    assert plain.stderr.startswith("error: tags:")  # without --json: the one line
     assert env.our_keys() == [] and env.depth() == depth
 
 

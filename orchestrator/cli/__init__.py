@@ -4,7 +4,8 @@ Each sub-module registers its commands on the shared parser; every command takes
 ``--json`` and prints through :mod:`orchestrator.cli.output`. Errors, ours
 (:class:`~orchestrator.errors.OrchestratorError`) and argparse's alike, are one line on
 stderr with a non-zero exit status (2 for refused input), never a usage dump or a
-traceback.
+traceback; a command run with ``--json`` writes ours as one JSON object in the HTTP
+API's error shape instead.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from orchestrator.cli import (
     stack,
     webhooks,
 )
-from orchestrator.errors import ConfigError, InputError, OrchestratorError
+from orchestrator.errors import APIError, ConfigError, InputError, OrchestratorError, UnknownIdError
 from orchestrator.store.connection import StoreError
 
 EXIT_INPUT = output.EXIT_INPUT
@@ -103,24 +104,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         output.error(f"arguments: '{bad}' is not valid UTF-8 text")
         return EXIT_INPUT
     args = parser.parse_args(arguments)
+    as_json = bool(getattr(args, "json", False))
+
+    def refused(kind: str, field: str | None, message: str, prefix: str = "error") -> None:
+        if as_json:
+            output.error_json(kind, field, message)
+        else:
+            output.error(f"{field}: {message}" if field else message, prefix)
+
     try:
         return int(args.func(args) or 0)
     except InputError as exc:
-        output.error(str(exc))
+        kind = "not_found" if isinstance(exc, UnknownIdError) else "invalid_request"
+        refused(kind, exc.field, exc.message)
         return EXIT_INPUT
     except ConfigError as exc:
-        output.error(str(exc), "configuration error")
+        refused("configuration_error", None, str(exc), "configuration error")
         return EXIT_INPUT
     except OrchestratorError as exc:
-        output.error(str(exc))
+        refused("upstream_error" if isinstance(exc, APIError) else "error", None, str(exc))
         return EXIT_ERROR
     except TimeoutError as exc:
-        output.error(str(exc), "timeout")
+        refused("timeout", None, str(exc), "timeout")
         return EXIT_ERROR
     except (StoreError, OperationalError) as exc:
         # Never a traceback for an unreachable Redis or broker; and never the URL,
         # which may carry a password.
-        output.error(f"REDIS_URL: cannot reach Redis ({type(exc).__name__})")
+        refused("unavailable", "REDIS_URL", f"cannot reach Redis ({type(exc).__name__})")
         return EXIT_ERROR
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly, and keep Python's final
@@ -134,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the traceback is one variable away.
         if os.environ.get(DEBUG_VARIABLE):
             raise
-        output.error(f"unexpected {type(exc).__name__}: {exc} (set {DEBUG_VARIABLE}=1 for details)")
+        why = f"unexpected {type(exc).__name__}: {exc} (set {DEBUG_VARIABLE}=1 for details)"
+        refused("internal_error", None, why)
         return EXIT_ERROR
 
 

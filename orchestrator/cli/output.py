@@ -7,7 +7,8 @@ Every command uses these, so the CLI reads the same everywhere:
 - ``--json``: :func:`json_option` adds it, :func:`emit` prints one JSON document,
   :func:`emit_line` one JSON object per line (streams), :func:`done` the JSON or the
   line a command ends with;
-- errors: :func:`error` prints one ``error: <field>: <message>`` line on stderr;
+- errors: :func:`error` prints one ``error: <field>: <message>`` line on stderr, or with
+  ``--json`` :func:`error_json` one ``{"error": {"type", "field", "message"}}`` object;
 - text from outside (ids, names, upstream text) goes through :func:`clean` before it
   reaches a terminal, so no escape sequence is echoed raw;
 - :func:`table` and :func:`fields` for the human forms.
@@ -103,6 +104,13 @@ def done(as_json: bool, value: Any, line: str) -> int:
 def error(message: str, prefix: str = "error") -> None:
     """One ``<prefix>: <message>`` line on stderr, whitespace folded, made safe."""
     print(f"{prefix}: {clean(' '.join(message.split()))}", file=sys.stderr, flush=True)
+
+
+def error_json(kind: str, field: str | None, message: str) -> None:
+    """An error as one JSON object on stderr, in the HTTP API's shape
+    (``{"error": {"type", "field", "message"}}``), for a command run with ``--json``."""
+    body = {"error": {"type": kind, "field": field, "message": " ".join(message.split())}}
+    print(json.dumps(body, ensure_ascii=True), file=sys.stderr, flush=True)
 
 
 def fields(pairs: Iterable[tuple[str, object]], width: int = 10) -> None:
