@@ -21,7 +21,7 @@ import pytest
 
 from orchestrator.errors import ConfigError
 from orchestrator.ops.processes import Proc
-from orchestrator.ops.redis_server import RedisServer, find_redis_server
+from orchestrator.ops.redis_server import RedisServer, find_redis_server, free_port
 
 from .processes import wait_for
 from .test_stack import alive, descendants
@@ -164,6 +164,12 @@ def test_redis_server_start_failures_name_what_failed(tmp_path: Path) -> None:
         server.port = port
         with server:
             assert server.port != port
+        # ... and again with its own way of picking (a cluster node's, say).
+        picks = iter([port, port, free_port()])
+        node = RedisServer(data_dir=tmp_path / "f", pick_port=lambda: next(picks))
+        assert node.port == port
+        with node:
+            assert node.port not in (port, None)
 
 
 def test_a_data_dir_of_redis_7_is_refused_by_redis_6(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ class RedisCluster(ServerGroup):
         ]  # fmt: skip
         self.nodes = [
             RedisServer(
-                cluster_port(),
+                pick_port=cluster_port,
                 data_dir=self.root / f"node{i}",
                 binary=self.binary,
                 appendonly=False,

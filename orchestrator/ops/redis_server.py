@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -89,7 +90,9 @@ class RedisServer:
     """A redis-server child process on 127.0.0.1; a context manager.
 
     ``appendfsync`` picks the AOF durability (``everysec`` or ``always``); extra
-    ``args`` are passed through (e.g. ``["--requirepass", pw]``).
+    ``args`` are passed through (e.g. ``["--requirepass", pw]``). Without ``port`` one is
+    picked by ``pick_port`` (a cluster node's must leave its bus port free too), again
+    if another process binds it first.
     """
 
     def __init__(
@@ -101,8 +104,10 @@ class RedisServer:
         appendfsync: str = "everysec",
         args: list[str] | None = None,
         binary: str | None = None,
+        pick_port: Callable[[], int] = free_port,
     ) -> None:
-        self.port = port or free_port()
+        self._pick_port = pick_port
+        self.port = port or pick_port()
         self._port_ours = port is None  # a port we picked may be taken before the bind
         self._log_since = 0
         self._own_dir = data_dir is None
@@ -145,7 +150,7 @@ class RedisServer:
                 # Someone bound the free port we picked before the server did.
                 if not self._port_ours or attempt == 2:
                     raise ConfigError("REDIS_URL", self._exited_message()) from None
-                self.port = free_port()
+                self.port = self._pick_port()
         raise AssertionError("not reached")
 
     def _start(self, timeout: float) -> RedisServer:

@@ -57,12 +57,10 @@ class SentinelGroup(ServerGroup):
         # is ready sooner, and so is a replica that rejoins.
         quick_sync = ["--repl-diskless-sync-delay", "0"]
         primary = RedisServer(data_dir=self.root / "primary", binary=self.binary, args=quick_sync)
+        # Replicas are told the primary's port once it listens (start() picks another
+        # if a process took the first before the bind).
         self.servers = [primary] + [
-            RedisServer(
-                data_dir=self.root / f"replica{i}",
-                binary=self.binary,
-                args=[*quick_sync, "--replicaof", "127.0.0.1", str(primary.port)],
-            )
+            RedisServer(data_dir=self.root / f"replica{i}", binary=self.binary, args=quick_sync)
             for i in range(replicas)
         ]
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
@@ -74,9 +72,12 @@ class SentinelGroup(ServerGroup):
         return f"{SENTINEL_SCHEME}{hosts}/{MASTER_NAME}/0"
 
     def start(self, timeout: float = 30.0) -> Self:
-        for server in self.servers:
-            server.start()
-        primary_port = self.servers[0].port
+        primary, *replicas = self.servers
+        primary.start()
+        primary_port = primary.port
+        for replica in replicas:
+            replica.extra_args += ["--replicaof", "127.0.0.1", str(primary_port)]
+            replica.start()
         for i, port in enumerate(self.sentinel_ports):
             data_dir = self.root / f"sentinel{i}"
             data_dir.mkdir(parents=True)
