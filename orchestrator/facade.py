@@ -182,11 +182,8 @@ class Orchestrator:
         return submit.submit(self.app, self.rt, kind=kind, worker_id=worker_id, **fields)
 
     def worker_id_of(self, worker_or_job: str) -> str:
-        """The upstream worker id named directly or by one of our job ids."""
-        if isinstance(worker_or_job, str) and worker_or_job.startswith("job_"):
-            rules.JOB_ID.check(worker_or_job, "job_id")
-        else:
-            rules.WORKER_ID.check(worker_or_job, "worker_id")
+        """The upstream worker id named directly or by one of our job ids (checked by
+        the id rules before a key or a URL is made of it)."""
         return submit.worker_id_of(self.store, worker_or_job)
 
     # --- watching ----------------------------------------------------------------

@@ -41,6 +41,7 @@ from orchestrator.gateway.schemas import (
 from orchestrator.gateway.state import Gateway, gateway
 from orchestrator.jobs.lifecycle import UPSTREAM_NOTE
 from orchestrator.jobs.model import LIMITS, STATUSES, Job, JobStatus, limit_ms, parse_tag
+from orchestrator.jobs.submit import with_default_limits
 from orchestrator.settings import Settings
 from orchestrator.store.listing import Position
 
@@ -72,7 +73,7 @@ def _same(job: Job, who: Principal, body: SubmitBody, kind: str, settings: Setti
     if not who.sees(job):
         raise ApiError(409, "the idempotency key is taken", field="idempotency_key")
     # A limit left out is the setting's, as the job stored it.
-    asked = [getattr(body, n) or getattr(settings, f"job_{n}") or None for n in LIMITS]
+    asked = with_default_limits(settings, body).values()
     stored = _limits_ms(getattr(job, n) for n in LIMITS)
     if (job.kind, job.input, job.budget, job.tags, stored) != (
         kind, body.input, body.budget, who.tags_for(body.tags), _limits_ms(asked)

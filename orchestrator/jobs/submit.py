@@ -24,10 +24,18 @@ def check(settings: Settings, **fields: Any) -> Submission:
     ``worker_id``); InputError naming the field, before anything is written. A limit
     not given (None) takes the setting's default (``JOB_QUEUE_TTL`` ...; 0 is off)."""
     sub = validate_submission(settings.max_input_chars, **fields)
-    defaults = {name: getattr(settings, f"job_{name}") or None for name in LIMITS}
-    return sub.model_copy(
-        update={name: value for name, value in defaults.items() if getattr(sub, name) is None}
-    )
+    return sub.model_copy(update=with_default_limits(settings, sub))
+
+
+def with_default_limits(settings: Settings, asked: object) -> dict[str, float | None]:
+    """``asked``'s limits (attributes named as :data:`LIMITS`), each not given (None) as
+    its setting's (``JOB_QUEUE_TTL`` ...; a setting of 0 is off: None): what the job
+    stores."""
+    given = {name: getattr(asked, name) for name in LIMITS}
+    return {
+        name: (getattr(settings, f"job_{name}") or None) if value is None else value
+        for name, value in given.items()
+    }
 
 
 def enqueue(app: Celery, rt: Runtime, sub: Submission) -> Job:
