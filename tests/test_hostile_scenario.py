@@ -162,12 +162,13 @@ def run(orch: Orchestrator, api: HostileAPI, tmp_path: Path) -> None:
     assert all(row["running"] == 0 and row["waiting"] == 0 for row in orch.limits.status())
     assert all(row["reserved_micro"] == 0 for row in orch.budgets.status())
     # A turn that never ends upstream ends here by its deadline: slot and lease freed at
-    # once; its hold stays until the upstream turn is settled (it still runs, billed).
+    # once; its hold and its place in the ended set stay until the upstream turn is
+    # settled (it still runs, billed).
     for cls, job_id in forever.items():
         job = orch.wait(job_id, timeout=30)
         assert job.status == "timed_out" and "deadline" in str(job.error), (cls, job.error)
         held = set(Holdings(orch.store).held([job_id]).get(job_id, []))
-        assert held <= {"budget_hold", "hold_time"}, (cls, held)
+        assert held <= {"budget_hold", "hold_time", "unsettled"}, (cls, held)
     # Every published file has its entry.
     for cls, job_id in file_jobs.items():
         files = orch.files(job_id)

@@ -132,10 +132,12 @@ def turn_ended(app: Celery, rt: Runtime, job: Job) -> None:
 
 
 def fail(app: Celery, rt: Runtime, job_id: str, message: str) -> None:
-    """Mark the job failed and give back what it held: hold, slots and follow lease
-    (a finalize that gave up leaves no lease to lapse first)."""
+    """Mark the job failed and give back what it held: hold, slots, follow lease (a
+    finalize that gave up leaves no lease to lapse first) and its begun entry (a create
+    that failed upstream would leave it to the repair pass, RESEND_AFTER_SECONDS on)."""
     rt.store.transition(job_id, "failed", message)
     rt.store.release_follow(job_id)
+    rt.store.forget_dispatched(job_id)
     hooks.job_ended(rt.store, job_id)
     job = rt.store.get_job(job_id)
     if job is not None:

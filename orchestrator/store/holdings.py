@@ -3,6 +3,8 @@ took" (invariant 9). Read-only; one pipelined round trip for any number of jobs.
 
 A finished job must hold none of these; a live one holds those of its stage (a budget
 hold and slots while its turn is upstream, a follow lease while its stream is read).
+A job ended here (cancelled, expired, timed out) whose turn still runs upstream keeps
+its hold and its place in the ended set until that turn is settled.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ HOLDINGS = {
     "follow_owner": "a follower named as its lease owner",
     "outbox": "an entry in the outbox (written, not known sent)",
     "dispatched": "an entry in the dispatched set (sent, not begun)",
+    "begun": "an entry in the begun set (upstream call under way, not submitted)",
+    "live": "an entry in the live index (its limits still swept)",
+    "unsettled": "an entry in the ended set (its upstream turn not yet settled)",
     "file_fetch": "a file fetch sent and not begun",
 }
 
@@ -47,6 +52,9 @@ class Holdings:
                 pipe.hexists(keys.follow_owners, job_id)
                 pipe.zscore(keys.outbox, job_id)
                 pipe.zscore(keys.dispatched, job_id)
+                pipe.zscore(keys.begun, job_id)
+                pipe.zscore(keys.jobs_live, job_id)
+                pipe.zscore(keys.jobs_ended, job_id)
                 for key in limit_keys:
                     pipe.sismember(keys.limit_running(key), job_id)
             for key in limit_keys:
@@ -56,7 +64,8 @@ class Holdings:
         waiting = {m.rsplit("|", 1)[-1] for r in replies[-1 - len(limit_keys) : -1] for m in r}
         fetching = {m.partition("|")[0] for m in replies[-1]}
         names = ("budget_hold", "hold_time", "budget_waiting", "parked", "follow",
-                 "follow_owner", "outbox", "dispatched")  # fmt: skip
+                 "follow_owner", "outbox", "dispatched", "begun", "live",
+                 "unsettled")  # fmt: skip
         per_job = len(names) + len(limit_keys)
         found: dict[str, list[str]] = {}
         for i, job_id in enumerate(job_ids):
@@ -72,3 +81,34 @@ class Holdings:
             if held:
                 found[job_id] = held
         return found
+
+    def anywhere(self) -> dict[str, int]:
+        """Name -> entries of it the whole prefix holds, whichever job they belong to
+        (also one whose record is gone); names with none are left out. Every count is
+        0 once no job is live and every ended turn is settled. Slots and places in a
+        limit's queue are named with their key (``slot tag:tenant=acme``)."""
+        keys = self.keys
+        limit_keys = sorted(self.r.hkeys(keys.limits))
+        counted = {
+            "budget_hold": ("hlen", keys.budget_holds),
+            "hold_time": ("zcard", keys.budget_hold_times),
+            "budget_waiting": ("zcard", keys.budget_waiting),
+            "parked": ("hlen", keys.limit_parked),
+            "follow": ("zcard", keys.follows),
+            "follow_owner": ("hlen", keys.follow_owners),
+            "outbox": ("zcard", keys.outbox),
+            "dispatched": ("zcard", keys.dispatched),
+            "begun": ("zcard", keys.begun),
+            "live": ("zcard", keys.jobs_live),
+            "unsettled": ("zcard", keys.jobs_ended),
+            "file_fetch": ("zcard", keys.files_dispatched),
+        }
+        with self.r.pipeline(transaction=False) as pipe:
+            for command, key in counted.values():
+                getattr(pipe, command)(key)
+            for key in limit_keys:
+                pipe.scard(keys.limit_running(key))
+                pipe.zcard(keys.limit_waiting(key))
+            replies = [int(n) for n in pipe.execute()]
+        names = [*counted, *(f"{kind} {key}" for key in limit_keys for kind in ("slot", "queued"))]
+        return {name: n for name, n in zip(names, replies, strict=True) if n}
