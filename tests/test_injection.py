@@ -37,6 +37,7 @@ from orchestrator.ops.redis_server import free_port
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings, load_settings
 from orchestrator.store.follows import FollowStore, Pending
+from orchestrator.store.holdings import Holdings
 from orchestrator.store.jobs import RedisStore, connect
 from orchestrator.wire.aclient import AsyncWorkersClient
 from orchestrator.wire.client import WorkersClient
@@ -375,6 +376,27 @@ def test_our_own_error_in_the_settle_batch_is_retried_then_fails_the_job(make_rt
     after = rt.store.require_job(job.id)
     assert after.status == "failed" and "injected failure" in str(after.error), after.error
     assert_nothing_held(rt.store, [job.id])
+
+
+@pytest.mark.parametrize("remains", [{}, {"worker_id": "wrk_lost1", "update_from": "0"}],
+                         ids=["no-record", "worker-fields-only"])  # fmt: skip
+def test_a_follow_entry_of_a_job_redis_lost_is_dropped_by_finalize(
+    make_rt: Any, remains: dict[str, str]
+) -> None:
+    """Redis lost a job's record (a host crash under ``appendfsync everysec``) while its
+    turn was handed to the followers: the hand-over still puts the stream up for
+    following, and a create step that returns late writes its worker fields into a new,
+    partial hash. Finalize finds no job and drops the follow entry; else a follower
+    claims it again at every lease, for ever (the chaos host-crash run held it)."""
+    rt = make_rt()
+    job_id = "job_" + "0" * 32
+    if remains:
+        rt.store.r.hset(rt.store.keys.job(job_id), mapping=remains)
+    rt.store.request_follow(job_id, now=True)
+    assert tasks.finalize.apply(args=[job_id]).result == "unknown"
+    assert rt.store.get_job(job_id) is None
+    assert not_ended(rt.store, [job_id]) == {job_id: None}
+    assert Holdings(rt.store).held([job_id]) == {}
 
 
 # --- fetch: the file download ----------------------------------------------------------

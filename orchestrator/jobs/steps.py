@@ -299,7 +299,12 @@ def finalize(
     (else they are read back to be folded).
     """
     store = rt.store
-    job = read if read is not None else store.require_job(job_id)
+    job = read if read is not None else store.get_job(job_id)
+    if job is None:
+        # Lost with Redis's last writes, or expired: nothing to settle, and a follow
+        # entry put up for it would be claimed again at every lease, for ever.
+        store.release_follow(job_id)
+        job = store.require_job(job_id)  # raises InputError, as for any unknown job
     if job.done or job.worker_id is None:
         store.release_follow(job.id)
         if job.status in LOCAL_ENDS:  # ended here: its turn is settled by the sweep

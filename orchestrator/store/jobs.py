@@ -164,8 +164,9 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
             pipe.execute()
 
     def get_job(self, job_id: str) -> Job | None:
+        # A hash without an id is no job: a late set_submitted's write after Redis lost it.
         data = self.r.hgetall(self.keys.job(job_id))
-        return Job.from_hash(data) if data else None
+        return Job.from_hash(data) if data.get("id") else None
 
     def job_into(self, batch: Batch, job_id: str) -> int:
         """Queue a read of the job (for :meth:`job_of`); the index of its reply."""
