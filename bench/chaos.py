@@ -10,8 +10,12 @@ in this process and real ``orchestrator worker`` / ``orchestrator beat`` process
 injects its faults, waits for every job and prints one row: jobs, faults injected, jobs
 lost, duplicate upstream turns, duplicate or missing updates (checked against the
 emulator's own event log, event by event), the ledger difference in micro-dollars
-(against the emulator's ground truth) and schedule slots doubled or missed. The short
-versions CI runs are in ``tests/test_chaos.py``; RELIABILITY.md has the figures.
+(against the emulator's ground truth), schedule slots doubled or missed, and what is
+still held once every job has ended (``held``: budget holds, concurrency slots, places
+in a queue, follow leases, outbox/dispatched/begun/live/ended entries; see
+``bench/leftovers.py``). Every job runs under budget caps and per-tenant concurrency
+limits, so it takes a hold and a slot, and some wait for one. The short versions CI
+runs are in ``tests/test_chaos.py``; RELIABILITY.md has the figures.
 """
 
 from __future__ import annotations
@@ -51,11 +55,14 @@ from orchestrator.ops.redis_server import RedisServer
 from orchestrator.settings import load_settings
 from orchestrator.store.schedules import ScheduleStore
 
+from . import leftovers
+
 API_KEY = "sk-chaos-" + secrets.token_hex(16)
 REDIS_PASSWORD = "redis-" + secrets.token_hex(16)
 PREFIX = "chaos"
 TRANSIENT = (redis.RedisError, OperationalError, OSError)
-HEADER = ("scenario", "jobs", "faults", "lost", "dup turns", "bad updates", "ledger Δ µ$", "slots")
+HEADER = ("scenario", "jobs", "faults", "lost", "dup turns", "bad updates", "ledger Δ µ$", "slots",
+          "held")  # fmt: skip
 
 
 @dataclass
@@ -70,12 +77,14 @@ class Row:
     bad_updates: int = 0
     ledger_diff: int = 0
     slots: int | None = None
+    held: int = 0
     seconds: float = 0.0
     note: str = ""
 
     def markdown(self) -> str:
         figures = (self.jobs, self.faults, self.lost, self.dup_turns, self.bad_updates,
-                   self.ledger_diff, "-" if self.slots is None else self.slots)  # fmt: skip
+                   self.ledger_diff, "-" if self.slots is None else self.slots,
+                   self.held)  # fmt: skip
         cells = (self.scenario, *map(str, figures), f"{self.seconds:.0f}", self.note)
         return "| " + " | ".join(cells) + " |"
 
@@ -88,9 +97,10 @@ class Cluster:
     """Redis (own port, password), the emulator, and named worker/beat processes."""
 
     def __init__(self, workdir: Path, *, fsync: str = "everysec", turn: float = 0.5,
-                 events: int = 8, **env: str) -> None:  # fmt: skip
+                 events: int = 8, slots: int = 4, **env: str) -> None:  # fmt: skip
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir, self.events, self.extra, self.started = workdir, events, env, 0
+        self.slots = slots  # running turns per tenant (see leftovers.apply_controls)
         self.redis = RedisServer(appendfsync=fsync, data_dir=workdir / "redis",
                                  args=["--requirepass", REDIS_PASSWORD])  # fmt: skip
         config = EmulatorConfig(turn_seconds=turn, events_per_turn=events, seed=11)
@@ -112,6 +122,7 @@ class Cluster:
             workers_api_key=API_KEY,
         ))  # fmt: skip
         self.store = self.orch.store
+        leftovers.apply_controls(self.orch, self.slots)
         auth = {"Authorization": f"Bearer {API_KEY}"}
         self.http = httpx.Client(base_url=self.emulator.url, timeout=30, headers=auth)
         return self
@@ -171,7 +182,7 @@ class Cluster:
         """Submit one job as a careful client does: retry a failure with the same key."""
         while True:
             try:
-                tags = {"tenant": f"t{len(key) % 3}"}
+                tags = {"tenant": leftovers.tenant_of(key)}
                 return self.orch.submit(f"chaos {key}", budget="low", idempotency_key=key,
                                         tags=tags).id  # fmt: skip
             except TRANSIENT:
@@ -215,21 +226,29 @@ class Cluster:
     # --- the figures -----------------------------------------------------------------
 
     def measure(self, row: Row, ids: list[str], timeout: float = 180.0) -> Row:
-        """Wait for ``ids`` (and every other job in the store), then fill in the row."""
+        """Wait for ``ids`` (and every other job in the store), then for what they held to
+        be given back (bounded: see ``leftovers.RELEASE_SECONDS``); fill in the row."""
         gone = [j for j in ids if self.store.get_job(j) is None]
         known = sorted((set(ids) | set(self.all_jobs())) - set(gone))
         left = self.wait(known, timeout)
         failed = [j for j in known if j not in left and _status(self.store, j) == "failed"]
         row.jobs, row.lost = len(ids), len(gone) + len(left) + len(failed)
         row.note = "; ".join(n for n in (row.note, *map(self.describe, left[:3])) if n)
+        ended = [j for j in known if j not in left]
+        held = leftovers.settle(self.orch, ended, left)  # before the ledger: a settle posts
+        row.held = sum(held.values())
         truth = self.truth()
         row.dup_turns = truth["turns_started"] - (len(known) - len(left) - len(failed))
-        row.bad_updates = sum(self.update_errors(j) for j in known if j not in left)
+        row.bad_updates = sum(self.update_errors(j) for j in ended)
         total = self.orch.costs()["total"]
         row.ledger_diff = sum(abs(total[f] - truth[f]) for f in MONEY_FIELDS)
         tokens = sum(total[f] != truth[f] for f in FIELDS if f not in MONEY_FIELDS)
-        notes = [row.note, f"{len(failed)} failed" * bool(failed)]
-        row.note = "; ".join(n for n in [*notes, f"{tokens} token fields off" * bool(tokens)] if n)
+        waited = self.logs().count("waits for a slot")
+        notes = [row.note, f"{len(failed)} failed" * bool(failed),
+                 f"{tokens} token fields off" * bool(tokens),
+                 f"{waited} waits for a slot" * bool(waited),
+                 leftovers.describe(self.orch, held, ended)]  # fmt: skip
+        row.note = "; ".join(n for n in notes if n)
         return row
 
     def describe(self, job_id: str) -> str:
@@ -410,14 +429,16 @@ def power_loss(c: Cluster, jobs: int) -> Row:
 
 
 SCENARIOS: dict[str, tuple[Callable[..., Row], dict[str, Any], dict[str, Any]]] = {
-    # name: (function, cluster options, default sizes of the long form)
-    "sigkill": (sigkill, {"turn": 1.5, "events": 10}, {"jobs": 1000}),
-    "restart-everysec": (redis_restart, {"fsync": "everysec"}, {"jobs": 400}),
-    "restart-always": (redis_restart, {"fsync": "always"}, {"jobs": 400}),
+    # name: (function, cluster options, default sizes of the long form); ``slots`` per
+    # tenant: about what the long form's arrival rate keeps running, so some jobs wait
+    # for a slot and the run takes about as long as without the limits
+    "sigkill": (sigkill, {"turn": 1.5, "events": 10, "slots": 10}, {"jobs": 1000}),
+    "restart-everysec": (redis_restart, {"fsync": "everysec", "slots": 8}, {"jobs": 400}),
+    "restart-always": (redis_restart, {"fsync": "always", "slots": 8}, {"jobs": 400}),
     "outage": (redis_outage, {}, {"jobs": 300, "seconds": 20.0}),
-    "storm": (storm, {"HTTP_TIMEOUT": "1"}, {"jobs": 500}),
-    "beats": (beats, {"turn": 0.0, "events": 2}, {"schedules": 100, "seconds": 60.0}),
-    "power-loss": (power_loss, {"fsync": "everysec"}, {"jobs": 400}),
+    "storm": (storm, {"HTTP_TIMEOUT": "1", "slots": 16}, {"jobs": 500}),
+    "beats": (beats, {"turn": 0.0, "events": 2, "slots": 8}, {"schedules": 100, "seconds": 60.0}),
+    "power-loss": (power_loss, {"fsync": "everysec", "slots": 8}, {"jobs": 400}),
 }
 
 
@@ -453,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
             sizes["seconds"] = args.seconds
         row = run(name, workdir, **sizes)
         print(row.markdown(), flush=True)
-        figures = (row.lost, row.dup_turns, row.bad_updates, row.ledger_diff, row.slots or 0)
+        figures = (row.lost, row.dup_turns, row.bad_updates, row.ledger_diff, row.slots or 0,
+                   row.held)  # fmt: skip
         worst = max(worst, *figures)
     print(f"logs and Redis data: {workdir}", file=sys.stderr)
     return 1 if worst else 0

@@ -53,6 +53,7 @@ def assert_clean(row: chaos.Row) -> None:
     show(row)
     assert (row.lost, row.dup_turns, row.bad_updates, row.ledger_diff) == (0, 0, 0, 0), row
     assert row.slots in (None, 0), row
+    assert row.held == 0, row  # nothing left held once every job ended (the note says what)
     assert "token" not in row.note, row
 
 

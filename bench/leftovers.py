@@ -1,0 +1,88 @@
+"""What the chaos scenarios' jobs leave held once every one of them has ended
+(invariant 9: every error path frees what it took), and the controls they run under so
+that there is something to hold and give back.
+
+The controls: budget caps no run comes near, for the deployment and per tenant (every
+turn takes a hold against them, and must give it back), and a few concurrency slots
+per tenant and for the schedules' runs (jobs take and free slots, and some wait for
+one). Reads go through the store's own reads: :class:`Holdings` and the caps' status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+from orchestrator.facade import Orchestrator
+from orchestrator.store.holdings import Holdings
+
+TENANTS = ("t0", "t1", "t2")
+#: Per UTC day: far above what any run spends or holds at once (a low hold is $0.25).
+CAP_USD = "1000000"
+#: The tier of the schedules' runs (``ScheduleAPI.create``'s default).
+SCHEDULE_TIER = "standard"
+#: How long what ended jobs held may take to be given back after the last one ended.
+#: A completed turn's hold and slots go in the finalize that completes it; a failed
+#: create's begun entry goes in the next repair pass (every RESEND_AFTER_SECONDS / 2,
+#: for entries older than RESEND_AFTER_SECONDS: 2 s in the chaos cluster); a job ended
+#: here leaves the ended set once the sweep sees its turn over upstream (it looks again
+#: 1-60 s apart). None of these waits longer than this; a stuck entry waits it whole.
+RELEASE_SECONDS = 30.0
+
+
+def tenant_of(key: str) -> str:
+    """The tenant a chaos submission is tagged with: spread evenly over :data:`TENANTS`."""
+    return TENANTS[sum(map(ord, key)) % len(TENANTS)]
+
+
+def apply_controls(orch: Orchestrator, slots: int) -> None:
+    """Caps for the deployment and each tenant; ``slots`` running turns per tenant, and
+    as many for the schedules' runs as for all tenants together (the beat scenario's
+    runs come dozens a second: fewer slots would make it a test of the queue)."""
+    orch.budgets.set_cap(scope="global", period="day", limit_usd=CAP_USD)
+    for tenant in TENANTS:
+        orch.budgets.set_cap(scope=f"tag:tenant={tenant}", period="day", limit_usd=CAP_USD)
+        orch.limits.set(f"tag:tenant={tenant}", slots)
+    orch.limits.set(f"budget:{SCHEDULE_TIER}", slots * len(TENANTS))
+
+
+def held(orch: Orchestrator, ended: Sequence[str], live: Sequence[str]) -> Counter[str]:
+    """What is held, by name (:data:`~orchestrator.store.holdings.HOLDINGS`, money still
+    reserved against a cap as ``reserved <cap>``). With no job live: everything the
+    prefix holds, whoever it belongs to; else what the ended jobs hold (the live ones
+    hold their stage's share, and are counted lost)."""
+    holdings = Holdings(orch.store)
+    if live:
+        return Counter(name for names in holdings.held(ended).values() for name in names)
+    counts = Counter(holdings.anywhere())
+    for row in orch.budgets.status():
+        if row["reserved_micro"]:
+            counts[f"reserved {row['cap']}"] += 1
+    return counts
+
+
+def settle(orch: Orchestrator, ended: Sequence[str], live: Sequence[str]) -> Counter[str]:
+    """:func:`held`, once nothing is held or :data:`RELEASE_SECONDS` have passed."""
+    deadline = time.monotonic() + RELEASE_SECONDS
+    counts = held(orch, ended, live)
+    while counts and time.monotonic() < deadline:
+        time.sleep(0.2)
+        counts = held(orch, ended, live)
+    return counts
+
+
+def describe(orch: Orchestrator, counts: Counter[str], ended: Sequence[str]) -> str:
+    """What is held, and by which ended jobs (their status and the names they hold)."""
+    if not counts:
+        return ""
+    what = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
+    holders = list(Holdings(orch.store).held(ended).items())
+    shown = [f"{job_id} ({_status(orch, job_id)}): {'+'.join(names)}"
+             for job_id, names in holders[:3]]  # fmt: skip
+    return "; ".join([f"held: {what}", *shown])
+
+
+def _status(orch: Orchestrator, job_id: str) -> str:
+    job = orch.store.get_job(job_id)
+    return "gone" if job is None else job.status
