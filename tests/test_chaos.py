@@ -270,7 +270,7 @@ def test_sigkill_of_api_and_stream_workers_loses_nothing_and_leaks_no_secret(
     tmp_path: Path,
 ) -> None:
     # 3 slots per tenant: about what 4 jobs a second keep running, so some wait for one.
-    with chaos.Cluster(tmp_path, turn=1.5, events=10, slots=3) as cluster:
+    with chaos.Cluster(tmp_path, turn=1.5, events=10, tenant_slots=3) as cluster:
         flower, url = start_flower(cluster, tmp_path)
         try:
             row = chaos.sigkill(cluster, jobs=80, per_second=4)
