@@ -198,7 +198,7 @@ def list_jobs(
 ) -> JobPage:
     """Jobs newest first, filtered; pages come from indexes. A page may hold fewer than
     ``limit`` jobs (a filter skipped some): go on while ``next_cursor`` is set."""
-    tags = [parse_tag(t) for t in tag or []]
+    tags = [parse_tag(t, "tag") for t in tag or []]
     if len(tags) > 8:
         raise ApiError(400, "at most 8 tag filters", field="tag")
     if schedule_id is not None:
