@@ -82,7 +82,7 @@ def test_listing_filters_and_cursor_pages(gateway: Gateway, store: RedisStore) -
     after = api.get("/v1/jobs", params={"created_after": f"{at}.{ms}Z"}).json()["jobs"]
     assert set(ids[3:]) <= {j["id"] for j in after}
     assert error_of(api.get("/v1/jobs", params={"cursor": "nope"}), 400)["field"] == "cursor"
-    assert error_of(api.get("/v1/jobs", params={"tag": "bad"}), 400)["field"] == "tags"
+    assert error_of(api.get("/v1/jobs", params={"tag": "bad"}), 400)["field"] == "tag"
     assert error_of(api.get("/v1/jobs", params={"limit": 0}), 422)["field"] == "limit"
 
     # A job whose record expired (retention) is skipped and leaves the index.
@@ -170,6 +170,13 @@ def test_error_shapes(gateway: Gateway) -> None:
     # since/until filter days only: refused rather than silently ignored for a tag.
     by_tag = admin.get("/v1/costs", params={"by": "tag", "since": "2026-01-01"})
     assert error_of(by_tag, 400)["field"] == "since"
+    # A misspelt filter is refused, not ignored (which would list every job).
+    typo = error_of(admin.get("/v1/jobs", params={"tags": "tenant=acme"}), 422)
+    assert typo["field"] == "tags" and typo["message"].endswith("status, tag)")
+    assert error_of(admin.get("/healthz", params={"x": "1"}), 422)["field"] == "x"
+    since = admin.get("/v1/jobs/job_unknown/events", params={"since": "3"})
+    assert error_of(since, 422)["field"] == "since"
+    assert admin.get("/v1/jobs", params={"tag": "tenant=acme", "limit": 5}).status_code == 200
     assert error_of(admin.get("/v1/schedules/sch_unknown"), 404)["field"] == "schedule_id"
     assert error_of(admin.get("/v1/nowhere"), 404)
     assert error_of(admin.delete("/v1/jobs"), 405)
