@@ -164,6 +164,7 @@ API += [
     ("tag key newline", lambda o: o.submit("x", tags={"tenant\n": "acme"}), "tags"),
     ("schedule_id free text", lambda o: o.submit("x", schedule_id="any text"), "schedule_id"),
     ("schedule_id newline", lambda o: o.submit("x", schedule_id="sch_abc\n"), "schedule_id"),
+    ("schedule_id unknown", lambda o: o.submit("x", schedule_id="sch_" + "0" * 32), "schedule_id"),
     ("continue worker newline", lambda o: o.continue_("wrk_1\n", "x"), "worker_id"),
     ("continue worker key", lambda o: o.continue_("victim:schedules", "x"), "worker_id"),
     ("continue job newline", lambda o: o.continue_("job_x\n", "x"), "job_id"),

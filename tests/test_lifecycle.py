@@ -139,7 +139,8 @@ def test_cancel_refuses_bad_input(orch: Orchestrator) -> None:
 def test_cancel_many_filters(orch: Orchestrator) -> None:
     acme = [orch.submit(f"a{i}", tags={"tenant": "acme", "kind": "x"}) for i in range(3)]
     other = orch.submit("b", tags={"tenant": "globex"})
-    sched = orch.submit("s", schedule_id="sch_abc")
+    schedule = orch.schedules.create(None, "s", {"type": "delayed", "delayInSeconds": 3600})
+    sched = orch.submit("s", schedule_id=schedule.id)
     done = orch.submit("d", tags={"tenant": "acme"})
     orch.store.transition(done.id, "completed")
     for bad in ({}, {"tags": {}}, {"status": "completed"}, {"status": "nope"},
@@ -150,7 +151,7 @@ def test_cancel_many_filters(orch: Orchestrator) -> None:
         j.id for j in acme
     )
     assert orch.cancel_many(tags={"tenant": "acme"}) == []  # nothing live is left of it
-    assert orch.cancel_many(schedule_id="sch_abc") == [sched.id]
+    assert orch.cancel_many(schedule_id=schedule.id) == [sched.id]
     assert orch.get(other.id).status == "queued"
     assert orch.cancel_many(status="queued") == [other.id]
     assert orch.get(done.id).status == "completed"
