@@ -76,6 +76,7 @@ class Stack:
     components: list[Component] = field(default_factory=list)
     redis: RedisServer | None = None
     emulator_key: str | None = None
+    wrote_shell_env: bool = False
 
     def start(self, timeout: float = 90.0) -> None:
         """Start every part and wait (bounded) until each says it is ready and answers
@@ -155,6 +156,7 @@ class Stack:
         fd = os.open(self.shell_env, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.writelines(lines)
+        self.wrote_shell_env = True
         self._say(f"shell     set -a; . {self.shell_env}; set +a   # the CLI, in another shell")
 
     def _start_emulator(self) -> None:
@@ -252,6 +254,7 @@ class Stack:
 
     def stop(self) -> None:
         """Stop every child (SIGTERM, then SIGKILL after a grace period) and Redis."""
+        started = bool(self.components) or self.redis is not None
         # Every part is asked at once, then given one shared grace period.
         for comp in reversed(self.components):
             comp.proc.terminate()
@@ -260,8 +263,12 @@ class Stack:
             comp.proc.wait_stopped(timeout=max(deadline - time.monotonic(), 0.1))
         if self.redis is not None:
             self.redis.stop()
-        self.shell_env.unlink(missing_ok=True)
-        self._say("stopped   every process this stack started")
+        # Only our own file: a demo, or an up refused at start, in the workdir of an up
+        # that runs must leave that up's stack.env where its user's shells read it.
+        if self.wrote_shell_env:
+            self.shell_env.unlink(missing_ok=True)
+        if started:
+            self._say("stopped   every process this stack started")
 
     def _say(self, line: str) -> None:
         if self.json_lines:
