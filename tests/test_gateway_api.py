@@ -167,6 +167,8 @@ def test_error_shapes(gateway: Gateway) -> None:
     assert error_of(coerced, 422)["field"] == "fetch_files"
     text_limit = admin.put("/v1/limits", json={"key": "budget:low", "limit": "5"})
     assert error_of(text_limit, 422)["field"] == "limit"
+    number_cap = error_of(admin.put("/v1/budgets", json={"scope": "global", "limit_usd": 5.5}), 422)
+    assert number_cap["field"] == "limit_usd" and '"12.50"' in number_cap["message"]
     # since/until filter days only: refused rather than silently ignored for a tag.
     by_tag = admin.get("/v1/costs", params={"by": "tag", "since": "2026-01-01"})
     assert error_of(by_tag, 400)["field"] == "since"
