@@ -583,6 +583,14 @@ def test_process_with_json_writes_errors_in_the_http_apis_shape(env: Env) -> Non
     assert unreachable["message"].startswith("cannot reach Redis") and dead not in away.stderr
     plain = cli(env, "submit", "ok", "--tag", "Bad Key=x")
     assert plain.stderr.startswith("error: tags:")  # without --json: the one line
+    # argparse's own refusals too: a script that asked for JSON gets JSON.
+    choice = cli(env, "submit", "ok", "--budget", "cheap", "--json")
+    assert choice.returncode == 2 and choice.stdout == ""
+    usage = json.loads(choice.stderr)["error"]
+    assert (usage["type"], usage["field"]) == ("invalid_request", "--budget"), usage
+    assert "cheap" in usage["message"]
+    plain = cli(env, "submit", "ok", "--budget", "cheap")
+    assert plain.stderr.startswith("error: argument --budget: invalid choice")
     assert env.our_keys() == [] and env.depth() == depth
 
 

@@ -358,7 +358,9 @@ BAD = [
     (["schedules"], b"error: the following arguments are required: ACTION"),
     (["budgets", "set", "global", "--usd", "0.0000001"], b"error: usd:"),
     (["limits", "set", "tag:tenant=acme", "100000000000000000000"], b"error: limit:"),
-    (["--json"], b"error: the following arguments are required: COMMAND"),
+    (["--json"], b'{"error": {"type": "invalid_request", "field": null, "message": "the following'),
+    (["costs", "--by", "\x1b[2J", "--json"],
+     b'{"error": {"type": "invalid_request", "field": "--by"'),
 ]
 
 
