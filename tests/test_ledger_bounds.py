@@ -9,7 +9,6 @@ answers ``retrieve`` with whatever figures a test sets, as JSON text.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -25,18 +24,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from orchestrator.celery import app as celery_app
+from orchestrator.emulator.server import BackgroundServer, loopback_socket
 from orchestrator.jobs import steps
 from orchestrator.jobs.model import Submission
 from orchestrator.ledger import FIELDS, MAX_FIGURE, ROW_CEILING, FigureError, cumulative
 from orchestrator.money import to_micro
-from orchestrator.ops.redis_server import free_port
 from orchestrator.runtime import Runtime
 from orchestrator.settings import load_settings
 from orchestrator.store.jobs import RedisStore, now_ms
 from orchestrator.store.ledger import posted_deltas, posted_falls
 from orchestrator.wire.models import Costs, Worker
-
-from .processes import wait_for
 
 # --- figures ------------------------------------------------------------------------
 
@@ -223,23 +220,19 @@ class Upstream:
                 return JSONResponse({"error": {"message": "no such worker"}}, status_code=404)
             return Response(body, media_type="application/json")
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        sock = loopback_socket()
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         routes = [Route("/api/workers/{wid}", retrieve)]
-        config = uvicorn.Config(
-            Starlette(routes=routes), host="127.0.0.1", port=self.port, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        config = uvicorn.Config(Starlette(routes=routes), log_level="warning")
+        self.running = BackgroundServer(config, sock, "upstream")
 
     def __enter__(self) -> Upstream:
-        self.thread.start()
-        wait_for(lambda: self.server.started, 10, "the hostile upstream to listen")
+        if not self.running.start(timeout=10):
+            raise RuntimeError("the hostile upstream did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.running.stop()
 
 
 @pytest.fixture
