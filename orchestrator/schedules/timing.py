@@ -55,8 +55,6 @@ MISFIRE_GRACE_MS = 5_000
 MAX_COUNTED = 10_000
 # Slots fired for one schedule in one claim, at most (the grace bounds it anyway).
 MAX_FIRE = 1_000
-# A date as far ahead as a delay or an interval may reach (wire.models.PositiveSeconds).
-MAX_AHEAD_MS = 10 * 365 * 24 * 3600 * 1000
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MS = timedelta(milliseconds=1)
@@ -354,8 +352,6 @@ def new_schedule(
         timing = Timing("scheduled", at_ms=to_ms(when.date))
         if timing.at_ms <= now_ms and not allow_past:
             raise InputError("when.date", "is in the past")
-        if timing.at_ms > now_ms + MAX_AHEAD_MS and not allow_past:
-            raise InputError("when.date", "is more than 10 years ahead")
     elif isinstance(when, DelayedWhen):
         delay = when.delay_in_seconds
         timing = Timing("delayed", at_ms=first_run_ms or now_ms + delay * 1000)
