@@ -175,7 +175,8 @@ def test_error_shapes(gateway: Gateway) -> None:
     # A misspelt filter is refused, not ignored (which would list every job).
     typo = error_of(admin.get("/v1/jobs", params={"tags": "tenant=acme"}), 422)
     assert typo["field"] == "tags" and typo["message"].endswith("status, tag)")
-    assert error_of(admin.get("/healthz", params={"x": "1"}), 422)["field"] == "x"
+    assert error_of(admin.get("/v1/me", params={"x": "1"}), 422)["field"] == "x"
+    assert admin.get("/", params={"utm_source": "mail"}).status_code == 200  # the console
     since = admin.get("/v1/jobs/job_unknown/events", params={"since": "3"})
     assert error_of(since, 422)["field"] == "since"
     assert admin.get("/v1/jobs", params={"tag": "tenant=acme", "limit": 5}).status_code == 200

@@ -99,14 +99,17 @@ def _query_names(route: APIRoute) -> frozenset[str]:
 
 
 def _known_query() -> Any:
-    """A dependency refusing (422, ``field`` the parameter) a query parameter the route
-    does not take: a misspelt filter (``?tags=`` for ``?tag=``) would otherwise be
-    ignored, and the list answered unfiltered."""
+    """A dependency refusing (422, ``field`` the parameter) a query parameter a ``/v1``
+    route does not take: a misspelt filter (``?tags=`` for ``?tag=``) would otherwise be
+    ignored, and the list answered unfiltered. The console's page and the health check
+    take whatever a browser or a probe adds."""
     known: dict[int, frozenset[str]] = {}
 
     async def check(request: Request) -> None:
         route = request.scope.get("route")
         if not isinstance(route, APIRoute) or not request.query_params:
+            return
+        if not route.path.startswith("/v1/"):
             return
         names = known.get(id(route))
         if names is None:
