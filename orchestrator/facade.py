@@ -104,7 +104,7 @@ class Orchestrator:
         worker_or_job: str,
         input: str,
         *,
-        budget: Budget = "standard",
+        budget: Budget | None = None,
         tags: dict[str, str] | None = None,
         idempotency_key: str | None = None,
         fetch_files: bool = False,
@@ -119,6 +119,8 @@ class Orchestrator:
         Refused (InputError ``worker_id``) for a worker neither a job of ours ran nor
         the API knows, and while the worker's turn of a job cancelled or
         timed out here may still run upstream. The limits are as for :meth:`submit`.
+        The budget tier and tags not given are the earlier job's (the job named, else
+        the worker's latest of ours); a tag given replaces that key only.
         """
         worker_id = self.worker_id_of(worker_or_job)
         named = worker_or_job if worker_or_job.startswith("job_") else None
@@ -126,12 +128,13 @@ class Orchestrator:
             submit.require_worker(self.rt, worker_id, unsure_ok=True)
         lifecycle.refuse_unsettled(self.rt, named, worker_id)
         self._known_schedule(schedule_id)
+        budget, tags = submit.carried_over(self.rt, named, worker_id, budget, tags)
         return self._enqueue(
             "continue",
             worker_id,
             input=input,
             budget=budget,
-            tags=tags or {},
+            tags=tags,
             idempotency_key=idempotency_key,
             fetch_files=fetch_files,
             schedule_id=schedule_id,

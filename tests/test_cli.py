@@ -241,6 +241,12 @@ def test_continue_a_worker_by_its_id_or_by_a_job_that_made_it(
     code, out, _ = run(capsys, "continue", "wrk_cli1", "and more", "--json")
     assert code == 0 and json.loads(out)["worker_id"] == "wrk_cli1"
     assert len(env.job_ids()) == 3
+    # The tier and tags not given are the earlier job's; a tag given wins its key.
+    tenant = queued_job(env, budget="high", tags={"tenant": "acme", "team": "x"})
+    env.store.set_submitted(tenant, Worker(id="wrk_cli2"))
+    code, out, _ = run(capsys, "continue", tenant.id, "more", "--tag", "team=y", "--json")
+    job = json.loads(out)
+    assert code == 0 and (job["budget"], job["tags"]) == ("high", {"tenant": "acme", "team": "y"})
 
 
 def test_status_history_lists_each_transition(env: Env, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,6 +18,7 @@ from orchestrator.gateway.app import create_app
 from orchestrator.ops.redis_server import free_port
 from orchestrator.settings import load_settings
 from orchestrator.store.jobs import RedisStore
+from orchestrator.wire.models import Worker
 
 from .gateway_support import Gateway, gateway, gateway_extra, start_gateway  # noqa: F401
 
@@ -135,6 +136,35 @@ def test_continue_of_an_unknown_or_malformed_worker_is_refused_up_front(
     assert error_of(go("wrk_1\n"), 400)["field"] == "worker_id"
     assert error_of(go("job_unknown"), 404)["field"] == "worker"
     assert store.broker.waiting("api") == waiting and store.recent_jobs() == []
+
+
+def test_a_continue_carries_the_earlier_jobs_tier_and_tags(
+    gateway: Gateway, store: RedisStore
+) -> None:
+    acme, admin = gateway.client("submit", tenant="acme"), gateway.client("submit")
+    first = acme.post("/v1/jobs", json={"input": "first", "budget": "high",
+                                        "tags": {"team": "x"}}).json()  # fmt: skip
+    done = {"id": "wrk_carry", "status": "completed", "running": False}
+    assert store.set_submitted(store.require_job(first["id"]), Worker.model_validate(done))
+
+    def go(client: httpx.Client, key: str | None = None, **body: Any) -> httpx.Response:
+        headers = {"Idempotency-Key": key} if key else {}
+        body = {"worker": first["id"], "input": "more", **body}
+        return client.post("/v1/jobs/continue", json=body, headers=headers)
+
+    for client in (acme, admin):
+        made = go(client)
+        assert made.status_code == 202, made.text
+        job = made.json()
+        assert (job["budget"], job["tags"]) == ("high", {"tenant": "acme", "team": "x"})
+    by_worker = go(admin, worker="wrk_carry", budget="low", tags={"team": "y"}).json()
+    assert (by_worker["budget"], by_worker["tags"]) == ("low", {"tenant": "acme", "team": "y"})
+    # A repeat under one key is the same job; naming another tier or tag is a conflict.
+    once = go(acme, "carry-1").json()
+    assert go(acme, "carry-1").json()["id"] == once["id"]
+    assert go(acme, "carry-1", budget="high", tags={"team": "x"}).json()["id"] == once["id"]
+    assert error_of(go(acme, "carry-1", budget="low"), 409)["field"] == "idempotency_key"
+    assert error_of(go(acme, "carry-1", tags={"team": "z"}), 409)["field"] == "idempotency_key"
 
 
 def test_error_shapes(gateway: Gateway) -> None:

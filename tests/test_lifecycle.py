@@ -164,6 +164,23 @@ def _submitted(orch: Orchestrator, text: str, worker_id: str, **limits: Any) -> 
     return orch.get(job.id)
 
 
+def test_a_continue_carries_the_earlier_jobs_tier_and_tags(orch: Orchestrator) -> None:
+    first = orch.submit("first", budget="high", tags={"tenant": "acme", "team": "x"})
+    assert orch.store.set_submitted(first, _worker("wkr_carry", running=False))
+    by_job = orch.continue_(first.id, "more")
+    assert (by_job.budget, by_job.tags) == ("high", {"tenant": "acme", "team": "x"})
+    # Named by its worker: the worker's latest job of ours; a tag given wins its key only.
+    assert orch.store.set_submitted(by_job, _worker("wkr_carry", running=False))
+    by_worker = orch.continue_("wkr_carry", "more", budget="low", tags={"team": "y"})
+    assert (by_worker.budget, by_worker.tags) == ("low", {"tenant": "acme", "team": "y"})
+    assert orch.get(by_worker.id).tags == {"tenant": "acme", "team": "y"}
+    # Tags of the wrong type are still refused by name, nothing written.
+    before = len(orch.store.recent_jobs())
+    with pytest.raises(InputError) as info:
+        orch.continue_(first.id, "more", tags="tenant=globex")  # type: ignore[arg-type]
+    assert info.value.field == "tags" and len(orch.store.recent_jobs()) == before
+
+
 def test_cancel_of_a_running_job_settles_its_turn_later_and_once(orch: Orchestrator) -> None:
     job = _submitted(orch, "running", "wkr_cancel1")
     assert orch.budgets.reserve(job) == 0  # no cap: no hold to keep

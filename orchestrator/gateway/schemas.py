@@ -39,6 +39,13 @@ class ContinueBody(SubmitBody):
     """A new turn of a worker, named by its id or by one of our job ids."""
 
     worker: str = Field(description="a worker id, or the id of a job that made it")
+    # Absent: the earlier job's (the job named, else the worker's latest of ours).
+    budget: Budget | None = Field(  # type: ignore[assignment]
+        default=None, description="absent: the earlier job's tier (standard if none)"
+    )
+    tags: dict[str, str] | None = Field(  # type: ignore[assignment]
+        default=None, description="merged over the earlier job's tags (a key given wins)"
+    )
 
 
 class JobOut(BaseModel):
