@@ -305,6 +305,8 @@ CLI = [
     (["worker", "--concurrency", "0"], "error: concurrency:"),
     (["metrics", "--port", "70000"], "error: port:"),
     (["emulator", "--api-key", "k", "--turn-seconds", "-1"], "error: turn_seconds:"),
+    (["emulator", "--api-key", "k", "--rate-lost-response", "2"], "error: rate_lost_response:"),
+    (["emulator", "--api-key", "k", "--slow-seconds", "-1"], "error: slow_seconds:"),
     (["health", "--max-age", "-1"], "error: max_age:"),
     (["reconcile", "--hours", "0"], "error: hours:"),
     (["reconcile", "--grace", "-1"], "error: grace:"),
