@@ -9,6 +9,7 @@ answers ``retrieve`` with whatever figures a test sets, as JSON text.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
@@ -29,7 +30,6 @@ from orchestrator.jobs import steps
 from orchestrator.jobs.model import Submission
 from orchestrator.ledger import FIELDS, MAX_FIGURE, ROW_CEILING, FigureError, cumulative
 from orchestrator.money import to_micro
-from orchestrator.ops.redis_server import free_port
 from orchestrator.runtime import Runtime
 from orchestrator.settings import load_settings
 from orchestrator.store.jobs import RedisStore, now_ms
@@ -223,14 +223,17 @@ class Upstream:
                 return JSONResponse({"error": {"message": "no such worker"}}, status_code=404)
             return Response(body, media_type="application/json")
 
-        self.port = free_port()
+        # Bound here and handed to uvicorn: no other process can take the port between.
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         routes = [Route("/api/workers/{wid}", retrieve)]
-        config = uvicorn.Config(
-            Starlette(routes=routes), host="127.0.0.1", port=self.port, log_level="warning"
-        )
+        config = uvicorn.Config(Starlette(routes=routes), log_level="warning")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
 
     def __enter__(self) -> Upstream:
         self.thread.start()
@@ -240,6 +243,7 @@ class Upstream:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.sock.close()
 
 
 @pytest.fixture
