@@ -158,6 +158,7 @@ LIST_CURSOR = _rule(
 )
 #: Webhook subscriptions and their deliveries (made here, hex after the prefix).
 SUBSCRIPTION_ID = _rule("a subscription id", r"whk_[0-9a-f]{16}", "whk_ then 16 of 0-9 a-f")
+TOKEN_ID = _rule("a token id", r"tok_[0-9a-f]{16}", "tok_ then 16 of 0-9 a-f")
 DELIVERY_ID = _rule("a delivery id", r"dlv_[0-9a-f]{32}", "dlv_ then 32 of 0-9 a-f")
 KEY_PREFIX = _rule("a key prefix", r"[A-Za-z0-9_.:-]{1,64}", "1-64 of A-Z a-z 0-9 _ . : -")
 

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import unquote
 
 import uvicorn
 from starlette.types import Receive, Scope, Send
+
+from orchestrator.emulator.server import BackgroundServer, loopback_socket
 
 WORKER = {"id": "wrk_hostile", "status": "running", "running": True}
 
@@ -38,8 +37,7 @@ class HostileServer:
         self.bytes_sent: dict[str, int] = {}  # per file name
         self.stream_connections = 0
         self.url = ""
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._running: BackgroundServer | None = None
 
     # --- the app -----------------------------------------------------------------
 
@@ -120,21 +118,12 @@ class HostileServer:
     # --- running -------------------------------------------------------------------
 
     def __enter__(self) -> Self:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock = loopback_socket()
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         config = uvicorn.Config(self, log_level="critical", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="hostile", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the hostile server did not start")
-            time.sleep(0.01)
+        self._running = BackgroundServer(config, sock, "hostile")
+        if not self._running.start(timeout=10):
+            raise RuntimeError("the hostile server did not start")
         return self
 
     def __exit__(
@@ -143,10 +132,8 @@ class HostileServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._server is not None and self._thread is not None
-        self._server.should_exit = True
-        self._server.force_exit = True
-        self._thread.join(timeout=10)
+        assert self._running is not None
+        self._running.stop(force=True)
 
 
 async def _start(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:

@@ -14,9 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from croniter import croniter
 
 from orchestrator.emulator import EmulatorConfig, EmulatorServer, FaultConfig
+from orchestrator.emulator.server import BackgroundServer, loopback_socket
 from orchestrator.money import to_micro
 
 KEY = "test-key-1234"
@@ -489,3 +491,30 @@ def test_server_binds_a_free_port_and_stops_with_open_streams() -> None:
     client.close()
     with pytest.raises(httpx.ConnectError):
         httpx.get(server.url + "/api/workers/x", headers=headers)
+
+
+def test_server_refuses_a_second_start() -> None:
+    with EmulatorServer("k3") as server:
+        with pytest.raises(RuntimeError, match="already started"):
+            server.start()
+        assert httpx.get(server.url + "/api/workers/x").status_code == 401  # still serving
+
+
+# uvicorn ends a server whose startup failed with sys.exit, here in its thread.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_background_server_reports_a_server_that_ends_before_serving() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "refused on purpose"})
+
+    sock = loopback_socket()
+    config = uvicorn.Config(app, lifespan="on", log_level="critical")
+    running = BackgroundServer(config, sock, "failing")
+    began = time.monotonic()
+    try:
+        assert running.start(timeout=30) is False
+    finally:
+        sock.close()
+    assert time.monotonic() - began < 10  # the thread's end was seen, not the timeout
+    assert not running.thread.is_alive()

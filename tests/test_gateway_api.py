@@ -294,7 +294,13 @@ def test_tokens_cli_create_list_revoke(
         value = json.dumps(store.r.hgetall(key)) if kind == "hash" else store.r.get(key)
         assert kind not in ("hash", "string") or token not in value, key
     assert cli("create", "--role", "boss").returncode == 2
-    assert cli("revoke", "tok_0000").returncode == 2
+    for bad in ("tok_0000", "tok_\uff21\uff22", "tok_" + "0" * 17, "x" * 5000):
+        refused = cli("revoke", bad, "--json")
+        assert refused.returncode == 2, bad
+        assert json.loads(refused.stderr)["error"]["field"] == "id", refused.stderr
+    unknown = cli("revoke", "tok_" + "0" * 16, "--json")
+    assert unknown.returncode == 2
+    assert json.loads(unknown.stderr)["error"]["type"] == "not_found", unknown.stderr
     revoked = cli("revoke", record["id"])
     assert revoked.returncode == 0, revoked.stderr
     # A process may pass a token it holds for GATEWAY_TOKEN_CACHE_SECONDS (1 s) more.

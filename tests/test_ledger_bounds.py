@@ -9,8 +9,6 @@ answers ``retrieve`` with whatever figures a test sets, as JSON text.
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -26,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from orchestrator.celery import app as celery_app
+from orchestrator.emulator.server import BackgroundServer, loopback_socket
 from orchestrator.jobs import steps
 from orchestrator.jobs.model import Submission
 from orchestrator.ledger import FIELDS, MAX_FIGURE, ROW_CEILING, FigureError, cumulative
@@ -35,8 +34,6 @@ from orchestrator.settings import load_settings
 from orchestrator.store.jobs import RedisStore, now_ms
 from orchestrator.store.ledger import posted_deltas, posted_falls
 from orchestrator.wire.models import Costs, Worker
-
-from .processes import wait_for
 
 # --- figures ------------------------------------------------------------------------
 
@@ -223,27 +220,19 @@ class Upstream:
                 return JSONResponse({"error": {"message": "no such worker"}}, status_code=404)
             return Response(body, media_type="application/json")
 
-        # Bound here and handed to uvicorn: no other process can take the port between.
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        sock = loopback_socket()
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         routes = [Route("/api/workers/{wid}", retrieve)]
         config = uvicorn.Config(Starlette(routes=routes), log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
+        self.running = BackgroundServer(config, sock, "upstream")
 
     def __enter__(self) -> Upstream:
-        self.thread.start()
-        wait_for(lambda: self.server.started, 10, "the hostile upstream to listen")
+        if not self.running.start(timeout=10):
+            raise RuntimeError("the hostile upstream did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+        self.running.stop()
 
 
 @pytest.fixture

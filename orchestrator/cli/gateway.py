@@ -11,7 +11,7 @@ from typing import Any
 from orchestrator import rules
 from orchestrator.cli import output
 from orchestrator.cli.output import json_option
-from orchestrator.errors import InputError
+from orchestrator.errors import InputError, UnknownIdError
 from orchestrator.settings import load_settings
 
 ROLES = ("read", "submit", "admin")
@@ -142,8 +142,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
-    if not isinstance(args.id, str) or not args.id.startswith("tok_") or not args.id[4:].isalnum():
-        raise InputError("id", "is not a token id (tok_...)")
-    if not _tokens().revoke(args.id):
-        raise InputError("id", f"no token {args.id}")
+    token_id = rules.TOKEN_ID.check(args.id, "id")
+    if not _tokens().revoke(token_id):
+        raise UnknownIdError("id", f"no token {token_id}")
     return output.done(args.json, {"id": args.id, "revoked": True}, f"revoked {args.id}")

@@ -46,6 +46,48 @@ def serve(host: str, port: int, api_key: str, config: EmulatorConfig | None = No
     )
 
 
+def loopback_socket(port: int = 0) -> socket.socket:
+    """A TCP socket bound to ``127.0.0.1:port`` (0: a free port) for uvicorn to serve on;
+    bound here, so the caller knows the port before the server starts."""
+    # An explicit IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that
+    # say so, and without it every keep-alive response waits ~40 ms (Nagle and
+    # delayed ACK).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+class BackgroundServer:
+    """A uvicorn server on a bound socket, run in a daemon thread with its own event
+    loop: the emulator's, and the tests' stand-ins for a broken upstream."""
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket, name: str) -> None:
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, name=name, daemon=True
+        )
+
+    def start(self, timeout: float) -> bool:
+        """Start the thread; True once the server accepts connections, False when the
+        thread ended or ``timeout`` seconds passed first (the caller cleans up)."""
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def stop(self, *, force: bool = False) -> None:
+        """Ask the server to exit (``force``: without waiting for open connections) and
+        wait up to 10 s for its thread."""
+        self.server.should_exit = True
+        if force:
+            self.server.force_exit = True
+        self.thread.join(timeout=10)
+
+
 class EmulatorServer:
     """The emulator on 127.0.0.1 in a background thread with its own event loop.
 
@@ -73,8 +115,7 @@ class EmulatorServer:
         self.state: EmulatorState = self.app.state.emulator
         self._port = port
         self._start_timeout = start_timeout
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._running: BackgroundServer | None = None
         self.url = ""
 
     @property
@@ -84,15 +125,10 @@ class EmulatorServer:
 
     def start(self) -> None:
         """Start serving and wait until the server accepts connections."""
-        if self._thread is not None:
+        if self._running is not None:
             raise RuntimeError("EmulatorServer already started")
         _quiet_uvicorn()
-        # An explicit IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that
-        # say so, and without it every keep-alive response waits ~40 ms (Nagle and
-        # delayed ACK).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self._port))
+        sock = loopback_socket(self._port)
         self._port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self._port}"
         config = uvicorn.Config(
@@ -103,34 +139,24 @@ class EmulatorServer:
             timeout_graceful_shutdown=2,
             backlog=4096,
         )
-        server = uvicorn.Server(config)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="emulator", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + self._start_timeout
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                sock.close()
-                raise RuntimeError(f"emulator did not start on {self.url}")
-            time.sleep(0.01)
+        self._running = BackgroundServer(config, sock, "emulator")
+        if not self._running.start(self._start_timeout):
+            self.stop()
+            sock.close()
+            raise RuntimeError(f"emulator did not start on {self.url}")
 
     def stop(self) -> None:
         """End running turns (closing their streams) and stop the server."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
+        running = self._running
+        if running is None:
             return
         loop = self.state.loop
         if loop is not None and not loop.is_closed():
             # Open streams end with their turn; uvicorn would otherwise wait for them.
             with contextlib.suppress(RuntimeError):  # the loop closed in between
                 loop.call_soon_threadsafe(self.state.stop_turns)
-        server.should_exit = True
-        thread.join(timeout=10)
-        self._server = None
-        self._thread = None
+        running.stop()
+        self._running = None
 
     def __enter__(self) -> Self:
         self.start()
