@@ -37,6 +37,7 @@ from orchestrator.wire.client import WorkersClient
 from orchestrator.wire.models import Costs, Usage, Worker
 
 from .conftest import Emulator
+from .processes import joined, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 _databases = itertools.count()
@@ -286,10 +287,7 @@ def test_wait_that_times_out_leaves_the_job_queued(
 
 def _play_turn(env: Env, outputs: list[str]) -> None:
     """Stand in for the Celery side: take the first job through one turn."""
-    deadline = time.monotonic() + 10
-    while not env.job_ids() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    job = env.store.get_job(env.job_ids()[0])
+    job = env.store.get_job(wait_for(env.job_ids, 10, "the job to be queued")[0])
     assert job is not None
     env.store.set_submitted(job, Worker(id="wrk_play", status="running"))
     env.store.transition(job.id, "running")
@@ -325,7 +323,7 @@ def test_submit_tail_prints_updates_live_then_the_finished_job(
     player = threading.Thread(target=_play_turn, args=(env, ["one", "two", "three"]))
     player.start()
     code, out, err = run(capsys, "submit", "go", "--tail", "--json", "--timeout", "10")
-    player.join()
+    joined(player)
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     assert lines[:3] == [
@@ -341,7 +339,7 @@ def test_submit_wait_prints_the_outcome_and_output(
     player = threading.Thread(target=_play_turn, args=(env, ["one"]))
     player.start()
     code, out, err = run(capsys, "submit", "go", "--wait", "--timeout", "10")
-    player.join()
+    joined(player)
     assert code == 0, err
     job_id = env.job_ids()[0]
     assert out.splitlines() == [f"{job_id}  queued", f"{job_id}  completed", "all done"]
@@ -406,12 +404,13 @@ def test_email_and_download_ask_the_upstream(
     monkeypatch.setenv("WORKERS_API_URL", emulator.url)
     monkeypatch.setenv("WORKERS_API_KEY", emulator.api_key)
     with WorkersClient.from_settings(load_settings()) as client:
-        upstream = client.create("write a report")
-        deadline = time.monotonic() + 10
-        while upstream.running or not upstream.files:
-            assert time.monotonic() < deadline, "the emulator's turn never finished"
-            time.sleep(0.05)
-            upstream = client.retrieve(upstream.id)
+        created = client.create("write a report")
+
+        def finished() -> Worker | None:
+            upstream = client.retrieve(created.id)
+            return upstream if not upstream.running and upstream.files else None
+
+        upstream = wait_for(finished, 10, "the emulator's turn to finish")
         expected_email = client.retrieve_email(upstream.id)
     job = queued_job(env)
     env.store.set_submitted(job, upstream)

@@ -28,7 +28,7 @@ from orchestrator.ops.redis_server import free_port
 from orchestrator.wire.models import Worker
 
 from .conftest import Emulator
-from .processes import wait_for
+from .processes import joined, wait_for
 from .test_cli import ROOT, Env, _play_turn, day_ms, env, queued_job, run, worker
 
 __all__ = ["env"]  # the fixture, shared with test_cli
@@ -266,7 +266,7 @@ def test_submit_tail_shows_the_text_then_the_outcome(
     player = threading.Thread(target=_play_turn, args=(env, ["one ", "two ", "three"]))
     player.start()
     code, out, err = run(capsys, "submit", "go", "--tail", "--timeout", "10")
-    player.join()
+    joined(player)
     assert code == 0, err
     (job_id,) = env.job_ids()
     assert out.splitlines() == [
