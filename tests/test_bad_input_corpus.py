@@ -184,6 +184,8 @@ API += [
     ("limit remove newline", lambda o: o.limits.remove(CAP + "\n"), "key"),
     ("cap 1e-10", lambda o: o.budgets.set_cap(scope=CAP, limit_usd=Decimal("1e-10")), "limit_usd"),
     ("cap NaN", lambda o: o.budgets.set_cap(scope=CAP, limit_usd=Decimal("NaN")), "limit_usd"),
+    ("cap float", lambda o: o.budgets.set_cap(scope=CAP, limit_usd=5.5), "limit_usd"),
+    ("cap bool", lambda o: o.budgets.set_cap(scope=CAP, limit_usd=True), "limit_usd"),
     ("cap 1e308", lambda o: o.budgets.set_cap(scope=CAP, limit_usd=Decimal("1e308")), "limit_usd"),
     ("cap scope newline", lambda o: o.budgets.set_cap(scope=CAP + "\n", limit_usd=1), "scope"),
     ("schedule get newline", lambda o: o.schedules.get("sch_abc\n"), "schedule_id"),
