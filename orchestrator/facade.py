@@ -83,6 +83,7 @@ class Orchestrator:
         ``queue_ttl`` → ``expired`` (nothing sent, nothing billed); no update for
         ``idle_timeout``, or not ended ``deadline`` after submission → ``timed_out``.
         """
+        self._known_schedule(schedule_id)
         return self._enqueue(
             "create",
             None,
@@ -103,7 +104,7 @@ class Orchestrator:
         worker_or_job: str,
         input: str,
         *,
-        budget: Budget = "standard",
+        budget: Budget | None = None,
         tags: dict[str, str] | None = None,
         idempotency_key: str | None = None,
         fetch_files: bool = False,
@@ -118,18 +119,22 @@ class Orchestrator:
         Refused (InputError ``worker_id``) for a worker neither a job of ours ran nor
         the API knows, and while the worker's turn of a job cancelled or
         timed out here may still run upstream. The limits are as for :meth:`submit`.
+        The budget tier and tags not given are the earlier job's (the job named, else
+        the worker's latest of ours); a tag given replaces that key only.
         """
         worker_id = self.worker_id_of(worker_or_job)
         named = worker_or_job if worker_or_job.startswith("job_") else None
         if named is None:
             submit.require_worker(self.rt, worker_id, unsure_ok=True)
         lifecycle.refuse_unsettled(self.rt, named, worker_id)
+        self._known_schedule(schedule_id)
+        budget, tags = submit.carried_over(self.rt, named, worker_id, budget, tags)
         return self._enqueue(
             "continue",
             worker_id,
             input=input,
             budget=budget,
-            tags=tags or {},
+            tags=tags,
             idempotency_key=idempotency_key,
             fetch_files=fetch_files,
             schedule_id=schedule_id,
@@ -180,6 +185,15 @@ class Orchestrator:
         """Validate a submission (``fields``: submit's keywords), store it as a job and
         dispatch it, unless its idempotency key names a job already."""
         return submit.submit(self.app, self.rt, kind=kind, worker_id=worker_id, **fields)
+
+    def _known_schedule(self, schedule_id: str | None) -> None:
+        """UnknownIdError ``schedule_id`` for an id no schedule of ours has: the job's
+        cost would be booked to a schedule that does not exist."""
+        if schedule_id is None:
+            return
+        rules.SCHEDULE_ID.check(schedule_id, "schedule_id")
+        if self.schedules.store.get(schedule_id) is None:
+            raise UnknownIdError("schedule_id", f"no schedule {schedule_id}")
 
     def worker_id_of(self, worker_or_job: str) -> str:
         """The upstream worker id named directly or by one of our job ids (checked by

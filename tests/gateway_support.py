@@ -4,7 +4,6 @@ port, pointed at the test's Redis prefix and the emulator, and tokens to call it
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,10 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator.ops.processes import Proc, celery_worker, gateway_server
-from orchestrator.ops.redis_server import free_port
+from orchestrator.ops.processes import GATEWAY_READY, Proc, celery_worker, gateway_server
 from orchestrator.store.jobs import RedisStore
 from orchestrator.store.tokens import TokenStore
+
+from .processes import start_on_a_free_port, wait_for
 
 SIGNING_KEY = "test-signing-key-" + secrets.token_hex(16)
 
@@ -42,15 +42,14 @@ class Gateway:
 def start_gateway(
     env: dict[str, str], tmp_path: Path, store: RedisStore, workers: int = 1, **extra: str
 ) -> Gateway:
-    port = free_port()
     genv = {"GATEWAY_SIGNING_KEY": SIGNING_KEY, **env, **extra}
-    proc = gateway_server(genv, tmp_path / f"gateway-{port}.log", port, workers)
-    proc.start(timeout=60)
+    proc, port = start_on_a_free_port(
+        lambda port: gateway_server(genv, tmp_path / f"gateway-{port}.log", port, workers)
+    )
     if workers > 1:  # every process has said it is up, not only the first
-        deadline = time.monotonic() + 60
-        while proc.text().count("Application startup complete") < workers:
-            assert time.monotonic() < deadline, proc.text()
-            time.sleep(0.1)
+        wait_for(
+            lambda: proc.text().count(GATEWAY_READY) >= workers, 60, f"{workers} gateway processes"
+        )
     return Gateway(f"http://127.0.0.1:{port}", proc, TokenStore(store))
 
 

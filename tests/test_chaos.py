@@ -37,7 +37,7 @@ from orchestrator.wire.models import Worker
 from orchestrator.wire.retry import RetryPolicy
 
 from .conftest import Emulator
-from .processes import Proc, celery_worker, wait_for
+from .processes import Proc, async_wait_for, celery_worker, start_on_a_free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -108,8 +108,10 @@ def test_follower_never_drops_updates_when_a_write_fails(
             follower = Follower(follows, api, on_finished, lease_seconds=5, poll_seconds=0.05)
             stop = asyncio.Event()
             running = asyncio.create_task(follower.run(stop))
-            while store.relayed(worker.id) < 4:
-                await asyncio.sleep(0.02)
+            async def relayed_some() -> bool:
+                return store.relayed(worker.id) >= 4
+
+            await async_wait_for(relayed_some, 30, "the first updates to be relayed", 0.02)
             hidden = keys.worker(worker.id) + ":hidden"
             await r.rename(keys.worker(worker.id), hidden)
             await r.set(keys.worker(worker.id), "not a hash")  # every write fails now
@@ -119,7 +121,7 @@ def test_follower_never_drops_updates_when_a_write_fails(
             assert await asyncio.wait_for(finished.get(), 30) == job.id
             relayed = store.relayed(worker.id)
             stop.set()
-            await running
+            await asyncio.wait_for(running, 30)
         await r.aclose()
         return relayed
 
@@ -163,7 +165,7 @@ def test_follower_finishes_a_turn_only_once_its_updates_are_stored(
             running = asyncio.create_task(follower.run(stop))
             relayed_when_finished = int(await asyncio.wait_for(finished.get(), 30))
             stop.set()
-            await running
+            await asyncio.wait_for(running, 30)
         await r.aclose()
         return relayed_when_finished
 
@@ -190,8 +192,10 @@ def test_a_stream_put_up_again_while_its_follow_task_ends_is_followed_again_at_o
             seen += 1
             if seen == 1:
                 store.request_follow(job_id, now=True)  # as a "refollow" finalize does
-                while await r.hget(keys.follow_owners, job_id) != follower.owner:
-                    await asyncio.sleep(0.01)  # claimed again by us, this task still alive
+                async def ours() -> bool:  # claimed again by us, this task still alive
+                    return await r.hget(keys.follow_owners, job_id) == follower.owner
+
+                await async_wait_for(ours, 10, "the follower to claim the stream again")
             await calls.put(time.monotonic())
 
         async with AsyncWorkersClient(emulator.url, emulator.api_key) as api:
@@ -202,7 +206,7 @@ def test_a_stream_put_up_again_while_its_follow_task_ends_is_followed_again_at_o
             first = await asyncio.wait_for(calls.get(), 30)
             second = await asyncio.wait_for(calls.get(), 10)
             stop.set()
-            await running
+            await asyncio.wait_for(running, 30)
         await r.aclose()
         return second - first
 
@@ -319,10 +323,13 @@ def test_three_beats_with_random_kills_fire_each_slot_once(tmp_path: Path) -> No
 
 
 def start_flower(cluster: chaos.Cluster, tmp_path: Path) -> tuple[Proc, str]:
-    port = free_port()
     env = {**cluster.env, "FLOWER_USER": FLOWER_USER, "FLOWER_PASSWORD": FLOWER_PASSWORD}
-    args = [sys.executable, "-m", "orchestrator", "flower", "--port", str(port)]
-    proc = Proc(args, env, tmp_path / "flower.log", ready_line="Visit me at").start()
+
+    def flower(port: int) -> Proc:
+        args = [sys.executable, "-m", "orchestrator", "flower", "--port", str(port)]
+        return Proc(args, env, tmp_path / "flower.log", ready_line="Visit me at")
+
+    proc, port = start_on_a_free_port(flower)
     return proc, f"http://127.0.0.1:{port}"
 
 

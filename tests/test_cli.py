@@ -37,6 +37,7 @@ from orchestrator.wire.client import WorkersClient
 from orchestrator.wire.models import Costs, Usage, Worker
 
 from .conftest import Emulator
+from .processes import joined, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 _databases = itertools.count()
@@ -241,6 +242,12 @@ def test_continue_a_worker_by_its_id_or_by_a_job_that_made_it(
     code, out, _ = run(capsys, "continue", "wrk_cli1", "and more", "--json")
     assert code == 0 and json.loads(out)["worker_id"] == "wrk_cli1"
     assert len(env.job_ids()) == 3
+    # The tier and tags not given are the earlier job's; a tag given wins its key.
+    tenant = queued_job(env, budget="high", tags={"tenant": "acme", "team": "x"})
+    env.store.set_submitted(tenant, Worker(id="wrk_cli2"))
+    code, out, _ = run(capsys, "continue", tenant.id, "more", "--tag", "team=y", "--json")
+    job = json.loads(out)
+    assert code == 0 and (job["budget"], job["tags"]) == ("high", {"tenant": "acme", "team": "y"})
 
 
 def test_status_history_lists_each_transition(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
@@ -280,10 +287,7 @@ def test_wait_that_times_out_leaves_the_job_queued(
 
 def _play_turn(env: Env, outputs: list[str]) -> None:
     """Stand in for the Celery side: take the first job through one turn."""
-    deadline = time.monotonic() + 10
-    while not env.job_ids() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    job = env.store.get_job(env.job_ids()[0])
+    job = env.store.get_job(wait_for(env.job_ids, 10, "the job to be queued")[0])
     assert job is not None
     env.store.set_submitted(job, Worker(id="wrk_play", status="running"))
     env.store.transition(job.id, "running")
@@ -319,7 +323,7 @@ def test_submit_tail_prints_updates_live_then_the_finished_job(
     player = threading.Thread(target=_play_turn, args=(env, ["one", "two", "three"]))
     player.start()
     code, out, err = run(capsys, "submit", "go", "--tail", "--json", "--timeout", "10")
-    player.join()
+    joined(player)
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     assert lines[:3] == [
@@ -335,7 +339,7 @@ def test_submit_wait_prints_the_outcome_and_output(
     player = threading.Thread(target=_play_turn, args=(env, ["one"]))
     player.start()
     code, out, err = run(capsys, "submit", "go", "--wait", "--timeout", "10")
-    player.join()
+    joined(player)
     assert code == 0, err
     job_id = env.job_ids()[0]
     assert out.splitlines() == [f"{job_id}  queued", f"{job_id}  completed", "all done"]
@@ -400,12 +404,13 @@ def test_email_and_download_ask_the_upstream(
     monkeypatch.setenv("WORKERS_API_URL", emulator.url)
     monkeypatch.setenv("WORKERS_API_KEY", emulator.api_key)
     with WorkersClient.from_settings(load_settings()) as client:
-        upstream = client.create("write a report")
-        deadline = time.monotonic() + 10
-        while upstream.running or not upstream.files:
-            assert time.monotonic() < deadline, "the emulator's turn never finished"
-            time.sleep(0.05)
-            upstream = client.retrieve(upstream.id)
+        created = client.create("write a report")
+
+        def finished() -> Worker | None:
+            upstream = client.retrieve(created.id)
+            return upstream if not upstream.running and upstream.files else None
+
+        upstream = wait_for(finished, 10, "the emulator's turn to finish")
         expected_email = client.retrieve_email(upstream.id)
     job = queued_job(env)
     env.store.set_submitted(job, upstream)
@@ -583,6 +588,14 @@ def test_process_with_json_writes_errors_in_the_http_apis_shape(env: Env) -> Non
     assert unreachable["message"].startswith("cannot reach Redis") and dead not in away.stderr
     plain = cli(env, "submit", "ok", "--tag", "Bad Key=x")
     assert plain.stderr.startswith("error: tags:")  # without --json: the one line
+    # argparse's own refusals too: a script that asked for JSON gets JSON.
+    choice = cli(env, "submit", "ok", "--budget", "cheap", "--json")
+    assert choice.returncode == 2 and choice.stdout == ""
+    usage = json.loads(choice.stderr)["error"]
+    assert (usage["type"], usage["field"]) == ("invalid_request", "--budget"), usage
+    assert "cheap" in usage["message"]
+    plain = cli(env, "submit", "ok", "--budget", "cheap")
+    assert plain.stderr.startswith("error: argument --budget: invalid choice")
     assert env.our_keys() == [] and env.depth() == depth
 
 

@@ -43,6 +43,8 @@ def test_cancel_named_jobs_says_the_turn_goes_on_upstream(
     assert code == 0
     assert out.splitlines() == [f"{a}  cancelled", f"{b}  cancelled"]
     assert UPSTREAM_NOTE in err and "billed" in err
+    code, out, err = run(capsys, "cancel", str(a))  # ended already: nothing to warn of
+    assert out.strip() == f"{a}  cancelled  (had ended already)" and err == ""
     code, out, _ = run(capsys, "cancel", str(a), "--json")
     assert json.loads(out) == {
         "jobs": [{"id": a, "status": "cancelled", "cancelled_now": False}],
@@ -68,8 +70,8 @@ def test_bulk_cancel_by_tag_status_and_schedule(
     assert sorted(j["id"] for j in json.loads(out)["jobs"]) == sorted(acme)
     with _orch() as orch:
         assert orch.get(str(other)).status == "queued"
-    code, out, _ = run(capsys, "cancel", "--schedule", "sch_none")
-    assert code == 0 and "no live job matched" in out
+    code, out, err = run(capsys, "cancel", "--schedule", "sch_none")
+    assert code == 0 and "no live job matched" in out and err == ""
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,11 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from orchestrator import __version__
@@ -27,6 +28,7 @@ from orchestrator.ops.redis_server import free_port
 from orchestrator.wire.models import Worker
 
 from .conftest import Emulator
+from .processes import joined, wait_for
 from .test_cli import ROOT, Env, _play_turn, day_ms, env, queued_job, run, worker
 
 __all__ = ["env"]  # the fixture, shared with test_cli
@@ -158,8 +160,11 @@ def test_email_and_import_print_json(
     assert imported == {"imported": [], "already": [], "cancelled_upstream": []}
 
 
-def _first_json_line(argv: list[str], child_env: dict[str, str]) -> Any:
-    """Start a long-running command, read its first stdout line as JSON, stop it."""
+def _first_json_line(
+    argv: list[str], child_env: dict[str, str], then: Callable[[Any], object] = bool
+) -> Any:
+    """Start a long-running command, read its first stdout line as JSON, call ``then``
+    with it while the command still runs, stop it."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", *argv],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env,
@@ -167,7 +172,9 @@ def _first_json_line(argv: list[str], child_env: dict[str, str]) -> Any:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # bounded: the process exits (EOF) if it fails
-        return json.loads(line)
+        said = json.loads(line)
+        then(said)
+        return said
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -181,8 +188,27 @@ def test_servers_announce_themselves_as_json(env: Env) -> None:
     metrics = _first_json_line(["metrics", "--port", "0", "--json"], child_env)
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/metrics", metrics["url"])
     port = free_port()
-    emulator = _first_json_line(["emulator", "--port", str(port), "--json"], child_env)
+    faults = ["--rate-lost-response", "1", "--rate-slow", "0.5", "--slow-seconds", "0.01"]
+    given: dict[str, Any] = {}
+
+    def read_faults(_: object) -> None:
+        def answer() -> bool:
+            try:
+                url = f"http://127.0.0.1:{port}/_emulator/faults"
+                auth = {"Authorization": "Bearer sk-shape"}
+                given.update(httpx.get(url, timeout=2, headers=auth).json())
+            except httpx.TransportError:
+                return False
+            return True
+
+        wait_for(answer, 20, "the emulator to answer")
+
+    emulator = _first_json_line(
+        ["emulator", "--port", str(port), *faults, "--json"], child_env, read_faults
+    )
     assert emulator["url"] == f"http://127.0.0.1:{port}/api"
+    shown = (given["rate_lost_response"], given["rate_slow"], given["slow_seconds"])
+    assert shown == (1, 0.5, 0.01)
     worker = _first_json_line(["worker", "--queues", "api", "--json"], child_env)
     assert worker == {"queues": ["api"], "pool": "threads", "concurrency": 8}
     beat = _first_json_line(["beat", "--json"], child_env)
@@ -240,7 +266,7 @@ def test_submit_tail_shows_the_text_then_the_outcome(
     player = threading.Thread(target=_play_turn, args=(env, ["one ", "two ", "three"]))
     player.start()
     code, out, err = run(capsys, "submit", "go", "--tail", "--timeout", "10")
-    player.join()
+    joined(player)
     assert code == 0, err
     (job_id,) = env.job_ids()
     assert out.splitlines() == [
@@ -358,7 +384,9 @@ BAD = [
     (["schedules"], b"error: the following arguments are required: ACTION"),
     (["budgets", "set", "global", "--usd", "0.0000001"], b"error: usd:"),
     (["limits", "set", "tag:tenant=acme", "100000000000000000000"], b"error: limit:"),
-    (["--json"], b"error: the following arguments are required: COMMAND"),
+    (["--json"], b'{"error": {"type": "invalid_request", "field": null, "message": "the following'),
+    (["costs", "--by", "\x1b[2J", "--json"],
+     b'{"error": {"type": "invalid_request", "field": "--by"'),
 ]
 
 

@@ -28,6 +28,8 @@ from orchestrator.store.live import LiveStore
 from orchestrator.store.status import JobWatch
 from orchestrator.store.tokens import TokenStore
 
+from .processes import joined
+
 AMQP = "amqp://u@127.0.0.1:5672/v"
 
 
@@ -66,7 +68,7 @@ def _sees_cancel(store: RedisStore, watch: JobWatch, job_id: str, after: float) 
     try:
         return _next_move(watch) == "cancelled"
     finally:
-        moved.join()
+        joined(moved)
 
 
 def test_a_cluster_store_needs_a_broker_of_its_own_and_never_is_one() -> None:

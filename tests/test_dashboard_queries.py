@@ -22,10 +22,10 @@ from orchestrator.facade import Orchestrator
 from orchestrator.ledger import total_cost_micro
 from orchestrator.money import MICRO_PER_USD
 from orchestrator.ops.processes import Proc, wait_for
-from orchestrator.ops.redis_server import free_port
 
 from .conftest import Emulator
 from .gateway_support import worker  # noqa: F401
+from .processes import start_on_a_free_port
 
 pytestmark = pytest.mark.skipif(
     not Path(PROMETHEUS).exists(),
@@ -38,12 +38,13 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(
     env: dict[str, str], tmp_path: Path, emulator: Emulator, worker: Any, orch: Orchestrator
 ) -> None:
     emulator.configure(turn_seconds=0.5, events_per_turn=5)
-    port = free_port()
-    exporter = Proc(
-        [sys.executable, "-m", "orchestrator", "metrics", "--port", str(port)],
-        env, tmp_path / "metrics.log", "metrics on http",
+    exporter, port = start_on_a_free_port(
+        lambda port: Proc(
+            [sys.executable, "-m", "orchestrator", "metrics", "--port", str(port)],
+            env, tmp_path / "metrics.log", "metrics on http",
+        ),
+        timeout=30,
     )  # fmt: skip
-    exporter.start(timeout=30)
     try:
         with Prometheus([f"127.0.0.1:{port}"], tmp_path / "prometheus", SCRAPE_SECONDS) as prom:
             prom.wait_scraped(2)

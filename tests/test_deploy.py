@@ -269,7 +269,9 @@ def test_kubernetes_redis_cluster_manifests() -> None:
 
 def test_docker_compose_config_validates(tmp_path: Path) -> None:
     docker = shutil.which("docker")
-    probe = docker and subprocess.run([docker, "compose", "version"], capture_output=True)
+    probe = docker and subprocess.run(
+        [docker, "compose", "version"], capture_output=True, timeout=60
+    )
     if not probe or probe.returncode != 0:
         pytest.skip("no `docker compose` client here (PyYAML checks above still ran)")
     # A copy with .env made from .env.example, so the real .env is never needed here.
@@ -450,7 +452,9 @@ def test_redis_conf_runs_on_a_real_server(tmp_path: Path) -> None:
         binary = find_redis_server()
     except Exception:
         pytest.skip("no redis-server here")
-    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, timeout=60
+    ).stdout
     major = re.search(r"v=(\d+)\.", version)
     if not major or int(major.group(1)) < 7:
         pytest.skip(f"the conf targets redis:7; this is {version.strip()}")

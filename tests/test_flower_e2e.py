@@ -16,10 +16,16 @@ import httpx
 import pytest
 
 from orchestrator.facade import Orchestrator
-from orchestrator.ops.redis_server import free_port
 
 from .conftest import Emulator
-from .processes import Proc, broker_depth, celery_worker, stack_env, wait_for
+from .processes import (
+    Proc,
+    broker_depth,
+    celery_worker,
+    stack_env,
+    start_on_a_free_port,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -40,17 +46,17 @@ def test_flower_shows_a_refused_job_as_failure_with_its_reason_and_no_heartbeats
         redis_url, key_prefix, emulator.url, emulator.api_key,
         FLOWER_USER="admin", FLOWER_PASSWORD=password,
     )  # fmt: skip
-    port = free_port()
-    flower = Proc(
-        [sys.executable, "-m", "orchestrator", "flower", "--port", str(port)],
-        env, tmp_path / "flower.log", "Visit me at",
+    # Flower first: it learns of tasks from events, so it must be listening.
+    flower, port = start_on_a_free_port(
+        lambda port: Proc(
+            [sys.executable, "-m", "orchestrator", "flower", "--port", str(port)],
+            env, tmp_path / "flower.log", "Visit me at",
+        )
     )  # fmt: skip
     node = f"fl{key_prefix}@{socket.gethostname()}"
     worker = celery_worker(env, tmp_path / "worker.log", name=f"fl{key_prefix}", pool=pool)
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=("admin", password), timeout=10)
     try:
-        # Flower first: it learns of tasks from events, so it must be listening.
-        flower.start(timeout=60)
         worker.start(timeout=60)
         wait_for(lambda: orch.store.heartbeat(node), 30, "the worker's first heartbeat")
 

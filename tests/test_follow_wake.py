@@ -18,6 +18,7 @@ from orchestrator.wire.aclient import AsyncWorkersClient
 from orchestrator.wire.client import WorkersClient
 
 from .conftest import Emulator
+from .processes import async_wait_for
 
 
 class _Glitching(FollowStore):
@@ -25,12 +26,16 @@ class _Glitching(FollowStore):
     cluster client raised on a connection a failover had closed."""
 
     glitches = 0
+    passes = 0  # claims that returned or raised
 
     async def claim(self, owner: str, lease_ms: int, limit: int) -> list[str]:
-        if self.glitches:
-            self.glitches -= 1
-            raise AttributeError("'NoneType' object has no attribute 'writelines'")
-        return await super().claim(owner, lease_ms, limit)
+        try:
+            if self.glitches:
+                self.glitches -= 1
+                raise AttributeError("'NoneType' object has no attribute 'writelines'")
+            return await super().claim(owner, lease_ms, limit)
+        finally:
+            self.passes += 1
 
 
 def _followed(
@@ -62,11 +67,14 @@ def _followed(
             follower = Follower(follows, api, on_finished, poll_seconds=poll_seconds)
             stop = asyncio.Event()
             running = asyncio.create_task(follower.run(stop))
-            deadline = time.monotonic() + 10
-            while not (await r.pubsub_numsub(keys.follow_wake))[0][1]:  # subscribed
-                assert time.monotonic() < deadline, "the follower never subscribed"
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)  # past the first claim, into the poll wait
+            async def subscribed() -> bool:
+                return bool((await r.pubsub_numsub(keys.follow_wake))[0][1])
+
+            async def claimed_once() -> bool:  # past the first claim, into the poll wait
+                return follows.passes > 0
+
+            await async_wait_for(subscribed, 10, "the follower to subscribe")
+            await async_wait_for(claimed_once, 10, "the follower's first claim")
             t0 = time.monotonic()
             if wake:
                 await asyncio.to_thread(store.set_submitted, job, worker)
@@ -76,7 +84,7 @@ def _followed(
                 took = await asyncio.wait_for(finished.get(), 30) - t0
             finally:
                 stop.set()
-                await running
+                await asyncio.wait_for(running, 30)
         await r.aclose()
         return took
 

@@ -18,6 +18,7 @@ from orchestrator.gateway.app import create_app
 from orchestrator.ops.redis_server import free_port
 from orchestrator.settings import load_settings
 from orchestrator.store.jobs import RedisStore
+from orchestrator.wire.models import Worker
 
 from .gateway_support import Gateway, gateway, gateway_extra, start_gateway  # noqa: F401
 
@@ -82,7 +83,7 @@ def test_listing_filters_and_cursor_pages(gateway: Gateway, store: RedisStore) -
     after = api.get("/v1/jobs", params={"created_after": f"{at}.{ms}Z"}).json()["jobs"]
     assert set(ids[3:]) <= {j["id"] for j in after}
     assert error_of(api.get("/v1/jobs", params={"cursor": "nope"}), 400)["field"] == "cursor"
-    assert error_of(api.get("/v1/jobs", params={"tag": "bad"}), 400)["field"] == "tags"
+    assert error_of(api.get("/v1/jobs", params={"tag": "bad"}), 400)["field"] == "tag"
     assert error_of(api.get("/v1/jobs", params={"limit": 0}), 422)["field"] == "limit"
 
     # A job whose record expired (retention) is skipped and leaves the index.
@@ -137,6 +138,35 @@ def test_continue_of_an_unknown_or_malformed_worker_is_refused_up_front(
     assert store.broker.waiting("api") == waiting and store.recent_jobs() == []
 
 
+def test_a_continue_carries_the_earlier_jobs_tier_and_tags(
+    gateway: Gateway, store: RedisStore
+) -> None:
+    acme, admin = gateway.client("submit", tenant="acme"), gateway.client("submit")
+    first = acme.post("/v1/jobs", json={"input": "first", "budget": "high",
+                                        "tags": {"team": "x"}}).json()  # fmt: skip
+    done = {"id": "wrk_carry", "status": "completed", "running": False}
+    assert store.set_submitted(store.require_job(first["id"]), Worker.model_validate(done))
+
+    def go(client: httpx.Client, key: str | None = None, **body: Any) -> httpx.Response:
+        headers = {"Idempotency-Key": key} if key else {}
+        body = {"worker": first["id"], "input": "more", **body}
+        return client.post("/v1/jobs/continue", json=body, headers=headers)
+
+    for client in (acme, admin):
+        made = go(client)
+        assert made.status_code == 202, made.text
+        job = made.json()
+        assert (job["budget"], job["tags"]) == ("high", {"tenant": "acme", "team": "x"})
+    by_worker = go(admin, worker="wrk_carry", budget="low", tags={"team": "y"}).json()
+    assert (by_worker["budget"], by_worker["tags"]) == ("low", {"tenant": "acme", "team": "y"})
+    # A repeat under one key is the same job; naming another tier or tag is a conflict.
+    once = go(acme, "carry-1").json()
+    assert go(acme, "carry-1").json()["id"] == once["id"]
+    assert go(acme, "carry-1", budget="high", tags={"team": "x"}).json()["id"] == once["id"]
+    assert error_of(go(acme, "carry-1", budget="low"), 409)["field"] == "idempotency_key"
+    assert error_of(go(acme, "carry-1", tags={"team": "z"}), 409)["field"] == "idempotency_key"
+
+
 def test_error_shapes(gateway: Gateway) -> None:
     url = gateway.url
     assert error_of(httpx.get(f"{url}/v1/jobs"), 401)["field"] == "authorization"
@@ -167,9 +197,19 @@ def test_error_shapes(gateway: Gateway) -> None:
     assert error_of(coerced, 422)["field"] == "fetch_files"
     text_limit = admin.put("/v1/limits", json={"key": "budget:low", "limit": "5"})
     assert error_of(text_limit, 422)["field"] == "limit"
+    number_cap = error_of(admin.put("/v1/budgets", json={"scope": "global", "limit_usd": 5.5}), 422)
+    assert number_cap["field"] == "limit_usd" and '"12.50"' in number_cap["message"]
     # since/until filter days only: refused rather than silently ignored for a tag.
     by_tag = admin.get("/v1/costs", params={"by": "tag", "since": "2026-01-01"})
     assert error_of(by_tag, 400)["field"] == "since"
+    # A misspelt filter is refused, not ignored (which would list every job).
+    typo = error_of(admin.get("/v1/jobs", params={"tags": "tenant=acme"}), 422)
+    assert typo["field"] == "tags" and typo["message"].endswith("status, tag)")
+    assert error_of(admin.get("/v1/me", params={"x": "1"}), 422)["field"] == "x"
+    assert admin.get("/", params={"utm_source": "mail"}).status_code == 200  # the console
+    since = admin.get("/v1/jobs/job_unknown/events", params={"since": "3"})
+    assert error_of(since, 422)["field"] == "since"
+    assert admin.get("/v1/jobs", params={"tag": "tenant=acme", "limit": 5}).status_code == 200
     assert error_of(admin.get("/v1/schedules/sch_unknown"), 404)["field"] == "schedule_id"
     assert error_of(admin.get("/v1/nowhere"), 404)
     assert error_of(admin.delete("/v1/jobs"), 405)

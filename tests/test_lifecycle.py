@@ -139,7 +139,8 @@ def test_cancel_refuses_bad_input(orch: Orchestrator) -> None:
 def test_cancel_many_filters(orch: Orchestrator) -> None:
     acme = [orch.submit(f"a{i}", tags={"tenant": "acme", "kind": "x"}) for i in range(3)]
     other = orch.submit("b", tags={"tenant": "globex"})
-    sched = orch.submit("s", schedule_id="sch_abc")
+    schedule = orch.schedules.create(None, "s", {"type": "delayed", "delayInSeconds": 3600})
+    sched = orch.submit("s", schedule_id=schedule.id)
     done = orch.submit("d", tags={"tenant": "acme"})
     orch.store.transition(done.id, "completed")
     for bad in ({}, {"tags": {}}, {"status": "completed"}, {"status": "nope"},
@@ -150,7 +151,7 @@ def test_cancel_many_filters(orch: Orchestrator) -> None:
         j.id for j in acme
     )
     assert orch.cancel_many(tags={"tenant": "acme"}) == []  # nothing live is left of it
-    assert orch.cancel_many(schedule_id="sch_abc") == [sched.id]
+    assert orch.cancel_many(schedule_id=schedule.id) == [sched.id]
     assert orch.get(other.id).status == "queued"
     assert orch.cancel_many(status="queued") == [other.id]
     assert orch.get(done.id).status == "completed"
@@ -161,6 +162,23 @@ def _submitted(orch: Orchestrator, text: str, worker_id: str, **limits: Any) -> 
     job = orch.submit(text, **limits)
     assert orch.store.set_submitted(job, _worker(worker_id, running=True))
     return orch.get(job.id)
+
+
+def test_a_continue_carries_the_earlier_jobs_tier_and_tags(orch: Orchestrator) -> None:
+    first = orch.submit("first", budget="high", tags={"tenant": "acme", "team": "x"})
+    assert orch.store.set_submitted(first, _worker("wkr_carry", running=False))
+    by_job = orch.continue_(first.id, "more")
+    assert (by_job.budget, by_job.tags) == ("high", {"tenant": "acme", "team": "x"})
+    # Named by its worker: the worker's latest job of ours; a tag given wins its key only.
+    assert orch.store.set_submitted(by_job, _worker("wkr_carry", running=False))
+    by_worker = orch.continue_("wkr_carry", "more", budget="low", tags={"team": "y"})
+    assert (by_worker.budget, by_worker.tags) == ("low", {"tenant": "acme", "team": "y"})
+    assert orch.get(by_worker.id).tags == {"tenant": "acme", "team": "y"}
+    # Tags of the wrong type are still refused by name, nothing written.
+    before = len(orch.store.recent_jobs())
+    with pytest.raises(InputError) as info:
+        orch.continue_(first.id, "more", tags="tenant=globex")  # type: ignore[arg-type]
+    assert info.value.field == "tags" and len(orch.store.recent_jobs()) == before
 
 
 def test_cancel_of_a_running_job_settles_its_turn_later_and_once(orch: Orchestrator) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -214,22 +215,29 @@ def test_metrics_command_serves_over_http(
 ) -> None:
     job, _ = store.create_job(Submission(input="served", budget="low"))
     store.post_turn(job, worker("wrk_http", "0.5", 42), now_ms())
-    port = free_port()
     env = cli_env(REDIS_URL=redis_url, KEY_PREFIX=key_prefix)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "metrics", "--port", str(port)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    said = tmp_path / "metrics.out"
+    # Port 0: the exporter binds a free port itself and says which (no port picked
+    # here that another process could take first).
+    with open(said, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "metrics", "--port", "0"],
+            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
 
+        def listening() -> str | None:
+            assert proc.poll() is None, said.read_text()
+            line = r"^metrics on (http://127\.0\.0\.1:\d+/metrics)$"
+            found = re.search(line, said.read_text(), re.M)
+            return found.group(1) if found else None
+
+        url = wait_for(listening, 30, "the metrics exporter to listen")
+
         def fetch() -> str | None:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert proc.poll() is None, said.read_text()
             try:
-                response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                response = httpx.get(url, timeout=5)
             except httpx.TransportError:
                 return None
             return response.text if response.status_code == 200 else None

@@ -6,6 +6,7 @@ Redis. Real processes, bounded waits."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -20,8 +21,11 @@ import httpx
 import pytest
 
 from orchestrator.errors import ConfigError
+from orchestrator.ops import stack as stack_module
 from orchestrator.ops.processes import Proc
 from orchestrator.ops.redis_server import RedisServer, find_redis_server, free_port
+from orchestrator.ops.stack import Stack
+from orchestrator.settings import load_settings
 
 from .processes import wait_for
 from .test_stack import alive, descendants
@@ -170,6 +174,39 @@ def test_redis_server_start_failures_name_what_failed(tmp_path: Path) -> None:
         assert node.port == port
         with node:
             assert node.port not in (port, None)
+
+
+def test_a_part_whose_picked_port_is_taken_first_starts_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env of the caller's
+    for name in os.environ.keys() - quiet_env().keys():
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("EMULATOR_TURN_SECONDS", "0.3")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        held = holder.getsockname()[1]
+        picks = iter([held])  # the emulator's pick: bound by someone else already
+        monkeypatch.setattr(stack_module, "free_port", lambda: next(picks, 0) or free_port())
+        out = io.StringIO()
+        stack = Stack(
+            load_settings(), tmp_path / "s", with_beat=False, with_flower=False,
+            with_gateway=False, with_metrics=False, shell_file=False, out=out,
+        )  # fmt: skip
+        try:
+            stack.start(timeout=120)
+            assert next(picks, None) is None  # the held port was tried
+            assert "emulator  its port was taken before it bound it" in out.getvalue()
+            api = stack.env["WORKERS_API_URL"]
+            emulator, worker = stack.components
+            assert emulator.url == api != f"http://127.0.0.1:{held}"
+            # The worker, launched before the emulator lost its port, runs with the new URL.
+            environ = Path(f"/proc/{worker.proc.pid}/environ").read_bytes().split(b"\0")
+            assert f"WORKERS_API_URL={api}".encode() in environ
+            assert stack.health() == {"redis": "ok", "emulator": "ok", "worker": "ok"}
+        finally:
+            stack.stop()
 
 
 def test_a_data_dir_of_redis_7_is_refused_by_redis_6(tmp_path: Path) -> None:

@@ -5,12 +5,12 @@ with plain httpx, and every answer checked field by field against the reference'
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import httpx
 
 from .conftest import Emulator
+from .processes import wait_for
 
 WORKER_FIELDS = {
     "id": str, "created_at": (int, type(None)), "error": type(None), "files": list,
@@ -85,8 +85,11 @@ def test_every_route_of_the_reference(emulator: Emulator) -> None:
     email = api.get(f"/workers/{wid}/email").json()
     assert isinstance(email, str) and "@" in email
     # workers.retrieve_file: raw bytes of a nested path
-    time.sleep(0.3)
-    final = api.get(f"/workers/{wid}").json()
+    def ended() -> dict[str, Any] | None:  # the continued turn, with its files
+        worker = api.get(f"/workers/{wid}").json()
+        return None if worker["running"] else worker
+
+    final = wait_for(ended, 10, "the continued turn to end")
     nested = next(f for f in final["files"] if "/" in (f["filename"] or ""))
     raw = api.get(f"/workers/{wid}/files/{nested['filename']}").content
     assert raw and httpx.get(nested["url"], headers=api.headers).content == raw

@@ -22,6 +22,7 @@ from orchestrator.store.jobs import now_ms
 from orchestrator.store.schedules import Claim, ScheduleStore
 
 from .conftest import Emulator
+from .processes import joined
 
 
 class FakeApp:
@@ -161,7 +162,7 @@ def test_racing_claimers_claim_each_slot_once(orch: Orchestrator) -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        joined(t)
     assert claimed and max(claimed.values()) == 1
     for sid in ids:
         slots = sorted(int(m.split("|")[1]) for m in claimed if m.startswith(sid + "|"))

@@ -48,7 +48,9 @@ def make_certificates(folder: Path) -> dict[str, Path]:
         " -subj /CN=another-ca",
     ]
     for step in steps:
-        subprocess.run(["openssl", *step.split()], cwd=folder, check=True, capture_output=True)
+        subprocess.run(
+            ["openssl", *step.split()], cwd=folder, check=True, capture_output=True, timeout=60
+        )
     return {name: folder / f"{name}.pem" for name in ("ca", "server", "other")}
 
 

@@ -4,6 +4,8 @@ address forms and passwords, and reading RabbitMQ's queues."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from orchestrator.celery import (
@@ -15,7 +17,7 @@ from orchestrator.celery import (
 )
 from orchestrator.errors import ConfigError
 from orchestrator.ops.rabbitmq import RabbitQueues, TemporaryVhost
-from orchestrator.ops.redis_server import RedisServer
+from orchestrator.ops.redis_server import RedisServer, free_port
 from orchestrator.ops.sentinel import SentinelGroup
 from orchestrator.runtime import store_for
 from orchestrator.settings import load_settings
@@ -158,6 +160,30 @@ def test_the_store_follows_the_primary_sentinel_names() -> None:
             assert store.heartbeat("w") == "456"
         finally:
             store.close()
+
+
+def test_a_sentinel_whose_picked_port_is_taken_first_listens_on_another() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        held = holder.getsockname()[1]
+        picks = iter([held])  # the first sentinel's pick: bound by someone else already
+        group = SentinelGroup(replicas=1, pick_port=lambda: next(picks, 0) or free_port())
+        with group:
+            assert next(picks, None) is None  # the held port was tried
+            ports = group.sentinel_ports
+            assert held not in ports and len(set(ports)) == 3
+            assert group.url.split("://", 1)[1].split("/")[0] == ",".join(
+                f"127.0.0.1:{port}" for port in ports
+            )
+            # Each sentinel knows the others on the ports they listen on.
+            assert group.named() == {group.servers[0].port}
+            store = store_for(load_settings(redis_url=group.url, key_prefix="sp"))
+            try:
+                store.record_heartbeat("w", 1, 60)
+                assert store.heartbeat("w") == "1"
+            finally:
+                store.close()
 
 
 def test_rabbitmq_depth_of_an_undeclared_queue_is_zero_and_bad_credentials_say_so() -> None:

@@ -4,7 +4,7 @@ Each sub-module registers its commands on the shared parser; every command takes
 ``--json`` and prints through :mod:`orchestrator.cli.output`. Errors, ours
 (:class:`~orchestrator.errors.OrchestratorError`) and argparse's alike, are one line on
 stderr with a non-zero exit status (2 for refused input), never a usage dump or a
-traceback; a command run with ``--json`` writes ours as one JSON object in the HTTP
+traceback; a command run with ``--json`` writes them as one JSON object in the HTTP
 API's error shape instead.
 """
 
@@ -43,12 +43,28 @@ SHELLS = ("bash", "zsh", "fish", "tcsh")
 DEBUG_VARIABLE = "ORCHESTRATOR_DEBUG"
 
 
+class _UsageError(SystemExit):
+    """argparse's own usage error, for :func:`main` to tell as it tells ours (a
+    SystemExit still, with the input status, for any other caller of the parser)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_INPUT)
+        self.message = message
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        # argparse's own usage errors: one line, exit 2, like InputError (the usage is
-        # one --help away).
-        output.error(message)
-        sys.exit(EXIT_INPUT)
+        # One line, exit 2, like InputError (the usage is one --help away); main
+        # prints it, as JSON when the command line asks for --json.
+        raise _UsageError(message)
+
+
+def _usage_field(message: str) -> tuple[str | None, str]:
+    """argparse's ``argument --budget: invalid choice: ...`` as (field, message)."""
+    head, sep, rest = message.partition(": ")
+    if sep and head.startswith("argument "):
+        return head.removeprefix("argument "), rest
+    return None, message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad is not None:
         output.error(f"arguments: '{bad}' is not valid UTF-8 text")
         return EXIT_INPUT
-    args = parser.parse_args(arguments)
+    try:
+        args = parser.parse_args(arguments)
+    except _UsageError as exc:
+        if "--json" in arguments:
+            output.error_json("invalid_request", *_usage_field(exc.message))
+        else:
+            output.error(exc.message)
+        return EXIT_INPUT
     as_json = bool(getattr(args, "json", False))
 
     def refused(kind: str, field: str | None, message: str, prefix: str = "error") -> None:

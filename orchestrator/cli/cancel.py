@@ -72,5 +72,6 @@ def run_cancel(args: argparse.Namespace) -> int:
         print(output.clean(f"{job_id}  {status}" + ("" if now else "  (had ended already)")))
     if not rows:
         print("no live job matched")
-    output.error(UPSTREAM_NOTE, prefix="note")
+    if any(now for _, _, now in rows):  # nothing cancelled now: no turn to warn about
+        output.error(UPSTREAM_NOTE, prefix="note")
     return 0

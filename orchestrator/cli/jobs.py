@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     cont = sub.add_parser("continue", help="add a turn to a worker (by worker or job id)")
     cont.add_argument("worker_or_job", metavar="WORKER_OR_JOB", help="a worker id or job id")
     cont.add_argument("input", metavar="INPUT", help="the task text; '-' reads stdin")
-    _submission_options(cont)
+    _submission_options(cont, carried=True)
     cont.set_defaults(func=run_continue)
 
     status = sub.add_parser("status", help="show a job")
@@ -90,13 +90,17 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     costs.set_defaults(func=run_costs)
 
 
-def _submission_options(parser: argparse.ArgumentParser) -> None:
+def _submission_options(parser: argparse.ArgumentParser, *, carried: bool = False) -> None:
+    """A continue's budget and tags not given are the earlier job's (``carried``)."""
     parser.add_argument(
-        "--budget", choices=BUDGETS, default="standard", help="budget tier (default standard)"
-    )
+        "--budget", choices=BUDGETS, default=None if carried else "standard",
+        help="budget tier (default: the earlier job's)" if carried
+        else "budget tier (default standard)",
+    )  # fmt: skip
     parser.add_argument(
-        "--tag", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
-    )
+        "--tag", action="append", default=[], metavar="KEY=VALUE",
+        help="repeatable; over the earlier job's tags" if carried else "repeatable",
+    )  # fmt: skip
     parser.add_argument("--idempotency-key", metavar="K", help="same key, same job")
     parser.add_argument("--fetch-files", action="store_true", help="fetch published files")
     parser.add_argument(
@@ -140,7 +144,7 @@ def _enqueue(args: argparse.Namespace, worker_or_job: str | None) -> int:
     text = _stdin() if args.input == "-" else args.input
     options: dict[str, Any] = {
         "budget": args.budget,
-        "tags": tags,
+        "tags": tags if tags or worker_or_job is None else None,
         "idempotency_key": args.idempotency_key,
         "fetch_files": args.fetch_files,
         "priority": args.priority,

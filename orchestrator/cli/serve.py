@@ -40,11 +40,16 @@ def register(sub: Any) -> None:
         ("500", "answers 500"),
         ("503", "answers 503"),
         ("cut-stream", "cuts a stream short"),
+        ("lost-response", "(POSTs) do their work, then lose the answer (a 502)"),
+        ("slow", "answer only after --slow-seconds"),
     ):
         emu.add_argument(
             f"--rate-{fault}", type=float, default=0.0,
             help=f"share of requests (0-1) that {what} (default 0)",
         )  # fmt: skip
+    emu.add_argument(
+        "--slow-seconds", type=float, default=1.0, help="delay of a slow answer (default 1)"
+    )
     json_option(emu, 'print {"url"} on stdout once serving')
     emu.set_defaults(func=run_emulator)
 
@@ -95,6 +100,9 @@ def run_emulator(args: argparse.Namespace) -> int:
                 rate_500=args.rate_500,
                 rate_503=args.rate_503,
                 rate_cut_stream=args.rate_cut_stream,
+                rate_lost_response=args.rate_lost_response,
+                rate_slow=args.rate_slow,
+                slow_seconds=args.slow_seconds,
                 seed=args.seed,
             ),
         )

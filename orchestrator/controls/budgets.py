@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from orchestrator import rules
 from orchestrator.errors import InputError, OrchestratorError
@@ -54,8 +54,9 @@ class BudgetCap(BaseModel):
 
     scope: Annotated[str, AfterValidator(rules.check_validator(parse_scope))]
     period: Period = "day"
-    # At least one micro-dollar, at most rules.CAP_MAX_USD.
-    limit_usd: Annotated[Decimal, AfterValidator(rules.problem_validator(rules.cap_problem))]
+    # A Decimal, int or decimal text (a float is inexact: refused, as over HTTP), at
+    # least one micro-dollar, at most rules.CAP_MAX_USD.
+    limit_usd: Annotated[Decimal, BeforeValidator(rules.check_validator(rules.cap_usd))]
     warn_at: Annotated[float, Field(gt=0, le=1)] = 0.8
     on_exceed: Literal["refuse", "wait"] = "refuse"
 

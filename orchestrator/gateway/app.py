@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.facade import Orchestrator
@@ -86,6 +87,44 @@ async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> 
     await response(scope, receive, send)
 
 
+def _query_names(route: APIRoute) -> frozenset[str]:
+    """The query parameters ``route`` takes, its dependencies' included."""
+    names: set[str] = set()
+    todo = [route.dependant]
+    while todo:
+        dependant = todo.pop()
+        names.update(field.alias for field in dependant.query_params)
+        todo.extend(dependant.dependencies)
+    return frozenset(names)
+
+
+def _known_query() -> Any:
+    """A dependency refusing (422, ``field`` the parameter) a query parameter a ``/v1``
+    route does not take: a misspelt filter (``?tags=`` for ``?tag=``) would otherwise be
+    ignored, and the list answered unfiltered. The console's page and the health check
+    take whatever a browser or a probe adds."""
+    known: dict[int, frozenset[str]] = {}
+
+    async def check(request: Request) -> None:
+        route = request.scope.get("route")
+        if not isinstance(route, APIRoute) or not request.query_params:
+            return
+        if not route.path.startswith("/v1/"):
+            return
+        names = known.get(id(route))
+        if names is None:
+            names = known[id(route)] = _query_names(route)
+        for name in request.query_params:
+            if name not in names:
+                takes = ", ".join(sorted(names)) or "none"
+                raise errors.ApiError(
+                    422, f"this route takes no such query parameter (it takes: {takes})",
+                    field=name[:64],
+                )  # fmt: skip
+
+    return Depends(check)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway app; settings from the environment unless given."""
     settings = settings or load_settings()
@@ -117,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description="Jobs, schedules and costs over REST; live updates over SSE.",
         lifespan=lifespan,
+        dependencies=[_known_query()],
     )
     errors.install(app)
     for module in (jobs, events, schedules, money, me):

@@ -75,8 +75,12 @@ def _same(job: Job, who: Principal, body: SubmitBody, kind: str, settings: Setti
     # A limit left out is the setting's, as the job stored it.
     asked = with_default_limits(settings, body).values()
     stored = _limits_ms(getattr(job, n) for n in LIMITS)
-    if (job.kind, job.input, job.budget, job.tags, stored) != (
-        kind, body.input, body.budget, who.tags_for(body.tags), _limits_ms(asked)
+    # A continue's tier and tags not given are the earlier job's: only those given count.
+    budget = job.budget if body.budget is None else body.budget
+    tags = who.tags_for(body.tags or {})
+    same_tags = job.tags == tags if kind == "create" else tags.items() <= job.tags.items()
+    if not same_tags or (job.kind, job.input, job.budget, stored) != (
+        kind, body.input, budget, _limits_ms(asked)
     ):  # fmt: skip
         raise ApiError(
             409, "the idempotency key names a different submission", field="idempotency_key"
@@ -131,7 +135,7 @@ def continue_(
         worker.startswith("job_") and rules.JOB_ID.ok(worker) and not gw.orch.store.get_job(worker)
     ):
         raise not_found(f"job {worker}", "worker")
-    tags = who.tags_for(body.tags)
+    tags = None if body.tags is None and who.tenant is None else who.tags_for(body.tags or {})
     job = gw.orch.continue_(
         worker, body.input, budget=body.budget, tags=tags,
         idempotency_key=_idem(who, idempotency_key), fetch_files=body.fetch_files,
@@ -198,7 +202,7 @@ def list_jobs(
 ) -> JobPage:
     """Jobs newest first, filtered; pages come from indexes. A page may hold fewer than
     ``limit`` jobs (a filter skipped some): go on while ``next_cursor`` is set."""
-    tags = [parse_tag(t) for t in tag or []]
+    tags = [parse_tag(t, "tag") for t in tag or []]
     if len(tags) > 8:
         raise ApiError(400, "at most 8 tag filters", field="tag")
     if schedule_id is not None:

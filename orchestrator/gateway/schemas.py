@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from orchestrator.jobs.model import Job, JobKind, JobStatus, Priority
 from orchestrator.wire.models import Budget
@@ -38,6 +39,13 @@ class ContinueBody(SubmitBody):
     """A new turn of a worker, named by its id or by one of our job ids."""
 
     worker: str = Field(description="a worker id, or the id of a job that made it")
+    # Absent: the earlier job's (the job named, else the worker's latest of ours).
+    budget: Budget | None = Field(  # type: ignore[assignment]
+        default=None, description="absent: the earlier job's tier (standard if none)"
+    )
+    tags: dict[str, str] | None = Field(  # type: ignore[assignment]
+        default=None, description="merged over the earlier job's tags (a key given wins)"
+    )
 
 
 class JobOut(BaseModel):
@@ -153,9 +161,19 @@ class CapBody(BaseModel):
 
     scope: str = Field(description="global or tag:key=value")
     period: Literal["day", "month"] = "day"
-    limit_usd: str = Field(description="a decimal amount, e.g. 12.50")
+    limit_usd: str = Field(description='a decimal amount as a JSON string, e.g. "12.50"')
     warn_at: float = Field(default=0.8, gt=0, le=1)
     on_exceed: Literal["refuse", "wait"] = "refuse"
+
+    @field_validator("limit_usd", mode="before")
+    @classmethod
+    def _money_is_text(cls, value: Any) -> Any:
+        # A JSON number (12.5) is the first thing a caller tries; say what to send.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise PydanticCustomError(
+                "money_text", 'a decimal amount as a JSON string, e.g. "12.50" (money is exact)'
+            )
+        return value
 
 
 class LimitBody(BaseModel):

@@ -187,12 +187,13 @@ def validate_submission(max_input_chars: int, **fields: Any) -> Submission:
     return sub
 
 
-def parse_tag(text: str) -> tuple[str, str]:
-    """``key=value`` (as given on the command line) to a pair; InputError if malformed."""
+def parse_tag(text: str, field: str = "tags") -> tuple[str, str]:
+    """``key=value`` (as given on the command line) to a pair; InputError naming
+    ``field`` (the option or parameter it came in) if malformed."""
     key, sep, value = text.partition("=")
     if not sep:
-        raise InputError("tags", f"{rules.shown(text)} is not key=value")
-    return rules.tag(key, value, "tags")
+        raise InputError(field, f"{rules.shown(text)} is not key=value")
+    return rules.tag(key, value, field)
 
 
 def parse_tags(texts: Iterable[str]) -> dict[str, str]:

@@ -17,6 +17,7 @@ from orchestrator.jobs.steps import dispatch
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store.jobs import RedisStore
+from orchestrator.wire.models import Budget
 
 
 def check(settings: Settings, **fields: Any) -> Submission:
@@ -66,6 +67,26 @@ def require_worker(rt: Runtime, worker_id: str, *, unsure_ok: bool = False) -> N
     except APIError:
         if not unsure_ok:
             raise
+
+
+def carried_over(
+    rt: Runtime, named: str | None, worker_id: str, budget: Budget | None,
+    tags: dict[str, str] | None,
+) -> tuple[Budget, dict[str, str]]:  # fmt: skip
+    """A continue's budget tier and tags: those given, over the earlier job's (the job
+    ``named``, else the worker's latest job of ours; ``standard`` and none when its
+    records are gone). A tenant's next turn is booked, capped and limited as the
+    tenant's unless the caller says otherwise; a tag given replaces only its own key."""
+    earlier_id = named or rt.ends.active_job(worker_id)
+    earlier = rt.store.get_job(earlier_id) if earlier_id else None
+    given: Any = tags  # a caller's wrong type is refused by check(), naming the field
+    if earlier is not None and isinstance(given, dict):
+        given = {**earlier.tags, **given}
+    elif given is None:
+        given = dict(earlier.tags) if earlier is not None else {}
+    if budget is None:
+        budget = earlier.budget if earlier is not None else "standard"
+    return budget, given
 
 
 def worker_id_of(store: RedisStore, worker_or_job: str) -> str:

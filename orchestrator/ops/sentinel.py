@@ -13,10 +13,17 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
-from orchestrator.ops.redis_server import RedisServer, ServerGroup, find_redis_server, free_port
+from orchestrator.ops.redis_server import (
+    LOG_NAME,
+    RedisServer,
+    ServerGroup,
+    find_redis_server,
+    free_port,
+)
 from orchestrator.store.connection import SENTINEL_SCHEME, connect
 
 __all__ = ["MASTER_NAME", "SentinelGroup"]
@@ -32,7 +39,8 @@ def _sentinel_config(port: int, data_dir: Path, primary_port: int) -> str:
             f"port {port}",
             "bind 127.0.0.1",
             f"dir {data_dir}",
-            f"logfile {data_dir / 'sentinel.log'}",
+            # RedisServer reads this log for 'Address already in use' to pick again.
+            f"logfile {data_dir / LOG_NAME}",
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} {QUORUM}",
             f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}",
             f"sentinel failover-timeout {MASTER_NAME} 10000",
@@ -50,7 +58,9 @@ class SentinelGroup(ServerGroup):
     sentinels name another one that answers as a primary.
     """
 
-    def __init__(self, *, replicas: int = 1, sentinels: int = 3) -> None:
+    def __init__(
+        self, *, replicas: int = 1, sentinels: int = 3, pick_port: Callable[[], int] = free_port
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="orch-sentinel-"))
         self.binary = find_redis_server()
         # No 5 s wait for more replicas before a full sync (Redis 7's default): the group
@@ -63,8 +73,15 @@ class SentinelGroup(ServerGroup):
             RedisServer(data_dir=self.root / f"replica{i}", binary=self.binary, args=quick_sync)
             for i in range(replicas)
         ]
-        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self._sentinel_count = sentinels
+        self._pick_port = pick_port
         self._sentinels: list[RedisServer] = []
+
+    @property
+    def sentinel_ports(self) -> list[int]:
+        """The ports the sentinels listen on (known once started: a sentinel whose
+        picked port another process took first picks another)."""
+        return [sentinel.port for sentinel in self._sentinels]
 
     @property
     def url(self) -> str:
@@ -78,13 +95,12 @@ class SentinelGroup(ServerGroup):
         for replica in replicas:
             replica.extra_args += ["--replicaof", "127.0.0.1", str(primary_port)]
             replica.start()
-        for i, port in enumerate(self.sentinel_ports):
-            data_dir = self.root / f"sentinel{i}"
-            data_dir.mkdir(parents=True)
-            config = data_dir / "sentinel.conf"  # sentinels rewrite their own file
-            config.write_text(_sentinel_config(port, data_dir, primary_port))
-            sentinel = _SentinelProcess(port, data_dir, config, self.binary)
-            self._sentinels.append(sentinel.start())
+        for i in range(self._sentinel_count):
+            sentinel = _SentinelProcess(
+                self.root / f"sentinel{i}", primary_port, self.binary, self._pick_port
+            )
+            self._sentinels.append(sentinel)  # stopped with the group if its start fails
+            sentinel.start()
         self._wait_replicated(timeout)
         return self
 
@@ -115,7 +131,7 @@ class SentinelGroup(ServerGroup):
             client.close()
         return isinstance(state, dict) and (
             int(state.get("num-slaves", 0)) >= len(self.servers) - 1
-            and int(state.get("num-other-sentinels", 0)) >= len(self.sentinel_ports) - 1
+            and int(state.get("num-other-sentinels", 0)) >= self._sentinel_count - 1
         )
 
     def primary_port(self) -> int | None:
@@ -185,11 +201,20 @@ class SentinelGroup(ServerGroup):
 
 
 class _SentinelProcess(RedisServer):
-    """``redis-server <config> --sentinel``: a RedisServer started from a config file."""
+    """``redis-server <config> --sentinel``: a RedisServer started from a config file,
+    written for each port it tries; a restart on the same port keeps the file, which
+    the sentinel rewrites with what it learned (the primary after a failover)."""
 
-    def __init__(self, port: int, data_dir: Path, config: Path, binary: str) -> None:
-        super().__init__(port, data_dir=data_dir, binary=binary)
-        self.config = config
+    def __init__(
+        self, data_dir: Path, primary_port: int, binary: str, pick_port: Callable[[], int]
+    ) -> None:
+        super().__init__(data_dir=data_dir, binary=binary, pick_port=pick_port)
+        self.config = data_dir / "sentinel.conf"
+        self.primary_port = primary_port
+        self._config_port: int | None = None
 
     def command(self) -> list[str]:
+        if self._config_port != self.port:
+            self.config.write_text(_sentinel_config(self.port, self.data_dir, self.primary_port))
+            self._config_port = self.port
         return [self.binary, str(self.config), "--sentinel"]

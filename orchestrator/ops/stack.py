@@ -11,6 +11,7 @@ JSON object ``{"part", "message"}`` per line.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -18,6 +19,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -30,6 +32,13 @@ from orchestrator.ops.redis_server import RedisServer, free_port, port_taken
 from orchestrator.settings import Settings
 
 FLOWER_PORT = 5555  # Flower's usual port, taken when free
+# A port picked free may be bound by another process before the part binds it.
+BIND_FAILED = "address already in use"  # uvicorn's, Tornado's and the metrics server's
+PORT_ATTEMPTS = 3
+
+
+class _PortTaken(Exception):
+    pass
 
 
 @dataclass
@@ -45,6 +54,8 @@ class Component:
     probe: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     watch: bool = True
+    # Launches it once more on a newly picked port (None: its port was asked for).
+    again: Callable[[], None] | None = None
 
     def answers(self) -> bool:
         if not self.probe:
@@ -76,6 +87,7 @@ class Stack:
     components: list[Component] = field(default_factory=list)
     redis: RedisServer | None = None
     emulator_key: str | None = None
+    wrote_shell_env: bool = False
 
     def start(self, timeout: float = 90.0) -> None:
         """Start every part and wait (bounded) until each says it is ready and answers
@@ -117,8 +129,8 @@ class Stack:
         if self.with_metrics:
             self._start_metrics()
         deadline = time.monotonic() + timeout
-        for comp in self.components:
-            self._wait_ready(comp, deadline)
+        for index in range(len(self.components)):
+            self._wait_ready(index, deadline)
         if self.shell_file:
             self._write_shell_env()
 
@@ -155,6 +167,7 @@ class Stack:
         fd = os.open(self.shell_env, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.writelines(lines)
+        self.wrote_shell_env = True
         self._say(f"shell     set -a; . {self.shell_env}; set +a   # the CLI, in another shell")
 
     def _start_emulator(self) -> None:
@@ -173,7 +186,7 @@ class Stack:
         )
         self._spawn(
             "emulator", args, "Uvicorn running", url=url, probe=f"{url}/_emulator/config",
-            headers={"Authorization": f"Bearer {self.emulator_key}"},
+            headers={"Authorization": f"Bearer {self.emulator_key}"}, again=self._start_emulator,
         )  # fmt: skip
 
     def _start_flower(self) -> None:
@@ -185,7 +198,8 @@ class Stack:
             port = FLOWER_PORT if not port_taken(FLOWER_PORT) else free_port()
         args = [sys.executable, "-m", "orchestrator", "flower", "--port", str(port)]
         url = f"http://127.0.0.1:{port}"
-        self._spawn("flower", args, "Visit me at", url=url, probe=f"{url}/healthcheck")
+        again = self._start_flower if self.flower_port is None else None
+        self._spawn("flower", args, "Visit me at", url=url, probe=f"{url}/healthcheck", again=again)
         shown = password if "FLOWER_PASSWORD" not in os.environ else "(from FLOWER_PASSWORD)"
         self._say(f"flower    {url}  user {user}  password {shown}")
 
@@ -198,7 +212,8 @@ class Stack:
         url = f"http://127.0.0.1:{port}"
         self.env["GATEWAY_URL"] = url
         args = [sys.executable, "-m", "orchestrator", "serve", "--port", str(port)]
-        self._spawn("gateway", args, GATEWAY_READY, url=url, probe=f"{url}/healthz")
+        again = self._start_gateway if not self.gateway_port else None
+        self._spawn("gateway", args, GATEWAY_READY, url=url, probe=f"{url}/healthz", again=again)
         self._say(
             f"gateway   {url}/v1  (console {url}/, docs {url}/docs; a token: "
             "orchestrator tokens create)"
@@ -209,32 +224,63 @@ class Stack:
         args = [sys.executable, "-m", "orchestrator", "metrics", "--port", str(port)]
         url = f"http://127.0.0.1:{port}/metrics"
         # A scrape reads the whole store: asked once at start, not every health report.
-        self._spawn("metrics", args, "metrics on http", url=url, probe=url)
+        self._spawn(
+            "metrics", args, "metrics on http", url=url, probe=url, again=self._start_metrics
+        )
         self.components[-1].watch = False
 
     def _spawn(
         self, name: str, args: list[str], ready_line: str, url: str = "", probe: str = "",
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, again: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
         """Launch a part; every part starts before any is waited for (see :meth:`start`)."""
         proc = Proc(args, self.env, self.workdir / f"{name}.log", ready_line).launch()
-        self.components.append(Component(name, proc, url, probe=probe, headers=headers or {}))
+        self.components.append(
+            Component(name, proc, url, probe=probe, headers=headers or {}, again=again)
+        )
 
-    def _wait_ready(self, comp: Component, deadline: float) -> None:
-        def up() -> bool:
+    def _wait_ready(self, index: int, deadline: float) -> None:
+        for attempt in range(PORT_ATTEMPTS):
+            comp = self.components[index]
+            left = deadline - time.monotonic()
             try:
-                return comp.proc.is_ready() and comp.answers()
-            except RuntimeError:
-                # It exited: its log's last line is the reason (the whole log is kept).
-                lines = comp.proc.launch_text().strip().splitlines() or ["(it printed nothing)"]
-                raise OrchestratorError(
-                    f"{comp.name}: exited at start: {lines[-1].strip()} (log: {comp.proc.log})"
-                ) from None
-
-        left = deadline - time.monotonic()
-        wait_for(up, left, f"{comp.name} to be ready (log: {comp.proc.log})", 0.1)
+                what = f"{comp.name} to be ready (log: {comp.proc.log})"
+                wait_for(functools.partial(self._up, comp), left, what, 0.1)
+                break
+            except _PortTaken:
+                if comp.again is None or attempt == PORT_ATTEMPTS - 1:
+                    raise OrchestratorError(self._exited(comp)) from None
+                self._launch_again(index)
         comp.ready = True
         self._say(f"{comp.name:<9} ready{'  ' + comp.url if comp.url else ''}")
+
+    def _up(self, comp: Component) -> bool:
+        try:
+            return comp.proc.is_ready() and comp.answers()
+        except RuntimeError:
+            if BIND_FAILED in comp.proc.launch_text().lower():
+                raise _PortTaken from None
+            raise OrchestratorError(self._exited(comp)) from None
+
+    @staticmethod
+    def _exited(comp: Component) -> str:
+        """Why a part exited at start: its log's last line (the whole log is kept)."""
+        lines = comp.proc.launch_text().strip().splitlines() or ["(it printed nothing)"]
+        return f"{comp.name}: exited at start: {lines[-1].strip()} (log: {comp.proc.log})"
+
+    def _launch_again(self, index: int) -> None:
+        """Launch the part at ``index`` again on another port, in the same place."""
+        lost = self.components.pop(index)
+        self._say(f"{lost.name:<9} its port was taken before it bound it: picking another")
+        assert lost.again is not None
+        lost.again()
+        self.components.insert(index, self.components.pop())
+        if lost.name == "emulator":
+            # Every part launched after it was given the emulator's old URL; each Proc
+            # holds self.env, which now names the new one.
+            for later in self.components[index + 1 :]:
+                later.proc.stop()
+                later.proc.launch()
 
     def health(self) -> dict[str, str]:
         """One word per part: ok, or what is wrong."""
@@ -252,6 +298,7 @@ class Stack:
 
     def stop(self) -> None:
         """Stop every child (SIGTERM, then SIGKILL after a grace period) and Redis."""
+        started = bool(self.components) or self.redis is not None
         # Every part is asked at once, then given one shared grace period.
         for comp in reversed(self.components):
             comp.proc.terminate()
@@ -260,8 +307,12 @@ class Stack:
             comp.proc.wait_stopped(timeout=max(deadline - time.monotonic(), 0.1))
         if self.redis is not None:
             self.redis.stop()
-        self.shell_env.unlink(missing_ok=True)
-        self._say("stopped   every process this stack started")
+        # Only our own file: a demo, or an up refused at start, in the workdir of an up
+        # that runs must leave that up's stack.env where its user's shells read it.
+        if self.wrote_shell_env:
+            self.shell_env.unlink(missing_ok=True)
+        if started:
+            self._say("stopped   every process this stack started")
 
     def _say(self, line: str) -> None:
         if self.json_lines:
