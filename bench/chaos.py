@@ -244,7 +244,11 @@ class Cluster:
         row.ledger_diff = sum(abs(total[f] - truth[f]) for f in MONEY_FIELDS)
         tokens = sum(total[f] != truth[f] for f in FIELDS if f not in MONEY_FIELDS)
         waited = self.logs().count("waits for a slot")
-        notes = [row.note, f"{len(failed)} failed" * bool(failed),
+        # A worker that exited by itself (not killed by the scenario) explains jobs left
+        # queued: say so, it is restarted by nothing here.
+        exited = [n for n, p in self.procs.items() if not n.startswith("beat") and not p.alive()]
+        notes = [row.note, f"workers exited: {', '.join(exited)}" * bool(exited),
+                 f"{len(failed)} failed" * bool(failed),
                  f"{tokens} token fields off" * bool(tokens),
                  f"{waited} waits for a slot" * bool(waited),
                  leftovers.describe(self.orch, held, ended)]  # fmt: skip

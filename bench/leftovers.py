@@ -23,11 +23,12 @@ CAP_USD = "1000000"
 #: The tier of the schedules' runs (``ScheduleAPI.create``'s default).
 SCHEDULE_TIER = "standard"
 #: How long what ended jobs held may take to be given back after the last one ended.
-#: A completed turn's hold and slots go in the finalize that completes it; a failed
-#: create's begun entry goes in the next repair pass (every RESEND_AFTER_SECONDS / 2,
-#: for entries older than RESEND_AFTER_SECONDS: 2 s in the chaos cluster); a job ended
-#: here leaves the ended set once the sweep sees its turn over upstream (it looks again
-#: 1-60 s apart). None of these waits longer than this; a stuck entry waits it whole.
+#: A completed turn's hold and slots go in the finalize that completes it, a failed
+#: job's in ``fail()``, the slot a promoted job gets from an ended one at once. A job
+#: ended here keeps its hold and ended-set entry until the sweep sees its turn over
+#: upstream (it looks 1-60 s apart), or, with a create call perhaps in flight, for
+#: (HTTP_DEADLINE + RETRY_MAX_DELAY) x (MAX_RETRIES + 1): longer than this, but no
+#: scenario ends a job here. A stuck entry waits this whole, then counts.
 RELEASE_SECONDS = 30.0
 
 
