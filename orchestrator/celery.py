@@ -178,6 +178,17 @@ class _LeaveUnackedQoS(kombu_redis.QoS):
         )
 
 
+class _RedisChannel(kombu_redis.Channel):
+    QoS = _LeaveUnackedQoS
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport with :class:`_LeaveUnackedQoS`: a Redis restarted under
+    a worker (a crash, an upgrade) is the same closed channel as a failed-over primary."""
+
+    Channel = _RedisChannel
+
+
 class _SentinelChannel(kombu_redis.SentinelChannel):
     QoS = _LeaveUnackedQoS
 
@@ -188,9 +199,11 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     Channel = _SentinelChannel
 
 
-# Registered under the ``sentinel`` scheme itself, not passed as ``broker_transport``:
-# on a reconnect kombu switches to the next sentinel's URL and resolves its transport
-# from the scheme again.
+# Registered under the schemes themselves, not passed as ``broker_transport``: on a
+# reconnect kombu switches to the next sentinel's URL and resolves its transport from
+# the scheme again.
+TRANSPORT_ALIASES["redis"] = f"{__name__}:RedisTransport"
+TRANSPORT_ALIASES["rediss"] = f"{__name__}:RedisTransport"
 TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"
 
 
