@@ -124,6 +124,17 @@ API: list[tuple[str, Call, str]] = [
     ("pause unknown schedule", lambda o: o.schedules.pause("sch_nope"), "schedule_id"),
     ("schedule input control", lambda o: o.schedules.create(None, "a\x00", EVERY), "input"),
     ("schedule unknown worker", lambda o: o.schedules.create("wrk_nope", "x", EVERY), "worker_id"),
+    (
+        "schedule tag key upper",
+        lambda o: o.schedules.create(None, "x", EVERY, tags={"Tenant": "a"}),
+        "tags",
+    ),
+    ("schedule tags list", lambda o: o.schedules.create(None, "x", EVERY, tags=["a"]), "tags"),
+    (
+        "schedule tag newline",
+        lambda o: o.schedules.create(None, "x", EVERY, tags={"tenant": "a\n"}),
+        "tags",
+    ),
 ]
 
 
@@ -303,6 +314,11 @@ CLI = [
         "error: timezone:",
     ),
     (["schedules", "history", "sch_nope", "--limit", "0"], "error:"),
+    (
+        ["schedules", "create", "--input", "x", "--every", "60", "--tag", "team=zürich"],
+        "error: tags:",
+    ),
+    (["schedules", "create", "--input", "x", "--every", "60", "--tag", "tenant"], "error: tags:"),
     (["worker", "--queues", "nope"], "error: queues:"),
     (["worker", "--concurrency", "0"], "error: concurrency:"),
     (["metrics", "--port", "70000"], "error: port:"),

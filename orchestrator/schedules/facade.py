@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from orchestrator.errors import InputError, NotFoundError
 from orchestrator.jobs.model import Submission
-from orchestrator.jobs.submit import check, require_worker, worker_id_of
+from orchestrator.jobs.submit import carried_over, check, require_worker, worker_id_of
 from orchestrator.ledger import parse_row, total_cost_micro
 from orchestrator.runtime import Runtime
 from orchestrator.schedules.run import send_run
@@ -72,7 +72,8 @@ class ScheduleAPI:
         input: str,
         when: Mapping[str, Any] | BaseModel,
         *,
-        budget: Budget = "standard",
+        budget: Budget | None = None,
+        tags: dict[str, str] | None = None,
         timezone: str = "UTC",
         catch_up: CatchUp = "skip",
         overlap: Overlap = "skip",
@@ -89,7 +90,11 @@ class ScheduleAPI:
         ``overlap`` what a slot does while the previous run still goes (``skip`` it, or
         ``buffer`` one run for when it ends). ``queue_ttl``, ``idle_timeout`` and
         ``deadline`` are each run's job limits, as for ``Orchestrator.submit`` (None: the
-        settings' defaults when the run happens). Returns the reference's WorkerSchedule.
+        settings' defaults when the run happens). ``budget`` and ``tags`` are each run's
+        job's; on a worker, those not given are carried over as for a continue (the job
+        named, else the worker's latest of ours; a tag given replaces only its key), so a
+        tenant's scheduled runs are costed, capped and limited as the tenant's. Without a
+        worker: ``standard`` and the tags given. Returns the reference's WorkerSchedule.
         """
         limits = {"queue_ttl": queue_ttl, "idle_timeout": idle_timeout, "deadline": deadline}
         given = {name: value for name, value in limits.items() if value is not None}
@@ -98,12 +103,17 @@ class ScheduleAPI:
             ScheduleRequest,
             {"when": when_data, "timezone": timezone, "catch_up": catch_up, "overlap": overlap},
         )
-        wid = worker_id_of(self.rt.store, worker_id) if worker_id is not None else None
+        wid = None
+        if worker_id is not None:
+            wid = worker_id_of(self.rt.store, worker_id)
+            named = worker_id if worker_id.startswith("job_") else None
+            budget, tags = carried_over(self.rt, named, wid, budget, tags)
         sub = check(
             self.rt.settings,
             kind="continue" if wid else "create",
             input=input,
-            budget=budget,
+            budget="standard" if budget is None else budget,
+            tags={} if tags is None else tags,
             worker_id=wid,
             **given,
         )
@@ -257,11 +267,14 @@ class ScheduleAPI:
         else:
             when = IntervalWhen(interval_seconds=up.interval_seconds)
         request = validate(ScheduleRequest, {"when": when.model_dump(by_alias=True)})
+        # The worker's latest job of ours lends its tags, as to a schedule created here.
+        _, tags = carried_over(self.rt, None, worker_id, up.budget, None)
         sub = check(
             self.rt.settings,
             kind="continue",
             input=up.input,
             budget=up.budget,
+            tags=tags,
             worker_id=worker_id,
         )
         return self._add(
@@ -274,12 +287,13 @@ class ScheduleAPI:
 
     def _add(self, request: ScheduleRequest, sub: Submission, **options: Any) -> WorkerSchedule:
         """Store a new schedule of ``request`` running the checked ``sub`` (its input,
-        budget and worker); its wire form. ``options``: :func:`new_schedule`'s."""
+        budget, tags and worker); its wire form. ``options``: :func:`new_schedule`'s."""
         schedule = new_schedule(
             new_schedule_id(),
             request,
             input=sub.input,
             budget=sub.budget,
+            tags=sub.tags,
             worker_id=sub.worker_id,
             now_ms=now_ms(),
             **options,
@@ -309,4 +323,5 @@ class ScheduleAPI:
             "runs": s.counts.get("runs", 0),
             "missed": s.counts.get("missed", 0),
             "skipped": s.counts.get("skipped", 0),
+            "tags": dict(s.tags),
         }

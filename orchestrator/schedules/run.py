@@ -77,6 +77,7 @@ def run_slot(rt: Runtime, app: Celery, schedule_id: str, slot_ms: int) -> str:
             kind="continue" if schedule.worker_id else "create",
             input=schedule.input,
             budget=schedule.budget,
+            tags=dict(schedule.tags),
             worker_id=schedule.worker_id,
             schedule_id=schedule.id,
             idempotency_key=f"sched:{schedule.id}:{slot_ms}",

@@ -303,6 +303,8 @@ class Schedule:
     counts: Mapping[str, int] = field(default_factory=dict)
     # Per-run job limits given at creation (queue_ttl ...: seconds); the rest default.
     limits: Mapping[str, float] = field(default_factory=dict)
+    # Each run's job tags: a tenant's scheduled runs are costed, capped and limited as its.
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def kind(self) -> Kind:
@@ -339,6 +341,7 @@ def new_schedule(
     first_run_ms: int | None = None,
     upstream_id: str | None = None,
     limits: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Schedule:
     """A new active schedule, its first run computed from ``now_ms``.
 
@@ -384,4 +387,5 @@ def new_schedule(
         delay_seconds=delay,
         upstream_id=upstream_id,
         limits=dict(limits or {}),
+        tags=dict(tags or {}),
     )

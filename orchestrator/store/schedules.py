@@ -122,6 +122,7 @@ def schedule_to_hash(s: Schedule) -> dict[str, str | int]:
         "upstream_id": s.upstream_id or "",
         "last_job": s.last_job,
         **{f"{name}_ms": limit_ms(s.limits.get(name)) for name in LIMITS},
+        "tags": json.dumps(dict(s.tags), sort_keys=True),
     }
 
 
@@ -144,6 +145,8 @@ def schedule_from_hash(data: Mapping[str, str]) -> Schedule:
         limits={
             name: int(ms) / 1000 for name in LIMITS if int(ms := data.get(f"{name}_ms") or 0) > 0
         },
+        # A record stored before schedules had tags has no field: no tags.
+        tags=json.loads(data.get("tags") or "{}"),
     )
 
 
