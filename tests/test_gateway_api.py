@@ -437,6 +437,31 @@ def test_schedules_of_every_kind(gateway: Gateway, when: dict[str, Any]) -> None
     assert error_of(bad, 400)["field"].startswith("when")
 
 
+def test_a_schedules_tags_round_trip_and_a_tenants_worker_lends_its_own(
+    gateway: Gateway, store: RedisStore
+) -> None:
+    admin, reader = gateway.client("admin"), gateway.client("read")
+    every = {"type": "interval", "intervalSeconds": 600}
+    made = admin.post("/v1/schedules", json={"input": "d", "when": every, "tags": {"team": "x"}})
+    assert made.status_code == 201 and made.json()["tags"] == {"team": "x"}, made.text
+    sid = made.json()["id"]
+    assert reader.get(f"/v1/schedules/{sid}").json()["tags"] == {"team": "x"}
+    assert reader.get(f"/v1/schedules/{sid}/describe").json()["tags"] == {"team": "x"}
+    # Bad tags: refused by name, nothing stored.
+    before = reader.get("/v1/schedules").json()
+    bad = admin.post("/v1/schedules", json={"input": "d", "when": every, "tags": {"Team": "x"}})
+    assert error_of(bad, 400)["field"] == "tags" and reader.get("/v1/schedules").json() == before
+    # On a tenant's worker, without tags: the tenant's tier and tags; schedules stay admin's.
+    acme = gateway.client("admin", tenant="acme")
+    first = acme.post("/v1/jobs", json={"input": "first", "budget": "high"}).json()
+    done = {"id": "wrk_sched_gw", "status": "completed", "running": False}
+    assert store.set_submitted(store.require_job(first["id"]), Worker.model_validate(done))
+    body = {"worker": first["id"], "input": "more", "when": every}
+    assert error_of(acme.post("/v1/schedules", json=body), 403)
+    carried = admin.post("/v1/schedules", json=body).json()
+    assert (carried["budget"], carried["tags"]) == ("high", {"tenant": "acme"})
+
+
 def test_submit_answers_once_stored_and_a_failed_send_leaves_the_job_to_the_sweep(
     env: dict[str, str], tmp_path: Path, store: RedisStore
 ) -> None:

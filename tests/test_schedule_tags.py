@@ -4,10 +4,12 @@ limits see scheduled runs), carried over from a worker's earlier job like a cont
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from orchestrator.cli import main
 from orchestrator.errors import InputError
 from orchestrator.facade import Orchestrator
 from orchestrator.jobs.model import Job
@@ -98,3 +100,33 @@ def test_bad_tags_are_refused_by_name_and_nothing_is_stored(
         call(orch)
     assert err.value.field == "tags", err.value
     assert our_keys(orch) == before and app.sent == sent
+
+
+def test_cli_tags_a_schedule_and_shows_them(
+    orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in (
+        ("REDIS_URL", orch.settings.redis_url),
+        ("KEY_PREFIX", orch.settings.key_prefix),
+        ("WORKERS_API_URL", orch.settings.workers_api_url),
+        ("WORKERS_API_KEY", orch.settings.workers_api_key.get_secret_value()),  # type: ignore[union-attr]
+    ):
+        monkeypatch.setenv(name, value or "")
+
+    def run(*argv: str) -> Any:
+        assert main(list(argv)) == 0, argv
+        out = capsys.readouterr().out
+        return json.loads(out) if "--json" in argv else out
+
+    made = run("schedules", "create", "--input", "x", "--every", "60",
+               "--tag", "tenant=acme", "--tag", "team=x", "--json")  # fmt: skip
+    assert made["tags"] == ACME and orch.schedules.get(made["id"]).tags == ACME
+    assert "tags        team=x tenant=acme\n" in run("schedules", "show", made["id"])
+    assert run("schedules", "show", made["id"], "--json")["tags"] == ACME
+    listed = run("schedules", "list", "--json")
+    assert [r["tags"] for r in listed if r["id"] == made["id"]] == [ACME]
+    # On a tenant's worker: its tier and tags, a --tag given wins its key.
+    first = tenants_worker(orch, "wrk_sched_cli")
+    carried = run("schedules", "create", first.id, "--input", "x", "--every", "60",
+                  "--tag", "team=y", "--json")  # fmt: skip
+    assert (carried["budget"], carried["tags"]) == ("high", {"tenant": "acme", "team": "y"})

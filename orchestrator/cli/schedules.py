@@ -9,6 +9,7 @@ from typing import Any
 from orchestrator.cli import output
 from orchestrator.cli.output import json_option
 from orchestrator.errors import InputError
+from orchestrator.jobs.model import parse_tags
 from orchestrator.wire.models import BUDGETS
 
 SCHEDULER = "orchestrator.schedules.beat:RedisScheduler"
@@ -32,8 +33,13 @@ def register(sub: Any) -> None:
     kind.add_argument("--in", dest="delay", type=int, metavar="SECONDS", help="once, from now")
     create.add_argument("--tz", default="UTC", help="IANA time zone of --cron (default UTC)")
     create.add_argument(
-        "--budget", choices=BUDGETS, default="standard", help="each run's budget tier"
-    )
+        "--budget", choices=BUDGETS, default=None,
+        help="each run's budget tier (default: the worker's earlier job's, else standard)",
+    )  # fmt: skip
+    create.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE",
+        help="each run's job tag; repeatable; over the worker's earlier job's tags",
+    )  # fmt: skip
     create.add_argument(
         "--catch-up", choices=("skip", "once"), default="skip",
         help="after downtime: skip missed slots, or run once for them (default skip)",
@@ -120,12 +126,14 @@ def cmd_create(args: argparse.Namespace) -> int:
         when = {"type": "scheduled", "date": args.at}
     else:
         when = {"type": "delayed", "delay_in_seconds": args.delay}
+    tags = parse_tags(args.tag)
     with _orch() as orch:
         made = orch.schedules.create(
             args.worker,
             args.input,
             when,
             budget=args.budget,
+            tags=tags or None,  # none given: a worker's earlier job's
             timezone=args.tz,
             catch_up=args.catch_up,
             overlap=args.overlap,
@@ -133,8 +141,9 @@ def cmd_create(args: argparse.Namespace) -> int:
             idle_timeout=args.idle_timeout,
             deadline=args.deadline,
         )
+        stored = orch.schedules.get(made.id)
     if args.json:
-        _print_json(made.to_wire())
+        _print_json({**made.to_wire(), "tags": dict(stored.tags)})
     else:
         print(f"{made.id}  {made.type}  next run {output.when(made.to_wire()['nextRunAt'])}")
     return 0
@@ -188,6 +197,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     keys = ("id", "status", "when", "worker_id", "budget", "timezone", "catch_up", "overlap")
     rows: list[tuple[str, object]] = [(k, "-" if info[k] is None else info[k]) for k in keys]
+    rows.append(("tags", " ".join(f"{k}={v}" for k, v in sorted(info["tags"].items())) or "-"))
     counts = info["counts"]
     rows += [
         ("created", output.when(info["created_at"])),

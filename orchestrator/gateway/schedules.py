@@ -36,10 +36,16 @@ def create(body: ScheduleBody, _: GlobalAdmin, gw: GW) -> Row:
     """A new schedule: ``when`` is ``{"type": "scheduled", "at": ...}``, ``delayed``
     (``delaySeconds``), ``cron`` (``cron``) or ``interval`` (``intervalSeconds``)."""
     made = gw.orch.schedules.create(
-        body.worker, body.input, body.when, budget=body.budget, timezone=body.timezone,
-        catch_up=body.catch_up, overlap=body.overlap,
+        body.worker, body.input, body.when, budget=body.budget, tags=body.tags,
+        timezone=body.timezone, catch_up=body.catch_up, overlap=body.overlap,
     )  # fmt: skip
-    return dict(made.to_wire())
+    return _shown(gw, made.id)
+
+
+def _shown(gw: Gateway, schedule_id: str) -> Row:
+    """The schedule in the Workers API's shape, with the tags each run's job gets."""
+    stored = gw.orch.schedules.get(schedule_id)
+    return {**stored.wire().to_wire(), "tags": dict(stored.tags)}
 
 
 @router.get("", response_model=list[Row])
@@ -58,8 +64,8 @@ def list_schedules(
 
 @router.get("/{schedule_id}", response_model=Row)
 def get(schedule_id: str, _: GlobalReader, gw: GW) -> Row:
-    """The schedule in the Workers API's shape."""
-    return dict(gw.orch.schedules.get(_require(gw, schedule_id)).wire().to_wire())
+    """The schedule in the Workers API's shape, and its tags."""
+    return _shown(gw, _require(gw, schedule_id))
 
 
 @router.get("/{schedule_id}/describe", response_model=Row)

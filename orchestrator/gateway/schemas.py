@@ -123,7 +123,13 @@ class ScheduleBody(BaseModel):
     when: dict[str, Any] = Field(
         description="{type: scheduled|delayed|cron|interval, ...} as in the Workers API"
     )
-    budget: Budget = "standard"
+    # Absent on a worker: the earlier job's, as for a continue (none, standard: without).
+    budget: Budget | None = Field(
+        default=None, description="each run's tier; absent: the worker's earlier job's"
+    )
+    tags: dict[str, str] | None = Field(
+        default=None, description="each run's job tags, over the worker's earlier job's"
+    )
     timezone: str = "UTC"
     catch_up: Literal["skip", "once"] = "skip"
     overlap: Literal["skip", "buffer"] = "skip"
