@@ -274,9 +274,8 @@ def test_import_copies_upstream_schedules_and_cancels_them(orch: Orchestrator) -
     assert again["imported"] == [] and again["already"] == []
 
 
-def test_cli_errors_are_one_line_exit_2_and_write_nothing(
-    orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def cli_environment(orch: Orchestrator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the CLI (run in this process) at ``orch``'s Redis, prefix and API."""
     for name, value in (
         ("REDIS_URL", orch.settings.redis_url),
         ("KEY_PREFIX", orch.settings.key_prefix),
@@ -284,6 +283,12 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(
         ("WORKERS_API_KEY", orch.settings.workers_api_key.get_secret_value()),  # type: ignore[union-attr]
     ):
         monkeypatch.setenv(name, value or "")
+
+
+def test_cli_errors_are_one_line_exit_2_and_write_nothing(
+    orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli_environment(orch, monkeypatch)
     before = our_keys(orch)
     bad = [
         ["schedules", "create", "--input", "x", "--cron", "61 * * * *"],

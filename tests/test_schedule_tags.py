@@ -17,7 +17,7 @@ from orchestrator.schedules.run import run_slot
 from orchestrator.store.jobs import now_ms
 from orchestrator.wire.models import Worker
 
-from .test_schedule_api import FakeApp, app, orch, our_keys  # noqa: F401
+from .test_schedule_api import FakeApp, app, cli_environment, orch, our_keys  # noqa: F401
 
 EVERY = {"type": "interval", "intervalSeconds": 60}
 ACME = {"tenant": "acme", "team": "x"}
@@ -105,13 +105,7 @@ def test_bad_tags_are_refused_by_name_and_nothing_is_stored(
 def test_cli_tags_a_schedule_and_shows_them(
     orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for name, value in (
-        ("REDIS_URL", orch.settings.redis_url),
-        ("KEY_PREFIX", orch.settings.key_prefix),
-        ("WORKERS_API_URL", orch.settings.workers_api_url),
-        ("WORKERS_API_KEY", orch.settings.workers_api_key.get_secret_value()),  # type: ignore[union-attr]
-    ):
-        monkeypatch.setenv(name, value or "")
+    cli_environment(orch, monkeypatch)
 
     def run(*argv: str) -> Any:
         assert main(list(argv)) == 0, argv
