@@ -23,7 +23,7 @@ from orchestrator.ops.redis_server import (
     free_port,
     port_taken,
 )
-from orchestrator.store.connection import CLUSTER_SCHEME, connect
+from orchestrator.store.connection import CLUSTER_SCHEME, StoreError, connect
 
 __all__ = ["NODE_TIMEOUT_MS", "RedisCluster", "cluster_port"]
 
@@ -132,28 +132,36 @@ class RedisCluster(ServerGroup):
 
     def wait_ok(self, timeout: float = 60.0) -> None:
         """Until every live node says the cluster is ok, agrees on who serves every slot,
-        and every slot's primary has its replicas in sync."""
+        and every slot's primary has its replicas in sync. TimeoutError names what was
+        still not so, and what each node last logged."""
         deadline = time.monotonic() + timeout
+        pending = "no node answered yet"
         while time.monotonic() < deadline:
             try:
-                if self._settled():
+                pending = self._unsettled() or ""
+                if not pending:
                     return
-            except OSError:
-                pass  # a node still starting or just killed
+            except (OSError, StoreError) as exc:
+                pending = f"a node did not answer ({exc})"  # still starting, or just killed
             time.sleep(0.1)
-        raise TimeoutError(f"the cluster did not settle within {timeout}s")
+        said = "; ".join(f"{node.port}: {node.said()}" for node in self.nodes)
+        raise TimeoutError(f"the cluster did not settle within {timeout}s: {pending} ({said})")
 
-    def _settled(self) -> bool:
+    def _unsettled(self) -> str | None:
+        """What keeps the cluster from being settled, or None."""
         live = self.live()
-        if any(self._info(node).get("cluster_state") != "ok" for node in live):
-            return False
+        states = {node.port: self._info(node).get("cluster_state") for node in live}
+        if any(state != "ok" for state in states.values()):
+            return f"cluster_state by node {states}"
         views = {tuple(sorted(self._shards(node))) for node in live}
         if len(views) != 1:
-            return False
+            return f"{len(views)} views of the slots"
         (view,) = views
         if sum(last - first + 1 for first, last, _ in view) != 16384:
-            return False
-        return all(self.replicas_in_sync(port) for port in {port for _, _, port in view})
+            return "slots not all served"
+        primaries = sorted({port for _, _, port in view})
+        lagging = [port for port in primaries if not self.replicas_in_sync(port)]
+        return f"primaries without their replicas in sync: {lagging}" if lagging else None
 
     def replicas_in_sync(self, primary_port: int) -> bool:
         wanted = min(self.replicas, len(self.live()) - len(self.primaries()))

@@ -170,7 +170,7 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                if "Address already in use" in self._said():
+                if "Address already in use" in self.said():
                     raise _PortTaken
                 raise ConfigError("REDIS_URL", self._exited_message())
             try:
@@ -186,7 +186,7 @@ class RedisServer:
         self.stop()
         raise ConfigError("REDIS_URL", f"{self.binary} did not start within {timeout}s")
 
-    def _said(self) -> str:
+    def said(self) -> str:
         """The last lines the server wrote (its log, and its stdout/stderr)."""
         lines: list[str] = []
         for name, since in ((OUT_NAME, 0), (LOG_NAME, self._log_since)):
@@ -200,7 +200,7 @@ class RedisServer:
 
     def _exited_message(self) -> str:
         code = self.process.returncode if self.process is not None else None
-        said = self._said()
+        said = self.said()
         return f"{self.binary} exited at start (code {code}): " + (said or "it printed nothing")
 
     def _check_data_format(self) -> None:
