@@ -31,6 +31,24 @@ HOLDINGS = {
 }
 
 
+#: The holdings kept in one key each, per job a member: name -> (the key is a hash, not
+#: a sorted set; its :class:`~orchestrator.store.keys.Keys` attribute). Read per job by
+#: :meth:`Holdings.held` and counted whole by :meth:`Holdings.anywhere`.
+_MEMBERSHIPS = {
+    "budget_hold": (True, "budget_holds"),
+    "hold_time": (False, "budget_hold_times"),
+    "budget_waiting": (False, "budget_waiting"),
+    "parked": (True, "limit_parked"),
+    "follow": (False, "follows"),
+    "follow_owner": (True, "follow_owners"),
+    "outbox": (False, "outbox"),
+    "dispatched": (False, "dispatched"),
+    "begun": (False, "begun"),
+    "live": (False, "jobs_live"),
+    "unsettled": (False, "jobs_ended"),
+}
+
+
 class Holdings:
     """Reads, per job, which of :data:`HOLDINGS` it still has."""
 
@@ -44,17 +62,12 @@ class Holdings:
         limit_keys = sorted(self.r.hkeys(keys.limits))
         with self.r.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hexists(keys.budget_holds, job_id)
-                pipe.zscore(keys.budget_hold_times, job_id)
-                pipe.zscore(keys.budget_waiting, job_id)
-                pipe.hexists(keys.limit_parked, job_id)
-                pipe.zscore(keys.follows, job_id)
-                pipe.hexists(keys.follow_owners, job_id)
-                pipe.zscore(keys.outbox, job_id)
-                pipe.zscore(keys.dispatched, job_id)
-                pipe.zscore(keys.begun, job_id)
-                pipe.zscore(keys.jobs_live, job_id)
-                pipe.zscore(keys.jobs_ended, job_id)
+                for is_hash, attr in _MEMBERSHIPS.values():
+                    key = getattr(keys, attr)
+                    if is_hash:
+                        pipe.hexists(key, job_id)
+                    else:
+                        pipe.zscore(key, job_id)
                 for key in limit_keys:
                     pipe.sismember(keys.limit_running(key), job_id)
             for key in limit_keys:
@@ -63,9 +76,7 @@ class Holdings:
             replies = pipe.execute()
         waiting = {m.rsplit("|", 1)[-1] for r in replies[-1 - len(limit_keys) : -1] for m in r}
         fetching = {m.partition("|")[0] for m in replies[-1]}
-        names = ("budget_hold", "hold_time", "budget_waiting", "parked", "follow",
-                 "follow_owner", "outbox", "dispatched", "begun", "live",
-                 "unsettled")  # fmt: skip
+        names = tuple(_MEMBERSHIPS)
         per_job = len(names) + len(limit_keys)
         found: dict[str, list[str]] = {}
         for i, job_id in enumerate(job_ids):
@@ -89,26 +100,14 @@ class Holdings:
         limit's queue are named with their key (``slot tag:tenant=acme``)."""
         keys = self.keys
         limit_keys = sorted(self.r.hkeys(keys.limits))
-        counted = {
-            "budget_hold": ("hlen", keys.budget_holds),
-            "hold_time": ("zcard", keys.budget_hold_times),
-            "budget_waiting": ("zcard", keys.budget_waiting),
-            "parked": ("hlen", keys.limit_parked),
-            "follow": ("zcard", keys.follows),
-            "follow_owner": ("hlen", keys.follow_owners),
-            "outbox": ("zcard", keys.outbox),
-            "dispatched": ("zcard", keys.dispatched),
-            "begun": ("zcard", keys.begun),
-            "live": ("zcard", keys.jobs_live),
-            "unsettled": ("zcard", keys.jobs_ended),
-            "file_fetch": ("zcard", keys.files_dispatched),
-        }
         with self.r.pipeline(transaction=False) as pipe:
-            for command, key in counted.values():
-                getattr(pipe, command)(key)
+            for is_hash, attr in _MEMBERSHIPS.values():
+                (pipe.hlen if is_hash else pipe.zcard)(getattr(keys, attr))
+            pipe.zcard(keys.files_dispatched)
             for key in limit_keys:
                 pipe.scard(keys.limit_running(key))
                 pipe.zcard(keys.limit_waiting(key))
             replies = [int(n) for n in pipe.execute()]
-        names = [*counted, *(f"{kind} {key}" for key in limit_keys for kind in ("slot", "queued"))]
+        per_key = [f"{kind} {key}" for key in limit_keys for kind in ("slot", "queued")]
+        names = [*_MEMBERSHIPS, "file_fetch", *per_key]
         return {name: n for name, n in zip(names, replies, strict=True) if n}
