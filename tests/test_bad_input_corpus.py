@@ -149,6 +149,14 @@ SCHEDULES: list[tuple[str, Any, dict[str, Any], str]] = [
     ("interval huge", {"type": INTERVAL, "intervalSeconds": 10**30}, {}, "when.interval_seconds"),
     ("interval text", {"type": INTERVAL, "intervalSeconds": "often"}, {}, "when.interval_seconds"),
     ("interval fraction", {"type": INTERVAL, "intervalSeconds": 1.5}, {}, "when.interval_seconds"),
+    # A JSON integer only: true was taken as 1 s (a schedule firing every second).
+    ("interval true", {"type": INTERVAL, "intervalSeconds": True}, {}, "when.interval_seconds"),
+    ("interval digits", {"type": INTERVAL, "intervalSeconds": "60"}, {}, "when.interval_seconds"),
+    ("interval 60.0", {"type": INTERVAL, "intervalSeconds": 60.0}, {}, "when.interval_seconds"),
+    ("delay true", {"type": DELAY, "delayInSeconds": True}, {}, "when.delay_in_seconds"),
+    # A key the kind does not take was dropped unseen.
+    ("when unknown key", {**EVERY, "jitter": 5}, {}, "when.jitter"),
+    ("date misspelt at", {"type": AT, "at": "2099-01-01T07:00:00Z"}, {}, "when.date"),
     ("delay negative", {"type": DELAY, "delayInSeconds": -1}, {}, "when.delay_in_seconds"),
     ("delay huge", {"type": DELAY, "delayInSeconds": 10**15}, {}, "when.delay_in_seconds"),
     ("date past", {"type": AT, "date": "2001-01-01T00:00:00Z"}, {}, "when.date"),
@@ -440,6 +448,7 @@ EMULATOR = [
 SCHEDULE_BODIES = [
     ({"input": "x", "when": {"type": "cron", "cron": "bad"}}, "when.cron"),
     ({"input": "x", "when": {"type": "interval", "intervalSeconds": -1}}, "when.interval_seconds"),
+    ({"input": "x", "when": {**EVERY, "intervalSeconds": True}}, "when.interval_seconds"),
     ({"input": "x", "when": {"type": "scheduled", "date": "2001-01-01T00:00:00Z"}}, "when.date"),
     ({"input": "x", "when": {"type": "x"}}, "when"),
     ({"input": "x"}, "when"),

@@ -437,6 +437,21 @@ def test_schedules_of_every_kind(gateway: Gateway, when: dict[str, Any]) -> None
     assert error_of(bad, 400)["field"].startswith("when")
 
 
+@pytest.mark.parametrize(("when", "field"), [
+    ({"type": "interval", "intervalSeconds": True}, "when.interval_seconds"),  # not 1 s
+    ({"type": "interval", "intervalSeconds": "60"}, "when.interval_seconds"),
+    ({"type": "interval", "intervalSeconds": 60, "jitter": 5}, "when.jitter"),
+    ({"type": "scheduled", "at": "2099-01-01T00:00:00Z"}, "when.date"),
+])  # fmt: skip
+def test_a_schedules_when_takes_integer_seconds_and_its_own_keys_only(
+    gateway: Gateway, when: dict[str, Any], field: str
+) -> None:
+    admin = gateway.client("admin")
+    bad = admin.post("/v1/schedules", json={"input": "x", "when": when})
+    assert error_of(bad, 400)["field"] == field
+    assert admin.get("/v1/schedules").json() == []
+
+
 def test_a_schedules_tags_round_trip_and_a_tenants_worker_lends_its_own(
     gateway: Gateway, store: RedisStore
 ) -> None:
