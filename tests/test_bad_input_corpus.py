@@ -207,6 +207,9 @@ API += [
     ("cap bool", lambda o: o.budgets.set_cap(scope=CAP, limit_usd=True), "limit_usd"),
     ("cap 1e308", lambda o: o.budgets.set_cap(scope=CAP, limit_usd=Decimal("1e308")), "limit_usd"),
     ("cap scope newline", lambda o: o.budgets.set_cap(scope=CAP + "\n", limit_usd=1), "scope"),
+    # Finer than a micro-dollar: it was kept as given and enforced rounded ($1.000000).
+    ("cap 7 decimals", lambda o: o.budgets.set_cap(scope=CAP, limit_usd="1.0000001"), "limit_usd"),
+    ("cap remove period", lambda o: o.budgets.remove_cap(CAP, period="week"), "period"),  # type: ignore[arg-type]
     ("schedule get newline", lambda o: o.schedules.get("sch_abc\n"), "schedule_id"),
     ("schedule cancel key", lambda o: o.schedules.cancel("sch_abc:runs"), "schedule_id"),
 ]  # fmt: skip
@@ -345,6 +348,7 @@ CLI = [
     (["limits", "set", "tag:tenant=acme\n", "1"], "error: key:"),
     (["budgets", "set", "global", "--usd", "1e-10"], "error: usd:"),
     (["budgets", "set", "global", "--usd", "NaN"], "error: usd:"),
+    (["budgets", "set", "global", "--usd", "2.0000005"], "error: usd:"),
     (["budgets", "set", "tag:tenant=acme\n", "--usd", "1"], "error: scope:"),
     (["costs", "--since", "2026-01-01\n"], "error: since:"),
     (["schedules", "pause", "sch_abc\n"], "error: schedule_id:"),

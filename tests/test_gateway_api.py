@@ -301,6 +301,8 @@ def test_roles(gateway: Gateway) -> None:
     assert made.status_code == 200 and made.json()["limit_usd"] == "12.50"
     assert [r["scope"] for r in reader.get("/v1/budgets").json()] == ["tag:tenant=acme"]
     assert error_of(admin.put("/v1/budgets", json={**cap, "limit_usd": "nan"}), 400)
+    fine = error_of(admin.put("/v1/budgets", json={**cap, "limit_usd": "1.0000001"}), 400)
+    assert fine["field"] == "limit_usd" and "micro-dollar" in fine["message"]
     assert error_of(reader.put("/v1/limits", json={"key": "budget:low", "limit": 2}), 403)
     assert admin.put("/v1/limits", json={"key": "budget:low", "limit": 2}).json()["changed"]
     assert reader.get("/v1/limits").json()[0]["limit"] == 2
