@@ -167,6 +167,27 @@ def test_a_continue_carries_the_earlier_jobs_tier_and_tags(
     assert error_of(go(acme, "carry-1", tags={"team": "z"}), 409)["field"] == "idempotency_key"
 
 
+@pytest.mark.parametrize("content_type", [
+    "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None,
+])  # fmt: skip
+def test_a_body_that_is_not_sent_as_json_is_a_415_and_writes_nothing(
+    gateway: Gateway, content_type: str | None
+) -> None:
+    """It was a 422 "Input should be a valid dictionary", naming no header."""
+    admin = gateway.client("admin")
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    answer = admin.post("/v1/jobs", content=b'{"input": "x"}', headers=headers)
+    refused = error_of(answer, 415)
+    assert refused["type"] == "unsupported_media_type" and refused["field"] == "content-type"
+    assert admin.get("/v1/jobs").json()["jobs"] == []
+    # JSON by any of its names passes; a POST without a body needs no content type.
+    for ok in ("application/json", "application/json; charset=utf-8", "application/merge+json"):
+        made = admin.post("/v1/jobs", content=b'{"input": "x"}', headers={"Content-Type": ok})
+        assert made.status_code == 202, (ok, made.text)
+    job_id = admin.get("/v1/jobs").json()["jobs"][0]["id"]
+    assert admin.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+
+
 def test_error_shapes(gateway: Gateway) -> None:
     url = gateway.url
     assert error_of(httpx.get(f"{url}/v1/jobs"), 401)["field"] == "authorization"
@@ -407,7 +428,7 @@ def test_openapi_document_has_every_route_and_its_errors(gateway: Gateway) -> No
         codes = set(op["responses"])
         assert {"400", "404", "500"} <= codes, (path, method)
         if not path.startswith("/v1/links"):
-            assert {"401", "403", "422", "429", "503"} <= codes, (path, method)
+            assert {"401", "403", "415", "422", "429", "503"} <= codes, (path, method)
         ref = op["responses"]["404"]["content"]["application/json"]["schema"]["$ref"]
         assert ref.endswith("/ErrorBody")
     assert {"ErrorBody", "ErrorDetail", "JobOut", "JobPage"} <= set(doc["components"]["schemas"])

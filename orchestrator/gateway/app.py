@@ -3,7 +3,8 @@
 
 Everything the routes share is built in the lifespan (one facade, one token store, one
 live-update hub per process). Requests larger than ``GATEWAY_MAX_BODY_BYTES`` are refused
-(413) before they are read, and uvicorn's access log never shows a read link's token.
+(413) before they are read, so are bodies not sent as JSON (415), and uvicorn's access
+log never shows a read link's token.
 """
 
 from __future__ import annotations
@@ -80,6 +81,32 @@ class _BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+class _JsonBody:
+    """415 for a ``/v1`` request body not sent as JSON (FastAPI took it as bytes and
+    answered 422 "Input should be a valid dictionary", naming no header). A request
+    without a body (a bare ``POST …/cancel``) needs no content type."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and str(scope.get("path", "")).startswith("/v1/"):
+            headers = dict(scope.get("headers") or [])
+            sized = headers.get(b"content-length", b"0") not in (b"", b"0")
+            if sized or b"transfer-encoding" in headers:
+                given = headers.get(b"content-type", b"").decode("latin-1")
+                media = given.partition(";")[0].strip().lower()
+                if media != "application/json" and not media.endswith("+json"):
+                    said = f"{given[:64]!r}" if given else "none"
+                    response = errors.error_response(
+                        415, f"send the body as JSON, Content-Type: application/json (got {said})",
+                        "content-type",
+                    )  # fmt: skip
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
@@ -171,5 +198,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Health(status="ok")
 
     console.mount(app)
+    app.add_middleware(_JsonBody)
     app.add_middleware(_BodyLimit, limit=settings.gateway_max_body_bytes)
     return app
