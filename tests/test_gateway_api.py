@@ -231,6 +231,13 @@ def test_error_shapes(gateway: Gateway) -> None:
     since = admin.get("/v1/jobs/job_unknown/events", params={"since": "3"})
     assert error_of(since, 422)["field"] == "since"
     assert admin.get("/v1/jobs", params={"tag": "tenant=acme", "limit": 5}).status_code == 200
+    # A single-valued parameter given twice is refused (the last one was taken); a list
+    # parameter repeats.
+    twice = admin.get("/v1/jobs", params=[("limit", "500"), ("limit", "1")])
+    assert error_of(twice, 422)["field"] == "limit"
+    both = [("tag", "tenant=acme"), ("tag", "team=x")]
+    assert admin.get("/v1/jobs", params=both).status_code == 200
+    assert error_of(admin.get("/v1/costs", params=[("by", "tag"), ("by", "day")]), 422)
     assert error_of(admin.get("/v1/schedules/sch_unknown"), 404)["field"] == "schedule_id"
     assert error_of(admin.get("/v1/nowhere"), 404)
     assert error_of(admin.delete("/v1/jobs"), 405)

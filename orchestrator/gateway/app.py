@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -114,23 +115,36 @@ async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> 
     await response(scope, receive, send)
 
 
-def _query_names(route: APIRoute) -> frozenset[str]:
-    """The query parameters ``route`` takes, its dependencies' included."""
+def _query_names(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
+    """The query parameters ``route`` takes, its dependencies' included, and those of
+    them that take a list (``?tag=`` repeated)."""
     names: set[str] = set()
+    lists: set[str] = set()
     todo = [route.dependant]
     while todo:
         dependant = todo.pop()
-        names.update(field.alias for field in dependant.query_params)
+        for field in dependant.query_params:
+            names.add(field.alias)
+            if _takes_list(field.field_info.annotation):
+                lists.add(field.alias)
         todo.extend(dependant.dependencies)
-    return frozenset(names)
+    return frozenset(names), frozenset(lists)
+
+
+def _takes_list(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin in (list, tuple, set, frozenset):
+        return True
+    return origin in (Union, UnionType) and any(_takes_list(a) for a in get_args(annotation))
 
 
 def _known_query() -> Any:
     """A dependency refusing (422, ``field`` the parameter) a query parameter a ``/v1``
     route does not take: a misspelt filter (``?tags=`` for ``?tag=``) would otherwise be
-    ignored, and the list answered unfiltered. The console's page and the health check
-    take whatever a browser or a probe adds."""
-    known: dict[int, frozenset[str]] = {}
+    ignored, and the list answered unfiltered. One that takes a single value, given
+    twice, is refused too (``?limit=500&limit=1`` was answered with the last). The
+    console's page and the health check take whatever a browser or a probe adds."""
+    known: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
 
     async def check(request: Request) -> None:
         route = request.scope.get("route")
@@ -138,9 +152,10 @@ def _known_query() -> Any:
             return
         if not route.path.startswith("/v1/"):
             return
-        names = known.get(id(route))
-        if names is None:
-            names = known[id(route)] = _query_names(route)
+        found = known.get(id(route))
+        if found is None:
+            found = known[id(route)] = _query_names(route)
+        names, lists = found
         for name in request.query_params:
             if name not in names:
                 takes = ", ".join(sorted(names)) or "none"
@@ -148,6 +163,8 @@ def _known_query() -> Any:
                     422, f"this route takes no such query parameter (it takes: {takes})",
                     field=name[:64],
                 )  # fmt: skip
+            if name not in lists and len(request.query_params.getlist(name)) > 1:
+                raise errors.ApiError(422, "is given more than once", field=name)
 
     return Depends(check)
 
