@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from orchestrator import cli
-from orchestrator.errors import APIError, InputError
+from orchestrator.errors import APIError, InputError, UnknownIdError
 from orchestrator.facade import Orchestrator
 from orchestrator.jobs.files import safe_path
 from orchestrator.settings import load_settings
@@ -237,6 +237,20 @@ def test_schedules_check_a_worker_id_by_the_rules_before_asking_anyone(
             call()
         assert caught.value.field == "worker_id"
         assert "is not a worker id" in caught.value.message, caught.value.message
+
+
+def test_a_well_formed_job_id_that_names_no_job_is_an_unknown_id(world: World) -> None:
+    """As an unknown worker or schedule id is (the HTTP API's 404), not plain bad input."""
+    nobody = "job_" + "0" * 32
+    for call in (
+        lambda: world.orch.get(nobody),
+        lambda: world.orch.cancel(nobody),
+        lambda: world.orch.continue_(nobody, "x"),
+        lambda: world.orch.schedules.create(nobody, "x", EVERY),
+    ):
+        with pytest.raises(UnknownIdError) as caught:
+            call()
+        assert caught.value.field == "job_id"
 
 
 def test_a_when_without_its_type_names_the_key_and_its_values(world: World) -> None:
