@@ -19,7 +19,6 @@ import redis.asyncio as aioredis
 from orchestrator.jobs.model import LOCAL_ENDS, TERMINAL, JobStatus
 from orchestrator.store.batch import AsyncBatch
 from orchestrator.store.connection import connect_async, pubsub_async
-from orchestrator.store.jobs import append_call
 from orchestrator.store.keys import Keys
 from orchestrator.store.retention import (
     RECORD_FIELDS,
@@ -30,6 +29,7 @@ from orchestrator.store.retention import (
 from orchestrator.store.scripts import jobs as scripts
 from orchestrator.store.scripts import records
 from orchestrator.store.spend import AsyncRateStore
+from orchestrator.store.workers import append_call
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ writes never leaves half a change. See ``docs/redis-layout.md``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -29,7 +28,7 @@ from orchestrator.jobs.model import (
 from orchestrator.ledger import cumulative
 from orchestrator.store.batch import Batch
 from orchestrator.store.broker import BrokerLayout, BrokerView
-from orchestrator.store.compact import TurnStore, pack_snapshot, raw_hget, unpack_snapshot
+from orchestrator.store.compact import TurnStore, pack_snapshot
 from orchestrator.store.connection import connect, home_client
 from orchestrator.store.files import FilesStore, now_ms
 from orchestrator.store.keys import Keys
@@ -41,12 +40,13 @@ from orchestrator.store.scripts.chain import CHAIN, SET_FIELD
 from orchestrator.store.status import JobWatch, StatusStore, history_line
 from orchestrator.store.status import job_id_checked as _job_id
 from orchestrator.store.wakes import WakeList
+from orchestrator.store.workers import WorkerStore
 from orchestrator.wire.models import Worker
 
 __all__ = ["JobWatch", "RedisStore", "connect", "now_ms"]
 
 
-class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore):
+class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore, WorkerStore):
     """Synchronous access to everything the orchestrator keeps in Redis."""
 
     def __init__(
@@ -76,6 +76,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         self._set_field = client.register_script(SET_FIELD)
         self._record_file = client.register_script(records.RECORD_FILE)
         self._forget_lost = client.register_script(records.FORGET_LOST)
+        self._worker_field = client.register_script(records.WORKER_FIELD)
         self._append = client.register_script(scripts.APPEND_UPDATES)
         self._post_turn = client.register_script(scripts.POST_TURN)
         self._release = client.register_script(scripts.RELEASE_FOLLOW)
@@ -307,40 +308,6 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
     def following(self) -> int:
         return int(self.r.zcard(self.keys.follows))
 
-    # --- workers and updates -----------------------------------------------------
-
-    def save_snapshot(self, worker: Worker) -> None:
-        self.r.hset(self.keys.worker(worker.id), "snapshot", pack_snapshot(worker))
-
-    def snapshot(self, worker_id: str) -> Worker | None:
-        raw = raw_hget(self.r, self.keys.worker(worker_id), "snapshot")
-        return unpack_snapshot(raw) if raw else None
-
-    def relayed(self, worker_id: str) -> int:
-        return int(self.r.hget(self.keys.worker(worker_id), "relayed") or 0)
-
-    def append_updates(
-        self, worker_id: str, first_index: int, payloads: Sequence[str], job_id: str = ""
-    ) -> int:
-        """Store updates ``first_index...``; those already stored are skipped. With
-        ``job_id`` (whose turn they are) nothing is stored if that job has no record."""
-        keys, args = self._append_call(worker_id, first_index, payloads, job_id)
-        return int(self._append(keys=keys, args=args))
-
-    def append_updates_into(
-        self, batch: Batch, worker_id: str, first_index: int, payloads: Sequence[str],
-        job_id: str = "",
-    ) -> int:  # fmt: skip
-        """Queue :meth:`append_updates`; the index of its reply."""
-        keys, args = self._append_call(worker_id, first_index, payloads, job_id)
-        return batch.script(self._append, keys, args)
-
-    def _append_call(
-        self, worker_id: str, first_index: int, payloads: Sequence[str], job_id: str
-    ) -> tuple[list[str], list[Any]]:
-        return append_call(self.keys, self.retention, self.updates_maxlen, worker_id,
-                           first_index, payloads, job_id)  # fmt: skip
-
     # --- operations ----------------------------------------------------------------
 
     def ping(self) -> None:
@@ -418,14 +385,3 @@ def creation(
     flat = [part for item in record.items() for part in item]
     job = Job.from_hash(record)
     return job, names, [job_id, created, next_due(job, created), len(indexes), wake_cap, *flat]
-
-
-def append_call(
-    keys: Keys, policy: RetentionPolicy, maxlen: int, worker_id: str, first: int,
-    payloads: Sequence[str], job_id: str = "",
-) -> tuple[list[str], list[Any]]:  # fmt: skip
-    """KEYS and ARGV of APPEND_UPDATES (the job's keys only when ``job_id`` is given)."""
-    names = [keys.worker(worker_id), keys.updates(worker_id)]
-    if job_id:
-        names += [keys.job(job_id), keys.ledger("worker", worker_id), keys.retention]
-    return names, [first, maxlen, now_ms(), job_id, worker_id, policy.ttl_ms({}), *payloads]

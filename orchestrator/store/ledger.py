@@ -27,7 +27,6 @@ from orchestrator.ledger import (
     rollups,
 )
 from orchestrator.store.batch import Batch, Chain, Queue
-from orchestrator.store.compact import pack_snapshot
 from orchestrator.store.keys import LEDGER_DIMENSIONS, Keys
 from orchestrator.store.retention import RetentionPolicy
 from orchestrator.store.scripts import jobs as scripts
@@ -85,6 +84,7 @@ class LedgerStore:
     _chain: Any
     _set_field: Any
     retention: RetentionPolicy
+    snapshot_into: Any
 
     def turn_keys(
         self, worker_id: str, members: Sequence[tuple[str, str]], record: str
@@ -105,7 +105,7 @@ class LedgerStore:
         relayed so far (the turn's ``update_to``). FigureError (nothing queued) for a
         figure outside the ledger's bounds."""
         figures = cumulative(worker)  # checked before anything is queued
-        batch.pipe.hset(self.keys.worker(worker.id), "snapshot", pack_snapshot(worker))
+        self.snapshot_into(batch, worker)
         posted = self.post_turn_into(batch, job, worker, at_ms, extra, figures=figures)
         batch.pipe.hget(self.keys.worker(worker.id), "relayed")
         return posted, len(batch.pipe) - 1
@@ -124,7 +124,7 @@ class LedgerStore:
         ``batch``. The index of the post's reply in the chain's, or None (costs unknown).
         FigureError (nothing queued) for a figure outside the ledger's bounds."""
         figures = cumulative(worker)
-        batch.pipe.hset(self.keys.worker(worker.id), "snapshot", pack_snapshot(worker))
+        self.snapshot_into(batch, worker)
         return self.post_turn_into(chain, job, worker, at_ms, extra, figures=figures)
 
     def chain_into(self, batch: Batch, chain: Chain) -> int:

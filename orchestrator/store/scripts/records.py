@@ -117,6 +117,18 @@ return 1
 """
 )
 
+# A field of a worker's hash (its snapshot, its stopped job), written only while the
+# hash exists: its records expired, or were lost with the job that made them, and a
+# hash made anew by this write alone would never expire.
+WORKER_FIELD = """
+-- KEYS[1] worker hash
+-- ARGV[1] field, ARGV[2] value
+-- Returns 1 once written, 0 if the worker has no records (nothing written).
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 # A fetched file's entry: written only while the job has a record (a late fetch of a
 # job Redis lost, or that expired, would make a files hash nothing expires), and with
 # the job's expiry when the job ended before the hash existed (its end set the expiry
