@@ -28,13 +28,19 @@ class WorkerStore:
     _append: Any
     _worker_field: Any
 
-    def save_snapshot(self, worker: Worker) -> bool:
-        """Store the worker's latest snapshot; False if it has no records (nothing
-        written: WORKER_FIELD)."""
+    def save_snapshot(self, worker: Worker) -> None:
+        """Store the worker's snapshot, making its hash if need be (reconcile's repair of
+        a worker whose job is kept). A job's steps use :meth:`update_snapshot`."""
+        self.r.hset(self.keys.worker(worker.id), "snapshot", pack_snapshot(worker))
+
+    def update_snapshot(self, worker: Worker) -> bool:
+        """Store the worker's latest snapshot, only into its hash (WORKER_FIELD): False
+        if it has no records (expired, or lost with the job that made them), since a
+        hash made by this write alone would never expire."""
         return self.set_worker_field(worker.id, "snapshot", pack_snapshot(worker))
 
     def snapshot_into(self, batch: Batch, worker: Worker) -> int:
-        """Queue :meth:`save_snapshot`; the index of its reply."""
+        """Queue :meth:`update_snapshot`; the index of its reply."""
         keys, args = [self.keys.worker(worker.id)], ["snapshot", pack_snapshot(worker)]
         return batch.script(self._worker_field, keys, args)
 
