@@ -216,8 +216,7 @@ def test_a_beat_holding_the_old_timing_claims_nothing_with_it(orch: Orchestrator
 
 
 def test_a_beat_that_ran_the_old_timing_runs_the_new_one(
-    orch: Orchestrator,
-    sent: Counter[tuple[str, int]],  # noqa: F811
+    orch: Orchestrator, sent: Counter[tuple[str, int]]
 ) -> None:
     s = orch.schedules.create(None, "x", {"type": "interval", "intervalSeconds": 1})
     beat = make_beat(orch.store)
@@ -236,8 +235,8 @@ def test_cli_update_json_errors_and_not_found(
 ) -> None:
     cli_environment(orch, monkeypatch)
     s = make_schedule(orch)
-    argv = ["schedules", "update", s.id, "--input", "new", "--cron", "0 6 * * 1",
-            "--tz", "Europe/Paris", "--budget", "high", "--tag", "tenant=globex", "--json"]  # fmt: skip
+    argv = ["schedules", "update", s.id, "--input", "new", "--cron", "0 6 * * 1", "--tz",
+            "Europe/Paris", "--budget", "high", "--tag", "tenant=globex", "--json"]  # fmt: skip
     assert main(argv) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["id"], shown["type"], shown["cron"]) == (s.id, "cron", "0 6 * * 1")
