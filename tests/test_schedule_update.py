@@ -7,6 +7,7 @@ holding the old timing)."""
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from typing import Any
 
@@ -17,9 +18,11 @@ from orchestrator.errors import InputError, UnknownIdError
 from orchestrator.facade import Orchestrator
 from orchestrator.schedules.run import RUNS_TASK, run_slot
 from orchestrator.schedules.timing import Schedule, cron_instants, plan
+from orchestrator.schedules.update import revised
 from orchestrator.store.jobs import now_ms
 from orchestrator.store.schedules import Claim, ScheduleStore
 
+from .processes import joined
 from .test_beat_tick import make_beat, sent  # noqa: F401
 from .test_schedule_api import FakeApp, app, cli_environment, orch  # noqa: F401
 
@@ -199,6 +202,28 @@ def test_a_slot_a_beat_claimed_first_stays_claimed_and_is_not_claimed_again(
     assert orch.schedules.get(s.id).counts["claimed"] == 1
 
 
+def test_an_update_read_before_another_change_is_retried_not_applied(
+    orch: Orchestrator,
+) -> None:
+    s = make_schedule(orch)
+    slot = made_due(orch, s.id)
+    ss = ScheduleStore(orch.store)
+    current, due_ms = ss.read(s.id)
+    now = now_ms()
+    new, retimed = revised(orch.settings, current, {"when": HOURLY, "input": "mine"}, now)
+    # A beat claims the due slot between the update's read and its write.
+    timing, catch_up, rev = ss.timings([s.id])[s.id]
+    assert ss.claim([Claim(s.id, slot, plan(timing, slot, now, catch_up), rev)], now)
+    due = plan(current.timing, slot, now, current.catch_up)
+    assert ss.update(current, due_ms, new, now, retimed=retimed, due=due) == ("retry", [])
+    assert ss.pending() == 1 and orch.schedules.get(s.id).counts["claimed"] == 1
+    # Another update between the read and the write: this one is not applied over it.
+    current, due_ms = ss.read(s.id)
+    orch.schedules.update(s.id, input="theirs")
+    assert ss.update(current, due_ms, new, now, retimed=False, due=None) == ("retry", [])
+    assert orch.schedules.get(s.id).input == "theirs"
+
+
 def test_a_beat_holding_the_old_timing_claims_nothing_with_it(orch: Orchestrator) -> None:
     s = make_schedule(orch)
     slot = made_due(orch, s.id)
@@ -228,6 +253,44 @@ def test_a_beat_that_ran_the_old_timing_runs_the_new_one(
     # The beat's next run is the new grid's (2 s on), not the old one's (1 s on).
     assert sent[(s.id, after.next_run_ms)] == 1
     assert orch.schedules.get(s.id).next_run_ms == after.next_run_ms + 2000
+
+
+def test_updates_racing_beats_claim_each_slot_once(orch: Orchestrator, app: FakeApp) -> None:
+    sid = orch.schedules.create(None, "x", {"type": "interval", "intervalSeconds": 1}).id
+    ss = ScheduleStore(orch.store)
+    by_beats: Counter[str] = Counter()
+    lock, stop = threading.Lock(), threading.Event()
+
+    def beat_loop() -> None:
+        while not stop.is_set():
+            now = now_ms()
+            due = ss.peek(now, 10, 0, 0).due
+            timings = ss.timings([s for s, _ in due])
+            claims = [Claim(s, at, plan(timings[s][0], at, now, timings[s][1]), timings[s][2])
+                      for s, at in due if s in timings]  # fmt: skip
+            won = ss.claim(claims, now)
+            with lock:
+                by_beats.update(won)
+
+    beats = [threading.Thread(target=beat_loop) for _ in range(3)]
+    for t in beats:
+        t.start()
+    try:
+        # Mostly plain changes (each moves the rev a beat checks); a new timing now and
+        # then (each re-anchors the grid, claiming what was due).
+        for i in range(60):
+            when = {"type": "interval", "intervalSeconds": 1} if i % 30 == 29 else None
+            orch.schedules.update(sid, input=f"v{i}", when=when)
+            stop.wait(0.05)  # pacing the updates, not waiting for an outcome
+    finally:
+        stop.set()
+        for t in beats:
+            joined(t)
+    by_update = Counter(f"{s}|{slot}" for s, slot in runs_sent(app))
+    assert by_beats and max((by_beats + by_update).values()) == 1
+    stored = orch.schedules.get(sid)
+    assert stored.counts["claimed"] == sum(by_beats.values()) + sum(by_update.values())
+    assert stored.rev == 60 and stored.input == "v59"
 
 
 def test_cli_update_json_errors_and_not_found(
