@@ -1,6 +1,6 @@
 """``/v1/schedules``: create (all four kinds), update, list, get, describe, history,
-pause, resume, trigger and cancel. Schedules are not per tenant: untenanted tokens only; reads
-for role read, changes for role admin."""
+pause, resume, trigger and cancel. Schedules are not per tenant: untenanted tokens only;
+reads for role read, changes for role admin."""
 
 from __future__ import annotations
 

@@ -149,10 +149,10 @@ class ScheduleAPI:
         ``tags`` replace the schedule's tags (``{}``: none). A new ``when`` or
         ``timezone`` (cron only) makes its next run the new timing's first after now. A
         slot of the old timing already due then and not yet claimed by a beat is
-        claimed and sent here, as a beat would have (within the default misfire grace;
-        later ones count as missed); one claimed before stays as it was. A paused schedule
-        stays paused. UnknownIdError for an unknown id, InputError ``schedule_id`` for
-        a done or cancelled one. Returns the stored record.
+        claimed and sent here, as a beat would have (within the default misfire
+        grace; later ones count as missed); one claimed before stays as it was. A
+        paused schedule stays paused. UnknownIdError for an unknown id, InputError
+        ``schedule_id`` for a done or cancelled one. Returns the stored record.
         """
         asked = {
             "input": input, "when": when, "timezone": timezone, "budget": budget,
@@ -200,7 +200,7 @@ class ScheduleAPI:
     # --- ours ------------------------------------------------------------------------
 
     def get(self, schedule_id: str) -> Schedule:
-        """The stored record (InputError ``schedule_id`` if unknown)."""
+        """The stored record (UnknownIdError ``schedule_id`` if unknown)."""
         return self.store.require(schedule_id)
 
     def pause(self, schedule_id: str) -> bool:

@@ -25,7 +25,8 @@ export function schedulesPage(view, chosen) {
       body.replaceChildren(...(rows.length ? rows.map((r) => h("tr", { dataset: { schedule: r.id } },
         h("td", {}, h("a", { href: `#/schedules/${encodeURIComponent(r.id)}` }, r.id)),
         h("td", {}, r.when), h("td", {}, statusBadge(r.status)), h("td", {}, r.next_run_at || "—"),
-        h("td", { class: "tags" }, tagText(r.tags)), h("td", { class: "num" }, r.runs), h("td", { class: "num" }, r.missed + r.skipped),
+        h("td", { class: "tags" }, tagText(r.tags)), h("td", { class: "num" }, r.runs),
+        h("td", { class: "num" }, r.missed + r.skipped),
         h("td", { class: "actions" }, button(r.id, r.status === "paused" ? "resume" : "pause"),
           button(r.id, "trigger"))))
         : [h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No schedules."))]));
