@@ -159,6 +159,40 @@ def test_console_read_token_sees_no_action_buttons(
 
 
 @needs_chromium
+def test_console_pages_log_no_errors(gateway: Any, worker: Any, orch: Orchestrator) -> None:
+    """Every page of the console loads with nothing in the browser's console: no script
+    error, no refused policy, no request answered 4xx/5xx (a missing icon included)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    job = orch.submit("a job to look at", budget="low", tags={"tenant": "acme"})
+    orch.wait(job.id, timeout=60)
+    sched = orch.schedules.create(None, "a digest", {"type": "interval", "intervalSeconds": 3600})
+    logged: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: logged.append(f"{m.type}: {m.text}")
+                    if m.type in ("error", "warning") else None)  # fmt: skip
+            page.on("pageerror", lambda e: logged.append(f"pageerror: {e}"))
+            _login(page, gateway.url, gateway.token("admin"))
+            page.wait_for_selector(f"#jobs tr[data-job='{job.id}'] td.cost", timeout=WAIT_MS)
+            for route, ready in [
+                (f"#/job/{job.id}", "#page-job[data-ended=completed] #turn-cost"),
+                ("#/money", "#page-money[data-loaded]"),
+                ("#/schedules", f"#schedules tr[data-schedule='{sched.id}']"),
+                (f"#/schedules/{sched.id}", "#page-schedules"),
+                ("#/submit", "#submit-form"),
+                ("#/jobs", f"#jobs tr[data-job='{job.id}']"),
+            ]:
+                page.goto(f"{gateway.url}/{route}")
+                page.wait_for_selector(ready, timeout=WAIT_MS)
+                page.wait_for_load_state("networkidle")
+        finally:
+            browser.close()
+    assert logged == []
+
+
+@needs_chromium
 def test_console_live_text_without_read_links(
     env: dict[str, str], tmp_path: Path, store: RedisStore, emulator: Emulator, worker: Any,
     orch: Orchestrator,
