@@ -59,6 +59,13 @@ def test_every_option_and_argument_has_help() -> None:
     assert missing == []
 
 
+def test_help_reads_as_plain_text() -> None:
+    """No docstring markup (``name``) reaches a --help page."""
+    marked = [" ".join(path) or "orchestrator" for path, parser in leaves(build_parser())
+              if "``" in parser.format_help()]  # fmt: skip
+    assert marked == []
+
+
 def test_every_command_takes_json() -> None:
     commands = [
         (path, parser)
