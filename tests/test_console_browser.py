@@ -8,6 +8,7 @@ no action buttons."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,7 @@ def test_console_pages_log_no_errors(gateway: Any, worker: Any, orch: Orchestrat
             page.on("pageerror", lambda e: logged.append(f"pageerror: {e}"))
             _login(page, gateway.url, gateway.token("admin"))
             page.wait_for_selector(f"#jobs tr[data-job='{job.id}'] td.cost", timeout=WAIT_MS)
+            refreshed = page.inner_text("#jobs-info")  # in UTC, as every time the page shows
             for route, ready in [
                 (f"#/job/{job.id}", "#page-job[data-ended=completed] #turn-cost"),
                 ("#/money", "#page-money[data-loaded]"),
@@ -190,6 +192,7 @@ def test_console_pages_log_no_errors(gateway: Any, worker: Any, orch: Orchestrat
         finally:
             browser.close()
     assert logged == []
+    assert re.fullmatch(r"page 1 · refreshed \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z", refreshed)
 
 
 @needs_chromium
