@@ -155,6 +155,16 @@ def test_console_read_token_sees_no_action_buttons(
             assert page.inner_text("#who") == "read · tenant acme"
             assert not page.is_visible("a[data-nav=money]")
             assert not page.is_visible("a[data-nav=schedules]")
+            # Opened by address, those pages say so and ask the API for nothing refused.
+            refused: list[str] = []
+            page.on("response", lambda r: refused.append(r.url) if r.status == 403 else None)
+            for route, what in [("money", "Money is"), ("schedules", "Schedules are")]:
+                page.goto(f"{gateway.url}/#/{route}")
+                page.wait_for_selector(f"#page-{route} .card", timeout=WAIT_MS)
+                page.wait_for_load_state("networkidle")
+                shown = page.inner_text(f"#page-{route}")
+                assert shown == f"{what} not shown to a tenant-bound token.", shown
+            assert refused == []
         finally:
             browser.close()
 

@@ -76,6 +76,12 @@ async function route() {
   main.replaceChildren(view);
   const pages = { jobs: jobsPage, job: jobPage, submit: submitPage, money: moneyPage,
     schedules: schedulesPage };
+  // Opened by address: say so rather than ask the API for what it refuses this token.
+  const global = { money: "Money is", schedules: "Schedules are" };
+  if (session.me.tenant && global[page]) {
+    view.append(h("p", { class: "card" }, `${global[page]} not shown to a tenant-bound token.`));
+    return;
+  }
   cleanup = (pages[page] || jobsPage)(view, arg) || null;
 }
 
