@@ -236,6 +236,7 @@ class Cluster:
         row.note = "; ".join(n for n in (row.note, *map(self.describe, left[:3])) if n)
         ended = [j for j in known if j not in left]
         held = leftovers.settle(self.orch, ended, left)  # before the ledger: a settle posts
+        held.update(leftovers.unbounded(self.orch))  # and nothing kept for good by mistake
         row.held = sum(held.values())
         truth = self.truth()
         row.dup_turns = truth["turns_started"] - (len(known) - len(left) - len(failed))

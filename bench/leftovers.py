@@ -73,6 +73,27 @@ def settle(orch: Orchestrator, ended: Sequence[str], live: Sequence[str]) -> Cou
     return counts
 
 
+def unbounded(orch: Orchestrator) -> Counter[str]:
+    """Keys that never expire of a job with no record (lost with Redis's last writes),
+    or of a worker whose active job has none (RELIABILITY.md, 24), as ``no expiry
+    <kind>``. A scan of the prefix: fine for a chaos run's few thousand keys."""
+    r, keys = orch.store.r, orch.store.keys
+    counts: Counter[str] = Counter()
+    for name in r.scan_iter(match=f"{keys.prefix}:*", count=1000):
+        kind, _, ident = name[len(keys.prefix) + 1 :].partition(":")
+        if kind == "ledger" and ident.startswith("worker:"):
+            kind, ident = "ledger:worker", ident.partition(":")[2]
+        if kind in ("job", "ledger-turn"):
+            job_id = ident.partition(":")[0]
+        elif kind in ("worker", "updates", "ledger:worker") and ":" not in ident:
+            job_id = r.hget(keys.worker(ident), "active_job") or ""
+        else:
+            continue
+        if r.pttl(name) == -1 and not (job_id and r.hexists(keys.job(job_id), "id")):
+            counts[f"no expiry {kind}"] += 1
+    return counts
+
+
 def describe(orch: Orchestrator, counts: Counter[str], ended: Sequence[str]) -> str:
     """What is held, and by which ended jobs (their status and the names they hold)."""
     if not counts:

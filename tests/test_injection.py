@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tracemalloc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -57,18 +57,30 @@ class Injected(RuntimeError):
 
 
 class FlakyStore(RedisStore):
-    """The real store, with a method armed to raise :class:`Injected` ``n`` times."""
+    """The real store, with a method armed to raise :class:`Injected` ``n`` times, or
+    to run a hook first (once: :meth:`before`)."""
 
     armed: dict[str, int]
+    hooks: dict[str, Callable[[], Any]]
 
     def arm(self, method: str, times: int = 1) -> None:
         self.armed[method] = times
 
+    def before(self, method: str, hook: Callable[[], Any]) -> None:
+        self.hooks[method] = hook
+
     def _trip(self, method: str) -> None:
+        hook = self.hooks.pop(method, None)
+        if hook is not None:
+            hook()
         left = self.armed.get(method, 0)
         if left:
             self.armed[method] = left - 1
             raise Injected(f"injected failure in {method}")
+
+    def count_attempt(self, *args: Any, **kwargs: Any) -> int:
+        self._trip("count_attempt")
+        return super().count_attempt(*args, **kwargs)
 
     def set_submitted(self, *args: Any, **kwargs: Any) -> bool:
         self._trip("set_submitted")
@@ -78,9 +90,9 @@ class FlakyStore(RedisStore):
         self._trip("settle_into")
         return super().settle_into(*args, **kwargs)
 
-    def record_file(self, *args: Any, **kwargs: Any) -> None:
+    def record_file(self, *args: Any, **kwargs: Any) -> bool:
         self._trip("record_file")
-        super().record_file(*args, **kwargs)
+        return super().record_file(*args, **kwargs)
 
     def append_updates_into(self, *args: Any, **kwargs: Any) -> int:
         self._trip("append_updates_into")
@@ -88,13 +100,18 @@ class FlakyStore(RedisStore):
 
 
 class FlakyFollows(FollowStore):
-    """The follower's real store; its update writes fail ``fail_writes`` times."""
+    """The follower's real store; its update writes fail ``fail_writes`` times, and
+    ``before_write`` runs (once) before the first."""
 
     fail_writes = 0
+    before_write: Callable[[], Any] | None = None
 
     async def append_updates(
         self, pending: Pending, maxlen: int, running: Sequence[str] = ()
     ) -> list[Any]:
+        hook, self.before_write = self.before_write, None
+        if hook is not None:
+            hook()
         if self.fail_writes:
             self.fail_writes -= 1
             raise Injected("injected failure in append_updates")
@@ -134,7 +151,7 @@ def make_rt(
         files = tmp_path / "files"
         settings = settings_for(redis_url, key_prefix, url or api.url, files, quick_relay)
         store = FlakyStore(connect(redis_url), key_prefix)
-        store.armed = {}
+        store.armed, store.hooks = {}, {}
         rt = Runtime(settings, store)
         rt.limits.set("tag:tenant=acme", 1)
         rt.budgets.set_cap(scope="tag:tenant=acme", limit_usd=Decimal("100"))
@@ -158,9 +175,13 @@ def submit(rt: Runtime, text: str, **fields: Any) -> Job:
     return job
 
 
-def follow(rt: Runtime, job_id: str, *, fail_writes: int = 0, seconds: float = 60) -> list[str]:
+def follow(
+    rt: Runtime, job_id: str, *, fail_writes: int = 0, seconds: float = 60,
+    before_write: Callable[[], Any] | None = None,
+) -> list[str]:  # fmt: skip
     """Run a real follower (in this process) until the job's turn is finalized, or for
-    ``seconds`` at most; finalize runs through its task function. Its outcomes."""
+    ``seconds`` at most; finalize runs through its task function. Its outcomes.
+    ``before_write`` runs before the follower's first update write."""
     outcomes: list[str] = []
     settings = rt.settings
     assert settings.redis_url is not None
@@ -168,6 +189,7 @@ def follow(rt: Runtime, job_id: str, *, fail_writes: int = 0, seconds: float = 6
     async def run() -> None:
         follows = FlakyFollows.from_url(settings.redis_url or "", settings.key_prefix)
         follows.fail_writes = fail_writes
+        follows.before_write = before_write
         done, stop = asyncio.Event(), asyncio.Event()
 
         async def finished(finished_id: str) -> None:
@@ -397,6 +419,123 @@ def test_a_follow_entry_of_a_job_redis_lost_is_dropped_by_finalize(
     assert rt.store.get_job(job_id) is None
     assert not_ended(rt.store, [job_id]) == {job_id: None}
     assert Holdings(rt.store).held([job_id]) == {}
+
+
+# --- a job Redis lost: nothing left that never expires ------------------------------
+
+
+def lose(rt: Runtime, job_id: str, worker_id: str = "") -> None:
+    """What a host crash under ``appendfsync everysec`` loses of a job created in its
+    last second: its record, its place in every set and what admit took; with
+    ``worker_id`` also the worker's records (written after the job, so lost with it)."""
+    r, keys = rt.store.r, rt.store.keys
+    r.delete(keys.job(job_id), keys.job_files(job_id))
+    for zset in (keys.jobs, keys.outbox, keys.dispatched, keys.begun, keys.jobs_live,
+                 keys.jobs_ended, keys.follows, keys.budget_hold_times):  # fmt: skip
+        r.zrem(zset, job_id)
+    r.hdel(keys.follow_owners, job_id)
+    r.hdel(keys.budget_holds, job_id)
+    r.srem(keys.limit_running("tag:tenant=acme"), job_id)
+    if worker_id:
+        r.delete(keys.worker(worker_id), keys.updates(worker_id), keys.ledger("worker", worker_id))
+
+
+#: Parts of the names of the keys that are one job's or one worker's.
+RECORD_NAMES = (":job:", ":worker:", ":updates:", ":ledger:worker:", ":ledger-turn:")
+
+
+def never_expiring(rt: Runtime) -> list[str]:
+    """The job and worker keys of the prefix (a fresh one per test) with no expiry."""
+    r = rt.store.r
+    found = r.scan_iter(match=f"{rt.store.keys.prefix}:*", count=1000)
+    named = [k for k in found if any(part in k for part in RECORD_NAMES)]
+    return sorted(k for k in named if r.pttl(k) == -1)
+
+
+def test_a_create_step_returning_after_redis_lost_its_job_writes_nothing(make_rt: Any) -> None:
+    """The job was lost while its create call was upstream: the late ``set_submitted``
+    made a partial job hash and a worker hash that nothing expired, and put the job up
+    for following. Now it writes nothing, and the slot and hold are given back."""
+    rt = make_rt()
+    job = submit(rt, "ok#lost-at-submit")
+    rt.store.before("set_submitted", lambda: lose(rt, job.id))
+    assert tasks.create.apply(args=[job.id]).result == "unknown"
+    assert rt.store.r.exists(rt.store.keys.job(job.id)) == 0
+    assert never_expiring(rt) == []
+    assert Holdings(rt.store).held([job.id]) == {}
+    assert Holdings(rt.store).anywhere() == {}
+
+
+def test_a_create_step_that_finds_its_job_lost_before_counting_calls_nothing(
+    make_rt: Any, api: HostileAPI
+) -> None:
+    rt = make_rt()
+    job = submit(rt, "ok#lost-at-count")
+    created = len(api.workers)
+    rt.store.before("count_attempt", lambda: lose(rt, job.id))
+    assert tasks.create.apply(args=[job.id]).result == "unknown"
+    assert len(api.workers) == created  # nothing was sent upstream
+    assert never_expiring(rt) == []
+    assert Holdings(rt.store).anywhere() == {}
+
+
+def test_a_job_record_lost_while_followed_leaves_its_worker_to_expire(make_rt: Any) -> None:
+    """The job's record went while its stream was followed (its worker linked, its
+    records kept for the turn): the follower's next write is refused, the worker's
+    hash and stream get the retention, and finalize drops the follow entry."""
+    rt = make_rt()
+    job = started(rt, "ok#lost-while-followed")
+    assert job.status == "submitted" and job.worker_id is not None
+    wkey = rt.store.keys.worker(job.worker_id)
+
+    def drop_record() -> None:
+        rt.store.r.delete(rt.store.keys.job(job.id))
+
+    assert follow(rt, job.id, before_write=drop_record) == ["unknown"]
+    assert never_expiring(rt) == []
+    assert 0 < rt.store.r.pttl(wkey) <= rt.store.retention.ttl_ms({})
+    assert rt.store.r.exists(rt.store.keys.updates(job.worker_id)) == 0  # nothing stored
+    held = Holdings(rt.store).held([job.id]).get(job.id, [])
+    assert "follow" not in held and "follow_owner" not in held, held
+    # The prune pass is told, so the worker leaves the ledger's index with its row.
+    assert rt.store.r.zscore(rt.store.keys.retention, f"{job.id}|{job.worker_id}") is not None
+
+
+def test_a_turn_settled_after_redis_lost_its_job_is_posted_and_expires(
+    make_rt: Any, api: HostileAPI
+) -> None:
+    """Finalize read the job, then Redis lost it and its worker's records: the turn is
+    still posted (the upstream bills it) but what records it, the worker's hash and
+    ledger row and the turn's own record, expires as the job's records would have."""
+    rt = make_rt()
+    job = streamed(rt, "ok#lost-at-settle")
+    assert job.worker_id is not None
+    rt.store.before("settle_into", lambda: lose(rt, job.id, job.worker_id or ""))
+    tasks.finalize.apply(args=[job.id])
+    posted = rt.store.turn_cost(job.id)
+    assert posted is not None
+    assert {k: posted[k] for k in api.billed[job.worker_id]} == api.billed[job.worker_id]
+    assert never_expiring(rt) == []
+    assert rt.store.r.exists(rt.store.keys.job(job.id)) == 0  # no partial hash
+
+
+def test_a_file_recorded_after_its_job_ended_expires_with_it(make_rt: Any) -> None:
+    """A fetch that ends after its job completed made the files hash then, after the
+    job's end had set the expiry of its records: it never expired. And a fetch of a
+    job Redis lost meanwhile records nothing."""
+    rt = make_rt()
+    job = streamed(rt, "ok#late-file")
+    assert tasks.finalize.apply(args=[job.id]).result == "completed"
+    tasks.fetch_file.apply(args=[job.id, "one.txt"])
+    assert set(rt.store.files(job.id)) == {"one.txt"}
+    assert never_expiring(rt) == []
+
+    lost = streamed(rt, "ok#lost-file")
+    assert tasks.finalize.apply(args=[lost.id]).result == "completed"
+    rt.store.before("record_file", lambda: lose(rt, lost.id))
+    tasks.fetch_file.apply(args=[lost.id, "one.txt"])
+    assert rt.store.files(lost.id) == {}
+    assert never_expiring(rt) == []
 
 
 # --- fetch: the file download ----------------------------------------------------------

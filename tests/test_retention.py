@@ -229,6 +229,19 @@ def test_a_worker_lives_as_long_as_its_latest_job(short: RedisStore) -> None:
     assert r.pttl(wkey) > 50_000
 
 
+def test_an_update_stream_made_after_its_worker_was_retained_expires_with_it(
+    short: RedisStore,
+) -> None:
+    """A late update of a retained worker whose stream was folded away (a follower of a
+    turn whose job Redis lost, say) made the stream anew with no expiry, for good."""
+    r = short.r
+    finished_job(short, "wrk_new_stream")
+    assert not r.exists(short.keys.updates("wrk_new_stream"))  # folded
+    assert short.append_updates("wrk_new_stream", 10, ['{"n": 10}']) == 11
+    left = r.pttl(short.keys.updates("wrk_new_stream"))
+    assert 0 < left <= r.pttl(short.keys.worker("wrk_new_stream")) + 50
+
+
 def test_a_late_duplicate_update_after_expiry_is_not_stored_again(short: RedisStore) -> None:
     r = short.r
     job = finished_job(short, "wrk_late")

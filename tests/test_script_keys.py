@@ -24,6 +24,7 @@ KEY_ARGS: dict[str, tuple[int, ...] | str] = {
     **dict.fromkeys(
         [
             "GET", "SET", "INCR", "INCRBY", "DECRBY", "PTTL", "PEXPIRE", "DUMP", "RESTORE",
+            "PERSIST",
             "HGET", "HSET", "HSETNX", "HDEL", "HMGET", "HINCRBY", "HEXISTS", "HKEYS", "HGETALL",
             "ZADD", "ZREM", "ZSCORE", "ZCARD", "ZRANGE", "ZRANGEBYSCORE", "ZRANGEBYLEX",
             "ZLEXCOUNT", "ZREMRANGEBYRANK", "SADD", "SREM", "SCARD", "SISMEMBER", "LLEN", "LREM",

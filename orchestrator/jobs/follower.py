@@ -70,8 +70,9 @@ class UpdateWriter:
         self._writing = False
         self.written = 0
 
-    def add(self, worker_id: str, index: int, payload: str) -> None:
-        """Queue update ``index`` of a worker (callers add each worker's in order).
+    def add(self, worker_id: str, index: int, payload: str, job_id: str = "") -> None:
+        """Queue update ``index`` of a worker (callers add each worker's in order), of
+        the turn of ``job_id`` (nothing is stored if that job has no record).
 
         Raises :class:`StreamError` when an earlier write of the worker failed: the
         caller must resume from the stored count, or the updates after it are lost.
@@ -79,9 +80,9 @@ class UpdateWriter:
         self.check(worker_id)
         entry = self._pending.get(worker_id)
         if entry is None:
-            self._pending[worker_id] = (index, [payload])
+            self._pending[worker_id] = (job_id, index, [payload])
         else:
-            entry[1].append(payload)
+            entry[2].append(payload)
         self._wakeup.set()
 
     def mark_running(self, job_id: str) -> None:
@@ -157,7 +158,7 @@ class UpdateWriter:
         failed = {w: r for w, r in zip(batch, results, strict=True) if isinstance(r, Exception)}
         for worker_id, error in failed.items():
             self._failed[worker_id] = f"{type(error).__name__}: {error}"
-        self.written += sum(len(p) for w, (_, p) in batch.items() if w not in failed)
+        self.written += sum(len(p) for w, (_, _, p) in batch.items() if w not in failed)
         if failed:
             raise next(iter(failed.values()))
 
@@ -324,8 +325,9 @@ class Follower:
         retrying = False
         while True:
             if retrying:
-                # The job may have ended, or expired with its records (its worker then
-                # takes no updates: APPEND_UPDATES answers GONE), while this one retried.
+                # The job may have ended, or expired with its records, or been lost with
+                # Redis's last writes (its updates are then refused: APPEND_UPDATES
+                # answers GONE), while this one retried.
                 _, status, _ = await self._job_fields(job_id)
                 if status is None or status in TERMINAL:
                     break
@@ -340,7 +342,7 @@ class Follower:
                 async for update in self.client.stream_updates(worker_id):
                     if update.index < relayed:
                         continue  # a reconnect replays from 0: stored already
-                    self.writer.add(worker_id, update.index, json.dumps(update.data))
+                    self.writer.add(worker_id, update.index, json.dumps(update.data), job_id)
                     new_updates += 1
                     self.events_relayed += 1
                     EVENTS_RELAYED.inc()

@@ -219,7 +219,7 @@ def settle_ended(app: Celery, rt: Runtime, job: Job, now: int) -> str:
         log.info("settling %s: %s; looking again later", job.id, exc)
         return _later(rt, job, now, ended_at)
     if worker.running or worker.status == "running":
-        rt.store.save_snapshot(worker)
+        rt.store.update_snapshot(worker)
         return _later(rt, job, now, ended_at)
     try:
         _relayed, raw_hold = settle_turn(rt, job, worker)

@@ -117,7 +117,7 @@ def _write(
     batch = rt.store.batch()
     if mark_running:
         rt.store.transition_into(batch, job.id, "running", now_ms())
-    at = rt.store.append_updates_into(batch, job.worker_id, first, payloads)
+    at = rt.store.append_updates_into(batch, job.worker_id, first, payloads, job.id)
     read_at = rt.store.job_into(batch, job.id) if read else None
     replies = batch.execute(raise_on_error=False)
     if isinstance(replies[at], Exception):

@@ -246,7 +246,11 @@ def begin_turn(rt: Runtime, app: Celery, job_id: str, *, hold_ms: int = 0) -> tu
     if not counted:
         if not admit(app, rt, job):
             return store.require_job(job.id), False
-        store.count_attempt(job.id)
+        if not store.count_attempt(job.id):
+            # Redis lost the job meanwhile (a host crash): nothing is sent upstream, and
+            # what admit took is given back.
+            turn_ended(app, rt, job)
+            return store.require_job(job.id), False  # raises InputError: no such job
     try:
         if job.kind == "create":
             worker = rt.client.create(
@@ -271,7 +275,11 @@ def begin_turn(rt: Runtime, app: Celery, job_id: str, *, hold_ms: int = 0) -> tu
     follow_at = now_ms() + hold_ms if hold_ms and job.kind == "create" else 0
     if not store.set_submitted(job, worker, follow_at=follow_at):
         # Ended here meanwhile (cancelled, say): its turn runs upstream all the same, so
-        # it is put up again for settling when that turn ends.
+        # it is put up again for settling when that turn ends. Or Redis lost the job (a
+        # host crash): nothing was written, what admit took is given back, and the
+        # step ends with InputError (no such job).
+        if store.get_job(job.id) is None:
+            turn_ended(app, rt, job)
         now = store.require_job(job.id)
         if now.status in LOCAL_ENDS:
             rt.ends.mark_ended(job.id)
@@ -302,8 +310,9 @@ def finalize(
     job = read if read is not None else store.get_job(job_id)
     if job is None:
         # Lost with Redis's last writes, or expired: nothing to settle, and a follow
-        # entry put up for it would be claimed again at every lease, for ever.
-        store.release_follow(job_id)
+        # entry put up for it would be claimed again at every lease, for ever; what
+        # late writes left of it and its worker is let expire.
+        store.forget_lost(job_id)
         job = store.require_job(job_id)  # raises InputError, as for any unknown job
     if job.done or job.worker_id is None:
         store.release_follow(job.id)
@@ -318,7 +327,7 @@ def finalize(
         return "noop"
     worker = rt.client.retrieve(job.worker_id)
     if worker.running or worker.status == "running":
-        store.save_snapshot(worker)
+        store.update_snapshot(worker)
         store.request_follow(job.id, now=True)
         return "refollow"
     fetches = bool(job.fetch_files and worker.files)
@@ -334,7 +343,7 @@ def finalize(
         log.error("job %s: %s", job.id, exc)
         # Kept as the upstream said it (the job's reason names the figure), so that
         # reconcile reports the figure, not also a stale snapshot.
-        store.save_snapshot(worker)
+        store.update_snapshot(worker)
         store.release_follow(job.id)
         fail(app, rt, job.id, f"cost not posted: {exc}")
         return "failed"
@@ -373,7 +382,7 @@ def settle_failed_turn(rt: Runtime, job: Job) -> None:
         try:
             settle_turn(rt, job, worker)  # the hold was given back already
         except FigureError:
-            rt.store.save_snapshot(worker)  # as finalize does: nothing posted
+            rt.store.update_snapshot(worker)  # as finalize does: nothing posted
             raise
     except (APIError, FigureError) as exc:
         log.warning("job %s: the cost of its failed turn was not posted: %s", job.id, exc)

@@ -22,9 +22,14 @@ class FilesStore:
 
     r: Any
     keys: Keys
+    _record_file: Any
 
-    def record_file(self, job_id: str, name: str, info: dict[str, Any]) -> None:
-        self.r.hset(self.keys.job_files(job_id), name, json.dumps(info, sort_keys=True))
+    def record_file(self, job_id: str, name: str, info: dict[str, Any]) -> bool:
+        """Record how a fetch ended; False for a job with no record (nothing written:
+        see RECORD_FILE)."""
+        keys = [self.keys.job(job_id), self.keys.job_files(job_id)]
+        args = [name, json.dumps(info, sort_keys=True)]
+        return int(self._record_file(keys=keys, args=args)) == 1
 
     def files(self, job_id: str) -> dict[str, dict[str, Any]]:
         raw = self.r.hgetall(self.keys.job_files(job_id))

@@ -29,11 +29,13 @@ from orchestrator.store.retention import (
 from orchestrator.store.scripts import jobs as scripts
 from orchestrator.store.scripts import records
 from orchestrator.store.spend import AsyncRateStore
+from orchestrator.store.workers import append_call
 
 log = logging.getLogger(__name__)
 
-#: Pending updates of many workers: worker id -> (index of the first, payloads as JSON).
-Pending = dict[str, tuple[int, list[str]]]
+#: Pending updates of many workers: worker id -> (the job whose turn they are, index of
+#: the first, payloads as JSON).
+Pending = dict[str, tuple[str, int, list[str]]]
 
 
 class FollowStore:
@@ -159,9 +161,11 @@ class FollowStore:
                 self.keys, self.retention, job_id, "running", now, "", None
             )
             writes.script(self._transition, keys, args)
-        for worker_id, (first, payloads) in pending.items():
-            keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
-            writes.script(self._append, keys, [first, maxlen, now, *payloads])
+        for worker_id, (job_id, first, payloads) in pending.items():
+            keys, args = append_call(
+                self.keys, self.retention, maxlen, worker_id, first, payloads, job_id
+            )
+            writes.script(self._append, keys, args)
         replies = await writes.execute(raise_on_error=False)
         for job_id, reply in zip(running, replies, strict=False):
             if isinstance(reply, Exception):

@@ -11,7 +11,6 @@ writes never leaves half a change. See ``docs/redis-layout.md``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -29,7 +28,7 @@ from orchestrator.jobs.model import (
 from orchestrator.ledger import cumulative
 from orchestrator.store.batch import Batch
 from orchestrator.store.broker import BrokerLayout, BrokerView
-from orchestrator.store.compact import TurnStore, pack_snapshot, raw_hget, unpack_snapshot
+from orchestrator.store.compact import TurnStore, pack_snapshot
 from orchestrator.store.connection import connect, home_client
 from orchestrator.store.files import FilesStore, now_ms
 from orchestrator.store.keys import Keys
@@ -37,16 +36,17 @@ from orchestrator.store.ledger import LedgerStore
 from orchestrator.store.retention import RetentionPolicy, RetentionStore
 from orchestrator.store.scripts import jobs as scripts
 from orchestrator.store.scripts import records
-from orchestrator.store.scripts.chain import CHAIN
+from orchestrator.store.scripts.chain import CHAIN, SET_FIELD
 from orchestrator.store.status import JobWatch, StatusStore, history_line
 from orchestrator.store.status import job_id_checked as _job_id
 from orchestrator.store.wakes import WakeList
+from orchestrator.store.workers import WorkerStore
 from orchestrator.wire.models import Worker
 
 __all__ = ["JobWatch", "RedisStore", "connect", "now_ms"]
 
 
-class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore):
+class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore, WorkerStore):
     """Synchronous access to everything the orchestrator keeps in Redis."""
 
     def __init__(
@@ -71,6 +71,12 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         self._fold = client.register_script(records.FOLD_TURN)
         self._create = client.register_script(scripts.CREATE_JOB)
         self._begin = client.register_script(scripts.BEGIN_ATTEMPT)
+        self._count = client.register_script(scripts.COUNT_ATTEMPT)
+        self._submit = client.register_script(scripts.SUBMIT)
+        self._set_field = client.register_script(SET_FIELD)
+        self._record_file = client.register_script(records.RECORD_FILE)
+        self._forget_lost = client.register_script(records.FORGET_LOST)
+        self._worker_field = client.register_script(records.WORKER_FIELD)
         self._append = client.register_script(scripts.APPEND_UPDATES)
         self._post_turn = client.register_script(scripts.POST_TURN)
         self._release = client.register_script(scripts.RELEASE_FOLLOW)
@@ -203,11 +209,10 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         return Job.from_hash(data), int(counted) == 1
 
     def count_attempt(self, job_id: str) -> int:
-        """Record, before calling upstream, that an attempt is being made."""
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.hincrby(self.keys.job(job_id), "attempts", 1)
-            pipe.zadd(self.keys.begun, {job_id: now_ms()})
-            return int(pipe.execute()[0])
+        """Record, before calling upstream, that an attempt is being made: the attempts
+        so far, or 0 for a job with no record (nothing written)."""
+        keys = [self.keys.job(job_id), self.keys.begun]
+        return int(self._count(keys=keys, args=[job_id, now_ms()]))
 
     def stalled(self, older_than_ms: int, limit: int = 500) -> list[str]:
         """Jobs still queued whose upstream call began ``older_than_ms`` ago or more (see
@@ -246,31 +251,25 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         # A create's turn is the worker's first, even if a follower left over from a job
         # Redis lost has already relayed some of it.
         relayed = 0 if job.kind == "create" else int(self.r.hget(wkey, "relayed") or 0)
-        # One round trip, in this order: a follower that claims the job finds its
-        # worker id, and the job is 'submitted' only once it is up for following.
-        batch = Batch(self.r)
-        jkey = self.keys.job(job.id)
-        batch.pipe.hset(jkey, mapping={"worker_id": worker.id, "update_from": relayed})
-        batch.pipe.zrem(self.keys.begun, job.id)
+        seed: dict[str, int] = {}
         if job.kind == "continue" and not self.r.exists(wkey):
             # The worker's records expired with its last job: count this turn from the
             # cumulative figures the continue answered, or its cost would include every
             # earlier turn again.
             seed = cumulative(worker) or {}
-            for name, value in seed.items():
-                batch.pipe.hsetnx(wkey, f"counted:{name}", value)
-        batch.pipe.hset(wkey, mapping={"snapshot": pack_snapshot(worker), "active_job": job.id})
-        # A new turn: the worker's records live again until this job ends.
-        for key in (wkey, self.keys.updates(worker.id), self.keys.ledger("worker", worker.id)):
-            batch.pipe.persist(key)
-        batch.pipe.zadd(self.keys.follows, {job.id: follow_at}, nx=True)
-        if not follow_at:
-            # Followers claim it at once. Raw: cluster pipelines refuse their publish().
-            batch.pipe.execute_command("PUBLISH", self.keys.follow_wake, job.id)
         at = now_ms()
         upstream = job.model_copy(update={"status": "submitted"})
-        # XX: a job that ended meanwhile has left the live index, and stays out of it.
-        batch.pipe.zadd(self.keys.jobs_live, {job.id: next_due(upstream, at)}, xx=True)
+        # One round trip: SUBMIT links the worker and puts the job up for following
+        # (writing nothing if Redis lost the job meanwhile), then the job is
+        # 'submitted': a follower that claims it finds its worker id.
+        keys = [self.keys.job(job.id), self.keys.begun, wkey, self.keys.updates(worker.id),
+                self.keys.ledger("worker", worker.id), self.keys.follows,
+                self.keys.jobs_live]  # fmt: skip
+        args: list[Any] = [job.id, worker.id, relayed, pack_snapshot(worker), follow_at,
+                           self.keys.follow_wake, next_due(upstream, at)]  # fmt: skip
+        args += [part for name, value in seed.items() for part in (f"counted:{name}", value)]
+        batch = Batch(self.r)
+        batch.script(self._submit, keys, args)
         self.transition_into(batch, job.id, "submitted", at)
         return int(batch.execute()[-1]) == 1
 
@@ -289,38 +288,25 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
             pipe.execute_command("PUBLISH", self.keys.follow_wake, job_id)  # raw, as above
             pipe.execute()
 
+    def forget_lost(self, job_id: str, worker_id: str = "") -> bool:
+        """A job with no record (lost with Redis's last writes, or expired): drop its
+        follow entry, and let what late writes left of it and of its worker (named
+        here, or by a partial job hash an older late write made) expire (FORGET_LOST).
+        False if the job has a record (nothing written)."""
+        jkey = self.keys.job(job_id)
+        worker_id = worker_id or str(self.r.hget(jkey, "worker_id") or "")
+        keys = [jkey, self.keys.follows, self.keys.follow_owners, self.keys.worker(worker_id),
+                self.keys.updates(worker_id), self.keys.ledger("worker", worker_id),
+                self.keys.retention]  # fmt: skip
+        args: list[Any] = [job_id, worker_id, self.retention.ttl_ms({}), now_ms()]
+        return int(self._forget_lost(keys=keys, args=args)) == 1
+
     def release_follow(self, job_id: str, owner: str = "") -> bool:
         keys = [self.keys.follows, self.keys.follow_owners]
         return int(self._release(keys=keys, args=[job_id, owner])) == 1
 
     def following(self) -> int:
         return int(self.r.zcard(self.keys.follows))
-
-    # --- workers and updates -----------------------------------------------------
-
-    def save_snapshot(self, worker: Worker) -> None:
-        self.r.hset(self.keys.worker(worker.id), "snapshot", pack_snapshot(worker))
-
-    def snapshot(self, worker_id: str) -> Worker | None:
-        raw = raw_hget(self.r, self.keys.worker(worker_id), "snapshot")
-        return unpack_snapshot(raw) if raw else None
-
-    def relayed(self, worker_id: str) -> int:
-        return int(self.r.hget(self.keys.worker(worker_id), "relayed") or 0)
-
-    def append_updates(self, worker_id: str, first_index: int, payloads: Sequence[str]) -> int:
-        """Store updates ``first_index...``; those already stored are skipped."""
-        keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
-        args: list[str | int] = [first_index, self.updates_maxlen, now_ms(), *payloads]
-        return int(self._append(keys=keys, args=args))
-
-    def append_updates_into(
-        self, batch: Batch, worker_id: str, first_index: int, payloads: Sequence[str]
-    ) -> int:
-        """Queue :meth:`append_updates`; the index of its reply."""
-        keys = [self.keys.worker(worker_id), self.keys.updates(worker_id)]
-        args: list[str | int] = [first_index, self.updates_maxlen, now_ms(), *payloads]
-        return batch.script(self._append, keys, args)
 
     # --- operations ----------------------------------------------------------------
 

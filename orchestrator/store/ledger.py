@@ -27,8 +27,8 @@ from orchestrator.ledger import (
     rollups,
 )
 from orchestrator.store.batch import Batch, Chain, Queue
-from orchestrator.store.compact import pack_snapshot
 from orchestrator.store.keys import LEDGER_DIMENSIONS, Keys
+from orchestrator.store.retention import RetentionPolicy
 from orchestrator.store.scripts import jobs as scripts
 from orchestrator.wire.models import Worker
 
@@ -82,6 +82,9 @@ class LedgerStore:
     keys: Keys
     _post_turn: Any
     _chain: Any
+    _set_field: Any
+    retention: RetentionPolicy
+    snapshot_into: Any
 
     def turn_keys(
         self, worker_id: str, members: Sequence[tuple[str, str]], record: str
@@ -102,7 +105,7 @@ class LedgerStore:
         relayed so far (the turn's ``update_to``). FigureError (nothing queued) for a
         figure outside the ledger's bounds."""
         figures = cumulative(worker)  # checked before anything is queued
-        batch.pipe.hset(self.keys.worker(worker.id), "snapshot", pack_snapshot(worker))
+        self.snapshot_into(batch, worker)
         posted = self.post_turn_into(batch, job, worker, at_ms, extra, figures=figures)
         batch.pipe.hget(self.keys.worker(worker.id), "relayed")
         return posted, len(batch.pipe) - 1
@@ -121,7 +124,7 @@ class LedgerStore:
         ``batch``. The index of the post's reply in the chain's, or None (costs unknown).
         FigureError (nothing queued) for a figure outside the ledger's bounds."""
         figures = cumulative(worker)
-        batch.pipe.hset(self.keys.worker(worker.id), "snapshot", pack_snapshot(worker))
+        self.snapshot_into(batch, worker)
         return self.post_turn_into(chain, job, worker, at_ms, extra, figures=figures)
 
     def chain_into(self, batch: Batch, chain: Chain) -> int:
@@ -161,16 +164,18 @@ class LedgerStore:
         if figures is None:
             figures = cumulative(worker)
         if figures is None:
-            batch.pipe.hset(self.keys.job(job.id), "cost_known", "0")
+            batch.script(self._set_field, [self.keys.job(job.id)], ["cost_known", "0"])
             return None
         check_figures(figures)
         members = rollups(job, worker.id, at_ms, extra)
         texts = {name: str(value) for name, value in figures.items()}
         args: list[Any] = [job.id, len(members), json.dumps(texts)]
         args += [value for _, value in members]
-        args.append(at_ms)
+        args += [at_ms, self.retention.ttl_ms(job.tags), worker.id]
         keys = self.turn_keys(worker.id, members, self.keys.ledger_turn(job.id))
-        keys.append(self.keys.job(job.id))
+        # The job, then what expires if it has no record (see POST_TURN).
+        keys += [self.keys.job(job.id), self.keys.updates(worker.id),
+                 self.keys.ledger("worker", worker.id), self.keys.retention]  # fmt: skip
         return batch.script(self._post_turn, keys, args)
 
     def turn_cost(self, job_id: str) -> dict[str, int] | None:

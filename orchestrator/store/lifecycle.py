@@ -51,7 +51,7 @@ class LifecycleStore:
     def stop_relay(self, worker_id: str, job_id: str) -> None:
         """Refuse the worker's updates while ``job_id`` (ended here) is its active job:
         its follower's next write fails with STOPPED and it lets the stream go."""
-        self.r.hset(self.keys.worker(worker_id), "stopped_job", job_id)
+        self.store.set_worker_field(worker_id, "stopped_job", job_id)
 
     def mark_ended(self, job_id: str, at_ms: int = 0) -> None:
         """Put an ended job (back) up for its wind-down and settlement at ``at_ms``."""

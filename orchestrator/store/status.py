@@ -77,6 +77,7 @@ class StatusStore:
     _settled: Any
     _release: Any
     _note: Any
+    _set_field: Any
     fold_turn_into: Any
 
     def transition(self, job_id: str, status: JobStatus, detail: str = "") -> bool:
@@ -111,7 +112,7 @@ class StatusStore:
         which reads them first unless ``updates`` holds them), ``completed`` (with its
         records' expiry), and the release of its follow lease."""
         job_id = job.id
-        batch.pipe.hset(self.keys.job(job_id), "update_to", update_to)
+        batch.script(self._set_field, [self.keys.job(job_id)], ["update_to", update_to])
         self.fold_turn_into(batch, job, update_to, updates)
         fields = (job.worker_id or "", job.idempotency_key or "", job.tags)
         keys, args = transition_call(

@@ -17,12 +17,16 @@ from orchestrator.store.scripts.jobs import POST_TURN, RELEASE_FOLLOW
 from orchestrator.store.scripts.records import FOLD_TURN, TRANSITION
 from orchestrator.store.scripts.spend import PROMOTE_WAITING
 
-# A plain field write, as a part (a turn's 'update_to' is written only with its end).
+# A field of a job's record, as a part (a turn's 'update_to' is written only with its
+# end) or alone; written only while the job has a record (a late write must not make
+# a partial job hash, which nothing expires).
 SET_FIELD = """
--- KEYS[1] a hash
+-- KEYS[1] a job hash
 -- ARGV[1] field, ARGV[2] value
--- Returns what HSET does.
-return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+-- Returns 1 once written, 0 if the job has no record (nothing written).
+if not redis.call('HGET', KEYS[1], 'id') then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
 """
 
 #: The scripts CHAIN can run, in the order of their part numbers (1, 2, ...).

@@ -6,7 +6,7 @@ or failover) and opens with a comment naming its KEYS and ARGV.
 from __future__ import annotations
 
 from orchestrator.ledger import FIELDS, MAX_FIGURE, ROW_CEILING
-from orchestrator.store.scripts.records import HISTORY_FN, HISTORY_MAX
+from orchestrator.store.scripts.records import HISTORY_FN, HISTORY_MAX, LOST_FN
 
 # A new job in one step: the idempotency key (when given) is checked and set in the
 # same script, so of two racing submissions with one key exactly one writes a job. The
@@ -73,20 +73,65 @@ end
 return {counted, job}
 """
 
+# The create step's writes around its upstream call, each only while the job has a
+# record: a step that returns after Redis lost the job (a host crash) would otherwise
+# make a partial job hash, and a worker hash and follow entry, that nothing expires.
+COUNT_ATTEMPT = """
+-- KEYS[1] job hash, KEYS[2] begun zset
+-- ARGV[1] job id, ARGV[2] now (ms)
+-- Returns the attempts counted so far, or 0 if the job has no record (nothing written).
+if not redis.call('HGET', KEYS[1], 'id') then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+"""
+
+# The worker is linked and its records live again until this job ends; the job is put
+# up for following (the move to 'submitted' is TRANSITION's, next in the same batch).
+SUBMIT = """
+-- KEYS[1] job hash, KEYS[2] begun zset, KEYS[3] worker hash, KEYS[4] updates stream,
+-- KEYS[5] worker's ledger row, KEYS[6] follows zset, KEYS[7] live jobs zset
+-- ARGV[1] job id, ARGV[2] worker id, ARGV[3] update_from, ARGV[4] snapshot (packed),
+-- ARGV[5] follow from (ms; 0: at once, and the followers are woken), ARGV[6] the wake
+-- channel, ARGV[7] when the job's next limit falls due (ms), ARGV[8 ..] 'counted:*'
+-- fields to seed where absent (flat field, value, ...)
+-- Returns 1 once written, 0 if the job has no record (nothing written).
+redis.call('ZREM', KEYS[2], ARGV[1])
+if not redis.call('HGET', KEYS[1], 'id') then return 0 end
+redis.call('HSET', KEYS[1], 'worker_id', ARGV[2], 'update_from', ARGV[3])
+for i = 8, #ARGV, 2 do redis.call('HSETNX', KEYS[3], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[3], 'snapshot', ARGV[4], 'active_job', ARGV[1])
+for i = 3, 5 do redis.call('PERSIST', KEYS[i]) end
+redis.call('ZADD', KEYS[6], 'NX', ARGV[5], ARGV[1])
+if tonumber(ARGV[5]) == 0 then redis.call('PUBLISH', ARGV[6], ARGV[1]) end
+-- XX: a job that ended meanwhile has left the live index, and stays out of it.
+redis.call('ZADD', KEYS[7], 'XX', ARGV[7], ARGV[1])
+return 1
+"""
+
 # The SSE index is the dedupe key: update n is stream entry 0-(n+1), and the worker
 # hash's 'relayed' counter says how many are stored, so a replay adds nothing.
-APPEND_UPDATES = """
--- KEYS[1] worker hash, KEYS[2] updates stream
+APPEND_UPDATES = (
+    """
+-- KEYS[1] worker hash, KEYS[2] updates stream; with a job: KEYS[3] its job hash,
+-- KEYS[4] the worker's ledger row, KEYS[5] retention zset
 -- ARGV[1] index of the first payload, ARGV[2] stream maxlen, ARGV[3] now (ms),
--- ARGV[4..] payloads (JSON)
+-- ARGV[4] the job whose turn this is ('' none given), ARGV[5] the worker id, ARGV[6]
+-- retention (ms), ARGV[7..] payloads (JSON)
 -- Returns the number of updates stored after the call; raises on a gap, refuses (GONE)
 -- a worker with no records (expired, or never submitted: a follower left over from a
--- job Redis lost), and refuses (STOPPED) while 'stopped_job' names the worker's
--- 'active_job' (its job ended here: nothing more of that turn is relayed).
+-- job Redis lost) or a job with no record (its worker's records then expire: see
+-- lost), and refuses (STOPPED) while 'stopped_job' names the worker's 'active_job'
+-- (its job ended here: nothing more of that turn is relayed).
 -- 'relayed_at' on the worker is when an update was last stored (a job's idle timeout
--- counts from it).
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- counts from it). A stream made anew takes the worker hash's expiry, if it has one.
+"""
+    + LOST_FN
+    + """if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('GONE the worker has no records (expired or never submitted)')
+end
+if #KEYS > 2 and not redis.call('HGET', KEYS[3], 'id') then
+  lost(KEYS[3], KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[3])
+  return redis.error_reply('GONE the job has no record (lost or expired)')
 end
 local state = redis.call('HMGET', KEYS[1], 'relayed', 'stopped_job', 'active_job')
 if state[2] and state[2] == state[3] then
@@ -95,8 +140,8 @@ end
 local relayed = tonumber(state[1] or '0')
 local before = relayed
 local first = tonumber(ARGV[1])
-for i = 4, #ARGV do
-  local index = first + i - 4
+for i = 7, #ARGV do
+  local index = first + i - 7
   if index > relayed then
     return redis.error_reply('GAP expected update ' .. relayed .. ' got ' .. index)
   end
@@ -106,9 +151,14 @@ for i = 4, #ARGV do
   end
 end
 redis.call('HSET', KEYS[1], 'relayed', relayed)
-if relayed > before then redis.call('HSET', KEYS[1], 'relayed_at', ARGV[3]) end
+if relayed > before then
+  redis.call('HSET', KEYS[1], 'relayed_at', ARGV[3])
+  local left = redis.call('PTTL', KEYS[1])
+  if left > 0 and redis.call('PTTL', KEYS[2]) == -1 then redis.call('PEXPIRE', KEYS[2], left) end
+end
 return relayed
 """
+)
 
 # A sweep's claim on the entries of a zset scored by due time: each claimed entry moves
 # to a later score, so a second sweeper passes it by unless the first one died.
@@ -126,8 +176,9 @@ return due
 # What a turn posted is its job hash's 'ledger' field (the deltas in FIELDS order, comma
 # separated: a few dozen bytes where a key of named JSON cost ~420), so it expires with
 # the job. The string key is the older layout's: a deployment upgraded in place has
-# them, so its presence still means "posted"; it is written only for a job whose hash
-# does not exist (nothing else to keep the record in).
+# them, so its presence still means "posted"; it is written only for a job with no
+# record (lost with Redis's last writes, or expired: nothing else to keep the record
+# in), with the job's retention as its expiry.
 # All or nothing: every figure is checked, and every row it adds to, before the first
 # write (Redis does not roll a script back). Figures arrive as decimal strings of at most
 # MAX_FIGURE (< 2**53, exact as Lua doubles); replies carry integers as strings (cjson
@@ -141,18 +192,21 @@ POST_TURN = (
 -- KEYS[1] worker hash, KEYS[2] the turn's ledger record of the older layout (string),
 -- KEYS[3] ledger total hash, KEYS[4 .. 3+n] rollup hashes, KEYS[4+n .. 3+2n] index sets
 -- (one per rollup), KEYS[4+2n] job hash (its 'ledger' and 'cost_known' are set, its
--- history noted)
+-- history noted), KEYS[5+2n] the worker's updates stream, KEYS[6+2n] its ledger row,
+-- KEYS[7+2n] retention zset (these three for a job with no record: see lost)
 -- ARGV[1] turn id, ARGV[2] n, ARGV[3] JSON {field: cumulative as a decimal string},
--- ARGV[4 .. 3+n] the index member of each rollup, ARGV[4+n] now (ms)
+-- ARGV[4 .. 3+n] the index member of each rollup, ARGV[4+n] now (ms), ARGV[5+n] the
+-- job's retention (ms), ARGV[6+n] the worker id
 -- Returns {JSON of the posted deltas, JSON of the falls}, false if this turn was already
 -- posted, or an error reply (nothing written) for a bad figure or a row that would overflow.
 """
     + f"local fields = {{{_FIELD_LIST}}}\nlocal max_figure = {MAX_FIGURE}\n"
     + f"local row_ceiling = {ROW_CEILING}\n"
     + HISTORY_FN
+    + LOST_FN
     + """local n = tonumber(ARGV[2])
 local job = KEYS[4 + 2 * n]
-local job_known = redis.call('EXISTS', job) == 1
+local job_known = redis.call('HGET', job, 'id') ~= false
 if redis.call('EXISTS', KEYS[2]) == 1
    or (job_known and redis.call('HEXISTS', job, 'ledger') == 1) then return false end
 local ok, cumulative = pcall(cjson.decode, ARGV[3])
@@ -210,7 +264,12 @@ if job_known then
   for i, field in ipairs(fields) do packed[i] = posted[field] end
   redis.call('HSET', job, 'ledger', table.concat(packed, ','), 'cost_known', '1')
 else
-  redis.call('SET', KEYS[2], record)
+  -- The money is posted all the same (the upstream bills the turn); what records it
+  -- here expires as the job's records would have.
+  local ttl = tonumber(ARGV[5 + n])
+  redis.call('SET', KEYS[2], record, 'PX', ttl)
+  lost(job, KEYS[1], KEYS[5 + 2 * n], KEYS[6 + 2 * n], KEYS[7 + 2 * n], ARGV[1], ARGV[6 + n],
+       ttl, ARGV[4 + n])
 end
 local fallen = '{}'
 if fell then

@@ -68,6 +68,82 @@ local function retain(first, nw, ttl, job_id)
 end
 """
 
+# lost(job, worker, updates, row, retention, job id, worker id, ttl ms, now): the job has
+# no record (Redis lost it, or it expired) and a late write reached its worker: the
+# worker's hash, updates stream and ledger row, if they have no expiry, get the
+# retention a finished job's would, and the retention zset is told (its prune pass
+# drops the worker from the ledger's index once the row is gone). Only while this job is
+# the worker's active one, or it names none: a live job of the worker keeps them. A
+# partial job hash (fields an older late write made) expires too.
+LOST_FN = """
+local function lost_expire(lost_key, ttl)
+  if redis.call('PTTL', lost_key) ~= -1 then return false end
+  redis.call('PEXPIRE', lost_key, ttl)
+  return true
+end
+local function lost(lost_job, lost_worker, lost_updates, lost_row, lost_retention,
+                    job_id, worker_id, ttl, now)
+  lost_expire(lost_job, ttl)
+  if worker_id == '' then return end
+  local active = redis.call('HGET', lost_worker, 'active_job')
+  if active and active ~= job_id then return end
+  local a = lost_expire(lost_worker, ttl)
+  local b = lost_expire(lost_updates, ttl)
+  local c = lost_expire(lost_row, ttl)
+  if a or b or c then
+    redis.call('ZADD', lost_retention, tonumber(now) + ttl, job_id .. '|' .. worker_id)
+  end
+end
+"""
+
+# Finalize found no record of a job (lost with Redis's last writes, or expired): its
+# follow entry goes (else a follower claims it at every lease, for ever) and what a
+# late write left of it and of its worker expires (see lost).
+FORGET_LOST = (
+    """
+-- KEYS[1] job hash, KEYS[2] follows zset, KEYS[3] follow owners hash, KEYS[4] worker
+-- hash, KEYS[5] updates stream, KEYS[6] worker's ledger row, KEYS[7] retention zset
+-- (KEYS[4..6] of the worker named by the job's partial hash or the caller; any name
+-- when none: ARGV[2] is then '')
+-- ARGV[1] job id, ARGV[2] worker id ('' unknown), ARGV[3] retention (ms), ARGV[4] now (ms)
+-- Returns 1 once done, 0 if the job has a record (nothing written).
+"""
+    + LOST_FN
+    + """if redis.call('HGET', KEYS[1], 'id') then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+lost(KEYS[1], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4])
+return 1
+"""
+)
+
+# A field of a worker's hash (its snapshot, its stopped job), written only while the
+# hash exists: its records expired, or were lost with the job that made them, and a
+# hash made anew by this write alone would never expire.
+WORKER_FIELD = """
+-- KEYS[1] worker hash
+-- ARGV[1] field, ARGV[2] value
+-- Returns 1 once written, 0 if the worker has no records (nothing written).
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# A fetched file's entry: written only while the job has a record (a late fetch of a
+# job Redis lost, or that expired, would make a files hash nothing expires), and with
+# the job's expiry when the job ended before the hash existed (its end set the expiry
+# of the records there were then).
+RECORD_FILE = """
+-- KEYS[1] job hash, KEYS[2] the job's files hash
+-- ARGV[1] file name, ARGV[2] its entry (JSON)
+-- Returns 1 once recorded, 0 if the job has no record (nothing written).
+if not redis.call('HGET', KEYS[1], 'id') then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 and redis.call('PTTL', KEYS[2]) == -1 then redis.call('PEXPIRE', KEYS[2], left) end
+return 1
+"""
+
 # Status order: a job only ever moves forward; terminal states never change again. The
 # rank table and the terminal rank are written in from jobs.model, the rule's one home.
 # An end leaves the live index; an end reached here (cancelled, expired, timed out:
