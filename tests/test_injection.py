@@ -16,193 +16,32 @@ real ``celery worker`` process.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import tracemalloc
-from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from orchestrator import runtime as runtime_module
 from orchestrator.celery import make_app
-from orchestrator.errors import APIError, ResponseTooLargeError
 from orchestrator.facade import Orchestrator
-from orchestrator.jobs import steps
-from orchestrator.jobs.follower import Follower
-from orchestrator.jobs.model import Job, validate_submission
-from orchestrator.ops.redis_server import free_port
-from orchestrator.runtime import Runtime
-from orchestrator.settings import Settings, load_settings
-from orchestrator.store.follows import FollowStore, Pending
+from orchestrator.settings import load_settings
 from orchestrator.store.holdings import Holdings
-from orchestrator.store.jobs import RedisStore, connect
-from orchestrator.wire.aclient import AsyncWorkersClient
-from orchestrator.wire.client import WorkersClient
-from orchestrator.wire.retry import RetryPolicy
 from workers_tasks import tasks
 
 from .held import assert_nothing_held, not_ended
-from .hostile_api import HostileAPI, bombs
+from .hostile_api import HostileAPI
+from .injection import (
+    DEAD,
+    TENANT,
+    MiB,
+    follow,
+    started,
+    streamed,
+    submit,
+)
+from .injection import api as api  # the fixtures: the hostile upstream, a runtime
+from .injection import make_rt as make_rt
 from .processes import celery_worker, stack_env, wait_for
-
-MiB = 2**20
-TENANT = {"tenant": "acme"}
-
-
-class Injected(RuntimeError):
-    """An exception raised in our own code on purpose."""
-
-
-class FlakyStore(RedisStore):
-    """The real store, with a method armed to raise :class:`Injected` ``n`` times."""
-
-    armed: dict[str, int]
-
-    def arm(self, method: str, times: int = 1) -> None:
-        self.armed[method] = times
-
-    def _trip(self, method: str) -> None:
-        left = self.armed.get(method, 0)
-        if left:
-            self.armed[method] = left - 1
-            raise Injected(f"injected failure in {method}")
-
-    def set_submitted(self, *args: Any, **kwargs: Any) -> bool:
-        self._trip("set_submitted")
-        return super().set_submitted(*args, **kwargs)
-
-    def settle_into(self, *args: Any, **kwargs: Any) -> Any:
-        self._trip("settle_into")
-        return super().settle_into(*args, **kwargs)
-
-    def record_file(self, *args: Any, **kwargs: Any) -> None:
-        self._trip("record_file")
-        super().record_file(*args, **kwargs)
-
-    def append_updates_into(self, *args: Any, **kwargs: Any) -> int:
-        self._trip("append_updates_into")
-        return super().append_updates_into(*args, **kwargs)
-
-
-class FlakyFollows(FollowStore):
-    """The follower's real store; its update writes fail ``fail_writes`` times."""
-
-    fail_writes = 0
-
-    async def append_updates(
-        self, pending: Pending, maxlen: int, running: Sequence[str] = ()
-    ) -> list[Any]:
-        if self.fail_writes:
-            self.fail_writes -= 1
-            raise Injected("injected failure in append_updates")
-        return await super().append_updates(pending, maxlen, running)
-
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[HostileAPI]:
-    with HostileAPI(event_gap=0.005) as server:
-        server.drip_seconds = 0.2
-        yield server
-
-
-def settings_for(
-    redis_url: str, prefix: str, url: str, files: Path, quick_relay: float = 0.0
-) -> Settings:
-    """The runtime's settings; the create task hands every stream to the followers
-    (whose faults these tests inject) unless ``quick_relay`` says otherwise."""
-    return load_settings(
-        redis_url=redis_url, key_prefix=prefix, files_dir=files, workers_api_url=url,
-        workers_api_key="sk-injection", max_retries=1, retry_initial_delay=0.01,
-        retry_max_delay=0.02, http_deadline=0.6, file_deadline=1.0, file_max_bytes=MiB,
-        task_max_retries=1, stream_max_parse_failures=2, stream_read_timeout=0.5,
-        files_max_per_turn=25, quick_relay_seconds=quick_relay,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def make_rt(
-    redis_url: str, key_prefix: str, api: HostileAPI, tmp_path: Path, monkeypatch: Any
-) -> Iterator[Any]:
-    """``make_rt(url=...)``: a runtime over a :class:`FlakyStore`, installed as the
-    process runtime the task functions use; the tenant has 1 slot and a cap."""
-    made: list[Runtime] = []
-
-    def make(url: str | None = None, quick_relay: float = 0.0) -> Runtime:
-        files = tmp_path / "files"
-        settings = settings_for(redis_url, key_prefix, url or api.url, files, quick_relay)
-        store = FlakyStore(connect(redis_url), key_prefix)
-        store.armed = {}
-        rt = Runtime(settings, store)
-        rt.limits.set("tag:tenant=acme", 1)
-        rt.budgets.set_cap(scope="tag:tenant=acme", limit_usd=Decimal("100"))
-        monkeypatch.setattr(runtime_module, "_runtime", rt)
-        made.append(rt)
-        return rt
-
-    yield make
-    for rt in made:
-        rt.close()
-
-
-DEAD = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
-
-
-def submit(rt: Runtime, text: str, **fields: Any) -> Job:
-    sub = validate_submission(10_000, input=text, tags=TENANT, budget="low", **fields)
-    job, _ = rt.store.create_job(sub)
-    rt.store.mark_sending(job.id)
-    rt.store.mark_sent(job.id)
-    return job
-
-
-def follow(rt: Runtime, job_id: str, *, fail_writes: int = 0, seconds: float = 60) -> list[str]:
-    """Run a real follower (in this process) until the job's turn is finalized, or for
-    ``seconds`` at most; finalize runs through its task function. Its outcomes."""
-    outcomes: list[str] = []
-    settings = rt.settings
-    assert settings.redis_url is not None
-
-    async def run() -> None:
-        follows = FlakyFollows.from_url(settings.redis_url or "", settings.key_prefix)
-        follows.fail_writes = fail_writes
-        done, stop = asyncio.Event(), asyncio.Event()
-
-        async def finished(finished_id: str) -> None:
-            result = await asyncio.to_thread(tasks.finalize.apply, args=[finished_id])
-            outcomes.append(str(result.result))
-            if outcomes[-1] != "refollow":
-                done.set()
-
-        async with AsyncWorkersClient.from_settings(settings) as client:
-            follower = Follower(follows, client, finished, poll_seconds=0.05, lease_seconds=2,
-                                max_parse_failures=settings.stream_max_parse_failures)  # fmt: skip
-            task = asyncio.create_task(follower.run(stop))
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), seconds)
-            finally:
-                stop.set()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, 10)
-                await follows.close()
-
-    asyncio.run(run())
-    return outcomes
-
-
-def started(rt: Runtime, text: str, **fields: Any) -> Job:
-    """A job whose create step ran through its task: returns it as stored."""
-    job = submit(rt, text, **fields)
-    tasks.create.apply(args=[job.id])
-    return rt.store.require_job(job.id)
-
-
-def error_of(rt: Runtime, job_id: str) -> str:
-    return str(rt.store.require_job(job_id).error)
-
 
 # --- create and continue ------------------------------------------------------------
 
@@ -327,14 +166,6 @@ def test_a_stream_that_never_answers_is_retried_and_stays_followed(
 
 
 # --- finalize: the retrieve and the settle batch --------------------------------------
-
-
-def streamed(rt: Runtime, text: str, **fields: Any) -> Job:
-    """A submitted job whose stream the upstream has served whole (its turn is over)."""
-    job = started(rt, text, **fields)
-    assert job.status == "submitted" and job.worker_id is not None
-    list(rt.client.stream_updates(job.worker_id))
-    return job
 
 
 @pytest.mark.parametrize(
@@ -486,106 +317,6 @@ def test_every_step_fails_cleanly_through_a_real_worker(
             worker.stop()
         assert {t: e.status for t, e in ends.items()} == E2E
         assert_nothing_held(orch.store, list(jobs.values()))
-
-
-# --- bounds on JSON answers -------------------------------------------------------------
-
-
-@pytest.mark.parametrize("text", ["create:gzip-bomb", "create:503-bomb"])
-def test_a_json_answer_is_read_with_a_bound(api: HostileAPI, text: str) -> None:
-    """A 64 KB answer that inflates to 64 MB: refused at the cap (a success) or read
-    only for its head (an error), never held whole. Before: 64 MB in memory, and the
-    padded Worker was accepted."""
-    client = WorkersClient(api.url, "k", retry=RetryPolicy(max_retries=0),
-                           answer_max_bytes=MiB)  # fmt: skip
-    bombs()  # built before measuring (the server runs in this process)
-    tracemalloc.start()
-    try:
-        with client, pytest.raises(APIError) as caught:
-            client.create(f"{text}#bound")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 8 * MiB, f"peak {peak / MiB:.1f} MiB"
-    if text == "create:gzip-bomb":
-        assert isinstance(caught.value, ResponseTooLargeError)
-        assert "passed the 1048576-byte limit" in str(caught.value)
-    else:
-        assert "HTTP 503" in str(caught.value)
-
-
-def test_the_async_client_reads_a_json_answer_with_a_bound(api: HostileAPI) -> None:
-    async def create() -> None:
-        async with AsyncWorkersClient(api.url, "k", retry=RetryPolicy(max_retries=0),
-                                      answer_max_bytes=MiB) as client:  # fmt: skip
-            await client.create("create:gzip-bomb#async")
-
-    with pytest.raises(ResponseTooLargeError, match="1048576-byte limit"):
-        asyncio.run(create())
-
-
-def test_only_the_encodings_we_inflate_are_asked_for(api: HostileAPI) -> None:
-    """httpx asks for br and zstd too when their packages are installed; an answer in
-    one of them would then reach the JSON parser undecoded and fail every job."""
-    with WorkersClient(api.url, "k") as client:
-        assert client._http.headers["accept-encoding"] == "gzip, deflate"
-    client_async = AsyncWorkersClient(api.url, "k")
-    assert client_async._http.headers["accept-encoding"] == "gzip, deflate"
-    asyncio.run(client_async.aclose())
-
-
-def test_a_gzip_bombed_stream_is_inflated_a_piece_at_a_time(make_rt: Any) -> None:
-    """One event that inflates to 64 MB: a truncated record in its place (as an
-    oversize event), and the client never holds the 64 MB. Before: httpx inflated each
-    64 KB network chunk whole, 64 MB at once, ahead of the event bound."""
-    rt = make_rt()
-    job = started(rt, "stream:gzip-bomb#s")
-    assert job.worker_id is not None
-    bombs()
-
-    async def read() -> list[Any]:
-        async with AsyncWorkersClient(rt.settings.workers_api_url or "", "k",
-                                      event_max_bytes=64 * 1024) as client:  # fmt: skip
-            return [u.data async for u in client.stream_updates(str(job.worker_id))]
-
-    tracemalloc.start()
-    try:
-        updates = asyncio.run(read())
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert updates[0] == {"n": 0} and updates[2] == {"n": 2}
-    assert updates[1]["truncated"] is True and updates[1]["bytes"] == 64 * 2**20 + 2
-    assert peak < 8 * MiB, f"peak {peak / MiB:.1f} MiB"
-    assert follow(rt, job.id) == ["completed"]
-    assert_nothing_held(rt.store, [job.id])
-
-
-def test_a_turn_publishing_too_many_files_fetches_a_bounded_few(make_rt: Any) -> None:
-    """120 listed names, 60 of them distinct: 25 fetches sent (FILES_MAX_PER_TURN), each
-    name once, and a note in the job's history. Before: one fetch task per listed name,
-    however many (a hostile listing could send a hundred thousand)."""
-    rt = make_rt()
-    job = streamed(rt, "files:many#cap", fetch_files=True)
-    # Finalized here, with an app on the test's broker: the fetches wait in its queue.
-    assert steps.finalize(rt, make_app(rt.settings), job.id) == "completed"
-    assert rt.store.broker.waiting("api") == 25
-    notes = [e["detail"] for e in rt.store.history(job.id) if e["detail"]]
-    assert any("published 60 files; fetching the first 25" in n for n in notes), notes
-
-
-def test_a_turn_that_never_ends_upstream_is_read_again_with_growing_pauses(
-    make_rt: Any, api: HostileAPI
-) -> None:
-    """The stream closes at once and retrieve says running, for ever: the job stays
-    followed (it ends by its deadline), but is read again with pauses doubling to 5 s,
-    not in a tight loop (before: about 12 reads a second here)."""
-    rt = make_rt()
-    job = started(rt, "stream:closes-forever#quiet")
-    outcomes = follow(rt, job.id, seconds=4)
-    reads = api.calls[f"stream {rt.store.require_job(job.id).worker_id}"]
-    assert set(outcomes) == {"refollow"} and 3 <= reads <= 7, (outcomes, reads)
-    assert not_ended(rt.store, [job.id]) == {job.id: "submitted"}
 
 
 # --- the create task's quick relay (orchestrator.jobs.quick) -------------------------
