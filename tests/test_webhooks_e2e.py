@@ -17,8 +17,14 @@ import pytest
 
 from orchestrator.store.jobs import RedisStore
 
-from .gateway_support import Gateway, gateway, gateway_extra, start_gateway, worker  # noqa: F401
-from .test_gateway_api import error_of
+from .gateway_support import (  # noqa: F401
+    Gateway,
+    error_of,
+    gateway,
+    gateway_extra,
+    start_gateway,
+    worker,
+)
 from .webhook_receiver import Receiver, start_receiver
 
 
