@@ -129,17 +129,22 @@ def cli(
     env: Env, *argv: str, stdin: str = "", redis_url: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``python -m orchestrator ARGV`` as a child process with this test's settings."""
-    child_env = {
-        **os.environ,
-        "REDIS_URL": redis_url or env.url,
-        "KEY_PREFIX": env.prefix,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", *argv],
         input=stdin,
         capture_output=True,
         text=True,
-        env=child_env,
+        env=child_env(env, redis_url),
         timeout=60,
     )
+
+
+def child_env(env: Env, redis_url: str | None = None) -> dict[str, str]:
+    """This process's environment with the test's Redis and key prefix, and this tree
+    first on PYTHONPATH."""
+    return {
+        **os.environ,
+        "REDIS_URL": redis_url or env.url,
+        "KEY_PREFIX": env.prefix,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }

@@ -5,7 +5,6 @@ nothing is written; an unreachable Redis is one line too."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import pytest
 
 from orchestrator.ops.redis_server import free_port
 
-from .cli_support import ROOT, Env, cli
+from .cli_support import Env, child_env, cli
 from .cli_support import env as env  # the fixture: a database and prefix of its own
 
 # --- as a real process -----------------------------------------------------------
@@ -84,13 +83,9 @@ def test_process_submits_and_reports_unreachable_redis_in_one_line(env: Env) -> 
 def cli_bytes(
     env: Env, *argv: str | bytes, stdin: bytes = b""
 ) -> subprocess.CompletedProcess[bytes]:
-    child_env = {
-        **os.environ, "REDIS_URL": env.url, "KEY_PREFIX": env.prefix,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", *argv],
-        input=stdin, capture_output=True, env=child_env, timeout=60,
+        input=stdin, capture_output=True, env=child_env(env), timeout=60,
     )  # fmt: skip
 
 
