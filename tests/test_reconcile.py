@@ -17,7 +17,7 @@ from orchestrator.controls.budgets import turn_members
 from orchestrator.facade import Orchestrator
 from orchestrator.jobs import steps
 from orchestrator.ledger import FIELDS, MONEY_FIELDS, cumulative, utc_day
-from orchestrator.ops.reconcile import Reconciler
+from orchestrator.ops.reconcile import Difference, Reconciler
 from orchestrator.runtime import Runtime
 from orchestrator.settings import load_settings
 
@@ -214,3 +214,27 @@ def test_reconcile_reports_an_absurd_upstream_figure_as_an_error(
     assert not report.clean
     assert any("wrk_x" in e and "costs.model_cost_usd" in e for e in report.errors)
     assert store.costs()["total"]["turns"] == 0
+
+
+def test_each_kind_of_difference_reads_as_one_line() -> None:
+    two = {"a_micro": 1, "b_micro": 2}
+    lines = [
+        Difference("money", "wrk_1", {"fields": {
+            "b_micro": {"upstream": 3, "row": 2, "counted": 1},
+            "a_micro": {"upstream": 6, "row": 5, "counted": 4},
+        }}),
+        Difference("total", "total", {"fields": {"a_micro": {"total": 7, "days": 8}}}),
+        Difference("fell", "wrk_2", {"fields": two}, fixed=True),
+        Difference("stuck", "job_1", {"status": "running", "worker_id": "wrk_3",
+                                      "upstream_status": "completed"}),
+        Difference("snapshot", "wrk_4", {"state": "missing"}),
+    ]  # fmt: skip
+    assert [d.line() for d in lines] == [
+        "money    wrk_1  a_micro upstream 6 ledger row 5 counted 4; "
+        "b_micro upstream 3 ledger row 2 counted 1",
+        "total    total  a_micro total 7 sum of day rows 8",
+        "fell     wrk_2  a_micro fell by 1 below what was counted (nothing posted for it); "
+        "b_micro fell by 2 below what was counted (nothing posted for it)  [fixed]",
+        "stuck    job_1  job is running, worker wrk_3 is completed upstream",
+        "snapshot wrk_4  stored snapshot is missing",
+    ]
