@@ -58,11 +58,17 @@ SECRET_NAMES = re.compile(r"(PASSWORD|API_KEY|SECRET|TOKEN)$|^REDIS_URL$")
 PENDING_COMMANDS = {"beat"}
 
 
-def manifests() -> Iterator[tuple[Path, dict[str, Any]]]:
-    for path in sorted(K8S.glob("*.yaml")):
+def manifests(folder: Path = K8S) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every object of the folder's YAML files, with the file it is in."""
+    for path in sorted(folder.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc is not None:
                 yield path, doc
+
+
+def objects(folder: Path = K8S) -> dict[tuple[str, str], dict[str, Any]]:
+    """The folder's objects by kind and name."""
+    return {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in manifests(folder)}
 
 
 def compose() -> dict[str, Any]:

@@ -5,22 +5,12 @@ and the optional topologies (RabbitMQ, Sentinel, Redis Cluster)."""
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from .deploy_files import K8S, ROOT, TOPOLOGIES, manifests, yaml
-
-
-def topology_manifests() -> dict[tuple[str, str], dict[str, Any]]:
-    docs: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in sorted(TOPOLOGIES.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc is not None:
-                docs[(doc["kind"], doc["metadata"]["name"])] = doc
-    return docs
+from .deploy_files import K8S, ROOT, TOPOLOGIES, manifests, objects, yaml
 
 
 def test_kubernetes_topology_manifests() -> None:
-    docs = topology_manifests()
+    docs = objects(TOPOLOGIES)
     kustomization = docs[("Kustomization", "orchestrator-topologies")]
     listed = set(kustomization["resources"])
     assert listed == {p.name for p in TOPOLOGIES.glob("*.yaml")} - {"kustomization.yaml"}
@@ -49,12 +39,7 @@ def test_kubernetes_topology_manifests() -> None:
 
 def test_kubernetes_redis_cluster_manifests() -> None:
     folder = TOPOLOGIES / "redis-cluster"
-    docs = {
-        (doc["kind"], doc["metadata"]["name"]): doc
-        for path in sorted(folder.glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text())
-        if doc is not None
-    }
+    docs = objects(folder)
     listed = set(docs[("Kustomization", "orchestrator-redis-cluster")]["resources"])
     assert listed == {p.name for p in folder.glob("*.yaml")} - {"kustomization.yaml"}
     nodes = docs[("StatefulSet", "redis-cluster")]["spec"]
@@ -97,7 +82,7 @@ def test_every_manifest_is_a_named_kubernetes_object() -> None:
 
 
 def test_kubernetes_workloads() -> None:
-    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in manifests()}
+    docs = objects()
     for name in ("worker-api", "worker-streams", "beat", "flower", "metrics", "gateway"):
         pod = docs[("Deployment", name)]["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
