@@ -189,11 +189,8 @@ class Orchestrator:
     def _known_schedule(self, schedule_id: str | None) -> None:
         """UnknownIdError ``schedule_id`` for an id no schedule of ours has: the job's
         cost would be booked to a schedule that does not exist."""
-        if schedule_id is None:
-            return
-        rules.SCHEDULE_ID.check(schedule_id, "schedule_id")
-        if self.schedules.store.get(schedule_id) is None:
-            raise UnknownIdError("schedule_id", f"no schedule {schedule_id}")
+        if schedule_id is not None:
+            self.schedules.store.require(schedule_id)
 
     def worker_id_of(self, worker_or_job: str) -> str:
         """The upstream worker id named directly or by one of our job ids (checked by

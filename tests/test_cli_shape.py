@@ -133,6 +133,8 @@ def test_every_quick_command_prints_json_that_parses(
     assert json_of(capsys, "schedules", "list", "wrk_json")["schedules"]
     shown = json_of(capsys, "schedules", "show", sid)
     assert all(re.fullmatch(ISO, t) for t in shown["next_runs"])
+    updated = json_of(capsys, "schedules", "update", sid, "--input", "y", "--tag", "team=a")
+    assert (updated["id"], updated["input"], updated["tags"]) == (sid, "y", {"team": "a"})
     assert json_of(capsys, "schedules", "pause", sid)["changed"] is True
     assert json_of(capsys, "schedules", "resume", sid)["changed"] is True
     triggered = json_of(capsys, "schedules", "trigger", sid)

@@ -199,8 +199,9 @@ def test_console_schedules_trigger_pause_resume(
 ) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     sched = orch.schedules.create(
-        None, "hourly digest", {"type": "interval", "intervalSeconds": 3600}
-    )
+        None, "hourly digest", {"type": "interval", "intervalSeconds": 3600},
+        tags={"tenant": "acme", "team": "ops"},
+    )  # fmt: skip
     row = f"#schedules tr[data-schedule='{sched.id}']"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
@@ -210,6 +211,7 @@ def test_console_schedules_trigger_pause_resume(
             page.click("a[data-nav=schedules]")
             page.wait_for_selector(row, timeout=WAIT_MS)
             next_fire = page.inner_text(f"{row} td:nth-child(4)")
+            tags = page.inner_text(f"{row} td.tags")
             page.click(f"{row} button:text('trigger')")
             page.click(f"{row} a")
             # The run appears with its job, and its cost once the turn is posted.
@@ -225,6 +227,7 @@ def test_console_schedules_trigger_pause_resume(
     assert len(runs) == 1 and runs[0]["job_id"] and runs[0]["cost_micro"]
     assert run_cost == format_usd(runs[0]["cost_micro"])
     assert next_fire == orch.schedules.list_all()[0]["next_run_at"]
+    assert tags == "team=ops tenant=acme"
 
 
 def test_console_page_and_me(gateway: Any) -> None:

@@ -25,35 +25,17 @@ def register(sub: Any) -> None:
         "worker", nargs="?", default=None,
         help="worker id or job id (none: the first run creates a worker)",
     )  # fmt: skip
-    create.add_argument("--input", required=True, help="the input each run sends")
-    kind = create.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--cron", help="5-field cron expression (see --tz)")
-    kind.add_argument("--every", type=int, metavar="SECONDS", help="interval in seconds")
-    kind.add_argument("--at", metavar="ISO", help="once, at this date-time (with zone)")
-    kind.add_argument("--in", dest="delay", type=int, metavar="SECONDS", help="once, from now")
-    create.add_argument("--tz", default="UTC", help="IANA time zone of --cron (default UTC)")
-    create.add_argument(
-        "--budget", choices=BUDGETS, default=None,
-        help="each run's budget tier (default: the worker's earlier job's, else standard)",
-    )  # fmt: skip
-    create.add_argument(
-        "--tag", action="append", default=[], metavar="KEY=VALUE",
-        help="each run's job tag; repeatable; over the worker's earlier job's tags",
-    )  # fmt: skip
-    create.add_argument(
-        "--catch-up", choices=("skip", "once"), default="skip",
-        help="after downtime: skip missed slots, or run once for them (default skip)",
-    )  # fmt: skip
-    create.add_argument(
-        "--overlap", choices=("skip", "buffer"), default="skip",
-        help="a slot due while the last run still runs: skip it, or run it after (default skip)",
-    )  # fmt: skip
-    for name in ("queue-ttl", "idle-timeout", "deadline"):
-        create.add_argument(
-            f"--{name}", type=float, metavar="SECONDS", help=f"each run's job {name}"
-        )
+    _schedule_options(create, new=True)
     json_option(create, "print the schedule as JSON")
     create.set_defaults(func=cmd_create)
+
+    update = ssub.add_parser(
+        "update", help="change a schedule's options given (its id and history stay)"
+    )
+    update.add_argument("schedule_id", help="the schedule's id (sch_...)")
+    _schedule_options(update, new=False)
+    json_option(update, "print the schedule as JSON")
+    update.set_defaults(func=cmd_update)
 
     lst = ssub.add_parser("list", help="a worker's schedules, or all with their next runs")
     lst.add_argument(
@@ -107,6 +89,57 @@ def register(sub: Any) -> None:
     beat.set_defaults(func=run_beat)
 
 
+def _schedule_options(p: argparse.ArgumentParser, *, new: bool) -> None:
+    """The options of ``create`` and ``update`` (one list, one set of names); on an
+    update none is required and none has a default: those not given stay."""
+    keep = "" if new else " (not given: unchanged)"
+    p.add_argument("--input", required=new, help="the input each run sends" + keep)
+    kind = p.add_mutually_exclusive_group(required=new)
+    kind.add_argument("--cron", help="5-field cron expression (see --tz)")
+    kind.add_argument("--every", type=int, metavar="SECONDS", help="interval in seconds")
+    kind.add_argument("--at", metavar="ISO", help="once, at this date-time (with zone)")
+    kind.add_argument("--in", dest="delay", type=int, metavar="SECONDS", help="once, from now")
+    p.add_argument(
+        "--tz", default="UTC" if new else None,
+        help="IANA time zone of --cron" + (" (default UTC)" if new else keep),
+    )  # fmt: skip
+    p.add_argument(
+        "--budget", choices=BUDGETS, default=None,
+        help="each run's budget tier"
+        + (" (default: the worker's earlier job's, else standard)" if new else keep),
+    )  # fmt: skip
+    p.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE",
+        help="each run's job tag; repeatable; "
+        + ("over the worker's earlier job's tags" if new else "all of them: replace the old"),
+    )  # fmt: skip
+    p.add_argument(
+        "--catch-up", choices=("skip", "once"), default="skip" if new else None,
+        help="after downtime: skip missed slots, or run once for them"
+        + (" (default skip)" if new else keep),
+    )  # fmt: skip
+    p.add_argument(
+        "--overlap", choices=("skip", "buffer"), default="skip" if new else None,
+        help="a slot due while the last run still runs: skip it, or run it after"
+        + (" (default skip)" if new else keep),
+    )  # fmt: skip
+    for name in ("queue-ttl", "idle-timeout", "deadline"):
+        p.add_argument(f"--{name}", type=float, metavar="SECONDS", help=f"each run's job {name}")
+
+
+def _when(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``when`` of --cron, --every, --at or --in (None: none given)."""
+    if args.cron is not None:
+        return {"type": "cron", "cron": args.cron}
+    if args.every is not None:
+        return {"type": "interval", "interval_seconds": args.every}
+    if args.at is not None:
+        return {"type": "scheduled", "date": args.at}
+    if args.delay is not None:
+        return {"type": "delayed", "delay_in_seconds": args.delay}
+    return None
+
+
 def _orch() -> Any:
     from orchestrator.facade import Orchestrator
 
@@ -118,20 +151,12 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    if args.cron is not None:
-        when: dict[str, Any] = {"type": "cron", "cron": args.cron}
-    elif args.every is not None:
-        when = {"type": "interval", "interval_seconds": args.every}
-    elif args.at is not None:
-        when = {"type": "scheduled", "date": args.at}
-    else:
-        when = {"type": "delayed", "delay_in_seconds": args.delay}
     tags = parse_tags(args.tag)
     with _orch() as orch:
         made = orch.schedules.create(
             args.worker,
             args.input,
-            when,
+            _when(args),
             budget=args.budget,
             tags=tags or None,  # none given: a worker's earlier job's
             timezone=args.tz,
@@ -146,6 +171,31 @@ def cmd_create(args: argparse.Namespace) -> int:
         _print_json({**made.to_wire(), "tags": dict(stored.tags)})
     else:
         print(f"{made.id}  {made.type}  next run {output.when(made.to_wire()['nextRunAt'])}")
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    tags = parse_tags(args.tag)
+    with _orch() as orch:
+        stored = orch.schedules.update(
+            args.schedule_id,
+            input=args.input,
+            when=_when(args),
+            timezone=args.tz,
+            budget=args.budget,
+            tags=tags or None,  # none given: unchanged
+            catch_up=args.catch_up,
+            overlap=args.overlap,
+            queue_ttl=args.queue_ttl,
+            idle_timeout=args.idle_timeout,
+            deadline=args.deadline,
+        )
+    wire = stored.wire().to_wire()
+    if args.json:
+        _print_json({**wire, "tags": dict(stored.tags), "status": stored.status})
+    else:
+        when = output.when(wire["nextRunAt"]) if stored.status == "active" else stored.status
+        print(f"{stored.id}  {stored.kind}  updated; next run {when}")
     return 0
 
 

@@ -1,6 +1,6 @@
-"""``/v1/schedules``: create (all four kinds), list, get, describe, history, pause,
-resume, trigger and cancel. Schedules are not per tenant: untenanted tokens only; reads
-for role read, changes for role admin."""
+"""``/v1/schedules``: create (all four kinds), update, list, get, describe, history,
+pause, resume, trigger and cancel. Schedules are not per tenant: untenanted tokens only;
+reads for role read, changes for role admin."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from orchestrator import rules
-from orchestrator.errors import InputError
 from orchestrator.gateway.auth import GlobalAdmin, GlobalReader
 from orchestrator.gateway.errors import COMMON, ApiError, not_found, responses
-from orchestrator.gateway.schemas import Changed, ScheduleBody, Triggered
+from orchestrator.gateway.schemas import Changed, ScheduleBody, ScheduleUpdateBody, Triggered
 from orchestrator.gateway.state import Gateway, gateway
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"], responses=responses(*COMMON))
@@ -21,13 +20,11 @@ Row = dict[str, Any]
 
 
 def _require(gw: Gateway, schedule_id: str) -> str:
-    """The schedule id if such a schedule exists; 404 otherwise."""
+    """The schedule id if such a schedule exists; 404 otherwise (a path that is no
+    schedule id names no schedule either)."""
     if not rules.SCHEDULE_ID.ok(schedule_id):
         raise not_found(f"schedule {rules.shown(schedule_id)}", "schedule_id")
-    try:
-        gw.orch.schedules.get(schedule_id)
-    except InputError:
-        raise not_found(f"schedule {schedule_id}", "schedule_id") from None
+    gw.orch.schedules.get(schedule_id)  # UnknownIdError: 404
     return schedule_id
 
 
@@ -46,6 +43,17 @@ def _shown(gw: Gateway, schedule_id: str) -> Row:
     """The schedule in the Workers API's shape, with the tags each run's job gets."""
     stored = gw.orch.schedules.get(schedule_id)
     return {**stored.wire().to_wire(), "tags": dict(stored.tags)}
+
+
+@router.patch("/{schedule_id}", response_model=Row, responses=responses(409))
+def update(schedule_id: str, body: ScheduleUpdateBody, _: GlobalAdmin, gw: GW) -> Row:
+    """Change the fields given (as the create body names them); the rest stay. A new
+    ``when`` or ``timezone`` runs from its first slot after now. 409: done or cancelled."""
+    sid = _require(gw, schedule_id)
+    if not gw.orch.schedules.get(sid).live:
+        raise ApiError(409, "the schedule is not live", field="schedule_id")
+    gw.orch.schedules.update(sid, **body.model_dump(exclude_unset=True))
+    return _shown(gw, sid)
 
 
 @router.get("", response_model=list[Row])

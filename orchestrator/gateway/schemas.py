@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from orchestrator.jobs.model import Job, JobKind, JobStatus, Priority
@@ -133,6 +133,35 @@ class ScheduleBody(BaseModel):
     timezone: str = "UTC"
     catch_up: Literal["skip", "once"] = "skip"
     overlap: Literal["skip", "buffer"] = "skip"
+
+
+class ScheduleUpdateBody(BaseModel):
+    """The fields to change, named and checked as in the create body; those left out
+    stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | None = None
+    when: dict[str, Any] | None = Field(default=None, description="a new timing, as at create")
+    budget: Budget | None = None
+    tags: dict[str, str] | None = Field(default=None, description="all of each run's tags")
+    timezone: str | None = Field(default=None, description="IANA zone of a cron schedule")
+    catch_up: Literal["skip", "once"] | None = None
+    overlap: Literal["skip", "buffer"] | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # A null would read as "unchanged"; leaving the field out says that.
+        if value is None:
+            raise PydanticCustomError("not_null", "must not be null (leave it out to keep it)")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> ScheduleUpdateBody:
+        if not self.model_fields_set:
+            raise ValueError(f"give at least one of {', '.join(type(self).model_fields)}")
+        return self
 
 
 class Changed(BaseModel):

@@ -32,7 +32,7 @@ from kombu.exceptions import OperationalError
 from orchestrator.jobs.model import TERMINAL
 from orchestrator.runtime import store_for
 from orchestrator.schedules.run import RUNS_PER_MESSAGE, send_runs
-from orchestrator.schedules.timing import MISFIRE_GRACE_MS, CatchUp, Timing, plan
+from orchestrator.schedules.timing import MISFIRE_GRACE_MS, plan
 from orchestrator.settings import get_settings
 from orchestrator.store.connection import StoreError
 from orchestrator.store.jobs import now_ms
@@ -66,7 +66,6 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
     def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
         self.schedules: ScheduleStore | None = None
         self.beat_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._timings: dict[str, tuple[Timing, CatchUp]] = {}
         self._buffer_sent: dict[tuple[str, int], float] = {}
         self._bad: set[str] = set()
         self._closed = False
@@ -188,22 +187,19 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
 
     def _plan(self, due: list[tuple[str, int]], now: int) -> list[Claim]:
         assert self.schedules is not None
-        # A schedule's timing never changes after creation, so it is cached.
-        missing = [sid for sid, _ in due if sid not in self._timings]
-        if missing:
-            if len(self._timings) > 100_000:
-                self._timings.clear()
-            self._timings.update(self.schedules.timings(missing))
+        # Read each tick, not cached: an update may change a timing; the claim checks
+        # the rev read here, so a timing changed since is not claimed with.
+        timings = self.schedules.timings([sid for sid, _ in due])
         grace = int(self.misfire_grace * 1000)
         claims = []
         for sid, due_ms in due:
-            found = self._timings.get(sid)
+            found = timings.get(sid)
             if found is None:
                 self.schedules.drop_due(sid)
                 continue
-            timing, catch_up = found
+            timing, catch_up, rev = found
             try:
-                claims.append(Claim(sid, due_ms, plan(timing, due_ms, now, catch_up, grace)))
+                claims.append(Claim(sid, due_ms, plan(timing, due_ms, now, catch_up, grace), rev))
             except Exception:
                 # One bad schedule must not stop the others; it stays due, and is
                 # reported once per process.

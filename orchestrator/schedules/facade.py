@@ -21,12 +21,12 @@ from typing import Any
 from celery import Celery
 from pydantic import BaseModel
 
-from orchestrator.errors import InputError, NotFoundError
+from orchestrator.errors import InputError, NotFoundError, UnknownIdError
 from orchestrator.jobs.model import Submission
 from orchestrator.jobs.submit import carried_over, check, require_worker, worker_id_of
 from orchestrator.ledger import parse_row, total_cost_micro
 from orchestrator.runtime import Runtime
-from orchestrator.schedules.run import send_run
+from orchestrator.schedules.run import send_run, send_runs
 from orchestrator.schedules.timing import (
     CatchUp,
     Overlap,
@@ -34,11 +34,18 @@ from orchestrator.schedules.timing import (
     ScheduleRequest,
     iso,
     new_schedule,
+    plan,
     to_ms,
     upcoming,
 )
+from orchestrator.schedules.update import revised
 from orchestrator.store.jobs import now_ms
-from orchestrator.store.schedules import ScheduleStore, new_schedule_id, pending_member
+from orchestrator.store.schedules import (
+    ScheduleStore,
+    new_schedule_id,
+    pending_member,
+    split_member,
+)
 from orchestrator.wire.models import (
     Budget,
     CronWhen,
@@ -53,7 +60,7 @@ from orchestrator.wire.routes import validate
 
 
 class ScheduleAPI:
-    """Create, list, pause, resume, cancel, describe, trigger and import schedules.
+    """Create, update, list, pause, resume, cancel, describe, trigger and import schedules.
 
     Built from the runtime (settings, store, API client) and the Celery app a trigger
     sends its run with: the pieces it uses, not the whole facade.
@@ -121,6 +128,64 @@ class ScheduleAPI:
             self._require_worker(wid)
         return self._add(request, sub, limits={name: getattr(sub, name) for name in given})
 
+    def update(
+        self,
+        schedule_id: str,
+        *,
+        input: str | None = None,
+        when: Mapping[str, Any] | BaseModel | None = None,
+        timezone: str | None = None,
+        budget: Budget | None = None,
+        tags: dict[str, str] | None = None,
+        catch_up: CatchUp | None = None,
+        overlap: Overlap | None = None,
+        queue_ttl: float | None = None,
+        idle_timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Schedule:
+        """Change a live schedule in place: only the fields given (not None), each
+        checked as :meth:`create` checks it; its id, history and slot records stay.
+
+        ``tags`` replace the schedule's tags (``{}``: none). A new ``when`` or
+        ``timezone`` (cron only) makes its next run the new timing's first after now. A
+        slot of the old timing already due then and not yet claimed by a beat is
+        claimed and sent here, as a beat would have (within the default misfire
+        grace; later ones count as missed); one claimed before stays as it was. A
+        paused schedule stays paused. UnknownIdError for an unknown id, InputError
+        ``schedule_id`` for a done or cancelled one. Returns the stored record.
+        """
+        asked = {
+            "input": input, "when": when, "timezone": timezone, "budget": budget,
+            "tags": tags, "catch_up": catch_up, "overlap": overlap,
+            "queue_ttl": queue_ttl, "idle_timeout": idle_timeout, "deadline": deadline,
+        }  # fmt: skip
+        given = {name: value for name, value in asked.items() if value is not None}
+        for _ in range(10):  # a retry only when a beat or another change came between
+            current, due_ms = self.store.read(schedule_id)
+            if not current.live:
+                raise InputError("schedule_id", f"schedule {schedule_id} is {current.status}")
+            now = now_ms()
+            new, retimed = revised(self.rt.settings, current, given, now)
+            due = None
+            if retimed and due_ms is not None and due_ms <= now:
+                due = plan(current.timing, due_ms, now, current.catch_up)
+            verdict, claimed = self.store.update(
+                current, due_ms, new, now, retimed=retimed, due=due
+            )
+            if verdict == "ok":
+                break
+            if verdict == "gone":
+                raise UnknownIdError("schedule_id", f"no schedule {schedule_id}")
+            if verdict == "over":
+                raise InputError("schedule_id", f"schedule {schedule_id} is over")
+        else:
+            raise RuntimeError(f"schedule {schedule_id} kept changing during the update")
+        if claimed:
+            # Claimed before sending, like a beat's claim: a crash here is re-sent by beat.
+            send_runs(self.app, [split_member(m) for m in claimed])
+            self.store.sent(claimed)
+        return self.store.require(schedule_id)
+
     def list(self, worker_id: str) -> ScheduleList:
         """The worker's live (active or paused) schedules, in the reference's list shape."""
         wid = worker_id_of(self.rt.store, worker_id)
@@ -135,7 +200,7 @@ class ScheduleAPI:
     # --- ours ------------------------------------------------------------------------
 
     def get(self, schedule_id: str) -> Schedule:
-        """The stored record (InputError ``schedule_id`` if unknown)."""
+        """The stored record (UnknownIdError ``schedule_id`` if unknown)."""
         return self.store.require(schedule_id)
 
     def pause(self, schedule_id: str) -> bool:
@@ -192,6 +257,7 @@ class ScheduleAPI:
             "overlap": s.overlap,
             "limits": dict(s.limits),
             "created_at": iso(s.created_at),
+            "updated_at": iso(s.updated_at or None),
             "upstream_id": s.upstream_id,
             "next_runs": [iso(t) for t in nxt[:count]],
             "counts": dict(s.counts),

@@ -305,6 +305,8 @@ class Schedule:
     limits: Mapping[str, float] = field(default_factory=dict)
     # Each run's job tags: a tenant's scheduled runs are costed, capped and limited as its.
     tags: Mapping[str, str] = field(default_factory=dict)
+    updated_at: int = 0  # 0: never updated
+    rev: int = 0  # moved on by each update (a beat's claim checks it)
 
     @property
     def kind(self) -> Kind:

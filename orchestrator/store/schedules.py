@@ -14,16 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.errors import InputError
+from orchestrator import rules
+from orchestrator.errors import UnknownIdError
 from orchestrator.jobs.model import LIMITS, STATUSES, TERMINAL, limit_ms
-from orchestrator.schedules.timing import (
-    COUNTERS,
-    SCHEDULE_ID,
-    CatchUp,
-    Plan,
-    Schedule,
-    Timing,
-)
+from orchestrator.schedules.timing import COUNTERS, CatchUp, Plan, Schedule, Timing
 from orchestrator.store.jobs import RedisStore
 from orchestrator.store.jobs import now_ms as current_ms
 from orchestrator.store.scripts import schedules as scripts
@@ -54,11 +48,13 @@ class Peek:
 
 @dataclass(frozen=True)
 class Claim:
-    """A due schedule as read (``due_ms``) and what the beat decided to do with it."""
+    """A due schedule as read (``due_ms``) and what the beat decided to do with it,
+    from its timing as of ``rev`` (None: not checked)."""
 
     schedule_id: str
     due_ms: int
     plan: Plan
+    rev: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +80,12 @@ def _pairs(flat: Sequence[Any]) -> list[tuple[str, int]]:
 
 # --- the hash of a schedule ------------------------------------------------------------
 
-TIMING_FIELDS = ("kind", "at_ms", "anchor_ms", "interval_ms", "cron", "tz", "catch_up")
+TIMING_FIELDS = ("kind", "at_ms", "anchor_ms", "interval_ms", "cron", "tz", "catch_up", "rev")
+# What an update may set (the rest is the schedule's state, moved by runs and actions).
+UPDATED_FIELDS = frozenset(
+    {"kind", "input", "budget", "tz", "cron", "interval_ms", "at_ms", "anchor_ms", "delay_s"}
+    | {"catch_up", "overlap", "tags", "updated_at", *(f"{name}_ms" for name in LIMITS)}
+)
 
 
 def timing_from_hash(data: Mapping[str, str | None]) -> Timing:
@@ -119,6 +120,7 @@ def schedule_to_hash(s: Schedule) -> dict[str, str | int]:
         "status": s.status,
         "next_run_ms": s.next_run_ms,
         "created_at": s.created_at,
+        "updated_at": s.updated_at,
         "upstream_id": s.upstream_id or "",
         "last_job": s.last_job,
         **{f"{name}_ms": limit_ms(s.limits.get(name)) for name in LIMITS},
@@ -138,6 +140,8 @@ def schedule_from_hash(data: Mapping[str, str]) -> Schedule:
         status=data["status"],  # type: ignore[arg-type]
         next_run_ms=int(data.get("next_run_ms") or 0),
         created_at=int(data["created_at"]),
+        updated_at=int(data.get("updated_at") or 0),
+        rev=int(data.get("rev") or 0),
         delay_seconds=int(data.get("delay_s") or 0),
         upstream_id=data.get("upstream_id") or None,
         last_job=data.get("last_job") or "",
@@ -161,6 +165,7 @@ class ScheduleStore:
         self._decide = store.r.register_script(scripts.SCHEDULE_DECIDE)
         self._set_job = store.r.register_script(scripts.SCHEDULE_SET_JOB)
         self._state = store.r.register_script(scripts.SCHEDULE_STATE)
+        self._update = store.r.register_script(scripts.SCHEDULE_UPDATE)
 
     # --- records -----------------------------------------------------------------
 
@@ -182,13 +187,41 @@ class ScheduleStore:
         return schedule_from_hash(data) if data else None
 
     def require(self, schedule_id: str) -> Schedule:
-        """The schedule, or InputError ``schedule_id``."""
-        if not isinstance(schedule_id, str) or not SCHEDULE_ID.match(schedule_id):
-            raise InputError("schedule_id", f"{schedule_id!r} is not a schedule id")
-        found = self.get(schedule_id)
-        if found is None:
-            raise InputError("schedule_id", f"no schedule {schedule_id}")
-        return found
+        """The schedule; InputError ``schedule_id`` for what is not a schedule id (checked
+        before a key is made of it), UnknownIdError for one no schedule has."""
+        return self.read(schedule_id)[0]
+
+    def read(self, schedule_id: str) -> tuple[Schedule, int | None]:
+        """The schedule (as :meth:`require`) and its next run in the due index (None:
+        not in it), read at one instant."""
+        rules.SCHEDULE_ID.check(schedule_id, "schedule_id")
+        with self._r.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._keys.schedule(schedule_id))
+            pipe.zscore(self._keys.schedules_due, schedule_id)
+            data, due = pipe.execute()
+        if not data:
+            raise UnknownIdError("schedule_id", f"no schedule {schedule_id}")
+        return schedule_from_hash(data), None if due is None else int(due)
+
+    def update(
+        self, read: Schedule, due_ms: int | None, new: Schedule, now_ms: int, *,
+        retimed: bool, due: Plan | None,
+    ) -> tuple[str, list[str]]:  # fmt: skip
+        """Store ``new``'s UPDATED_FIELDS over ``read`` (as read with ``due_ms``) in one
+        step (SCHEDULE_UPDATE); ``retimed``: its next run goes in the due index, and the
+        old timing's ``due`` slots are claimed. The verdict (``ok``, ``gone``, ``over``,
+        ``retry``) and the pending members claimed."""
+        stored = schedule_to_hash(new)
+        fields = [x for name in sorted(UPDATED_FIELDS) for x in (name, stored[name])]
+        fire = ",".join(map(str, due.fire)) if due else ""
+        args = [
+            read.id, now_ms, read.rev, "" if due_ms is None else due_ms,
+            new.next_run_ms if retimed else "", due.missed if due else 0, fire, *fields,
+        ]  # fmt: skip
+        k = self._keys
+        keys = [k.schedule(read.id), k.schedules_due, k.schedules_pending]
+        verdict, *members = self._update(keys=keys, args=args)
+        return str(verdict), [str(m) for m in members]
 
     def many(self, ids: Iterable[str]) -> list[Schedule]:
         ids = list(ids)
@@ -243,17 +276,19 @@ class ScheduleStore:
             buffered=_pairs(buf),
         )
 
-    def timings(self, ids: Sequence[str]) -> dict[str, tuple[Timing, CatchUp]]:
-        """The next-run inputs of each schedule (ids whose hash is gone are left out)."""
+    def timings(self, ids: Sequence[str]) -> dict[str, tuple[Timing, CatchUp, int]]:
+        """The next-run inputs of each schedule and the rev they are of (a claim made
+        with them checks it); ids whose hash is gone are left out."""
         with self._r.pipeline(transaction=False) as pipe:
             for sid in ids:
                 pipe.hmget(self._keys.schedule(sid), TIMING_FIELDS)
             replies = pipe.execute()
-        out: dict[str, tuple[Timing, CatchUp]] = {}
+        out: dict[str, tuple[Timing, CatchUp, int]] = {}
         for sid, values in zip(ids, replies, strict=True):
             data = dict(zip(TIMING_FIELDS, values, strict=True))
             if data["kind"]:
-                out[sid] = (timing_from_hash(data), data["catch_up"] or "skip")
+                catch_up: CatchUp = data["catch_up"] or "skip"
+                out[sid] = (timing_from_hash(data), catch_up, int(data["rev"] or 0))
         return out
 
     def drop_due(self, schedule_id: str) -> None:
@@ -270,7 +305,9 @@ class ScheduleStore:
         for c in claims:
             keys.append(self._keys.schedule(c.schedule_id))
             nxt = "" if c.plan.next_ms is None else c.plan.next_ms
-            args += [c.schedule_id, c.due_ms, nxt, c.plan.missed, ",".join(map(str, c.plan.fire))]
+            fire = ",".join(map(str, c.plan.fire))
+            rev = "" if c.rev is None else c.rev
+            args += [c.schedule_id, c.due_ms, nxt, c.plan.missed, fire, rev]
         return [str(m) for m in self._claim(keys=keys, args=args)]
 
     def add_pending(self, members: Sequence[str], now_ms: int) -> None:

@@ -1,4 +1,4 @@
-"""The schedule Lua scripts (peek, claim, decide, record, state): registered once per
+"""The schedule Lua scripts (peek, claim, decide, record, state, update): registered once per
 client by :class:`orchestrator.store.schedules.ScheduleStore`; each opens with a comment
 naming its KEYS and ARGV, and touches no key it is not given in KEYS. See
 ``docs/schedules.md`` for the protocol they implement.
@@ -36,21 +36,23 @@ return {due, stale, next_run, buffered}
 # Compare-and-advance: a schedule is claimed only if its next run is still the one the
 # beat read, so of any number of beats exactly one claims each slot. The claim is
 # recorded in the pending set in the same step, so a beat that dies before sending
-# loses nothing: another beat takes the claim over and sends it.
+# loses nothing: another beat takes the claim over and sends it. A beat that read the
+# timing before an update (its 'rev' moved on) claims nothing; its next tick reads again.
 SCHEDULE_CLAIM = """
 -- KEYS[1] due zset, KEYS[2] pending zset, KEYS[3..] the hash of each schedule, in order
--- ARGV[1] now (ms), then 5 values per schedule: id, the next-run ms it was read with,
+-- ARGV[1] now (ms), then 6 values per schedule: id, the next-run ms it was read with,
 -- its new next-run ms ('' if none: the one-shot is done), slots missed, slots to fire
--- (comma-separated ms, may be '')
+-- (comma-separated ms, may be ''), the rev its timing was read at ('': not checked)
 -- Returns the pending members (id|slot) claimed.
 local out = {}
-local count = (#ARGV - 1) / 5
+local count = (#ARGV - 1) / 6
 for i = 0, count - 1 do
-  local base = 2 + i * 5
+  local base = 2 + i * 6
   local id, expected, new_next = ARGV[base], ARGV[base + 1], ARGV[base + 2]
-  local missed, hash = tonumber(ARGV[base + 3]), KEYS[3 + i]
+  local missed, hash, rev = tonumber(ARGV[base + 3]), KEYS[3 + i], ARGV[base + 5]
   local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) == tonumber(expected) then
+  local current = rev == '' or (redis.call('HGET', hash, 'rev') or '0') == rev
+  if current and score and tonumber(score) == tonumber(expected) then
     if new_next == '' then
       redis.call('ZREM', KEYS[1], id)
       redis.call('HSET', hash, 'status', 'done')
@@ -199,4 +201,42 @@ else
   redis.call('ZREM', KEYS[3], ARGV[1])
 end
 return 1
+"""
+
+# An update, all or nothing: the new fields, and for a new timing its next run in the
+# due index. What was due under the old timing and not yet claimed is claimed here, as
+# a beat would have (the caller sends it), so no slot is lost or run twice around it;
+# a slot a beat claimed first stays claimed. The rev moves on, so a beat holding the
+# old timing claims nothing with it.
+SCHEDULE_UPDATE = """
+-- KEYS[1] schedule hash, KEYS[2] due zset, KEYS[3] pending zset
+-- ARGV[1] schedule id, ARGV[2] now (ms), ARGV[3] rev as read, ARGV[4] due score as
+-- read ('' if not in the due index), ARGV[5] the new next run ms ('' if the timing
+-- stays), ARGV[6] slots missed, ARGV[7] slots to claim (comma-separated ms, may be ''),
+-- ARGV[8..] field, value, ... to set
+-- Returns {'ok', claimed members...}, {'gone'} (unknown), {'over'} (done or
+-- cancelled) or {'retry'} (claimed, paused, resumed or updated since read).
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'gone'} end
+if status ~= 'active' and status ~= 'paused' then return {'over'} end
+if (redis.call('HGET', KEYS[1], 'rev') or '0') ~= ARGV[3] then return {'retry'} end
+local id = ARGV[1]
+local out = {'ok'}
+if ARGV[5] ~= '' then
+  local score, read = redis.call('ZSCORE', KEYS[2], id), ARGV[4]
+  if (score and read == '') or (not score and read ~= '') then return {'retry'} end
+  if score and tonumber(score) ~= tonumber(read) then return {'retry'} end
+  if tonumber(ARGV[6]) > 0 then redis.call('HINCRBY', KEYS[1], 'missed', ARGV[6]) end
+  for slot in string.gmatch(ARGV[7], '[^,]+') do
+    local member = id .. '|' .. slot
+    redis.call('ZADD', KEYS[3], ARGV[2], member)
+    redis.call('HINCRBY', KEYS[1], 'claimed', 1)
+    table.insert(out, member)
+  end
+  redis.call('HSET', KEYS[1], 'next_run_ms', ARGV[5])
+  if status == 'active' then redis.call('ZADD', KEYS[2], ARGV[5], id) end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HINCRBY', KEYS[1], 'rev', 1)
+return out
 """

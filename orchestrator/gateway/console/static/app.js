@@ -1,6 +1,6 @@
 // The console's shell: login, navigation (hash routes), the jobs list and the submit form.
-import { session, api, get, h, usd, rowMicro, when, statusBadge, flash, errorText, ApiError }
-  from "./lib.js";
+import { session, api, get, h, usd, rowMicro, when, statusBadge, flash, errorText, ApiError,
+  tagText } from "./lib.js";
 import { jobPage } from "./job.js";
 import { moneyPage } from "./money.js";
 import { schedulesPage } from "./schedules.js";
@@ -148,7 +148,7 @@ function jobRow(job) {
     h("td", {}, h("a", { href: `#/job/${encodeURIComponent(job.id)}` }, job.id)),
     h("td", {}, statusBadge(job.status)),
     h("td", {}, input),
-    h("td", {}, Object.entries(job.tags).map(([k, v]) => `${k}=${v}`).join(" ")),
+    h("td", {}, tagText(job.tags)),
     h("td", { class: "when" }, when(job.created_at)),
     h("td", { class: "num cost" }, job.cost ? usd(rowMicro(job.cost)) : "—"));
 }

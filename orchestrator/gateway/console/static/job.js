@@ -1,8 +1,8 @@
 // One job: its live updates assembled into text (EventSource on a signed read link,
 // resumed after any drop), status history, the turn's cost and tokens, files, continue
 // and cancel.
-import { session, api, get, h, usd, rowMicro, when, statusBadge, flash, errorText, allowed }
-  from "./lib.js";
+import { session, api, get, h, usd, rowMicro, when, statusBadge, flash, errorText, allowed,
+  tagText } from "./lib.js";
 
 const TERMINAL = new Set(["completed", "failed", "cancelled", "expired", "timed_out"]);
 const TOKENS = ["input_tokens", "output_tokens", "reasoning_tokens", "cache_read_tokens",
@@ -154,7 +154,7 @@ export function jobPage(view, jobId) {
     view.dataset.status = job.status;
     const rows = [["id", job.id], ["status", statusBadge(job.status)], ["input", job.input],
       ["budget", job.budget], ["priority", job.priority],
-      ["tags", Object.entries(job.tags).map(([k, v]) => `${k}=${v}`).join(" ") || "—"],
+      ["tags", tagText(job.tags)],
       ["schedule", job.schedule_id || "—"], ["worker", job.worker_id || "—"],
       ["attempts", job.attempts], ["created", when(job.created_at)]];
     if (job.error) rows.push(["error", h("span", { class: "error" }, job.error)]);

@@ -88,6 +88,11 @@ export function rowMicro(row) {
     .reduce((sum, k) => sum + Number(row?.[k] || 0), 0);
 }
 
+// A job's or schedule's tags as one line: "team=x tenant=acme" ("—" for none).
+export function tagText(tags) {
+  return Object.entries(tags || {}).map(([k, v]) => `${k}=${v}`).join(" ") || "—";
+}
+
 export function when(ms) {
   if (ms === undefined || ms === null) return "—";
   return new Date(ms).toISOString().replace(".000Z", "Z");

@@ -1,6 +1,7 @@
-// Schedules: each live (or, on request, finished) schedule with its next fire, and for
-// the one chosen its next fires, cost and run history; pause / resume / trigger for admins.
-import { api, get, h, usd, statusBadge, flash, errorText, allowed } from "./lib.js";
+// Schedules: each live (or, on request, finished) schedule with its next fire and tags,
+// and for the one chosen its next fires, cost and run history; pause / resume / trigger
+// for admins.
+import { api, get, h, usd, statusBadge, flash, errorText, allowed, tagText } from "./lib.js";
 
 export function schedulesPage(view, chosen) {
   const body = h("tbody", { id: "schedules" });
@@ -24,10 +25,11 @@ export function schedulesPage(view, chosen) {
       body.replaceChildren(...(rows.length ? rows.map((r) => h("tr", { dataset: { schedule: r.id } },
         h("td", {}, h("a", { href: `#/schedules/${encodeURIComponent(r.id)}` }, r.id)),
         h("td", {}, r.when), h("td", {}, statusBadge(r.status)), h("td", {}, r.next_run_at || "—"),
-        h("td", { class: "num" }, r.runs), h("td", { class: "num" }, r.missed + r.skipped),
+        h("td", { class: "tags" }, tagText(r.tags)), h("td", { class: "num" }, r.runs),
+        h("td", { class: "num" }, r.missed + r.skipped),
         h("td", { class: "actions" }, button(r.id, r.status === "paused" ? "resume" : "pause"),
           button(r.id, "trigger"))))
-        : [h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No schedules."))]));
+        : [h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No schedules."))]));
     } catch (err) {
       flash(err.status === 403 ? "Schedules are not shown to a tenant-bound token." : errorText(err));
     }
@@ -41,7 +43,8 @@ export function schedulesPage(view, chosen) {
         h("h3", {}, `Schedule ${d.id}`),
         h("dl", { class: "kv" },
           ...[["when", d.when], ["status", d.status], ["input", d.input], ["budget", d.budget],
-            ["worker", d.worker_id || "—"], ["cost so far", usd(d.cost.total_cost_micro)],
+            ["worker", d.worker_id || "—"], ["tags", tagText(d.tags)],
+            ["cost so far", usd(d.cost.total_cost_micro)],
             ["next fires", d.next_runs.join(", ") || "—"]]
             .flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
         h("h4", {}, "Runs"),
@@ -59,8 +62,8 @@ export function schedulesPage(view, chosen) {
   view.append(
     h("div", { class: "card" },
       h("p", { class: "actions" }, h("label", {}, finished, " include finished")),
-      h("table", {}, h("thead", {}, h("tr", {}, ["schedule", "when", "status", "next fire", "runs",
-        "missed / skipped", ""].map((t) => h("th", {}, t)))), body)),
+      h("table", {}, h("thead", {}, h("tr", {}, ["schedule", "when", "status", "next fire", "tags",
+        "runs", "missed / skipped", ""].map((t) => h("th", {}, t)))), body)),
     detail);
   load();
   if (chosen) show(chosen);
