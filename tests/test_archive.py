@@ -144,23 +144,30 @@ def test_archive_cli_lists_shows_and_imports_a_day(
 ) -> None:
     archive = ArchiveDir(tmp_path / "archive")
     job = finished_job(archived, "wrk_cli_1")
-    assert archive_pass(archived, archive) == 1
+    refused, _ = archived.create_job(validate_submission(1000, kind="create", input="no turn"))
+    assert archived.transition(refused.id, "failed", "refused before any turn")
+    assert archive_pass(archived, archive) == 2
     day = utc_day(now_ms())
     env = {"REDIS_URL": redis_url, "KEY_PREFIX": key_prefix, "ARCHIVE_DIR": str(archive.root),
            "RETENTION": "1m"}  # fmt: skip
     listed = cli("archive", "list", env=env, cwd=tmp_path)
-    assert listed.returncode == 0 and listed.stdout.startswith(f"{day}  1 jobs"), listed
+    assert listed.returncode == 0 and listed.stdout.startswith(f"{day}  2 jobs"), listed
     shown = cli("archive", "show", day, env=env, cwd=tmp_path)
     assert shown.returncode == 0 and job.id in shown.stdout and "updates=10" in shown.stdout
+    # The turn's money once: usage cost mirrors the four components, never added to them.
+    assert "cost=$0.500000" in shown.stdout, shown.stdout
+    assert f"{refused.id}  failed  worker=-  updates=0  cost=-" in shown.stdout  # unknown, not $0
     as_json = cli("archive", "show", day, "--json", env=env, cwd=tmp_path)
-    assert json.loads(as_json.stdout)["job"]["id"] == job.id
+    assert {json.loads(line)["job"]["id"] for line in as_json.stdout.splitlines()} == {
+        job.id, refused.id}
     days = json.loads(cli("archive", "list", "--json", env=env, cwd=tmp_path).stdout)
-    assert days[0]["day"] == day and days[0]["jobs"] == 1 and days[0]["bytes"] > 0
+    assert days[0]["day"] == day and days[0]["jobs"] == 2 and days[0]["bytes"] > 0
     bad = cli("archive", "show", "2026-13-01", env=env, cwd=tmp_path)
     assert bad.returncode == 2 and "day" in bad.stderr and "Traceback" not in bad.stderr
-    wait_for(lambda: not archived.r.exists(archived.keys.job(job.id)), 10, "expiry")
+    gone = [archived.keys.job(job.id), archived.keys.job(refused.id)]
+    wait_for(lambda: not archived.r.exists(*gone), 10, "expiry")
     loaded = cli("archive", "import", day, env=env, cwd=tmp_path)
-    assert loaded.returncode == 0 and "imported 1 jobs" in loaded.stdout, loaded
+    assert loaded.returncode == 0 and "imported 2 jobs" in loaded.stdout, loaded
     assert archived.require_job(job.id).status == "completed"
     assert 50_000 < archived.r.pttl(archived.keys.job(job.id)) <= 60_000
     off = cli("archive", "list", env={**env, "ARCHIVE_DIR": ""}, cwd=tmp_path)

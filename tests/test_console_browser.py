@@ -8,6 +8,7 @@ no action buttons."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -159,8 +160,54 @@ def test_console_read_token_sees_no_action_buttons(
             assert page.inner_text("#who") == "read · tenant acme"
             assert not page.is_visible("a[data-nav=money]")
             assert not page.is_visible("a[data-nav=schedules]")
+            # Opened by address, those pages say so and ask the API for nothing refused.
+            refused: list[str] = []
+            page.on("response", lambda r: refused.append(r.url) if r.status == 403 else None)
+            for route, what in [("money", "Money is"), ("schedules", "Schedules are")]:
+                page.goto(f"{gateway.url}/#/{route}")
+                page.wait_for_selector(f"#page-{route} .card", timeout=WAIT_MS)
+                page.wait_for_load_state("networkidle")
+                shown = page.inner_text(f"#page-{route}")
+                assert shown == f"{what} not shown to a tenant-bound token.", shown
+            assert refused == []
         finally:
             browser.close()
+
+
+@needs_chromium
+def test_console_pages_log_no_errors(gateway: Any, worker: Any, orch: Orchestrator) -> None:
+    """Every page of the console loads with nothing in the browser's console: no script
+    error, no refused policy, no request answered 4xx/5xx (a missing icon included)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    job = orch.submit("a job to look at", budget="low", tags={"tenant": "acme"})
+    orch.wait(job.id, timeout=60)
+    sched = orch.schedules.create(None, "a digest", {"type": "interval", "intervalSeconds": 3600})
+    logged: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: logged.append(f"{m.type}: {m.text}")
+                    if m.type in ("error", "warning") else None)  # fmt: skip
+            page.on("pageerror", lambda e: logged.append(f"pageerror: {e}"))
+            _login(page, gateway.url, gateway.token("admin"))
+            page.wait_for_selector(f"#jobs tr[data-job='{job.id}'] td.cost", timeout=WAIT_MS)
+            refreshed = page.inner_text("#jobs-info")  # in UTC, as every time the page shows
+            for route, ready in [
+                (f"#/job/{job.id}", "#page-job[data-ended=completed] #turn-cost"),
+                ("#/money", "#page-money[data-loaded]"),
+                ("#/schedules", f"#schedules tr[data-schedule='{sched.id}']"),
+                (f"#/schedules/{sched.id}", "#page-schedules"),
+                ("#/submit", "#submit-form"),
+                ("#/jobs", f"#jobs tr[data-job='{job.id}']"),
+            ]:
+                page.goto(f"{gateway.url}/{route}")
+                page.wait_for_selector(ready, timeout=WAIT_MS)
+                page.wait_for_load_state("networkidle")
+        finally:
+            browser.close()
+    assert logged == []
+    assert re.fullmatch(r"page 1 · refreshed \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z", refreshed)
 
 
 @needs_chromium

@@ -9,8 +9,7 @@ from orchestrator.facade import Orchestrator
 from orchestrator.jobs.lifecycle import UPSTREAM_NOTE
 from orchestrator.ops.processes import Proc
 
-from .gateway_support import Gateway, gateway, gateway_extra, worker  # noqa: F401
-from .test_gateway_api import error_of
+from .gateway_support import Gateway, error_of, gateway, gateway_extra, worker  # noqa: F401
 
 
 def test_cancel_one(gateway: Gateway) -> None:

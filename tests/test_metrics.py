@@ -9,8 +9,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -307,3 +309,24 @@ def test_health_command_url_check(redis_url: str, tmp_path: Path) -> None:
     assert (result.returncode, result.stdout.strip()) == (1, f"unhealthy: {dead}: ConnectError")
     bad = run_cli("health", "--max-age", "0", env=env, cwd=tmp_path)
     assert bad.returncode == 2 and "max_age" in bad.stderr
+    # Every URL given is checked, not only the last one.
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answer200)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        live = f"http://127.0.0.1:{server.server_port}/healthz"
+        both = run_cli("health", "--url", dead, "--url", live, env=env, cwd=tmp_path)
+        assert (both.returncode, both.stdout.strip()) == (1, f"unhealthy: {dead}: ConnectError")
+        fine = run_cli("health", "--url", live, "--url", live, env=env, cwd=tmp_path)
+        assert fine.returncode == 0 and fine.stdout.count(f"{live} answered 200") == 2, fine
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _Answer200(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass

@@ -106,6 +106,18 @@ def test_up_runs_everything_and_leaves_nothing(tmp_path: Path) -> None:
             env=cli_env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert email.returncode == 0 and "@" in email.stdout, email.stderr
+        # The stack's archive, read from the same shell (docs/retention.md).
+        assert pairs["ARCHIVE_DIR"] == str(tmp_path / "stack" / "archive")
+
+        def archived() -> str:
+            listed = subprocess.run(
+                [sys.executable, "-m", "orchestrator", "archive", "list"],
+                env=cli_env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert listed.returncode == 0, listed.stderr
+            return listed.stdout
+
+        wait_for(lambda: " 1 jobs " in archived(), 60, "the job in the archive list")
 
         # The HTTP API: a token made by the CLI (into a header file, never on a command
         # line), then curl as the README shows it.

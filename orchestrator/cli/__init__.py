@@ -68,7 +68,8 @@ def _usage_field(message: str) -> tuple[str | None, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="orchestrator", description=__doc__.splitlines()[0])
+    # The docstring's first line, less its markup: --help is plain text.
+    parser = _Parser(prog="orchestrator", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument(
         "--version", action="version", version=f"orchestrator {__version__}",
         help="print the version and exit",

@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator.cli import output
 from orchestrator.errors import InputError
+from orchestrator.ledger import total_cost_micro
 from orchestrator.settings import Settings, load_settings
 
 
@@ -66,11 +67,13 @@ def run_archive(args: argparse.Namespace) -> int:
                 output.emit_line(record)
             else:
                 job, posted = record["job"], record.get("ledger") or {}
-                cost = sum(int(v) for k, v in posted.items() if k.endswith("_cost_micro"))
+                # Nothing posted is an unknown cost, not a zero one.
+                cost = (output.usd(total_cost_micro({k: int(v) for k, v in posted.items()}))
+                        if posted else "-")  # fmt: skip
                 updates = len(record.get("updates") or [])
                 worker = job.get("worker_id") or "-"
                 print(output.clean(f"{job['id']}  {job.get('status')}  worker={worker}"
-                                   f"  updates={updates}  cost={output.usd(cost)}"))  # fmt: skip
+                                   f"  updates={updates}  cost={cost}"))  # fmt: skip
         return 0
     from orchestrator.runtime import store_for
     from orchestrator.store.archive import ArchiveStore

@@ -11,7 +11,7 @@ first reason otherwise:
 - Redis's ``used_memory`` is below ``MEMORY_WARN_SHARE`` (80 %) of ``maxmemory``: past
   it the line warns (``warning: ...``) but the exit stays 0, since nothing is broken
   yet; a server differing from the compact-record settings is warned of the same way;
-- with ``--url``: that URL answers 2xx (Flower's ``/healthcheck``, the exporter);
+- with ``--url`` (repeatable): each URL answers 2xx (Flower's ``/healthcheck``, the exporter);
 - with ``--max-age S``: the heartbeat named ``--name`` (default ``celery@<hostname>``,
   Celery's own node name) was written less than S seconds ago. A heartbeat is the Redis
   key ``Keys.heartbeat(name)`` holding the epoch milliseconds of the last beat
@@ -68,7 +68,12 @@ def register(sub: Any) -> None:
     health.add_argument(
         "--name", default=None, help="heartbeat name (default: celery@<this hostname>)"
     )
-    health.add_argument("--url", default=None, help="also require this URL to answer 2xx")
+    health.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        help="also require this URL to answer 2xx (repeat for several)",
+    )
     health.add_argument("--timeout", type=float, default=5.0, help="seconds per check")
     json_option(health, 'print {"ok", "checks"} or {"ok", "reason"}')
     health.set_defaults(func=run_health)
@@ -122,8 +127,7 @@ def run_health(args: argparse.Namespace) -> int:
         notes.append(_check_broker(settings, args.timeout))
         notes.append(_check_policy(store))
         notes += _check_memory(store, settings.memory_warn_share)
-        if args.url:
-            notes.append(_check_url(args.url, args.timeout))
+        notes += [_check_url(url, args.timeout) for url in args.url]
         if args.max_age is not None:
             notes.append(_check_heartbeat(store, args.name, args.max_age))
     except _Unhealthy as exc:

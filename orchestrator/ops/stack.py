@@ -160,7 +160,7 @@ class Stack:
         """What another shell needs to point the CLI at this stack, in a file only the
         user can read (it holds the emulator's key; a hosted key stays in the user's
         own environment and is not written)."""
-        names = ["REDIS_URL", "KEY_PREFIX", "GATEWAY_URL"]
+        names = ["REDIS_URL", "KEY_PREFIX", "GATEWAY_URL", "ARCHIVE_DIR"]
         if self.emulator_key:
             names += ["WORKERS_API_URL", "WORKERS_API_KEY"]
         lines = [f"{name}={shlex.quote(self.env[name])}\n" for name in names if name in self.env]

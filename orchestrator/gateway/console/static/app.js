@@ -76,6 +76,12 @@ async function route() {
   main.replaceChildren(view);
   const pages = { jobs: jobsPage, job: jobPage, submit: submitPage, money: moneyPage,
     schedules: schedulesPage };
+  // Opened by address: say so rather than ask the API for what it refuses this token.
+  const global = { money: "Money is", schedules: "Schedules are" };
+  if (session.me.tenant && global[page]) {
+    view.append(h("p", { class: "card" }, `${global[page]} not shown to a tenant-bound token.`));
+    return;
+  }
   cleanup = (pages[page] || jobsPage)(view, arg) || null;
 }
 
@@ -91,7 +97,7 @@ function jobsPage(view) {
     created_before: h("input", { name: "created_before", type: "datetime-local" }),
   };
   const body = h("tbody");
-  const info = h("span", { class: "muted" });
+  const info = h("span", { id: "jobs-info", class: "muted" });
   const back = h("button", { type: "button", class: "secondary" }, "← Newer");
   const next = h("button", { type: "button", class: "secondary" }, "Older →");
   const cursors = [null];  // cursors[i]: where page i starts
@@ -115,7 +121,7 @@ function jobsPage(view) {
         body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" },
           nextCursor ? "No match in this stretch of the index: go on with Older." : "No jobs.")));
       }
-      info.textContent = `page ${cursors.length} · refreshed ${new Date().toLocaleTimeString()}`;
+      info.textContent = `page ${cursors.length} · refreshed ${when(Date.now())}`;
       back.disabled = cursors.length === 1;
       next.disabled = !nextCursor;
     } catch (err) { flash(errorText(err)); }
