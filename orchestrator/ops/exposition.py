@@ -1,0 +1,71 @@
+"""Serving a process's own instruments (:mod:`orchestrator.ops.instruments`) to Prometheus.
+
+``orchestrator worker``, ``beat`` and ``serve`` take ``--metrics-port`` (default
+``$PROCESS_METRICS_PORT``; unset: not served) and ``--metrics-address`` (default
+``$PROCESS_METRICS_ADDRESS``, loopback). The port answers every path, ``/metrics`` by
+convention, without auth, as the exporter does: bind it where only Prometheus reaches.
+Only what this process counts is served; the figures read from Redis are the
+exporter's (:mod:`orchestrator.ops.collector`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import InputError
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
+
+
+def add_options(parser: Any) -> None:
+    """The ``--metrics-port`` and ``--metrics-address`` options of a long-running command."""
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, metavar="PORT",
+        help="serve this process's own metrics on PORT, 0: a free one (default: "
+        "$PROCESS_METRICS_PORT; unset: not served)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metrics-address", default=None, metavar="ADDRESS",
+        help="address the metrics port binds (default: $PROCESS_METRICS_ADDRESS, 127.0.0.1)",
+    )  # fmt: skip
+
+
+def wanted(args: argparse.Namespace, settings: Settings) -> tuple[str, int] | None:
+    """The address and port asked for (the options over the settings), None for none;
+    InputError ``metrics_port`` for a port out of range."""
+    port = settings.process_metrics_port if args.metrics_port is None else args.metrics_port
+    if port is None:
+        return None
+    if not 0 <= port < 65536:
+        raise InputError("metrics_port", "must be 0-65535")
+    return args.metrics_address or settings.process_metrics_address, port
+
+
+def serve(part: str, where: tuple[str, int] | None) -> str | None:
+    """Serve the default registry in a daemon thread; say ``<part> metrics on <url>`` on
+    stderr and return the URL (None when ``where`` is None). InputError ``metrics_port``
+    when the port cannot be bound (its text holds the OS's reason, which the stack
+    reads to pick another port)."""
+    if where is None:
+        return None
+    from prometheus_client import start_http_server
+
+    address, port = where
+    try:
+        server, _thread = start_http_server(port, addr=address)
+    except OSError as exc:
+        raise InputError(
+            "metrics_port", f"cannot listen on {address}:{port}: {exc.strerror}"
+        ) from None
+    host, bound = server.server_address[:2]
+    url = f"http://{host}:{bound}/metrics"
+    print(f"{part} metrics on {url}", file=sys.stderr, flush=True)
+    return url
+
+
+def not_served(part: str, why: str) -> None:
+    """Say once, at start, that a port asked for serves nothing, and why."""
+    print(f"note: {part} metrics not served: {why}", file=sys.stderr, flush=True)
