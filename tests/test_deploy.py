@@ -55,6 +55,7 @@ NOT_SETTINGS = {
     "COMPOSE_PROFILES",  # docker compose
     "ORCHESTRATOR_IMAGE",  # docker-compose.yml
     "POD_NAME",  # Kubernetes downward API, for the Celery node name
+    "PROMETHEUS_MULTIPROC_DIR",  # prometheus_client's multiprocess mode
     "PYTHONDONTWRITEBYTECODE",
     "PYTHONUNBUFFERED",
     "PIP_NO_CACHE_DIR",
@@ -141,9 +142,53 @@ def test_compose_services_and_policies() -> None:
     assert services["gateway"]["command"][:3] == ["serve", "--host", "0.0.0.0"]
     cmd = {n: services[n]["command"] for n in ("worker-api", "worker-streams")}
     api = ["worker", "--queues", "api", "--pool", "prefork", "--concurrency", "4"]
-    assert cmd["worker-api"] == api
+    assert cmd["worker-api"][:7] == api
     assert cmd["worker-streams"][:5] == ["worker", "--queues", "streams", "--pool", "threads"]
     assert services["flower"]["command"][:3] == ["flower", "--address", "0.0.0.0"]
+
+
+OWN_METRICS = ("worker-api", "worker-streams", "beat", "gateway")
+POOLED = {"worker-api", "gateway"}  # prefork, serve --workers 2: child processes
+
+
+def metrics_options(args: list[str]) -> tuple[str, str]:
+    """The --metrics-port and --metrics-address a command line gives."""
+    parsed = build_parser().parse_args(args)
+    return str(parsed.metrics_port), parsed.metrics_address
+
+
+def test_compose_serves_each_process_metrics_on_its_network() -> None:
+    services = compose()["services"]
+    for name in OWN_METRICS:
+        svc = services[name]
+        assert metrics_options(svc["command"]) == ("9809", "0.0.0.0"), name
+        # Multiprocess mode, in a directory empty at each start, where work runs in children.
+        multiproc = svc["environment"].get("PROMETHEUS_MULTIPROC_DIR")
+        assert (multiproc, svc.get("tmpfs")) == (
+            ("/run/metrics", ["/run/metrics"]) if name in POOLED else (None, None)
+        ), name
+
+
+def test_kubernetes_pods_are_scraped_on_their_metrics_port() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in manifests()}
+    for name in OWN_METRICS:
+        template = docs[("Deployment", name)]["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true", name
+        assert annotations["prometheus.io/path"] == "/metrics", name
+        container = template["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        port, address = metrics_options(container["args"])
+        assert annotations["prometheus.io/port"] == port == str(ports["metrics"]), name
+        assert address == "0.0.0.0", name
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        if name in POOLED:
+            assert env["PROMETHEUS_MULTIPROC_DIR"] == mounts["metrics"] == "/run/metrics"
+            assert volumes["metrics"] == {"name": "metrics", "emptyDir": {}}
+        else:
+            assert "PROMETHEUS_MULTIPROC_DIR" not in env, name
 
 
 def test_compose_redis_is_durable_and_password_protected() -> None:

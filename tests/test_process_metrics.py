@@ -40,12 +40,19 @@ def own_metrics(kind: str, env: dict[str, str], log: Path, port: int, *flags: st
     return Proc(args, env, log, WORKER_READY if kind == "worker" else BEAT_READY)
 
 
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_worker_serves_its_upstream_calls_and_relayed_events(
-    orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
+    orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path, pool: str
 ) -> None:
+    """The prefork pool's tasks (create, the quick relay) run in children: served in
+    prometheus_client's multiprocess mode, summed with the main process's follower."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
-    worker = own_metrics("worker", env, tmp_path / "worker.log", port, "--pool", "threads")
+    if pool == "prefork":
+        (tmp_path / "prom").mkdir()
+        env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    flags = ["--pool", pool, "--concurrency", "2"]
+    worker = own_metrics("worker", env, tmp_path / "worker.log", port, *flags)
     worker.start(timeout=60)
     try:
         before = scrape(url)
@@ -95,6 +102,22 @@ def test_beat_serves_its_registry_and_a_taken_port_is_one_line(
         assert "address already in use" in again.stderr.lower()
     finally:
         beat.stop()
+
+
+def test_prefork_without_multiprocess_mode_says_what_is_not_served(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    flags = ["--pool", "prefork", "--concurrency", "1"]
+    worker = own_metrics("worker", env, tmp_path / "worker.log", port, *flags)
+    worker.start(timeout=60)
+    try:
+        text = (tmp_path / "worker.log").read_text()
+        assert "note: worker metrics: the prefork pool's children (the tasks) not served" in text
+        assert f"worker metrics on http://127.0.0.1:{port}/metrics" in text
+        assert "process_cpu_seconds_total" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    finally:
+        worker.stop()
 
 
 def test_a_port_out_of_range_is_refused_naming_the_option(env: dict[str, str]) -> None:

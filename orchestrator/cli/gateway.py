@@ -62,10 +62,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
     where = exposition.wanted(args, settings)
     if where is not None and args.workers > 1:
-        # uvicorn's worker processes count each in its own memory.
-        exposition.not_served("gateway", "it runs --workers > 1 processes")
-    else:
-        exposition.serve("gateway", where)
+        # uvicorn's worker processes count each in its own memory; this one counts nothing.
+        if not exposition.pooled("gateway", "its --workers processes"):
+            where = None
+    exposition.serve("gateway", where)
     url = f"http://{args.host}:{args.port}"
     if args.json:
         output.emit_line({"url": url, "workers": args.workers})

@@ -148,9 +148,8 @@ def run_worker(args: argparse.Namespace) -> int:
         print("note: the stream follower runs in the main process beside the pool", file=sys.stderr)
     where = exposition.wanted(args, settings)
     if where is not None and args.pool == "prefork":
-        # Each pool child counts in its own memory; only the main process (the stream
-        # follower, the outbox relay) is served.
-        exposition.not_served("worker", "the prefork pool's children (tasks); use --pool threads")
+        # Each pool child counts in its own memory (see orchestrator.ops.exposition).
+        exposition.pooled("worker", "the prefork pool's children (the tasks)")
     exposition.serve("worker", where)
     app.worker_main(argv)
     return 0

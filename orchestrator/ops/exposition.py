@@ -6,15 +6,26 @@
 convention, without auth, as the exporter does: bind it where only Prometheus reaches.
 Only what this process counts is served; the figures read from Redis are the
 exporter's (:mod:`orchestrator.ops.collector`).
+
+A process whose work runs in child processes (the prefork pool, ``serve --workers N``)
+serves all of them only in prometheus_client's multiprocess mode: set
+``PROMETHEUS_MULTIPROC_DIR`` to an empty directory of its own before it starts (each
+process writes its figures there; the port sums them). Without it the port serves the
+main process alone (a prefork worker: its stream follower and relay), or, for the
+gateway, nothing, and says so at start.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import InputError
+
+#: prometheus_client's own variable: read when it is imported, so set before start.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 if TYPE_CHECKING:
     from orchestrator.settings import Settings
@@ -51,11 +62,16 @@ def serve(part: str, where: tuple[str, int] | None) -> str | None:
     reads to pick another port)."""
     if where is None:
         return None
-    from prometheus_client import start_http_server
+    from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
 
+    registry = REGISTRY
+    directory = os.environ.get(MULTIPROCESS_DIR)
+    if directory:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
     address, port = where
     try:
-        server, _thread = start_http_server(port, addr=address)
+        server, _thread = start_http_server(port, addr=address, registry=registry)
     except OSError as exc:
         raise InputError(
             "metrics_port", f"cannot listen on {address}:{port}: {exc.strerror}"
@@ -66,6 +82,13 @@ def serve(part: str, where: tuple[str, int] | None) -> str | None:
     return url
 
 
-def not_served(part: str, why: str) -> None:
-    """Say once, at start, that a port asked for serves nothing, and why."""
-    print(f"note: {part} metrics not served: {why}", file=sys.stderr, flush=True)
+def pooled(part: str, what: str) -> bool:
+    """For a process whose ``what`` runs in child processes: whether they are served
+    (multiprocess mode is on); if not, say so once, at start."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        return True
+    print(
+        f"note: {part} metrics: {what} not served (set {MULTIPROCESS_DIR} to an empty "
+        "directory to serve them)", file=sys.stderr, flush=True,
+    )  # fmt: skip
+    return False
