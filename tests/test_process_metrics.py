@@ -98,7 +98,8 @@ def test_beat_serves_its_registry_and_a_taken_port_is_one_line(
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert again.returncode == 2, again.stderr
-        assert again.stderr.strip().splitlines()[-1].startswith("error: metrics_port: cannot listen")
+        last = again.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: metrics_port: cannot listen"), again.stderr
         assert "address already in use" in again.stderr.lower()
     finally:
         beat.stop()

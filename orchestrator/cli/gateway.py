@@ -61,10 +61,9 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     where = exposition.wanted(args, settings)
-    if where is not None and args.workers > 1:
-        # uvicorn's worker processes count each in its own memory; this one counts nothing.
-        if not exposition.pooled("gateway", "its --workers processes"):
-            where = None
+    # uvicorn's worker processes count each in its own memory; this one counts nothing.
+    if where is not None and args.workers > 1 and not exposition.pooled("gateway", "its workers"):
+        where = None
     exposition.serve("gateway", where)
     url = f"http://{args.host}:{args.port}"
     if args.json:

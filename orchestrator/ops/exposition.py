@@ -68,7 +68,7 @@ def serve(part: str, where: tuple[str, int] | None) -> str | None:
     directory = os.environ.get(MULTIPROCESS_DIR)
     if directory:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     address, port = where
     try:
         server, _thread = start_http_server(port, addr=address, registry=registry)
@@ -77,7 +77,7 @@ def serve(part: str, where: tuple[str, int] | None) -> str | None:
             "metrics_port", f"cannot listen on {address}:{port}: {exc.strerror}"
         ) from None
     host, bound = server.server_address[:2]
-    url = f"http://{host}:{bound}/metrics"
+    url = f"http://{host!s}:{bound}/metrics"
     print(f"{part} metrics on {url}", file=sys.stderr, flush=True)
     return url
 

@@ -5,9 +5,10 @@ embedded real server; the hosted API comes from ``WORKERS_API_URL``/``WORKERS_AP
 or, when those are unset, the local emulator stands in (and says so). A Celery worker
 serving every queue, beat, Flower, the gateway and the Prometheus exporter run as child
 processes in their own process groups (the worker, beat and the gateway each serve their
-own instruments on a port of their own: :attr:`Stack.scrape_targets`), and :meth:`Stack.stop` ends every one of them, so no orphan
-is left. Each line the stack says is ``<part> <message>``, or with ``json_lines`` one
-JSON object ``{"part", "message"}`` per line.
+own instruments on a port of their own: :attr:`Stack.scrape_targets`), and
+:meth:`Stack.stop` ends every one of them, so no orphan is left. Each line the stack
+says is ``<part> <message>``, or with ``json_lines`` one JSON object
+``{"part", "message"}`` per line.
 """
 
 from __future__ import annotations
