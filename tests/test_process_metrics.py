@@ -15,7 +15,10 @@ from orchestrator.facade import Orchestrator
 from orchestrator.ops.processes import BEAT_READY, WORKER_READY
 from orchestrator.ops.redis_server import free_port
 
+from orchestrator.store.jobs import RedisStore
+
 from .conftest import Emulator
+from .gateway_support import start_gateway
 from .processes import Proc, wait_for
 
 pytestmark = pytest.mark.slow
@@ -119,6 +122,44 @@ def test_prefork_without_multiprocess_mode_says_what_is_not_served(
         assert "process_cpu_seconds_total" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
     finally:
         worker.stop()
+
+
+def test_gateway_processes_serve_their_cancels_summed(
+    env: dict[str, str], tmp_path: Path, store: RedisStore
+) -> None:
+    """Two uvicorn processes in multiprocess mode, the port from the setting: every
+    cancel counted once, whichever process took it."""
+    port = free_port()
+    (tmp_path / "prom").mkdir()
+    extra = {"PROCESS_METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    gw = start_gateway(env, tmp_path, store, workers=2, **extra)
+    try:
+        api = gw.client("submit")
+        for i in range(4):
+            job = api.post("/v1/jobs", json={"input": f"stop {i}"}).json()
+            cancelled = httpx.post(
+                f"{gw.url}/v1/jobs/{job['id']}/cancel", headers=api.headers, timeout=30
+            )  # a new connection each: either process may answer
+            assert cancelled.status_code == 200, cancelled.text
+        got = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert got.get("orchestrator_jobs_ended_here_total") == 4, got
+    finally:
+        for c in gw.clients:
+            c.close()
+        gw.proc.stop()
+
+
+def test_gateway_processes_without_multiprocess_mode_open_no_port(
+    env: dict[str, str], tmp_path: Path, store: RedisStore
+) -> None:
+    port = free_port()
+    gw = start_gateway(env, tmp_path, store, workers=2, PROCESS_METRICS_PORT=str(port))
+    try:
+        assert "note: gateway metrics: its workers not served" in gw.proc.text()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    finally:
+        gw.proc.stop()
 
 
 def test_a_port_out_of_range_is_refused_naming_the_option(env: dict[str, str]) -> None:
