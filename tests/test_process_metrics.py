@@ -1,5 +1,5 @@
-"""Each long-running process serves its own instruments: a real worker and beat with
---metrics-port, a job against the emulator, scraped over HTTP."""
+"""Each long-running process serves its own instruments: a real worker, beat and gateway
+with a metrics port, jobs against the emulator, scraped over HTTP."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from orchestrator.facade import Orchestrator
 from orchestrator.ops.processes import BEAT_READY, WORKER_READY
 from orchestrator.ops.redis_server import free_port
-
 from orchestrator.store.jobs import RedisStore
 
 from .conftest import Emulator
