@@ -197,6 +197,7 @@ class Follower:
         self.again: set[str] = set()
         # Jobs whose last follows relayed nothing new: how many in a row.
         self._quiet: dict[str, int] = {}
+        self._finishing: set[str] = set()  # jobs in on_finished: see _renew_leases
         self.events_relayed = 0
         self._wake = asyncio.Event()  # a job was put up for following, or stop: claim now
 
@@ -284,7 +285,9 @@ class Follower:
         lost = await self.store.renew(self.owner, expiry, list(self.active))
         for job_id in lost:  # someone else holds it now: stop, they relay the rest
             task = self.active.get(job_id)
-            if task is not None:
+            # Not one in on_finished: nothing is left to relay, and its finalize (which
+            # releases the lease once the job ends) would lose its outcome.
+            if task is not None and job_id not in self._finishing:
                 task.cancel()
 
     async def _job_fields(self, job_id: str) -> tuple[str, str | None, int]:
@@ -310,7 +313,7 @@ class Follower:
         worker_id, status, start = await self._job_fields(job_id)
         if not worker_id or status in TERMINAL:
             self._quiet.pop(job_id, None)
-            await self.on_finished(job_id)
+            await self._finish(job_id)
             return
         # Followed again while nothing new came (the stream closes at once and the
         # upstream says the turn still runs): wait longer each time, not a tight loop.
@@ -377,7 +380,14 @@ class Follower:
                 log.warning("relay of %s failed: %s; retrying", job_id, exc)
             await asyncio.sleep(backoff.next())
         self._count_quiet(job_id, new_updates)
-        await self.on_finished(job_id)
+        await self._finish(job_id)
+
+    async def _finish(self, job_id: str) -> None:
+        self._finishing.add(job_id)
+        try:
+            await self.on_finished(job_id)
+        finally:
+            self._finishing.discard(job_id)
 
     def _count_quiet(self, job_id: str, new_updates: int) -> None:
         if new_updates:
