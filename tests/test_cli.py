@@ -56,6 +56,8 @@ BAD_INPUT = [
     (["costs", "--by", "month"], "error: argument --by"),
     (["costs", "--since", "2026-1-5"], "error: since:"),
     (["costs", "--until", "yesterday"], "error: until:"),
+    (["costs", "--since", "2026-11-01T00:00:00"], "error: since:"),
+    (["costs", "--until", "1793491200"], "error: until:"),
     (["costs", "--until", "2026-02-30"], "error: until:"),
     (["costs", "--since", "2026-02-01", "--until", "2026-01-01"], "error: until:"),
     (["costs", "--by", "tag", "--since", "2026-01-01"], "error: since:"),

@@ -196,6 +196,21 @@ def test_roles(gateway: Gateway) -> None:
     assert costs.status_code == 200 and costs.json()["by"] == "day"
 
 
+
+@pytest.mark.parametrize("path", ["/v1/costs", "/v1/costs/daily"])
+@pytest.mark.parametrize("value", [
+    "2026-11-01T00:00:00", "2026-11-01T00:00:00Z", "2026-11-01 00:00", "1793491200", "2026-11-1",
+])  # fmt: skip
+def test_a_day_parameter_is_exactly_yyyy_mm_dd(gateway: Gateway, path: str, value: str) -> None:
+    """A date-time at midnight and a Unix timestamp were taken as a day: the CLI and
+    the Python facade refuse both."""
+    reader = gateway.client("read")
+    for field, other in (("since", "until"), ("until", "since")):
+        refused = error_of(reader.get(path, params={field: value, other: "2026-11-02"}), 422)
+        assert refused["field"] == field and "YYYY-MM-DD" in refused["message"], refused
+    fine = reader.get(path, params={"since": "2026-11-01", "until": "2026-11-02"})
+    assert fine.status_code == 200, fine.text
+
 def test_tokens_cli_create_list_revoke(
     gateway: Gateway, env: dict[str, str], store: RedisStore, tmp_path: Path
 ) -> None:
