@@ -29,6 +29,16 @@ needs_chromium = pytest.mark.skipif(
 )
 WAIT_MS = 90_000
 
+#: The texts of the job page's fields that reach past their card's padding.
+SPILT = """() => [...document.querySelectorAll('#page-job .card')].flatMap(card => {
+  const edge = card.getBoundingClientRect().right - parseFloat(getComputedStyle(card).paddingRight);
+  return [...card.querySelectorAll('dd')].filter(dd => {
+    const text = document.createRange();
+    text.selectNodeContents(dd);
+    return text.getBoundingClientRect().right > edge + 0.5;
+  }).map(dd => dd.textContent);
+})"""
+
 
 def _login(page: Any, url: str, token: str) -> None:
     page.goto(url + "/")
@@ -82,6 +92,7 @@ def test_console_submit_watch_and_cost(
                     "#job-history [data-status]", "els => els.map(e => e.dataset.status)"
                 )
                 assert page.is_visible("#continue") and page.is_visible("#cancel")
+                spilt = page.evaluate(SPILT)
 
                 page.click("a[data-nav=jobs]")
                 row = f"#jobs tr[data-job='{job_id}']"
@@ -110,6 +121,7 @@ def test_console_submit_watch_and_cost(
         assert text and live == text  # the deltas, assembled, each once across the drops
         assert opens >= 3  # 12 updates, 4 a connection: it came back at least twice
         assert history[0] == "queued" and history[-1] == "completed"
+        assert spilt == [], spilt  # the job id ran past its card's edge
         cost = store.turn_cost(job_id)
         assert cost is not None
         shown = format_usd(total_cost_micro(cost))
