@@ -129,7 +129,7 @@ BAD_INPUT = [
     (["submit", "  \n "], "error: input:"),
     (["submit", "x" * 1001], "error: input:"),
     (["submit", "bell \x07 inside"], "error: input:"),
-    (["submit", "ok", "--budget", "huge"], "error: argument --budget"),
+    (["submit", "ok", "--budget", "huge"], "error: --budget: invalid choice"),
     (["submit", "ok", "--tag", "tenant"], "error: tags:"),
     (["submit", "ok", "--tag", "Bad Key=x"], "error: tags:"),
     (["submit", "ok", "--tag", "tenant=has space"], "error: tags:"),
@@ -147,7 +147,7 @@ BAD_INPUT = [
     (["files", "job_nope", "--download", "a.txt"], "error: to:"),
     (["email", ""], "error: worker_id:"),
     (["email", "job_nope"], "error: job_id:"),
-    (["costs", "--by", "month"], "error: argument --by"),
+    (["costs", "--by", "month"], "error: --by: invalid choice"),
     (["costs", "--since", "2026-1-5"], "error: since:"),
     (["costs", "--until", "yesterday"], "error: until:"),
     (["costs", "--until", "2026-02-30"], "error: until:"),
@@ -595,7 +595,7 @@ def test_process_with_json_writes_errors_in_the_http_apis_shape(env: Env) -> Non
     assert (usage["type"], usage["field"]) == ("invalid_request", "--budget"), usage
     assert "cheap" in usage["message"]
     plain = cli(env, "submit", "ok", "--budget", "cheap")
-    assert plain.stderr.startswith("error: argument --budget: invalid choice")
+    assert plain.stderr.startswith("error: --budget: invalid choice")
     assert env.our_keys() == [] and env.depth() == depth
 
 
