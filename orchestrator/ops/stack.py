@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, get_args
 
 import httpx
+from pydantic import SecretStr
 
 from orchestrator.errors import InputError, OrchestratorError
 from orchestrator.ops.processes import GATEWAY_READY, WORKER_READY, Proc, wait_for
@@ -35,6 +36,14 @@ FLOWER_PORT = 5555  # Flower's usual port, taken when free
 # A port picked free may be bound by another process before the part binds it.
 BIND_FAILED = "address already in use"  # uvicorn's, Tornado's and the metrics server's
 PORT_ATTEMPTS = 3
+
+
+def _plain_settings() -> list[str]:
+    """The variable names of the settings that are not secrets."""
+    return [
+        name.upper() for name, spec in Settings.model_fields.items()
+        if SecretStr not in (spec.annotation, *get_args(spec.annotation))
+    ]  # fmt: skip
 
 
 class _PortTaken(Exception):
@@ -157,10 +166,13 @@ class Stack:
         return self.workdir / "stack.env"
 
     def _write_shell_env(self) -> None:
-        """What another shell needs to point the CLI at this stack, in a file only the
-        user can read (it holds the emulator's key; a hosted key stays in the user's
-        own environment and is not written)."""
-        names = ["REDIS_URL", "KEY_PREFIX", "GATEWAY_URL", "ARCHIVE_DIR"]
+        """What another shell needs to point the CLI at this stack and have it answer as
+        the stack would, in a file only the user can read (it holds the emulator's key; a
+        hosted key and passwords stay in the user's own environment and are not written)."""
+        names = ["REDIS_URL", "KEY_PREFIX", "GATEWAY_URL", "ARCHIVE_DIR", "FILES_DIR"]
+        # And every other setting the parts were given, so the CLI there decides as they
+        # do (WEBHOOK_ALLOW_PRIVATE, BROKER_URL, MAX_INPUT_CHARS, ...).
+        names += [name for name in _plain_settings() if name in os.environ and name not in names]
         if self.emulator_key:
             names += ["WORKERS_API_URL", "WORKERS_API_KEY"]
         lines = [f"{name}={shlex.quote(self.env[name])}\n" for name in names if name in self.env]
