@@ -157,6 +157,11 @@ def test_up_runs_everything_and_leaves_nothing(tmp_path: Path) -> None:
         authed = httpx.get(f"{flower}/api/tasks", auth=("ops", "flower-test-pw"), timeout=10)
         assert authed.status_code == 200
         assert "flower-test-pw" not in authed.text
+        # Flower started once the worker answered: its look at the workers as it starts
+        # found this one, and it warned of no question left unanswered.
+        known = httpx.get(f"{flower}/api/workers", auth=("ops", "flower-test-pw"), timeout=10)
+        assert known.status_code == 200 and known.json(), known.text
+        assert "Inspect method" not in (tmp_path / "stack" / "flower.log").read_text()
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(timeout=60)

@@ -131,15 +131,21 @@ class Stack:
         self._spawn("worker", [py, "-m", "orchestrator", "worker"], WORKER_READY)
         if self.with_beat:
             self._spawn("beat", [py, "-m", "orchestrator", "beat"], "beat: Starting")
-        if self.with_flower and _has_flower():
-            self._start_flower()
         if self.with_gateway:
             self._start_gateway()
         if self.with_metrics:
             self._start_metrics()
         deadline = time.monotonic() + timeout
+        if self.with_flower and _has_flower():
+            # Flower asks the workers about themselves as it starts, and warns of each
+            # question none answered: it starts once the worker is there to answer.
+            worker = next(i for i, c in enumerate(self.components) if c.name == "worker")
+            for index in range(worker + 1):
+                self._wait_ready(index, deadline)
+            self._start_flower()
         for index in range(len(self.components)):
-            self._wait_ready(index, deadline)
+            if not self.components[index].ready:
+                self._wait_ready(index, deadline)
         if self.shell_file:
             self._write_shell_env()
 
@@ -245,7 +251,8 @@ class Stack:
         self, name: str, args: list[str], ready_line: str, url: str = "", probe: str = "",
         headers: dict[str, str] | None = None, again: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
-        """Launch a part; every part starts before any is waited for (see :meth:`start`)."""
+        """Launch a part; every part but Flower starts before any is waited for (see
+        :meth:`start`)."""
         proc = Proc(args, self.env, self.workdir / f"{name}.log", ready_line).launch()
         self.components.append(
             Component(name, proc, url, probe=probe, headers=headers or {}, again=again)
