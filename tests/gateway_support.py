@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -80,3 +81,12 @@ def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Proc]:
         yield proc
     finally:
         proc.stop()
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The one error shape, with the expected status."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"type", "field", "message"}
+    assert "Traceback" not in response.text
+    return dict(body["error"])

@@ -74,6 +74,10 @@ class HostileServer:
         if self.modes.get("create") != "drip":
             await _answer(send, 200, body)
             return
+        await self._drip(send, gone, body)
+
+    async def _drip(self, send: Send, gone: asyncio.Event, body: bytes) -> None:
+        """A JSON ``body`` one byte every ``drip_seconds``, until the client goes."""
         await _start(send, 200, [(b"content-type", b"application/json")])
         for i in range(len(body)):
             if gone.is_set():

@@ -219,15 +219,6 @@ class HostileAPI(HostileServer):
             else:
                 await _answer(send, 200, self._worker_json(worker_id, "running"))
 
-    async def _drip(self, send: Send, gone: asyncio.Event, body: bytes) -> None:
-        await _start(send, 200, JSON)
-        for i in range(len(body)):
-            if gone.is_set():
-                return
-            await _more(send, body[i : i + 1])
-            await asyncio.sleep(self.drip_seconds)
-        await send({"type": "http.response.body", "body": b""})
-
     # --- the stream -------------------------------------------------------------------
 
     async def _stream(self, worker_id: str, cls: str, send: Send, gone: asyncio.Event) -> None:

@@ -9,118 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import io
-import itertools
 import json
-import os
 import re
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
-import redis
 
-from orchestrator.cli import main
-from orchestrator.jobs.model import Job, Submission
-from orchestrator.ledger import MONEY_FIELDS, REPORT_FIELDS
 from orchestrator.ops.redis_server import free_port
 from orchestrator.settings import load_settings
-from orchestrator.store.jobs import RedisStore
 from orchestrator.wire.client import WorkersClient
-from orchestrator.wire.models import Costs, Usage, Worker
+from orchestrator.wire.models import Worker
 
+from .cli_support import Env, play_turn, queued_job, run
+from .cli_support import env as env  # the fixture: a database and prefix of its own
 from .conftest import Emulator
 from .processes import joined, wait_for
-
-ROOT = Path(__file__).resolve().parents[1]
-_databases = itertools.count()
-
-
-@dataclass
-class Env:
-    url: str
-    prefix: str
-    r: Any
-    store: RedisStore
-
-    def depth(self) -> int:
-        """Messages waiting on the broker's ``api`` queue."""
-        return int(self.r.llen(self.store.keys.broker_queue("api")))
-
-    def job_ids(self) -> list[str]:
-        return list(self.r.zrange(f"{self.prefix}:jobs", 0, -1))
-
-    def our_keys(self) -> list[str]:
-        return list(self.r.scan_iter(f"{self.prefix}:*"))
-
-
-@pytest.fixture
-def env(
-    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[Env]:
-    """REDIS_URL on a database of its own (1-15), KEY_PREFIX fresh, cwd without .env."""
-    db = 1 + next(_databases) % 15
-    url = re.sub(r"(/[0-9]+)?$", f"/{db}", redis_url, count=1)
-    monkeypatch.setenv("REDIS_URL", url)
-    monkeypatch.setenv("KEY_PREFIX", key_prefix)
-    monkeypatch.setenv("MAX_INPUT_CHARS", "1000")
-    # An upstream that is configured but never reached (the emulator test sets its own).
-    monkeypatch.setenv("WORKERS_API_URL", f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setenv("WORKERS_API_KEY", "sk-cli-unused")
-    monkeypatch.chdir(tmp_path)
-    client = redis.Redis.from_url(url, decode_responses=True)
-    yield Env(url, key_prefix, client, RedisStore(client, key_prefix))
-    client.close()
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``orchestrator ARGV`` in-process: (exit status, stdout, stderr)."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse's own usage errors and --help
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def queued_job(env: Env, **fields: Any) -> Job:
-    job, created = env.store.create_job(Submission(input="a task", **fields))
-    assert created
-    return job
-
-
-def worker(worker_id: str, usd: tuple[str, str, str, str], tokens: int) -> Worker:
-    """A finished worker whose cumulative costs are ``usd`` (internal, model, sandbox, tool)."""
-    costs = Costs(
-        internal_cost_usd=Decimal(usd[0]),
-        model_cost_usd=Decimal(usd[1]),
-        sandbox_cost_usd=Decimal(usd[2]),
-        tool_cost_usd=Decimal(usd[3]),
-    )
-    usage = Usage(
-        cache_read_tokens=0,
-        cache_write_tokens=0,
-        cost_usd=sum((Decimal(x) for x in usd), Decimal(0)),
-        input_tokens=tokens - tokens // 4,
-        output_tokens=tokens // 4,
-        reasoning_tokens=0,
-        steps=1,
-        total_tokens=tokens,
-    )
-    return Worker(id=worker_id, status="completed", costs=costs, usage=usage)
-
-
-def day_ms(day: str) -> int:
-    """Noon UTC of ``day`` in epoch ms (the ledger's days are UTC days)."""
-    return int(datetime.fromisoformat(day + "T12:00:00+00:00").timestamp() * 1000)
-
 
 # --- bad input -------------------------------------------------------------------
 
@@ -285,20 +191,6 @@ def test_wait_that_times_out_leaves_the_job_queued(
     assert json.loads(out)["status"] == "queued" and json.loads(out)["id"] in env.job_ids()
 
 
-def _play_turn(env: Env, outputs: list[str]) -> None:
-    """Stand in for the Celery side: take the first job through one turn."""
-    job = env.store.get_job(wait_for(env.job_ids, 10, "the job to be queued")[0])
-    assert job is not None
-    env.store.set_submitted(job, Worker(id="wrk_play", status="running"))
-    env.store.transition(job.id, "running")
-    for index, text in enumerate(outputs):
-        env.store.append_updates("wrk_play", index, [json.dumps({"text": text})])
-        time.sleep(0.05)
-    env.store.save_snapshot(Worker(id="wrk_play", status="completed", output_text="all done"))
-    env.r.hset(env.store.keys.job(job.id), "update_to", len(outputs))
-    env.store.transition(job.id, "completed")
-
-
 def test_tail_of_a_job_stops_at_its_turn_when_the_worker_went_on(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -320,7 +212,7 @@ def test_tail_of_a_job_stops_at_its_turn_when_the_worker_went_on(
 def test_submit_tail_prints_updates_live_then_the_finished_job(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    player = threading.Thread(target=_play_turn, args=(env, ["one", "two", "three"]))
+    player = threading.Thread(target=play_turn, args=(env, ["one", "two", "three"]))
     player.start()
     code, out, err = run(capsys, "submit", "go", "--tail", "--json", "--timeout", "10")
     joined(player)
@@ -336,7 +228,7 @@ def test_submit_tail_prints_updates_live_then_the_finished_job(
 def test_submit_wait_prints_the_outcome_and_output(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    player = threading.Thread(target=_play_turn, args=(env, ["one"]))
+    player = threading.Thread(target=play_turn, args=(env, ["one"]))
     player.start()
     code, out, err = run(capsys, "submit", "go", "--wait", "--timeout", "10")
     joined(player)
@@ -432,183 +324,3 @@ def test_email_and_download_ask_the_upstream(
 
     code, _, err = run(capsys, "files", job.id, "--download", "../x", "--to", str(tmp_path))
     assert code == 2 and err.startswith("error: file_path:")
-
-
-# --- costs -----------------------------------------------------------------------
-
-
-def test_costs_json_of_an_empty_ledger_is_all_zero(
-    env: Env, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, _ = run(capsys, "costs", "--json")
-    assert code == 0
-    report = json.loads(out)
-    assert report["by"] == "day" and report["rows"] == []
-    assert set(report["total"]) == set(REPORT_FIELDS)
-    assert all(report["total"][f] == 0 and type(report["total"][f]) is int for f in REPORT_FIELDS)
-    code, out, _ = run(capsys, "costs")
-    assert out.splitlines()[-1].split() == ["total", "0", "$0.000000", "0"]
-
-
-@pytest.fixture
-def ledger(env: Env) -> Env:
-    """Three posted turns over two days, two tiers and two tags."""
-    a = queued_job(env, budget="low", tags={"tenant": "acme"})
-    b = queued_job(env, budget="high", tags={"tenant": "acme", "team": "ml"})
-    c = queued_job(env, budget="low")
-    posts = [
-        (a, worker("wrk_a", ("0.0001", "0.0012", "0.00003", "0.000004"), 1500), "2026-01-10"),
-        (b, worker("wrk_b", ("0.5", "1.25", "0", "0.000001"), 20000), "2026-01-11"),
-        (c, worker("wrk_c", ("0", "0.000002", "0", "0"), 10), "2026-01-11"),
-    ]
-    for job, snapshot, day in posts:
-        assert env.store.post_turn(job, snapshot, day_ms(day)) is not None
-    return env
-
-
-def table(out: str) -> dict[str, list[str]]:
-    """A printed table as key -> the row's other cells (``total`` from its footer)."""
-    rows = {}
-    for line in out.splitlines()[1:]:
-        if line.startswith("total"):
-            label, cells = line.rsplit(None, 3)[0], line.rsplit(None, 3)[1:]
-            rows[label] = cells
-        elif not line.startswith("-"):
-            key, *cells = line.split()
-            rows[key] = cells
-    return rows
-
-
-def test_costs_by_day_budget_and_tag(ledger: Env, capsys: pytest.CaptureFixture[str]) -> None:
-    total = ["3", "$1.751337", "21510"]
-    code, out, _ = run(capsys, "costs", "--by", "day")
-    assert code == 0 and out.split()[:4] == ["day", "turns", "usd", "tokens"]
-    assert table(out) == {
-        "2026-01-10": ["1", "$0.001334", "1500"],
-        "2026-01-11": ["2", "$1.750003", "20010"],
-        "total": total,
-    }
-    code, out, _ = run(capsys, "costs", "--by", "budget")
-    assert table(out) == {
-        "high": ["1", "$1.750001", "20000"],
-        "low": ["2", "$0.001336", "1510"],
-        "total": total,
-    }
-    code, out, _ = run(capsys, "costs", "--by", "tag")
-    assert table(out) == {
-        "tenant=acme": ["2", "$1.751335", "21500"],
-        "team=ml": ["1", "$1.750001", "20000"],
-        "total": total,
-    }
-
-
-def test_costs_json_is_the_ledger_in_integer_micro_dollars(
-    ledger: Env, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, _ = run(capsys, "costs", "--by", "tag", "--json")
-    assert code == 0
-    report = json.loads(out)
-    assert report["by"] == "tag"
-    assert [row["key"] for row in report["rows"]] == ["team=ml", "tenant=acme"]
-    total = report["total"]
-    assert {f: total[f] for f in MONEY_FIELDS} == {
-        "internal_cost_micro": 500_100,
-        "model_cost_micro": 1_251_202,
-        "sandbox_cost_micro": 30,
-        "tool_cost_micro": 5,
-        "usage_cost_micro": 1_751_337,
-    }
-    assert total["turns"] == 3 and total["total_tokens"] == 21510
-
-
-def test_costs_since_until_filters_days(ledger: Env, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "costs", "--since", "2026-01-11", "--until", "2026-01-31")
-    assert code == 0
-    assert table(out) == {
-        "2026-01-11": ["2", "$1.750003", "20010"],
-        "total (all time)": ["3", "$1.751337", "21510"],
-    }
-    code, out, _ = run(capsys, "costs", "--until", "2026-01-10", "--since", "2026-01-01", "--json")
-    assert [row["key"] for row in json.loads(out)["rows"]] == ["2026-01-10"]
-
-
-# --- as a real process -----------------------------------------------------------
-
-
-def cli(
-    env: Env, *argv: str, stdin: str = "", redis_url: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``python -m orchestrator ARGV`` as a child process with this test's settings."""
-    child_env = {
-        **os.environ,
-        "REDIS_URL": redis_url or env.url,
-        "KEY_PREFIX": env.prefix,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *argv],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=child_env,
-        timeout=60,
-    )
-
-
-def test_process_refuses_bad_input_with_one_line_and_no_traceback(env: Env) -> None:
-    depth = env.depth()
-    done = cli(env, "submit", "ok", "--tag", "Bad Key=x")
-    assert done.returncode == 2
-    assert done.stderr.startswith("error: tags:") and len(done.stderr.splitlines()) == 1
-    assert "Traceback" not in done.stderr + done.stdout and done.stdout == ""
-    done = cli(env, "submit", "-", stdin="   ")
-    assert done.returncode == 2 and done.stderr.startswith("error: input:")
-    assert "Traceback" not in done.stderr
-    assert env.our_keys() == [] and env.depth() == depth
-
-
-def test_process_with_json_writes_errors_in_the_http_apis_shape(env: Env) -> None:
-    """A command run with --json tells its refusal as one JSON object on stderr, as the
-    HTTP API does (type, field, message), with the same exit status; nothing written."""
-    depth = env.depth()
-    done = cli(env, "submit", "ok", "--tag", "Bad Key=x", "--json")
-    assert done.returncode == 2 and done.stdout == ""
-    [line] = done.stderr.splitlines()
-    error = json.loads(line)["error"]
-    assert error["type"] == "invalid_request" and error["field"] == "tags", error
-    assert error["message"] and "Traceback" not in done.stderr
-    missing = cli(env, "status", "job_" + "0" * 32, "--json")
-    assert missing.returncode == 2, missing.stderr
-    assert json.loads(missing.stderr)["error"]["field"] == "job_id"
-    dead = f"redis://127.0.0.1:{free_port()}/0"
-    away = cli(env, "status", "job_" + "0" * 32, "--json", redis_url=dead)
-    assert away.returncode == 1
-    unreachable = json.loads(away.stderr)["error"]
-    assert (unreachable["type"], unreachable["field"]) == ("unavailable", "REDIS_URL")
-    assert unreachable["message"].startswith("cannot reach Redis") and dead not in away.stderr
-    plain = cli(env, "submit", "ok", "--tag", "Bad Key=x")
-    assert plain.stderr.startswith("error: tags:")  # without --json: the one line
-    # argparse's own refusals too: a script that asked for JSON gets JSON.
-    choice = cli(env, "submit", "ok", "--budget", "cheap", "--json")
-    assert choice.returncode == 2 and choice.stdout == ""
-    usage = json.loads(choice.stderr)["error"]
-    assert (usage["type"], usage["field"]) == ("invalid_request", "--budget"), usage
-    assert "cheap" in usage["message"]
-    plain = cli(env, "submit", "ok", "--budget", "cheap")
-    assert plain.stderr.startswith("error: --budget: invalid choice")
-    assert env.our_keys() == [] and env.depth() == depth
-
-
-def test_process_submits_and_reports_unreachable_redis_in_one_line(env: Env) -> None:
-    depth = env.depth()
-    done = cli(env, "submit", "-", "--json", stdin="from a pipe")
-    assert done.returncode == 0, done.stderr
-    job = json.loads(done.stdout)
-    assert job["input"] == "from a pipe" and env.job_ids() == [job["id"]]
-    assert env.depth() == depth + 1
-
-    dead = f"redis://127.0.0.1:{free_port()}/0"
-    done = cli(env, "status", job["id"], redis_url=dead)
-    assert done.returncode == 1
-    assert done.stderr.startswith("error: REDIS_URL: cannot reach Redis")
-    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1

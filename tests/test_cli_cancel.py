@@ -12,8 +12,8 @@ from orchestrator.facade import Orchestrator
 from orchestrator.jobs.lifecycle import UPSTREAM_NOTE
 from orchestrator.settings import load_settings
 
-from .test_cli import Env, run
-from .test_cli import env as env  # the fixture: a database and prefix of its own
+from .cli_support import Env, run
+from .cli_support import env as env  # the fixture: a database and prefix of its own
 
 
 def _orch() -> Orchestrator:

@@ -27,11 +27,10 @@ from orchestrator.cli.tail import Transcript
 from orchestrator.ops.redis_server import free_port
 from orchestrator.wire.models import Worker
 
+from .cli_support import ROOT, Env, day_ms, play_turn, queued_job, run, worker
+from .cli_support import env as env  # the fixture: a database and prefix of its own
 from .conftest import Emulator
 from .processes import joined, wait_for
-from .test_cli import ROOT, Env, _play_turn, day_ms, env, queued_job, run, worker
-
-__all__ = ["env"]  # the fixture, shared with test_cli
 
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 MONEY = r"\$\d+\.\d{6}"
@@ -272,7 +271,7 @@ def test_tail_assembles_text_and_ends_with_the_turns_cost(
 def test_submit_tail_shows_the_text_then_the_outcome(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    player = threading.Thread(target=_play_turn, args=(env, ["one ", "two ", "three"]))
+    player = threading.Thread(target=play_turn, args=(env, ["one ", "two ", "three"]))
     player.start()
     code, out, err = run(capsys, "submit", "go", "--tail", "--timeout", "10")
     joined(player)
@@ -355,73 +354,6 @@ def test_schedule_times_and_money_use_the_one_format(
     assert re.fullmatch(rf"{made['id']}: run sent for slot {ISO}\n", out)
     code, out, _ = run(capsys, "schedules", "list")
     assert re.search(ISO, out)
-
-
-# --- bad input, through the real command ----------------------------------------
-
-
-def cli_bytes(
-    env: Env, *argv: str | bytes, stdin: bytes = b""
-) -> subprocess.CompletedProcess[bytes]:
-    child_env = {
-        **os.environ, "REDIS_URL": env.url, "KEY_PREFIX": env.prefix,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }  # fmt: skip
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *argv],
-        input=stdin, capture_output=True, env=child_env, timeout=60,
-    )  # fmt: skip
-
-
-BAD = [
-    (["status", b"job_\xff\xfe"], b"error: arguments:"),
-    (["submit", b"caf\xe9"], b"error: arguments:"),
-    (["schedules", "create", "--input", b"\xc3(", "--every", "60"], b"error: arguments:"),
-    (["submit", "ok", "--wait", "--timeout", "nan"], b"error: timeout:"),
-    (["submit", "ok", "--tail", "--timeout", "inf"], b"error: timeout:"),
-    (["tail", "job_abc", "--timeout", "-1"], b"error: timeout:"),
-    (["status", "job_\x1b[31mred"], b"error: job_id:"),
-    (["status", "\x1b]0;title\x07"], b"error: job_id:"),
-    (["nonsense"], b"error: COMMAND: invalid choice"),
-    (["submit"], b"error: INPUT: is required"),
-    (["costs", "--by", "job", "--limit", "0"], b"error: limit:"),
-    (["costs", "--by", "tag", "--limit", "5"], b"error: limit:"),
-    (["costs", "--by", "job", "--limit", "many"], b"error: --limit: invalid int value"),
-    (["costs", "--by", "\x1b[2J"], b"error: --by: invalid choice"),
-    (["health", "--timeout", "nan"], b"error: timeout:"),
-    (["completion", "powershell"], b"error: shell: invalid choice"),
-    (["schedules"], b"error: ACTION: is required"),
-    (["budgets", "set", "global", "--usd", "0.0000001"], b"error: usd:"),
-    (["limits", "set", "tag:tenant=acme", "100000000000000000000"], b"error: limit:"),
-    (["--json"], b'{"error": {"type": "invalid_request", "field": "COMMAND", "message": "is requ'),
-    (["submit", "--json"], b'{"error": {"type": "invalid_request", "field": "INPUT"'),
-    (["submit", "x", "--nope"], b"error: --nope: is not an argument of this command\n"),
-    (["submit", "x", "--nope", "--json"],
-     b'{"error": {"type": "invalid_request", "field": "--nope"'),
-    (["submit", "x", "--nope", "y"], b"error: --nope: is not an argument of this command (also"),
-    (["costs", "--by", "\x1b[2J", "--json"],
-     b'{"error": {"type": "invalid_request", "field": "--by"'),
-]
-
-
-@pytest.mark.parametrize(("argv", "expected"), BAD, ids=lambda v: repr(v)[:40])
-def test_bad_input_through_the_real_command(
-    env: Env, argv: list[str | bytes], expected: bytes
-) -> None:
-    depth = env.depth()
-    done = cli_bytes(env, *argv)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith(expected), done.stderr
-    assert done.stderr.count(b"\n") == 1 and b"usage:" not in done.stderr
-    assert b"Traceback" not in done.stderr + done.stdout
-    assert b"\x1b" not in done.stderr + done.stdout and b"\x07" not in done.stderr
-    assert env.our_keys() == [] and env.depth() == depth
-
-
-def test_stdin_that_is_not_utf8_is_refused(env: Env) -> None:
-    done = cli_bytes(env, "submit", "-", stdin=b"caf\xe9 au lait")
-    assert done.returncode == 2 and done.stderr.startswith(b"error: input:"), done.stderr
-    assert b"Traceback" not in done.stderr and env.our_keys() == []
 
 
 # --- completion and the stack's JSON lines ---------------------------------------

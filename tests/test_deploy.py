@@ -1,17 +1,15 @@
 """The deployment files, checked offline: docker-compose.yml, .env.example, the
-Dockerfile, deploy/redis.conf (run by a real redis-server when one >= 7 is here) and the
-Kubernetes manifests. Every `orchestrator` command they run must parse with the real
-CLI, every variable they set must be a setting (or a known non-setting), and no secret
-value may be committed."""
+Dockerfile and deploy/redis.conf (run by a real redis-server when one >= 7 is here); the
+Kubernetes manifests in tests/test_deploy_kubernetes.py. Every `orchestrator` command
+the files run must parse with the real CLI, every variable they set must be a setting
+(or a known non-setting), and no secret value may be committed."""
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,96 +17,25 @@ import pytest
 
 from orchestrator.cli import build_parser
 from orchestrator.ops.redis_server import find_redis_server, free_port
-from orchestrator.settings import Settings
 from orchestrator.store.retention import SERVER_CONFIG
 
-yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the deployment files")
-
-ROOT = Path(__file__).resolve().parents[1]
-COMPOSE = ROOT / "docker-compose.yml"
-ENV_EXAMPLE = ROOT / ".env.example"
-DOCKERFILE = ROOT / "deploy" / "Dockerfile"
-REDIS_CONF = ROOT / "deploy" / "redis.conf"
-K8S = ROOT / "deploy" / "k8s"
-SERVICES = {
-    "redis", "emulator", "worker-api", "worker-streams", "beat", "flower", "metrics", "gateway",
-}
-# Servers of the optional topologies (profiles rabbitmq, sentinel, cluster), not our image.
-TOPOLOGY_SERVICES = {
-    "rabbitmq", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3",
-    "redis-cluster-init", *(f"redis-node-{i}" for i in range(1, 7)),
-}
-TOPOLOGIES = K8S / "topologies"
-
-SETTINGS = {name.upper() for name in Settings.model_fields}
-# Variables read by something other than Settings, or by compose/docker/Kubernetes.
-NOT_SETTINGS = {
-    "REDIS_PASSWORD",  # compose: redis --requirepass and REDIS_URL (a setting too)
-    "COMPOSE_REDIS_URL",  # compose: REDIS_URL in the sentinel and cluster profiles
-    "REDISCLI_AUTH",  # redis-cli's password, in the cluster profile's init
-    "RABBITMQ_DEFAULT_USER",  # compose: the rabbitmq image
-    "RABBITMQ_DEFAULT_PASS",
-    "RABBITMQ_DEFAULT_VHOST",
-    "FLOWER_BASIC_AUTH",  # built by `orchestrator flower` from FLOWER_USER/PASSWORD
-    "FLOWER_COOKIE_SECRET",  # read by Flower itself
-    "EMULATOR_API_KEY",  # `orchestrator emulator`
-    "COMPOSE_PROFILES",  # docker compose
-    "ORCHESTRATOR_IMAGE",  # docker-compose.yml
-    "POD_NAME",  # Kubernetes downward API, for the Celery node name
-    "PYTHONDONTWRITEBYTECODE",
-    "PYTHONUNBUFFERED",
-    "PIP_NO_CACHE_DIR",
-    "PIP_DISABLE_PIP_VERSION_CHECK",
-    "PYTHON_IMAGE",  # Dockerfile ARG
-}
-SECRET_NAMES = re.compile(r"(PASSWORD|API_KEY|SECRET|TOKEN)$|^REDIS_URL$")
-# Commands other work registers; listed so this test holds while that lands.
-PENDING_COMMANDS = {"beat"}
-
-
-def manifests() -> Iterator[tuple[Path, dict[str, Any]]]:
-    for path in sorted(K8S.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc is not None:
-                yield path, doc
-
-
-def compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text())
-    assert isinstance(data, dict)
-    return data
-
-
-def cli_commands() -> set[str]:
-    parser = build_parser()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return set(action.choices)
-    raise AssertionError("the CLI has no subcommands")
-
-
-def orchestrator_argvs() -> list[tuple[str, list[str]]]:
-    """Every argv (after `orchestrator`) that the deployment files run."""
-    found: list[tuple[str, list[str]]] = []
-    for name, svc in compose()["services"].items():
-        if svc.get("image", "").startswith(("redis:", "rabbitmq:")):
-            continue
-        found.append((f"compose {name}", [str(a) for a in svc["command"]]))
-        test = svc["healthcheck"]["test"]
-        if test[1] == "orchestrator":
-            found.append((f"compose {name} healthcheck", test[2:]))
-    for path, doc in manifests():
-        if doc["kind"] != "Deployment":
-            continue
-        for container in doc["spec"]["template"]["spec"]["containers"]:
-            where = f"{path.name} {container['name']}"
-            found.append((where, container["args"]))
-            for probe in ("livenessProbe", "readinessProbe"):
-                command = container.get(probe, {}).get("exec", {}).get("command", [])
-                if command[:1] == ["orchestrator"]:
-                    found.append((f"{where} {probe}", command[1:]))
-    return found
-
+from .deploy_files import (
+    COMPOSE,
+    DOCKERFILE,
+    ENV_EXAMPLE,
+    NOT_SETTINGS,
+    PENDING_COMMANDS,
+    REDIS_CONF,
+    ROOT,
+    SECRET_NAMES,
+    SERVICES,
+    SETTINGS,
+    TOPOLOGY_SERVICES,
+    cli_commands,
+    compose,
+    manifests,
+    orchestrator_argvs,
+)
 
 # --- docker-compose.yml -------------------------------------------------------------
 
@@ -198,73 +125,6 @@ def test_compose_cluster_profile() -> None:
     assert all(f"redis-node-{i}:6379" in create for i in range(1, 7))
     assert init["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")
     assert set(init["depends_on"]) == {f"redis-node-{i}" for i in range(1, 7)}
-
-
-def topology_manifests() -> dict[tuple[str, str], dict[str, Any]]:
-    docs: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in sorted(TOPOLOGIES.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc is not None:
-                docs[(doc["kind"], doc["metadata"]["name"])] = doc
-    return docs
-
-
-def test_kubernetes_topology_manifests() -> None:
-    docs = topology_manifests()
-    kustomization = docs[("Kustomization", "orchestrator-topologies")]
-    listed = set(kustomization["resources"])
-    assert listed == {p.name for p in TOPOLOGIES.glob("*.yaml")} - {"kustomization.yaml"}
-    for (kind, name), doc in docs.items():
-        if kind != "Kustomization":
-            assert doc["metadata"]["namespace"] == "orchestrator", (kind, name)
-    rabbit = docs[("RabbitmqCluster", "rabbitmq")]["spec"]
-    assert rabbit["replicas"] == 3  # a quorum queue survives one node of three
-    assert "default_queue_type = quorum" in rabbit["rabbitmq"]["additionalConfig"]
-    redis = docs[("StatefulSet", "redis")]["spec"]
-    assert redis["replicas"] == 3
-    scripts = docs[("ConfigMap", "redis-sentinel-scripts")]["data"]
-    assert "sentinel monitor orchestrator redis-0.redis.orchestrator.svc 6379 2" in (
-        scripts["sentinel.sh"]
-    )
-    assert "maxmemory-policy noeviction" in scripts["redis.sh"]
-    for container in redis["template"]["spec"]["containers"]:
-        # The password reaches the servers from the Secret, by the environment.
-        assert all("PASSWORD" not in arg for arg in container["command"])
-        refs = {e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"]}
-        assert refs == {"REDIS_PASSWORD"}
-        assert container["resources"]["limits"] and container["readinessProbe"]
-    assert docs[("Service", "redis")]["spec"]["clusterIP"] == "None"
-    assert docs[("Service", "redis-sentinel")]["spec"]["ports"][0]["port"] == 26379
-
-
-def test_kubernetes_redis_cluster_manifests() -> None:
-    folder = TOPOLOGIES / "redis-cluster"
-    docs = {
-        (doc["kind"], doc["metadata"]["name"]): doc
-        for path in sorted(folder.glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text())
-        if doc is not None
-    }
-    listed = set(docs[("Kustomization", "orchestrator-redis-cluster")]["resources"])
-    assert listed == {p.name for p in folder.glob("*.yaml")} - {"kustomization.yaml"}
-    nodes = docs[("StatefulSet", "redis-cluster")]["spec"]
-    assert nodes["replicas"] == 6  # three primaries, a replica each
-    scripts = docs[("ConfigMap", "redis-cluster-scripts")]["data"]
-    assert "cluster-enabled yes" in scripts["node.sh"]
-    assert "maxmemory-policy noeviction" in scripts["node.sh"]
-    assert "--cluster-replicas 1" in scripts["create.sh"]
-    job = docs[("Job", "redis-cluster-create")]["spec"]["template"]["spec"]
-    for container in [*nodes["template"]["spec"]["containers"], *job["containers"]]:
-        assert all("PASSWORD" not in arg for arg in container["command"])
-        refs = {e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"]}
-        assert refs == {"REDIS_PASSWORD"}
-        assert container["resources"]["limits"]
-    service = docs[("Service", "redis-cluster")]["spec"]
-    assert service["clusterIP"] == "None"
-    assert {port["port"] for port in service["ports"]} == {6379, 16379}  # clients, bus
-    for (kind, name), doc in docs.items():
-        if kind != "Kustomization":
-            assert doc["metadata"]["namespace"] == "orchestrator", (kind, name)
 
 
 def test_docker_compose_config_validates(tmp_path: Path) -> None:
@@ -488,92 +348,3 @@ def test_redis_conf_runs_on_a_real_server(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-# --- Kubernetes -------------------------------------------------------------------------
-
-
-def test_every_manifest_is_a_named_kubernetes_object() -> None:
-    kinds: dict[str, set[str]] = {}
-    for path, doc in manifests():
-        assert doc.get("apiVersion") and doc.get("kind"), path.name
-        assert doc.get("metadata", {}).get("name"), f"{path.name}: no metadata.name"
-        if doc["kind"] not in ("Namespace", "Kustomization"):
-            assert doc["metadata"].get("namespace") == "orchestrator", path.name
-        kinds.setdefault(doc["kind"], set()).add(doc["metadata"]["name"])
-    assert kinds["Deployment"] == {
-        "worker-api", "worker-streams", "beat", "flower", "metrics", "gateway",
-    }  # fmt: skip
-    assert kinds["Service"] == {"flower", "metrics", "gateway"}
-    assert kinds["HorizontalPodAutoscaler"] >= {"worker-api"}
-    assert {"Namespace", "ConfigMap", "Secret"} <= set(kinds)
-
-
-def test_kubernetes_workloads() -> None:
-    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in manifests()}
-    for name in ("worker-api", "worker-streams", "beat", "flower", "metrics", "gateway"):
-        pod = docs[("Deployment", name)]["spec"]["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True
-        for c in pod["containers"]:
-            assert c["resources"]["requests"] and c["resources"]["limits"], name
-            assert c.get("livenessProbe") and c.get("readinessProbe"), name
-            assert c["securityContext"]["allowPrivilegeEscalation"] is False
-            refs = {next(iter(ref.values()))["name"] for ref in c["envFrom"]}
-            assert refs == {"orchestrator-config", "orchestrator-secrets"}, name
-    for name in ("worker-api", "worker-streams"):
-        probe = docs[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]
-        liveness = " ".join(probe["livenessProbe"]["exec"]["command"])
-        assert 'inspect ping -d "celery@$POD_NAME"' in liveness
-        assert "celery@$(POD_NAME)" in probe["args"]
-    assert docs[("Deployment", "beat")]["spec"]["replicas"] == 2
-    assert docs[("Service", "flower")]["spec"]["type"] == "ClusterIP"
-    gateway = docs[("Deployment", "gateway")]["spec"]["template"]["spec"]["containers"][0]
-    assert gateway["args"][:3] == ["serve", "--host", "0.0.0.0"]
-    assert gateway["readinessProbe"]["httpGet"]["path"] == "/healthz"
-    assert docs[("Service", "gateway")]["spec"]["type"] == "ClusterIP"
-    annotations = docs[("Service", "metrics")]["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == "9808"
-    hpa = docs[("HorizontalPodAutoscaler", "worker-api")]["spec"]
-    assert hpa["scaleTargetRef"]["name"] == "worker-api"
-    external = hpa["metrics"][0]
-    assert external["type"] == "External"
-    assert external["external"]["metric"]["selector"]["matchLabels"] == {"queue": "api"}
-    kustomization = docs[("Kustomization", "orchestrator")]
-    listed = set(kustomization["resources"])
-    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == on_disk - {"secret.template.yaml"}  # the real Secret is made apart
-
-
-def exported_source() -> str:
-    """The modules that define every exported series: instruments and the collector."""
-    ops = ROOT / "orchestrator" / "ops"
-    return (ops / "instruments.py").read_text() + (ops / "collector.py").read_text()
-
-
-def test_adapter_rules_define_the_hpa_metrics() -> None:
-    values = yaml.safe_load((ROOT / "deploy" / "prometheus" / "adapter-values.yaml").read_text())
-    names = {
-        rule["name"].get("as") or rule["name"]["matches"].strip("^$")
-        for rule in values["rules"]["external"]
-    }
-    wanted = {
-        m["external"]["metric"]["name"]
-        for _, doc in manifests()
-        if doc["kind"] == "HorizontalPodAutoscaler"
-        for m in doc["spec"]["metrics"]
-    }
-    assert wanted <= names
-    exported = exported_source()
-    for rule in values["rules"]["external"]:
-        for series in re.findall(r"orchestrator_[a-z_]+", rule["metricsQuery"]):
-            assert f'"{series}"' in exported, f"{series} is not exported"
-
-
-def test_operations_doc_names_every_metric() -> None:
-    doc = (ROOT / "docs" / "operations.md").read_text()
-    exported = set(
-        re.findall(r'"(orchestrator_[a-z_]+)"', exported_source())
-    )
-    missing = sorted(name for name in exported if name not in doc)
-    assert not missing, f"docs/operations.md does not mention {missing}"

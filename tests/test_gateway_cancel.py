@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from orchestrator.jobs.lifecycle import UPSTREAM_NOTE
 
-from .gateway_support import Gateway, gateway, gateway_extra  # noqa: F401
-from .test_gateway_api import error_of
+from .gateway_support import Gateway, error_of, gateway, gateway_extra  # noqa: F401
 
 
 def test_cancel_one(gateway: Gateway) -> None:

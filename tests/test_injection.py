@@ -16,215 +16,32 @@ real ``celery worker`` process.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import tracemalloc
-from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from orchestrator import runtime as runtime_module
 from orchestrator.celery import make_app
-from orchestrator.errors import APIError, ResponseTooLargeError
 from orchestrator.facade import Orchestrator
-from orchestrator.jobs import steps
-from orchestrator.jobs.follower import Follower
-from orchestrator.jobs.model import Job, validate_submission
-from orchestrator.ops.redis_server import free_port
-from orchestrator.runtime import Runtime
-from orchestrator.settings import Settings, load_settings
-from orchestrator.store.follows import FollowStore, Pending
+from orchestrator.settings import load_settings
 from orchestrator.store.holdings import Holdings
-from orchestrator.store.jobs import RedisStore, connect
-from orchestrator.wire.aclient import AsyncWorkersClient
-from orchestrator.wire.client import WorkersClient
-from orchestrator.wire.retry import RetryPolicy
 from workers_tasks import tasks
 
 from .held import assert_nothing_held, not_ended
-from .hostile_api import HostileAPI, bombs
+from .hostile_api import HostileAPI
+from .injection import (
+    DEAD,
+    TENANT,
+    MiB,
+    follow,
+    started,
+    streamed,
+    submit,
+)
+from .injection import api as api  # the fixtures: the hostile upstream, a runtime
+from .injection import make_rt as make_rt
 from .processes import celery_worker, stack_env, wait_for
-
-MiB = 2**20
-TENANT = {"tenant": "acme"}
-
-
-class Injected(RuntimeError):
-    """An exception raised in our own code on purpose."""
-
-
-class FlakyStore(RedisStore):
-    """The real store, with a method armed to raise :class:`Injected` ``n`` times, or
-    to run a hook first (once: :meth:`before`)."""
-
-    armed: dict[str, int]
-    hooks: dict[str, Callable[[], Any]]
-
-    def arm(self, method: str, times: int = 1) -> None:
-        self.armed[method] = times
-
-    def before(self, method: str, hook: Callable[[], Any]) -> None:
-        self.hooks[method] = hook
-
-    def _trip(self, method: str) -> None:
-        hook = self.hooks.pop(method, None)
-        if hook is not None:
-            hook()
-        left = self.armed.get(method, 0)
-        if left:
-            self.armed[method] = left - 1
-            raise Injected(f"injected failure in {method}")
-
-    def count_attempt(self, *args: Any, **kwargs: Any) -> int:
-        self._trip("count_attempt")
-        return super().count_attempt(*args, **kwargs)
-
-    def set_submitted(self, *args: Any, **kwargs: Any) -> bool:
-        self._trip("set_submitted")
-        return super().set_submitted(*args, **kwargs)
-
-    def settle_into(self, *args: Any, **kwargs: Any) -> Any:
-        self._trip("settle_into")
-        return super().settle_into(*args, **kwargs)
-
-    def record_file(self, *args: Any, **kwargs: Any) -> bool:
-        self._trip("record_file")
-        return super().record_file(*args, **kwargs)
-
-    def append_updates_into(self, *args: Any, **kwargs: Any) -> int:
-        self._trip("append_updates_into")
-        return super().append_updates_into(*args, **kwargs)
-
-
-class FlakyFollows(FollowStore):
-    """The follower's real store; its update writes fail ``fail_writes`` times, and
-    ``before_write`` runs (once) before the first."""
-
-    fail_writes = 0
-    before_write: Callable[[], Any] | None = None
-
-    async def append_updates(
-        self, pending: Pending, maxlen: int, running: Sequence[str] = ()
-    ) -> list[Any]:
-        hook, self.before_write = self.before_write, None
-        if hook is not None:
-            hook()
-        if self.fail_writes:
-            self.fail_writes -= 1
-            raise Injected("injected failure in append_updates")
-        return await super().append_updates(pending, maxlen, running)
-
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[HostileAPI]:
-    with HostileAPI(event_gap=0.005) as server:
-        server.drip_seconds = 0.2
-        yield server
-
-
-def settings_for(
-    redis_url: str, prefix: str, url: str, files: Path, quick_relay: float = 0.0
-) -> Settings:
-    """The runtime's settings; the create task hands every stream to the followers
-    (whose faults these tests inject) unless ``quick_relay`` says otherwise."""
-    return load_settings(
-        redis_url=redis_url, key_prefix=prefix, files_dir=files, workers_api_url=url,
-        workers_api_key="sk-injection", max_retries=1, retry_initial_delay=0.01,
-        retry_max_delay=0.02, http_deadline=0.6, file_deadline=1.0, file_max_bytes=MiB,
-        task_max_retries=1, stream_max_parse_failures=2, stream_read_timeout=0.5,
-        files_max_per_turn=25, quick_relay_seconds=quick_relay,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def make_rt(
-    redis_url: str, key_prefix: str, api: HostileAPI, tmp_path: Path, monkeypatch: Any
-) -> Iterator[Any]:
-    """``make_rt(url=...)``: a runtime over a :class:`FlakyStore`, installed as the
-    process runtime the task functions use; the tenant has 1 slot and a cap."""
-    made: list[Runtime] = []
-
-    def make(url: str | None = None, quick_relay: float = 0.0) -> Runtime:
-        files = tmp_path / "files"
-        settings = settings_for(redis_url, key_prefix, url or api.url, files, quick_relay)
-        store = FlakyStore(connect(redis_url), key_prefix)
-        store.armed, store.hooks = {}, {}
-        rt = Runtime(settings, store)
-        rt.limits.set("tag:tenant=acme", 1)
-        rt.budgets.set_cap(scope="tag:tenant=acme", limit_usd=Decimal("100"))
-        monkeypatch.setattr(runtime_module, "_runtime", rt)
-        made.append(rt)
-        return rt
-
-    yield make
-    for rt in made:
-        rt.close()
-
-
-DEAD = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
-
-
-def submit(rt: Runtime, text: str, **fields: Any) -> Job:
-    sub = validate_submission(10_000, input=text, tags=TENANT, budget="low", **fields)
-    job, _ = rt.store.create_job(sub)
-    rt.store.mark_sending(job.id)
-    rt.store.mark_sent(job.id)
-    return job
-
-
-def follow(
-    rt: Runtime, job_id: str, *, fail_writes: int = 0, seconds: float = 60,
-    before_write: Callable[[], Any] | None = None,
-) -> list[str]:  # fmt: skip
-    """Run a real follower (in this process) until the job's turn is finalized, or for
-    ``seconds`` at most; finalize runs through its task function. Its outcomes.
-    ``before_write`` runs before the follower's first update write."""
-    outcomes: list[str] = []
-    settings = rt.settings
-    assert settings.redis_url is not None
-
-    async def run() -> None:
-        follows = FlakyFollows.from_url(settings.redis_url or "", settings.key_prefix)
-        follows.fail_writes = fail_writes
-        follows.before_write = before_write
-        done, stop = asyncio.Event(), asyncio.Event()
-
-        async def finished(finished_id: str) -> None:
-            result = await asyncio.to_thread(tasks.finalize.apply, args=[finished_id])
-            outcomes.append(str(result.result))
-            if outcomes[-1] != "refollow":
-                done.set()
-
-        async with AsyncWorkersClient.from_settings(settings) as client:
-            follower = Follower(follows, client, finished, poll_seconds=0.05, lease_seconds=2,
-                                max_parse_failures=settings.stream_max_parse_failures)  # fmt: skip
-            task = asyncio.create_task(follower.run(stop))
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), seconds)
-            finally:
-                stop.set()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, 10)
-                await follows.close()
-
-    asyncio.run(run())
-    return outcomes
-
-
-def started(rt: Runtime, text: str, **fields: Any) -> Job:
-    """A job whose create step ran through its task: returns it as stored."""
-    job = submit(rt, text, **fields)
-    tasks.create.apply(args=[job.id])
-    return rt.store.require_job(job.id)
-
-
-def error_of(rt: Runtime, job_id: str) -> str:
-    return str(rt.store.require_job(job_id).error)
-
 
 # --- create and continue ------------------------------------------------------------
 
@@ -351,14 +168,6 @@ def test_a_stream_that_never_answers_is_retried_and_stays_followed(
 # --- finalize: the retrieve and the settle batch --------------------------------------
 
 
-def streamed(rt: Runtime, text: str, **fields: Any) -> Job:
-    """A submitted job whose stream the upstream has served whole (its turn is over)."""
-    job = started(rt, text, **fields)
-    assert job.status == "submitted" and job.worker_id is not None
-    list(rt.client.stream_updates(job.worker_id))
-    return job
-
-
 @pytest.mark.parametrize(
     ("url", "text", "says"),
     [
@@ -419,123 +228,6 @@ def test_a_follow_entry_of_a_job_redis_lost_is_dropped_by_finalize(
     assert rt.store.get_job(job_id) is None
     assert not_ended(rt.store, [job_id]) == {job_id: None}
     assert Holdings(rt.store).held([job_id]) == {}
-
-
-# --- a job Redis lost: nothing left that never expires ------------------------------
-
-
-def lose(rt: Runtime, job_id: str, worker_id: str = "") -> None:
-    """What a host crash under ``appendfsync everysec`` loses of a job created in its
-    last second: its record, its place in every set and what admit took; with
-    ``worker_id`` also the worker's records (written after the job, so lost with it)."""
-    r, keys = rt.store.r, rt.store.keys
-    r.delete(keys.job(job_id), keys.job_files(job_id))
-    for zset in (keys.jobs, keys.outbox, keys.dispatched, keys.begun, keys.jobs_live,
-                 keys.jobs_ended, keys.follows, keys.budget_hold_times):  # fmt: skip
-        r.zrem(zset, job_id)
-    r.hdel(keys.follow_owners, job_id)
-    r.hdel(keys.budget_holds, job_id)
-    r.srem(keys.limit_running("tag:tenant=acme"), job_id)
-    if worker_id:
-        r.delete(keys.worker(worker_id), keys.updates(worker_id), keys.ledger("worker", worker_id))
-
-
-#: Parts of the names of the keys that are one job's or one worker's.
-RECORD_NAMES = (":job:", ":worker:", ":updates:", ":ledger:worker:", ":ledger-turn:")
-
-
-def never_expiring(rt: Runtime) -> list[str]:
-    """The job and worker keys of the prefix (a fresh one per test) with no expiry."""
-    r = rt.store.r
-    found = r.scan_iter(match=f"{rt.store.keys.prefix}:*", count=1000)
-    named = [k for k in found if any(part in k for part in RECORD_NAMES)]
-    return sorted(k for k in named if r.pttl(k) == -1)
-
-
-def test_a_create_step_returning_after_redis_lost_its_job_writes_nothing(make_rt: Any) -> None:
-    """The job was lost while its create call was upstream: the late ``set_submitted``
-    made a partial job hash and a worker hash that nothing expired, and put the job up
-    for following. Now it writes nothing, and the slot and hold are given back."""
-    rt = make_rt()
-    job = submit(rt, "ok#lost-at-submit")
-    rt.store.before("set_submitted", lambda: lose(rt, job.id))
-    assert tasks.create.apply(args=[job.id]).result == "unknown"
-    assert rt.store.r.exists(rt.store.keys.job(job.id)) == 0
-    assert never_expiring(rt) == []
-    assert Holdings(rt.store).held([job.id]) == {}
-    assert Holdings(rt.store).anywhere() == {}
-
-
-def test_a_create_step_that_finds_its_job_lost_before_counting_calls_nothing(
-    make_rt: Any, api: HostileAPI
-) -> None:
-    rt = make_rt()
-    job = submit(rt, "ok#lost-at-count")
-    created = len(api.workers)
-    rt.store.before("count_attempt", lambda: lose(rt, job.id))
-    assert tasks.create.apply(args=[job.id]).result == "unknown"
-    assert len(api.workers) == created  # nothing was sent upstream
-    assert never_expiring(rt) == []
-    assert Holdings(rt.store).anywhere() == {}
-
-
-def test_a_job_record_lost_while_followed_leaves_its_worker_to_expire(make_rt: Any) -> None:
-    """The job's record went while its stream was followed (its worker linked, its
-    records kept for the turn): the follower's next write is refused, the worker's
-    hash and stream get the retention, and finalize drops the follow entry."""
-    rt = make_rt()
-    job = started(rt, "ok#lost-while-followed")
-    assert job.status == "submitted" and job.worker_id is not None
-    wkey = rt.store.keys.worker(job.worker_id)
-
-    def drop_record() -> None:
-        rt.store.r.delete(rt.store.keys.job(job.id))
-
-    assert follow(rt, job.id, before_write=drop_record) == ["unknown"]
-    assert never_expiring(rt) == []
-    assert 0 < rt.store.r.pttl(wkey) <= rt.store.retention.ttl_ms({})
-    assert rt.store.r.exists(rt.store.keys.updates(job.worker_id)) == 0  # nothing stored
-    held = Holdings(rt.store).held([job.id]).get(job.id, [])
-    assert "follow" not in held and "follow_owner" not in held, held
-    # The prune pass is told, so the worker leaves the ledger's index with its row.
-    assert rt.store.r.zscore(rt.store.keys.retention, f"{job.id}|{job.worker_id}") is not None
-
-
-def test_a_turn_settled_after_redis_lost_its_job_is_posted_and_expires(
-    make_rt: Any, api: HostileAPI
-) -> None:
-    """Finalize read the job, then Redis lost it and its worker's records: the turn is
-    still posted (the upstream bills it) but what records it, the worker's hash and
-    ledger row and the turn's own record, expires as the job's records would have."""
-    rt = make_rt()
-    job = streamed(rt, "ok#lost-at-settle")
-    assert job.worker_id is not None
-    rt.store.before("settle_into", lambda: lose(rt, job.id, job.worker_id or ""))
-    tasks.finalize.apply(args=[job.id])
-    posted = rt.store.turn_cost(job.id)
-    assert posted is not None
-    assert {k: posted[k] for k in api.billed[job.worker_id]} == api.billed[job.worker_id]
-    assert never_expiring(rt) == []
-    assert rt.store.r.exists(rt.store.keys.job(job.id)) == 0  # no partial hash
-
-
-def test_a_file_recorded_after_its_job_ended_expires_with_it(make_rt: Any) -> None:
-    """A fetch that ends after its job completed made the files hash then, after the
-    job's end had set the expiry of its records: it never expired. And a fetch of a
-    job Redis lost meanwhile records nothing."""
-    rt = make_rt()
-    job = streamed(rt, "ok#late-file")
-    assert tasks.finalize.apply(args=[job.id]).result == "completed"
-    tasks.fetch_file.apply(args=[job.id, "one.txt"])
-    assert set(rt.store.files(job.id)) == {"one.txt"}
-    assert never_expiring(rt) == []
-
-    lost = streamed(rt, "ok#lost-file")
-    assert tasks.finalize.apply(args=[lost.id]).result == "completed"
-    rt.store.before("record_file", lambda: lose(rt, lost.id))
-    tasks.fetch_file.apply(args=[lost.id, "one.txt"])
-    assert rt.store.files(lost.id) == {}
-    assert never_expiring(rt) == []
 
 
 # --- fetch: the file download ----------------------------------------------------------
@@ -625,106 +317,6 @@ def test_every_step_fails_cleanly_through_a_real_worker(
             worker.stop()
         assert {t: e.status for t, e in ends.items()} == E2E
         assert_nothing_held(orch.store, list(jobs.values()))
-
-
-# --- bounds on JSON answers -------------------------------------------------------------
-
-
-@pytest.mark.parametrize("text", ["create:gzip-bomb", "create:503-bomb"])
-def test_a_json_answer_is_read_with_a_bound(api: HostileAPI, text: str) -> None:
-    """A 64 KB answer that inflates to 64 MB: refused at the cap (a success) or read
-    only for its head (an error), never held whole. Before: 64 MB in memory, and the
-    padded Worker was accepted."""
-    client = WorkersClient(api.url, "k", retry=RetryPolicy(max_retries=0),
-                           answer_max_bytes=MiB)  # fmt: skip
-    bombs()  # built before measuring (the server runs in this process)
-    tracemalloc.start()
-    try:
-        with client, pytest.raises(APIError) as caught:
-            client.create(f"{text}#bound")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 8 * MiB, f"peak {peak / MiB:.1f} MiB"
-    if text == "create:gzip-bomb":
-        assert isinstance(caught.value, ResponseTooLargeError)
-        assert "passed the 1048576-byte limit" in str(caught.value)
-    else:
-        assert "HTTP 503" in str(caught.value)
-
-
-def test_the_async_client_reads_a_json_answer_with_a_bound(api: HostileAPI) -> None:
-    async def create() -> None:
-        async with AsyncWorkersClient(api.url, "k", retry=RetryPolicy(max_retries=0),
-                                      answer_max_bytes=MiB) as client:  # fmt: skip
-            await client.create("create:gzip-bomb#async")
-
-    with pytest.raises(ResponseTooLargeError, match="1048576-byte limit"):
-        asyncio.run(create())
-
-
-def test_only_the_encodings_we_inflate_are_asked_for(api: HostileAPI) -> None:
-    """httpx asks for br and zstd too when their packages are installed; an answer in
-    one of them would then reach the JSON parser undecoded and fail every job."""
-    with WorkersClient(api.url, "k") as client:
-        assert client._http.headers["accept-encoding"] == "gzip, deflate"
-    client_async = AsyncWorkersClient(api.url, "k")
-    assert client_async._http.headers["accept-encoding"] == "gzip, deflate"
-    asyncio.run(client_async.aclose())
-
-
-def test_a_gzip_bombed_stream_is_inflated_a_piece_at_a_time(make_rt: Any) -> None:
-    """One event that inflates to 64 MB: a truncated record in its place (as an
-    oversize event), and the client never holds the 64 MB. Before: httpx inflated each
-    64 KB network chunk whole, 64 MB at once, ahead of the event bound."""
-    rt = make_rt()
-    job = started(rt, "stream:gzip-bomb#s")
-    assert job.worker_id is not None
-    bombs()
-
-    async def read() -> list[Any]:
-        async with AsyncWorkersClient(rt.settings.workers_api_url or "", "k",
-                                      event_max_bytes=64 * 1024) as client:  # fmt: skip
-            return [u.data async for u in client.stream_updates(str(job.worker_id))]
-
-    tracemalloc.start()
-    try:
-        updates = asyncio.run(read())
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert updates[0] == {"n": 0} and updates[2] == {"n": 2}
-    assert updates[1]["truncated"] is True and updates[1]["bytes"] == 64 * 2**20 + 2
-    assert peak < 8 * MiB, f"peak {peak / MiB:.1f} MiB"
-    assert follow(rt, job.id) == ["completed"]
-    assert_nothing_held(rt.store, [job.id])
-
-
-def test_a_turn_publishing_too_many_files_fetches_a_bounded_few(make_rt: Any) -> None:
-    """120 listed names, 60 of them distinct: 25 fetches sent (FILES_MAX_PER_TURN), each
-    name once, and a note in the job's history. Before: one fetch task per listed name,
-    however many (a hostile listing could send a hundred thousand)."""
-    rt = make_rt()
-    job = streamed(rt, "files:many#cap", fetch_files=True)
-    # Finalized here, with an app on the test's broker: the fetches wait in its queue.
-    assert steps.finalize(rt, make_app(rt.settings), job.id) == "completed"
-    assert rt.store.broker.waiting("api") == 25
-    notes = [e["detail"] for e in rt.store.history(job.id) if e["detail"]]
-    assert any("published 60 files; fetching the first 25" in n for n in notes), notes
-
-
-def test_a_turn_that_never_ends_upstream_is_read_again_with_growing_pauses(
-    make_rt: Any, api: HostileAPI
-) -> None:
-    """The stream closes at once and retrieve says running, for ever: the job stays
-    followed (it ends by its deadline), but is read again with pauses doubling to 5 s,
-    not in a tight loop (before: about 12 reads a second here)."""
-    rt = make_rt()
-    job = started(rt, "stream:closes-forever#quiet")
-    outcomes = follow(rt, job.id, seconds=4)
-    reads = api.calls[f"stream {rt.store.require_job(job.id).worker_id}"]
-    assert set(outcomes) == {"refollow"} and 3 <= reads <= 7, (outcomes, reads)
-    assert not_ended(rt.store, [job.id]) == {job.id: "submitted"}
 
 
 # --- the create task's quick relay (orchestrator.jobs.quick) -------------------------

@@ -6,20 +6,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orchestrator import cli
+from orchestrator.celery import app as celery_app
 from orchestrator.controls.budgets import turn_members
 from orchestrator.facade import Orchestrator
+from orchestrator.jobs import steps
 from orchestrator.ledger import FIELDS, MONEY_FIELDS, cumulative, utc_day
+from orchestrator.ops.reconcile import Difference, Reconciler
+from orchestrator.runtime import Runtime
 from orchestrator.settings import load_settings
 
 from .conftest import Emulator
 from .processes import celery_worker
+from .test_ledger_bounds import Upstream, begun, worker_json
+from .test_ledger_bounds import rt as rt  # the fixtures: a runtime on a hostile upstream
+from .test_ledger_bounds import upstream as upstream
 
 pytestmark = pytest.mark.slow
 
@@ -172,71 +178,63 @@ def test_reconcile_refuses_bad_hours(run_cli: Any, capsys: pytest.CaptureFixture
 
 
 def test_reconcile_reports_a_fallen_figure_and_fix_follows_the_upstream(
-    store: Any, redis_url: str, tmp_path: Path
+    store: Any, rt: Runtime, upstream: Upstream
 ) -> None:
     """A turn whose upstream cumulative cost fell below what was counted is an anomaly:
     reconcile reports it (not clean); ``fix`` follows the upstream figure and clears it."""
-    from orchestrator.celery import app as celery_app
-    from orchestrator.jobs import steps
-    from orchestrator.ops.reconcile import Reconciler
-    from orchestrator.runtime import Runtime
+    first = begun(rt, "wrk_r")
+    upstream.bodies["wrk_r"] = worker_json("wrk_r", "3.0", "100")
+    assert steps.finalize(rt, celery_app, first.id) == "completed"
+    second = begun(rt, "wrk_r")
+    upstream.bodies["wrk_r"] = worker_json("wrk_r", "2.0", "100")
+    assert steps.finalize(rt, celery_app, second.id) == "completed"
 
-    from .test_ledger_bounds import Upstream, begun, worker_json
+    reconciler = Reconciler(store, rt.client)
+    report = reconciler.run(1, grace_seconds=0)
+    found = {(d.kind, d.subject): d for d in report.differences}
+    assert found[("fell", "wrk_r")].detail["fields"]["model_cost_micro"] == 1_000_000
+    assert found[("money", "wrk_r")].detail["fields"]["model_cost_micro"]["counted"] == 3_000_000
+    assert not report.clean
+    assert store.costs()["total"]["model_cost_micro"] == 3_000_000  # nothing moved
 
-    with Upstream() as upstream:
-        settings = load_settings(
-            redis_url=redis_url, key_prefix=store.keys.prefix, files_dir=tmp_path / "f",
-            workers_api_url=upstream.url, workers_api_key="sk-hostile", max_retries=0,
-        )  # fmt: skip
-        rt = Runtime(settings, store)
-        rt.limits.set("tag:tenant=acme", 1)
-        rt.budgets.set_cap(scope="tag:tenant=acme", limit_usd=Decimal("100"))
-        first = begun(rt, "wrk_r")
-        upstream.bodies["wrk_r"] = worker_json("wrk_r", "3.0", "100")
-        assert steps.finalize(rt, celery_app, first.id) == "completed"
-        second = begun(rt, "wrk_r")
-        upstream.bodies["wrk_r"] = worker_json("wrk_r", "2.0", "100")
-        assert steps.finalize(rt, celery_app, second.id) == "completed"
-
-        reconciler = Reconciler(store, rt.client)
-        report = reconciler.run(1, grace_seconds=0)
-        found = {(d.kind, d.subject): d for d in report.differences}
-        assert found[("fell", "wrk_r")].detail["fields"]["model_cost_micro"] == 1_000_000
-        assert (
-            found[("money", "wrk_r")].detail["fields"]["model_cost_micro"]["counted"] == 3_000_000
-        )
-        assert not report.clean
-        assert store.costs()["total"]["model_cost_micro"] == 3_000_000  # nothing moved
-
-        fixed = reconciler.run(1, fix=True, grace_seconds=0)
-        assert fixed.clean and {d.kind for d in fixed.differences} == {"fell", "money"}
-        assert store.costs()["total"]["model_cost_micro"] == 2_000_000  # the upstream's
-        again = reconciler.run(1, grace_seconds=0)
-        assert again.clean and again.differences == [], again.differences
+    fixed = reconciler.run(1, fix=True, grace_seconds=0)
+    assert fixed.clean and {d.kind for d in fixed.differences} == {"fell", "money"}
+    assert store.costs()["total"]["model_cost_micro"] == 2_000_000  # the upstream's
+    again = reconciler.run(1, grace_seconds=0)
+    assert again.clean and again.differences == [], again.differences
 
 
 def test_reconcile_reports_an_absurd_upstream_figure_as_an_error(
-    store: Any, redis_url: str, tmp_path: Path
+    store: Any, rt: Runtime, upstream: Upstream
 ) -> None:
-    from orchestrator.celery import app as celery_app
-    from orchestrator.jobs import steps
-    from orchestrator.ops.reconcile import Reconciler
-    from orchestrator.runtime import Runtime
+    job = begun(rt, "wrk_x")
+    upstream.bodies["wrk_x"] = worker_json("wrk_x", "1e308", "1")
+    assert steps.finalize(rt, celery_app, job.id) == "failed"
+    report = Reconciler(store, rt.client).run(1, fix=True, grace_seconds=0)
+    assert not report.clean
+    assert any("wrk_x" in e and "costs.model_cost_usd" in e for e in report.errors)
+    assert store.costs()["total"]["turns"] == 0
 
-    from .test_ledger_bounds import Upstream, begun, worker_json
 
-    with Upstream() as upstream:
-        settings = load_settings(
-            redis_url=redis_url, key_prefix=store.keys.prefix, files_dir=tmp_path / "f",
-            workers_api_url=upstream.url, workers_api_key="sk-hostile", max_retries=0,
-        )  # fmt: skip
-        rt = Runtime(settings, store)
-        rt.limits.set("tag:tenant=acme", 1)
-        rt.budgets.set_cap(scope="tag:tenant=acme", limit_usd=Decimal("100"))
-        job = begun(rt, "wrk_x")
-        upstream.bodies["wrk_x"] = worker_json("wrk_x", "1e308", "1")
-        assert steps.finalize(rt, celery_app, job.id) == "failed"
-        report = Reconciler(store, rt.client).run(1, fix=True, grace_seconds=0)
-        assert not report.clean
-        assert any("wrk_x" in e and "costs.model_cost_usd" in e for e in report.errors)
-        assert store.costs()["total"]["turns"] == 0
+def test_each_kind_of_difference_reads_as_one_line() -> None:
+    two = {"a_micro": 1, "b_micro": 2}
+    lines = [
+        Difference("money", "wrk_1", {"fields": {
+            "b_micro": {"upstream": 3, "row": 2, "counted": 1},
+            "a_micro": {"upstream": 6, "row": 5, "counted": 4},
+        }}),
+        Difference("total", "total", {"fields": {"a_micro": {"total": 7, "days": 8}}}),
+        Difference("fell", "wrk_2", {"fields": two}, fixed=True),
+        Difference("stuck", "job_1", {"status": "running", "worker_id": "wrk_3",
+                                      "upstream_status": "completed"}),
+        Difference("snapshot", "wrk_4", {"state": "missing"}),
+    ]  # fmt: skip
+    assert [d.line() for d in lines] == [
+        "money    wrk_1  a_micro upstream 6 ledger row 5 counted 4; "
+        "b_micro upstream 3 ledger row 2 counted 1",
+        "total    total  a_micro total 7 sum of day rows 8",
+        "fell     wrk_2  a_micro fell by 1 below what was counted (nothing posted for it); "
+        "b_micro fell by 2 below what was counted (nothing posted for it)  [fixed]",
+        "stuck    job_1  job is running, worker wrk_3 is completed upstream",
+        "snapshot wrk_4  stored snapshot is missing",
+    ]

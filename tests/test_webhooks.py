@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 from standardwebhooks import Webhook
@@ -21,16 +20,8 @@ from orchestrator.settings import Settings
 from orchestrator.store.jobs import now_ms
 from orchestrator.store.webhooks import WebhookStore
 
-from .webhook_receiver import Receiver, start_receiver
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    rx = start_receiver()
-    try:
-        yield rx
-    finally:
-        rx.close()
+from .webhook_receiver import Receiver
+from .webhook_receiver import receiver as receiver  # the fixture
 
 
 def _settings(orch: Orchestrator, **changes: object) -> Settings:

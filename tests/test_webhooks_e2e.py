@@ -8,7 +8,6 @@ redelivery (500 first, then 200). And the routes' roles, tenants and refusals.""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +16,22 @@ import pytest
 
 from orchestrator.store.jobs import RedisStore
 
-from .gateway_support import Gateway, gateway, gateway_extra, start_gateway, worker  # noqa: F401
-from .test_gateway_api import error_of
-from .webhook_receiver import Receiver, start_receiver
+from .gateway_support import (  # noqa: F401
+    Gateway,
+    error_of,
+    gateway,
+    gateway_extra,
+    start_gateway,
+    worker,
+)
+from .webhook_receiver import Receiver
+from .webhook_receiver import receiver as receiver  # the fixture
 
 
 @pytest.fixture
 def env(env: dict[str, str]) -> dict[str, str]:
     """The test's processes may post to the loopback receiver, and retry quickly."""
     return {**env, "WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_BACKOFF_SECONDS": "0.3"}
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    rx = start_receiver()
-    try:
-        yield rx
-    finally:
-        rx.close()
 
 
 def _ended(api: httpx.Client, job_id: str, timeout: float = 90.0) -> dict[str, Any]:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 from standardwebhooks import Webhook
 
 
@@ -85,3 +87,13 @@ def start_receiver() -> Receiver:
     holder["rx"] = Receiver(server)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return holder["rx"]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A receiver of the test's own, closed after it."""
+    rx = start_receiver()
+    try:
+        yield rx
+    finally:
+        rx.close()

@@ -54,6 +54,14 @@ SendFinalize = Callable[[str], None]
 MAX_HOURS = 24 * 366
 
 
+# How a per-field difference reads, by kind, after the field's name.
+FIELD_TEXT: dict[str, Callable[[Any], str]] = {
+    "money": lambda d: f"upstream {d['upstream']} ledger row {d['row']} counted {d['counted']}",
+    "total": lambda d: f"total {d['total']} sum of day rows {d['days']}",
+    "fell": lambda d: f"fell by {d} below what was counted (nothing posted for it)",
+}
+
+
 @dataclass
 class Difference:
     """One disagreement between Redis and the upstream (or within the ledger)."""
@@ -65,24 +73,9 @@ class Difference:
     repair: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
-        if self.kind == "money":
-            parts = [
-                f"{f} upstream {d['upstream']} ledger row {d['row']} counted {d['counted']}"
-                for f, d in sorted(self.detail["fields"].items())
-            ]
-            text = "; ".join(parts)
-        elif self.kind == "total":
-            parts = [
-                f"{f} total {d['total']} sum of day rows {d['days']}"
-                for f, d in sorted(self.detail["fields"].items())
-            ]
-            text = "; ".join(parts)
-        elif self.kind == "fell":
-            parts = [
-                f"{f} fell by {d} below what was counted (nothing posted for it)"
-                for f, d in sorted(self.detail["fields"].items())
-            ]
-            text = "; ".join(parts)
+        if self.kind in FIELD_TEXT:
+            say = FIELD_TEXT[self.kind]
+            text = "; ".join(f"{f} {say(d)}" for f, d in sorted(self.detail["fields"].items()))
         elif self.kind == "stuck":
             text = (
                 f"job is {self.detail['status']}, worker {self.detail['worker_id']} is "
