@@ -176,11 +176,11 @@ class Stack:
         the stack would, in a file only the user can read (it holds the emulator's key; a
         hosted key and passwords stay in the user's own environment and are not written)."""
         names = ["REDIS_URL", "KEY_PREFIX", "GATEWAY_URL", "ARCHIVE_DIR", "FILES_DIR"]
+        if self.emulator_key:
+            names += ["WORKERS_API_URL", "WORKERS_API_KEY"]
         # And every other setting the parts were given, so the CLI there decides as they
         # do (WEBHOOK_ALLOW_PRIVATE, BROKER_URL, MAX_INPUT_CHARS, ...).
         names += [name for name in _plain_settings() if name in os.environ and name not in names]
-        if self.emulator_key:
-            names += ["WORKERS_API_URL", "WORKERS_API_KEY"]
         lines = [f"{name}={shlex.quote(self.env[name])}\n" for name in names if name in self.env]
         fd = os.open(self.shell_env, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
