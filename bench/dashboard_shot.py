@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         parts, orch = stack.enter_context(
             running_stack(tmp / "stack", with_flower=False, with_gateway=False)
         )
-        metrics = next(c for c in parts.components if c.name == "metrics")
-        target = metrics.url.removeprefix("http://").removesuffix("/metrics")
-        prom = stack.enter_context(Prometheus([target], tmp / "prometheus", args.scrape))
+        # The exporter and each process's own metrics, as a Prometheus of a deployment would.
+        targets = list(parts.scrape_targets.values())
+        prom = stack.enter_context(Prometheus(targets, tmp / "prometheus", args.scrape))
         prom.wait_scraped(3)
         started = time.time() - 3 * args.scrape
         load = Load(orch)

@@ -49,6 +49,7 @@ __all__ = [
     "job_limit",
     "job_limit_problem",
     "limit_value",
+    "new_cap_usd",
     "positive_seconds",
     "problem_validator",
     "reason_text",
@@ -244,6 +245,16 @@ def cap_usd(value: object, field: str = "limit_usd") -> Decimal:
     problem = cap_problem(amount)
     if problem is not None:
         raise InputError(field, problem)
+    return amount
+
+
+def new_cap_usd(value: object, field: str = "limit_usd") -> Decimal:
+    """A budget cap being set: :func:`cap_usd`, in whole micro-dollars. A finer one was
+    kept as given and enforced rounded (1.0000001 as $1.000000). Stored caps are read
+    with :func:`cap_usd` alone, so one set before this rule still loads."""
+    amount = cap_usd(value, field)
+    if amount != amount.quantize(CAP_MIN_USD):
+        raise InputError(field, f"{amount} is finer than a micro-dollar (6 decimals at most)")
     return amount
 
 

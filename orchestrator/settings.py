@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9808
+    # Each worker, beat and gateway process's own instruments (orchestrator.ops.exposition):
+    # unset, not served; 0, a free port.
+    process_metrics_port: Annotated[int | None, Field(ge=0, le=65535)] = None
+    process_metrics_address: str = "127.0.0.1"
     # `orchestrator health` warns when used_memory passes this share of maxmemory.
     memory_warn_share: Annotated[float, Field(gt=0, le=1)] = 0.8
 

@@ -47,6 +47,7 @@ NOT_SETTINGS = {
     "COMPOSE_PROFILES",  # docker compose
     "ORCHESTRATOR_IMAGE",  # docker-compose.yml
     "POD_NAME",  # Kubernetes downward API, for the Celery node name
+    "PROMETHEUS_MULTIPROC_DIR",  # prometheus_client's multiprocess mode
     "PYTHONDONTWRITEBYTECODE",
     "PYTHONUNBUFFERED",
     "PIP_NO_CACHE_DIR",
@@ -106,3 +107,13 @@ def orchestrator_argvs() -> list[tuple[str, list[str]]]:
                 if command[:1] == ["orchestrator"]:
                     found.append((f"{where} {probe}", command[1:]))
     return found
+
+
+OWN_METRICS = ("worker-api", "worker-streams", "beat", "gateway")
+POOLED = {"worker-api", "gateway"}  # prefork, serve --workers 2: child processes
+
+
+def metrics_options(args: list[str]) -> tuple[str, str]:
+    """The --metrics-port and --metrics-address a command line gives."""
+    parsed = build_parser().parse_args(args)
+    return str(parsed.metrics_port), parsed.metrics_address

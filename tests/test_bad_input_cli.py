@@ -57,6 +57,7 @@ CLI = [
     (["limits", "set", "tag:tenant=acme\n", "1"], "error: key:"),
     (["budgets", "set", "global", "--usd", "1e-10"], "error: usd:"),
     (["budgets", "set", "global", "--usd", "NaN"], "error: usd:"),
+    (["budgets", "set", "global", "--usd", "2.0000005"], "error: usd:"),
     (["budgets", "set", "tag:tenant=acme\n", "--usd", "1"], "error: scope:"),
     (["costs", "--since", "2026-01-01\n"], "error: since:"),
     (["schedules", "pause", "sch_abc\n"], "error: schedule_id:"),

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import InputError
+from orchestrator.errors import InputError, UnknownIdError
 from orchestrator.facade import Orchestrator
 from orchestrator.jobs.files import safe_path
 from orchestrator.settings import load_settings
@@ -96,6 +96,14 @@ SCHEDULES: list[tuple[str, Any, dict[str, Any], str]] = [
     ("interval huge", {"type": INTERVAL, "intervalSeconds": 10**30}, {}, "when.interval_seconds"),
     ("interval text", {"type": INTERVAL, "intervalSeconds": "often"}, {}, "when.interval_seconds"),
     ("interval fraction", {"type": INTERVAL, "intervalSeconds": 1.5}, {}, "when.interval_seconds"),
+    # A JSON integer only: true was taken as 1 s (a schedule firing every second).
+    ("interval true", {"type": INTERVAL, "intervalSeconds": True}, {}, "when.interval_seconds"),
+    ("interval digits", {"type": INTERVAL, "intervalSeconds": "60"}, {}, "when.interval_seconds"),
+    ("interval 60.0", {"type": INTERVAL, "intervalSeconds": 60.0}, {}, "when.interval_seconds"),
+    ("delay true", {"type": DELAY, "delayInSeconds": True}, {}, "when.delay_in_seconds"),
+    # A key the kind does not take was dropped unseen.
+    ("when unknown key", {**EVERY, "jitter": 5}, {}, "when.jitter"),
+    ("date misspelt at", {"type": AT, "at": "2099-01-01T07:00:00Z"}, {}, "when.date"),
     ("delay negative", {"type": DELAY, "delayInSeconds": -1}, {}, "when.delay_in_seconds"),
     ("delay huge", {"type": DELAY, "delayInSeconds": 10**15}, {}, "when.delay_in_seconds"),
     ("date past", {"type": AT, "date": "2001-01-01T00:00:00Z"}, {}, "when.date"),
@@ -146,6 +154,9 @@ API += [
     ("cap bool", lambda o: o.budgets.set_cap(scope=CAP, limit_usd=True), "limit_usd"),
     ("cap 1e308", lambda o: o.budgets.set_cap(scope=CAP, limit_usd=Decimal("1e308")), "limit_usd"),
     ("cap scope newline", lambda o: o.budgets.set_cap(scope=CAP + "\n", limit_usd=1), "scope"),
+    # Finer than a micro-dollar: it was kept as given and enforced rounded ($1.000000).
+    ("cap 7 decimals", lambda o: o.budgets.set_cap(scope=CAP, limit_usd="1.0000001"), "limit_usd"),
+    ("cap remove period", lambda o: o.budgets.remove_cap(CAP, period="week"), "period"),  # type: ignore[arg-type]
     ("schedule get newline", lambda o: o.schedules.get("sch_abc\n"), "schedule_id"),
     ("schedule cancel key", lambda o: o.schedules.cancel("sch_abc:runs"), "schedule_id"),
 ]  # fmt: skip
@@ -173,6 +184,20 @@ def test_schedules_check_a_worker_id_by_the_rules_before_asking_anyone(
             call()
         assert caught.value.field == "worker_id"
         assert "is not a worker id" in caught.value.message, caught.value.message
+
+
+def test_a_well_formed_job_id_that_names_no_job_is_an_unknown_id(world: World) -> None:
+    """As an unknown worker or schedule id is (the HTTP API's 404), not plain bad input."""
+    nobody = "job_" + "0" * 32
+    for call in (
+        lambda: world.orch.get(nobody),
+        lambda: world.orch.cancel(nobody),
+        lambda: world.orch.continue_(nobody, "x"),
+        lambda: world.orch.schedules.create(nobody, "x", EVERY),
+    ):
+        with pytest.raises(UnknownIdError) as caught:
+            call()
+        assert caught.value.field == "job_id"
 
 
 def test_a_when_without_its_type_names_the_key_and_its_values(world: World) -> None:

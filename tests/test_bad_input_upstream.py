@@ -31,6 +31,8 @@ EMULATOR = [
 SCHEDULE_BODIES = [
     ({"input": "x", "when": {"type": "cron", "cron": "bad"}}, "when.cron"),
     ({"input": "x", "when": {"type": "interval", "intervalSeconds": -1}}, "when.interval_seconds"),
+    ({"input": "x", "when": {"type": "interval", "intervalSeconds": True}},  # true is not 1 s
+     "when.interval_seconds"),
     ({"input": "x", "when": {"type": "scheduled", "date": "2001-01-01T00:00:00Z"}}, "when.date"),
     ({"input": "x", "when": {"type": "x"}}, "when"),
     ({"input": "x"}, "when"),

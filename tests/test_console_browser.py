@@ -136,6 +136,10 @@ def test_console_read_token_sees_no_action_buttons(
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         try:
             page = browser.new_page()
+            # The browser's console stays clean (a /favicon.ico 404 was logged on every
+            # load; the browser's own request is not one of the page's responses).
+            failed: list[str] = []
+            page.on("console", lambda m: m.type == "error" and failed.append(str(m.location)))
             _login(page, gateway.url, reader)
             page.wait_for_selector(f"#jobs tr[data-job='{job.id}']", timeout=WAIT_MS)
             assert page.inner_text("#who") == "read"
@@ -148,6 +152,7 @@ def test_console_read_token_sees_no_action_buttons(
             page.click("a[data-nav=schedules]")
             page.wait_for_selector("#page-schedules", timeout=WAIT_MS)
             assert page.query_selector("#schedules button:visible") is None
+            assert failed == []
             # A tenant-bound token is not offered money nor schedules (refused it anyway).
             page.click("#logout")
             _login(page, gateway.url, gateway.token("read", tenant="acme"))

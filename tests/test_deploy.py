@@ -24,7 +24,9 @@ from .deploy_files import (
     DOCKERFILE,
     ENV_EXAMPLE,
     NOT_SETTINGS,
+    OWN_METRICS,
     PENDING_COMMANDS,
+    POOLED,
     REDIS_CONF,
     ROOT,
     SECRET_NAMES,
@@ -34,6 +36,7 @@ from .deploy_files import (
     cli_commands,
     compose,
     manifests,
+    metrics_options,
     orchestrator_argvs,
 )
 
@@ -68,9 +71,21 @@ def test_compose_services_and_policies() -> None:
     assert services["gateway"]["command"][:3] == ["serve", "--host", "0.0.0.0"]
     cmd = {n: services[n]["command"] for n in ("worker-api", "worker-streams")}
     api = ["worker", "--queues", "api", "--pool", "prefork", "--concurrency", "4"]
-    assert cmd["worker-api"] == api
+    assert cmd["worker-api"][:7] == api
     assert cmd["worker-streams"][:5] == ["worker", "--queues", "streams", "--pool", "threads"]
     assert services["flower"]["command"][:3] == ["flower", "--address", "0.0.0.0"]
+
+
+def test_compose_serves_each_process_metrics_on_its_network() -> None:
+    services = compose()["services"]
+    for name in OWN_METRICS:
+        svc = services[name]
+        assert metrics_options(svc["command"]) == ("9809", "0.0.0.0"), name
+        # Multiprocess mode, in a directory empty at each start, where work runs in children.
+        multiproc = svc["environment"].get("PROMETHEUS_MULTIPROC_DIR")
+        assert (multiproc, svc.get("tmpfs")) == (
+            ("/run/metrics", ["/run/metrics"]) if name in POOLED else (None, None)
+        ), name
 
 
 def test_compose_redis_is_durable_and_password_protected() -> None:

@@ -1,12 +1,23 @@
 """The Kubernetes manifests under deploy/k8s, checked offline: every object named and in
-its namespace, the workloads' probes, resources and secrets, the autoscaler's metrics
-and the optional topologies (RabbitMQ, Sentinel, Redis Cluster)."""
+its namespace, the workloads' probes, resources and secrets, the autoscaler's metrics,
+the optional topologies (RabbitMQ, Sentinel, Redis Cluster), and each pod's own metrics
+port annotated for Prometheus."""
 
 from __future__ import annotations
 
 import re
 
-from .deploy_files import K8S, ROOT, TOPOLOGIES, manifests, objects, yaml
+from .deploy_files import (
+    K8S,
+    OWN_METRICS,
+    POOLED,
+    ROOT,
+    TOPOLOGIES,
+    manifests,
+    metrics_options,
+    objects,
+    yaml,
+)
 
 
 def test_kubernetes_topology_manifests() -> None:
@@ -149,3 +160,25 @@ def test_operations_doc_names_every_metric() -> None:
     )
     missing = sorted(name for name in exported if name not in doc)
     assert not missing, f"docs/operations.md does not mention {missing}"
+
+
+def test_kubernetes_pods_are_scraped_on_their_metrics_port() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in manifests()}
+    for name in OWN_METRICS:
+        template = docs[("Deployment", name)]["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true", name
+        assert annotations["prometheus.io/path"] == "/metrics", name
+        container = template["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        port, address = metrics_options(container["args"])
+        assert annotations["prometheus.io/port"] == port == str(ports["metrics"]), name
+        assert address == "0.0.0.0", name
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        if name in POOLED:
+            assert env["PROMETHEUS_MULTIPROC_DIR"] == mounts["metrics"] == "/run/metrics"
+            assert volumes["metrics"] == {"name": "metrics", "emptyDir": {}}
+        else:
+            assert "PROMETHEUS_MULTIPROC_DIR" not in env, name

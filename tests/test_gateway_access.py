@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from orchestrator.gateway.app import create_app
 from orchestrator.ops.redis_server import free_port
@@ -20,6 +21,27 @@ from orchestrator.store.jobs import RedisStore
 
 from .gateway_support import Gateway, error_of, gateway, gateway_extra, start_gateway  # noqa: F401
 from .processes import wait_for
+
+
+@pytest.mark.parametrize("content_type", [
+    "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None,
+])  # fmt: skip
+def test_a_body_that_is_not_sent_as_json_is_a_415_and_writes_nothing(
+    gateway: Gateway, content_type: str | None
+) -> None:
+    """It was a 422 "Input should be a valid dictionary", naming no header."""
+    admin = gateway.client("admin")
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    answer = admin.post("/v1/jobs", content=b'{"input": "x"}', headers=headers)
+    refused = error_of(answer, 415)
+    assert refused["type"] == "unsupported_media_type" and refused["field"] == "content-type"
+    assert admin.get("/v1/jobs").json()["jobs"] == []
+    # JSON by any of its names passes; a POST without a body needs no content type.
+    for ok in ("application/json", "application/json; charset=utf-8", "application/merge+json"):
+        made = admin.post("/v1/jobs", content=b'{"input": "x"}', headers={"Content-Type": ok})
+        assert made.status_code == 202, (ok, made.text)
+    job_id = admin.get("/v1/jobs").json()["jobs"][0]["id"]
+    assert admin.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
 
 
 def test_error_shapes(gateway: Gateway) -> None:
@@ -65,6 +87,13 @@ def test_error_shapes(gateway: Gateway) -> None:
     since = admin.get("/v1/jobs/job_unknown/events", params={"since": "3"})
     assert error_of(since, 422)["field"] == "since"
     assert admin.get("/v1/jobs", params={"tag": "tenant=acme", "limit": 5}).status_code == 200
+    # A single-valued parameter given twice is refused (the last one was taken); a list
+    # parameter repeats.
+    twice = admin.get("/v1/jobs", params=[("limit", "500"), ("limit", "1")])
+    assert error_of(twice, 422)["field"] == "limit"
+    both = [("tag", "tenant=acme"), ("tag", "team=x")]
+    assert admin.get("/v1/jobs", params=both).status_code == 200
+    assert error_of(admin.get("/v1/costs", params=[("by", "tag"), ("by", "day")]), 422)
     assert error_of(admin.get("/v1/schedules/sch_unknown"), 404)["field"] == "schedule_id"
     assert error_of(admin.get("/v1/nowhere"), 404)
     assert error_of(admin.delete("/v1/jobs"), 405)
@@ -168,6 +197,8 @@ def test_roles(gateway: Gateway) -> None:
     assert made.status_code == 200 and made.json()["limit_usd"] == "12.50"
     assert [r["scope"] for r in reader.get("/v1/budgets").json()] == ["tag:tenant=acme"]
     assert error_of(admin.put("/v1/budgets", json={**cap, "limit_usd": "nan"}), 400)
+    fine = error_of(admin.put("/v1/budgets", json={**cap, "limit_usd": "1.0000001"}), 400)
+    assert fine["field"] == "limit_usd" and "micro-dollar" in fine["message"]
     assert error_of(reader.put("/v1/limits", json={"key": "budget:low", "limit": 2}), 403)
     assert admin.put("/v1/limits", json={"key": "budget:low", "limit": 2}).json()["changed"]
     assert reader.get("/v1/limits").json()[0]["limit"] == 2

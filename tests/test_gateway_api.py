@@ -210,7 +210,7 @@ def test_openapi_document_has_every_route_and_its_errors(gateway: Gateway) -> No
         codes = set(op["responses"])
         assert {"400", "404", "500"} <= codes, (path, method)
         if not path.startswith("/v1/links"):
-            assert {"401", "403", "422", "429", "503"} <= codes, (path, method)
+            assert {"401", "403", "415", "422", "429", "503"} <= codes, (path, method)
         ref = op["responses"]["404"]["content"]["application/json"]["schema"]["$ref"]
         assert ref.endswith("/ErrorBody")
     assert {"ErrorBody", "ErrorDetail", "JobOut", "JobPage"} <= set(doc["components"]["schemas"])
@@ -240,6 +240,21 @@ def test_schedules_of_every_kind(gateway: Gateway, when: dict[str, Any]) -> None
     assert error_of(admin.post(f"/v1/schedules/{sid}/trigger"), 409)
     bad = admin.post("/v1/schedules", json={"input": "x", "when": {"type": "cron", "cron": "nope"}})
     assert error_of(bad, 400)["field"].startswith("when")
+
+
+@pytest.mark.parametrize(("when", "field"), [
+    ({"type": "interval", "intervalSeconds": True}, "when.interval_seconds"),  # not 1 s
+    ({"type": "interval", "intervalSeconds": "60"}, "when.interval_seconds"),
+    ({"type": "interval", "intervalSeconds": 60, "jitter": 5}, "when.jitter"),
+    ({"type": "scheduled", "at": "2099-01-01T00:00:00Z"}, "when.date"),
+])  # fmt: skip
+def test_a_schedules_when_takes_integer_seconds_and_its_own_keys_only(
+    gateway: Gateway, when: dict[str, Any], field: str
+) -> None:
+    admin = gateway.client("admin")
+    bad = admin.post("/v1/schedules", json={"input": "x", "when": when})
+    assert error_of(bad, 400)["field"] == field
+    assert admin.get("/v1/schedules").json() == []
 
 
 def test_a_schedules_tags_round_trip_and_a_tenants_worker_lends_its_own(

@@ -5,9 +5,11 @@ jobs), the upstream note, and the error shapes."""
 
 from __future__ import annotations
 
+from orchestrator.facade import Orchestrator
 from orchestrator.jobs.lifecycle import UPSTREAM_NOTE
+from orchestrator.ops.processes import Proc
 
-from .gateway_support import Gateway, error_of, gateway, gateway_extra  # noqa: F401
+from .gateway_support import Gateway, error_of, gateway, gateway_extra, worker  # noqa: F401
 
 
 def test_cancel_one(gateway: Gateway) -> None:
@@ -62,3 +64,15 @@ def test_tenants_cancel_only_their_own(gateway: Gateway) -> None:
     # An untenanted token cancels by status across tenants.
     everyone = admin.post("/v1/jobs/cancel", json={"status": "queued"})
     assert sorted(everyone.json()["cancelled"]) == sorted([theirs["id"], untagged["id"]])
+
+
+def test_a_job_that_had_ended_is_answered_as_a_read_shows_it(
+    gateway: Gateway, worker: Proc, orch: Orchestrator
+) -> None:
+    """With its turn's cost: the answer said ``"cost": null`` for a costed job."""
+    job = orch.submit("done already")
+    assert orch.wait(job.id, timeout=60).status == "completed"
+    api = gateway.client("submit")
+    shown = api.get(f"/v1/jobs/{job.id}").json()
+    assert shown["cost"] is not None and shown["cost"]["usage_cost_micro"] > 0
+    assert api.post(f"/v1/jobs/{job.id}/cancel").json()["job"] == shown

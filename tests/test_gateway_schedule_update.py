@@ -86,7 +86,11 @@ def test_patch_is_for_admins_of_live_schedules_that_exist(gateway: Gateway) -> N
     for unknown in ("sch_unknown", "nope"):
         missing = error_of(admin.patch(f"/v1/schedules/{unknown}", json=body), 404)
         assert missing["field"] == "schedule_id"
-    assert error_of(admin.patch(f"/v1/schedules/{sid}", content=b"{"), 422)["field"] == "body"
+    broken = admin.patch(f"/v1/schedules/{sid}", content=b"{",
+                         headers={"Content-Type": "application/json"})  # fmt: skip
+    assert error_of(broken, 422)["field"] == "body"
+    # Not sent as JSON (no content type): 415, as for every /v1 body.
+    assert error_of(admin.patch(f"/v1/schedules/{sid}", content=b"{}"), 415)
     assert admin.post(f"/v1/schedules/{sid}/cancel").json() == {"changed": True}
     assert error_of(admin.patch(f"/v1/schedules/{sid}", json=body), 409)["field"] == "schedule_id"
     assert gateway.client("read").get(f"/v1/schedules/{sid}").json()["input"] == "digest"

@@ -101,6 +101,23 @@ def test_up_runs_everything_and_leaves_nothing(tmp_path: Path) -> None:
         assert submit.returncode == 0, submit.stderr
         job = json.loads(submit.stdout)
         assert job["status"] == "completed"
+        # Each process serves its own metrics at the targets up printed and wrote: the
+        # worker's count this job's upstream calls and relayed updates.
+        line = re.search(r"^scrape\s+(.+?)\s+\(each serves /metrics\)$", text, re.M)
+        assert line, text
+        targets = dict(zip(*[iter(line.group(1).split())] * 2, strict=True))
+        assert set(targets) == {"worker", "beat", "gateway", "metrics"}, targets
+        assert pairs["SCRAPE_TARGETS"] == ",".join(targets.values())
+        scraped = {name: httpx.get(f"http://{where}/metrics", timeout=10).text
+                   for name, where in targets.items()}  # fmt: skip
+        relayed = re.search(r"^orchestrator_stream_events_relayed_total (\S+)$",
+                            scraped["worker"], re.M)  # fmt: skip
+        assert relayed and float(relayed.group(1)) >= 1, scraped["worker"]
+        assert 'orchestrator_upstream_request_duration_seconds_count{call="create"' in (
+            scraped["worker"]
+        )
+        assert "# TYPE orchestrator_schedule_runs_total counter" in scraped["beat"]
+        assert "# TYPE orchestrator_jobs_ended_here_total counter" in scraped["gateway"]
         email = subprocess.run(
             [sys.executable, "-m", "orchestrator", "email", job["worker_id"]],
             env=cli_env, capture_output=True, text=True, timeout=60,

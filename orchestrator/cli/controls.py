@@ -111,7 +111,7 @@ def run_budgets_show(args: argparse.Namespace) -> int:
 
 
 def run_budgets_set(args: argparse.Namespace) -> int:
-    usd = rules.cap_usd(args.usd, "usd")
+    usd = rules.new_cap_usd(args.usd, "usd")
     with Orchestrator(load_settings()) as orch:
         cap = orch.budgets.set_cap(
             scope=args.scope, period=args.period, limit_usd=usd, warn_at=args.warn_at,

@@ -12,6 +12,7 @@ from orchestrator import rules
 from orchestrator.cli import output
 from orchestrator.cli.output import json_option
 from orchestrator.errors import InputError, UnknownIdError
+from orchestrator.ops import exposition
 from orchestrator.settings import load_settings
 
 ROLES = ("read", "submit", "admin")
@@ -23,6 +24,7 @@ def register(sub: Any) -> None:
     serve.add_argument("--port", type=int, default=8080, help="port to listen on")
     serve.add_argument("--workers", type=int, default=1, help="gateway processes")
     serve.add_argument("--log-level", default="info", help="uvicorn's log level")
+    exposition.add_options(serve)
     json_option(serve, 'print {"url", "workers"} on stdout before serving')
     serve.set_defaults(func=run_serve)
 
@@ -58,6 +60,11 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InputError("REDIS_URL", "must be set for the gateway")
     import uvicorn
 
+    where = exposition.wanted(args, settings)
+    # uvicorn's worker processes count each in its own memory; this one counts nothing.
+    if where is not None and args.workers > 1 and not exposition.pooled("gateway", "its workers"):
+        where = None
+    exposition.serve("gateway", where)
     url = f"http://{args.host}:{args.port}"
     if args.json:
         output.emit_line({"url": url, "workers": args.workers})

@@ -10,6 +10,7 @@ from orchestrator.cli import output
 from orchestrator.cli.output import json_option
 from orchestrator.errors import InputError
 from orchestrator.jobs.model import parse_tags
+from orchestrator.ops import exposition
 from orchestrator.wire.models import BUDGETS
 
 SCHEDULER = "orchestrator.schedules.beat:RedisScheduler"
@@ -85,6 +86,7 @@ def register(sub: Any) -> None:
         "--misfire-grace", type=float, default=5.0,
         help="seconds late a recurring slot may be and still run (later: missed)",
     )  # fmt: skip
+    exposition.add_options(beat)
     json_option(beat, 'print {"scheduler"} on stdout once starting (logs stay on stderr)')
     beat.set_defaults(func=run_beat)
 
@@ -344,5 +346,6 @@ def run_beat(args: argparse.Namespace) -> int:
     if args.json:
         output.emit_line({"scheduler": SCHEDULER})
     print(f"starting beat ({SCHEDULER})", file=sys.stderr, flush=True)
+    exposition.serve("beat", exposition.wanted(args, settings))
     app.start(["beat", "-S", SCHEDULER, "--loglevel", args.loglevel])
     return 0

@@ -14,6 +14,7 @@ from orchestrator.celery import QUEUES, STREAMS_QUEUE
 from orchestrator.cli import output
 from orchestrator.cli.output import json_option
 from orchestrator.errors import InputError
+from orchestrator.ops import exposition
 from orchestrator.settings import load_settings
 
 POOLS = ("threads", "prefork", "solo", "gevent", "eventlet")
@@ -66,6 +67,7 @@ def register(sub: Any) -> None:
     )
     work.add_argument("--hostname", default=None, help="Celery node name (default: generated)")
     work.add_argument("--loglevel", default="INFO", help="Celery's log level (default INFO)")
+    exposition.add_options(work)
     json_option(work, 'print {"queues", "pool", "concurrency"} on stdout before starting')
     work.set_defaults(func=run_worker)
 
@@ -144,6 +146,11 @@ def run_worker(args: argparse.Namespace) -> int:
         output.emit_line({"queues": queues, "pool": args.pool, "concurrency": args.concurrency})
     if STREAMS_QUEUE in queues and args.pool == "prefork":
         print("note: the stream follower runs in the main process beside the pool", file=sys.stderr)
+    where = exposition.wanted(args, settings)
+    if where is not None and args.pool == "prefork":
+        # Each pool child counts in its own memory (see orchestrator.ops.exposition).
+        exposition.pooled("worker", "the prefork pool's children (the tasks)")
+    exposition.serve("worker", where)
     app.worker_main(argv)
     return 0
 

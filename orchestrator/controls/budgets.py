@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -129,6 +129,8 @@ class Budgets:
 
     def set_cap(self, **fields: Any) -> BudgetCap:
         """Create or replace a cap; InputError naming the field if it is malformed."""
+        if "limit_usd" in fields:
+            rules.new_cap_usd(fields["limit_usd"])
         try:
             cap = BudgetCap.model_validate(fields)
         except ValidationError as exc:
@@ -138,6 +140,8 @@ class Budgets:
 
     def remove_cap(self, scope: str, period: Period = "day") -> bool:
         parse_scope(scope)
+        if period not in get_args(Period):
+            raise InputError("period", f"{rules.shown(period)} is not 'day' or 'month'")
         return self.spend.remove_cap(f"{scope}/{period}")
 
     def caps(self) -> list[BudgetCap]:

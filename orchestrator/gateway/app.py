@@ -3,7 +3,8 @@
 
 Everything the routes share is built in the lifespan (one facade, one token store, one
 live-update hub per process). Requests larger than ``GATEWAY_MAX_BODY_BYTES`` are refused
-(413) before they are read, and uvicorn's access log never shows a read link's token.
+(413) before they are read, so are bodies not sent as JSON (415), and uvicorn's access
+log never shows a read link's token.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -89,28 +91,67 @@ class _TooLarge(Exception):
     pass
 
 
+class _JsonBody:
+    """415 for a ``/v1`` request body not sent as JSON (FastAPI took it as bytes and
+    answered 422 "Input should be a valid dictionary", naming no header). A request
+    without a body (a bare ``POST …/cancel``) needs no content type."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and str(scope.get("path", "")).startswith("/v1/"):
+            headers = dict(scope.get("headers") or [])
+            sized = headers.get(b"content-length", b"0") not in (b"", b"0")
+            if sized or b"transfer-encoding" in headers:
+                given = headers.get(b"content-type", b"").decode("latin-1")
+                media = given.partition(";")[0].strip().lower()
+                if media != "application/json" and not media.endswith("+json"):
+                    said = f"{given[:64]!r}" if given else "none"
+                    response = errors.error_response(
+                        415, f"send the body as JSON, Content-Type: application/json (got {said})",
+                        "content-type",
+                    )  # fmt: skip
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
 async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
     response = errors.error_response(413, f"the body is over {limit} bytes", "body")
     await response(scope, receive, send)
 
 
-def _query_names(route: APIRoute) -> frozenset[str]:
-    """The query parameters ``route`` takes, its dependencies' included."""
+def _query_names(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
+    """The query parameters ``route`` takes, its dependencies' included, and those of
+    them that take a list (``?tag=`` repeated)."""
     names: set[str] = set()
+    lists: set[str] = set()
     todo = [route.dependant]
     while todo:
         dependant = todo.pop()
-        names.update(field.alias for field in dependant.query_params)
+        for field in dependant.query_params:
+            names.add(field.alias)
+            if _takes_list(field.field_info.annotation):
+                lists.add(field.alias)
         todo.extend(dependant.dependencies)
-    return frozenset(names)
+    return frozenset(names), frozenset(lists)
+
+
+def _takes_list(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin in (list, tuple, set, frozenset):
+        return True
+    return origin in (Union, UnionType) and any(_takes_list(a) for a in get_args(annotation))
 
 
 def _known_query() -> Any:
     """A dependency refusing (422, ``field`` the parameter) a query parameter a ``/v1``
     route does not take: a misspelt filter (``?tags=`` for ``?tag=``) would otherwise be
-    ignored, and the list answered unfiltered. The console's page and the health check
-    take whatever a browser or a probe adds."""
-    known: dict[int, frozenset[str]] = {}
+    ignored, and the list answered unfiltered. One that takes a single value, given
+    twice, is refused too (``?limit=500&limit=1`` was answered with the last). The
+    console's page and the health check take whatever a browser or a probe adds."""
+    known: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
 
     async def check(request: Request) -> None:
         route = request.scope.get("route")
@@ -118,9 +159,10 @@ def _known_query() -> Any:
             return
         if not route.path.startswith("/v1/"):
             return
-        names = known.get(id(route))
-        if names is None:
-            names = known[id(route)] = _query_names(route)
+        found = known.get(id(route))
+        if found is None:
+            found = known[id(route)] = _query_names(route)
+        names, lists = found
         for name in request.query_params:
             if name not in names:
                 takes = ", ".join(sorted(names)) or "none"
@@ -128,6 +170,8 @@ def _known_query() -> Any:
                     422, f"this route takes no such query parameter (it takes: {takes})",
                     field=name[:64],
                 )  # fmt: skip
+            if name not in lists and len(request.query_params.getlist(name)) > 1:
+                raise errors.ApiError(422, "is given more than once", field=name)
 
     return Depends(check)
 
@@ -178,5 +222,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Health(status="ok")
 
     console.mount(app)
+    app.add_middleware(_JsonBody)
     app.add_middleware(_BodyLimit, limit=settings.gateway_max_body_bytes)
     return app

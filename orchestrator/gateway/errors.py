@@ -65,7 +65,7 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 #: What every authenticated route can answer besides its success.
-COMMON = (400, 401, 403, 404, 413, 422, 429, 500, 503)
+COMMON = (400, 401, 403, 404, 413, 415, 422, 429, 500, 503)
 
 
 class ApiError(Exception):

@@ -167,7 +167,8 @@ def cancel(job_id: str, who: Submitter, gw: GW, body: CancelBody | None = None) 
     is). A turn already started upstream goes on and is billed (see ``note``)."""
     job = _job(gw, who, job_id)
     ended = gw.orch.cancel(job.id, reason=body.reason if body else None)
-    return CancelOut(job=JobOut.of(ended), note=UPSTREAM_NOTE)
+    # As a read shows it: a job that had ended keeps its posted cost in the answer.
+    return CancelOut(job=JobOut.of(ended, gw.orch.store.turn_cost(ended.id)), note=UPSTREAM_NOTE)
 
 
 def _cursor(text: str | None) -> Position | None:

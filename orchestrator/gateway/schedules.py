@@ -30,8 +30,9 @@ def _require(gw: Gateway, schedule_id: str) -> str:
 
 @router.post("", status_code=201, response_model=Row)
 def create(body: ScheduleBody, _: GlobalAdmin, gw: GW) -> Row:
-    """A new schedule: ``when`` is ``{"type": "scheduled", "at": ...}``, ``delayed``
-    (``delaySeconds``), ``cron`` (``cron``) or ``interval`` (``intervalSeconds``)."""
+    """A new schedule: ``when`` is ``{"type": "scheduled", "date": ...}``, ``delayed``
+    (``delayInSeconds``), ``cron`` (``cron``) or ``interval`` (``intervalSeconds``);
+    seconds are JSON integers, and a key the kind does not take is refused."""
     made = gw.orch.schedules.create(
         body.worker, body.input, body.when, budget=body.budget, tags=body.tags,
         timezone=body.timezone, catch_up=body.catch_up, overlap=body.overlap,

@@ -25,6 +25,7 @@ from celery import Celery
 from orchestrator.errors import APIError
 from orchestrator.jobs.model import Job
 from orchestrator.jobs.steps import finalize
+from orchestrator.ops.instruments import EVENTS_RELAYED
 from orchestrator.runtime import Runtime
 from orchestrator.store.jobs import now_ms
 from orchestrator.wire.deadline import deadline
@@ -122,7 +123,10 @@ def _write(
     replies = batch.execute(raise_on_error=False)
     if isinstance(replies[at], Exception):
         raise RelayRefused(str(replies[at]))
-    return int(replies[at]), None if read_at is None else rt.store.job_of(replies[read_at])
+    stored = int(replies[at])
+    # Counted as the followers count: the updates this write added (a duplicate adds none).
+    EVENTS_RELAYED.inc(min(len(payloads), max(0, stored - first)))
+    return stored, None if read_at is None else rt.store.job_of(replies[read_at])
 
 
 def _hand_over(rt: Runtime, job: Job) -> None:

@@ -3,10 +3,12 @@
 ``orchestrator up`` (and ``demo``) use this. Redis comes from ``REDIS_URL`` or is an
 embedded real server; the hosted API comes from ``WORKERS_API_URL``/``WORKERS_API_KEY``
 or, when those are unset, the local emulator stands in (and says so). A Celery worker
-serving every queue, beat, Flower and the Prometheus exporter run as child processes in
-their own process groups, and :meth:`Stack.stop` ends every one of them, so no orphan
-is left. Each line the stack says is ``<part> <message>``, or with ``json_lines`` one
-JSON object ``{"part", "message"}`` per line.
+serving every queue, beat, Flower, the gateway and the Prometheus exporter run as child
+processes in their own process groups (the worker, beat and the gateway each serve their
+own instruments on a port of their own: :attr:`Stack.scrape_targets`), and
+:meth:`Stack.stop` ends every one of them, so no orphan is left. Each line the stack
+says is ``<part> <message>``, or with ``json_lines`` one JSON object
+``{"part", "message"}`` per line.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ class Stack:
     redis: RedisServer | None = None
     emulator_key: str | None = None
     wrote_shell_env: bool = False
+    # What Prometheus scrapes, by part: ``host:port`` of each /metrics.
+    scrape_targets: dict[str, str] = field(default_factory=dict)
 
     def start(self, timeout: float = 90.0) -> None:
         """Start every part and wait (bounded) until each says it is ready and answers
@@ -128,9 +132,9 @@ class Stack:
         else:
             self._say(f"api       {self.settings.workers_api_url} (hosted API, key from env)")
         py = sys.executable
-        self._spawn("worker", [py, "-m", "orchestrator", "worker"], WORKER_READY)
+        self._start_own_metrics("worker", [py, "-m", "orchestrator", "worker"], WORKER_READY)
         if self.with_beat:
-            self._spawn("beat", [py, "-m", "orchestrator", "beat"], "beat: Starting")
+            self._start_own_metrics("beat", [py, "-m", "orchestrator", "beat"], "beat: Starting")
         if self.with_gateway:
             self._start_gateway()
         if self.with_metrics:
@@ -146,6 +150,8 @@ class Stack:
         for index in range(len(self.components)):
             if not self.components[index].ready:
                 self._wait_ready(index, deadline)
+        targets = "  ".join(f"{name} {where}" for name, where in self.scrape_targets.items())
+        self._say(f"scrape    {targets}  (each serves /metrics)")
         if self.shell_file:
             self._write_shell_env()
 
@@ -175,7 +181,9 @@ class Stack:
         """What another shell needs to point the CLI at this stack and have it answer as
         the stack would, in a file only the user can read (it holds the emulator's key; a
         hosted key and passwords stay in the user's own environment and are not written)."""
+        self.env["SCRAPE_TARGETS"] = ",".join(self.scrape_targets.values())
         names = ["REDIS_URL", "KEY_PREFIX", "GATEWAY_URL", "ARCHIVE_DIR", "FILES_DIR"]
+        names += ["SCRAPE_TARGETS"]
         if self.emulator_key:
             names += ["WORKERS_API_URL", "WORKERS_API_KEY"]
         # And every other setting the parts were given, so the CLI there decides as they
@@ -230,6 +238,7 @@ class Stack:
         url = f"http://127.0.0.1:{port}"
         self.env["GATEWAY_URL"] = url
         args = [sys.executable, "-m", "orchestrator", "serve", "--port", str(port)]
+        args += self._metrics_port("gateway")
         again = self._start_gateway if not self.gateway_port else None
         self._spawn("gateway", args, GATEWAY_READY, url=url, probe=f"{url}/healthz", again=again)
         self._say(
@@ -237,10 +246,24 @@ class Stack:
             "orchestrator tokens create)"
         )
 
+    def _start_own_metrics(self, name: str, args: list[str], ready_line: str) -> None:
+        """A part whose only port is its own metrics', its health probe too."""
+        extra = self._metrics_port(name)
+        url = f"http://{self.scrape_targets[name]}/metrics"
+        again = functools.partial(self._start_own_metrics, name, args, ready_line)
+        self._spawn(name, args + extra, ready_line, probe=url, again=again)
+
+    def _metrics_port(self, name: str) -> list[str]:
+        """The options giving a part its own metrics port (a free one), noted for scraping."""
+        port = free_port()
+        self.scrape_targets[name] = f"127.0.0.1:{port}"
+        return ["--metrics-port", str(port)]
+
     def _start_metrics(self) -> None:
         port = free_port()
         args = [sys.executable, "-m", "orchestrator", "metrics", "--port", str(port)]
         url = f"http://127.0.0.1:{port}/metrics"
+        self.scrape_targets["metrics"] = f"127.0.0.1:{port}"
         # A scrape reads the whole store: asked once at start, not every health report.
         self._spawn(
             "metrics", args, "metrics on http", url=url, probe=url, again=self._start_metrics

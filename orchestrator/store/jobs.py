@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from orchestrator.errors import InputError
+from orchestrator.errors import InputError, UnknownIdError
 from orchestrator.jobs.model import (
     LIMITS,
     STATUSES,
@@ -189,7 +189,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
     def require_job(self, job_id: str) -> Job:
         job = self.get_job(_job_id(job_id))
         if job is None:
-            raise InputError("job_id", f"no job {job_id} (never made, or expired: RETENTION)")
+            raise UnknownIdError("job_id", f"no job {job_id} (never made, or expired: RETENTION)")
         return job
 
     def begin_attempt(self, job_id: str) -> tuple[Job, bool]:

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     StrictBool,
+    StrictInt,
     StrictStr,
     TypeAdapter,
     ValidationError,
@@ -182,25 +183,34 @@ def _check_cron(expr: str) -> str:
 
 
 CronExpr = Annotated[str, AfterValidator(_check_cron)]
-PositiveSeconds = Annotated[int, Field(gt=0, le=10 * 365 * 24 * 3600)]
+# Strict: a JSON integer only. Lax, ``true`` passed as 1 s (a schedule firing every
+# second) and ``"60"`` as 60.
+PositiveSeconds = Annotated[StrictInt, Field(gt=0, le=10 * 365 * 24 * 3600)]
 
 
-class ScheduledWhen(WireModel):
+class _When(WireModel):
+    """A schedule's timing, as asked for: a key its kind does not take is refused
+    (a misspelt ``at`` for ``date`` or an unknown ``jitter`` would be dropped unseen)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScheduledWhen(_When):
     type: Literal["scheduled"] = "scheduled"
     date: UtcDatetime
 
 
-class DelayedWhen(WireModel):
+class DelayedWhen(_When):
     type: Literal["delayed"] = "delayed"
     delay_in_seconds: PositiveSeconds
 
 
-class CronWhen(WireModel):
+class CronWhen(_When):
     type: Literal["cron"] = "cron"
     cron: CronExpr
 
 
-class IntervalWhen(WireModel):
+class IntervalWhen(_When):
     type: Literal["interval"] = "interval"
     interval_seconds: PositiveSeconds
 
