@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from orchestrator.celery import make_app
 from orchestrator.errors import InputError
@@ -217,3 +218,40 @@ def test_a_buffered_run_is_released_when_the_previous_job_ends(
     assert run_slot(rt, Producer(), "sch_buf", T0 + 2) == "fired"  # type: ignore[arg-type]
     beat.tick_once(now=T0 + 40)
     assert sum(sent.values()) == 1
+
+
+def runs_counted(outcome: str) -> float:
+    return REGISTRY.get_sample_value("orchestrator_schedule_runs_total", {"outcome": outcome}) or 0
+
+
+def test_beat_counts_the_runs_it_sends_and_how_late(
+    store: RedisStore, sent: Counter[tuple[str, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """orchestrator_schedule_runs_total{outcome} and the lateness histogram move by what
+    this beat sent: new claims as ``sent`` (each slot's lateness observed), a dead beat's
+    claims as ``resent``; a claim another beat won counts nothing here."""
+    add(store, "sch_a", {"type": "interval", "intervalSeconds": 10})
+    add(store, "sch_b", {"type": "interval", "intervalSeconds": 10})
+    before = {o: runs_counted(o) for o in ("sent", "resent")}
+    late_before = REGISTRY.get_sample_value("orchestrator_schedule_lateness_seconds_sum") or 0
+    count_before = REGISTRY.get_sample_value("orchestrator_schedule_lateness_seconds_count") or 0
+    beat = make_beat(store)
+    beat.tick_once(now=T0 + 12_000)  # both slots at 10 s, each 2 s late
+    assert runs_counted("sent") - before["sent"] == 2
+    late = REGISTRY.get_sample_value("orchestrator_schedule_lateness_seconds_sum") or 0
+    count = REGISTRY.get_sample_value("orchestrator_schedule_lateness_seconds_count") or 0
+    assert count - count_before == 2
+    assert late - late_before == pytest.approx(4.0)
+    make_beat(store).tick_once(now=T0 + 12_000)  # nothing left to claim: nothing counted
+    assert runs_counted("sent") - before["sent"] == 2
+
+    def crash(*_: Any, **__: Any) -> None:
+        raise ConnectionError("broker gone")
+
+    monkeypatch.setattr(beat_module, "send_runs", crash)
+    with pytest.raises(ConnectionError):
+        make_beat(store).tick_once(now=T0 + 20_000)  # claims slot 20 of both, sends none
+    assert runs_counted("sent") - before["sent"] == 2
+    monkeypatch.setattr(beat_module, "send_runs", lambda _a, runs, producer=None: sent.update(runs))
+    make_beat(store, resend_after=5.0).tick_once(now=T0 + 26_000)
+    assert runs_counted("resent") - before["resent"] == 2

@@ -46,7 +46,8 @@ EVENTS_RELAYED = Counter(
 )
 SCHEDULE_RUNS = Counter(
     "orchestrator_schedule_runs_total",
-    "Schedule slots handled by this process, by outcome.",
+    "Schedule slots this beat put on the broker, by outcome: sent (claimed here), resent "
+    "(a claim a dead beat left unsent), released (a run buffered behind its previous job).",
     ["outcome"],
 )
 RATE_LIMIT_WAITS = Counter(

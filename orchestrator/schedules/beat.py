@@ -30,6 +30,7 @@ from celery.beat import Scheduler
 from kombu.exceptions import OperationalError
 
 from orchestrator.jobs.model import TERMINAL
+from orchestrator.ops.instruments import SCHEDULE_LATENESS, SCHEDULE_RUNS
 from orchestrator.runtime import store_for
 from orchestrator.schedules.run import RUNS_PER_MESSAGE, send_runs
 from orchestrator.schedules.timing import MISFIRE_GRACE_MS, plan
@@ -165,13 +166,15 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
         if peek.resend:
             log.warning("re-sending %d runs claimed but never known sent", len(peek.resend))
             self.stats["resent"] += len(peek.resend)
-            self._send(peek.resend)
+            self._send(peek.resend, "resent")
         next_run = peek.next_run_ms
         if peek.due:
             claims = self._plan(peek.due, now)
             won = store.claim(claims, now)
             self.stats["claimed"] += len(won)
-            self._send(won)
+            self._send(won, "sent")
+            for member in won:  # a slot this beat claimed: how late it went out
+                SCHEDULE_LATENESS.observe(max(0, now - split_member(member)[1]) / 1000)
             for c in claims:
                 if c.plan.fire:
                     self.stats["late_ms"] = max(self.stats["late_ms"], now - c.plan.fire[0])
@@ -208,8 +211,9 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
                     log.exception("schedule %s: cannot compute its runs", sid)
         return claims
 
-    def _send(self, members: list[str]) -> None:
-        """Send the claimed runs, then drop their claims (only those really sent)."""
+    def _send(self, members: list[str], outcome: str) -> None:
+        """Send the claimed runs, then drop their claims (only those really sent);
+        counted as ``outcome`` (a new claim's ``sent``, a dead beat's ``resent``)."""
         assert self.schedules is not None
         sent: list[str] = []
         try:
@@ -221,6 +225,7 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
         finally:
             self.schedules.sent(sent)
             self.stats["sent"] += len(sent)
+            SCHEDULE_RUNS.labels(outcome).inc(len(sent))
 
     def _release_buffered(self, buffered: list[tuple[str, int]]) -> None:
         """Send a buffered run again once its schedule's previous job is over."""
@@ -242,3 +247,4 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
                 send_runs(self.app, chunk, producer=producer)
                 self._buffer_sent.update(dict.fromkeys(chunk, clock))
         self.stats["released"] += len(ready)
+        SCHEDULE_RUNS.labels("released").inc(len(ready))
