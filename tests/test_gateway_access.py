@@ -20,6 +20,7 @@ from orchestrator.settings import load_settings
 from orchestrator.store.jobs import RedisStore
 
 from .gateway_support import Gateway, error_of, gateway, gateway_extra, start_gateway  # noqa: F401
+from .processes import wait_for
 
 
 @pytest.mark.parametrize("content_type", [
@@ -118,6 +119,16 @@ def test_rate_limit_answers_429_with_retry_after(
         gw.proc.stop()
 
 
+def test_the_access_log_leaves_out_the_passed_health_probe(gateway: Gateway) -> None:
+    for _ in range(3):
+        assert httpx.get(f"{gateway.url}/healthz", timeout=30).status_code == 200
+    assert gateway.client("read").get("/v1/jobs?limit=1").status_code == 200
+    # One process answers in turn: once the last request's line is there, so would be the
+    # probes' lines.
+    wait_for(lambda: '"GET /v1/jobs?limit=1 HTTP/1.1" 200' in gateway.proc.text(), 30, "its line")
+    assert "/healthz" not in gateway.proc.text()
+
+
 def test_unavailable_store_is_503_and_a_crash_is_500_without_traceback(
     env: dict[str, str], tmp_path: Path, store: RedisStore
 ) -> None:
@@ -125,6 +136,8 @@ def test_unavailable_store_is_503_and_a_crash_is_500_without_traceback(
     gw = start_gateway(dead, tmp_path, store)
     try:
         assert error_of(httpx.get(f"{gw.url}/healthz", timeout=30), 503)["type"] == "unavailable"
+        # A failed probe is news: its access line stays.
+        wait_for(lambda: '"GET /healthz HTTP/1.1" 503' in gw.proc.text(), 30, "the probe's line")
         auth = {"Authorization": "Bearer orch_x"}
         down = httpx.get(f"{gw.url}/v1/jobs", headers=auth, timeout=30)
         error_of(down, 503)
