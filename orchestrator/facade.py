@@ -346,7 +346,9 @@ class Orchestrator:
 
         Money fields are integer micro-dollars (``*_micro``), token fields integers.
         ``by="job"`` lists the newest ``limit`` jobs created from ``since`` to ``until``
-        (UTC days, inclusive), each with its turn's cost and ``posted``.
+        (UTC days, inclusive), each with its turn's cost and ``posted``. ``since`` and
+        ``until`` are ``datetime.date``: a ``datetime`` or text is refused, as the CLI and
+        the gateway refuse anything but ``YYYY-MM-DD``.
         """
         if by not in (*LEDGER_DIMENSIONS, "job"):
             raise InputError("by", f"must be one of {', '.join((*LEDGER_DIMENSIONS, 'job'))}")

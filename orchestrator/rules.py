@@ -18,6 +18,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -43,6 +44,7 @@ __all__ = [
     "Rule",
     "cap_usd",
     "check_validator",
+    "day",
     "duration_seconds",
     "input_problem",
     "input_text",
@@ -335,6 +337,21 @@ def webhook_events(value: object, field: str = "events") -> list[str]:
         if name not in WEBHOOK_EVENTS:
             raise InputError(field, f"{shown(name)} is not one of {', '.join(WEBHOOK_EVENTS)}")
     return sorted(set(value))
+
+
+#: A UTC day as text: exactly ``YYYY-MM-DD``; a date-time or a timestamp is not a day.
+_DAY = re.compile(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+
+
+def day(value: object, field: str = "date") -> date:
+    """Text exactly ``YYYY-MM-DD`` (the CLI's and the gateway's form) as a date;
+    InputError naming ``field``."""
+    if isinstance(value, str) and _DAY.fullmatch(value):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:  # e.g. 2026-02-30
+            pass
+    raise InputError(field, f"{shown(value)} is not a date YYYY-MM-DD")
 
 
 #: Durations (retention): a whole number and a unit, ``30s``, ``15m``, ``12h``, ``7d``.

@@ -21,9 +21,9 @@ from .bad_input import World, orchestrator, world  # noqa: F401
 CLI = [
     (["submit", "\x1b[2J"], "error: input:"),
     (["submit", "ok", "--tag", "tenant=zürich"], "error: tags:"),
-    (["submit", "ok", "--priority", "urgent"], "error: argument --priority"),
+    (["submit", "ok", "--priority", "urgent"], "error: --priority: invalid choice"),
     (["status", "../../etc/passwd"], "error: job_id:"),
-    (["tail", "job_x", "--timeout", "soon"], "error: argument --timeout"),
+    (["tail", "job_x", "--timeout", "soon"], "error: --timeout: invalid float value"),
     (["costs", "--since", "2026-13-01"], "error: since:"),
     (["schedules", "create", "--input", "x", "--cron", "61 * * * *"], "error: when.cron:"),
     (["schedules", "create", "--input", "x", "--every", "-5"], "error: when.interval_seconds:"),

@@ -10,7 +10,7 @@ upstream: tests/test_bad_input_upstream.py.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ API: list[tuple[str, Call, str]] = [
     ("costs since by tag", lambda o: o.costs(by="tag", since=date(2026, 1, 1)), "since"),
     ("costs since text", lambda o: o.costs(by="job", since="2026-01-01"), "since"),
     ("costs until int", lambda o: o.costs(by="day", until=5), "until"),
+    ("costs since datetime", lambda o: o.costs(since=datetime(2026, 11, 1)), "since"),
     ("costs limit text", lambda o: o.costs(by="job", limit="5"), "limit"),
     ("wait timeout text", lambda o: o.wait("job_x", timeout="a"), "timeout"),
     ("wait timeout nan", lambda o: o.wait("job_x", timeout=float("nan")), "timeout"),

@@ -58,7 +58,7 @@ def test_process_with_json_writes_errors_in_the_http_apis_shape(env: Env) -> Non
     assert (usage["type"], usage["field"]) == ("invalid_request", "--budget"), usage
     assert "cheap" in usage["message"]
     plain = cli(env, "submit", "ok", "--budget", "cheap")
-    assert plain.stderr.startswith("error: argument --budget: invalid choice")
+    assert plain.stderr.startswith("error: --budget: invalid choice")
     assert env.our_keys() == [] and env.depth() == depth
 
 
@@ -98,18 +98,23 @@ BAD = [
     (["tail", "job_abc", "--timeout", "-1"], b"error: timeout:"),
     (["status", "job_\x1b[31mred"], b"error: job_id:"),
     (["status", "\x1b]0;title\x07"], b"error: job_id:"),
-    (["nonsense"], b"error: argument COMMAND: invalid choice"),
-    (["submit"], b"error: the following arguments are required: INPUT"),
+    (["nonsense"], b"error: COMMAND: invalid choice"),
+    (["submit"], b"error: INPUT: is required"),
     (["costs", "--by", "job", "--limit", "0"], b"error: limit:"),
     (["costs", "--by", "tag", "--limit", "5"], b"error: limit:"),
-    (["costs", "--by", "job", "--limit", "many"], b"error: argument --limit"),
-    (["costs", "--by", "\x1b[2J"], b"error: argument --by"),
+    (["costs", "--by", "job", "--limit", "many"], b"error: --limit: invalid int value"),
+    (["costs", "--by", "\x1b[2J"], b"error: --by: invalid choice"),
     (["health", "--timeout", "nan"], b"error: timeout:"),
-    (["completion", "powershell"], b"error: argument shell"),
-    (["schedules"], b"error: the following arguments are required: ACTION"),
+    (["completion", "powershell"], b"error: shell: invalid choice"),
+    (["schedules"], b"error: ACTION: is required"),
     (["budgets", "set", "global", "--usd", "0.0000001"], b"error: usd:"),
     (["limits", "set", "tag:tenant=acme", "100000000000000000000"], b"error: limit:"),
-    (["--json"], b'{"error": {"type": "invalid_request", "field": null, "message": "the following'),
+    (["--json"], b'{"error": {"type": "invalid_request", "field": "COMMAND", "message": "is requ'),
+    (["submit", "--json"], b'{"error": {"type": "invalid_request", "field": "INPUT"'),
+    (["submit", "x", "--nope"], b"error: --nope: is not an argument of this command\n"),
+    (["submit", "x", "--nope", "--json"],
+     b'{"error": {"type": "invalid_request", "field": "--nope"'),
+    (["submit", "x", "--nope", "y"], b"error: --nope: is not an argument of this command (also"),
     (["costs", "--by", "\x1b[2J", "--json"],
      b'{"error": {"type": "invalid_request", "field": "--by"'),
 ]

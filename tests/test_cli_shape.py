@@ -356,6 +356,21 @@ def test_schedule_times_and_money_use_the_one_format(
     assert re.search(ISO, out)
 
 
+
+def test_an_empty_list_says_so(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """`webhooks list-failed` printed only its header when nothing had failed."""
+    said = {
+        ("webhooks", "list-failed"): "no failed deliveries\n",
+        ("webhooks", "list"):
+            "no webhook subscriptions (add one: orchestrator webhooks create URL)\n",
+        ("tokens", "list"): "no tokens (make one: orchestrator tokens create --role read)\n",
+        ("schedules", "list"): "no live schedules (--all: done ones too)\n",
+        ("schedules", "list", "--all"): "no schedules\n",
+    }
+    for argv, text in said.items():
+        assert run(capsys, *argv) == (0, text, ""), argv
+        assert json_of(capsys, *argv, "--json") == [], argv
+
 # --- completion and the stack's JSON lines ---------------------------------------
 
 

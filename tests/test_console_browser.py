@@ -29,6 +29,18 @@ needs_chromium = pytest.mark.skipif(
 )
 WAIT_MS = 90_000
 
+#: The texts of the job page's fields, and the heads of its tables, that reach past
+#: their card's padding.
+SPILT = """() => [...document.querySelectorAll('#page-job .card')].flatMap(card => {
+  const edge = card.getBoundingClientRect().right - parseFloat(getComputedStyle(card).paddingRight);
+  return [...card.querySelectorAll('dd, table')].filter(el => {
+    const text = document.createRange();
+    text.selectNodeContents(el);
+    const box = el.tagName === 'TABLE' ? el.getBoundingClientRect() : text.getBoundingClientRect();
+    return box.right > edge + 0.5;
+  }).map(el => el.tagName === 'TABLE' ? 'table: ' + el.tHead.textContent : el.textContent);
+})"""
+
 
 def _login(page: Any, url: str, token: str) -> None:
     page.goto(url + "/")
@@ -82,6 +94,7 @@ def test_console_submit_watch_and_cost(
                     "#job-history [data-status]", "els => els.map(e => e.dataset.status)"
                 )
                 assert page.is_visible("#continue") and page.is_visible("#cancel")
+                spilt = page.evaluate(SPILT)
 
                 page.click("a[data-nav=jobs]")
                 row = f"#jobs tr[data-job='{job_id}']"
@@ -110,6 +123,7 @@ def test_console_submit_watch_and_cost(
         assert text and live == text  # the deltas, assembled, each once across the drops
         assert opens >= 3  # 12 updates, 4 a connection: it came back at least twice
         assert history[0] == "queued" and history[-1] == "completed"
+        assert spilt == [], spilt  # the job id (and the history table) ran past its card's edge
         cost = store.turn_cost(job_id)
         assert cost is not None
         shown = format_usd(total_cost_micro(cost))

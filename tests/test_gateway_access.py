@@ -20,6 +20,7 @@ from orchestrator.settings import load_settings
 from orchestrator.store.jobs import RedisStore
 
 from .gateway_support import Gateway, error_of, gateway, gateway_extra, start_gateway  # noqa: F401
+from .processes import wait_for
 
 
 @pytest.mark.parametrize("content_type", [
@@ -118,6 +119,16 @@ def test_rate_limit_answers_429_with_retry_after(
         gw.proc.stop()
 
 
+def test_the_access_log_leaves_out_the_passed_health_probe(gateway: Gateway) -> None:
+    for _ in range(3):
+        assert httpx.get(f"{gateway.url}/healthz", timeout=30).status_code == 200
+    assert gateway.client("read").get("/v1/jobs?limit=1").status_code == 200
+    # One process answers in turn: once the last request's line is there, so would be the
+    # probes' lines.
+    wait_for(lambda: '"GET /v1/jobs?limit=1 HTTP/1.1" 200' in gateway.proc.text(), 30, "its line")
+    assert "/healthz" not in gateway.proc.text()
+
+
 def test_unavailable_store_is_503_and_a_crash_is_500_without_traceback(
     env: dict[str, str], tmp_path: Path, store: RedisStore
 ) -> None:
@@ -125,6 +136,8 @@ def test_unavailable_store_is_503_and_a_crash_is_500_without_traceback(
     gw = start_gateway(dead, tmp_path, store)
     try:
         assert error_of(httpx.get(f"{gw.url}/healthz", timeout=30), 503)["type"] == "unavailable"
+        # A failed probe is news: its access line stays.
+        wait_for(lambda: '"GET /healthz HTTP/1.1" 503' in gw.proc.text(), 30, "the probe's line")
         auth = {"Authorization": "Bearer orch_x"}
         down = httpx.get(f"{gw.url}/v1/jobs", headers=auth, timeout=30)
         error_of(down, 503)
@@ -195,6 +208,21 @@ def test_roles(gateway: Gateway) -> None:
                                             "until": "2026-01-03"})  # fmt: skip
     assert costs.status_code == 200 and costs.json()["by"] == "day"
 
+
+
+@pytest.mark.parametrize("path", ["/v1/costs", "/v1/costs/daily"])
+@pytest.mark.parametrize("value", [
+    "2026-11-01T00:00:00", "2026-11-01T00:00:00Z", "2026-11-01 00:00", "1793491200", "2026-11-1",
+])  # fmt: skip
+def test_a_day_parameter_is_exactly_yyyy_mm_dd(gateway: Gateway, path: str, value: str) -> None:
+    """A date-time at midnight and a Unix timestamp were taken as a day: the CLI and
+    the Python facade refuse both."""
+    reader = gateway.client("read")
+    for field, other in (("since", "until"), ("until", "since")):
+        refused = error_of(reader.get(path, params={field: value, other: "2026-11-02"}), 422)
+        assert refused["field"] == field and "YYYY-MM-DD" in refused["message"], refused
+    fine = reader.get(path, params={"since": "2026-11-01", "until": "2026-11-02"})
+    assert fine.status_code == 200, fine.text
 
 def test_tokens_cli_create_list_revoke(
     gateway: Gateway, env: dict[str, str], store: RedisStore, tmp_path: Path

@@ -57,7 +57,7 @@ def test_up_runs_everything_and_leaves_nothing(tmp_path: Path) -> None:
         if not k.startswith(("REDIS_", "WORKERS_", "FLOWER_", "KEY_PREFIX"))
     }  # fmt: skip
     env.update(FLOWER_USER="ops", FLOWER_PASSWORD="flower-test-pw", EMULATOR_TURN_SECONDS="0.5",
-               PYTHONUNBUFFERED="1")  # fmt: skip
+               PYTHONUNBUFFERED="1", WEBHOOK_ALLOW_PRIVATE="1")  # fmt: skip
     log = tmp_path / "up.log"
     started = time.monotonic()
     with open(log, "wb") as out:
@@ -136,6 +136,17 @@ def test_up_runs_everything_and_leaves_nothing(tmp_path: Path) -> None:
 
         wait_for(lambda: " 1 jobs " in archived(), 60, "the job in the archive list")
 
+        # A shell that has only what up wrote answers as the stack does: up's shell
+        # allows private webhook targets, so the other one does too.
+        assert pairs["WEBHOOK_ALLOW_PRIVATE"] == "1"
+        other_shell = {k: v for k, v in env.items() if k != "WEBHOOK_ALLOW_PRIVATE"}
+        hook = subprocess.run(
+            [sys.executable, "-m", "orchestrator", "webhooks", "create",
+             "http://127.0.0.1:9/hook", "--event", "job.completed", "--json"],
+            env={**other_shell, **pairs}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert hook.returncode == 0, hook.stderr
+
         # The HTTP API: a token made by the CLI (into a header file, never on a command
         # line), then curl as the README shows it.
         gateway = re.search(r"gateway\s+(http://\S+)/v1", text)
@@ -163,6 +174,11 @@ def test_up_runs_everything_and_leaves_nothing(tmp_path: Path) -> None:
         authed = httpx.get(f"{flower}/api/tasks", auth=("ops", "flower-test-pw"), timeout=10)
         assert authed.status_code == 200
         assert "flower-test-pw" not in authed.text
+        # Flower started once the worker answered: its look at the workers as it starts
+        # found this one, and it warned of no question left unanswered.
+        known = httpx.get(f"{flower}/api/workers", auth=("ops", "flower-test-pw"), timeout=10)
+        assert known.status_code == 200 and known.json(), known.text
+        assert "Inspect method" not in (tmp_path / "stack" / "flower.log").read_text()
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(timeout=60)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -59,12 +60,35 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
-def _usage_field(message: str) -> tuple[str | None, str]:
-    """argparse's ``argument --budget: invalid choice: ...`` as (field, message)."""
+def _usage_field(message: str) -> tuple[str, str]:
+    """argparse's refusal as (field, message), the field naming the argument or option:
+    ``argument --budget: invalid choice: ...`` is ``--budget``; a missing or unrecognized
+    argument is the first one named (the message names the rest)."""
     head, sep, rest = message.partition(": ")
     if sep and head.startswith("argument "):
         return head.removeprefix("argument "), rest
-    return None, message
+    named = _USAGE_NAMED.get(head)
+    if sep and named is not None:
+        what, also = named
+        first, *others = rest.split(", " if "required" in head else " ")
+        return first, what + (f" ({also}: {', '.join(others)})" if others else "")
+    ambiguous = _AMBIGUOUS.match(message)
+    if ambiguous:
+        return ambiguous.group(1), message
+    one_of = _ONE_OF.match(message)
+    if one_of:
+        return one_of.group(1).split()[0], message
+    return "arguments", message  # a refusal argparse words otherwise: still a field
+
+
+# argparse's lists of what is missing or unknown (Python's own wording), and what to
+# say of the first; the rest follow in the message.
+_USAGE_NAMED = {
+    "the following arguments are required": ("is required", "also missing"),
+    "unrecognized arguments": ("is not an argument of this command", "also unrecognized"),
+}
+_AMBIGUOUS = re.compile(r"ambiguous option: (\S+?)(?:=\S*)? could match")
+_ONE_OF = re.compile(r"one of the arguments (.+) is required")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,10 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(arguments)
     except _UsageError as exc:
+        field, message = _usage_field(exc.message)
         if "--json" in arguments:
-            output.error_json("invalid_request", *_usage_field(exc.message))
+            output.error_json("invalid_request", field, message)
         else:
-            output.error(exc.message)
+            output.error(f"{field}: {message}")
         return EXIT_INPUT
     as_json = bool(getattr(args, "json", False))
 

@@ -143,6 +143,9 @@ def run_list(args: argparse.Namespace) -> int:
     if args.json:
         output.emit(records)
         return 0
+    if not records:
+        print("no tokens (make one: orchestrator tokens create --role read)")
+        return 0
     rows = [[r["id"], r["role"], r["tenant"] or "-", r["created_at"], r["name"]] for r in records]
     output.table(["id", "role", "tenant", "created", "name"], rows)
     return 0

@@ -10,7 +10,6 @@ the command line has) before anything is written or enqueued; a rejection is one
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Iterable
 from datetime import date
@@ -28,7 +27,6 @@ from orchestrator.settings import load_settings
 from orchestrator.store.keys import LEDGER_DIMENSIONS
 from orchestrator.wire.models import BUDGETS
 
-_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 #: ``costs --by``: the ledger's dimensions, and each job's own turn.
 COST_GROUPS = (*LEDGER_DIMENSIONS, "job")
 
@@ -387,11 +385,4 @@ def _cost_cells(key: str, row: dict[str, Any]) -> list[str]:
 
 
 def _day(field: str, text: str | None) -> date | None:
-    if text is None:
-        return None
-    if _DATE.fullmatch(text):
-        try:
-            return date.fromisoformat(text)
-        except ValueError:  # e.g. 2026-02-30
-            pass
-    raise InputError(field, f"{text!r} is not a date YYYY-MM-DD")
+    return None if text is None else rules.day(text, field)

@@ -236,6 +236,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         found = orch.schedules.list_all(include_finished=args.all)
     if args.json:
         _print_json(found)
+    elif not found:
+        print("no schedules" if args.all else "no live schedules (--all: done ones too)")
     else:
         _table(found, ("id", "status", "when", "next_run_at", "runs", "missed", "skipped"))
     return 0

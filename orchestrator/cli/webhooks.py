@@ -74,6 +74,9 @@ def run_list(args: argparse.Namespace) -> int:
     if args.json:
         output.emit(records)
         return 0
+    if not records:
+        print("no webhook subscriptions (add one: orchestrator webhooks create URL)")
+        return 0
     rows = [[r["id"], r["tenant"] or "-", ",".join(r["events"]), r["created_at"], r["url"]]
             for r in records]  # fmt: skip
     output.table(["id", "tenant", "events", "created", "url"], rows)
@@ -93,6 +96,9 @@ def run_list_failed(args: argparse.Namespace) -> int:
               else None} for d in dead]  # fmt: skip
     if args.json:
         output.emit(shown)
+        return 0
+    if not shown:
+        print("no failed deliveries")
         return 0
     rows = [[d["id"], d.get("event", ""), d.get("subscription", ""), d.get("attempts", ""),
              d["updated_at"] or "-", d.get("last_error", "")] for d in shown]  # fmt: skip

@@ -36,15 +36,22 @@ from orchestrator.store.tokens import TokenStore
 #: At shutdown, how long the first-task sends under way are waited for (the re-send
 #: sweep makes any left).
 SEND_DRAIN_SECONDS = 5.0
+HEALTH_PATH = "/healthz"
 
 
-class _RedactLinks(logging.Filter):
-    """uvicorn's access log line carries the path: take any link token out of it."""
+class _AccessLog(logging.Filter):
+    """uvicorn's access log line carries the path: take any link token out of it, and
+    leave out a health probe that passed (the stack or a cluster asks every few seconds;
+    one that failed is news, and stays)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and len(record.args) >= 3:
+        if isinstance(record.args, tuple) and len(record.args) >= 5:
             args = list(record.args)
-            args[2] = redact(str(args[2]))
+            path = str(args[2])
+            passed = isinstance(args[4], int) and args[4] < 400
+            if path.partition("?")[0] == HEALTH_PATH and passed:
+                return False
+            args[2] = redact(path)
             record.args = tuple(args)
         return True
 
@@ -172,7 +179,7 @@ def _known_query() -> Any:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway app; settings from the environment unless given."""
     settings = settings or load_settings()
-    logging.getLogger("uvicorn.access").addFilter(_RedactLinks())
+    logging.getLogger("uvicorn.access").addFilter(_AccessLog())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -207,7 +214,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.include_router(webhook_routes)
 
-    @app.get("/healthz", response_model=Health, tags=["ops"],
+    @app.get(HEALTH_PATH, response_model=Health, tags=["ops"],
              responses=errors.responses(503, 500))  # fmt: skip
     async def healthz() -> Any:
         """200 when Redis answers; 503 otherwise."""

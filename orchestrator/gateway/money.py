@@ -8,6 +8,7 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import BeforeValidator
 
 from orchestrator import rules
 from orchestrator.gateway.auth import GlobalAdmin, GlobalReader
@@ -21,6 +22,9 @@ GW = Annotated[Gateway, Depends(gateway)]
 Row = dict[str, Any]
 Dimension = Literal["day", "budget", "tag", "schedule", "worker"]
 assert set(Dimension.__args__) == set(LEDGER_DIMENSIONS)  # type: ignore[attr-defined]
+#: A UTC day, exactly YYYY-MM-DD as the CLI takes it: pydantic alone would take a
+#: date-time at midnight or a Unix timestamp for one.
+Day = Annotated[date, BeforeValidator(rules.check_validator(rules.day))]
 
 
 @router.get("/costs", response_model=CostsOut)
@@ -28,8 +32,8 @@ def costs(
     _: GlobalReader,
     gw: GW,
     by: Dimension = "day",
-    since: Annotated[date | None, Query(description="first UTC day (by=day)")] = None,
-    until: Annotated[date | None, Query(description="last UTC day (by=day)")] = None,
+    since: Annotated[Day | None, Query(description="first UTC day, YYYY-MM-DD (by=day)")] = None,
+    until: Annotated[Day | None, Query(description="last UTC day, YYYY-MM-DD (by=day)")] = None,
 ) -> CostsOut:
     """Cost and usage rows of one dimension (micro-dollars and tokens) and the total."""
     return CostsOut(**gw.orch.costs(by, since=since, until=until))
@@ -39,8 +43,8 @@ def costs(
 def daily(
     _: GlobalReader,
     gw: GW,
-    since: date,
-    until: date,
+    since: Annotated[Day, Query(description="first UTC day, YYYY-MM-DD")],
+    until: Annotated[Day, Query(description="last UTC day, YYYY-MM-DD")],
     by: Literal["budget", "schedule", "tag"] = "tag",
     tag_key: Annotated[str, Query(description="the tag whose values stack (by=tag)")] = "tenant",
     top: Annotated[int, Query(ge=1, le=20)] = 8,

@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, get_args
 
 import httpx
+from pydantic import SecretStr
 
 from orchestrator.errors import InputError, OrchestratorError
 from orchestrator.ops.processes import GATEWAY_READY, WORKER_READY, Proc, wait_for
@@ -37,6 +38,14 @@ FLOWER_PORT = 5555  # Flower's usual port, taken when free
 # A port picked free may be bound by another process before the part binds it.
 BIND_FAILED = "address already in use"  # uvicorn's, Tornado's and the metrics server's
 PORT_ATTEMPTS = 3
+
+
+def _plain_settings() -> list[str]:
+    """The variable names of the settings that are not secrets."""
+    return [
+        name.upper() for name, spec in Settings.model_fields.items()
+        if SecretStr not in (spec.annotation, *get_args(spec.annotation))
+    ]  # fmt: skip
 
 
 class _PortTaken(Exception):
@@ -126,15 +135,21 @@ class Stack:
         self._start_own_metrics("worker", [py, "-m", "orchestrator", "worker"], WORKER_READY)
         if self.with_beat:
             self._start_own_metrics("beat", [py, "-m", "orchestrator", "beat"], "beat: Starting")
-        if self.with_flower and _has_flower():
-            self._start_flower()
         if self.with_gateway:
             self._start_gateway()
         if self.with_metrics:
             self._start_metrics()
         deadline = time.monotonic() + timeout
+        if self.with_flower and _has_flower():
+            # Flower asks the workers about themselves as it starts, and warns of each
+            # question none answered: it starts once the worker is there to answer.
+            worker = next(i for i, c in enumerate(self.components) if c.name == "worker")
+            for index in range(worker + 1):
+                self._wait_ready(index, deadline)
+            self._start_flower()
         for index in range(len(self.components)):
-            self._wait_ready(index, deadline)
+            if not self.components[index].ready:
+                self._wait_ready(index, deadline)
         targets = "  ".join(f"{name} {where}" for name, where in self.scrape_targets.items())
         self._say(f"scrape    {targets}  (each serves /metrics)")
         if self.shell_file:
@@ -163,13 +178,17 @@ class Stack:
         return self.workdir / "stack.env"
 
     def _write_shell_env(self) -> None:
-        """What another shell needs to point the CLI at this stack, in a file only the
-        user can read (it holds the emulator's key; a hosted key stays in the user's
-        own environment and is not written)."""
+        """What another shell needs to point the CLI at this stack and have it answer as
+        the stack would, in a file only the user can read (it holds the emulator's key; a
+        hosted key and passwords stay in the user's own environment and are not written)."""
         self.env["SCRAPE_TARGETS"] = ",".join(self.scrape_targets.values())
-        names = ["REDIS_URL", "KEY_PREFIX", "GATEWAY_URL", "ARCHIVE_DIR", "SCRAPE_TARGETS"]
+        names = ["REDIS_URL", "KEY_PREFIX", "GATEWAY_URL", "ARCHIVE_DIR", "FILES_DIR"]
+        names += ["SCRAPE_TARGETS"]
         if self.emulator_key:
             names += ["WORKERS_API_URL", "WORKERS_API_KEY"]
+        # And every other setting the parts were given, so the CLI there decides as they
+        # do (WEBHOOK_ALLOW_PRIVATE, BROKER_URL, MAX_INPUT_CHARS, ...).
+        names += [name for name in _plain_settings() if name in os.environ and name not in names]
         lines = [f"{name}={shlex.quote(self.env[name])}\n" for name in names if name in self.env]
         fd = os.open(self.shell_env, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
@@ -255,7 +274,8 @@ class Stack:
         self, name: str, args: list[str], ready_line: str, url: str = "", probe: str = "",
         headers: dict[str, str] | None = None, again: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
-        """Launch a part; every part starts before any is waited for (see :meth:`start`)."""
+        """Launch a part; every part but Flower starts before any is waited for (see
+        :meth:`start`)."""
         proc = Proc(args, self.env, self.workdir / f"{name}.log", ready_line).launch()
         self.components.append(
             Component(name, proc, url, probe=probe, headers=headers or {}, again=again)

@@ -15,6 +15,8 @@ export function jobPage(view, jobId) {
   const details = h("dl", { class: "kv", id: "job-details" });
   const costBox = h("dl", { class: "kv", id: "job-cost" });
   const historyBody = h("tbody", { id: "job-history" });
+  // The detail column only when some move has one: empty, it pushed the table past its card.
+  const detailHead = h("th", { hidden: "" }, "detail");
   const filesBox = h("ul", { id: "job-files" });
   const continueText = h("textarea", { id: "continue-input", placeholder: "Continue the conversation…" });
   const continueBtn = allowed("submit", h("button", { type: "button", id: "continue" }, "Continue"));
@@ -143,8 +145,11 @@ export function jobPage(view, jobId) {
       const [job, hist, files] = await Promise.all([
         get(path), get(`${path}/history`), get(`${path}/files`)]);
       showJob(job);
+      const detailed = hist.some((e) => e.detail);
+      detailHead.hidden = !detailed;
       historyBody.replaceChildren(...hist.map((e) => h("tr", {},
-        h("td", {}, statusBadge(e.status)), h("td", { class: "when" }, when(e.at)), h("td", {}, e.detail || ""))));
+        h("td", {}, statusBadge(e.status)), h("td", { class: "when" }, when(e.at)),
+        detailed ? h("td", {}, e.detail || "") : null)));
       filesBox.replaceChildren(...(files.length ? files.map(fileItem) : [h("li", { class: "muted" }, "none")]));
       if (TERMINAL.has(job.status) && job.cost) clearInterval(timer);
     } catch (err) { flash(errorText(err)); }
@@ -214,7 +219,7 @@ export function jobPage(view, jobId) {
       h("div", { class: "card" }, h("h3", {}, "This turn's cost and tokens"), costBox),
       h("div", { class: "card" }, h("h3", {}, "Status history"),
         h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "status"), h("th", {}, "at"),
-          h("th", {}, "detail"))), historyBody)),
+          detailHead)), historyBody)),
       h("div", { class: "card" }, h("h3", {}, "Files"), filesBox)),
     session.may("submit")
       ? h("div", { class: "card", id: "job-actions" }, h("h3", {}, "Act"), continueText,
