@@ -31,7 +31,7 @@ from orchestrator.jobs.model import validate_submission
 from orchestrator.ops.gctune import tune_gc as follower_tune_gc
 from orchestrator.ops.redis_server import RedisServer
 from orchestrator.store.connection import connect_async
-from orchestrator.store.follows import FollowStore
+from orchestrator.store.follows import FollowStore, Pending
 from orchestrator.store.jobs import RedisStore, connect
 from orchestrator.store.keys import Keys
 from orchestrator.wire.aclient import AsyncWorkersClient
@@ -78,10 +78,10 @@ async def measure(
     first_written: dict[str, float] = {}
     original = UpdateWriter._write
 
-    async def timed_write(self: UpdateWriter, batch: dict[str, tuple[int, list[str]]]) -> None:
+    async def timed_write(self: UpdateWriter, batch: Pending) -> None:
         await original(self, batch)
         now = time.time() * 1000
-        for worker_id, (first, _) in batch.items():
+        for worker_id, (_, first, _) in batch.items():
             if first == 0:
                 first_written.setdefault(worker_id, now)
 

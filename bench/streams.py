@@ -34,7 +34,7 @@ from orchestrator.jobs.model import validate_submission
 from orchestrator.ops.gctune import tune_gc as follower_tune_gc
 from orchestrator.ops.redis_server import RedisServer
 from orchestrator.store.connection import connect_async
-from orchestrator.store.follows import FollowStore
+from orchestrator.store.follows import FollowStore, Pending
 from orchestrator.store.jobs import RedisStore, connect
 from orchestrator.store.keys import Keys
 from orchestrator.wire.aclient import AsyncWorkersClient
@@ -138,9 +138,9 @@ async def measure(
     written: list[tuple[float, list[str]]] = []
     original = UpdateWriter._write
 
-    async def timed_write(self: UpdateWriter, batch: dict[str, tuple[int, list[str]]]) -> None:
+    async def timed_write(self: UpdateWriter, batch: Pending) -> None:
         await original(self, batch)
-        written.append((time.time() * 1000, [p for _, ps in batch.values() for p in ps]))
+        written.append((time.time() * 1000, [p for _, _, ps in batch.values() for p in ps]))
 
     finished: set[str] = set()
 
