@@ -123,26 +123,24 @@ class Orchestrator:
         the worker's latest of ours); a tag given replaces that key only.
         """
         worker_id = self.worker_id_of(worker_or_job)
+        fields: dict[str, Any] = {
+            "input": input, "idempotency_key": idempotency_key, "fetch_files": fetch_files,
+            "schedule_id": schedule_id, "priority": priority, "queue_ttl": queue_ttl,
+            "idle_timeout": idle_timeout, "deadline": deadline,
+        }  # fmt: skip
+        # What the caller gave is checked before the store or the API is asked anything:
+        # an empty input is refused at once, not after the worker lookup's retries.
+        submit.check(
+            self.settings, kind="continue", worker_id=worker_id, budget=budget or "standard",
+            tags={} if tags is None else tags, **fields,
+        )  # fmt: skip
         named = worker_or_job if worker_or_job.startswith("job_") else None
         if named is None:
             submit.require_worker(self.rt, worker_id, unsure_ok=True)
         lifecycle.refuse_unsettled(self.rt, named, worker_id)
         self._known_schedule(schedule_id)
         budget, tags = submit.carried_over(self.rt, named, worker_id, budget, tags)
-        return self._enqueue(
-            "continue",
-            worker_id,
-            input=input,
-            budget=budget,
-            tags=tags,
-            idempotency_key=idempotency_key,
-            fetch_files=fetch_files,
-            schedule_id=schedule_id,
-            priority=priority,
-            queue_ttl=queue_ttl,
-            idle_timeout=idle_timeout,
-            deadline=deadline,
-        )
+        return self._enqueue("continue", worker_id, budget=budget, tags=tags, **fields)
 
     # --- ending ------------------------------------------------------------------
 

@@ -201,6 +201,23 @@ def test_a_well_formed_job_id_that_names_no_job_is_an_unknown_id(world: World) -
         assert caught.value.field == "job_id"
 
 
+def test_a_continue_checks_its_fields_before_asking_the_api_about_the_worker(
+    world: World, emulator: Emulator
+) -> None:
+    """An empty input, a bad tier or bad tags are refused before the worker lookup: no
+    request reaches the upstream (an unreachable one made the refusal wait out its
+    retries)."""
+    asked = emulator.ledger()["requests"]
+    for kwargs, field in (
+        ({"input": ""}, "input"), ({"input": "x", "budget": "cheap"}, "budget"),
+        ({"input": "x", "tags": {"bad key": "v"}}, "tags"),
+    ):  # fmt: skip
+        with pytest.raises(InputError) as caught:
+            world.orch.continue_("wrk_nosuchworker", **kwargs)
+        assert caught.value.field.split(".")[0] == field, caught.value
+    assert emulator.ledger()["requests"] == asked
+
+
 def test_a_when_without_its_type_names_the_key_and_its_values(world: World) -> None:
     with pytest.raises(InputError) as caught:
         world.orch.schedules.create(None, "x", {"kind": "cron", "cron": "0 7 * * *"})
