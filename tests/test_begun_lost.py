@@ -75,7 +75,7 @@ def test_a_begun_job_whose_task_was_lost_is_sent_again_and_finds_its_worker(
     assert any(job_id in raw for raw in _queued_jobs(store))
 
     # The task sent again: the same idempotency key finds the same upstream worker.
-    job, _ = steps.begin_turn(rt, app, job_id)
+    job = steps.begin_turn(rt, app, job_id)
     assert job.status == "submitted" and job.worker_id is not None
     assert emulator.ledger()["workers_created"] == 1
     assert store.stalled(0) == []
