@@ -21,7 +21,8 @@ from orchestrator.schedules.beat import RedisScheduler
 from orchestrator.schedules.timing import ScheduleRequest, new_schedule
 from orchestrator.settings import load_settings
 from orchestrator.store.jobs import RedisStore, connect
-from orchestrator.store.schedules import ScheduleStore, schedule_to_hash
+from orchestrator.store.schedule_hash import schedule_to_hash
+from orchestrator.store.schedules import ScheduleStore
 
 T0 = 1_800_000_000_000  # a fixed "now" (ms) the schedules are created at
 
