@@ -83,8 +83,9 @@ def register(sub: Any) -> None:
         help="seconds after which a claimed but unsent run is sent by another beat",
     )  # fmt: skip
     beat.add_argument(
-        "--misfire-grace", type=float, default=5.0,
-        help="seconds late a recurring slot may be and still run (later: missed)",
+        "--misfire-grace", type=float, default=None,
+        help="seconds late a recurring slot may be and still run (later: missed); "
+        "default SCHEDULE_MISFIRE_GRACE (5)",
     )  # fmt: skip
     exposition.add_options(beat)
     json_option(beat, 'print {"scheduler"} on stdout once starting (logs stay on stderr)')
@@ -323,7 +324,7 @@ def run_beat(args: argparse.Namespace) -> int:
         raise InputError("batch", "must be at least 1")
     if args.resend_after <= 0:
         raise InputError("resend_after", "must be positive")
-    if args.misfire_grace < 0:
+    if args.misfire_grace is not None and args.misfire_grace < 0:
         raise InputError("misfire_grace", "must not be negative")
     from orchestrator.celery import app, celery_config
     from orchestrator.runtime import store_for
@@ -341,10 +342,11 @@ def run_beat(args: argparse.Namespace) -> int:
         {
             CONF_BATCH: args.batch,
             CONF_RESEND_AFTER: args.resend_after,
-            CONF_GRACE: args.misfire_grace,
             "beat_max_loop_interval": args.max_interval,
         }
     )
+    if args.misfire_grace is not None:  # else the beat reads SCHEDULE_MISFIRE_GRACE
+        app.conf[CONF_GRACE] = args.misfire_grace
     if args.json:
         output.emit_line({"scheduler": SCHEDULER})
     print(f"starting beat ({SCHEDULER})", file=sys.stderr, flush=True)
