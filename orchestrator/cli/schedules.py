@@ -116,6 +116,11 @@ def _schedule_options(p: argparse.ArgumentParser, *, new: bool) -> None:
         help="each run's job tag; repeatable; "
         + ("over the worker's earlier job's tags" if new else "all of them: replace the old"),
     )  # fmt: skip
+    if not new:
+        p.add_argument(
+            "--clear-tags", action="store_true",
+            help="remove all of its tags (runs' jobs get none); not with --tag",
+        )  # fmt: skip
     p.add_argument(
         "--catch-up", choices=("skip", "once"), default="skip" if new else None,
         help="after downtime: skip missed slots, or run once for them"
@@ -178,7 +183,10 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    tags = parse_tags(args.tag)
+    if args.clear_tags and args.tag:
+        raise InputError("tags", "give --tag or --clear-tags, not both")
+    # {} clears them; None (no --tag) leaves them as they are.
+    tags = {} if args.clear_tags else parse_tags(args.tag) or None
     with _orch() as orch:
         stored = orch.schedules.update(
             args.schedule_id,
@@ -186,7 +194,7 @@ def cmd_update(args: argparse.Namespace) -> int:
             when=_when(args),
             timezone=args.tz,
             budget=args.budget,
-            tags=tags or None,  # none given: unchanged
+            tags=tags,
             catch_up=args.catch_up,
             overlap=args.overlap,
             queue_ttl=args.queue_ttl,

@@ -137,7 +137,7 @@ class ScheduleAPI:
         when: Mapping[str, Any] | BaseModel | None = None,
         timezone: str | None = None,
         budget: Budget | None = None,
-        tags: dict[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
         catch_up: CatchUp | None = None,
         overlap: Overlap | None = None,
         queue_ttl: float | None = None,
@@ -147,14 +147,15 @@ class ScheduleAPI:
         """Change a live schedule in place: only the fields given (not None), each
         checked as :meth:`create` checks it; its id, history and slot records stay.
 
-        ``tags`` replace the schedule's tags (``{}``: none). A new ``when`` or
-        ``timezone`` (cron only) makes its next run the new timing's first after now. A
-        slot of the old timing already due then and not yet claimed by a beat is
-        claimed and sent here, as a beat would have (within the misfire grace a beat
-        uses, :func:`~orchestrator.schedules.beat.misfire_grace_ms`; later ones count
-        as missed); one claimed before stays as it was. A
-        paused schedule stays paused. UnknownIdError for an unknown id, InputError
-        ``schedule_id`` for a done or cancelled one. Returns the stored record.
+        ``tags`` replace the schedule's tags whole; an empty mapping (``{}``) clears
+        them, None (the default) leaves them. A new ``when`` or ``timezone`` (cron
+        only) makes its next run the new timing's first after now. A slot of the old
+        timing already due then and not yet claimed by a beat is claimed and sent here,
+        as a beat would have (within the misfire grace a beat uses,
+        :func:`~orchestrator.schedules.beat.misfire_grace_ms`; later ones count as
+        missed); one claimed before stays as it was. A paused schedule stays paused.
+        UnknownIdError for an unknown id, InputError ``schedule_id`` for a done or
+        cancelled one. Returns the stored record.
         """
         asked = {
             "input": input, "when": when, "timezone": timezone, "budget": budget,
