@@ -68,7 +68,7 @@ def relay_here(rt: Runtime, app: Celery, job: Job, worker: Worker) -> str | None
         read = relay.flush(hold=ended, read=ended)
     except RelayRefused as exc:
         log.info("stream of %s: %s; not relayed here", job.id, exc)
-        if "GAP" in str(exc) or "BADFIGURE" in str(exc) or "ROWFULL" in str(exc):
+        if "GAP" in str(exc):
             _hand_over(rt, job)
         return None
     except SubmitRefused:
@@ -76,8 +76,7 @@ def relay_here(rt: Runtime, app: Celery, job: Job, worker: Worker) -> str | None
         return None
     except Exception as exc:  # Redis away, say: the followers take over
         log.warning("relay of %s here failed (%s); handing it over", job.id, exc)
-        _submit_and_hand_over(rt, app, relay)
-        return None
+        return _submit_and_hand_over(rt, app, relay)
     if not ended:
         return None  # submitted claimable at once, or handed over by flush
     return _finalize(rt, app, job, read, relay.whole())
@@ -225,21 +224,29 @@ class _Relay:
         return RelayRefused(text)
 
 
-def _submit_and_hand_over(rt: Runtime, app: Celery, relay: _Relay) -> None:
-    """After a failure whose writes may or may not have run: submit the job if this task
-    has not (claimable at once; nothing is written twice) and hand its stream over.
-    Should Redis still be away, the job is still queued in the ``begun`` set, and its
-    create is sent again (the same idempotency key finds the same worker)."""
+def _submit_and_hand_over(rt: Runtime, app: Celery, relay: _Relay) -> str | None:
+    """After a failure whose writes may or may not have run: submit the job if nothing
+    did (claimable at once) and hand its stream over; finish a job that the write ended
+    (its hold and slots, as finalize gives back a done job's). Should Redis still be
+    away, the job is still queued in the ``begun`` set, and its create is sent again
+    (the same idempotency key finds the same worker)."""
     job = relay.job
     if not relay.submitted:
         try:
-            job = submit_turn(rt, app, job, relay.worker)
+            # Read first: a write that failed on the way back may have run, and SUBMIT
+            # must not run again on a job that moved on.
+            now = rt.store.get_job(job.id)
+            if now is not None and now.status == "queued":
+                now = submit_turn(rt, app, now, relay.worker)
+            elif now is not None and now.done:
+                return _finalize(rt, app, now, None, None)
         except Exception as exc:
             log.warning("could not submit %s (%s); its create is sent again", job.id, exc)
-            return
-        if job.status not in ("submitted", "running"):
-            return  # ended here meanwhile: the end sweep settles its turn
+            return None
+        if now is None or now.status not in ("submitted", "running"):
+            return None  # lost, or ended here meanwhile: the end sweep settles its turn
     _hand_over(rt, job)
+    return None
 
 
 def _hand_over(rt: Runtime, job: Job) -> None:
