@@ -32,7 +32,8 @@ from orchestrator.schedules.beat import RedisScheduler
 from orchestrator.schedules.timing import ScheduleRequest, new_schedule
 from orchestrator.settings import load_settings
 from orchestrator.store.jobs import RedisStore, connect, now_ms
-from orchestrator.store.schedules import ScheduleStore, schedule_to_hash
+from orchestrator.store.schedule_hash import schedule_to_hash
+from orchestrator.store.schedules import ScheduleStore
 
 from .harness import API_KEY, Context, Result, percentile
 

@@ -29,8 +29,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from orchestrator.jobs.follower import Follower, UpdateWriter
+from orchestrator.jobs.follower import Follower
 from orchestrator.jobs.model import validate_submission
+from orchestrator.jobs.update_writer import UpdateWriter
 from orchestrator.ops.gctune import tune_gc as follower_tune_gc
 from orchestrator.ops.redis_server import RedisServer
 from orchestrator.store.connection import connect_async

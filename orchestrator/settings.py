@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     task_max_retries: Annotated[int, Field(ge=0, le=1000)] = 20
     # A job written but never known sent is sent again after this long.
     resend_after_seconds: Annotated[float, Field(ge=1, le=86_400)] = 30.0
+    # A recurring schedule's slot reached at most this late still runs (later: missed),
+    # by a beat (unless its --misfire-grace says otherwise) and by a retiming update.
+    schedule_misfire_grace: Annotated[float, Field(ge=0, le=86_400)] = 5.0
 
     # Stream following: a follower's lease on a stream, and how many one process holds.
     follow_lease_seconds: Annotated[float, Field(ge=1, le=600)] = 30.0

@@ -17,11 +17,12 @@ from orchestrator.celery import make_app
 from orchestrator.errors import InputError
 from orchestrator.ops.redis_server import RedisServer
 from orchestrator.schedules import beat as beat_module
-from orchestrator.schedules.beat import RedisScheduler
+from orchestrator.schedules.beat import CONF_GRACE, RedisScheduler, misfire_grace_ms
 from orchestrator.schedules.timing import ScheduleRequest, new_schedule
 from orchestrator.settings import load_settings
 from orchestrator.store.jobs import RedisStore, connect
-from orchestrator.store.schedules import ScheduleStore, schedule_to_hash
+from orchestrator.store.schedule_hash import schedule_to_hash
+from orchestrator.store.schedules import ScheduleStore
 
 T0 = 1_800_000_000_000  # a fixed "now" (ms) the schedules are created at
 
@@ -255,3 +256,11 @@ def test_beat_counts_the_runs_it_sends_and_how_late(
     monkeypatch.setattr(beat_module, "send_runs", lambda _a, runs, producer=None: sent.update(runs))
     make_beat(store, resend_after=5.0).tick_once(now=T0 + 26_000)
     assert runs_counted("resent") - before["resent"] == 2
+
+
+def test_the_misfire_grace_is_the_beats_flag_else_the_setting() -> None:
+    settings = load_settings(redis_url="redis://127.0.0.1:1/0", schedule_misfire_grace=2.5)
+    assert misfire_grace_ms({}, settings) == 2_500
+    assert misfire_grace_ms({CONF_GRACE: 7}, settings) == 7_000
+    assert misfire_grace_ms({CONF_GRACE: 0}, settings) == 0  # a grace of 0, not "unset"
+    assert misfire_grace_ms({CONF_GRACE: 0.001}, settings) == 1

@@ -24,8 +24,9 @@ import redis.asyncio as aioredis
 
 from bench import chaos
 from orchestrator.facade import Orchestrator
-from orchestrator.jobs.follower import Follower, UpdateWriter
+from orchestrator.jobs.follower import Follower
 from orchestrator.jobs.model import Job, validate_submission
+from orchestrator.jobs.update_writer import UpdateWriter
 from orchestrator.ledger import MONEY_FIELDS
 from orchestrator.ops.redis_server import free_port
 from orchestrator.store.follows import FollowStore

@@ -47,6 +47,19 @@ def test_patch_changes_the_fields_given_and_answers_the_record(gateway: Gateway)
     assert shown["next_runs"][0] == cron["nextRunAt"]
 
 
+def test_patch_with_empty_tags_clears_them(gateway: Gateway) -> None:
+    admin, reader = gateway.client("admin"), gateway.client("read")
+    sid = a_schedule(gateway)
+    cleared = admin.patch(f"/v1/schedules/{sid}", json={"tags": {}})
+    assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["tags"] == {} and cleared.json()["input"] == "digest"
+    assert reader.get(f"/v1/schedules/{sid}").json()["tags"] == {}
+    assert reader.get(f"/v1/schedules/{sid}/describe").json()["tags"] == {}
+    # Left out, they stay as they are.
+    admin.patch(f"/v1/schedules/{sid}", json={"tags": {"team": "y"}})
+    assert admin.patch(f"/v1/schedules/{sid}", json={"input": "z"}).json()["tags"] == {"team": "y"}
+
+
 @pytest.mark.parametrize(
     ("body", "status", "field"),
     [

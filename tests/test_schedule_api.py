@@ -30,6 +30,7 @@ class FakeApp:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, list[Any]]] = []
+        self.conf: dict[str, Any] = {}  # a Celery app's configuration (a beat's grace)
 
     def send_task(self, name: str, args: list[Any], **_: Any) -> None:
         self.sent.append((name, list(args)))

@@ -19,7 +19,7 @@ from orchestrator.schedules.timing import (
     to_ms,
     upcoming,
 )
-from orchestrator.store.schedules import schedule_from_hash, schedule_to_hash, timing_from_hash
+from orchestrator.store.schedule_hash import schedule_from_hash, schedule_to_hash, timing_from_hash
 from orchestrator.wire.routes import validate
 
 

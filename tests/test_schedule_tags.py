@@ -5,6 +5,8 @@ limits see scheduled runs), carried over from a worker's earlier job like a cont
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -124,3 +126,46 @@ def test_cli_tags_a_schedule_and_shows_them(
     carried = run("schedules", "create", first.id, "--input", "x", "--every", "60",
                   "--tag", "team=y", "--json")  # fmt: skip
     assert (carried["budget"], carried["tags"]) == ("high", {"tenant": "acme", "team": "y"})
+
+
+@pytest.mark.parametrize("empty", [{}, MappingProxyType({})])
+def test_an_update_with_no_tags_clears_them_and_runs_go_untagged(
+    orch: Orchestrator, app: FakeApp, empty: Mapping[str, str]
+) -> None:
+    first = tenants_worker(orch, "wrk_sched_clear")
+    s = orch.schedules.create(first.id, "digest", EVERY)
+    assert orch.schedules.get(s.id).tags == ACME  # carried over from the worker's job
+    # Tags not given (None) stay; an empty mapping clears them, not the worker's again.
+    assert orch.schedules.update(s.id, input="kept", tags=None).tags == ACME
+    assert orch.schedules.update(s.id, tags=empty).tags == {}
+    key = orch.store.keys.schedule(s.id)
+    assert orch.store.r.hget(key, "tags") == "{}"
+    assert fired_job(orch, app, s.id, now_ms()).tags == {}
+
+
+def test_cli_clear_tags_and_its_refusal_with_tag(
+    orch: Orchestrator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli_environment(orch, monkeypatch)
+    sid = orch.schedules.create(None, "digest", EVERY, tags=ACME).id
+    key = orch.store.keys.schedule(sid)
+    before = orch.store.r.hgetall(key)
+    both = ["schedules", "update", sid, "--clear-tags", "--tag", "team=y"]
+    assert main([*both, "--json"]) == 2
+    error = json.loads(capsys.readouterr().err)["error"]
+    assert (error["type"], error["field"]) == ("invalid_request", "tags"), error
+    assert main(both) == 2
+    text = capsys.readouterr().err
+    assert text.count("\n") == 1 and "Traceback" not in text and "tags" in text, text
+    assert orch.store.r.hgetall(key) == before
+    assert main(["schedules", "update", sid, "--clear-tags", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tags"] == {}
+    assert orch.schedules.get(sid).tags == {}
+    assert main(["schedules", "show", sid]) == 0
+    assert "tags        -\n" in capsys.readouterr().out
+    # --tag alone still replaces them; neither leaves them.
+    assert main(["schedules", "update", sid, "--tag", "team=z"]) == 0
+    assert main(["schedules", "update", sid, "--input", "y"]) == 0
+    capsys.readouterr()
+    assert orch.schedules.get(sid).tags == {"team": "z"}
+

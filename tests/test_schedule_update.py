@@ -16,6 +16,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.errors import InputError, UnknownIdError
 from orchestrator.facade import Orchestrator
+from orchestrator.schedules.beat import CONF_GRACE
 from orchestrator.schedules.run import RUNS_TASK, run_slot
 from orchestrator.schedules.timing import Schedule, cron_instants, plan
 from orchestrator.schedules.update import revised
@@ -36,11 +37,11 @@ def raw(orch: Orchestrator, sid: str) -> tuple[dict[str, str], float | None]:
     return r.hgetall(k.schedule(sid)), r.zscore(k.schedules_due, sid)
 
 
-def made_due(orch: Orchestrator, sid: str) -> int:
-    """Move an interval schedule's grid so a slot fell due a second ago, unclaimed (as
+def made_due(orch: Orchestrator, sid: str, late_ms: int = 1000) -> int:
+    """Move an interval schedule's grid so a slot fell due ``late_ms`` ago, unclaimed (as
     when the beat has not ticked yet); that slot."""
     s = orch.schedules.get(sid)
-    slot = now_ms() - 1000
+    slot = now_ms() - late_ms
     r, k = orch.store.r, orch.store.keys
     r.hset(k.schedule(sid), mapping={"anchor_ms": slot - s.timing.interval_ms, "next_run_ms": slot})
     r.zadd(k.schedules_due, {sid: slot})
@@ -186,6 +187,31 @@ def test_a_slot_due_at_the_update_runs_once_and_history_stays(
     assert run_slot(orch.rt, app, s.id, slot) == "skipped"  # type: ignore[arg-type]
     assert run_slot(orch.rt, app, s.id, slot) == "duplicate"  # type: ignore[arg-type]
     assert [r["slot_ms"] for r in orch.schedules.history(s.id)] == [slot, earlier]
+
+
+@pytest.mark.parametrize(
+    ("setting", "beat_flag", "late_ms", "runs"),
+    [
+        (1, None, 3_000, False),  # SCHEDULE_MISFIRE_GRACE, not the 5 s default: missed
+        (10, None, 7_000, True),  # past the default, within the setting: runs
+        (1, 10, 7_000, True),  # a beat's --misfire-grace (its app's conf) wins
+        (10, 0, 3_000, False),  # and 0 there is a grace of 0, not "unset"
+    ],
+)
+def test_a_retiming_update_claims_the_old_slot_within_the_beats_grace(
+    orch: Orchestrator, app: FakeApp, setting: float, beat_flag: float | None, late_ms: int,
+    runs: bool,
+) -> None:  # fmt: skip
+    settings = orch.settings.model_copy(update={"schedule_misfire_grace": setting})
+    if beat_flag is not None:
+        app.conf[CONF_GRACE] = beat_flag
+    with Orchestrator(settings, app=app) as other:  # type: ignore[arg-type]
+        s = make_schedule(other)
+        slot = made_due(other, s.id, late_ms)
+        after = other.schedules.update(s.id, when={"type": "interval", "intervalSeconds": 60})
+    assert runs_sent(app) == ([(s.id, slot)] if runs else [])
+    assert (after.counts["claimed"], after.counts["missed"]) == ((1, 0) if runs else (0, 1))
+    assert ScheduleStore(orch.store).pending() == 0
 
 
 def test_a_slot_a_beat_claimed_first_stays_claimed_and_is_not_claimed_again(

@@ -83,8 +83,9 @@ def register(sub: Any) -> None:
         help="seconds after which a claimed but unsent run is sent by another beat",
     )  # fmt: skip
     beat.add_argument(
-        "--misfire-grace", type=float, default=5.0,
-        help="seconds late a recurring slot may be and still run (later: missed)",
+        "--misfire-grace", type=float, default=None,
+        help="seconds late a recurring slot may be and still run (later: missed); "
+        "default SCHEDULE_MISFIRE_GRACE (5)",
     )  # fmt: skip
     exposition.add_options(beat)
     json_option(beat, 'print {"scheduler"} on stdout once starting (logs stay on stderr)')
@@ -115,6 +116,11 @@ def _schedule_options(p: argparse.ArgumentParser, *, new: bool) -> None:
         help="each run's job tag; repeatable; "
         + ("over the worker's earlier job's tags" if new else "all of them: replace the old"),
     )  # fmt: skip
+    if not new:
+        p.add_argument(
+            "--clear-tags", action="store_true",
+            help="remove all of its tags (runs' jobs get none); not with --tag",
+        )  # fmt: skip
     p.add_argument(
         "--catch-up", choices=("skip", "once"), default="skip" if new else None,
         help="after downtime: skip missed slots, or run once for them"
@@ -177,7 +183,10 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    tags = parse_tags(args.tag)
+    if args.clear_tags and args.tag:
+        raise InputError("tags", "give --tag or --clear-tags, not both")
+    # {} clears them; None (no --tag) leaves them as they are.
+    tags = {} if args.clear_tags else parse_tags(args.tag) or None
     with _orch() as orch:
         stored = orch.schedules.update(
             args.schedule_id,
@@ -185,7 +194,7 @@ def cmd_update(args: argparse.Namespace) -> int:
             when=_when(args),
             timezone=args.tz,
             budget=args.budget,
-            tags=tags or None,  # none given: unchanged
+            tags=tags,
             catch_up=args.catch_up,
             overlap=args.overlap,
             queue_ttl=args.queue_ttl,
@@ -323,7 +332,7 @@ def run_beat(args: argparse.Namespace) -> int:
         raise InputError("batch", "must be at least 1")
     if args.resend_after <= 0:
         raise InputError("resend_after", "must be positive")
-    if args.misfire_grace < 0:
+    if args.misfire_grace is not None and args.misfire_grace < 0:
         raise InputError("misfire_grace", "must not be negative")
     from orchestrator.celery import app, celery_config
     from orchestrator.runtime import store_for
@@ -341,10 +350,11 @@ def run_beat(args: argparse.Namespace) -> int:
         {
             CONF_BATCH: args.batch,
             CONF_RESEND_AFTER: args.resend_after,
-            CONF_GRACE: args.misfire_grace,
             "beat_max_loop_interval": args.max_interval,
         }
     )
+    if args.misfire_grace is not None:  # else the beat reads SCHEDULE_MISFIRE_GRACE
+        app.conf[CONF_GRACE] = args.misfire_grace
     if args.json:
         output.emit_line({"scheduler": SCHEDULER})
     print(f"starting beat ({SCHEDULER})", file=sys.stderr, flush=True)

@@ -144,7 +144,9 @@ class ScheduleUpdateBody(BaseModel):
     input: str | None = None
     when: dict[str, Any] | None = Field(default=None, description="a new timing, as at create")
     budget: Budget | None = None
-    tags: dict[str, str] | None = Field(default=None, description="all of each run's tags")
+    tags: dict[str, str] | None = Field(
+        default=None, description="all of each run's tags (replacing the old; {} clears them)"
+    )
     timezone: str | None = Field(default=None, description="IANA zone of a cron schedule")
     catch_up: Literal["skip", "once"] | None = None
     overlap: Literal["skip", "buffer"] | None = None

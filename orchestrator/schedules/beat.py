@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
@@ -34,7 +35,7 @@ from orchestrator.ops.instruments import SCHEDULE_LATENESS, SCHEDULE_RUNS
 from orchestrator.runtime import store_for
 from orchestrator.schedules.run import RUNS_PER_MESSAGE, send_runs
 from orchestrator.schedules.timing import MISFIRE_GRACE_MS, plan
-from orchestrator.settings import get_settings
+from orchestrator.settings import Settings, get_settings
 from orchestrator.store.connection import StoreError
 from orchestrator.store.jobs import now_ms
 from orchestrator.store.schedules import Claim, ScheduleStore, split_member
@@ -52,6 +53,14 @@ CONF_GRACE = "orchestrator_beat_misfire_grace"
 TERMINAL_OR_NONE = TERMINAL | {""}
 
 
+def misfire_grace_ms(conf: Mapping[str, Any], settings: Settings) -> int:
+    """How late (ms) a recurring slot may be reached and still run: the beat's
+    ``--misfire-grace`` (``CONF_GRACE`` in its Celery conf) if given, else
+    ``SCHEDULE_MISFIRE_GRACE``. A beat's claims and a retiming update's use this."""
+    given = conf.get(CONF_GRACE)
+    return round(float(settings.schedule_misfire_grace if given is None else given) * 1000)
+
+
 class RedisScheduler(Scheduler):  # type: ignore[misc]
     """A ``celery.beat.Scheduler`` whose schedules are the orchestrator's, in Redis."""
 
@@ -61,8 +70,9 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
     batch = 500
     #: A claim left unsent this long (seconds) is taken over and sent by a live beat.
     resend_after = 10.0
-    #: A recurring slot reached later than this (seconds) is missed (see ``plan``).
-    misfire_grace = MISFIRE_GRACE_MS / 1000
+    #: A recurring slot reached later than this (ms) is missed (see ``plan``); set from
+    #: :func:`misfire_grace_ms` when the schedule is set up.
+    grace_ms = MISFIRE_GRACE_MS
 
     def __init__(self, app: Celery, *args: Any, **kwargs: Any) -> None:
         self.schedules: ScheduleStore | None = None
@@ -82,8 +92,8 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
         conf = self.app.conf
         self.batch = int(conf.get(CONF_BATCH) or self.batch)
         self.resend_after = float(conf.get(CONF_RESEND_AFTER) or self.resend_after)
-        self.misfire_grace = float(conf.get(CONF_GRACE) or self.misfire_grace)
         settings = get_settings()
+        self.grace_ms = misfire_grace_ms(conf, settings)
         store = store_for(settings)
         store.check_eviction_policy()
         self.schedules = ScheduleStore(store)
@@ -193,7 +203,6 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
         # Read each tick, not cached: an update may change a timing; the claim checks
         # the rev read here, so a timing changed since is not claimed with.
         timings = self.schedules.timings([sid for sid, _ in due])
-        grace = int(self.misfire_grace * 1000)
         claims = []
         for sid, due_ms in due:
             found = timings.get(sid)
@@ -202,7 +211,8 @@ class RedisScheduler(Scheduler):  # type: ignore[misc]
                 continue
             timing, catch_up, rev = found
             try:
-                claims.append(Claim(sid, due_ms, plan(timing, due_ms, now, catch_up, grace), rev))
+                planned = plan(timing, due_ms, now, catch_up, self.grace_ms)
+                claims.append(Claim(sid, due_ms, planned, rev))
             except Exception:
                 # One bad schedule must not stop the others; it stays due, and is
                 # reported once per process.

@@ -26,6 +26,7 @@ from orchestrator.jobs.model import Submission
 from orchestrator.jobs.submit import carried_over, check, require_worker, worker_id_of
 from orchestrator.ledger import parse_row, total_cost_micro
 from orchestrator.runtime import Runtime
+from orchestrator.schedules.beat import misfire_grace_ms
 from orchestrator.schedules.run import send_run, send_runs
 from orchestrator.schedules.timing import (
     CatchUp,
@@ -136,7 +137,7 @@ class ScheduleAPI:
         when: Mapping[str, Any] | BaseModel | None = None,
         timezone: str | None = None,
         budget: Budget | None = None,
-        tags: dict[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
         catch_up: CatchUp | None = None,
         overlap: Overlap | None = None,
         queue_ttl: float | None = None,
@@ -146,13 +147,15 @@ class ScheduleAPI:
         """Change a live schedule in place: only the fields given (not None), each
         checked as :meth:`create` checks it; its id, history and slot records stay.
 
-        ``tags`` replace the schedule's tags (``{}``: none). A new ``when`` or
-        ``timezone`` (cron only) makes its next run the new timing's first after now. A
-        slot of the old timing already due then and not yet claimed by a beat is
-        claimed and sent here, as a beat would have (within the default misfire
-        grace; later ones count as missed); one claimed before stays as it was. A
-        paused schedule stays paused. UnknownIdError for an unknown id, InputError
-        ``schedule_id`` for a done or cancelled one. Returns the stored record.
+        ``tags`` replace the schedule's tags whole; an empty mapping (``{}``) clears
+        them, None (the default) leaves them. A new ``when`` or ``timezone`` (cron
+        only) makes its next run the new timing's first after now. A slot of the old
+        timing already due then and not yet claimed by a beat is claimed and sent here,
+        as a beat would have (within the misfire grace a beat uses,
+        :func:`~orchestrator.schedules.beat.misfire_grace_ms`; later ones count as
+        missed); one claimed before stays as it was. A paused schedule stays paused.
+        UnknownIdError for an unknown id, InputError ``schedule_id`` for a done or
+        cancelled one. Returns the stored record.
         """
         asked = {
             "input": input, "when": when, "timezone": timezone, "budget": budget,
@@ -168,7 +171,8 @@ class ScheduleAPI:
             new, retimed = revised(self.rt.settings, current, given, now)
             due = None
             if retimed and due_ms is not None and due_ms <= now:
-                due = plan(current.timing, due_ms, now, current.catch_up)
+                grace_ms = misfire_grace_ms(self.app.conf, self.rt.settings)
+                due = plan(current.timing, due_ms, now, current.catch_up, grace_ms)
             verdict, claimed = self.store.update(
                 current, due_ms, new, now, retimed=retimed, due=due
             )
