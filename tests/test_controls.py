@@ -182,3 +182,52 @@ def test_budget_and_limit_gauges(store: RedisStore) -> None:
     assert 'orchestrator_budget_cap_usd{cap="global/day"} 20.0' in text
     assert 'orchestrator_limit_running{key="tag:tenant=a"} 1.0' in text
     assert 'orchestrator_limit_waiting{key="tag:tenant=a"} 2.0' in text
+
+
+def _slot_holders(store: RedisStore, key: str) -> set[str]:
+    return set(store.r.smembers(store.keys.limit_running(key)))
+
+
+def test_a_slot_whose_job_record_is_gone_is_freed_once(store: RedisStore) -> None:
+    limits = Limits(store, fair_tag="tenant")
+    key = "tag:tenant=acme"
+    limits.set(key, 1)
+    gone = make_job(store, 0, tags={"tenant": "acme"})
+    waiting = make_job(store, 1, tags={"tenant": "acme"})
+    assert limits.acquire(gone) is None and limits.acquire(waiting) == key
+    assert limits.reclaim_gone() == (0, [])  # its record is there: nothing to free
+    store.r.delete(store.keys.job(gone.id))  # deleted by hand, holding the slot
+
+    # Eight sweeps at once: the slot is freed by one, and passed on once.
+    start = threading.Barrier(8)
+
+    def sweep() -> tuple[int, list[str]]:
+        start.wait(timeout=10)
+        return limits.reclaim_gone()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: sweep(), range(8)))
+    assert sum(freed for freed, _ in results) == 1
+    assert [j for _, promoted in results for j in promoted] == [waiting.id]
+    assert _slot_holders(store, key) == {waiting.id}
+    assert limits.status() == [{"key": key, "limit": 1, "running": 1, "waiting": 0}]
+    assert limits.reclaim_gone() == (0, [])
+
+
+def test_a_live_jobs_slot_is_kept_by_the_repair(store: RedisStore) -> None:
+    limits = Limits(store, fair_tag="tenant")
+    key = "budget:high"
+    limits.set(key, 1)
+    live = make_job(store, 0, budget="high")
+    waiting = make_job(store, 1, budget="high")
+    assert limits.acquire(live) is None and limits.acquire(waiting) == key
+    assert limits.reclaim_gone() == (0, [])
+    # The script looks for the record itself: a sweep that read the job as gone just
+    # before it was written (or read wrongly) frees nothing.
+    assert limits.slots.release_gone(live.id, key, now_ms()) is None
+    assert _slot_holders(store, key) == {live.id}
+    assert limits.status() == [{"key": key, "limit": 1, "running": 1, "waiting": 1}]
+    # A job that is gone but holds no slot frees nothing either.
+    store.r.delete(store.keys.job(waiting.id))
+    assert limits.slots.release_gone(waiting.id, key, now_ms()) is None
+    assert _slot_holders(store, key) == {live.id}

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.facade import Orchestrator
+from orchestrator.jobs.model import validate_submission
 
 from .conftest import Emulator
 from .processes import Proc, celery_worker, wait_for
@@ -82,6 +83,34 @@ def test_tenant_limit_and_fair_share(
     # The quiet tenant did not wait behind the busy one's hundred jobs.
     assert acme_done_when_quiet_done < 50, acme_done_when_quiet_done
     assert orch.limits.status()[0]["running"] == 0
+
+
+def test_a_slot_held_by_a_deleted_job_is_freed_by_the_workers_repair(
+    orch: Orchestrator, emulator: Emulator, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A job record deleted by hand while it held the tenant's only slot: the streams
+    worker's housekeeping frees that slot (once), the tenant's jobs run one at a time
+    in it, and the running job's slot is never taken from it by the repair passes
+    (every half second here) that run during its turn."""
+    emulator.configure(turn_seconds=2.0, events_per_turn=4)
+    key = "tag:tenant=acme"
+    orch.limits.set(key, 1)
+    gone, _ = orch.store.create_job(
+        validate_submission(1000, input="lost", budget="high", tags={"tenant": "acme"})
+    )
+    assert orch.limits.acquire(gone) is None
+    orch.store.r.delete(orch.store.keys.job(gone.id))
+    jobs = [orch.submit(f"acme {i}", budget="high", tags={"tenant": "acme"}) for i in range(3)]
+    log = tmp_path / "w.log"
+    worker = celery_worker({**env, "RESEND_AFTER_SECONDS": "1"}, log, concurrency=8).start()
+    try:
+        statuses = wait_all(orch, [j.id for j in jobs], timeout=90)
+    finally:
+        worker.stop()
+    assert set(statuses.values()) == {"completed"}
+    assert emulator.ledger()["max_concurrent_by_budget"]["high"] == 1
+    assert log.read_text().count("concurrency slot(s) held by jobs whose record is gone") == 1
+    assert orch.limits.status() == [{"key": key, "limit": 1, "running": 0, "waiting": 0}]
 
 
 def test_fleet_rate_limit_across_four_workers(

@@ -123,8 +123,9 @@ def _send_finalize(rt: runtime.Runtime, job_id: str) -> None:
 async def _housekeeping(stop: asyncio.Event) -> None:
     """Periodic repairs that need no beat: re-send jobs a dead producer left unsent or
     whose task the broker lost, wake jobs whose budget period began, reclaim holds of
-    jobs that died, drop expired jobs from the indexes expiry cannot reach; with
-    ARCHIVE_DIR, archive finished jobs every ARCHIVE_INTERVAL_SECONDS."""
+    jobs that died and slots of jobs whose record is gone, drop expired jobs from the
+    indexes expiry cannot reach; with ARCHIVE_DIR, archive finished jobs every
+    ARCHIVE_INTERVAL_SECONDS."""
     from orchestrator.jobs import files as fetching
     from orchestrator.jobs import steps as pipeline
     from workers_tasks.schedule_tasks import resend_lost_runs
@@ -141,6 +142,7 @@ async def _housekeeping(stop: asyncio.Event) -> None:
         resend_lost_runs(rt, after)
         pipeline.release_budget_waiters(app, rt)
         rt.budgets.reclaim(int(rt.settings.hold_reclaim_seconds * 1000))
+        pipeline.reclaim_gone_slots(app, rt)
         rt.store.prune_expired(now_ms())
         rt.store.prune_indexes()
         if archive is None:

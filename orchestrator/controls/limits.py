@@ -76,6 +76,20 @@ class Limits:
         """Take the job out of a limit's queue without a slot (it ended while waiting)."""
         return self.slots.leave_waiting(job.id, self.group(job))
 
+    def reclaim_gone(self) -> tuple[int, list[str]]:
+        """Free the slots held by jobs whose record is gone (deleted by hand, or lost
+        with a Redis that came back without it): no end of theirs will ever free them.
+        Returns the slots freed and the waiting jobs that got them (send them again).
+        The script that frees a slot looks for the record again, so a live job's slot is
+        kept, and of two sweeps at once only one frees it."""
+        freed, promoted = 0, []
+        for key, job_id in self.slots.gone_holders(list(self.all())):
+            got = self.slots.release_gone(job_id, key, now_ms())
+            if got is not None:
+                freed += 1
+                promoted += got
+        return freed, promoted
+
     def release_into(self, batch: Queue, job: Job) -> int:
         """Queue :meth:`release`; the index of its reply (the promoted job ids)."""
         return self.slots.release_into(batch, job.id, self.candidate_keys(job), now_ms())

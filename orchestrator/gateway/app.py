@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.facade import Orchestrator
-from orchestrator.gateway import console, errors, events, jobs, me, money, schedules
+from orchestrator.gateway import apidocs, console, errors, events, jobs, me, money, schedules
 from orchestrator.gateway.fanout import Hub
 from orchestrator.gateway.links import redact
 from orchestrator.gateway.schemas import Health
@@ -208,6 +208,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Jobs, schedules and costs over REST; live updates over SSE.",
         lifespan=lifespan,
         dependencies=[_known_query()],
+        docs_url=None,  # apidocs serves them, with assets of ours rather than a CDN's
+        redoc_url=None,
     )
     errors.install(app)
     for module in (jobs, events, schedules, money, me):
@@ -221,6 +223,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(app.state.gateway.orch.store.ping)
         return Health(status="ok")
 
+    apidocs.mount(app)
     console.mount(app)
     app.add_middleware(_JsonBody)
     app.add_middleware(_BodyLimit, limit=settings.gateway_max_body_bytes)

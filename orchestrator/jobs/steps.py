@@ -126,6 +126,16 @@ def dispatch_promoted(app: Celery, rt: Runtime, promoted_ids: list[str]) -> None
                 release_slots(app, rt, promoted)
 
 
+def reclaim_gone_slots(app: Celery, rt: Runtime) -> int:
+    """Free the concurrency slots of jobs whose record is gone and send the jobs that
+    were waiting for them; the number of slots freed."""
+    freed, promoted = rt.limits.reclaim_gone()
+    if freed:
+        log.warning("freed %d concurrency slot(s) held by jobs whose record is gone", freed)
+    dispatch_promoted(app, rt, promoted)
+    return freed
+
+
 def turn_ended(app: Celery, rt: Runtime, job: Job) -> None:
     """A turn is over (completed or failed): release its hold and slots. Idempotent."""
     rt.budgets.release(job.id)

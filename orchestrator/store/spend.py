@@ -163,6 +163,7 @@ class LimitStore:
         self.keys = store.keys
         self._acquire = self.r.register_script(scripts.ACQUIRE_SLOTS)
         self._promote = self.r.register_script(scripts.PROMOTE_WAITING)
+        self._release_gone = self.r.register_script(scripts.RELEASE_GONE)
         self._leave = self.r.register_script(scripts.LEAVE_WAITING)
 
     def set(self, key: str, limit: int) -> None:
@@ -204,6 +205,31 @@ class LimitStore:
         keys = [self.keys.limits, self.keys.limit_parked, self.keys.outbox]
         args = [job_id, now_ms, len(limit_keys), *limit_keys]
         return batch.script(self._promote, keys + self._slot_keys(limit_keys), args)
+
+    def gone_holders(self, limit_keys: Sequence[str]) -> list[tuple[str, str]]:
+        """(limit key, job id) of each running slot whose job has no record, as read
+        now (two pipelined round trips; :meth:`release_gone` looks again)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for key in limit_keys:
+                pipe.smembers(self.keys.limit_running(key))
+            held = [(key, str(j)) for key, jobs in zip(limit_keys, pipe.execute(), strict=True)
+                    for j in sorted(jobs)]  # fmt: skip
+        if not held:
+            return []
+        with self.r.pipeline(transaction=False) as pipe:
+            for _, job_id in held:
+                pipe.exists(self.keys.job(job_id))
+            there = pipe.execute()
+        return [slot for slot, found in zip(held, there, strict=True) if not found]
+
+    def release_gone(self, job_id: str, key: str, now_ms: int) -> list[str] | None:
+        """Free the job's slot of ``key`` if its record is gone (checked in the same
+        script); None when nothing was freed (the job is there, or holds no slot),
+        else the waiting jobs that got the slot."""
+        keys = [self.keys.limits, self.keys.limit_parked, self.keys.outbox]
+        keys += [*self._slot_keys([key]), self.keys.job(job_id)]
+        promoted = self._release_gone(keys=keys, args=[job_id, now_ms, 1, key])
+        return None if promoted is None else [str(j) for j in promoted]
 
     def leave_waiting(self, job_id: str, group: str) -> bool:
         """Take a job out of the queue it waits in for a slot (if it waits in one)."""

@@ -126,6 +126,21 @@ end
 return promoted
 """
 
+# The repair of a slot whose holder's record is gone (deleted by hand, or lost with a
+# Redis that came back without it): no end of that job will ever free it.
+RELEASE_GONE = (
+    """
+-- KEYS and ARGV as PROMOTE_WAITING's for one limit key (n = 1), and KEYS[7] the job's hash
+-- Frees the slot only while the job's record is gone and the job holds it, so a live
+-- job's slot stays and a second sweep frees nothing. Returns nil when nothing was freed,
+-- else the job ids promoted into the slot (maybe none).
+if redis.call('EXISTS', KEYS[7]) == 1 or redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0 then
+  return false
+end
+"""
+    + PROMOTE_WAITING
+)
+
 # A job that leaves a limit's queue without a slot (cancelled or expired while waiting).
 LEAVE_WAITING = """
 -- KEYS[1] parked hash, KEYS[2] the waiting set of the limit key the job waits on,
