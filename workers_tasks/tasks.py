@@ -18,7 +18,7 @@ from orchestrator.celery import app, retry_countdown
 from orchestrator.errors import APIError, APIStatusError, InputError, JobEnded
 from orchestrator.hooks import delivery
 from orchestrator.jobs import files as fetching
-from orchestrator.jobs import lifecycle, quick
+from orchestrator.jobs import lifecycle, quick, sweeps
 from orchestrator.jobs import steps as pipeline
 from orchestrator.runtime import get_runtime
 from orchestrator.store.jobs import RedisStore, now_ms
@@ -193,7 +193,7 @@ def deliver_webhook(delivery_id: str) -> str:
 @app.task(name="workers.sweep")
 def sweep(older_than_seconds: float = 30.0) -> int:
     """Re-send jobs whose first task was never known sent, or was lost by the broker, and
-    file fetches the broker lost (see ``pipeline.resend_*``)."""
+    file fetches the broker lost (see ``orchestrator.jobs.sweeps``)."""
     rt = get_runtime()
-    sweeps = (pipeline.resend_unsent, pipeline.resend_lost, fetching.resend_lost_files)
-    return sum(sweep(app, rt, older_than_seconds) for sweep in sweeps)
+    repairs = (sweeps.resend_unsent, sweeps.resend_lost, fetching.resend_lost_files)
+    return sum(repair(app, rt, older_than_seconds) for repair in repairs)
