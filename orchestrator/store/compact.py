@@ -82,10 +82,21 @@ def turn_field(first: int) -> str:
     return f"turn:{first}"
 
 
+def _primed(dictionary: bytes) -> Any:
+    return zlib.compressobj(LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY,
+                            dictionary)  # fmt: skip
+
+
+#: A compressor per dictionary with the dictionary loaded, copied for each blob: loading
+#: it (hashing every byte) costs more than compressing a small snapshot. Same output.
+_PRIMED = {d: _primed(d) for d in (SNAPSHOT_DICTIONARY, TURN_DICTIONARY)}
+
+
 def compress(data: bytes, dictionary: bytes) -> bytes:
-    co = zlib.compressobj(LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY,
-                          dictionary)  # fmt: skip
-    return co.compress(data) + co.flush()
+    primed = _PRIMED.get(dictionary)
+    co = primed.copy() if primed is not None else _primed(dictionary)
+    out: bytes = co.compress(data) + co.flush()
+    return out
 
 
 def decompress(raw: bytes) -> bytes:
