@@ -82,19 +82,13 @@ def turn_field(first: int) -> str:
     return f"turn:{first}"
 
 
-def _primed(dictionary: bytes) -> Any:
-    return zlib.compressobj(LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY,
-                            dictionary)  # fmt: skip
-
-
-#: A compressor per dictionary with the dictionary loaded, copied for each blob: loading
-#: it (hashing every byte) costs more than compressing a small snapshot. Same output.
-_PRIMED = {d: _primed(d) for d in (SNAPSHOT_DICTIONARY, TURN_DICTIONARY)}
-
-
 def compress(data: bytes, dictionary: bytes) -> bytes:
-    primed = _PRIMED.get(dictionary)
-    co = primed.copy() if primed is not None else _primed(dictionary)
+    # A window and hash table sized to what is compressed (zlib's own are 32 KiB and
+    # 256 KiB, allocated and zeroed for every call: most of a small snapshot's cost in a
+    # threaded worker). Blobs of the same size; decompress reads any window.
+    wbits = min(zlib.MAX_WBITS, max(9, (len(data) + len(dictionary)).bit_length()))
+    co = zlib.compressobj(LEVEL, zlib.DEFLATED, wbits, max(2, min(9, wbits - 7)),
+                          zlib.Z_DEFAULT_STRATEGY, dictionary)  # fmt: skip
     out: bytes = co.compress(data) + co.flush()
     return out
 
