@@ -150,7 +150,7 @@ def quick_steps(ctx: Context, n: int = 300, rounds: int = 5) -> None:
     orch = Orchestrator(settings)
     rt, app = orch.rt, orch.app
     sent = _count_round_trips()
-    phases: dict[str, list[float]] = {"begin": [], "relay here": [], "finalize": []}
+    phases: dict[str, list[float]] = {"begin": [], "relay and settle here": []}
     profile = cProfile.Profile()
     for r in range(rounds + 2):  # the first round warms up, the last is profiled
         ids = [orch.submit(f"s {i}", tags={"tenant": f"t{i % 10}"}).id for i in range(n)]
@@ -160,13 +160,12 @@ def quick_steps(ctx: Context, n: int = 300, rounds: int = 5) -> None:
             profile.enable()
         for job_id in ids:
             t0 = time.thread_time()
-            job, _ = steps.begin_turn(rt, app, job_id, hold_ms=quick.HOLD_MS)
+            job, worker = steps.call_upstream(rt, app, job_id)
             t1 = time.thread_time()
-            _, read, updates = quick._relay(rt, job)
+            assert worker is not None
+            assert quick.relay_here(rt, app, job, worker) == "completed"
             t2 = time.thread_time()
-            steps.finalize(rt, app, job.id, read=read, updates=updates)
-            t3 = time.thread_time()
-            for name, took in zip(phases, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            for name, took in zip(phases, (t1 - t0, t2 - t1), strict=True):
                 spent[name] += took
         profile.disable()
         if 0 < r <= rounds:

@@ -13,12 +13,16 @@ large an upstream figure may be is :mod:`orchestrator.ledger`'s ceiling, far bel
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 
 MICRO_PER_USD = 1_000_000
 _MICRO = Decimal("0.000001")
 #: The largest power of ten :func:`to_micro` converts (amounts are below 10**21 USD).
 _MAX_DIGITS = 20
+
+
+#: Enough digits for any amount :func:`to_micro` takes, in micro-dollars, exactly.
+_EXACT = Context(prec=_MAX_DIGITS + 10)
 
 
 def to_micro(amount: Decimal | int | str) -> int:
@@ -28,9 +32,9 @@ def to_micro(amount: Decimal | int | str) -> int:
         raise ValueError(f"amount {value} is not a finite number")
     if value and value.adjusted() > _MAX_DIGITS:
         raise ValueError(f"amount {value} is too large")
-    with localcontext() as ctx:
-        ctx.prec = _MAX_DIGITS + 10  # exact: at most 21 digits before the point, 6 after
-        return int(value.quantize(_MICRO, rounding=ROUND_HALF_EVEN) * MICRO_PER_USD)
+    # Exact: at most 21 digits before the point, 6 after (one context for every call).
+    micro = value.quantize(_MICRO, rounding=ROUND_HALF_EVEN, context=_EXACT)
+    return int(_EXACT.multiply(micro, MICRO_PER_USD))
 
 
 def from_micro(micro: int) -> Decimal:

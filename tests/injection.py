@@ -75,6 +75,21 @@ class FlakyStore(RedisStore):
         self._trip("append_updates_into")
         return super().append_updates_into(*args, **kwargs)
 
+    def chain_into(self, batch: Any, chain: Any) -> int:
+        """Armed as "chain reply": the batch runs, then its reply is lost (raises)."""
+        self._trip("chain_into")
+        at = super().chain_into(batch, chain)
+        if self.armed.get("chain reply"):
+            sent = batch.execute
+
+            def lost(**kwargs: Any) -> list[Any]:
+                sent(**kwargs)
+                self._trip("chain reply")
+                return []
+
+            batch.execute = lost
+        return at
+
 
 class FlakyFollows(FollowStore):
     """The follower's real store; its update writes fail ``fail_writes`` times, and

@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator.celery import API_QUEUE, make_app
 from orchestrator.facade import Orchestrator
-from orchestrator.jobs import steps
+from orchestrator.jobs import steps, sweeps
 from orchestrator.runtime import Runtime
 from orchestrator.settings import load_settings
 from orchestrator.store.connection import StoreError
@@ -71,17 +71,17 @@ def test_a_begun_job_whose_task_was_lost_is_sent_again_and_finds_its_worker(
     assert emulator.ledger()["workers_created"] == 1
     assert store.stalled(0) == [job_id]
 
-    assert steps.resend_lost(app, rt, older_than_seconds=0) == 1
+    assert sweeps.resend_lost(app, rt, older_than_seconds=0) == 1
     assert any(job_id in raw for raw in _queued_jobs(store))
 
     # The task sent again: the same idempotency key finds the same upstream worker.
-    job, _ = steps.begin_turn(rt, app, job_id)
+    job = steps.begin_turn(rt, app, job_id)
     assert job.status == "submitted" and job.worker_id is not None
     assert emulator.ledger()["workers_created"] == 1
     assert store.stalled(0) == []
     # Nothing more to send: a second sweep finds the job submitted.
     store.r.delete(store.keys.broker_queue(API_QUEUE))
-    assert steps.resend_lost(app, rt, older_than_seconds=0) == 0
+    assert sweeps.resend_lost(app, rt, older_than_seconds=0) == 0
 
 
 def test_a_begun_job_that_ended_leaves_the_set_when_the_sweep_reads_it(rt: Runtime) -> None:

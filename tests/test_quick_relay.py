@@ -1,5 +1,5 @@
-"""A create's turn that ends at once is relayed and settled by its create task
-(``orchestrator.jobs.quick``); any other is handed to the followers, who find its
+"""A create's turn that ends at once is submitted, relayed and settled by its create
+task (``orchestrator.jobs.quick``); any other is handed to the followers, who find its
 stream claimable at once and resume from the stored count."""
 
 from __future__ import annotations
@@ -7,15 +7,17 @@ from __future__ import annotations
 from orchestrator.facade import Orchestrator
 from orchestrator.jobs import quick
 from orchestrator.jobs import steps as pipeline
-from orchestrator.store.jobs import now_ms
+from orchestrator.jobs.model import Job
+from orchestrator.wire.models import Worker
 
 from .conftest import Emulator
 
 
-def _begin(orch: Orchestrator, text: str) -> tuple[str, bool]:
+def _begin(orch: Orchestrator, text: str) -> tuple[Job, Worker]:
     job = orch.submit(text, budget="low")
-    begun, held = pipeline.begin_turn(orch.rt, orch.app, job.id, hold_ms=quick.HOLD_MS)
-    return begun.id, held
+    begun, worker = pipeline.call_upstream(orch.rt, orch.app, job.id)
+    assert worker is not None and begun.status == "queued"
+    return begun, worker
 
 
 def test_an_instant_turn_is_stored_once_and_settled_by_its_create_task(
@@ -23,24 +25,29 @@ def test_an_instant_turn_is_stored_once_and_settled_by_its_create_task(
 ) -> None:
     emulator.configure(turn_seconds=0.0, events_per_turn=7)
     store, keys = orch.store, orch.store.keys
-    job_id, held = _begin(orch, "instant")
-    assert held
-    score = store.r.zscore(keys.follows, job_id)
-    assert score is not None and score > now_ms() + quick.HOLD_MS / 2  # not due for followers
-    assert store.r.hget(keys.follow_owners, job_id) is None
+    begun, worker = _begin(orch, "instant")
+    job_id = begun.id
+    # Created upstream, not yet known to the followers: the task's first write submits it.
+    assert store.r.zscore(keys.follows, job_id) is None
+    assert store.require_job(job_id).worker_id is None
 
-    assert quick.relay_here(orch.rt, orch.app, store.require_job(job_id)) == "completed"
+    assert quick.relay_here(orch.rt, orch.app, begun, worker) == "completed"
     job = store.require_job(job_id)
     assert job.status == "completed"
-    assert job.worker_id is not None
-    assert store.relayed(job.worker_id) == 7
-    assert [i for i, _ in store.read_updates(job.worker_id)] == list(range(7))
+    assert job.worker_id == worker.id
+    moves = [h["status"] for h in store.history(job_id)]
+    assert moves[-3:] == ["submitted", "running", "completed"]
+    assert store.relayed(worker.id) == 7
+    assert [i for i, _ in store.read_updates(worker.id)] == list(range(7))
     assert store.turn_cost(job_id) is not None  # posted once
     assert store.r.zscore(keys.follows, job_id) is None  # the lease is gone with the end
-    # Run again (a redelivered task): nothing is stored or posted twice.
+    assert store.r.zscore(keys.begun, job_id) is None
+    assert store.snapshot(worker.id) is not None
+    # Run again (a redelivered task): no second call, nothing stored or posted twice.
     cost = store.turn_cost(job_id)
-    assert quick.relay_here(orch.rt, orch.app, job) == "noop"
-    assert store.relayed(job.worker_id) == 7
+    again, none = pipeline.call_upstream(orch.rt, orch.app, job_id)
+    assert none is None and again.status == "completed"
+    assert store.relayed(worker.id) == 7
     assert store.turn_cost(job_id) == cost
 
 
@@ -49,9 +56,9 @@ def test_a_longer_turn_is_handed_to_the_followers_at_once(
 ) -> None:
     emulator.configure(turn_seconds=3.0, events_per_turn=5)
     store, keys = orch.store, orch.store.keys
-    job_id, held = _begin(orch, "long")
-    assert held
-    assert quick.relay_here(orch.rt, orch.app, store.require_job(job_id)) is None
+    begun, worker = _begin(orch, "long")
+    job_id = begun.id
+    assert quick.relay_here(orch.rt, orch.app, begun, worker) is None
     assert store.r.zscore(keys.follows, job_id) == 0  # claimable now, not at the hold's end
     job = store.require_job(job_id)
     assert job.status in ("submitted", "running")
@@ -65,24 +72,25 @@ def test_a_job_ended_here_meanwhile_is_neither_relayed_nor_settled_by_the_task(
 ) -> None:
     emulator.configure(turn_seconds=0.0, events_per_turn=4)
     store = orch.store
-    job_id, held = _begin(orch, "cancelled at once")
-    assert held
+    begun, worker = _begin(orch, "cancelled at once")
+    job_id = begun.id
     orch.cancel(job_id, reason="changed my mind")
+    assert quick.relay_here(orch.rt, orch.app, begun, worker) is None  # the move was refused
     job = store.require_job(job_id)
-    assert quick.relay_here(orch.rt, orch.app, job) is None  # the store said STOPPED
-    assert job.worker_id is not None
-    assert store.relayed(job.worker_id) == 0
-    assert store.require_job(job_id).status == "cancelled"
+    assert job.worker_id == worker.id  # linked, so that the end sweep settles its turn
+    assert store.relayed(worker.id) == 0
+    assert job.status == "cancelled"
     assert store.turn_cost(job_id) is None  # left to the end sweep, which settles it
+    assert store.r.zscore(store.keys.jobs_ended, job_id) is not None
 
 
 def test_a_continue_is_not_held_for_its_task(orch: Orchestrator, emulator: Emulator) -> None:
     emulator.configure(turn_seconds=0.0, events_per_turn=2)
-    first_id, _ = _begin(orch, "first turn")
-    assert quick.relay_here(orch.rt, orch.app, orch.store.require_job(first_id)) == "completed"
-    worker_id = orch.store.require_job(first_id).worker_id
+    first, worker = _begin(orch, "first turn")
+    assert quick.relay_here(orch.rt, orch.app, first, worker) == "completed"
+    worker_id = orch.store.require_job(first.id).worker_id
     assert worker_id is not None
     follow_up = orch.continue_(worker_id, "second turn", budget="low")
-    begun, held = pipeline.begin_turn(orch.rt, orch.app, follow_up.id, hold_ms=quick.HOLD_MS)
-    assert not held
+    begun = pipeline.begin_turn(orch.rt, orch.app, follow_up.id)
+    assert begun.status == "submitted"
     assert orch.store.r.zscore(orch.store.keys.follows, begun.id) == 0

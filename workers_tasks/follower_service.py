@@ -127,7 +127,7 @@ async def _housekeeping(stop: asyncio.Event) -> None:
     indexes expiry cannot reach; with ARCHIVE_DIR, archive finished jobs every
     ARCHIVE_INTERVAL_SECONDS."""
     from orchestrator.jobs import files as fetching
-    from orchestrator.jobs import steps as pipeline
+    from orchestrator.jobs import sweeps
     from workers_tasks.schedule_tasks import resend_lost_runs
 
     loop = asyncio.get_running_loop()
@@ -136,13 +136,13 @@ async def _housekeeping(stop: asyncio.Event) -> None:
 
     def repairs() -> None:
         rt = runtime.get_runtime()
-        pipeline.resend_unsent(app, rt, after)
-        pipeline.resend_lost(app, rt, after)
+        sweeps.resend_unsent(app, rt, after)
+        sweeps.resend_lost(app, rt, after)
         fetching.resend_lost_files(app, rt, after)
         resend_lost_runs(rt, after)
-        pipeline.release_budget_waiters(app, rt)
+        sweeps.release_budget_waiters(app, rt)
         rt.budgets.reclaim(int(rt.settings.hold_reclaim_seconds * 1000))
-        pipeline.reclaim_gone_slots(app, rt)
+        sweeps.reclaim_gone_slots(app, rt)
         rt.store.prune_expired(now_ms())
         rt.store.prune_indexes()
         if archive is None:

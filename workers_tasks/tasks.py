@@ -18,7 +18,7 @@ from orchestrator.celery import app, retry_countdown
 from orchestrator.errors import APIError, APIStatusError, InputError, JobEnded
 from orchestrator.hooks import delivery
 from orchestrator.jobs import files as fetching
-from orchestrator.jobs import lifecycle, quick
+from orchestrator.jobs import lifecycle, quick, sweeps
 from orchestrator.jobs import steps as pipeline
 from orchestrator.runtime import get_runtime
 from orchestrator.store.jobs import RedisStore, now_ms
@@ -101,8 +101,11 @@ def continue_(self: Task, job_id: str) -> str:
 def _start(task: Task, job_id: str) -> str:
     rt = get_runtime()
     try:
-        hold_ms = quick.HOLD_MS if rt.settings.quick_relay_seconds else 0
-        job, held = pipeline.begin_turn(rt, app, job_id, hold_ms=hold_ms)
+        job, worker = pipeline.call_upstream(rt, app, job_id)
+        # A create's turn is submitted and relayed by this task (orchestrator.jobs.quick).
+        here = worker if job.kind == "create" and rt.settings.quick_relay_seconds else None
+        if worker is not None and here is None:
+            job = pipeline.submit_turn(rt, app, job, worker)
         status = job.status
     except InputError as exc:
         log.error("dropping task for %s: %s", job_id, exc)
@@ -113,10 +116,9 @@ def _start(task: Task, job_id: str) -> str:
         _retry_or_fail(task, job_id, exc, _job_repr(rt.store, job_id))
         status = "failed"
     else:
-        if held:  # a turn that ends at once is settled here
-            outcome = quick.relay_here(rt, app, job)  # never raises
-            if outcome in ("completed", "failed"):
-                status = outcome
+        if here is not None:  # a turn that ends at once is settled here
+            outcome = quick.relay_here(rt, app, job, here)  # never raises
+            status = outcome if outcome in ("completed", "failed") else None
     _raise_if_ended(job_id, status)
     return status
 
@@ -191,7 +193,7 @@ def deliver_webhook(delivery_id: str) -> str:
 @app.task(name="workers.sweep")
 def sweep(older_than_seconds: float = 30.0) -> int:
     """Re-send jobs whose first task was never known sent, or was lost by the broker, and
-    file fetches the broker lost (see ``pipeline.resend_*``)."""
+    file fetches the broker lost (see ``orchestrator.jobs.sweeps``)."""
     rt = get_runtime()
-    sweeps = (pipeline.resend_unsent, pipeline.resend_lost, fetching.resend_lost_files)
-    return sum(sweep(app, rt, older_than_seconds) for sweep in sweeps)
+    repairs = (sweeps.resend_unsent, sweeps.resend_lost, fetching.resend_lost_files)
+    return sum(repair(app, rt, older_than_seconds) for repair in repairs)

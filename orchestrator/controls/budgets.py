@@ -11,6 +11,7 @@ as an overshoot: the upstream bills what it bills.
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -82,8 +83,13 @@ class BudgetExceeded(OrchestratorError):
 
 
 def period_key(period: Period, at_ms: int) -> str:
-    at = datetime.fromtimestamp(at_ms / 1000, UTC)
-    return at.strftime("%Y-%m-%d") if period == "day" else at.strftime("%Y-%m")
+    day = _day_of(at_ms // 86_400_000)  # every turn asks: one date a day is computed
+    return day if period == "day" else day[:7]
+
+
+@functools.lru_cache(maxsize=4)
+def _day_of(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
 
 
 def next_period_ms(period: Period, at_ms: int) -> int:

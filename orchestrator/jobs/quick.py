@@ -8,9 +8,16 @@ another thread. Any other turn is handed to the followers, who resume from the s
 count (updates are stored once whoever relays them: APPEND_UPDATES dedupes on the
 index). Tasks stay short: the read is bounded, and a failure of any kind hands over.
 
-While the task reads, the job's follow entry is held ``HOLD_MS`` ahead (see
-``RedisStore.set_submitted``), so no follower takes it; if the task's process dies, the
-hold lapses and a follower claims the job as it would a dead follower's.
+The job is submitted (its worker linked, its move to ``submitted``) by the task's first
+write, not before the read: an instant turn's submission, updates, post and completion
+are then one script (CHAIN), the whole job two round trips with its BEGIN_ATTEMPT. Until
+that write the followers do not know the job; once it is written, its follow entry is
+held ``HOLD_MS`` ahead while the task reads on. If the task's process dies before the
+first write, the job is still ``queued`` in the ``begun`` set and is sent again (the same
+idempotency key finds the same worker); after it, the hold lapses and a follower claims
+the job as it would a dead follower's. A cancel that lands before the first write ends
+the job as one whose create was in flight: the write is refused whole, and the turn is
+settled by the end sweep.
 """
 
 from __future__ import annotations
@@ -24,11 +31,16 @@ from celery import Celery
 
 from orchestrator.errors import APIError
 from orchestrator.jobs.model import Job
-from orchestrator.jobs.steps import finalize
+from orchestrator.jobs.settle import settle_and_complete
+from orchestrator.jobs.steps import finalize, finish_turn, submit_refused, submit_turn
+from orchestrator.ledger import FigureError
 from orchestrator.ops.instruments import EVENTS_RELAYED
 from orchestrator.runtime import Runtime
+from orchestrator.store.batch import REFUSED, Chain
+from orchestrator.store.connection import StoreError
 from orchestrator.store.jobs import now_ms
 from orchestrator.wire.deadline import deadline
+from orchestrator.wire.models import Worker
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +55,64 @@ class RelayRefused(Exception):
     GONE; or a gap); what follows is not this task's to relay."""
 
 
-def relay_here(rt: Runtime, app: Celery, job: Job) -> str | None:
-    """Relay the just-submitted turn of ``job`` (a create, held for this task) and settle
-    it if it ends within ``QUICK_RELAY_SECONDS``: finalize's outcome. None when the turn went
-    to the followers (or, refused by the store, to the end sweep). Never raises."""
+def relay_here(rt: Runtime, app: Celery, job: Job, worker: Worker) -> str | None:
+    """Submit and relay the turn that ``worker`` (the create's answer, not yet linked to
+    ``job``) runs, and settle it if it ends within ``QUICK_RELAY_SECONDS``: finalize's
+    outcome. None when the turn went to the followers (or, refused by the store, to the
+    end sweep). Never raises."""
+    relay = _Relay(rt, job, worker)
     try:
-        ended, read, updates = _relay(rt, job)
+        ended = relay.read()
+        if ended and not relay.submitted:
+            return _settle_at_once(rt, app, relay)
+        read = relay.flush(hold=ended, read=ended)
     except RelayRefused as exc:
         log.info("stream of %s: %s; not relayed here", job.id, exc)
         if "GAP" in str(exc):
             _hand_over(rt, job)
         return None
+    except SubmitRefused:
+        _submit_refused(rt, app, job)
+        return None
     except Exception as exc:  # Redis away, say: the followers take over
         log.warning("relay of %s here failed (%s); handing it over", job.id, exc)
-        ended, read, updates = False, None, None
+        return _submit_and_hand_over(rt, app, relay)
     if not ended:
-        _hand_over(rt, job)
-        return None
+        return None  # submitted claimable at once, or handed over by flush
+    return _finalize(rt, app, job, read, relay.whole())
+
+
+def _settle_at_once(rt: Runtime, app: Celery, relay: _Relay) -> str | None:
+    """An ended turn nothing of which is written yet: when the upstream says it is over
+    and there are no files to fetch, its submission, updates, post and completion run as
+    one script; else they are written and finalize runs as for any relayed turn."""
+    job = relay.job
+    worker = rt.client.retrieve(relay.worker.id)  # an APIError: handed over by the caller
+    if worker.running or worker.status == "running" or (job.fetch_files and worker.files):
+        read = relay.flush(hold=True, read=True)
+        return _finalize(rt, app, job, read, relay.whole())
+    chain = Chain()
+    relay.queue_write(chain, worker, hold=True)
+    linked = job.model_copy(update={"worker_id": worker.id, "update_from": 0})
+    try:
+        raw_hold, promoted, subscribed = settle_and_complete(
+            rt, linked, worker, relay.pending, first=chain
+        )
+    except FigureError:
+        # Submitted and relayed, nothing posted: finalize fails the job as it would.
+        return _finalize(rt, app, job, None, None)
+    except StoreError as exc:
+        if str(exc).startswith((REFUSED, "GONE", "STOPPED", "GAP")):
+            raise relay.refusal(exc) from exc
+        raise
+    EVENTS_RELAYED.inc(len(relay.pending))
+    finish_turn(app, rt, linked, raw_hold, promoted, subscribed)
+    return "completed"
+
+
+def _finalize(
+    rt: Runtime, app: Celery, job: Job, read: Job | None, updates: list[str] | None
+) -> str | None:
     try:
         return finalize(rt, app, job.id, read=read, updates=updates)
     except Exception as exc:  # the followers replay the stream (nothing new) and settle it
@@ -68,65 +121,132 @@ def relay_here(rt: Runtime, app: Celery, job: Job) -> str | None:
         return None
 
 
-def _relay(rt: Runtime, job: Job) -> tuple[bool, Job | None, list[str] | None]:
-    """Read and store the stream for up to QUICK_RELAY_SECONDS; True if it closed by then,
-    the job as read with the last write (None if there was none), and the turn's
-    updates as stored when the store holds exactly these (finalize folds them without
-    reading them back; None: it reads them).
+def _submit_refused(rt: Runtime, app: Celery, job: Job) -> None:
+    try:
+        now = submit_refused(rt, app, job)
+    except Exception as exc:  # lost with Redis (InputError), or Redis away
+        log.info("job %s not submitted (%s)", job.id, exc)
+        return
+    log.info("job %s %s before its create was written; not relayed here", job.id, now.status)
+
+
+class SubmitRefused(Exception):
+    """The store refused to submit the job: it moved on (ended here) or has no record."""
+
+
+class _Relay:
+    """The stream of one just-created turn, read here: what is written, what waits.
 
     Updates are written together: when the stream closes or the time is up, or sooner
-    when one has waited FLUSH_SECONDS by the time the next arrives. An instant turn's
-    updates arrive together and take one write, the job's move to 'running' with it; a
-    slower turn's first update waits at most QUICK_RELAY_SECONDS."""
-    assert job.worker_id is not None
-    pending: list[str] = []
-    sent: list[str] = []  # every update written, in order
-    stored = 0  # a create's turn is the worker's first: its updates start at 0
-    oldest = 0.0
-    ended = False
-    try:
-        with deadline(rt.settings.quick_relay_seconds):
-            updates = rt.client.stream_updates(job.worker_id, retry=False)
-            with contextlib.closing(updates):
-                for update in updates:
-                    if not pending:
-                        oldest = time.monotonic()
-                    pending.append(json.dumps(update.data))
-                    if time.monotonic() - oldest >= FLUSH_SECONDS:
-                        stored, _ = _write(rt, job, stored, pending, mark_running=stored == 0)
-                        sent += pending
-                        pending = []
-        ended = True
-    except APIError as exc:  # cut by the time limit, or a failure: the followers resume
-        log.debug("stream of %s not read to its end here: %s", job.id, exc)
-    if not pending:
-        return ended, None, None
-    # The job is read back with the last write: finalize needs it as it is now.
-    stored, read = _write(rt, job, stored, pending, mark_running=stored == 0, read=True)
-    sent += pending
-    # More stored than sent: a follower of a job Redis lost relayed some too.
-    return ended, read, sent if stored == len(sent) else None
+    when one has waited FLUSH_SECONDS by the time the next arrives. The first write
+    submits the job, moves it to 'running' and stores the updates, in one script."""
+
+    def __init__(self, rt: Runtime, job: Job, worker: Worker) -> None:
+        self.rt, self.job, self.worker = rt, job, worker
+        self.pending: list[str] = []
+        self.sent: list[str] = []  # every update written, in order
+        self.stored = 0  # a create's turn is the worker's first: its updates start at 0
+        self.submitted = False
+
+    def read(self) -> bool:
+        """Read the stream for up to QUICK_RELAY_SECONDS; True if it closed by then."""
+        rt, oldest = self.rt, 0.0
+        try:
+            with deadline(rt.settings.quick_relay_seconds):
+                updates = rt.client.stream_updates(self.worker.id, retry=False)
+                with contextlib.closing(updates):
+                    for update in updates:
+                        if not self.pending:
+                            oldest = time.monotonic()
+                        self.pending.append(json.dumps(update.data))
+                        if time.monotonic() - oldest >= FLUSH_SECONDS:
+                            self.flush(hold=True)
+            return True
+        except APIError as exc:  # cut by the time limit, or a failure: the followers resume
+            log.debug("stream of %s not read to its end here: %s", self.job.id, exc)
+            return False
+
+    def queue_write(self, chain: Chain, worker: Worker, *, hold: bool) -> None:
+        """Queue the next write on ``chain``: the submission first (followers held off
+        HOLD_MS with ``hold``, else claimable at once), then the pending updates."""
+        store, job = self.rt.store, self.job
+        if not self.submitted:
+            follow_at = now_ms() + HOLD_MS if hold else 0
+            moved_at = store.submit_into(chain, job, worker, follow_at=follow_at)
+            chain.guard(moved_at - 1, 1)  # SUBMIT: 0 when the job has no record
+            chain.guard(moved_at, 0)  # the move: -1 when the job moved on (ended here)
+            chain.guard(store.transition_into(chain, job.id, "running", now_ms()), 0)
+        if self.pending:
+            store.append_updates_into(chain, worker.id, self.stored, self.pending, job.id)
+
+    def flush(self, *, hold: bool, read: bool = False) -> Job | None:
+        """Write what waits (the submission with the first write; without ``hold`` the
+        followers may claim the job at once, else it is handed over when submitted
+        before); with ``read``, the job as it is after the write."""
+        store, job = self.rt.store, self.job
+        if self.submitted and not self.pending and not read:
+            if not hold:
+                _hand_over(self.rt, job)
+            return None
+        batch, chain = store.batch(), Chain()
+        self.queue_write(chain, self.worker, hold=hold)
+        chain_at = store.chain_into(batch, chain) if chain.calls else None
+        read_at = store.job_into(batch, job.id) if read else None
+        replies = batch.execute(raise_on_error=False)
+        if chain_at is not None:
+            reply = replies[chain_at]
+            if isinstance(reply, Exception):
+                raise self.refusal(reply)
+            if self.pending:
+                stored = int(reply[-1])
+                # Counted as the followers count: the updates this write added.
+                EVENTS_RELAYED.inc(min(len(self.pending), max(0, stored - self.stored)))
+                self.stored = stored
+        if self.submitted and not hold:
+            _hand_over(self.rt, job)
+        self.submitted = True
+        self.sent += self.pending
+        self.pending = []
+        return None if read_at is None else store.job_of(replies[read_at])
+
+    def whole(self) -> list[str] | None:
+        """The turn's updates as stored, when the store holds exactly those written here
+        (finalize folds them without reading them back; None: it reads them). More
+        stored than sent: a follower of a job Redis lost relayed some too."""
+        return self.sent if self.stored == len(self.sent) else None
+
+    def refusal(self, reply: Exception) -> Exception:
+        """What a refused write raises: SubmitRefused for the submission's own refusals
+        (the first two guarded calls), else RelayRefused."""
+        text = str(reply)
+        if not self.submitted and text.startswith((f"{REFUSED} 1 ", f"{REFUSED} 2 ")):
+            return SubmitRefused(text)
+        return RelayRefused(text)
 
 
-def _write(
-    rt: Runtime, job: Job, first: int, payloads: list[str], *, mark_running: bool,
-    read: bool = False,
-) -> tuple[int, Job | None]:  # fmt: skip
-    """Store updates ``first...`` (and mark the job running first); the stored count,
-    and with ``read`` the job as it is after the write."""
-    assert job.worker_id is not None
-    batch = rt.store.batch()
-    if mark_running:
-        rt.store.transition_into(batch, job.id, "running", now_ms())
-    at = rt.store.append_updates_into(batch, job.worker_id, first, payloads, job.id)
-    read_at = rt.store.job_into(batch, job.id) if read else None
-    replies = batch.execute(raise_on_error=False)
-    if isinstance(replies[at], Exception):
-        raise RelayRefused(str(replies[at]))
-    stored = int(replies[at])
-    # Counted as the followers count: the updates this write added (a duplicate adds none).
-    EVENTS_RELAYED.inc(min(len(payloads), max(0, stored - first)))
-    return stored, None if read_at is None else rt.store.job_of(replies[read_at])
+def _submit_and_hand_over(rt: Runtime, app: Celery, relay: _Relay) -> str | None:
+    """After a failure whose writes may or may not have run: submit the job if nothing
+    did (claimable at once) and hand its stream over; finish a job that the write ended
+    (its hold and slots, as finalize gives back a done job's). Should Redis still be
+    away, the job is still queued in the ``begun`` set, and its create is sent again
+    (the same idempotency key finds the same worker)."""
+    job = relay.job
+    if not relay.submitted:
+        try:
+            # Read first: a write that failed on the way back may have run, and SUBMIT
+            # must not run again on a job that moved on.
+            now = rt.store.get_job(job.id)
+            if now is not None and now.status == "queued":
+                now = submit_turn(rt, app, now, relay.worker)
+            elif now is not None and now.done:
+                return _finalize(rt, app, now, None, None)
+        except Exception as exc:
+            log.warning("could not submit %s (%s); its create is sent again", job.id, exc)
+            return None
+        if now is None or now.status not in ("submitted", "running"):
+            return None  # lost, or ended here meanwhile: the end sweep settles its turn
+    _hand_over(rt, job)
+    return None
 
 
 def _hand_over(rt: Runtime, job: Job) -> None:

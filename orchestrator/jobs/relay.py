@@ -4,7 +4,7 @@ The gateway's submit is one Redis call (``CREATE_JOB``, which also pushes the jo
 the wake list) and no Celery publish: the send, a millisecond of CPU in the gateway,
 happens here, in a thread of each streams worker. A pop is exclusive, so of several
 relays one sends a job; a relay that dies between its pop and the send leaves the job
-in the outbox, which the re-send sweep (``steps.resend_unsent``) sends after
+in the outbox, which the re-send sweep (``sweeps.resend_unsent``) sends after
 ``RESEND_AFTER_SECONDS``.
 """
 

@@ -16,7 +16,7 @@ from orchestrator.ops.instruments import COST_ANOMALIES
 from orchestrator.runtime import Runtime
 from orchestrator.store.batch import Chain
 from orchestrator.store.jobs import now_ms
-from orchestrator.store.ledger import posted_deltas, posted_falls
+from orchestrator.store.ledger import POST_REFUSALS, posted_deltas, posted_falls
 from orchestrator.wire.models import Worker
 
 log = logging.getLogger(__name__)
@@ -43,20 +43,26 @@ def settle_turn(rt: Runtime, job: Job, worker: Worker) -> tuple[int, str | None]
 
 
 def settle_and_complete(
-    rt: Runtime, job: Job, worker: Worker, updates: Sequence[str]
+    rt: Runtime, job: Job, worker: Worker, updates: Sequence[str], *, first: Chain | None = None
 ) -> tuple[str | None, list[str], int]:
     """:func:`settle_turn` and the turn's completion (``complete_into`` and the release
     of its slots) in one round trip, for a turn whose ``updates`` the caller relayed
     whole. The completion runs in the same script as the post and only after it (CHAIN):
     a refused post leaves the job as :func:`settle_turn` would, nothing completed.
 
+    ``first``: calls to run before the post in the same script (the job's submission
+    and its updates, :mod:`orchestrator.jobs.quick`), which write the worker's snapshot
+    themselves; an error reply of theirs stops it all and is raised as it came.
+
     Returns the raw hold (to release), the jobs promoted to the freed slots and the
     count of webhook subscriptions. Raises FigureError (nothing posted, nothing
     completed) for a figure outside the ledger's bounds.
     """
     store, at = rt.store, now_ms()
-    batch, chain = store.batch(), Chain()
-    posted_at = store.settle_chained_into(batch, chain, job, worker, at, turn_members(job.tags, at))
+    batch, chain = store.batch(), first or Chain()
+    posted_at = store.settle_chained_into(
+        batch, chain, job, worker, at, turn_members(job.tags, at), snapshot=first is None
+    )
     hold_at = rt.budgets.hold_into(batch, job.id)
     store.complete_into(chain, job, (job.update_from or 0) + len(updates), updates)
     promoted_at = rt.limits.release_into(chain, job)
@@ -65,6 +71,8 @@ def settle_and_complete(
     replies = batch.execute(raise_on_error=False)
     ended: Any = replies[chain_at]
     if isinstance(ended, Exception):
+        if first is not None and not str(ended).startswith(POST_REFUSALS):
+            raise ended  # stopped before the post: nothing of the turn's end ran
         posted_deltas(ended)  # raises FigureError: the post was refused, nothing ran
     for reply in replies:
         if isinstance(reply, Exception):

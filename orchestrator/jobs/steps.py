@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from celery import Celery
 
-from orchestrator.celery import API_QUEUE
 from orchestrator.controls.budgets import BudgetExceeded, next_period_ms
 from orchestrator.errors import (
     APIError,
@@ -30,6 +28,7 @@ from orchestrator.ledger import FigureError
 from orchestrator.ops.instruments import JOBS_ENDED_HERE
 from orchestrator.runtime import Runtime
 from orchestrator.store.jobs import now_ms
+from orchestrator.wire.models import Worker
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +124,6 @@ def dispatch_promoted(app: Celery, rt: Runtime, promoted_ids: list[str]) -> None
                 release_slots(app, rt, promoted)
 
 
-def reclaim_gone_slots(app: Celery, rt: Runtime) -> int:
-    """Free the concurrency slots of jobs whose record is gone and send the jobs that
-    were waiting for them; the number of slots freed."""
-    freed, promoted = rt.limits.reclaim_gone()
-    if freed:
-        log.warning("freed %d concurrency slot(s) held by jobs whose record is gone", freed)
-    dispatch_promoted(app, rt, promoted)
-    return freed
-
-
 def turn_ended(app: Celery, rt: Runtime, job: Job) -> None:
     """A turn is over (completed or failed): release its hold and slots. Idempotent."""
     rt.budgets.release(job.id)
@@ -154,67 +143,6 @@ def fail(app: Celery, rt: Runtime, job_id: str, message: str) -> None:
         turn_ended(app, rt, job)
 
 
-def release_budget_waiters(app: Celery, rt: Runtime) -> int:
-    """Send again the jobs that waited for a new budget period that has now begun."""
-    due = rt.budgets.due_waiting(now_ms())
-    for job_id in due:
-        if rt.budgets.take_waiting(job_id):
-            job = rt.store.get_job(job_id)
-            if job is not None and job.status == "queued":
-                dispatch(app, rt, job)
-    return len(due)
-
-
-def resend_unsent(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) -> int:
-    """Send again the jobs written but never known sent (the producer died in between).
-
-    Safe to run anywhere, any number of times: a job that already left ``queued`` is
-    only cleared from the outbox, and ``start_turn`` is idempotent.
-    """
-    resent = 0
-    for job_id in rt.store.unsent(int(older_than_seconds * 1000)):
-        job = rt.store.get_job(job_id)
-        if job is None or job.status != "queued":
-            rt.store.drop_unsent(job_id)
-            continue
-        log.warning("re-sending job %s: its first task was never known sent", job_id)
-        dispatch(app, rt, job)
-        resent += 1
-    return resent
-
-
-def resend_lost(app: Celery, rt: Runtime, older_than_seconds: float = 30.0) -> int:
-    """Send again the jobs whose first task the broker lost after it was sent (see
-    :meth:`BrokerLayout.lost <orchestrator.store.broker.BrokerLayout.lost>`), or lost
-    while its upstream call was under way. A second copy of a task that was not lost
-    after all is harmless: ``start_turn`` is idempotent.
-    """
-    store = rt.store
-    due = store.untaken(int(older_than_seconds * 1000))
-    # Begun but never submitted: the task died with its call, or its retry could not be
-    # sent (the broker away); the call's idempotency key makes a second one find the
-    # first one's worker.
-    stalled = set(store.stalled(int(older_than_seconds * 1000)))
-    lost = store.broker.lost(
-        [*due, *(j for j in stalled if j not in due)], "resend-lost", older_than_seconds,
-        _job_of, backlog_queue=API_QUEUE,
-    )  # fmt: skip
-    resent = 0
-    for job_id in lost:
-        job = store.get_job(job_id)
-        if job is None or job.status != "queued" or (job.attempts and job_id not in stalled):
-            store.forget_dispatched(job_id)  # moved on, gone, or begun since it was read
-        else:
-            log.warning("re-sending job %s: the broker lost its first task", job_id)
-            dispatch(app, rt, job)
-            resent += 1
-    return resent
-
-
-def _job_of(task: str, args: list[Any]) -> list[str]:
-    return [str(args[0])] if task in FIRST_TASKS and args else []
-
-
 def upstream_key(job: Job) -> str:
     """The ``Idempotency-Key`` of the job's upstream call: the client's own key when it
     gave one, so that a submission Redis lost (a crash under ``appendfsync everysec``)
@@ -225,25 +153,41 @@ def upstream_key(job: Job) -> str:
 def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
     """Create the worker (or continue it) upstream, exactly once per job (see
     :func:`begin_turn`); its stream is put up for the followers at once."""
-    return begin_turn(rt, app, job_id)[0]
+    return begin_turn(rt, app, job_id)
 
 
-def begin_turn(rt: Runtime, app: Celery, job_id: str, *, hold_ms: int = 0) -> tuple[Job, bool]:
+def begin_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
     """Create the worker (or continue it) upstream, exactly once per job.
 
     ``upstream_key(job)`` is the ``Idempotency-Key``; an attempt is recorded before the call and
     the worker id after it, so a redelivered task that finds a worker id goes straight
     on to following, and one that does not repeats the call with the same key.
-
-    With ``hold_ms``, a create that this call submits is left alone by the followers
-    for that long (the caller relays it, :mod:`orchestrator.jobs.quick`): True then.
     """
+    job, worker = call_upstream(rt, app, job_id)
+    return job if worker is None else submit_turn(rt, app, job, worker)
+
+
+def submit_turn(rt: Runtime, app: Celery, job: Job, worker: Worker) -> Job:
+    """Link ``worker`` (:func:`call_upstream`'s answer) to ``job``, move it to
+    ``submitted`` and put its stream up for the followers at once: the job as it is
+    then (a create task relays its own instead: :mod:`orchestrator.jobs.quick`)."""
+    if not rt.store.set_submitted(job, worker):
+        return submit_refused(rt, app, job)
+    log.debug("job %s submitted as worker %s", job.id, worker.id)
+    return job.model_copy(update={"status": "submitted", "worker_id": worker.id})
+
+
+def call_upstream(rt: Runtime, app: Celery, job_id: str) -> tuple[Job, Worker | None]:
+    """:func:`begin_turn` up to the upstream call: the job and the worker that call
+    answered, not yet linked to the job (the caller submits it: ``set_submitted`` or
+    ``submit_into``); no worker when nothing was called (the job is past queued, ended
+    here, not admitted, or refused by the upstream)."""
     store = rt.store
     job, counted = store.begin_attempt(job_id)
     if job.status != "queued":
         if job.status in ("submitted", "running"):
             store.request_follow(job.id)
-        return job, False
+        return job, None
     late = overdue(job, now_ms())
     if late is not None:  # its queue time-to-live (or deadline) passed: nothing is sent
         if rt.ends.end_here(job.id, *late):
@@ -252,15 +196,15 @@ def begin_turn(rt: Runtime, app: Celery, job_id: str, *, hold_ms: int = 0) -> tu
             rt.ends.settled(job.id)  # no call was made: nothing to settle later
             hooks.job_ended(store, job.id)
         turn_ended(app, rt, job)  # e.g. a slot it was promoted to
-        return store.require_job(job.id), False
+        return store.require_job(job.id), None
     if not counted:
         if not admit(app, rt, job):
-            return store.require_job(job.id), False
+            return store.require_job(job.id), None
         if not store.count_attempt(job.id):
             # Redis lost the job meanwhile (a host crash): nothing is sent upstream, and
             # what admit took is given back.
             turn_ended(app, rt, job)
-            return store.require_job(job.id), False  # raises InputError: no such job
+            return store.require_job(job.id), None  # raises InputError: no such job
     try:
         if job.kind == "create":
             worker = rt.client.create(
@@ -280,23 +224,21 @@ def begin_turn(rt: Runtime, app: Celery, job_id: str, *, hold_ms: int = 0) -> tu
         # the same idempotency key gets the same answer, so it is not retried; the job
         # fails and gives back its hold and slots now.
         fail(app, rt, job.id, str(exc))
-        return store.require_job(job.id), False
-    # Held for a create only: a continue's updates start at the worker's stored count.
-    follow_at = now_ms() + hold_ms if hold_ms and job.kind == "create" else 0
-    if not store.set_submitted(job, worker, follow_at=follow_at):
-        # Ended here meanwhile (cancelled, say): its turn runs upstream all the same, so
-        # it is put up again for settling when that turn ends. Or Redis lost the job (a
-        # host crash): nothing was written, what admit took is given back, and the
-        # step ends with InputError (no such job).
-        if store.get_job(job.id) is None:
-            turn_ended(app, rt, job)
-        now = store.require_job(job.id)
-        if now.status in LOCAL_ENDS:
-            rt.ends.mark_ended(job.id)
-        return now, False
-    log.debug("job %s submitted as worker %s", job.id, worker.id)
-    submitted = job.model_copy(update={"status": "submitted", "worker_id": worker.id})
-    return submitted, follow_at != 0
+        return store.require_job(job.id), None
+    return job, worker
+
+
+def submit_refused(rt: Runtime, app: Celery, job: Job) -> Job:
+    """The job as it is after the store refused to submit it. Ended here meanwhile
+    (cancelled, say): its turn runs upstream all the same, so it is put up again for
+    settling when that turn ends. Or Redis lost the job (a host crash): nothing was
+    written, what admit took is given back, and this raises InputError (no such job)."""
+    if rt.store.get_job(job.id) is None:
+        turn_ended(app, rt, job)
+    now = rt.store.require_job(job.id)
+    if now.status in LOCAL_ENDS:
+        rt.ends.mark_ended(job.id)
+    return now
 
 
 def finalize(
@@ -357,22 +299,34 @@ def finalize(
         store.release_follow(job.id)
         fail(app, rt, job.id, f"cost not posted: {exc}")
         return "failed"
+    if one_trip:
+        finish_turn(app, rt, job, raw_hold, promoted, subscribed)
+        return "completed"
     end = store.batch()
     if raw_hold is not None:
         rt.budgets.release_into(end, job.id, raw_hold)
-    if not one_trip:
-        if fetches:
-            send_fetches(app, rt, job, worker)
-        store.complete_into(end, job, relayed, updates)
-        promoted_at = rt.limits.release_into(end, job)
-        subscribed_at = hooks.subscribed_into(store, end)
-    replies = end.execute()  # nothing to send for a one-trip turn without a hold
-    if not one_trip:
-        promoted = [str(p) for p in replies[promoted_at]]
-        subscribed = int(replies[subscribed_at])
-    hooks.job_ended(store, job.id, subscribed)
-    dispatch_promoted(app, rt, promoted)
+    if fetches:
+        send_fetches(app, rt, job, worker)
+    store.complete_into(end, job, relayed, updates)
+    promoted_at = rt.limits.release_into(end, job)
+    subscribed_at = hooks.subscribed_into(store, end)
+    replies = end.execute()
+    finish_turn(app, rt, job, None, [str(p) for p in replies[promoted_at]],
+                int(replies[subscribed_at]))  # fmt: skip
     return "completed"
+
+
+def finish_turn(
+    app: Celery, rt: Runtime, job: Job, raw_hold: str | None, promoted: list[str], subscribed: int
+) -> None:
+    """After a turn's completion is written: give back its hold (``raw_hold``, as read
+    with the post), note the end for webhooks, and send the jobs promoted to its slots."""
+    if raw_hold is not None:
+        end = rt.store.batch()
+        rt.budgets.release_into(end, job.id, raw_hold)
+        end.execute()
+    hooks.job_ended(rt.store, job.id, subscribed)
+    dispatch_promoted(app, rt, promoted)
 
 
 def settle_failed_turn(rt: Runtime, job: Job) -> None:

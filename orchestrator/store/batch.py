@@ -16,7 +16,9 @@ from typing import Any, Protocol
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError
 
-from orchestrator.store.scripts.chain import PART_NUMBER, SET_FIELD_SHA
+from orchestrator.store.scripts.chain import PART_NUMBER, REFUSED, SET_FIELD_SHA
+
+__all__ = ["REFUSED", "AsyncBatch", "Batch", "Chain", "Queue"]
 
 
 class Queue(Protocol):
@@ -104,6 +106,7 @@ class Chain:
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, Sequence[Any], Sequence[Any]]] = []
+        self.guards: dict[int, int] = {}
 
     @property
     def pipe(self) -> Chain:
@@ -112,6 +115,11 @@ class Chain:
     def script(self, script: Script | AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> int:
         self.calls.append((PART_NUMBER[script.sha], keys, args))
         return len(self.calls) - 1
+
+    def guard(self, index: int, least: int) -> None:
+        """Stop the chain after call ``index`` if it answers a number below ``least``
+        (CHAIN's reply is then the error ``REFUSED <index + 1> <number>``)."""
+        self.guards[index] = least
 
     def hset(self, name: str, key: str, value: Any) -> int:
         self.calls.append((PART_NUMBER[SET_FIELD_SHA], [name], [key, value]))
@@ -123,8 +131,8 @@ class Chain:
         keys: list[Any] = []
         head: list[Any] = [len(self.calls)]
         args: list[Any] = []
-        for number, call_keys, call_args in self.calls:
-            head += [number, len(call_keys), len(call_args)]
+        for i, (number, call_keys, call_args) in enumerate(self.calls):
+            head += [number, len(call_keys), len(call_args), self.guards.get(i, "")]
             keys += call_keys
             args += call_args
         return batch.script(chain, keys, head + args)

@@ -83,9 +83,14 @@ def turn_field(first: int) -> str:
 
 
 def compress(data: bytes, dictionary: bytes) -> bytes:
-    co = zlib.compressobj(LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY,
-                          dictionary)  # fmt: skip
-    return co.compress(data) + co.flush()
+    # A window and hash table sized to what is compressed (zlib's own are 32 KiB and
+    # 256 KiB, allocated and zeroed for every call: most of a small snapshot's cost in a
+    # threaded worker). Blobs of the same size; decompress reads any window.
+    wbits = min(zlib.MAX_WBITS, max(9, (len(data) + len(dictionary)).bit_length()))
+    co = zlib.compressobj(LEVEL, zlib.DEFLATED, wbits, max(2, min(9, wbits - 7)),
+                          zlib.Z_DEFAULT_STRATEGY, dictionary)  # fmt: skip
+    out: bytes = co.compress(data) + co.flush()
+    return out
 
 
 def decompress(raw: bytes) -> bytes:

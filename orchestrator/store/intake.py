@@ -5,7 +5,7 @@ on the event loop's client (one round trip, no thread).
 The job lands in the outbox with its record, so it is sent whatever happens to the
 process afterwards: by the outbox relay its id wakes (``GATEWAY_SEND=relay``: the id goes
 on the wake list in the same call) or by its writer at once (``direct``), else by the
-sweep that re-sends what a producer left unsent (``jobs.steps.resend_unsent``).
+sweep that re-sends what a producer left unsent (``jobs.sweeps.resend_unsent``).
 """
 
 from __future__ import annotations

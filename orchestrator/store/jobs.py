@@ -26,7 +26,7 @@ from orchestrator.jobs.model import (
     next_due,
 )
 from orchestrator.ledger import cumulative
-from orchestrator.store.batch import Batch
+from orchestrator.store.batch import Batch, Queue
 from orchestrator.store.broker import BrokerLayout, BrokerView
 from orchestrator.store.compact import TurnStore, pack_snapshot
 from orchestrator.store.connection import connect, home_client
@@ -247,6 +247,13 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         ``follow_at`` (epoch ms) the stream is up for following only from then on: the
         caller relays it meanwhile (a lease nobody renews: it lapses if the caller dies).
         """
+        batch = Batch(self.r)
+        moved_at = self.submit_into(batch, job, worker, follow_at=follow_at)
+        return int(batch.execute()[moved_at]) == 1
+
+    def submit_into(self, queue: Queue, job: Job, worker: Worker, *, follow_at: int = 0) -> int:
+        """Queue :meth:`set_submitted`'s writes; the index of the move's reply (1 moved,
+        0 submitted already, below 0 refused: the job moved on)."""
         wkey = self.keys.worker(worker.id)
         # A create's turn is the worker's first, even if a follower left over from a job
         # Redis lost has already relayed some of it.
@@ -259,19 +266,17 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
             seed = cumulative(worker) or {}
         at = now_ms()
         upstream = job.model_copy(update={"status": "submitted"})
-        # One round trip: SUBMIT links the worker and puts the job up for following
-        # (writing nothing if Redis lost the job meanwhile), then the job is
-        # 'submitted': a follower that claims it finds its worker id.
+        # SUBMIT links the worker and puts the job up for following (writing nothing if
+        # Redis lost the job meanwhile), then the job is 'submitted': a follower that
+        # claims it finds its worker id.
         keys = [self.keys.job(job.id), self.keys.begun, wkey, self.keys.updates(worker.id),
                 self.keys.ledger("worker", worker.id), self.keys.follows,
                 self.keys.jobs_live]  # fmt: skip
         args: list[Any] = [job.id, worker.id, relayed, pack_snapshot(worker), follow_at,
                            self.keys.follow_wake, next_due(upstream, at)]  # fmt: skip
         args += [part for name, value in seed.items() for part in (f"counted:{name}", value)]
-        batch = Batch(self.r)
-        batch.script(self._submit, keys, args)
-        self.transition_into(batch, job.id, "submitted", at)
-        return int(batch.execute()[-1]) == 1
+        queue.script(self._submit, keys, args)
+        return self.transition_into(queue, job.id, "submitted", at)
 
     def request_follow(self, job_id: str, *, now: bool = False) -> None:
         """Put the job's stream up for a follower to claim.

@@ -58,6 +58,10 @@ def posted_record(raw: str | None) -> dict[str, int] | None:
     return {name: int(v) for name, v in zip(FIELDS, values, strict=True)}
 
 
+#: How POST_TURN's error replies begin (a figure out of bounds, a row that would overflow).
+POST_REFUSALS = ("BADFIGURE", "ROWFULL")
+
+
 def posted_deltas(reply: Any) -> dict[str, int] | None:
     """The deltas a POST_TURN reply says were posted (None: posted before).
     FigureError when the script refused the post (nothing was written)."""
@@ -118,13 +122,17 @@ class LedgerStore:
         worker: Worker,
         at_ms: int,
         extra: Sequence[tuple[str, str]],
+        *,
+        snapshot: bool = True,
     ) -> int | None:
         """:meth:`settle_into` with the post on ``chain`` (the turn's completion to follow
         it there: none of it runs if the post is refused); the snapshot goes on
-        ``batch``. The index of the post's reply in the chain's, or None (costs unknown).
-        FigureError (nothing queued) for a figure outside the ledger's bounds."""
+        ``batch`` (unless ``snapshot`` is False: the chain writes it). The index of the
+        post's reply in the chain's, or None (costs unknown). FigureError (nothing
+        queued) for a figure outside the ledger's bounds."""
         figures = cumulative(worker)
-        self.snapshot_into(batch, worker)
+        if snapshot:
+            self.snapshot_into(batch, worker)
         return self.post_turn_into(chain, job, worker, at_ms, extra, figures=figures)
 
     def chain_into(self, batch: Batch, chain: Chain) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 from orchestrator.errors import InputError
 from orchestrator.jobs.model import LOCAL_ENDS, TERMINAL, Job, JobStatus
-from orchestrator.store.batch import Batch, Queue
+from orchestrator.store.batch import Queue
 from orchestrator.store.connection import StoreError, pubsub
 from orchestrator.store.files import now_ms
 from orchestrator.store.keys import Keys
@@ -98,11 +98,12 @@ class StatusStore:
                 return result == 1
         return False
 
-    def transition_into(self, batch: Batch, job_id: str, status: JobStatus, at: int) -> None:
-        """Queue a move to a status that is not an end (no fields to read)."""
+    def transition_into(self, batch: Queue, job_id: str, status: JobStatus, at: int) -> int:
+        """Queue a move to a status that is not an end (no fields to read); the index of
+        its reply (1 moved, 0 there already, -1 refused)."""
         assert status not in TERMINAL
         keys, args = transition_call(self.keys, self.retention, job_id, status, at, "", None)
-        batch.script(self._transition, keys, args)
+        return batch.script(self._transition, keys, args)
 
     def complete_into(
         self, batch: Queue, job: Job, update_to: int, updates: Sequence[str] | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from orchestrator.store.batch import Batch
+from orchestrator.store.batch import Batch, Queue
 from orchestrator.store.compact import pack_snapshot, raw_hget, unpack_snapshot
 from orchestrator.store.files import now_ms
 from orchestrator.store.keys import Keys
@@ -65,7 +65,7 @@ class WorkerStore:
         return int(self._append(keys=keys, args=args))
 
     def append_updates_into(
-        self, batch: Batch, worker_id: str, first_index: int, payloads: Sequence[str],
+        self, batch: Queue, worker_id: str, first_index: int, payloads: Sequence[str],
         job_id: str = "",
     ) -> int:  # fmt: skip
         """Queue :meth:`append_updates`; the index of its reply."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 
-from orchestrator.store.scripts.jobs import POST_TURN, RELEASE_FOLLOW
+from orchestrator.store.scripts.jobs import APPEND_UPDATES, POST_TURN, RELEASE_FOLLOW, SUBMIT
 from orchestrator.store.scripts.records import FOLD_TURN, TRANSITION
 from orchestrator.store.scripts.spend import PROMOTE_WAITING
 
@@ -30,7 +30,12 @@ return 1
 """
 
 #: The scripts CHAIN can run, in the order of their part numbers (1, 2, ...).
-PARTS = (POST_TURN, SET_FIELD, FOLD_TURN, TRANSITION, RELEASE_FOLLOW, PROMOTE_WAITING)
+PARTS = (
+    POST_TURN, SET_FIELD, FOLD_TURN, TRANSITION, RELEASE_FOLLOW, PROMOTE_WAITING, SUBMIT,
+    APPEND_UPDATES,
+)  # fmt: skip
+#: The error reply of a call whose guard stopped the chain: ``REFUSED <call> <reply>``.
+REFUSED = "REFUSED"
 
 
 def sha(text: str) -> str:
@@ -50,25 +55,32 @@ _NAMES = ", ".join(f"part{i + 1}" for i in range(len(PARTS)))
 CHAIN = (
     """
 -- KEYS: each call's keys, one call after the other
--- ARGV[1] n calls; ARGV[2 .. 1+3n] for call i: its part number, key count, arg count;
--- then each call's args, one call after the other
+-- ARGV[1] n calls; ARGV[2 .. 1+4n] for call i: its part number, key count, arg count,
+-- guard ('' none: else the least number it may answer); then each call's args, one
+-- call after the other
 -- Runs the calls in order and returns their replies (a nil one as false); the first
--- error reply stops it and is the reply (the calls after it do not run).
+-- error reply stops it and is the reply (the calls after it do not run), as does a
+-- number below its call's guard: 'REFUSED <call, from 1> <number>' (a refusal that
+-- is no error alone, such as TRANSITION's -1, made to stop what depends on it).
 """
     + _FUNCTIONS
     + f"local parts = {{{_NAMES}}}\n"
     + """local n = tonumber(ARGV[1])
-local k, a = 1, 2 + 3 * n
+local k, a = 1, 2 + 4 * n
 local out = {}
 for c = 1, n do
-  local part = parts[tonumber(ARGV[3 * c - 1])]
-  local nk, na = tonumber(ARGV[3 * c]), tonumber(ARGV[3 * c + 1])
+  local part = parts[tonumber(ARGV[4 * c - 2])]
+  local nk, na = tonumber(ARGV[4 * c - 1]), tonumber(ARGV[4 * c])
+  local least = ARGV[4 * c + 1]
   local keys, args = {}, {}
   for i = 1, nk do keys[i] = KEYS[k + i - 1] end
   for i = 1, na do args[i] = ARGV[a + i - 1] end
   k, a = k + nk, a + na
   local reply = part(keys, args)
   if type(reply) == 'table' and reply.err then return reply end
+  if least ~= '' and type(reply) == 'number' and reply < tonumber(least) then
+    return redis.error_reply('REFUSED ' .. c .. ' ' .. reply)
+  end
   if reply == nil then reply = false end
   out[c] = reply
 end
