@@ -59,6 +59,10 @@ class FlakyStore(RedisStore):
         self._trip("count_attempt")
         return super().count_attempt(*args, **kwargs)
 
+    def get_job(self, *args: Any, **kwargs: Any) -> Any:
+        self._trip("get_job")
+        return super().get_job(*args, **kwargs)
+
     def set_submitted(self, *args: Any, **kwargs: Any) -> bool:
         self._trip("set_submitted")
         return super().set_submitted(*args, **kwargs)

@@ -60,3 +60,21 @@ def test_a_first_write_whose_reply_was_lost_hands_the_running_job_over(
     assert follow(rt, job.id) == ["completed"]
     assert rt.store.turn_cost(job.id) is not None
     assert_nothing_held(rt.store, [job.id])
+
+
+def test_a_first_write_with_redis_away_retries_the_create_task(
+    make_rt: Any, api: HostileAPI
+) -> None:
+    rt = make_rt(quick_relay=0.5)
+    rt.store.arm("chain_into", 1)  # the first write fails ...
+    rt.store.arm("get_job", 1)  # ... and so does the read before a plain submission
+    job = started(rt, "ok#quick-redis-away")
+    # The task retried: its call was made again (this upstream ignores the idempotency
+    # key, so it made a second worker; the emulator answers the first again), and the
+    # turn that the job links was relayed, posted and completed here.
+    assert api.calls["post ok#quick-redis-away"] == 2
+    assert job.status in ("submitted", "running", "completed") and job.worker_id is not None
+    if job.status != "completed":
+        assert follow(rt, job.id) == ["completed"]
+    assert rt.store.turn_cost(job.id) is not None
+    assert_nothing_held(rt.store, [job.id])

@@ -117,7 +117,12 @@ def _start(task: Task, job_id: str) -> str:
         status = "failed"
     else:
         if here is not None:  # a turn that ends at once is settled here
-            outcome = quick.relay_here(rt, app, job, here)  # never raises
+            try:
+                outcome = quick.relay_here(rt, app, job, here)
+            except quick.NotSubmitted as exc:  # Redis away: the call is made again
+                log.warning("create step of %s: %s; retrying", job_id, exc)
+                _retry_or_fail(task, job_id, exc, _job_repr(rt.store, job_id))
+                outcome = None
             status = outcome if outcome in ("completed", "failed") else None
     _raise_if_ended(job_id, status)
     return status

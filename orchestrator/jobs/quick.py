@@ -13,11 +13,12 @@ write, not before the read: an instant turn's submission, updates, post and comp
 are then one script (CHAIN), the whole job two round trips with its BEGIN_ATTEMPT. Until
 that write the followers do not know the job; once it is written, its follow entry is
 held ``HOLD_MS`` ahead while the task reads on. If the task's process dies before the
-first write, the job is still ``queued`` in the ``begun`` set and is sent again (the same
-idempotency key finds the same worker); after it, the hold lapses and a follower claims
-the job as it would a dead follower's. A cancel that lands before the first write ends
-the job as one whose create was in flight: the write is refused whole, and the turn is
-settled by the end sweep.
+first write, its unacknowledged task is delivered again (``acks_late``), and should Redis
+be away at that write the task retries (NotSubmitted): either way the call is made again
+with the same idempotency key, which finds the same worker. After the first write, the
+hold lapses and a follower claims the job as it would a dead follower's. A cancel that
+lands before the first write ends the job as one whose create was in flight: the write
+is refused whole, and the turn is settled by the end sweep.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def relay_here(rt: Runtime, app: Celery, job: Job, worker: Worker) -> str | None
     """Submit and relay the turn that ``worker`` (the create's answer, not yet linked to
     ``job``) runs, and settle it if it ends within ``QUICK_RELAY_SECONDS``: finalize's
     outcome. None when the turn went to the followers (or, refused by the store, to the
-    end sweep). Never raises."""
+    end sweep). Raises only :class:`NotSubmitted` (the task retries)."""
     relay = _Relay(rt, job, worker)
     try:
         ended = relay.read()
@@ -128,6 +129,12 @@ def _submit_refused(rt: Runtime, app: Celery, job: Job) -> None:
         log.info("job %s not submitted (%s)", job.id, exc)
         return
     log.info("job %s %s before its create was written; not relayed here", job.id, now.status)
+
+
+class NotSubmitted(Exception):
+    """Neither the task's first write nor a plain submission reached the store (Redis
+    away, a failover under way): the job is still queued with nothing linked, and the
+    create task retries; its call finds the same worker by the idempotency key."""
 
 
 class SubmitRefused(Exception):
@@ -228,8 +235,7 @@ def _submit_and_hand_over(rt: Runtime, app: Celery, relay: _Relay) -> str | None
     """After a failure whose writes may or may not have run: submit the job if nothing
     did (claimable at once) and hand its stream over; finish a job that the write ended
     (its hold and slots, as finalize gives back a done job's). Should Redis still be
-    away, the job is still queued in the ``begun`` set, and its create is sent again
-    (the same idempotency key finds the same worker)."""
+    away, NotSubmitted: the job is still queued, and the task retries."""
     job = relay.job
     if not relay.submitted:
         try:
@@ -241,8 +247,7 @@ def _submit_and_hand_over(rt: Runtime, app: Celery, relay: _Relay) -> str | None
             elif now is not None and now.done:
                 return _finalize(rt, app, now, None, None)
         except Exception as exc:
-            log.warning("could not submit %s (%s); its create is sent again", job.id, exc)
-            return None
+            raise NotSubmitted(f"the job could not be submitted: {exc}") from exc
         if now is None or now.status not in ("submitted", "running"):
             return None  # lost, or ended here meanwhile: the end sweep settles its turn
     _hand_over(rt, job)
