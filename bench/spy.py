@@ -27,7 +27,7 @@ STEPS: list[tuple[str, tuple[str, ...]]] = [
     ("create: BEGIN_ATTEMPT read", ("RedisStore.begin_attempt",)),
     ("create: HTTP create + parse", ("WorkersClient.create",)),
     ("create: set_submitted (a continue)", ("RedisStore.set_submitted",)),
-    ("create: rest of the step", ("call_upstream (", "begin_turn (", "start_turn (")),
+    ("create: rest of the step", ("call_upstream (", "start_turn (")),
     ("relay here: stream read + SSE parse", ("_Relay.read&WorkersClient",)),
     ("relay here: HTTP retrieve + parse", ("_settle_at_once&WorkersClient.retrieve",)),
     ("relay here: submit, updates, post, complete", ("_settle_at_once", "_Relay.")),

@@ -65,7 +65,7 @@ def test_a_begun_job_whose_task_was_lost_is_sent_again_and_finds_its_worker(
     # ... calls upstream, and cannot record the answer; its retry cannot be sent
     # either, so Celery drops the message: nothing of the task is left anywhere.
     with pytest.raises(StoreError):
-        steps.begin_turn(rt, app, job_id)
+        steps.start_turn(rt, app, job_id)
     job = store.require_job(job_id)
     assert (job.status, job.attempts, job.worker_id) == ("queued", 1, None)
     assert emulator.ledger()["workers_created"] == 1
@@ -75,7 +75,7 @@ def test_a_begun_job_whose_task_was_lost_is_sent_again_and_finds_its_worker(
     assert any(job_id in raw for raw in _queued_jobs(store))
 
     # The task sent again: the same idempotency key finds the same upstream worker.
-    job = steps.begin_turn(rt, app, job_id)
+    job = steps.start_turn(rt, app, job_id)
     assert job.status == "submitted" and job.worker_id is not None
     assert emulator.ledger()["workers_created"] == 1
     assert store.stalled(0) == []
@@ -89,7 +89,7 @@ def test_a_begun_job_that_ended_leaves_the_set_when_the_sweep_reads_it(rt: Runti
     with Orchestrator(settings) as orch:
         job_id = orch.submit("begun, then failed", budget="low").id
         with pytest.raises(StoreError):
-            steps.begin_turn(rt, app, job_id)
+            steps.start_turn(rt, app, job_id)
         assert store.r.zscore(store.keys.begun, job_id) is not None
         steps.fail(app, rt, job_id, "given up")
     assert store.stalled(0) == []

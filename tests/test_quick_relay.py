@@ -91,6 +91,6 @@ def test_a_continue_is_not_held_for_its_task(orch: Orchestrator, emulator: Emula
     worker_id = orch.store.require_job(first.id).worker_id
     assert worker_id is not None
     follow_up = orch.continue_(worker_id, "second turn", budget="low")
-    begun = pipeline.begin_turn(orch.rt, orch.app, follow_up.id)
+    begun = pipeline.start_turn(orch.rt, orch.app, follow_up.id)
     assert begun.status == "submitted"
     assert orch.store.r.zscore(orch.store.keys.follows, begun.id) == 0

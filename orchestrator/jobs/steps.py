@@ -151,13 +151,8 @@ def upstream_key(job: Job) -> str:
 
 
 def start_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
-    """Create the worker (or continue it) upstream, exactly once per job (see
-    :func:`begin_turn`); its stream is put up for the followers at once."""
-    return begin_turn(rt, app, job_id)
-
-
-def begin_turn(rt: Runtime, app: Celery, job_id: str) -> Job:
-    """Create the worker (or continue it) upstream, exactly once per job.
+    """Create the worker (or continue it) upstream, exactly once per job; its stream is
+    put up for the followers at once.
 
     ``upstream_key(job)`` is the ``Idempotency-Key``; an attempt is recorded before the call and
     the worker id after it, so a redelivered task that finds a worker id goes straight
@@ -178,7 +173,7 @@ def submit_turn(rt: Runtime, app: Celery, job: Job, worker: Worker) -> Job:
 
 
 def call_upstream(rt: Runtime, app: Celery, job_id: str) -> tuple[Job, Worker | None]:
-    """:func:`begin_turn` up to the upstream call: the job and the worker that call
+    """:func:`start_turn` up to the upstream call: the job and the worker that call
     answered, not yet linked to the job (the caller submits it: ``set_submitted`` or
     ``submit_into``); no worker when nothing was called (the job is past queued, ended
     here, not admitted, or refused by the upstream)."""
