@@ -132,10 +132,14 @@ def test_fleet_rate_limit_across_four_workers(
     assert set(statuses.values()) == {"completed"}
     ledger = emulator.ledger()
     assert ledger["requests"] >= 150  # create, stream and retrieve per job: 7.5 s at 20/s
-    # 20/s: at most 100 starts in any 5 s (+1 at the window's edge); a one-second
-    # window also sees arrival jitter, so it gets one request more of slack.
+    # 20/s: at most 100 starts in any 5 s (+1 at the window's edge). The emulator counts
+    # arrivals, not starts: sixteen sending threads on a busy two-core machine put up to
+    # ~150 ms between a request's start and its arrival, so a one-second window can hold
+    # up to 3 more. The starts themselves are held to 20 in any second by
+    # test_controls.py::test_fleet_rate_limit_holds_across_clients; without the limit
+    # these 150 requests would arrive in about two seconds (70 or more in one).
     assert ledger["max_requests_per_5s"] <= 101, ledger["max_requests_per_5s"]
-    assert ledger["max_requests_per_second"] <= 22, ledger["max_requests_per_second"]
+    assert ledger["max_requests_per_second"] <= 24, ledger["max_requests_per_second"]
 
 
 def test_holds_survive_a_sigkill_between_reserve_and_settle(

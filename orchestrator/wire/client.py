@@ -42,7 +42,7 @@ from orchestrator.wire.body import (
     iter_decoded,
     read_bounded,
 )
-from orchestrator.wire.deadline import deadline, sync_transport
+from orchestrator.wire.deadline import PerThreadTransport, deadline
 from orchestrator.wire.models import Budget, ScheduleCancel, ScheduleList, Worker, WorkerSchedule
 from orchestrator.wire.retry import RetryPolicy
 from orchestrator.wire.routes import Call
@@ -210,7 +210,7 @@ class WorkersClient:
             base_url=base_url,
             headers={**auth_headers(api_key), **ACCEPT_ENCODING},
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            transport=transport or sync_transport(limits),
+            transport=transport or PerThreadTransport(limits),
         )
         self._on_attempt = on_attempt
         # Fleet-wide rate limit (orchestrator.controls.limits.FleetRate or its async twin).

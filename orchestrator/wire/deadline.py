@@ -17,6 +17,7 @@ update stream's body) only httpx's own timeouts apply. A passed deadline is an
 from __future__ import annotations
 
 import ssl
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -26,7 +27,13 @@ from typing import Any
 import httpcore
 import httpx
 
-__all__ = ["DeadlinePassed", "async_transport", "deadline", "sync_transport"]
+__all__ = [
+    "DeadlinePassed",
+    "PerThreadTransport",
+    "async_transport",
+    "deadline",
+    "sync_transport",
+]
 
 #: (monotonic time it ends, its length in seconds) of the exchange under way, if any.
 _DEADLINE: ContextVar[tuple[float, float] | None] = ContextVar("http_deadline", default=None)
@@ -211,6 +218,32 @@ def sync_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
     pool: Any = transport._pool
     pool._network_backend = _Backend(pool._network_backend)
     return transport
+
+
+class PerThreadTransport(httpx.BaseTransport):
+    """:func:`sync_transport` pools, one for each thread that sends. A worker's pool
+    threads each keep their own connections, as a client per thread would, instead of
+    queueing on one pool's lock for every request and every returned connection."""
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        self._limits = limits
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._made: list[httpx.HTTPTransport] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        transport: httpx.HTTPTransport | None = getattr(self._local, "transport", None)
+        if transport is None:
+            transport = self._local.transport = sync_transport(self._limits)
+            with self._lock:
+                self._made.append(transport)
+        return transport.handle_request(request)
+
+    def close(self) -> None:
+        with self._lock:
+            made, self._made = self._made, []
+        for transport in made:
+            transport.close()
 
 
 def async_transport(limits: httpx.Limits, verify: ssl.SSLContext) -> httpx.AsyncHTTPTransport:
