@@ -44,6 +44,38 @@ def test_a_body_that_is_not_sent_as_json_is_a_415_and_writes_nothing(
     assert admin.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
 
 
+def test_a_caller_without_a_valid_token_is_refused_before_its_body_is_looked_at(
+    gateway: Gateway,
+) -> None:
+    """A 401 comes first: before the 413 for a body too large, the 415 for one not sent
+    as JSON, the 422 for JSON that does not parse or a field out of place. Those told a
+    stranger the API's rules (and the 413 had the gateway size the body)."""
+    url = f"{gateway.url}/v1/jobs"
+    nobody: dict[str, str] = {}
+    wrong = {"Authorization": "Bearer orch_nope"}
+    basic = {"Authorization": "Basic dXNlcjpwYXNz"}
+    for who in (nobody, wrong, basic):
+        for content, content_type in (
+            (b"x" * (2**20 + 5), "application/json"),  # over the default body limit
+            (b'{"input": "x"}', "text/plain"),
+            (b'{"input": ', "application/json"),
+            (b'{"input": "x", "budget": "huge"}', "application/json"),
+        ):
+            answer = httpx.post(url, content=content, headers={**who, "Content-Type": content_type})
+            refused = error_of(answer, 401)
+            assert refused["field"] == "authorization", (who, content[:20])
+            assert answer.headers["WWW-Authenticate"] == "Bearer"
+    # Unknown routes under /v1 too: a stranger learns nothing of which exist.
+    assert error_of(httpx.get(f"{gateway.url}/v1/nothing-here"), 401)
+    # With a token, each gets its own answer, as before.
+    admin = gateway.client("admin")
+    assert error_of(admin.post("/v1/jobs", content=b"x" * (2**20 + 5)), 413)
+    assert error_of(admin.post("/v1/jobs", content=b'{"input": ', headers={
+        "Content-Type": "application/json"}), 422)["field"] == "body"  # fmt: skip
+    assert error_of(admin.get("/v1/nothing-here"), 404)
+    assert admin.get("/v1/jobs").json()["jobs"] == []  # nothing was written
+
+
 def test_error_shapes(gateway: Gateway) -> None:
     url = gateway.url
     assert error_of(httpx.get(f"{url}/v1/jobs"), 401)["field"] == "authorization"

@@ -3,8 +3,9 @@
 
 Everything the routes share is built in the lifespan (one facade, one token store, one
 live-update hub per process). Requests larger than ``GATEWAY_MAX_BODY_BYTES`` are refused
-(413) before they are read, so are bodies not sent as JSON (415), and uvicorn's access
-log never shows a read link's token.
+(413) before they are read, so are bodies not sent as JSON (415), both after a caller
+without a valid token is refused (401); uvicorn's access log never shows a read link's
+token.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.facade import Orchestrator
 from orchestrator.gateway import apidocs, console, errors, events, jobs, me, money, schedules
+from orchestrator.gateway.auth import TokenFirst
 from orchestrator.gateway.fanout import Hub
 from orchestrator.gateway.links import redact
 from orchestrator.gateway.schemas import Health
@@ -227,4 +229,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     console.mount(app)
     app.add_middleware(_JsonBody)
     app.add_middleware(_BodyLimit, limit=settings.gateway_max_body_bytes)
+    app.add_middleware(TokenFirst)  # the outermost: a caller without a token is told first
     return app

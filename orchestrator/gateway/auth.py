@@ -14,8 +14,9 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from orchestrator.gateway.errors import ApiError, not_found
+from orchestrator.gateway.errors import ApiError, error_response, not_found
 from orchestrator.gateway.state import Gateway
 from orchestrator.jobs.model import Job
 
@@ -78,6 +79,41 @@ async def authenticate(request: Request, creds: HTTPAuthorizationCredentials | N
     return who
 
 
+#: /v1 paths reached without a token: a signed read link is its own credential.
+UNAUTHENTICATED_PREFIXES = ("/v1/links/",)
+
+
+class TokenFirst:
+    """Who is asking, settled before anything else about a ``/v1`` request: a caller
+    with no token, or an unknown one, gets its 401 (or 429) before the body is read,
+    sized (413), typed (415) or parsed (422), so nothing about the API's rules is told
+    to a caller who may not use it. The principal found is kept on the request for the
+    routes' dependency, which then looks nothing up again (the token's rate bucket is
+    charged once). Anything but an answer of ours (Redis away) is left to the route,
+    whose dependency meets it again and answers as every route does (503)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        if (
+            scope["type"] == "http"
+            and path.startswith("/v1/")
+            and not path.startswith(UNAUTHENTICATED_PREFIXES)
+        ):
+            request = Request(scope, receive)
+            try:
+                await authenticate(request, await _bearer(request))
+            except ApiError as exc:
+                response = error_response(exc.status, exc.message, exc.field, exc.headers)
+                await response(scope, receive, send)
+                return
+            except Exception:  # answered by the route's own check
+                pass
+        await self.app(scope, receive, send)
+
+
 def role(needed: Role) -> object:
     """A dependency: the caller, who must hold at least ``needed``."""
 
@@ -87,7 +123,8 @@ def role(needed: Role) -> object:
         request: Request,
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
-        who = await authenticate(request, creds)
+        known = getattr(request.state, "principal", None)  # found by TokenFirst
+        who = known if isinstance(known, Principal) else await authenticate(request, creds)
         if not who.may(needed):
             raise ApiError(
                 403, f"this needs a token of role {needed} or above", field="authorization"
