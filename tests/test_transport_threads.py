@@ -4,7 +4,9 @@ shared pool, and closing the client closes every thread's connections."""
 
 from __future__ import annotations
 
+import gc
 import threading
+from typing import Any
 
 import httpx
 
@@ -20,14 +22,16 @@ def test_each_thread_keeps_its_own_connection_and_close_ends_them_all(
     transport = PerThreadTransport(httpx.Limits(max_connections=4))
     client = WorkersClient(emulator.url, emulator.api_key, transport=transport)
     made = client.create("first")
-    seen: dict[str, object] = {}
+    pools: dict[str, Any] = {}
+    open_then: dict[str, int] = {}
     errors: list[BaseException] = []
 
     def work(name: str) -> None:
         try:
             for _ in range(3):
                 assert client.retrieve(made.id).id == made.id
-            seen[name] = transport._local.transport
+            pool = transport._local.pool.transport._pool
+            pools[name], open_then[name] = pool, len(pool.connections)
         except BaseException as exc:  # reported below, with the thread's name
             errors.append(exc)
 
@@ -36,12 +40,15 @@ def test_each_thread_keeps_its_own_connection_and_close_ends_them_all(
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
-    assert not errors and len(seen) == 3
-    assert len({id(t) for t in seen.values()}) == 3  # a pool each
-    pools = [t._pool for t in transport._made]
-    assert len(pools) == 4  # the main thread's and the three workers'
-    # Three calls a thread went over one connection of that thread's pool.
-    assert all(len(pool.connections) == 1 for pool in pools)
+    assert not errors and len(pools) == 3
+    mine = transport._local.pool.transport._pool
+    assert len({id(p) for p in [*pools.values(), mine]}) == 4  # a pool each
+    # Three calls a thread went over one connection of that thread's pool ...
+    assert open_then == dict.fromkeys(pools, 1)
+    # ... which ended with its thread: nothing of a finished thread is left open.
+    gc.collect()
+    assert all(pool.connections == [] for pool in pools.values())
+    assert [p.transport._pool for p in transport._made] == [mine]
+    assert len(mine.connections) == 1
     client.close()
-    assert transport._made == []
-    assert all(pool.connections == [] for pool in pools)
+    assert list(transport._made) == [] and mine.connections == []

@@ -19,8 +19,9 @@ from __future__ import annotations
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import Any
 
@@ -220,30 +221,48 @@ def sync_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
     return transport
 
 
+class _ThreadPool:
+    """One thread's pool, held only by that thread's locals: when the thread ends they
+    are dropped, and the pool's connections are closed with them."""
+
+    __slots__ = ("__weakref__", "transport")
+
+    def __init__(self, transport: httpx.HTTPTransport) -> None:
+        self.transport = transport
+
+    def __del__(self) -> None:
+        # A finalizer: at interpreter exit the modules it needs may be gone already.
+        with suppress(Exception):
+            self.transport.close()
+
+
 class PerThreadTransport(httpx.BaseTransport):
     """:func:`sync_transport` pools, one for each thread that sends. A worker's pool
     threads each keep their own connections, as a client per thread would, instead of
-    queueing on one pool's lock for every request and every returned connection."""
+    queueing on one pool's lock for every request and every returned connection. A
+    thread's pool ends with the thread, so an application that starts a thread per
+    request does not pile up open connections."""
 
     def __init__(self, limits: httpx.Limits) -> None:
         self._limits = limits
         self._local = threading.local()
+        self._made: weakref.WeakSet[_ThreadPool] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._made: list[httpx.HTTPTransport] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        transport: httpx.HTTPTransport | None = getattr(self._local, "transport", None)
-        if transport is None:
-            transport = self._local.transport = sync_transport(self._limits)
+        pool: _ThreadPool | None = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = _ThreadPool(sync_transport(self._limits))
             with self._lock:
-                self._made.append(transport)
-        return transport.handle_request(request)
+                self._made.add(pool)
+        return pool.transport.handle_request(request)
 
     def close(self) -> None:
         with self._lock:
-            made, self._made = self._made, []
-        for transport in made:
-            transport.close()
+            made = list(self._made)
+            self._made.clear()
+        for pool in made:
+            pool.transport.close()
 
 
 def async_transport(limits: httpx.Limits, verify: ssl.SSLContext) -> httpx.AsyncHTTPTransport:
