@@ -61,6 +61,10 @@ STREAMS = [
     b"event: ping\n\nretry: 10\n\nretry: x\n\ndata\n\nfoo: bar\n\nid\n\n",
     b"id: 7\n\n\n\ndata: after an id, blank lines are events\n\ndata: unterminated",
     "data: caf\u00e9 \u2603\n\n".encode() + b"data: \xff bad utf-8\n\n",
+    # \n alone (the usual case, read a line at a time without a search): several events
+    # to a chunk, a comment, data on two lines, a field with no space, \r only at the end.
+    b'id: 0\nevent: update\ndata: {"t": 1}\n\n: keep-alive\n\nid: 1\ndata: a\ndata:b\n\n'
+    b"event: end\ndata: {}\n\ndata: last\r\n\r\n",
 ]
 
 
@@ -82,6 +86,20 @@ def test_the_bounded_reader_sees_the_events_httpx_sse_sees(raw: bytes, piece: in
     parser = EventParser(1024)
     got = [e.data for i in range(0, len(raw), piece) for e in parser.feed(raw[i : i + piece])]
     assert got == reference_events(raw)
+
+
+@pytest.mark.parametrize("piece", [1, 5, 40, 10_000])
+def test_oversize_lines_are_cut_alike_however_the_bytes_come(piece: int) -> None:
+    """A line over the bound, whole in one chunk or spread over many, gives the same
+    events: the same head kept, the same full size counted."""
+    raw = (b"data: " + b"x" * 100 + b"\n\n" + b"event: " + b"e" * 90 + b"\ndata: ok\n\n"
+           + b"y" * 70 + b": z\n\ndata: " + b"w" * 30 + b"\ndata: v\n\n")  # fmt: skip
+    parser = EventParser(16)
+    got = [e for i in range(0, len(raw), piece) for e in parser.feed(raw[i : i + piece])]
+    assert [(e.data, e.size, e.truncated) for e in got] == [
+        ("x" * 16, 100, True), ("ok", 2, False), ("w" * 16, 32, True)
+    ]  # fmt: skip
+    assert len(parser._line) == 0 and len(parser._data) == 0
 
 
 def test_an_oversize_event_is_marked_and_never_held_whole() -> None:

@@ -63,6 +63,22 @@ class EventParser:
     def feed(self, chunk: bytes) -> list[Event]:
         """The events that ``chunk`` completes."""
         out: list[Event] = []
+        if self._cr or b"\r" in chunk:
+            self._feed_any(chunk, out)
+            return out
+        # Lines that end in \n alone (what servers send): split once, no search a line.
+        *whole, rest = chunk.split(b"\n")
+        keep = self.max_bytes + _FIELD_ROOM
+        for i, line in enumerate(whole):
+            if i == 0 and self._line_size:  # the end of a line begun in an earlier chunk
+                self._take(line, 0, len(line))
+                self._line_done(out)
+            else:
+                self._field(line[:keep], len(line), out)
+        self._take(rest, 0, len(rest))
+        return out
+
+    def _feed_any(self, chunk: bytes, out: list[Event]) -> None:
         pos, end = 0, len(chunk)
         if self._cr:
             self._cr = False
@@ -78,7 +94,6 @@ class EventParser:
                 self._cr = True
             self._line_done(out)
             pos = match.end()
-        return out
 
     def _take(self, chunk: bytes, start: int, stop: int) -> None:
         room = self.max_bytes + _FIELD_ROOM - len(self._line)
@@ -90,6 +105,10 @@ class EventParser:
         line, size = bytes(self._line), self._line_size
         self._line.clear()
         self._line_size = 0
+        self._field(line, size, out)
+
+    def _field(self, line: bytes, size: int, out: list[Event]) -> None:
+        """One line: ``line`` its first max_bytes + a field name, ``size`` its length."""
         if size == 0:
             event = self._dispatch()
             if event is not None:
