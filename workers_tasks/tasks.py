@@ -107,23 +107,19 @@ def _start(task: Task, job_id: str) -> str:
         if worker is not None and here is None:
             job = pipeline.submit_turn(rt, app, job, worker)
         status = job.status
+        if here is not None:  # a turn that ends at once is settled here
+            outcome = quick.relay_here(rt, app, job, here)  # raises only NotSubmitted
+            status = outcome if outcome in ("completed", "failed") else None
     except InputError as exc:
         log.error("dropping task for %s: %s", job_id, exc)
         return "unknown"
-    except Exception as exc:  # an API error, or one of our own after admission
-        if not isinstance(exc, APIError):
+    except Exception as exc:  # an API error, one of our own after admission, Redis away
+        if isinstance(exc, quick.NotSubmitted):  # the call is made again
+            log.warning("create step of %s: %s; retrying", job_id, exc)
+        elif not isinstance(exc, APIError):
             log.exception("create step of %s failed", job_id)
         _retry_or_fail(task, job_id, exc, _job_repr(rt.store, job_id))
         status = "failed"
-    else:
-        if here is not None:  # a turn that ends at once is settled here
-            try:
-                outcome = quick.relay_here(rt, app, job, here)
-            except quick.NotSubmitted as exc:  # Redis away: the call is made again
-                log.warning("create step of %s: %s; retrying", job_id, exc)
-                _retry_or_fail(task, job_id, exc, _job_repr(rt.store, job_id))
-                outcome = None
-            status = outcome if outcome in ("completed", "failed") else None
     _raise_if_ended(job_id, status)
     return status
 
