@@ -4,7 +4,8 @@ in a background thread), answering what a broken or malicious upstream might.
 What each route does is set per test in ``server.modes`` (``create``, ``stream``) and
 by the file's name (``files``):
 
-- create ``drip``: a Worker JSON sent one byte every ``drip_seconds``.
+- create ``drip``: a Worker JSON sent one byte every ``drip_seconds``; ``cookie``: the
+  answer sets a cookie (every request's ``Cookie`` header is kept in ``cookies_sent``).
 - stream ``nonjson``: every event's data is not JSON; ``oversize``: one event of
   ``oversize_bytes`` between two small ones.
 - file ``endless``: a body that never ends; ``huge``: ``Content-Length`` of 2 GiB;
@@ -36,6 +37,7 @@ class HostileServer:
         self._oversize = b'data: "' + b"y" * self.oversize_bytes + b'"\n\n'
         self.bytes_sent: dict[str, int] = {}  # per file name
         self.stream_connections = 0
+        self.cookies_sent: list[bytes | None] = []  # each request's Cookie header
         self.url = ""
         self._running: BackgroundServer | None = None
 
@@ -44,6 +46,7 @@ class HostileServer:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        self.cookies_sent.append(dict(scope["headers"]).get(b"cookie"))
         gone = asyncio.Event()  # uvicorn drops sends after a disconnect without a word
 
         async def watch() -> None:
@@ -71,6 +74,10 @@ class HostileServer:
 
     async def _create(self, send: Send, gone: asyncio.Event) -> None:
         body = json.dumps(WORKER).encode() + b" " * 200
+        if self.modes.get("create") == "cookie":
+            cookie = (b"set-cookie", b"sticky=node-7; Path=/; HttpOnly")
+            await _answer(send, 200, body, [(b"content-type", b"application/json"), cookie])
+            return
         if self.modes.get("create") != "drip":
             await _answer(send, 200, body)
             return

@@ -47,6 +47,7 @@ def hostile() -> Iterator[HostileServer]:
 def _calm(hostile: HostileServer) -> None:
     hostile.modes.clear()
     hostile.stream_connections = 0
+    hostile.cookies_sent.clear()
 
 
 def client(hostile: HostileServer, **options: object) -> WorkersClient:
@@ -139,6 +140,24 @@ def test_the_async_client_has_the_same_deadline(hostile: HostileServer) -> None:
             return time.monotonic() - started
 
     assert asyncio.run(run()) < 2.5
+
+
+def test_a_cookie_the_upstream_sets_is_never_sent_back(hostile: HostileServer) -> None:
+    """Both clients keep no cookies: each answer to create sets one, and no request
+    (creates, a stream) carries it back."""
+    hostile.modes["create"] = "cookie"
+    with client(hostile) as c:
+        worker = c.create("one")
+        c.create("two")
+        assert [u.data for u in c.stream_updates(worker.id)] == [{"n": 0}]
+
+    async def run() -> None:
+        async with AsyncWorkersClient(hostile.url, "k", retry=ONCE) as c:
+            await c.create("three")
+            await c.create("four")
+
+    asyncio.run(run())
+    assert hostile.cookies_sent == [None] * 5
 
 
 def test_a_dripping_file_is_cut_at_the_file_deadline(

@@ -27,10 +27,10 @@ from orchestrator.wire.client import (
     Outcome,
     Update,
     auth_headers,
-    build_request,
     client_options,
 )
 from orchestrator.wire.deadline import async_transport, deadline
+from orchestrator.wire.http import AsyncClient, build_request
 from orchestrator.wire.models import Budget, Worker
 from orchestrator.wire.retry import RetryPolicy
 from orchestrator.wire.routes import Call
@@ -83,7 +83,7 @@ class AsyncWorkersClient:
         tls = httpx.create_ssl_context()
         limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
         self._pools = [
-            httpx.AsyncClient(
+            AsyncClient(
                 base_url=base_url,
                 headers={**auth_headers(api_key), **ACCEPT_ENCODING},
                 timeout=httpx.Timeout(timeout, connect=connect_timeout),
@@ -118,7 +118,7 @@ class AsyncWorkersClient:
         for pool in self._pools:
             await pool.aclose()
 
-    def _pool(self, key: str | None) -> httpx.AsyncClient:
+    def _pool(self, key: str | None) -> AsyncClient:
         if len(self._pools) == 1:
             return self._http
         if key is None:
