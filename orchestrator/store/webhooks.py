@@ -11,6 +11,7 @@ whose last attempt failed goes to the dead set until it is replayed.
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from typing import Any
 
 from orchestrator.store.batch import Batch
@@ -25,7 +26,11 @@ class WebhookStore:
     def __init__(self, store: RedisStore) -> None:
         self.r: Any = store.r
         self.keys = store.keys
-        self._claim = self.r.register_script(CLAIM_DUE)
+
+    @cached_property
+    def _claim(self) -> Any:
+        # Made on first use: a store is made for each job's end, to count subscriptions.
+        return self.r.register_script(CLAIM_DUE)
 
     # --- subscriptions ---------------------------------------------------------------
 
