@@ -4,6 +4,8 @@ stream claimable at once and resume from the stored count."""
 
 from __future__ import annotations
 
+import pytest
+
 from orchestrator.facade import Orchestrator
 from orchestrator.jobs import quick
 from orchestrator.jobs import steps as pipeline
@@ -94,3 +96,45 @@ def test_a_continue_is_not_held_for_its_task(orch: Orchestrator, emulator: Emula
     begun = pipeline.start_turn(orch.rt, orch.app, follow_up.id)
     assert begun.status == "submitted"
     assert orch.store.r.zscore(orch.store.keys.follows, begun.id) == 0
+
+
+def test_each_read_here_is_counted_in_the_odds(
+    orch: Orchestrator, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn that runs on lowers the process's odds; one that ends in time raises them."""
+    odds = quick.Odds()
+    monkeypatch.setattr(quick, "ODDS", odds)
+    emulator.configure(turn_seconds=3.0, events_per_turn=5)
+    assert quick.relay_here(orch.rt, orch.app, *_begin(orch, "long")) is None
+    assert odds.rate == 1 - quick.Odds.WEIGHT
+    emulator.configure(turn_seconds=0.0, events_per_turn=3)
+    assert quick.relay_here(orch.rt, orch.app, *_begin(orch, "instant")) == "completed"
+    weight = quick.Odds.WEIGHT
+    assert odds.rate == 1 - weight * (1 - weight)
+
+
+def test_reads_stop_while_turns_run_on_and_come_back_when_they_end_at_once() -> None:
+    odds = quick.Odds()
+    misses = 0
+    while odds.worth_reading():  # every turn runs past QUICK_RELAY_SECONDS
+        odds.record(False)
+        misses += 1
+    assert misses == 22  # 1.0 x (15/16)^22 < 0.25
+    # Then one job in PROBE_EVERY is still read here.
+    probes = [odds.worth_reading() for _ in range(4 * quick.Odds.PROBE_EVERY)]
+    assert sum(probes) == 4
+    # Probes whose turns end in time bring the reads back within a few.
+    hits = 0
+    while odds.rate < quick.Odds.FLOOR:
+        odds.record(True)
+        hits += 1
+    assert hits <= 2
+    assert all(odds.worth_reading() for _ in range(100))
+
+
+def test_a_few_turns_cut_under_load_do_not_stop_the_reads() -> None:
+    odds = quick.Odds()
+    for i in range(1000):  # one turn in five runs past the wait
+        assert odds.worth_reading()
+        odds.record(i % 5 != 0)
+    assert odds.rate > 0.6

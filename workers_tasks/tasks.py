@@ -102,8 +102,11 @@ def _start(task: Task, job_id: str) -> str:
     rt = get_runtime()
     try:
         job, worker = pipeline.call_upstream(rt, app, job_id)
-        # A create's turn is submitted and relayed by this task (orchestrator.jobs.quick).
-        here = worker if job.kind == "create" and rt.settings.quick_relay_seconds else None
+        # A create's turn is submitted and relayed by this task (orchestrator.jobs.quick)
+        # while turns lately have ended in time; else the followers take it at once.
+        quick_kind = job.kind == "create" and rt.settings.quick_relay_seconds
+        try_here = worker is not None and quick_kind and quick.ODDS.worth_reading()
+        here = worker if try_here else None
         if worker is not None and here is None:
             job = pipeline.submit_turn(rt, app, job, worker)
         status = job.status
