@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(_run(ctx, name))
         finally:
             ctx.stop_all()
+    reps = ["--reps", str(ctx.reps)] if ctx.reps != Context.reps else []
     command = "python -m bench " + shlex.join(
-        [*args.scenarios, *(["--quick"] if args.quick else [])]
+        [*args.scenarios, *(["--quick"] if args.quick else []), *reps]
     )
     run = {
         "command": command.strip(),

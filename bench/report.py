@@ -92,11 +92,14 @@ def markdown(data: dict[str, Any]) -> str:
         )
     else:
         origin = f"`{data['command']}` — {kind} run of {when}, {data['seconds'] / 60:.1f} min. "
+    # Merged sections may differ in repetitions: each one's command names any --reps.
+    reps = (f"{data['reps']} repetitions" if len(runs) == 1
+            else "its run's repetitions (3 unless its command says `--reps`)")  # fmt: skip
     lines = [
         "# Benchmark results",
         "",
         origin
-        + f"Each figure is the median of {data['reps']} repetitions, with min-max in brackets; "
+        + f"Each figure is the median of {reps}, with min-max in brackets; "
         "ratio = ours / baseline (medians), both measured in the same run. Reproduce with "
         "`python -m bench` (add `--quick` for a smoke run).",
         "",
