@@ -33,28 +33,22 @@ class _NoCookies(httpx.Cookies):
 _NONE = _NoCookies(_KeepNone())
 
 
-class Client(httpx.Client):
+class _KeepsNoCookies:
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NONE
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        raise AttributeError("the Workers API clients keep no cookies")
+
+
+class Client(_KeepsNoCookies, httpx.Client):
     """An httpx client that keeps no cookies."""
 
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return _NONE
 
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        raise AttributeError("the Workers API clients keep no cookies")
-
-
-class AsyncClient(httpx.AsyncClient):
+class AsyncClient(_KeepsNoCookies, httpx.AsyncClient):
     """An httpx async client that keeps no cookies."""
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return _NONE
-
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        raise AttributeError("the Workers API clients keep no cookies")
 
 
 def build_request(
