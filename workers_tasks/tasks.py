@@ -104,7 +104,7 @@ def _start(task: Task, job_id: str) -> str:
         job, worker = pipeline.call_upstream(rt, app, job_id)
         # A create's turn is submitted and relayed by this task (orchestrator.jobs.quick)
         # while turns lately have ended in time; else the followers take it at once.
-        quick_kind = job.kind == "create" and rt.settings.quick_relay_seconds
+        quick_kind = job.kind == "create" and rt.settings.quick_relay_seconds > 0
         try_here = worker is not None and quick_kind and quick.ODDS.worth_reading()
         here = worker if try_here else None
         if worker is not None and here is None:
