@@ -5,6 +5,7 @@ stream claimable at once and resume from the stored count."""
 from __future__ import annotations
 
 import pytest
+from prometheus_client import REGISTRY
 
 from orchestrator.facade import Orchestrator
 from orchestrator.jobs import quick
@@ -104,6 +105,7 @@ def test_each_read_here_is_counted_in_the_odds(
     """A turn that runs on lowers the process's odds; one that ends in time raises them."""
     odds = quick.Odds()
     monkeypatch.setattr(quick, "ODDS", odds)
+    before = {o: _reads(o) for o in ("ended", "ran_on")}
     emulator.configure(turn_seconds=3.0, events_per_turn=5)
     assert quick.relay_here(orch.rt, orch.app, *_begin(orch, "long")) is None
     assert odds.rate == 1 - quick.Odds.WEIGHT
@@ -111,6 +113,13 @@ def test_each_read_here_is_counted_in_the_odds(
     assert quick.relay_here(orch.rt, orch.app, *_begin(orch, "instant")) == "completed"
     weight = quick.Odds.WEIGHT
     assert odds.rate == 1 - weight * (1 - weight)
+    assert {o: _reads(o) - n for o, n in before.items()} == {"ended": 1, "ran_on": 1}
+
+
+def _reads(outcome: str) -> float:
+    """orchestrator_quick_reads_total{outcome} in this process so far."""
+    value = REGISTRY.get_sample_value("orchestrator_quick_reads_total", {"outcome": outcome})
+    return value or 0.0
 
 
 def test_reads_stop_while_turns_run_on_and_come_back_when_they_end_at_once() -> None:
@@ -120,9 +129,11 @@ def test_reads_stop_while_turns_run_on_and_come_back_when_they_end_at_once() -> 
         odds.record(False)
         misses += 1
     assert misses == 22  # 1.0 x (15/16)^22 < 0.25
-    # Then one job in PROBE_EVERY is still read here.
+    # Then one job in PROBE_EVERY is still read here; the others are counted as skipped.
+    skipped = _reads("skipped")
     probes = [odds.worth_reading() for _ in range(4 * quick.Odds.PROBE_EVERY)]
     assert sum(probes) == 4
+    assert _reads("skipped") - skipped == 4 * (quick.Odds.PROBE_EVERY - 1)
     # Probes whose turns end in time bring the reads back within a few.
     hits = 0
     while odds.rate < quick.Odds.FLOOR:

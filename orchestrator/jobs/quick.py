@@ -35,7 +35,7 @@ from orchestrator.jobs.model import Job
 from orchestrator.jobs.settle import settle_and_complete
 from orchestrator.jobs.steps import finalize, finish_turn, submit_refused, submit_turn
 from orchestrator.ledger import FigureError
-from orchestrator.ops.instruments import EVENTS_RELAYED
+from orchestrator.ops.instruments import EVENTS_RELAYED, QUICK_READS
 from orchestrator.runtime import Runtime
 from orchestrator.store.batch import REFUSED, Chain
 from orchestrator.store.connection import StoreError
@@ -77,10 +77,14 @@ class Odds:
         if self.rate >= self.FLOOR:
             return True
         self._skipped += 1
-        return self._skipped % self.PROBE_EVERY == 0
+        if self._skipped % self.PROBE_EVERY == 0:
+            return True
+        QUICK_READS.labels(outcome="skipped").inc()
+        return False
 
     def record(self, ended: bool) -> None:
         self.rate += self.WEIGHT * (float(ended) - self.rate)
+        QUICK_READS.labels(outcome="ended" if ended else "ran_on").inc()
 
 
 #: This process's odds (each prefork child keeps its own from the fork on).

@@ -5,7 +5,7 @@ on each scrape see :mod:`orchestrator.ops.collector`).
 
 - :data:`UPSTREAM_LATENCY` and :data:`UPSTREAM_RETRIES`, both fed by
   :func:`record_attempt` (the clients' ``on_attempt`` hook);
-- :data:`EVENTS_RELAYED`, :data:`SCHEDULE_RUNS`, :data:`SCHEDULE_LATENESS`,
+- :data:`EVENTS_RELAYED`, :data:`QUICK_READS`, :data:`SCHEDULE_RUNS`, :data:`SCHEDULE_LATENESS`,
   :data:`RATE_LIMIT_WAITS`, :data:`COST_ANOMALIES` and :data:`JOBS_ENDED_HERE`.
 """
 
@@ -19,6 +19,7 @@ __all__ = [
     "COST_ANOMALIES",
     "EVENTS_RELAYED",
     "JOBS_ENDED_HERE",
+    "QUICK_READS",
     "RATE_LIMIT_WAITS",
     "SCHEDULE_LATENESS",
     "SCHEDULE_RUNS",
@@ -43,6 +44,13 @@ UPSTREAM_RETRIES = Counter(
 EVENTS_RELAYED = Counter(
     "orchestrator_stream_events_relayed_total",
     "Update-stream events stored (each once) by this process.",
+)
+QUICK_READS = Counter(
+    "orchestrator_quick_reads_total",
+    "New turns' streams a create task read itself, by outcome: ended (within "
+    "QUICK_RELAY_SECONDS: stored and settled by the task), ran_on (handed to the "
+    "followers), skipped (recent turns ran on: sent to the followers unread).",
+    ["outcome"],
 )
 SCHEDULE_RUNS = Counter(
     "orchestrator_schedule_runs_total",
