@@ -102,11 +102,9 @@ def _start(task: Task, job_id: str) -> str:
     rt = get_runtime()
     try:
         job, worker = pipeline.call_upstream(rt, app, job_id)
-        # A create's turn is submitted and relayed by this task (orchestrator.jobs.quick)
-        # while turns lately have ended in time; else the followers take it at once.
-        quick_kind = job.kind == "create" and rt.settings.quick_relay_seconds > 0
-        try_here = worker is not None and quick_kind and quick.ODDS.worth_reading()
-        here = worker if try_here else None
+        # A create's turn is submitted and relayed by this task while turns lately have
+        # ended in time (orchestrator.jobs.quick); else the followers take it at once.
+        here = worker if worker is not None and quick.reads_here(rt, job) else None
         if worker is not None and here is None:
             job = pipeline.submit_turn(rt, app, job, worker)
         status = job.status

@@ -91,6 +91,12 @@ class Odds:
 ODDS = Odds()
 
 
+def reads_here(rt: Runtime, job: Job) -> bool:
+    """Whether the create task of ``job`` reads its new turn's stream itself: a create,
+    with QUICK_RELAY_SECONDS on, while this process's odds say it pays."""
+    return job.kind == "create" and rt.settings.quick_relay_seconds > 0 and ODDS.worth_reading()
+
+
 class RelayRefused(Exception):
     """The store refused the updates (the job ended here: STOPPED; its records are gone:
     GONE; or a gap); what follows is not this task's to relay."""
