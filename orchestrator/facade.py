@@ -256,7 +256,9 @@ class Orchestrator:
                 return
             # An ended turn's updates are all stored (a completed one's folded): no wait.
             wait = 1000 if block and not job.done else None
-            batch = self.store.read_updates(job.worker_id, position, block_ms=wait, turn=start)
+            batch = self.store.read_updates(
+                job.worker_id, position, block_ms=wait, turn=start, job_id=job.id
+            )
             for index, data in batch:
                 if job.done and job.update_to is not None and index >= job.update_to:
                     return  # a later turn of the worker (a continue) is another job's
@@ -301,7 +303,7 @@ class Orchestrator:
     def worker(self, job_id: str) -> Any:
         """The latest stored snapshot of the job's upstream worker (or None)."""
         job = self._require(job_id)
-        return self.store.snapshot(job.worker_id) if job.worker_id else None
+        return self.store.snapshot(job.worker_id, job.id) if job.worker_id else None
 
     def files(self, job_id: str) -> dict[str, dict[str, Any]]:
         """Fetched files of a job: name -> {path, size, sha256} (or {refused|error})."""

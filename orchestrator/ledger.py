@@ -17,7 +17,7 @@ fails with that reason, nothing is posted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -161,6 +161,15 @@ def utc_day(epoch_ms: int) -> str:
 
 def empty_row() -> dict[str, int]:
     return dict.fromkeys(REPORT_FIELDS, 0)
+
+
+def sum_rows(rows: Iterable[dict[str, int]]) -> dict[str, int]:
+    """Rows added field by field (the cells' rows of one rollup; exact integers)."""
+    total = empty_row()
+    for row in rows:
+        for key in total:
+            total[key] += row.get(key, 0)
+    return total
 
 
 def parse_row(data: dict[str, str]) -> dict[str, int]:

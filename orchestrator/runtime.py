@@ -88,6 +88,8 @@ def store_for(settings: Settings) -> RedisStore:
         settings.key_prefix,
         updates_maxlen=settings.updates_maxlen,
         retention=retention_policy(settings),
+        cells=settings.store_cells,
+        tenant_tag=settings.fair_share_tag,
         **settings.redis_secrets(),
     )
     if settings.broker_is_store:
@@ -116,6 +118,7 @@ def follows_for(settings: Settings) -> FollowStore:
         settings.redis_url,
         settings.key_prefix,
         retention=retention_policy(settings),
+        cells=settings.store_cells,
         **settings.redis_secrets(),
     )
 

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     redis_sentinel_password: SecretStr | None = None
     broker_password: SecretStr | None = None
     key_prefix: Annotated[str, AfterValidator(rules.KEY_PREFIX.quiet_validator)] = "orch"
+    # The store split into cells of their own hash tag, spread over a cluster's primaries
+    # (docs/scaling.md); fixed for a deployment, like its key prefix.
+    store_cells: Annotated[int, Field(ge=1, le=256)] = 1
 
     # HTTP client.
     http_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0

@@ -1,7 +1,9 @@
 """The deployment topologies the end-to-end tests run on: one Redis for everything;
 RabbitMQ as the broker with Redis as the store; Redis under Sentinel, whose primary a test
 can kill (a failover during the run); a Redis Cluster store (RabbitMQ the broker) whose
-primary serving the store's hash tag a test can kill."""
+primary serving the store's hash tag a test can kill; the same cluster with the store in
+cells spread over its primaries (``STORE_CELLS``), whose primary holding the control keys
+a test can kill."""
 
 from __future__ import annotations
 
@@ -24,7 +26,9 @@ from orchestrator.store.keys import Keys, hash_tag
 
 from .processes import stack_env
 
-TOPOLOGIES = ("redis", "rabbitmq", "sentinel", "cluster")
+TOPOLOGIES = ("redis", "rabbitmq", "sentinel", "cluster", "cells")
+#: The cells of the "cells" topology: two per primary.
+CELLS = 6
 
 
 @dataclass
@@ -88,5 +92,20 @@ def topology(
             extra.update(BROKER_URL=vhost.url, BROKER_PASSWORD=vhost.password)
             env = stack_env(cluster.url, prefix, api_url, api_key, **extra)
             yield Topology(name, env, kill_the_tags_primary)
+    elif name == "cells":
+        need_rabbitmq()
+        with RedisCluster(primaries=3, replicas=1) as cluster, TemporaryVhost() as vhost:
+            # The control keys' primary also holds two cells: its death stops both.
+            slot = key_slot(Keys(hash_tag(prefix)).jobs.encode())
+
+            def kill_the_control_primary() -> float:
+                started = time.monotonic()
+                cluster.wait_failover(cluster.kill_primary(slot), slot)
+                return time.monotonic() - started
+
+            extra.update(BROKER_URL=vhost.url, BROKER_PASSWORD=vhost.password,
+                         STORE_CELLS=str(CELLS))  # fmt: skip
+            env = stack_env(cluster.url, prefix, api_url, api_key, **extra)
+            yield Topology(name, env, kill_the_control_primary)
     else:
         raise ValueError(name)

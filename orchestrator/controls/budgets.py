@@ -26,6 +26,7 @@ from orchestrator.jobs.model import Job
 from orchestrator.ledger import total_cost_micro
 from orchestrator.money import format_usd, to_micro
 from orchestrator.store.batch import Batch
+from orchestrator.store.cells import one_tenant
 from orchestrator.store.jobs import RedisStore, now_ms
 from orchestrator.store.spend import BudgetStore, CapHold
 from orchestrator.wire.models import input_error
@@ -141,6 +142,7 @@ class Budgets:
             cap = BudgetCap.model_validate(fields)
         except ValidationError as exc:
             raise input_error(exc) from None
+        one_tenant(self.store.cells, cap.scope, "scope")
         self.spend.put_cap(cap.name, cap.model_dump_json())
         return cap
 

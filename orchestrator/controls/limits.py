@@ -21,6 +21,7 @@ from orchestrator.errors import InputError
 from orchestrator.jobs.model import Job
 from orchestrator.ops.instruments import RATE_LIMIT_WAITS
 from orchestrator.store.batch import Queue
+from orchestrator.store.cells import one_tenant
 from orchestrator.store.jobs import RedisStore, now_ms
 from orchestrator.store.spend import AsyncRateStore, LimitStore, RateStore
 from orchestrator.wire.models import BUDGETS
@@ -49,6 +50,7 @@ class Limits:
 
     def set(self, key: str, limit: int) -> None:
         checked = check_limit_key(key)
+        one_tenant(self.slots.cells, checked, "key")
         self.slots.set(checked, rules.limit_value(limit, "limit"))
 
     def remove(self, key: str) -> bool:

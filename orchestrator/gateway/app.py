@@ -188,7 +188,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         orch = Orchestrator(settings)
         orch.app.conf.task_send_sent_event = settings.gateway_task_sent_events
         assert settings.redis_url is not None  # the facade has refused otherwise
-        live = LiveStore.from_url(settings.redis_url, settings.key_prefix)
+        live = LiveStore.from_url(
+            settings.redis_url, settings.key_prefix, settings.store_cells, settings.fair_share_tag
+        )
         hub = Hub(live, settings.gateway_sse_buffer, settings.gateway_sse_keepalive_seconds)
         tokens = live.token_check(settings.gateway_token_cache_seconds)
         gw = Gateway(settings, orch, TokenStore(orch.store), JobIndex(orch.store), hub, tokens,

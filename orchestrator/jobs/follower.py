@@ -226,7 +226,7 @@ class Follower:
                 if status == "submitted" and backoff.retries == 0:
                     relayed = start
                 else:
-                    relayed = await self.store.relayed(worker_id)
+                    relayed = await self.store.relayed(worker_id, job_id)
                 async for update in self.client.stream_updates(worker_id):
                     if update.index < relayed:
                         continue  # a reconnect replays from 0: stored already

@@ -219,7 +219,7 @@ def settle_ended(app: Celery, rt: Runtime, job: Job, now: int) -> str:
         log.info("settling %s: %s; looking again later", job.id, exc)
         return _later(rt, job, now, ended_at)
     if worker.running or worker.status == "running":
-        rt.store.update_snapshot(worker)
+        rt.store.update_snapshot(worker, job.id)
         return _later(rt, job, now, ended_at)
     try:
         _relayed, raw_hold = settle_turn(rt, job, worker)
@@ -253,7 +253,7 @@ def sweep(app: Celery, rt: Runtime, now: int | None = None) -> dict[str, int]:
             continue
         relayed = None
         if job.worker_id is not None and job.status != "queued":
-            relayed = rt.ends.last_relayed(job.worker_id)
+            relayed = rt.ends.last_relayed(job.worker_id, job.id)
         late = overdue(job, now, relayed)
         if late is None:
             rt.ends.reschedule(job.id, next_due(job, now, upstream_since(job, relayed)))

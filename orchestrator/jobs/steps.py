@@ -274,7 +274,7 @@ def finalize(
         return "noop"
     worker = rt.client.retrieve(job.worker_id)
     if worker.running or worker.status == "running":
-        store.update_snapshot(worker)
+        store.update_snapshot(worker, job.id)
         store.request_follow(job.id, now=True)
         return "refollow"
     fetches = bool(job.fetch_files and worker.files)
@@ -290,7 +290,7 @@ def finalize(
         log.error("job %s: %s", job.id, exc)
         # Kept as the upstream said it (the job's reason names the figure), so that
         # reconcile reports the figure, not also a stale snapshot.
-        store.update_snapshot(worker)
+        store.update_snapshot(worker, job.id)
         store.release_follow(job.id)
         fail(app, rt, job.id, f"cost not posted: {exc}")
         return "failed"
@@ -341,7 +341,7 @@ def settle_failed_turn(rt: Runtime, job: Job) -> None:
         try:
             settle_turn(rt, job, worker)  # the hold was given back already
         except FigureError:
-            rt.store.update_snapshot(worker)  # as finalize does: nothing posted
+            rt.store.update_snapshot(worker, job.id)  # as finalize does: nothing posted
             raise
     except (APIError, FigureError) as exc:
         log.warning("job %s: the cost of its failed turn was not posted: %s", job.id, exc)

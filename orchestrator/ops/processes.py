@@ -185,7 +185,7 @@ def settings_of(env: dict[str, str]) -> Settings:
     """The settings of the deployment ``env`` describes (its store, broker and secrets)."""
     names = ("REDIS_URL", "BROKER_URL", "KEY_PREFIX", "REDIS_PASSWORD", "BROKER_PASSWORD",
              "REDIS_SENTINEL_PASSWORD", "WORKERS_API_URL", "WORKERS_API_KEY",
-             "FILES_DIR")  # fmt: skip
+             "FILES_DIR", "STORE_CELLS", "FAIR_SHARE_TAG")  # fmt: skip
     return load_settings(**{name.lower(): env[name] for name in names if env.get(name)})
 
 

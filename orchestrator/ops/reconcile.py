@@ -46,7 +46,7 @@ from orchestrator.errors import APIError, InputError
 from orchestrator.jobs.model import Job
 from orchestrator.ledger import FIELDS, FigureError, cumulative
 from orchestrator.store.jobs import RedisStore, now_ms
-from orchestrator.store.ledger import LedgerRepair
+from orchestrator.store.ledger_repair import LedgerRepair
 from orchestrator.wire.client import WorkersClient
 from orchestrator.wire.models import Worker
 

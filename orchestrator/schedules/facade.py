@@ -43,7 +43,6 @@ from orchestrator.schedules.update import revised
 from orchestrator.store.jobs import now_ms
 from orchestrator.store.schedules import (
     ScheduleStore,
-    new_schedule_id,
     pending_member,
     split_member,
 )
@@ -359,7 +358,7 @@ class ScheduleAPI:
         """Store a new schedule of ``request`` running the checked ``sub`` (its input,
         budget, tags and worker); its wire form. ``options``: :func:`new_schedule`'s."""
         schedule = new_schedule(
-            new_schedule_id(),
+            self.store.new_id(sub),
             request,
             input=sub.input,
             budget=sub.budget,

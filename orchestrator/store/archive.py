@@ -14,7 +14,9 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.ledger import FIELDS
+from orchestrator.store.cells import by_score
 from orchestrator.store.compact import raw_hget, snapshot_text
+from orchestrator.store.keys import Keys
 from orchestrator.store.ledger import LEDGER_FIELD, pack_posted, posted_record
 from orchestrator.store.status import history_entries, history_line
 
@@ -29,14 +31,21 @@ class ArchiveStore:
         self.store = store
         self.r: Any = store.r
         self.keys = store.keys
+        self.cells = store.cells
 
     def due(self, limit: int = 500) -> list[tuple[str, int]]:
         """Finished jobs waiting for the archiver, oldest first, with their end (ms)."""
-        pairs = self.r.zrange(self.keys.archive_queue, 0, limit - 1, withscores=True)
-        return [(str(job_id), int(score)) for job_id, score in pairs]
+        with self.r.pipeline(transaction=False) as pipe:
+            for k in self.cells:
+                pipe.zrange(k.archive_queue, 0, limit - 1, withscores=True)
+            pairs = sorted((p for reply in pipe.execute() for p in reply), key=by_score)
+        return [(str(job_id), int(score)) for job_id, score in pairs[:limit]]
 
     def waiting(self) -> int:
-        return int(self.r.zcard(self.keys.archive_queue))
+        with self.r.pipeline(transaction=False) as pipe:
+            for k in self.cells:
+                pipe.zcard(k.archive_queue)
+            return sum(int(n) for n in pipe.execute())
 
     def take_turn(self, owner: str, ttl_ms: int) -> bool:
         """One archiver of the fleet at a time writes (a lease of ``ttl_ms``)."""
@@ -54,7 +63,7 @@ class ArchiveStore:
         """The job's records as one JSON-able dict: ``job`` (its hash, history apart),
         ``history``, ``updates`` (its turn's, ``[index, data]``), ``ledger`` (what its
         turn posted), ``files`` and ``worker`` (the snapshot). None if the job is gone."""
-        keys = self.keys
+        keys = self.cells.of_job(job_id)
         with self.r.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.job(job_id))
             pipe.get(keys.ledger_turn(job_id))
@@ -71,7 +80,9 @@ class ArchiveStore:
             start = int(data.get("update_from") or 0)
             end = data.get("update_to")
             stop = int(end) if end not in (None, "") else None
-            stored = self.store.read_updates(worker_id, start - 1, count=10**9, turn=start)
+            stored = self.store.read_updates(
+                worker_id, start - 1, count=10**9, turn=start, job_id=job_id
+            )
             updates = [[i, d] for i, d in stored if stop is None or i < stop]
         history = history_entries(data.pop("history", "") or "")
         data.pop("history_n", None)
@@ -93,7 +104,7 @@ class ArchiveStore:
         older layout's string key, which every reader still reads."""
         job = {str(k): str(v) for k, v in dict(record["job"]).items()}
         job_id = job["id"]
-        keys = self.keys
+        keys = self.cells.of_job(job_id)
         if self.r.exists(keys.job(job_id)):
             return False
         mapping = {**job}
@@ -116,13 +127,15 @@ class ArchiveStore:
                 pipe.set(keys.ledger_turn(job_id), json.dumps(ledger), px=ttl_ms)
             pipe.execute()
         if worker_id and record.get("worker") and not self.r.exists(keys.worker(worker_id)):
-            self._restore_worker(worker_id, record, ttl_ms)
+            self._restore_worker(keys, worker_id, record, ttl_ms)
         return True
 
-    def _restore_worker(self, worker_id: str, record: dict[str, Any], ttl_ms: int) -> None:
-        """The worker's snapshot and the job's updates, read-only copies for ``ttl_ms``:
-        ``relayed`` is left unset, so no follower appends to them."""
-        keys = self.keys
+    def _restore_worker(
+        self, keys: Keys, worker_id: str, record: dict[str, Any], ttl_ms: int
+    ) -> None:
+        """The worker's snapshot and the job's updates (in the job's cell, ``keys``),
+        read-only copies for ``ttl_ms``: ``relayed`` is left unset, so no follower
+        appends to them."""
         with self.r.pipeline(transaction=True) as pipe:
             pipe.hset(keys.worker(worker_id), "snapshot", json.dumps(record["worker"]))
             pipe.pexpire(keys.worker(worker_id), ttl_ms)

@@ -33,6 +33,7 @@ from redis.client import NEVER_DECODE
 
 from orchestrator.jobs.model import Job
 from orchestrator.store.batch import Queue
+from orchestrator.store.cells import Cells
 from orchestrator.store.keys import Keys
 from orchestrator.wire.models import Worker
 
@@ -144,6 +145,8 @@ class TurnStore:
     keys: Keys
     updates_maxlen: int
     _fold: Any
+    cells: Cells
+    worker_keys: Any
 
     def fold_turn_into(
         self, batch: Queue, job: Job, update_to: int, updates: Sequence[str] | None = None
@@ -157,7 +160,8 @@ class TurnStore:
         start = job.update_from or 0
         if job.worker_id is None or update_to <= start:
             return
-        stream = self.keys.updates(job.worker_id)
+        k = self.cells.of_job(job.id)
+        stream = k.updates(job.worker_id)
         span = update_to - start
         if updates is not None and len(updates) == span and span <= self.updates_maxlen:
             first, datas = start, list(updates)
@@ -170,7 +174,7 @@ class TurnStore:
             return
         blob = pack_turn(first, datas)
         oldest = max(update_to - self.updates_maxlen, 0)
-        batch.script(self._fold, [self.keys.worker(job.worker_id), stream],
+        batch.script(self._fold, [k.worker(job.worker_id), stream],
                      [start, first, update_to, blob, oldest])  # fmt: skip
 
     def read_updates(
@@ -181,19 +185,22 @@ class TurnStore:
         count: int = 500,
         block_ms: int | None = None,
         turn: int | None = None,
+        job_id: str = "",
     ) -> list[tuple[int, Any]]:
         """Updates with index > ``after``, oldest first, from the stream and the folded
         turns: the one that began at update ``turn`` when given (a job's
-        ``update_from``), else every one. Blocks up to ``block_ms`` if there are none."""
-        stream = self.keys.updates(worker_id)
+        ``update_from``), else every one. Blocks up to ``block_ms`` if there are none.
+        ``job_id``: a job of the worker's, which names its cell."""
+        k = self.worker_keys(worker_id, job_id)
+        stream = k.updates(worker_id)
         if turn is None:
-            names = [n for n in self.r.hkeys(self.keys.worker(worker_id)) if n.startswith("turn:")]
+            names = [n for n in self.r.hkeys(k.worker(worker_id)) if n.startswith("turn:")]
         else:
             names = [turn_field(turn)]
         with self.r.pipeline(transaction=False) as pipe:
             pipe.xrange(stream, f"(0-{after + 1}", "+", count=count)
             for name in names:
-                raw_hget(pipe, self.keys.worker(worker_id), name)
+                raw_hget(pipe, k.worker(worker_id), name)
             entries, *blobs = pipe.execute()
         found = {i: d for blob in blobs if blob for i, d in unpack_turn(blob) if i > after}
         found.update((_index(eid), str(f["data"])) for eid, f in entries)

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from orchestrator.jobs.model import LOCAL_ENDS, TERMINAL, JobStatus
 from orchestrator.store.batch import AsyncBatch
+from orchestrator.store.cells import Cells
 from orchestrator.store.connection import connect_async, pubsub_async
 from orchestrator.store.keys import Keys
 from orchestrator.store.retention import (
@@ -42,11 +43,14 @@ class FollowStore:
     """Async access for stream followers; one per follower process (it owns the client)."""
 
     def __init__(
-        self, client: aioredis.Redis, prefix: str, *, retention: RetentionPolicy | None = None
-    ) -> None:
+        self, client: aioredis.Redis, prefix: str, *, retention: RetentionPolicy | None = None,
+        cells: int = 1,
+    ) -> None:  # fmt: skip
         # Any, as in RedisStore: the stubs cannot see decode_responses=True.
         self.r: Any = client
-        self.keys = Keys.for_client(client, prefix)
+        self.cells = Cells(client, prefix, cells)
+        self.keys = self.cells.control
+        self._turn = 0  # the cell a claim starts from (each in turn goes first)
         self.retention = retention or RetentionPolicy()
         self._claim = client.register_script(scripts.CLAIM_FOLLOWS)
         self._renew = client.register_script(scripts.RENEW_FOLLOWS)
@@ -63,10 +67,11 @@ class FollowStore:
         retention: RetentionPolicy | None = None,
         password: str | None = None,
         sentinel_password: str | None = None,
+        cells: int = 1,
     ) -> FollowStore:
         """A follower's store on its own blocking pool (see :func:`connect_async`)."""
         client = connect_async(url, password=password, sentinel_password=sentinel_password)
-        return cls(client, prefix, retention=retention)
+        return cls(client, prefix, retention=retention, cells=cells)
 
     def rate_store(self) -> AsyncRateStore:
         """The fleet rate limit on this store's pool (one pool per follower process)."""
@@ -79,16 +84,30 @@ class FollowStore:
     # --- leases ------------------------------------------------------------------
 
     async def claim(self, owner: str, lease_ms: int, limit: int) -> list[str]:
-        """Take up to ``limit`` jobs whose lease is free or expired, for ``lease_ms``."""
+        """Take up to ``limit`` jobs whose lease is free or expired, for ``lease_ms``
+        (with several cells, from each in turn, a different one first each time)."""
         now = int(time.time() * 1000)
-        keys = [self.keys.follows, self.keys.follow_owners]
-        return list(await self._claim(keys=keys, args=[now, now + lease_ms, limit, owner]))
+        cells = self.cells.keys
+        self._turn = (self._turn + 1) % len(cells)
+        taken: list[str] = []
+        for k in cells[self._turn :] + cells[: self._turn]:
+            args: list[str | int] = [now, now + lease_ms, limit - len(taken), owner]
+            taken += await self._claim(keys=[k.follows, k.follow_owners], args=args)
+            if len(taken) >= limit:
+                break
+        return taken
 
     async def renew(self, owner: str, expiry_ms: int, job_ids: list[str]) -> list[str]:
         """Move the leases ``owner`` holds on ``job_ids`` to ``expiry_ms`` (0: claimable
         at once); returns the jobs whose lease it no longer holds."""
-        keys = [self.keys.follows, self.keys.follow_owners]
-        return list(await self._renew(keys=keys, args=[expiry_ms, owner, *job_ids]))
+        groups: dict[Keys, list[str]] = {}
+        for job_id in job_ids:
+            groups.setdefault(self.cells.of_job(job_id), []).append(job_id)
+        lost: list[str] = []
+        for k, group in groups.items():
+            keys = [k.follows, k.follow_owners]
+            lost += await self._renew(keys=keys, args=[expiry_ms, owner, *group])
+        return lost
 
     async def wait_wake(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a job to be put up for following (a
@@ -124,24 +143,24 @@ class FollowStore:
         """The job's worker id ('' before it has one), status (None: no such job) and
         ``update_from`` (where its turn's updates start in the worker's stream)."""
         worker_id, status, start = await self.r.hmget(
-            self.keys.job(job_id), ["worker_id", "status", "update_from"]
+            self.cells.of_job(job_id).job(job_id), ["worker_id", "status", "update_from"]
         )
         return str(worker_id or ""), status, int(start or 0)
 
-    async def relayed(self, worker_id: str) -> int:
-        """How many updates of the worker are stored."""
-        return int(await self.r.hget(self.keys.worker(worker_id), "relayed") or 0)
+    async def relayed(self, worker_id: str, job_id: str) -> int:
+        """How many updates of the worker (of the job ``job_id``) are stored."""
+        key = self.cells.of_job(job_id).worker(worker_id)
+        return int(await self.r.hget(key, "relayed") or 0)
 
     async def transition(self, job_id: str, status: JobStatus, detail: str = "") -> bool:
         """Move a job forward (as :meth:`RedisStore.transition`)."""
+        k = self.cells.of_job(job_id)
         for _ in range(5):
             fields = None
             if status in TERMINAL and status not in LOCAL_ENDS:
-                fields = fields_of(await self.r.hmget(self.keys.job(job_id), RECORD_FIELDS))
+                fields = fields_of(await self.r.hmget(k.job(job_id), RECORD_FIELDS))
             now = int(time.time() * 1000)
-            keys, args = transition_call(
-                self.keys, self.retention, job_id, status, now, detail, fields
-            )
+            keys, args = transition_call(k, self.retention, job_id, status, now, detail, fields)
             result = int(await self._transition(keys=keys, args=args))
             if result != -2:  # -2: its worker was linked meanwhile; read it again
                 return result == 1
@@ -157,14 +176,12 @@ class FollowStore:
         writes = AsyncBatch(self.r)
         now = int(time.time() * 1000)
         for job_id in running:  # not an end: no record fields needed
-            keys, args = transition_call(
-                self.keys, self.retention, job_id, "running", now, "", None
-            )
+            k = self.cells.of_job(job_id)
+            keys, args = transition_call(k, self.retention, job_id, "running", now, "", None)
             writes.script(self._transition, keys, args)
         for worker_id, (job_id, first, payloads) in pending.items():
-            keys, args = append_call(
-                self.keys, self.retention, maxlen, worker_id, first, payloads, job_id
-            )
+            k = self.cells.of_job(job_id)
+            keys, args = append_call(k, self.retention, maxlen, worker_id, first, payloads, job_id)
             writes.script(self._append, keys, args)
         replies = await writes.execute(raise_on_error=False)
         for job_id, reply in zip(running, replies, strict=False):

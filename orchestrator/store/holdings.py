@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from orchestrator.store.jobs import RedisStore
+from orchestrator.store.keys import Keys
 
 #: The names :meth:`Holdings.held` reports, each with what it is.
 HOLDINGS = {
@@ -49,33 +50,46 @@ _MEMBERSHIPS = {
 }
 
 
+#: Of those, the ones kept in the control keys, whatever the cells.
+_CONTROL = frozenset({"budget_waiting"})
+
+
 class Holdings:
     """Reads, per job, which of :data:`HOLDINGS` it still has."""
 
     def __init__(self, store: RedisStore) -> None:
         self.r = store.r
         self.keys = store.keys
+        self.cells = store.cells
+
+    def _in(self, k: Keys, attr: str) -> str:
+        # The wait for the next budget period is one control-keys set (BudgetStore).
+        return str(getattr(self.keys if attr in _CONTROL else k, attr))
 
     def held(self, job_ids: Sequence[str]) -> dict[str, list[str]]:
         """Job id -> the names of what it still holds; jobs holding nothing are left out."""
-        keys = self.keys
-        limit_keys = sorted(self.r.hkeys(keys.limits))
+        limit_keys = sorted(self.r.hkeys(self.keys.limits))
         with self.r.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
+                k = self.cells.of_job(job_id)
                 for is_hash, attr in _MEMBERSHIPS.values():
-                    key = getattr(keys, attr)
+                    key = self._in(k, attr)
                     if is_hash:
                         pipe.hexists(key, job_id)
                     else:
                         pipe.zscore(key, job_id)
                 for key in limit_keys:
-                    pipe.sismember(keys.limit_running(key), job_id)
-            for key in limit_keys:
-                pipe.zrange(keys.limit_waiting(key), 0, -1)
-            pipe.zrange(keys.files_dispatched, 0, -1)
+                    pipe.sismember(k.limit_running(key), job_id)
+            for k in self.cells:
+                for key in limit_keys:
+                    pipe.zrange(k.limit_waiting(key), 0, -1)
+                pipe.zrange(k.files_dispatched, 0, -1)
             replies = pipe.execute()
-        waiting = {m.rsplit("|", 1)[-1] for r in replies[-1 - len(limit_keys) : -1] for m in r}
-        fetching = {m.partition("|")[0] for m in replies[-1]}
+        tail = replies[len(replies) - self.cells.count * (len(limit_keys) + 1) :]
+        per_cell = len(limit_keys) + 1
+        waiting = {m.rsplit("|", 1)[-1] for i, r in enumerate(tail) if (i + 1) % per_cell
+                   for m in r}  # fmt: skip
+        fetching = {m.partition("|")[0] for r in tail[per_cell - 1 :: per_cell] for m in r}
         names = tuple(_MEMBERSHIPS)
         per_job = len(names) + len(limit_keys)
         found: dict[str, list[str]] = {}
@@ -98,16 +112,22 @@ class Holdings:
         (also one whose record is gone); names with none are left out. Every count is
         0 once no job is live and every ended turn is settled. Slots and places in a
         limit's queue are named with their key (``slot tag:tenant=acme``)."""
-        keys = self.keys
-        limit_keys = sorted(self.r.hkeys(keys.limits))
+        limit_keys = sorted(self.r.hkeys(self.keys.limits))
+        counted: list[str] = []  # the name of each reply
         with self.r.pipeline(transaction=False) as pipe:
-            for is_hash, attr in _MEMBERSHIPS.values():
-                (pipe.hlen if is_hash else pipe.zcard)(getattr(keys, attr))
-            pipe.zcard(keys.files_dispatched)
-            for key in limit_keys:
-                pipe.scard(keys.limit_running(key))
-                pipe.zcard(keys.limit_waiting(key))
+            for cell, k in enumerate(self.cells):
+                for name, (is_hash, attr) in _MEMBERSHIPS.items():
+                    if attr not in _CONTROL or cell == 0:  # control keys: counted once
+                        (pipe.hlen if is_hash else pipe.zcard)(self._in(k, attr))
+                        counted.append(name)
+                pipe.zcard(k.files_dispatched)
+                counted.append("file_fetch")
+                for key in limit_keys:
+                    pipe.scard(k.limit_running(key))
+                    pipe.zcard(k.limit_waiting(key))
+                    counted += [f"slot {key}", f"queued {key}"]
             replies = [int(n) for n in pipe.execute()]
-        per_key = [f"{kind} {key}" for key in limit_keys for kind in ("slot", "queued")]
-        names = [*_MEMBERSHIPS, "file_fetch", *per_key]
-        return {name: n for name, n in zip(names, replies, strict=True) if n}
+        found: dict[str, int] = {}
+        for name, n in zip(counted, replies, strict=True):
+            found[name] = found.get(name, 0) + n
+        return {name: n for name, n in found.items() if n}

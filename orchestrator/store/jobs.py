@@ -10,26 +10,25 @@ writes never leaves half a change. See ``docs/redis-layout.md``.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from orchestrator.errors import InputError, UnknownIdError
 from orchestrator.jobs.model import (
-    LIMITS,
     STATUSES,
     Job,
     Submission,
-    limit_ms,
-    new_job_id,
     next_due,
 )
 from orchestrator.ledger import cumulative
 from orchestrator.store.batch import Batch, Queue
 from orchestrator.store.broker import BrokerLayout, BrokerView
+from orchestrator.store.cells import Cells, by_score
 from orchestrator.store.compact import TurnStore, pack_snapshot
-from orchestrator.store.connection import connect, home_client
+from orchestrator.store.connection import connect
+from orchestrator.store.creation import creation
 from orchestrator.store.files import FilesStore, now_ms
 from orchestrator.store.keys import Keys
 from orchestrator.store.ledger import LedgerStore
@@ -37,7 +36,7 @@ from orchestrator.store.retention import RetentionPolicy, RetentionStore
 from orchestrator.store.scripts import jobs as scripts
 from orchestrator.store.scripts import records
 from orchestrator.store.scripts.chain import CHAIN, SET_FIELD
-from orchestrator.store.status import JobWatch, StatusStore, history_line
+from orchestrator.store.status import JobWatch, StatusStore
 from orchestrator.store.status import job_id_checked as _job_id
 from orchestrator.store.wakes import WakeList
 from orchestrator.store.workers import WorkerStore
@@ -56,11 +55,16 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         *,
         updates_maxlen: int = 100_000,
         retention: RetentionPolicy | None = None,
+        cells: int = 1,
+        tenant_tag: str = "tenant",
     ) -> None:
         # Typed as Any: redis-py's stubs cannot see decode_responses=True (every reply
         # here is str), and casting each of them would bury the logic.
         self.r: Any = client
-        self.keys = Keys.for_client(client, prefix)
+        #: Key names per cell (docs/scaling.md); ``keys`` are the control keys, which
+        #: with one cell are the whole layout.
+        self.cells = Cells(client, prefix, cells, tenant_tag)
+        self.keys = self.cells.control
         self.updates_maxlen = updates_maxlen
         self.retention = retention or RetentionPolicy()
         self._transition = client.register_script(records.TRANSITION)
@@ -95,10 +99,13 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         retention: RetentionPolicy | None = None,
         password: str | None = None,
         sentinel_password: str | None = None,
+        cells: int = 1,
+        tenant_tag: str = "tenant",
     ) -> RedisStore:
         """A store on its own connection pool (:func:`orchestrator.store.connection.connect`)."""
         client = connect(url, password=password, sentinel_password=sentinel_password)
-        return cls(client, prefix, updates_maxlen=updates_maxlen, retention=retention)
+        return cls(client, prefix, updates_maxlen=updates_maxlen, retention=retention,
+                   cells=cells, tenant_tag=tenant_tag)  # fmt: skip
 
     def broker_on(
         self, url: str, *, password: str | None = None, sentinel_password: str | None = None
@@ -121,7 +128,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         duplicate is impossible, not merely unlikely: of two racing submissions with the
         same key, one writes and the other gets its job.
         """
-        job, keys, args = creation(self.keys, sub)
+        job, keys, args = creation(self.cells, self.place(sub), sub)
         written, found_id = self._create(keys=keys, args=args)
         if int(written) == 1:
             return job, True
@@ -135,48 +142,47 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         (:meth:`begin_attempt` clears the mark). Written before the send, so that a
         worker that begins at once leaves no mark; the outbox keeps the job until
         :meth:`mark_sent`, so a producer dying in between still has it sent again."""
-        self.r.zadd(self.keys.dispatched, {job_id: now_ms()})
+        self.r.zadd(self.cells.of_job(job_id).dispatched, {job_id: now_ms()})
 
     def mark_sent(self, job_id: str) -> None:
         """The job's first task is on the broker: out of the outbox."""
-        self.r.zrem(self.keys.outbox, job_id)
+        self.r.zrem(self.cells.of_job(job_id).outbox, job_id)
 
     def drop_unsent(self, job_id: str) -> None:
         """Out of the outbox without being sent (the job moved on without it)."""
-        self.r.zrem(self.keys.outbox, job_id)
+        self.r.zrem(self.cells.of_job(job_id).outbox, job_id)
 
     @property
     def wakes(self) -> WakeList:
         """The relay's wake list (jobs the gateway stored for a streams worker to send)."""
-        return WakeList(self.r, self.keys)
+        return WakeList(self.r, self.cells)
 
     def unsent(self, older_than_ms: int, limit: int = 500) -> list[str]:
         """Jobs written but never known sent (the sender died in between)."""
         cutoff = now_ms() - older_than_ms
-        return list(self.r.zrangebyscore(self.keys.outbox, "-inf", cutoff, start=0, num=limit))
+        return self._each_cell(lambda k: k.outbox, cutoff, limit)
 
     def untaken(self, older_than_ms: int, limit: int = 500) -> list[str]:
         """Jobs whose first task was sent at least ``older_than_ms`` ago and that no
         worker has begun (the task waits in a backlog, or the broker lost it)."""
-        cutoff = now_ms() - older_than_ms
-        key = self.keys.dispatched
-        return list(self.r.zrangebyscore(key, "-inf", cutoff, start=0, num=limit))
+        return self._each_cell(lambda k: k.dispatched, now_ms() - older_than_ms, limit)
 
     def forget_dispatched(self, job_id: str) -> None:
         """Out of the sent-not-begun and the begun-not-submitted sets."""
+        k = self.cells.of_job(job_id)
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.zrem(self.keys.dispatched, job_id)
-            pipe.zrem(self.keys.begun, job_id)
+            pipe.zrem(k.dispatched, job_id)
+            pipe.zrem(k.begun, job_id)
             pipe.execute()
 
     def get_job(self, job_id: str) -> Job | None:
         # A hash without an id is no job: a late set_submitted's write after Redis lost it.
-        data = self.r.hgetall(self.keys.job(job_id))
+        data = self.r.hgetall(self.cells.of_job(job_id).job(job_id))
         return Job.from_hash(data) if data.get("id") else None
 
     def job_into(self, batch: Batch, job_id: str) -> int:
         """Queue a read of the job (for :meth:`job_of`); the index of its reply."""
-        batch.pipe.hgetall(self.keys.job(job_id))
+        batch.pipe.hgetall(self.cells.of_job(job_id).job(job_id))
         return len(batch.pipe) - 1
 
     @staticmethod
@@ -200,8 +206,8 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         admits it, then calls :meth:`count_attempt`.
         """
         job_id = _job_id(job_id)
-        keys = [self.keys.job(job_id), self.keys.limits, self.keys.budget_caps,
-                self.keys.dispatched, self.keys.begun]  # fmt: skip
+        k = self.cells.of_job(job_id)
+        keys = [k.job(job_id), k.limits, k.budget_caps, k.dispatched, k.begun]
         counted, flat = self._begin(keys=keys, args=[job_id, now_ms()])
         if not flat:
             raise InputError("job_id", f"no job {job_id}")
@@ -211,7 +217,8 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
     def count_attempt(self, job_id: str) -> int:
         """Record, before calling upstream, that an attempt is being made: the attempts
         so far, or 0 for a job with no record (nothing written)."""
-        keys = [self.keys.job(job_id), self.keys.begun]
+        k = self.cells.of_job(job_id)
+        keys = [k.job(job_id), k.begun]
         return int(self._count(keys=keys, args=[job_id, now_ms()]))
 
     def stalled(self, older_than_ms: int, limit: int = 500) -> list[str]:
@@ -219,25 +226,31 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         :attr:`Keys.begun`). Those that moved on (failed, ended here) or expired leave
         the set here, so a busy broker queue, which holds the re-send back, never lets
         them pile up."""
-        cutoff = now_ms() - older_than_ms
-        found = list(self.r.zrangebyscore(self.keys.begun, "-inf", cutoff, start=0, num=limit))
+        found = self._each_cell(lambda k: k.begun, now_ms() - older_than_ms, limit)
         if not found:
             return []
         with self.r.pipeline(transaction=False) as pipe:
             for job_id in found:
-                pipe.hget(self.keys.job(job_id), "status")
+                pipe.hget(self.cells.of_job(job_id).job(job_id), "status")
             statuses = pipe.execute()
         done = [j for j, status in zip(found, statuses, strict=True) if status != "queued"]
-        if done:
-            self.r.zrem(self.keys.begun, *done)
+        for job_id in done:
+            self.r.zrem(self.cells.of_job(job_id).begun, job_id)
         return [job_id for job_id in found if job_id not in done]
 
     def job_states(self) -> dict[str, int]:
-        raw = self.r.hgetall(self.keys.job_states)
-        return {s: max(int(raw.get(s, 0)), 0) for s in STATUSES}
+        with self.r.pipeline(transaction=False) as pipe:
+            for k in self.cells:
+                pipe.hgetall(k.job_states)
+            raws = pipe.execute()
+        return {s: sum(max(int(raw.get(s, 0)), 0) for raw in raws) for s in STATUSES}
 
     def recent_jobs(self, limit: int = 50) -> list[str]:
-        return list(self.r.zrevrange(self.keys.jobs, 0, limit - 1))
+        with self.r.pipeline(transaction=False) as pipe:
+            for k in self.cells:
+                pipe.zrevrange(k.jobs, 0, limit - 1, withscores=True)
+            found = [pair for reply in pipe.execute() for pair in reply]
+        return [job_id for job_id, _ in sorted(found, key=by_score, reverse=True)[:limit]]
 
     def set_submitted(self, job: Job, worker: Worker, *, follow_at: int = 0) -> bool:
         """After the upstream call: link the worker, store its snapshot, ask for a follower,
@@ -254,7 +267,8 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
     def submit_into(self, queue: Queue, job: Job, worker: Worker, *, follow_at: int = 0) -> int:
         """Queue :meth:`set_submitted`'s writes; the index of the move's reply (1 moved,
         0 submitted already, below 0 refused: the job moved on)."""
-        wkey = self.keys.worker(worker.id)
+        k = self.cells.of_job(job.id)
+        wkey = k.worker(worker.id)
         # A create's turn is the worker's first, even if a follower left over from a job
         # Redis lost has already relayed some of it.
         relayed = 0 if job.kind == "create" else int(self.r.hget(wkey, "relayed") or 0)
@@ -269,9 +283,8 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         # SUBMIT links the worker and puts the job up for following (writing nothing if
         # Redis lost the job meanwhile), then the job is 'submitted': a follower that
         # claims it finds its worker id.
-        keys = [self.keys.job(job.id), self.keys.begun, wkey, self.keys.updates(worker.id),
-                self.keys.ledger("worker", worker.id), self.keys.follows,
-                self.keys.jobs_live]  # fmt: skip
+        keys = [k.job(job.id), k.begun, wkey, k.updates(worker.id),
+                k.ledger("worker", worker.id), k.follows, k.jobs_live]  # fmt: skip
         args: list[Any] = [job.id, worker.id, relayed, pack_snapshot(worker), follow_at,
                            self.keys.follow_wake, next_due(upstream, at)]  # fmt: skip
         args += [part for name, value in seed.items() for part in (f"counted:{name}", value)]
@@ -284,12 +297,13 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         Without ``now`` it is a no-op when the job is already followed; with ``now`` a
         held lease is cut short so that any follower claims it at once.
         """
+        k = self.cells.of_job(job_id)
         with self.r.pipeline(transaction=now) as pipe:
             if now:
-                pipe.zadd(self.keys.follows, {job_id: 0})
-                pipe.hdel(self.keys.follow_owners, job_id)
+                pipe.zadd(k.follows, {job_id: 0})
+                pipe.hdel(k.follow_owners, job_id)
             else:
-                pipe.zadd(self.keys.follows, {job_id: 0}, nx=True)
+                pipe.zadd(k.follows, {job_id: 0}, nx=True)
             pipe.execute_command("PUBLISH", self.keys.follow_wake, job_id)  # raw, as above
             pipe.execute()
 
@@ -298,20 +312,55 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         follow entry, and let what late writes left of it and of its worker (named
         here, or by a partial job hash an older late write made) expire (FORGET_LOST).
         False if the job has a record (nothing written)."""
-        jkey = self.keys.job(job_id)
+        k = self.cells.of_job(job_id)
+        jkey = k.job(job_id)
         worker_id = worker_id or str(self.r.hget(jkey, "worker_id") or "")
-        keys = [jkey, self.keys.follows, self.keys.follow_owners, self.keys.worker(worker_id),
-                self.keys.updates(worker_id), self.keys.ledger("worker", worker_id),
-                self.keys.retention]  # fmt: skip
+        keys = [jkey, k.follows, k.follow_owners, k.worker(worker_id), k.updates(worker_id),
+                k.ledger("worker", worker_id), k.retention]  # fmt: skip
         args: list[Any] = [job_id, worker_id, self.retention.ttl_ms({}), now_ms()]
         return int(self._forget_lost(keys=keys, args=args)) == 1
 
     def release_follow(self, job_id: str, owner: str = "") -> bool:
-        keys = [self.keys.follows, self.keys.follow_owners]
-        return int(self._release(keys=keys, args=[job_id, owner])) == 1
+        k = self.cells.of_job(job_id)
+        return int(self._release(keys=[k.follows, k.follow_owners], args=[job_id, owner])) == 1
 
     def following(self) -> int:
-        return int(self.r.zcard(self.keys.follows))
+        with self.r.pipeline(transaction=False) as pipe:
+            for k in self.cells:
+                pipe.zcard(k.follows)
+            return sum(int(n) for n in pipe.execute())
+
+    # --- cells ---------------------------------------------------------------------
+
+    def place(self, sub: Submission) -> int:
+        """The cell a new job of ``sub`` goes to (:meth:`Cells.place`)."""
+        cells = self.cells
+        if cells.count == 1:
+            return 0
+        worker = None
+        if sub.kind == "continue" and sub.worker_id and not sub.schedule_id:
+            worker = self.cell_of_worker(sub.worker_id)
+        tenant = sub.tags.get(cells.tenant_tag)
+        return cells.place(sub, worker, None if tenant is None else cells.of_tenant(tenant))
+
+    def cell_of_worker(self, worker_id: str) -> int | None:
+        """The cell holding the worker's records (None: none does): remembered, else
+        found with one EXISTS per cell."""
+        return self.cells.of_worker(worker_id, self._probe_worker)
+
+    def _probe_worker(self, worker_id: str) -> list[bool]:
+        with self.r.pipeline(transaction=False) as pipe:
+            for k in self.cells:
+                pipe.exists(k.worker(worker_id))
+            return [bool(n) for n in pipe.execute()]
+
+    def _each_cell(self, index: Callable[[Keys], str], cutoff: int, limit: int) -> list[str]:
+        """Members scored up to ``cutoff`` of a per-cell sorted set, at most ``limit``
+        from each cell (lowest scores first)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for k in self.cells:
+                pipe.zrangebyscore(index(k), "-inf", cutoff, start=0, num=limit)
+            return [member for reply in pipe.execute() for member in reply]
 
     # --- operations ----------------------------------------------------------------
 
@@ -336,57 +385,17 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
     def check_eviction_policy(self, *, unknown_ok: bool = False) -> str | None:
         """The server's maxmemory-policy; raises if it could evict our keys. With
         ``unknown_ok``, None where the server refuses CONFIG (some managed services)."""
-        try:
-            reply = home_client(self.r, self.keys.jobs).config_get("maxmemory-policy")
-        except redis.ResponseError:
-            if unknown_ok:
-                return None
-            raise
-        policy = str(reply.get("maxmemory-policy", ""))
-        if policy not in ("noeviction", ""):
-            raise InputError(
-                "maxmemory-policy", f"is {policy!r}; the store needs 'noeviction' (no key loss)"
-            )
+        policy = ""
+        for server in self.servers():  # every server holding a cell
+            try:
+                reply = server.config_get("maxmemory-policy")
+            except redis.ResponseError:
+                if unknown_ok:
+                    return None
+                raise
+            policy = str(reply.get("maxmemory-policy", ""))
+            if policy not in ("noeviction", ""):
+                raise InputError(
+                    "maxmemory-policy", f"is {policy!r}; the store needs 'noeviction' (no key loss)"
+                )
         return policy
-
-
-def creation(
-    keys: Keys, sub: Submission, wake_cap: int = 0
-) -> tuple[Job, list[str], list[str | int]]:
-    """The ``CREATE_JOB`` call that stores ``sub`` as a new queued job: (the job it
-    writes, the script's KEYS, its ARGV). Shared by :meth:`RedisStore.create_job` and the
-    gateway's async writer (:mod:`orchestrator.store.intake`). ``wake_cap`` > 0: the job
-    id goes onto the relay's wake list too (kept to that many entries)."""
-    job_id = new_job_id()
-    created = now_ms()
-    record = {
-        "id": job_id,
-        "kind": sub.kind,
-        "input": sub.input,
-        "budget": sub.budget,
-        "tags": json.dumps(sub.tags, sort_keys=True),
-        "idempotency_key": sub.idempotency_key or "",
-        "fetch_files": "1" if sub.fetch_files else "0",
-        "schedule_id": sub.schedule_id or "",
-        "priority": sub.priority,
-        "worker_id": sub.worker_id or "",
-        "status": "queued",
-        "attempts": "0",
-        "created_at": str(created),
-        "at_queued": str(created),
-        **{f"{name}_ms": str(limit_ms(getattr(sub, name))) for name in LIMITS},
-        # The history's first entry (see scripts.records.HISTORY_FN for its form).
-        "history": history_line("queued", created),
-        "history_n": "1",
-    }
-    names = [keys.job(job_id), keys.jobs, keys.outbox, keys.job_states, keys.jobs_live,
-             keys.job_indexes, keys.outbox_wake]  # fmt: skip
-    indexes = [keys.jobs_by_tag(k, v) for k, v in sorted(sub.tags.items())]
-    if sub.schedule_id:
-        indexes.append(keys.jobs_by_schedule(sub.schedule_id))
-    names += indexes
-    if sub.idempotency_key:
-        names.append(keys.idempotency(sub.idempotency_key))
-    flat = [part for item in record.items() for part in item]
-    job = Job.from_hash(record)
-    return job, names, [job_id, created, next_due(job, created), len(indexes), wake_cap, *flat]

@@ -335,6 +335,17 @@ class Keys:
         """Hash: the fleet rate limit: ``tat`` (ms), ``pause_until`` (ms), settings."""
         return f"{self.prefix}:rate"
 
+    # --- cells (docs/scaling.md; control keys) ---
+    @property
+    def tenant_cells(self) -> str:
+        """Hash: tenant -> the cell it lives in (``STORE_CELLS`` above 1)."""
+        return f"{self.prefix}:cells:tenants"
+
+    @property
+    def cell_tenants(self) -> str:
+        """Hash: cell -> how many tenants were placed in it."""
+        return f"{self.prefix}:cells:counts"
+
     # --- the HTTP gateway (see docs/gateway.md) ---
     @property
     def tokens(self) -> str:

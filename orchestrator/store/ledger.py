@@ -1,10 +1,10 @@
-"""The ledger in Redis: posting a turn's cost, reading rollups, and the repairs of
-``orchestrator reconcile``.
+"""The ledger in Redis: posting a turn's cost and reading rollups.
 
 :class:`LedgerStore` is the ledger part of :class:`~orchestrator.store.jobs.RedisStore`
-(kept here so each module stays one concern); :class:`LedgerRepair` holds the reconcile
-pass's reads and its two repair scripts. The maths (which fields, which rows) is
-:mod:`orchestrator.ledger`'s.
+(kept here so each module stays one concern); the repairs of ``orchestrator reconcile``
+are :mod:`orchestrator.store.ledger_repair`'s. The maths (which fields, which rows) is
+:mod:`orchestrator.ledger`'s. With several cells (docs/scaling.md) every cell keeps its
+own rollups and total; a read adds them up (integers, so the sum is exact).
 """
 
 from __future__ import annotations
@@ -25,15 +25,16 @@ from orchestrator.ledger import (
     empty_row,
     parse_row,
     rollups,
+    sum_rows,
 )
 from orchestrator.store.batch import Batch, Chain, Queue
+from orchestrator.store.cells import Cells, by_score
 from orchestrator.store.keys import LEDGER_DIMENSIONS, Keys
 from orchestrator.store.retention import RetentionPolicy
-from orchestrator.store.scripts import jobs as scripts
 from orchestrator.wire.models import Worker
 
 if TYPE_CHECKING:
-    from orchestrator.store.jobs import RedisStore
+    pass
 
 
 #: The job hash's field holding what its turn posted (see POST_TURN).
@@ -84,21 +85,23 @@ class LedgerStore:
 
     r: Any
     keys: Keys
+    cells: Cells
     _post_turn: Any
     _chain: Any
     _set_field: Any
     retention: RetentionPolicy
     snapshot_into: Any
 
+    @staticmethod
     def turn_keys(
-        self, worker_id: str, members: Sequence[tuple[str, str]], record: str
+        k: Keys, worker_id: str, members: Sequence[tuple[str, str]], record: str
     ) -> list[str]:
-        """KEYS of POST_TURN and RECONCILE_WORKER: the worker, where the post is recorded
-        (the turn's record, or the corrections hash), the total, then each rollup row
-        and each rollup's index set."""
-        keys = [self.keys.worker(worker_id), record, self.keys.ledger_total]
-        keys += [self.keys.ledger(dim, value) for dim, value in members]
-        keys += [self.keys.ledger_index(dim) for dim, _ in members]
+        """KEYS of POST_TURN and RECONCILE_WORKER in the cell ``k``: the worker, where
+        the post is recorded (the turn's record, or the corrections hash), the total,
+        then each rollup row and each rollup's index set."""
+        keys = [k.worker(worker_id), record, k.ledger_total]
+        keys += [k.ledger(dim, value) for dim, value in members]
+        keys += [k.ledger_index(dim) for dim, _ in members]
         return keys
 
     def settle_into(
@@ -109,9 +112,9 @@ class LedgerStore:
         relayed so far (the turn's ``update_to``). FigureError (nothing queued) for a
         figure outside the ledger's bounds."""
         figures = cumulative(worker)  # checked before anything is queued
-        self.snapshot_into(batch, worker)
+        self.snapshot_into(batch, worker, job.id)
         posted = self.post_turn_into(batch, job, worker, at_ms, extra, figures=figures)
-        batch.pipe.hget(self.keys.worker(worker.id), "relayed")
+        batch.pipe.hget(self.cells.of_job(job.id).worker(worker.id), "relayed")
         return posted, len(batch.pipe) - 1
 
     def settle_chained_into(
@@ -132,7 +135,7 @@ class LedgerStore:
         queued) for a figure outside the ledger's bounds."""
         figures = cumulative(worker)
         if snapshot:
-            self.snapshot_into(batch, worker)
+            self.snapshot_into(batch, worker, job.id)
         return self.post_turn_into(chain, job, worker, at_ms, extra, figures=figures)
 
     def chain_into(self, batch: Batch, chain: Chain) -> int:
@@ -171,8 +174,9 @@ class LedgerStore:
         unknown (nothing to post). ``figures``: the worker's, if already computed."""
         if figures is None:
             figures = cumulative(worker)
+        k = self.cells.of_job(job.id)
         if figures is None:
-            batch.script(self._set_field, [self.keys.job(job.id)], ["cost_known", "0"])
+            batch.script(self._set_field, [k.job(job.id)], ["cost_known", "0"])
             return None
         check_figures(figures)
         members = rollups(job, worker.id, at_ms, extra)
@@ -180,10 +184,10 @@ class LedgerStore:
         args: list[Any] = [job.id, len(members), json.dumps(texts)]
         args += [value for _, value in members]
         args += [at_ms, self.retention.ttl_ms(job.tags), worker.id]
-        keys = self.turn_keys(worker.id, members, self.keys.ledger_turn(job.id))
+        keys = self.turn_keys(k, worker.id, members, k.ledger_turn(job.id))
         # The job, then what expires if it has no record (see POST_TURN).
-        keys += [self.keys.job(job.id), self.keys.updates(worker.id),
-                 self.keys.ledger("worker", worker.id), self.keys.retention]  # fmt: skip
+        keys += [k.job(job.id), k.updates(worker.id), k.ledger("worker", worker.id),
+                 k.retention]  # fmt: skip
         return batch.script(self._post_turn, keys, args)
 
     def turn_cost(self, job_id: str) -> dict[str, int] | None:
@@ -195,12 +199,19 @@ class LedgerStore:
         else the older layout's string key."""
         if not job_ids:
             return []
+        cells = self.cells
         with self.r.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hget(self.keys.job(job_id), LEDGER_FIELD)
-            # Raw: cluster pipelines refuse their mget() (these keys share one slot).
-            pipe.execute_command("MGET", *[self.keys.ledger_turn(job_id) for job_id in job_ids])
-            *fields, older = pipe.execute()
+                pipe.hget(cells.of_job(job_id).job(job_id), LEDGER_FIELD)
+            if cells.count == 1:
+                # Raw: cluster pipelines refuse their mget() (these keys share one slot).
+                pipe.execute_command("MGET", *[self.keys.ledger_turn(j) for j in job_ids])
+            else:
+                for job_id in job_ids:
+                    pipe.get(cells.of_job(job_id).ledger_turn(job_id))
+            replies = pipe.execute()
+        fields = replies[: len(job_ids)]
+        older = replies[-1] if cells.count == 1 else replies[len(job_ids) :]
         return [posted_record(f or o) for f, o in zip(fields, older, strict=True)]
 
     def job_costs(
@@ -213,14 +224,21 @@ class LedgerStore:
             raise InputError("limit", "must be between 1 and 10000")
         high = "+inf" if until_ms is None else until_ms
         low = "-inf" if since_ms is None else since_ms
-        ids = list(self.r.zrevrangebyscore(self.keys.jobs, high, low, start=0, num=limit))
+        with self.r.pipeline(transaction=False) as pipe:
+            for k in self.cells:
+                pipe.zrevrangebyscore(k.jobs, high, low, start=0, num=limit, withscores=True)
+            for k in self.cells:
+                pipe.hgetall(k.ledger_total)
+            replies = pipe.execute()
+        found = [pair for reply in replies[: self.cells.count] for pair in reply]
+        ids = [job_id for job_id, _ in sorted(found, key=by_score, reverse=True)[:limit]]
         rows = []
         for job_id, cost in zip(ids, self.turn_costs(ids), strict=True):
             row = empty_row()
             if cost is not None:
                 row.update({k: v for k, v in cost.items() if k in row}, turns=1)
             rows.append({"key": job_id, "posted": cost is not None, **row})
-        total = parse_row(self.r.hgetall(self.keys.ledger_total)) or empty_row()
+        total = sum_rows(parse_row(raw) for raw in replies[self.cells.count :])
         return {"by": "job", "rows": rows, "total": total}
 
     def costs(
@@ -243,18 +261,30 @@ class LedgerStore:
             span = (end - start).days + 1
             values = [(start + timedelta(days=i)).isoformat() for i in range(span)]
         else:
-            values = sorted(self.r.smembers(self.keys.ledger_index(by)))
+            values = self._index_values(by)
+        cells = list(self.cells)
         with self.r.pipeline(transaction=False) as pipe:
-            for value in values:
-                pipe.hgetall(self.keys.ledger(by, value))
-            pipe.hgetall(self.keys.ledger_total)
+            for k in cells:
+                for value in values:
+                    pipe.hgetall(k.ledger(by, value))
+            for k in cells:
+                pipe.hgetall(k.ledger_total)
             replies = pipe.execute()
-        rows = [
-            {"key": value, **parse_row(data)}
-            for value, data in zip(values, replies[:-1], strict=True)
-            if data
-        ]
-        return {"by": by, "rows": rows, "total": parse_row(replies[-1]) or empty_row()}
+        n = len(values)
+        rows = []
+        for i, value in enumerate(values):
+            found = [replies[c * n + i] for c in range(len(cells)) if replies[c * n + i]]
+            if found:
+                rows.append({"key": value, **sum_rows(parse_row(data) for data in found)})
+        total = sum_rows(parse_row(data) for data in replies[len(cells) * n :])
+        return {"by": by, "rows": rows, "total": total}
+
+    def _index_values(self, dimension: str) -> list[str]:
+        """The values a ledger dimension has rows for, in every cell."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for k in self.cells:
+                pipe.smembers(k.ledger_index(dimension))
+            return sorted(set().union(*pipe.execute()))
 
     def daily(
         self, by: str, since: date, until: date, *, tag_key: str = "tenant", top: int = 8
@@ -271,15 +301,15 @@ class LedgerStore:
         if (until - since).days >= 366:
             raise InputError("since", "range is longer than 366 days")
         days = [(since + timedelta(days=i)).isoformat() for i in range((until - since).days + 1)]
-        values = sorted(self.r.smembers(self.keys.ledger_index(by)))
+        values = self._index_values(by)
         if by == "tag":
             values = [v for v in values if v.partition("=")[0] == tag_key]
-        alltime = self._money([self.keys.ledger(by, v) for v in values])
+        alltime = self._money([(by, v) for v in values])
         ranked = sorted(zip(values, alltime, strict=True), key=lambda p: (-p[1], p[0]))
         chosen = [v for v, _ in ranked[:top]]
         row_dim = "tag-day" if by == "tag" else f"{by}-day"
-        keys = [self.keys.ledger(row_dim, f"{v}|{d}") for v in chosen for d in days]
-        money = self._money(keys + [self.keys.ledger("day", d) for d in days])
+        keys = [(row_dim, f"{v}|{d}") for v in chosen for d in days]
+        money = self._money(keys + [("day", d) for d in days])
         n = len(days)
         series = [money[i * n : (i + 1) * n] for i in range(len(chosen))]
         totals = money[len(keys) :]
@@ -290,82 +320,17 @@ class LedgerStore:
             "series": [{"key": k, "micro": m} for k, m in zip(names, series, strict=True)],
         }  # fmt: skip
 
-    def _money(self, keys: Sequence[str]) -> list[int]:
-        """The money (sum of the cost fields, micro) of each ledger row, in one trip."""
+    def _money(self, rows: Sequence[tuple[str, str]]) -> list[int]:
+        """The money (sum of the cost fields, micro) of each ledger row (dimension,
+        value), summed over the cells, in one trip."""
+        cells = list(self.cells)
         with self.r.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hmget(key, list(COST_FIELDS))
+            for k in cells:
+                for dim, value in rows:
+                    pipe.hmget(k.ledger(dim, value), list(COST_FIELDS))
             replies = pipe.execute()
-        return [sum(int(v or 0) for v in reply) for reply in replies]
-
-
-class LedgerRepair:
-    """What ``orchestrator reconcile`` reads and repairs (see
-    :mod:`orchestrator.ops.reconcile`); every repair is one atomic script."""
-
-    def __init__(self, store: RedisStore) -> None:
-        self.store = store
-        self.r: Any = store.r
-        self.keys = store.keys
-        self._worker_script = self.r.register_script(scripts.RECONCILE_WORKER)
-        self._total_script = self.r.register_script(scripts.RECONCILE_TOTAL)
-
-    def jobs_since(self, since_ms: int) -> list[Job]:
-        """Every job created at or after ``since_ms``, oldest first."""
-        ids = self.r.zrangebyscore(self.keys.jobs, since_ms, "+inf")
-        jobs: list[Job] = []
-        for start in range(0, len(ids), 500):
-            with self.r.pipeline(transaction=False) as pipe:
-                for job_id in ids[start : start + 500]:
-                    pipe.hgetall(self.keys.job(job_id))
-                jobs += [Job.from_hash(data) for data in pipe.execute() if data]
-        return jobs
-
-    def worker_figures(self, worker_id: str) -> tuple[list[int], list[int]]:
-        """The worker's ``counted:<field>`` and its ledger row, per ledger field (in the
-        order of :data:`orchestrator.ledger.FIELDS`), read at one instant."""
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.hmget(self.keys.worker(worker_id), [f"counted:{f}" for f in FIELDS])
-            pipe.hmget(self.keys.ledger("worker", worker_id), list(FIELDS))
-            counted, row = pipe.execute()
-        return [int(v or 0) for v in counted], [int(v or 0) for v in row]
-
-    def worker_falls(self, worker_id: str) -> dict[str, int]:
-        """The worker's outstanding ``fell:<field>`` anomalies (see POST_TURN)."""
-        values = self.r.hmget(self.keys.worker(worker_id), [f"fell:{f}" for f in FIELDS])
-        return {name: int(v) for name, v in zip(FIELDS, values, strict=True) if v is not None}
-
-    def clear_falls(self, worker_id: str) -> None:
-        """Forget the worker's ``fell:<field>`` anomalies (reconcile has followed the
-        upstream figure)."""
-        self.r.hdel(self.keys.worker(worker_id), *[f"fell:{f}" for f in FIELDS])
-
-    def post_correction(
-        self,
-        job: Job,
-        worker_id: str,
-        figures: dict[str, int],
-        at_ms: int,
-        extra: Sequence[tuple[str, str]] = (),
-    ) -> tuple[str, dict[str, Any]] | None:
-        """Bring the ledger to the upstream's cumulative ``figures`` of a worker whose
-        latest job is ``job`` (RECONCILE_WORKER); returns the correction's id and record,
-        or None when nothing differed (a finalize posted it meanwhile)."""
-        members = rollups(job, worker_id, at_ms, extra)
-        own_row = members.index(("worker", worker_id)) + 1
-        keys = self.store.turn_keys(worker_id, members, self.keys.ledger_corrections)
-        args: list[Any] = [f"reconcile:{worker_id}:", len(members), json.dumps(figures), own_row]
-        args += [value for _, value in members]
-        result = self._worker_script(keys=keys, args=args)
-        if not result:
-            return None
-        return str(result[0]), json.loads(result[1])
-
-    def check_total(self, fix: bool) -> dict[str, tuple[int, int]]:
-        """Fields where the ledger total differs from the sum of the day rows, as
-        ``(total, sum)``; with ``fix`` the total is moved to the sum (RECONCILE_TOTAL).
-        Day rows, not worker rows: those expire with their worker's records."""
-        days = sorted(self.r.smembers(self.keys.ledger_index("day")))
-        keys = [self.keys.ledger_total] + [self.keys.ledger("day", d) for d in days]
-        raw = self._total_script(keys=keys, args=[json.dumps(list(FIELDS)), "1" if fix else "0"])
-        return {name: (int(pair[0]), int(pair[1])) for name, pair in json.loads(raw).items()}
+        n = len(rows)
+        return [
+            sum(int(v or 0) for c in range(len(cells)) for v in replies[c * n + i])
+            for i in range(n)
+        ]

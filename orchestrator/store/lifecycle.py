@@ -13,11 +13,12 @@ while the job's records, and its worker's, are still there).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from orchestrator.jobs.model import LOCAL_ENDS, JobStatus
 from orchestrator.store.jobs import RedisStore
+from orchestrator.store.keys import Keys
 from orchestrator.store.scripts import jobs as scripts
 
 
@@ -35,7 +36,7 @@ class LifecycleStore:
 
     def __init__(self, store: RedisStore) -> None:
         self.r = store.r
-        self.keys = store.keys
+        self.cells = store.cells
         self.store = store
         self._claim = self.r.register_script(scripts.CLAIM_DUE)
 
@@ -51,15 +52,15 @@ class LifecycleStore:
     def stop_relay(self, worker_id: str, job_id: str) -> None:
         """Refuse the worker's updates while ``job_id`` (ended here) is its active job:
         its follower's next write fails with STOPPED and it lets the stream go."""
-        self.store.set_worker_field(worker_id, "stopped_job", job_id)
+        self.store.set_worker_field(worker_id, "stopped_job", job_id, job_id)
 
     def mark_ended(self, job_id: str, at_ms: int = 0) -> None:
         """Put an ended job (back) up for its wind-down and settlement at ``at_ms``."""
-        self.r.zadd(self.keys.jobs_ended, {job_id: at_ms})
+        self.r.zadd(self.cells.of_job(job_id).jobs_ended, {job_id: at_ms})
 
     def unsettled(self, job_id: str) -> bool:
         """Whether the job ended here and its settlement is still to do."""
-        return self.r.zscore(self.keys.jobs_ended, job_id) is not None
+        return self.r.zscore(self.cells.of_job(job_id).jobs_ended, job_id) is not None
 
     def settled(self, job_id: str) -> None:
         """The ended job's settlement is done (or there is none to do): it leaves the
@@ -69,64 +70,73 @@ class LifecycleStore:
 
     def look_again(self, job_id: str, at_ms: int) -> None:
         """Look at an ended job again at ``at_ms`` (unless it was forgotten meanwhile)."""
-        self.r.zadd(self.keys.jobs_ended, {job_id: at_ms}, xx=True)
+        self.r.zadd(self.cells.of_job(job_id).jobs_ended, {job_id: at_ms}, xx=True)
 
     # --- the sweep -------------------------------------------------------------------
 
     def claim_live(self, now: int, lease_ms: int, limit: int = 200) -> list[str]:
         """Live jobs whose next limit is due; each is passed by other sweeps for
-        ``lease_ms`` (the claimer reschedules it with :meth:`reschedule`)."""
-        return self._claim_due(self.keys.jobs_live, now, lease_ms, limit)
+        ``lease_ms`` (the claimer reschedules it with :meth:`reschedule`). With several
+        cells, up to ``limit`` from each."""
+        return self._claim_due(lambda k: k.jobs_live, now, lease_ms, limit)
 
     def claim_ended(self, now: int, lease_ms: int, limit: int = 200) -> list[str]:
         """Ended jobs due a look, claimed as :meth:`claim_live` claims."""
-        return self._claim_due(self.keys.jobs_ended, now, lease_ms, limit)
+        return self._claim_due(lambda k: k.jobs_ended, now, lease_ms, limit)
 
-    def _claim_due(self, key: str, now: int, lease_ms: int, limit: int) -> list[str]:
-        return list(self._claim(keys=[key], args=[now, now + lease_ms, limit]))
+    def _claim_due(
+        self, index: Callable[[Keys], str], now: int, lease_ms: int, limit: int
+    ) -> list[str]:
+        args = [now, now + lease_ms, limit]
+        return [str(j) for k in self.cells for j in self._claim(keys=[index(k)], args=args)]
 
     def reschedule(self, job_id: str, due_ms: int) -> None:
         """The job's next limit falls due at ``due_ms`` (only while it is live)."""
-        self.r.zadd(self.keys.jobs_live, {job_id: due_ms}, xx=True)
+        self.r.zadd(self.cells.of_job(job_id).jobs_live, {job_id: due_ms}, xx=True)
 
     def forget_live(self, job_id: str) -> None:
-        self.r.zrem(self.keys.jobs_live, job_id)
+        self.r.zrem(self.cells.of_job(job_id).jobs_live, job_id)
 
     def next_wake(self) -> int | None:
         """The earliest score of both sets (ms), or None when both are empty."""
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.zrange(self.keys.jobs_live, 0, 0, withscores=True)
-            pipe.zrange(self.keys.jobs_ended, 0, 0, withscores=True)
+            for k in self.cells:
+                pipe.zrange(k.jobs_live, 0, 0, withscores=True)
+                pipe.zrange(k.jobs_ended, 0, 0, withscores=True)
             replies = pipe.execute()
         scores = [int(reply[0][1]) for reply in replies if reply]
         return min(scores, default=None)
 
-    def last_relayed(self, worker_id: str) -> int | None:
-        """When an update of the worker was last stored (epoch ms), or None."""
-        raw = self.r.hget(self.keys.worker(worker_id), "relayed_at")
+    def last_relayed(self, worker_id: str, job_id: str = "") -> int | None:
+        """When an update of the worker (of the job ``job_id``) was last stored (epoch
+        ms), or None."""
+        key = self.store.worker_keys(worker_id, job_id).worker(worker_id)
+        raw = self.r.hget(key, "relayed_at")
         return int(raw) if raw else None
 
     def active_job(self, worker_id: str) -> str | None:
         """The job of the worker's latest turn."""
-        return self.r.hget(self.keys.worker(worker_id), "active_job") or None
+        key = self.store.worker_keys(worker_id).worker(worker_id)
+        return self.r.hget(key, "active_job") or None
 
     # --- bulk cancel -----------------------------------------------------------------
 
     def live_jobs(self, chunk: int = 500) -> Iterator[list[LiveJob]]:
         """Every live job, in chunks (ZSCAN: a job live for the whole walk is seen)."""
         ids: list[str] = []
-        for member, _score in self.r.zscan_iter(self.keys.jobs_live, count=chunk):
-            ids.append(member)
-            if len(ids) >= chunk:
-                yield self._fields(ids)
-                ids = []
+        for k in self.cells:
+            for member, _score in self.r.zscan_iter(k.jobs_live, count=chunk):
+                ids.append(member)
+                if len(ids) >= chunk:
+                    yield self._fields(ids)
+                    ids = []
         if ids:
             yield self._fields(ids)
 
     def _fields(self, ids: Sequence[str]) -> list[LiveJob]:
         with self.r.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hmget(self.keys.job(job_id), ["status", "tags", "schedule_id"])
+                pipe.hmget(self.cells.of_job(job_id).job(job_id), ["status", "tags", "schedule_id"])
             rows = pipe.execute()
         return [
             LiveJob(job_id, status, json.loads(tags or "{}"), schedule or None)

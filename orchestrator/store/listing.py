@@ -43,17 +43,55 @@ class JobIndex:
 
     def __init__(self, store: RedisStore) -> None:
         self.r: Any = store.r
-        self.keys = store.keys
+        self.cells = store.cells
 
-    def index_key(self, *, tag: tuple[str, str] | None, schedule_id: str | None) -> str:
-        """The index to page: the schedule's, else the tag's, else every job's."""
+    def index_key(self, *, tag: tuple[str, str] | None, schedule_id: str | None) -> tuple[str, ...]:
+        """The index to page: the schedule's, else the tag's, else every job's (one
+        sorted set per cell)."""
         if schedule_id is not None:
-            return self.keys.jobs_by_schedule(schedule_id)
+            return tuple(k.jobs_by_schedule(schedule_id) for k in self.cells)
         if tag is not None:
-            return self.keys.jobs_by_tag(*tag)
-        return self.keys.jobs
+            return tuple(k.jobs_by_tag(*tag) for k in self.cells)
+        return tuple(k.jobs for k in self.cells)
 
     def page(
+        self,
+        index: tuple[str, ...],
+        *,
+        limit: int,
+        scan: int,
+        after: Position | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        keep: Callable[[Job], bool] = lambda _job: True,
+    ) -> Page:
+        """Up to ``limit`` jobs of ``index`` created in [since, until], newest first,
+        after ``after``, that ``keep`` accepts; at most ``scan`` entries examined in
+        each cell. The cells' pages are merged by (creation, id), the cursor's order,
+        so one cursor serves every cell: the merge is complete down to the newest place
+        a cell stopped at without reaching its end."""
+        pages = [
+            self._page(name, limit=limit, scan=scan, after=after, since_ms=since_ms,
+                       until_ms=until_ms, keep=keep)
+            for name in index
+        ]  # fmt: skip
+        if len(pages) == 1:
+            return pages[0]
+        stops = [p.after for p in pages if p.after is not None]
+        bound = max(stops, key=_order, default=None)
+        jobs = sorted(
+            (job for p in pages for job in p.jobs),
+            key=lambda job: _order(Position(job.created_at, job.id)),
+            reverse=True,
+        )
+        if bound is not None:
+            jobs = [j for j in jobs if _order(Position(j.created_at, j.id)) >= _order(bound)]
+        if len(jobs) > limit:
+            jobs = jobs[:limit]
+            bound = Position(jobs[-1].created_at, jobs[-1].id)
+        return Page(jobs, bound)
+
+    def _page(
         self,
         index: str,
         *,
@@ -115,8 +153,12 @@ class JobIndex:
     def _read(self, job_ids: list[str]) -> list[dict[str, str]]:
         with self.r.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hgetall(self.keys.job(job_id))
+                pipe.hgetall(self.cells.of_job(job_id).job(job_id))
             return list(pipe.execute())
+
+
+def _order(at: Position) -> tuple[int, str]:
+    return (at.created_ms, at.job_id)
 
 
 def _older(score: int, member: str, after: Position) -> bool:

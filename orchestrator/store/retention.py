@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from orchestrator.jobs.model import LOCAL_ENDS, TERMINAL
+from orchestrator.store.cells import Cells
 from orchestrator.store.connection import home_client
 from orchestrator.store.keys import Keys
 from orchestrator.store.scripts.records import HISTORY_MAX
@@ -142,6 +143,7 @@ class RetentionStore:
 
     r: Any
     keys: Keys
+    cells: Cells
     _trim_index: Any
 
     def prune_expired(self, now_ms: int, limit: int = 1000, rounds: int = 20) -> int:
@@ -151,29 +153,30 @@ class RetentionStore:
         batches (one batch a pass fell behind past ``limit`` jobs a pass). Returns how
         many jobs were dropped."""
         dropped = 0
-        for _ in range(rounds):
-            done = self._prune_batch(now_ms, limit)
-            dropped += done
-            if done < limit:
-                break
+        for k in self.cells:
+            for _ in range(rounds):
+                done = self._prune_batch(k, now_ms, limit)
+                dropped += done
+                if done < limit:
+                    break
         return dropped
 
-    def _prune_batch(self, now_ms: int, limit: int) -> int:
-        due = self.r.zrangebyscore(self.keys.retention, "-inf", now_ms, start=0, num=limit)
+    def _prune_batch(self, k: Keys, now_ms: int, limit: int) -> int:
+        due = self.r.zrangebyscore(k.retention, "-inf", now_ms, start=0, num=limit)
         if not due:
             return 0
         pairs = [member.partition("|") for member in due]
         workers = sorted({w for _, _, w in pairs if w})
         with self.r.pipeline(transaction=False) as pipe:
             for w in workers:
-                pipe.exists(self.keys.ledger("worker", w))
+                pipe.exists(k.ledger("worker", w))
             alive = pipe.execute()
         gone = [w for w, exists in zip(workers, alive, strict=True) if not exists]
         with self.r.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.keys.jobs, *[job for job, _, _ in pairs])
+            pipe.zrem(k.jobs, *[job for job, _, _ in pairs])
             if gone:
-                pipe.srem(self.keys.ledger_index("worker"), *gone)
-            pipe.zrem(self.keys.retention, *due)
+                pipe.srem(k.ledger_index("worker"), *gone)
+            pipe.zrem(k.retention, *due)
             pipe.execute()
         return len(due)
 
@@ -184,8 +187,12 @@ class RetentionStore:
         a full batch had some gone (a tenant's index gains ids as fast as its jobs come:
         one batch a pass fell behind past ~13 jobs a second), up to ``checks`` ids a
         call. The oldest go first, and they are the ones retention takes first; a job
-        that lives on is passed over. Returns how many ids were removed."""
-        names = list(self.r.srandmember(self.keys.job_indexes, indexes) or [])
+        that lives on is passed over. Returns how many ids were removed. With several
+        cells, each cell's indexes are trimmed so."""
+        return sum(self._prune_cell(k, indexes, per_index, checks) for k in self.cells)
+
+    def _prune_cell(self, k: Keys, indexes: int, per_index: int, checks: int) -> int:
+        names = list(self.r.srandmember(k.job_indexes, indexes) or [])
         removed = 0
         while names and checks > 0:
             with self.r.pipeline(transaction=False) as pipe:
@@ -195,14 +202,14 @@ class RetentionStore:
             with self.r.pipeline(transaction=False) as pipe:
                 for ids in oldest:
                     for job_id in ids:
-                        pipe.exists(self.keys.job(job_id))
+                        pipe.exists(k.job(job_id))
                 alive = iter(pipe.execute())
             checks -= sum(len(ids) for ids in oldest)
             again = []
             for name, ids in zip(names, oldest, strict=True):
                 gone = [job_id for job_id in ids if not next(alive)]
                 if gone or not ids:
-                    removed += int(self._trim_index(keys=[self.keys.job_indexes, name], args=gone))
+                    removed += int(self._trim_index(keys=[k.job_indexes, name], args=gone))
                 if gone and len(ids) == per_index:
                     again.append(name)
             names = again
@@ -272,11 +279,25 @@ class RetentionStore:
         }
 
     def memory_info(self) -> tuple[int, int]:
-        """Redis ``used_memory`` and ``maxmemory`` (0: no limit), in bytes."""
-        info = home_client(self.r, self.keys.jobs).info("memory")
-        return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+        """Redis ``used_memory`` and ``maxmemory`` (0: no limit), in bytes: summed over
+        the servers holding the cells."""
+        infos = [server.info("memory") for server in self.servers()]
+        return (sum(int(i.get("used_memory", 0)) for i in infos),
+                sum(int(i.get("maxmemory", 0)) for i in infos))  # fmt: skip
+
+    def servers(self) -> list[Any]:
+        """One client per server holding the store's keys: on a cluster, the primaries
+        serving the control keys and the cells now; else the one client."""
+        found: dict[str, Any] = {}
+        for k in (self.keys, *self.cells.others()):
+            server = home_client(self.r, k.jobs)
+            found.setdefault(repr(server.connection_pool), server)
+        return list(found.values())
 
     def retained(self) -> int:
         """How many finished jobs' records are kept now (their expiry not yet passed)."""
         now = int(time.time() * 1000)
-        return int(self.r.zcount(self.keys.retention, now, "+inf"))
+        with self.r.pipeline(transaction=False) as pipe:
+            for k in self.cells:
+                pipe.zcount(k.retention, now, "+inf")
+            return sum(int(n) for n in pipe.execute())

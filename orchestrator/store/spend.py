@@ -43,15 +43,23 @@ class BudgetStore:
     def __init__(self, store: RedisStore) -> None:
         self.r = store.r
         self.keys = store.keys
+        self.cells = store.cells
         self._reserve = self.r.register_script(scripts.RESERVE_BUDGET)
         self._release = self.r.register_script(scripts.RELEASE_HOLD)
 
     # --- caps ----------------------------------------------------------------------
 
+    # The control keys hold the caps as set; each cell holds a copy for its scripts
+    # (BEGIN_ATTEMPT), written first, so a cap is in force where it is listed.
+
     def put_cap(self, name: str, raw: str) -> None:
+        for k in self.cells.others():
+            self.r.hset(k.budget_caps, name, raw)
         self.r.hset(self.keys.budget_caps, name, raw)
 
     def remove_cap(self, name: str) -> bool:
+        for k in self.cells.others():
+            self.r.hdel(k.budget_caps, name)
         return bool(self.r.hdel(self.keys.budget_caps, name))
 
     def caps(self) -> list[str]:
@@ -65,13 +73,12 @@ class BudgetStore:
         self, job_id: str, amount: int, at_ms: int, caps: Sequence[CapHold]
     ) -> Refusal | None:
         """Hold ``amount`` against every cap in one script; None when held (or held
-        already), else which cap would be passed (nothing is held then)."""
-        keys = [self.keys.budget_holds, self.keys.budget_hold_times]
+        already), else which cap would be passed (nothing is held then). In the job's
+        cell: with several, only caps of its tenant apply (docs/scaling.md)."""
+        k = self.cells.of_job(job_id)
+        keys = [k.budget_holds, k.budget_hold_times]
         for cap in caps:
-            keys += [
-                self.keys.ledger(cap.dimension, cap.value),
-                self.keys.budget_reserved(cap.scope, cap.period),
-            ]
+            keys += [k.ledger(cap.dimension, cap.value), k.budget_reserved(cap.scope, cap.period)]
         args = [job_id, amount, at_ms, len(caps), *[cap.limit_micro for cap in caps]]
         result = self._reserve(keys=keys, args=args)
         if int(result[0]) == 1:
@@ -80,7 +87,7 @@ class BudgetStore:
 
     def release(self, job_id: str) -> int | None:
         """Release a job's hold (idempotent); returns the amount, or None if none held."""
-        raw = self.r.hget(self.keys.budget_holds, job_id)
+        raw = self.r.hget(self.cells.of_job(job_id).budget_holds, job_id)
         if raw is None:
             return None
         batch = Batch(self.r)
@@ -90,14 +97,15 @@ class BudgetStore:
 
     def hold_into(self, batch: Batch, job_id: str) -> int:
         """Queue a read of the job's raw hold (for :meth:`release_into`); its index."""
-        batch.pipe.hget(self.keys.budget_holds, job_id)
+        batch.pipe.hget(self.cells.of_job(job_id).budget_holds, job_id)
         return len(batch.pipe) - 1
 
     def release_into(self, batch: Batch, job_id: str, raw_hold: str) -> int:
         """Queue the release of a hold read as ``raw_hold``; the index of its reply (1 if
         released, 0 if it was released already)."""
         hold = json.loads(raw_hold)
-        keys = [self.keys.budget_holds, self.keys.budget_hold_times, *hold["keys"]]
+        k = self.cells.of_job(job_id)
+        keys = [k.budget_holds, k.budget_hold_times, *hold["keys"]]
         return batch.script(self._release, keys, [job_id, raw_hold, hold["amount"]])
 
     @staticmethod
@@ -108,22 +116,35 @@ class BudgetStore:
     def settling(self, job_id: str) -> bool:
         """Whether the job ended here and its upstream turn is not yet settled (its hold
         reserves the money that turn is spending)."""
-        return self.r.zscore(self.keys.jobs_ended, job_id) is not None
+        return self.r.zscore(self.cells.of_job(job_id).jobs_ended, job_id) is not None
 
     def holds_before(self, cutoff_ms: int) -> list[str]:
         """Ids of the jobs whose hold was taken before ``cutoff_ms``."""
-        return list(self.r.zrangebyscore(self.keys.budget_hold_times, "-inf", cutoff_ms))
+        with self.r.pipeline(transaction=False) as pipe:
+            for k in self.cells:
+                pipe.zrangebyscore(k.budget_hold_times, "-inf", cutoff_ms)
+            return [job_id for reply in pipe.execute() for job_id in reply]
 
     # --- spend, overshoots, warnings -----------------------------------------------
 
     def spent(self, dimension: str, value: str) -> dict[str, int]:
-        """The ledger rollup that holds a cap's spend (fields as stored)."""
-        raw = self.r.hgetall(self.keys.ledger(dimension, value))
-        return {k: int(v) for k, v in raw.items()}
+        """The ledger rollup that holds a cap's spend (fields as stored; the cells'
+        rows added up)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for k in self.cells:
+                pipe.hgetall(k.ledger(dimension, value))
+            found: dict[str, int] = {}
+            for raw in pipe.execute():
+                for name, v in raw.items():
+                    found[name] = found.get(name, 0) + int(v)
+            return found
 
     def reserved(self, scope: str, period: str) -> int:
         """Micro-dollars held by turns in flight for a scope and period key."""
-        return int(self.r.get(self.keys.budget_reserved(scope, period)) or 0)
+        with self.r.pipeline(transaction=False) as pipe:
+            for k in self.cells:
+                pipe.get(k.budget_reserved(scope, period))
+            return sum(int(n or 0) for n in pipe.execute())
 
     def overshoots(self) -> dict[str, dict[str, int]]:
         """Per cap name: ``{count, micro}`` of turns that cost more than their hold."""
@@ -161,35 +182,40 @@ class LimitStore:
     def __init__(self, store: RedisStore) -> None:
         self.r = store.r
         self.keys = store.keys
+        self.cells = store.cells
         self._acquire = self.r.register_script(scripts.ACQUIRE_SLOTS)
         self._promote = self.r.register_script(scripts.PROMOTE_WAITING)
         self._release_gone = self.r.register_script(scripts.RELEASE_GONE)
         self._leave = self.r.register_script(scripts.LEAVE_WAITING)
 
+    # Set as caps are (above): each cell's copy first, then the control keys.
+
     def set(self, key: str, limit: int) -> None:
+        for k in self.cells.others():
+            self.r.hset(k.limits, key, limit)
         self.r.hset(self.keys.limits, key, limit)
 
     def remove(self, key: str) -> bool:
+        for k in self.cells.others():
+            self.r.hdel(k.limits, key)
         return bool(self.r.hdel(self.keys.limits, key))
 
     def all(self) -> dict[str, int]:
         return {k: int(v) for k, v in sorted(self.r.hgetall(self.keys.limits).items())}
 
-    def _slot_keys(self, limit_keys: Sequence[str]) -> list[str]:
+    @staticmethod
+    def _slot_keys(k: Keys, limit_keys: Sequence[str]) -> list[str]:
         keys = []
         for key in limit_keys:
-            keys += [
-                self.keys.limit_running(key),
-                self.keys.limit_groups(key),
-                self.keys.limit_waiting(key),
-            ]
+            keys += [k.limit_running(key), k.limit_groups(key), k.limit_waiting(key)]
         return keys
 
     def acquire(self, job_id: str, group: str, limit_keys: Sequence[str]) -> str | None:
         """Take a slot of every limited key; None if taken, else the key it waits on."""
-        keys = [self.keys.limits, self.keys.limit_parked, self.keys.limit_sequence]
+        k = self.cells.of_job(job_id)
+        keys = [k.limits, k.limit_parked, k.limit_sequence, *self._slot_keys(k, limit_keys)]
         args = [job_id, group, len(limit_keys), *limit_keys]
-        result = self._acquire(keys=keys + self._slot_keys(limit_keys), args=args)
+        result = self._acquire(keys=keys, args=args)
         return None if int(result[0]) == 1 else str(result[1])
 
     def release(self, job_id: str, limit_keys: Sequence[str], now_ms: int) -> list[str]:
@@ -202,23 +228,27 @@ class LimitStore:
         self, batch: Queue, job_id: str, limit_keys: Sequence[str], now_ms: int
     ) -> int:
         """Queue :meth:`release`; the index of its reply (the promoted job ids)."""
-        keys = [self.keys.limits, self.keys.limit_parked, self.keys.outbox]
+        k = self.cells.of_job(job_id)
+        keys = [k.limits, k.limit_parked, k.outbox, *self._slot_keys(k, limit_keys)]
         args = [job_id, now_ms, len(limit_keys), *limit_keys]
-        return batch.script(self._promote, keys + self._slot_keys(limit_keys), args)
+        return batch.script(self._promote, keys, args)
 
     def gone_holders(self, limit_keys: Sequence[str]) -> list[tuple[str, str]]:
         """(limit key, job id) of each running slot whose job has no record, as read
         now (two pipelined round trips; :meth:`release_gone` looks again)."""
         with self.r.pipeline(transaction=False) as pipe:
-            for key in limit_keys:
-                pipe.smembers(self.keys.limit_running(key))
-            held = [(key, str(j)) for key, jobs in zip(limit_keys, pipe.execute(), strict=True)
-                    for j in sorted(jobs)]  # fmt: skip
+            for k in self.cells:
+                for key in limit_keys:
+                    pipe.smembers(k.limit_running(key))
+            replies = pipe.execute()
+        named = [key for _ in self.cells for key in limit_keys]
+        held = [(key, str(j)) for key, jobs in zip(named, replies, strict=True)
+                for j in sorted(jobs)]  # fmt: skip
         if not held:
             return []
         with self.r.pipeline(transaction=False) as pipe:
             for _, job_id in held:
-                pipe.exists(self.keys.job(job_id))
+                pipe.exists(self.cells.of_job(job_id).job(job_id))
             there = pipe.execute()
         return [slot for slot, found in zip(held, there, strict=True) if not found]
 
@@ -226,26 +256,28 @@ class LimitStore:
         """Free the job's slot of ``key`` if its record is gone (checked in the same
         script); None when nothing was freed (the job is there, or holds no slot),
         else the waiting jobs that got the slot."""
-        keys = [self.keys.limits, self.keys.limit_parked, self.keys.outbox]
-        keys += [*self._slot_keys([key]), self.keys.job(job_id)]
+        k = self.cells.of_job(job_id)
+        keys = [k.limits, k.limit_parked, k.outbox, *self._slot_keys(k, [key]), k.job(job_id)]
         promoted = self._release_gone(keys=keys, args=[job_id, now_ms, 1, key])
         return None if promoted is None else [str(j) for j in promoted]
 
     def leave_waiting(self, job_id: str, group: str) -> bool:
         """Take a job out of the queue it waits in for a slot (if it waits in one)."""
-        key = self.r.hget(self.keys.limit_parked, job_id)
+        k = self.cells.of_job(job_id)
+        key = self.r.hget(k.limit_parked, job_id)
         if key is None:
             return False
-        keys = [self.keys.limit_parked, self.keys.limit_waiting(key), self.keys.limit_groups(key)]
+        keys = [k.limit_parked, k.limit_waiting(key), k.limit_groups(key)]
         return int(self._leave(keys=keys, args=[job_id, key, group])) == 1
 
     def usage(self, key: str) -> tuple[int, int]:
         """(running, waiting) jobs of a limit key."""
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.scard(self.keys.limit_running(key))
-            pipe.zcard(self.keys.limit_waiting(key))
-            running, waiting = pipe.execute()
-        return int(running), int(waiting)
+            for k in self.cells:
+                pipe.scard(k.limit_running(key))
+                pipe.zcard(k.limit_waiting(key))
+            replies = [int(n) for n in pipe.execute()]
+        return sum(replies[::2]), sum(replies[1::2])
 
 
 class _RateScripts:

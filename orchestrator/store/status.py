@@ -17,6 +17,7 @@ from typing import Any
 from orchestrator.errors import InputError
 from orchestrator.jobs.model import LOCAL_ENDS, TERMINAL, Job, JobStatus
 from orchestrator.store.batch import Queue
+from orchestrator.store.cells import Cells
 from orchestrator.store.connection import StoreError, pubsub
 from orchestrator.store.files import now_ms
 from orchestrator.store.keys import Keys
@@ -71,6 +72,7 @@ class StatusStore:
 
     r: Any
     keys: Keys
+    cells: Cells
     retention: RetentionPolicy
     _transition: Any
     _retain: Any
@@ -86,12 +88,13 @@ class StatusStore:
         :mod:`orchestrator.store.retention`), except an end reached here
         (``LOCAL_ENDS``): the job enters the ended set, and its retention waits for
         :meth:`settled`."""
+        k = self.cells.of_job(job_id)
         for _ in range(_TRIES):
             fields = None
             if status in TERMINAL and status not in LOCAL_ENDS:
-                fields = fields_of(self.r.hmget(self.keys.job(job_id), RECORD_FIELDS))
+                fields = fields_of(self.r.hmget(k.job(job_id), RECORD_FIELDS))
             keys, args = transition_call(
-                self.keys, self.retention, job_id, status, now_ms(), detail, fields
+                k, self.retention, job_id, status, now_ms(), detail, fields
             )
             result = int(self._transition(keys=keys, args=args))
             if result != -2:  # -2: its worker was linked meanwhile; read it again
@@ -101,8 +104,9 @@ class StatusStore:
     def transition_into(self, batch: Queue, job_id: str, status: JobStatus, at: int) -> int:
         """Queue a move to a status that is not an end (no fields to read); the index of
         its reply (1 moved, 0 there already, -1 refused)."""
+        k = self.cells.of_job(job_id)
         assert status not in TERMINAL
-        keys, args = transition_call(self.keys, self.retention, job_id, status, at, "", None)
+        keys, args = transition_call(k, self.retention, job_id, status, at, "", None)
         return batch.script(self._transition, keys, args)
 
     def complete_into(
@@ -113,23 +117,23 @@ class StatusStore:
         which reads them first unless ``updates`` holds them), ``completed`` (with its
         records' expiry), and the release of its follow lease."""
         job_id = job.id
-        batch.script(self._set_field, [self.keys.job(job_id)], ["update_to", update_to])
+        k = self.cells.of_job(job_id)
+        batch.script(self._set_field, [k.job(job_id)], ["update_to", update_to])
         self.fold_turn_into(batch, job, update_to, updates)
         fields = (job.worker_id or "", job.idempotency_key or "", job.tags)
-        keys, args = transition_call(
-            self.keys, self.retention, job_id, "completed", now_ms(), "", fields
-        )
+        keys, args = transition_call(k, self.retention, job_id, "completed", now_ms(), "", fields)
         batch.script(self._transition, keys, args)
-        batch.script(self._release, [self.keys.follows, self.keys.follow_owners], [job_id, ""])
+        batch.script(self._release, [k.follows, k.follow_owners], [job_id, ""])
 
     def settled(self, job_id: str) -> int:
         """A job ended here is settled (its upstream turn posted, or it had none): it
         leaves the ended set and its records' retention starts now (SETTLED; with an
         archive, it is queued for the archiver). 1 when done, 0 when the job was not
         in the ended set."""
+        k = self.cells.of_job(job_id)
         for _ in range(_TRIES):
-            fields = fields_of(self.r.hmget(self.keys.job(job_id), RECORD_FIELDS))
-            keys, args = settled_call(self.keys, self.retention, job_id, now_ms(), fields)
+            fields = fields_of(self.r.hmget(k.job(job_id), RECORD_FIELDS))
+            keys, args = settled_call(k, self.retention, job_id, now_ms(), fields)
             result = int(self._settled(keys=keys, args=args))
             if result != -2:
                 return result
@@ -138,9 +142,10 @@ class StatusStore:
     def retain_archived(self, job_id: str, ended_ms: int) -> int:
         """The archiver wrote the job: set its records' expiry (RETAIN). 1 when set, 0
         when the job was not waiting for the archive."""
+        k = self.cells.of_job(job_id)
         for _ in range(_TRIES):
-            fields = fields_of(self.r.hmget(self.keys.job(job_id), RECORD_FIELDS))
-            keys, args = retain_call(self.keys, self.retention, job_id, ended_ms, now_ms(), fields)
+            fields = fields_of(self.r.hmget(k.job(job_id), RECORD_FIELDS))
+            keys, args = retain_call(k, self.retention, job_id, ended_ms, now_ms(), fields)
             result = int(self._retain(keys=keys, args=args))
             if result != -2:
                 return result
@@ -149,20 +154,23 @@ class StatusStore:
     def note(self, job_id: str, detail: str) -> bool:
         """A history entry that changes nothing: the job's status as it is, a detail.
         False for a job that is gone."""
+        k = self.cells.of_job(job_id)
         args = [now_ms(), detail[:1000], HISTORY_MAX]
-        return int(self._note(keys=[self.keys.job(job_id)], args=args)) == 1
+        return int(self._note(keys=[k.job(job_id)], args=args)) == 1
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
-        raw = self.r.hget(self.keys.job(job_id), "history") or ""
+        k = self.cells.of_job(job_id)
+        raw = self.r.hget(k.job(job_id), "history") or ""
         return [{**e, "detail": e["detail"] or None} for e in history_entries(raw)]
 
     def watch_job(self, job_id: str) -> JobWatch:
         """A subscription to the job's status moves: open it, then read the job; any
         later move wakes :meth:`JobWatch.wait` (use it as a context manager)."""
-        channel = self.keys.job_events(job_id_checked(job_id))
+        k = self.cells.of_job(job_id)
+        channel = k.job_events(job_id_checked(job_id))
 
         def subscribe() -> Any:
-            subscription = pubsub(self.r, self.keys.job(job_id))
+            subscription = pubsub(self.r, k.job(job_id))
             subscription.subscribe(channel)
             return subscription
 

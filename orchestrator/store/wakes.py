@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.jobs.model import Job
-from orchestrator.store.keys import Keys
+from orchestrator.store.cells import Cells
 
 #: Entries the wake list keeps (``CREATE_JOB`` trims the oldest past it): a bound for
 #: a deployment whose relay is down; the jobs whose wakes go are sent by the sweep.
@@ -20,9 +20,10 @@ WAKE_CAP = 100_000
 
 
 class WakeList:
-    def __init__(self, client: Any, keys: Keys) -> None:
+    def __init__(self, client: Any, cells: Cells) -> None:
         self.r = client
-        self.keys = keys
+        self.keys = cells.control  # one list, whatever the cells (see push_call)
+        self.cells = cells
 
     def take(self, timeout: float, count: int) -> list[str]:
         """Up to ``count`` ids, oldest first, waiting up to ``timeout`` s for the first
@@ -38,8 +39,9 @@ class WakeList:
         one the sweep has sent meanwhile, or that moved on, or expired, is left out."""
         with self.r.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hgetall(self.keys.job(job_id))
-                pipe.zscore(self.keys.outbox, job_id)
+                k = self.cells.of_job(job_id)
+                pipe.hgetall(k.job(job_id))
+                pipe.zscore(k.outbox, job_id)
             replies = pipe.execute()
         jobs = []
         for record, score in zip(replies[::2], replies[1::2], strict=True):
@@ -51,3 +53,10 @@ class WakeList:
 
     def length(self) -> int:
         return int(self.r.llen(self.keys.outbox_wake))
+
+
+def push_after(cells: Cells, cap: int) -> bool:
+    """Whether a writer pushes a new job's wake itself, after CREATE_JOB: with several
+    cells the wake list (control keys) is in another slot than the job, so the script
+    cannot. A wake lost in between is the sweep's, as any lost wake is."""
+    return cap > 0 and cells.count > 1

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.store.batch import Batch, Queue
+from orchestrator.store.cells import Cells
 from orchestrator.store.compact import pack_snapshot, raw_hget, unpack_snapshot
 from orchestrator.store.files import now_ms
 from orchestrator.store.keys import Keys
@@ -23,38 +24,54 @@ class WorkerStore:
 
     r: Any
     keys: Keys
+    cells: Cells
+    cell_of_worker: Any
     retention: RetentionPolicy
     updates_maxlen: int
     _append: Any
     _worker_field: Any
 
+    def worker_keys(self, worker_id: str, job_id: str = "") -> Keys:
+        """The keys of the cell holding the worker's records: its job's (``job_id``,
+        any job of the worker's), else found (:meth:`RedisStore.cell_of_worker`)."""
+        if job_id or self.cells.count == 1:
+            return self.cells.of_job(job_id)
+        return self.cells.keys[self.cell_of_worker(worker_id) or 0]
+
     def save_snapshot(self, worker: Worker) -> None:
         """Store the worker's snapshot, making its hash if need be (reconcile's repair of
         a worker whose job is kept). A job's steps use :meth:`update_snapshot`."""
-        self.r.hset(self.keys.worker(worker.id), "snapshot", pack_snapshot(worker))
+        self.r.hset(
+            self.worker_keys(worker.id).worker(worker.id), "snapshot", pack_snapshot(worker)
+        )
 
-    def update_snapshot(self, worker: Worker) -> bool:
+    def update_snapshot(self, worker: Worker, job_id: str = "") -> bool:
         """Store the worker's latest snapshot, only into its hash (WORKER_FIELD): False
         if it has no records (expired, or lost with the job that made them), since a
         hash made by this write alone would never expire."""
-        return self.set_worker_field(worker.id, "snapshot", pack_snapshot(worker))
+        return self.set_worker_field(worker.id, "snapshot", pack_snapshot(worker), job_id)
 
-    def snapshot_into(self, batch: Batch, worker: Worker) -> int:
+    def snapshot_into(self, batch: Batch, worker: Worker, job_id: str) -> int:
         """Queue :meth:`update_snapshot`; the index of its reply."""
-        keys, args = [self.keys.worker(worker.id)], ["snapshot", pack_snapshot(worker)]
+        keys = [self.worker_keys(worker.id, job_id).worker(worker.id)]
+        args = ["snapshot", pack_snapshot(worker)]
         return batch.script(self._worker_field, keys, args)
 
-    def set_worker_field(self, worker_id: str, field: str, value: str | bytes) -> bool:
+    def set_worker_field(
+        self, worker_id: str, field: str, value: str | bytes, job_id: str = ""
+    ) -> bool:
         """Write a field of the worker's hash, only if it has one (WORKER_FIELD)."""
-        keys = [self.keys.worker(worker_id)]
+        keys = [self.worker_keys(worker_id, job_id).worker(worker_id)]
         return int(self._worker_field(keys=keys, args=[field, value])) == 1
 
-    def snapshot(self, worker_id: str) -> Worker | None:
-        raw = raw_hget(self.r, self.keys.worker(worker_id), "snapshot")
+    def snapshot(self, worker_id: str, job_id: str = "") -> Worker | None:
+        raw = raw_hget(self.r, self.worker_keys(worker_id, job_id).worker(worker_id), "snapshot")
         return unpack_snapshot(raw) if raw else None
 
-    def relayed(self, worker_id: str) -> int:
-        return int(self.r.hget(self.keys.worker(worker_id), "relayed") or 0)
+    def relayed(self, worker_id: str, job_id: str = "") -> int:
+        return int(
+            self.r.hget(self.worker_keys(worker_id, job_id).worker(worker_id), "relayed") or 0
+        )
 
     def append_updates(
         self, worker_id: str, first_index: int, payloads: Sequence[str], job_id: str = ""
@@ -75,8 +92,9 @@ class WorkerStore:
     def _append_call(
         self, worker_id: str, first_index: int, payloads: Sequence[str], job_id: str
     ) -> tuple[list[str], list[Any]]:
-        return append_call(self.keys, self.retention, self.updates_maxlen, worker_id,
-                           first_index, payloads, job_id)  # fmt: skip
+        k = self.worker_keys(worker_id, job_id)
+        return append_call(k, self.retention, self.updates_maxlen, worker_id, first_index,
+                           payloads, job_id)  # fmt: skip
 
 
 def append_call(

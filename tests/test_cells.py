@@ -1,0 +1,209 @@
+"""The store split into cells (``STORE_CELLS``, ``orchestrator/store/cells.py``): cell tags
+spread over equal slot ranges, tenants placed evenly over a real 3-primary cluster, ids
+that route themselves, every job's keys in its cell's slot, and the readers that add up
+or merge the cells (listings with their cursor, costs, counts, holdings) giving what
+one cell gives. The same contract runs on one Redis (cells without a cluster), and
+caps and limits that span tenants are refused, naming their field."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from orchestrator.controls.budgets import Budgets
+from orchestrator.controls.limits import Limits
+from orchestrator.errors import InputError
+from orchestrator.jobs.model import validate_submission
+from orchestrator.ops.redis_cluster import RedisCluster
+from orchestrator.store.cells import cell_prefix, tie_order
+from orchestrator.store.connection import is_cluster
+from orchestrator.store.follows import FollowStore
+from orchestrator.store.holdings import Holdings
+from orchestrator.store.jobs import RedisStore
+from orchestrator.store.listing import JobIndex
+from orchestrator.store.live import LiveStore
+
+from .cli_support import worker as finished
+
+CELLS = 6
+
+
+def test_each_cell_tag_lies_in_its_own_equal_slot_range() -> None:
+    for count in (2, 6, 48, 256):
+        for i in range(count):
+            tag = cell_prefix("orch", i, count, cluster=True)
+            assert tag.startswith("{orch:c") and tag.endswith("}")
+            low = i * REDIS_CLUSTER_HASH_SLOTS // count
+            high = (i + 1) * REDIS_CLUSTER_HASH_SLOTS // count
+            assert low <= key_slot(f"{tag}:job:x".encode()) < high
+    assert cell_prefix("orch", 3, 6, cluster=False) == "orch:c3"
+
+
+def test_ties_alternate_over_the_slot_ranges() -> None:
+    order = tie_order(6)
+    assert sorted(order) == list(range(6))
+    # The first three placements land in three different thirds (three primaries).
+    assert {cell * 3 // 6 for cell in order[:3]} == {0, 1, 2}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    with RedisCluster(primaries=3, replicas=0) as running:
+        yield running
+
+
+@pytest.fixture(params=["cluster", "redis"])
+def store(request: pytest.FixtureRequest, redis_url: str, key_prefix: str) -> Iterator[RedisStore]:
+    url = request.getfixturevalue("cluster").url if request.param == "cluster" else redis_url
+    s = RedisStore.from_url(url, key_prefix, cells=CELLS)
+    yield s
+    s.close()
+
+
+def _submit(store: RedisStore, text: str, **fields: Any) -> str:
+    job, _ = store.create_job(validate_submission(100, input=text, budget="low", **fields))
+    return job.id
+
+
+def test_a_tenants_jobs_share_its_cell_and_tenants_spread_evenly(store: RedisStore) -> None:
+    cells = store.cells
+    jobs = {f"t{i}": [_submit(store, "x", tags={"tenant": f"t{i}"}) for _ in range(3)]
+            for i in range(30)}  # fmt: skip
+    placed = {}
+    for tenant, ids in jobs.items():
+        assert len({cells.index_of_job(j) for j in ids}) == 1, tenant
+        placed[tenant] = cells.index_of_job(ids[0])
+        for job_id in ids:
+            assert store.get_job(job_id) is not None
+            k = cells.of_job(job_id)
+            assert k == cells.keys[placed[tenant]]
+            if is_cluster(store.r):  # the job's hash is in its cell's slot
+                assert key_slot(k.job(job_id).encode()) == key_slot(k.jobs.encode())
+    assert Counter(placed.values()) == dict.fromkeys(range(CELLS), 5)
+    # A new process finds the same placements (kept in the control keys).
+    again = RedisStore(store.r, store.keys.prefix.strip("{}"), cells=CELLS)
+    assert all(again.cells.of_tenant(t) == c for t, c in placed.items())
+
+
+def test_on_a_cluster_each_primary_holds_an_equal_share_of_the_cells(
+    cluster: RedisCluster, key_prefix: str
+) -> None:
+    s = RedisStore.from_url(cluster.url, key_prefix, cells=CELLS)
+    try:
+        owners = Counter(
+            cluster.primary_for_slot(key_slot(k.jobs.encode())).port for k in s.cells
+        )
+        assert sorted(owners.values()) == [2, 2, 2]
+    finally:
+        s.close()
+
+
+def test_listing_pages_merge_the_cells_newest_first_with_one_cursor(store: RedisStore) -> None:
+    ids = [_submit(store, f"job {i}", tags={"tenant": f"t{i % 7}"}) for i in range(40)]
+    index = JobIndex(store)
+    seen: list[str] = []
+    page = index.page(index.index_key(tag=None, schedule_id=None), limit=7, scan=100)
+    while True:
+        seen += [j.id for j in page.jobs]
+        if page.after is None or not page.jobs:
+            break
+        page = index.page(index.index_key(tag=None, schedule_id=None), limit=7, scan=100,
+                          after=page.after)  # fmt: skip
+    assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+    created = [store.require_job(j).created_at for j in seen]
+    assert created == sorted(created, reverse=True)
+    assert store.recent_jobs(5) == seen[:5]
+    tagged = index.page(index.index_key(tag=("tenant", "t3"), schedule_id=None), limit=50, scan=100)
+    assert {j.id for j in tagged.jobs} == {j for i, j in enumerate(ids) if i % 7 == 3}
+    assert store.job_states()["queued"] == 40
+
+
+def test_costs_add_up_over_the_cells(store: RedisStore) -> None:
+    posted, ids = [], []
+    for i in range(12):
+        job_id = _submit(store, "x", tags={"tenant": f"t{i % 4}"})
+        ids.append(job_id)
+        job, _ = store.begin_attempt(job_id)
+        worker = finished(f"wrk_cells_{i}", ("0", "0.01", "0", "0"), 100)
+        assert store.set_submitted(job, worker)
+        posted.append(store.post_turn(store.require_job(job_id), worker, 1_700_000_000_000))
+    assert all(p is not None for p in posted)
+    total = store.costs("tag")["total"]
+    assert total["turns"] == 12 and total["model_cost_micro"] == 12 * 10_000
+    rows = {r["key"]: r for r in store.costs("tag")["rows"]}
+    assert {k: r["turns"] for k, r in rows.items()} == {f"tenant=t{i}": 3 for i in range(4)}
+    assert store.job_costs(limit=50)["total"] == total
+    # A continue goes to its worker's cell, wherever its tenant lives.
+    first = store.cells.index_of_job(ids[0])
+    again = _submit(store, "more", kind="continue", worker_id="wrk_cells_0",
+                    tags={"tenant": "elsewhere"})  # fmt: skip
+    assert store.cells.index_of_job(again) == first
+    assert Holdings(store).held([again]) == {again: ["outbox", "live"]}
+
+
+def test_caps_and_limits_spanning_tenants_are_refused_naming_the_field(store: RedisStore) -> None:
+    budgets, limits = Budgets(store), Limits(store)
+    for scope in ("global", "tag:team=a"):
+        with pytest.raises(InputError) as caught:
+            budgets.set_cap(scope=scope, limit_usd="5")
+        assert caught.value.field == "scope" and "spans tenants" in str(caught.value)
+    with pytest.raises(InputError) as caught:
+        limits.set("budget:high", 3)
+    assert caught.value.field == "key"
+    budgets.set_cap(scope="tag:tenant=acme", limit_usd="5")
+    limits.set("tag:tenant=acme", 2)
+    # Every cell holds the settings its scripts read.
+    assert all(store.r.hlen(k.budget_caps) == 1 and store.r.hlen(k.limits) == 1
+               for k in store.cells)  # fmt: skip
+    assert [c.scope for c in budgets.caps()] == ["tag:tenant=acme"]
+    assert limits.all() == {"tag:tenant=acme": 2}
+
+
+def test_the_gateway_and_the_followers_work_across_the_cells(store: RedisStore) -> None:
+    """The gateway's writer places jobs as the store does and pushes the relay's wake
+    itself; the fan-out reads states and updates in each job's cell; a follower claims
+    the follow requests of every cell."""
+    url = _url_of(store)
+    prefix = store.keys.prefix.strip("{}")
+
+    async def gateway() -> tuple[list[str], dict[str, Any], list[str]]:
+        live = LiveStore.from_url(url, prefix, CELLS)
+        follows = FollowStore.from_url(url, prefix, cells=CELLS)
+        try:
+            writer = live.job_writer(wake=True)
+            made = []
+            for i in range(6):
+                sub = validate_submission(100, input="g", budget="low", tags={"tenant": f"g{i}"})
+                made.append((await writer.create_job(sub))[0].id)
+            for i, job_id in enumerate(made):  # each turn begun, one update stored
+                job, _ = store.begin_attempt(job_id)
+                store.set_submitted(job, finished(f"wrk_g{i}", ("0", "0", "0", "0"), 1))
+                store.append_updates(f"wrk_g{i}", 0, [f'{{"n":{i}}}'], job_id)
+            states = await live.states(made)
+            assert [s["worker_id"] for s in states] == [f"wrk_g{i}" for i in range(6)]
+            got = await live.wait({f"wrk_g{i}": -1 for i in range(6)}, 2_000)
+            claimed = await follows.claim("me", 10_000, 100)
+            return made, got, claimed
+        finally:
+            await follows.close()
+            await live.close()
+
+    made, got, claimed = asyncio.run(gateway())
+    assert {store.cells.index_of_job(j) for j in made} == set(range(CELLS))
+    assert got == {f"wrk_g{i}": [(0, f'{{"n":{i}}}')] for i in range(6)}
+    assert sorted(claimed) == sorted(made)  # put up for following by SUBMIT, in 6 cells
+    # Woken once per job, on the one wake list, in the order they were made.
+    assert store.wakes.take(1, 10) == made
+
+
+def _url_of(store: RedisStore) -> str:
+    if is_cluster(store.r):
+        host, port = store.r.get_default_node().host, store.r.get_default_node().port
+        return f"redis+cluster://{host}:{port}/"
+    kwargs = store.r.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
