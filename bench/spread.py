@@ -12,10 +12,11 @@ administrative ones: INFO, CLUSTER, PING, ...; a script's own calls count one by
 and its CPU. Each as a share of all primaries, and the largest/smallest ratio against
 the goal "≤ 1.5" (keys, commands).
 
-Today's layout puts every key under one hash tag (``docs/scaling.md``: one slot), so one
-primary holds everything and this reports the goal missed; the sharded layout is judged
-by the same figures. The per-job cost of a cluster against one Redis is measured by the
-``topologies`` scenario (``python -m bench topologies spread`` runs both).
+The store runs in ``CELLS`` cells (``STORE_CELLS``, docs/scaling.md: sixteen per
+primary), each tenant in one of them; with one cell every key would be under one hash
+tag and one primary would hold everything. The per-job cost of a cluster against one
+Redis is measured by the ``topologies`` scenario (``python -m bench topologies spread``
+runs both).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from orchestrator.ops.redis_server import RedisServer
 from .harness import Context, Result, cpu_seconds
 
 TENANTS = 100
+CELLS = 48
 GOAL = 1.5
 #: Commands that are not the store's work: the cluster client's topology reads, health
 #: checks and this benchmark's own sampling.
@@ -118,6 +120,7 @@ def scenario(ctx: Context) -> Result:
         baseline="an even spread: each of the 3 primaries a third",
         params={"jobs": n, "tenants": TENANTS, "pace": f"{rate:g} jobs/s",
                 "cluster": "3 primaries, no replicas, on this machine",
+                "cells": f"STORE_CELLS={CELLS}",
                 "broker": "the benchmark's one Redis (off the cluster)",
                 "pool": "one worker process, threads x 8 (api+streams)",
                 "emulator": "turn_seconds=0, events_per_turn=10"},
@@ -128,7 +131,8 @@ def scenario(ctx: Context) -> Result:
         primaries = sorted(cluster.primaries(), key=_slots)
         slots = [",".join(f"{a}-{b}" for a, b in _slots(node)) for node in primaries]
         empty = [_sample(node) for node in primaries]
-        env = ctx.env(api_url, prefix, REDIS_URL=cluster.url, BROKER_URL=ctx.redis_url)
+        env = ctx.env(api_url, prefix, REDIS_URL=cluster.url, BROKER_URL=ctx.redis_url,
+                      STORE_CELLS=str(CELLS))  # fmt: skip
         worker = ctx.worker(f"spread-{prefix}", env, "api,streams")
         orch = Orchestrator(settings_of(env))
         try:

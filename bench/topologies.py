@@ -5,7 +5,8 @@ Topologies: ``redis`` (one Redis: broker and store; the baseline), ``rabbitmq``
 primary, one replica and three sentinels; broker and store through Sentinel; no
 failover here, the tests do that) and ``cluster`` (a Redis Cluster of three primaries
 with a replica each as the store, one slot: all keys under one hash tag; RabbitMQ the
-broker). Each repetition runs N jobs (create, 10 updates,
+broker) and ``cells`` (that cluster with the store in ``CELLS`` cells spread over its
+primaries, ``STORE_CELLS``). Each repetition runs N jobs (create, 10 updates,
 finalize, ledger) back to back through one ``orchestrator worker`` (api+streams, threads
 x 8) per topology, in a rotating order so drift on a shared machine hits all alike.
 
@@ -33,7 +34,9 @@ from orchestrator.store.connection import connect
 
 from .harness import Context, Result, cpu_seconds, wait_for
 
-NAMES = ("redis", "rabbitmq", "sentinel", "cluster")
+NAMES = ("redis", "rabbitmq", "sentinel", "cluster", "cells")
+#: The cells of ``cells``: sixteen per primary (docs/scaling.md).
+CELLS = 48
 
 
 def _redis_pid(url: str) -> int:
@@ -79,6 +82,14 @@ def _topologies(ctx: Context, api_url: str) -> Iterator[dict[str, Deployment]]:
                 {
                     **ctx.env(api_url, BROKER_URL=vhost.url, BROKER_PASSWORD=vhost.password),
                     "REDIS_URL": cluster.url,
+                },
+                [*cluster_pids, _rabbitmq_pid()],
+            ),
+            "cells": (
+                {
+                    **ctx.env(api_url, BROKER_URL=vhost.url, BROKER_PASSWORD=vhost.password),
+                    "REDIS_URL": cluster.url,
+                    "STORE_CELLS": str(CELLS),
                 },
                 [*cluster_pids, _rabbitmq_pid()],
             ),
@@ -131,7 +142,8 @@ def scenario(ctx: Context) -> Result:
                 "sentinel": "primary + 1 replica + 3 sentinels on this machine",
                 "rabbitmq": "quorum queues on the machine's RabbitMQ, own vhost",
                 "cluster": "3 primaries + 1 replica each on this machine, one slot; "
-                           "RabbitMQ broker"},
+                           "RabbitMQ broker",
+                "cells": f"that cluster, STORE_CELLS={CELLS}; RabbitMQ broker"},
     )  # fmt: skip
     _, url = ctx.emulator("topologies-emulator")
     figures: dict[str, dict[str, list[float]]] = {
