@@ -92,13 +92,15 @@ class LedgerStore:
     retention: RetentionPolicy
     snapshot_into: Any
 
-    @staticmethod
     def turn_keys(
-        k: Keys, worker_id: str, members: Sequence[tuple[str, str]], record: str
-    ) -> list[str]:
-        """KEYS of POST_TURN and RECONCILE_WORKER in the cell ``k``: the worker, where
-        the post is recorded (the turn's record, or the corrections hash), the total,
-        then each rollup row and each rollup's index set."""
+        self, worker_id: str, members: Sequence[tuple[str, str]], record: str,
+        cell: Keys | None = None,
+    ) -> list[str]:  # fmt: skip
+        """KEYS of POST_TURN and RECONCILE_WORKER in the job's ``cell`` (the only one
+        when there is one): the worker, where the post is recorded (the turn's record,
+        or the corrections hash), the total, then each rollup row and each rollup's
+        index set."""
+        k = cell or self.keys
         keys = [k.worker(worker_id), record, k.ledger_total]
         keys += [k.ledger(dim, value) for dim, value in members]
         keys += [k.ledger_index(dim) for dim, _ in members]
@@ -184,7 +186,7 @@ class LedgerStore:
         args: list[Any] = [job.id, len(members), json.dumps(texts)]
         args += [value for _, value in members]
         args += [at_ms, self.retention.ttl_ms(job.tags), worker.id]
-        keys = self.turn_keys(k, worker.id, members, k.ledger_turn(job.id))
+        keys = self.turn_keys(worker.id, members, k.ledger_turn(job.id), k)
         # The job, then what expires if it has no record (see POST_TURN).
         keys += [k.job(job.id), k.updates(worker.id), k.ledger("worker", worker.id),
                  k.retention]  # fmt: skip

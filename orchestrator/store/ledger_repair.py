@@ -80,7 +80,7 @@ class LedgerRepair:
         members = rollups(job, worker_id, at_ms, extra)
         own_row = members.index(("worker", worker_id)) + 1
         k = self.store.cells.of_job(job.id)
-        keys = self.store.turn_keys(k, worker_id, members, k.ledger_corrections)
+        keys = self.store.turn_keys(worker_id, members, k.ledger_corrections, k)
         args: list[Any] = [f"reconcile:{worker_id}:", len(members), json.dumps(figures), own_row]
         args += [value for _, value in members]
         result = self._worker_script(keys=keys, args=args)

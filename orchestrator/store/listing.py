@@ -56,7 +56,7 @@ class JobIndex:
 
     def page(
         self,
-        index: tuple[str, ...],
+        index: str | tuple[str, ...],
         *,
         limit: int,
         scan: int,
@@ -65,11 +65,14 @@ class JobIndex:
         until_ms: int | None = None,
         keep: Callable[[Job], bool] = lambda _job: True,
     ) -> Page:
-        """Up to ``limit`` jobs of ``index`` created in [since, until], newest first,
-        after ``after``, that ``keep`` accepts; at most ``scan`` entries examined in
-        each cell. The cells' pages are merged by (creation, id), the cursor's order,
-        so one cursor serves every cell: the merge is complete down to the newest place
-        a cell stopped at without reaching its end."""
+        """Up to ``limit`` jobs of ``index`` (one sorted set, or one per cell) created in
+        [since, until], newest first, after ``after``, that ``keep`` accepts; at most
+        ``scan`` entries examined in each cell. The cells' pages are merged by
+        (creation, id), the cursor's order, so one cursor serves every cell: the merge
+        is complete down to the newest place a cell stopped at without reaching its
+        end."""
+        if isinstance(index, str):
+            index = (index,)
         pages = [
             self._page(name, limit=limit, scan=scan, after=after, since_ms=since_ms,
                        until_ms=until_ms, keep=keep)
