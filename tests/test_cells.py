@@ -17,9 +17,10 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from orchestrator.controls.budgets import Budgets
 from orchestrator.controls.limits import Limits
-from orchestrator.errors import InputError
+from orchestrator.errors import ConfigError, InputError
 from orchestrator.jobs.model import validate_submission
 from orchestrator.ops.redis_cluster import RedisCluster
+from orchestrator.settings import load_settings
 from orchestrator.store.cells import cell_prefix, tie_order
 from orchestrator.store.connection import is_cluster
 from orchestrator.store.follows import FollowStore
@@ -207,3 +208,18 @@ def _url_of(store: RedisStore) -> str:
         return f"redis+cluster://{host}:{port}/"
     kwargs = store.r.connection_pool.connection_kwargs
     return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+
+def test_every_server_holding_a_cell_is_checked_and_measured(store: RedisStore) -> None:
+    assert store.check_eviction_policy() == "noeviction"
+    servers = store.servers()
+    assert len(servers) == (3 if is_cluster(store.r) else 1)
+    used, _ = store.memory_info()
+    assert used >= sum(int(s.info("memory")["used_memory"]) for s in servers) // 2 > 0
+
+
+@pytest.mark.parametrize("value", ["0", "257", "many"])
+def test_store_cells_out_of_bounds_is_refused_naming_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(store_cells=value)
+    assert caught.value.variable == "STORE_CELLS"

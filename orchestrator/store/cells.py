@@ -26,6 +26,7 @@ from typing import Any
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from orchestrator import rules
 from orchestrator.errors import InputError
 from orchestrator.jobs.model import Submission
 from orchestrator.store.connection import is_cluster
@@ -102,7 +103,6 @@ class Cells:
             self.keys = tuple(
                 Keys(cell_prefix(prefix, i, count, cluster=cluster)) for i in range(count)
             )
-        self._r = client
         self._place = client.register_script(_PLACE)
         self._order = [str(i) for i in tie_order(count)]
         self._tenants: dict[str, int] = {}
@@ -234,7 +234,7 @@ def one_tenant(cells: Cells, scope: str, field: str) -> None:
     if cells.count > 1 and not scope.startswith(f"tag:{cells.tenant_tag}="):
         raise InputError(
             field,
-            f"{scope!r} spans tenants; with STORE_CELLS={cells.count} caps and limits "
+            f"{rules.shown(scope)} spans tenants; with STORE_CELLS={cells.count} caps and limits "
             f"apply to one tenant each (tag:{cells.tenant_tag}=<value>)",
         )
 

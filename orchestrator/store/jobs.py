@@ -234,8 +234,11 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
                 pipe.hget(self.cells.of_job(job_id).job(job_id), "status")
             statuses = pipe.execute()
         done = [j for j, status in zip(found, statuses, strict=True) if status != "queued"]
+        by_cell: dict[Keys, list[str]] = {}
         for job_id in done:
-            self.r.zrem(self.cells.of_job(job_id).begun, job_id)
+            by_cell.setdefault(self.cells.of_job(job_id), []).append(job_id)
+        for k, ids in by_cell.items():
+            self.r.zrem(k.begun, *ids)
         return [job_id for job_id in found if job_id not in done]
 
     def job_states(self) -> dict[str, int]:
