@@ -4,7 +4,11 @@ stream claimable at once and resume from the stored count."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
+import redis
 from prometheus_client import REGISTRY
 
 from orchestrator.facade import Orchestrator
@@ -149,3 +153,14 @@ def test_a_few_turns_cut_under_load_do_not_stop_the_reads() -> None:
         assert odds.worth_reading()
         odds.record(i % 5 != 0)
     assert odds.rate > 0.6
+
+
+def test_a_failure_to_reach_redis_is_not_taken_for_a_refusal() -> None:
+    """A cluster pipeline returns a connection error in its reply's place: the relay
+    raises it as it came (the followers take over), not as the store's refusal (which
+    would leave the job queued until the stalled sweep)."""
+    relay: Any = SimpleNamespace(submitted=True)
+    away = redis.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+    assert quick._Relay.refusal(relay, away) is away
+    gap = quick._Relay.refusal(relay, redis.ResponseError("GAP expected update 1 got 2"))
+    assert isinstance(gap, quick.RelayRefused)

@@ -38,7 +38,7 @@ from orchestrator.ledger import FigureError
 from orchestrator.ops.instruments import EVENTS_RELAYED, QUICK_READS
 from orchestrator.runtime import Runtime
 from orchestrator.store.batch import REFUSED, Chain
-from orchestrator.store.connection import StoreError
+from orchestrator.store.connection import ReplyError, StoreError
 from orchestrator.store.jobs import now_ms
 from orchestrator.wire.deadline import deadline
 from orchestrator.wire.models import Worker
@@ -271,7 +271,11 @@ class _Relay:
 
     def refusal(self, reply: Exception) -> Exception:
         """What a refused write raises: SubmitRefused for the submission's own refusals
-        (the first two guarded calls), else RelayRefused."""
+        (the first two guarded calls), else RelayRefused. A reply that is no refusal
+        (Redis away: a cluster pipeline returns the error in the reply's place) is
+        raised as it came, and the followers take over."""
+        if not isinstance(reply, ReplyError):
+            return reply
         text = str(reply)
         if not self.submitted and text.startswith((f"{REFUSED} 1 ", f"{REFUSED} 2 ")):
             return SubmitRefused(text)

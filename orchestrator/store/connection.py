@@ -17,7 +17,9 @@ Passwords come as arguments (from settings), never inside a URL that might be lo
 ``password`` for the data servers, ``sentinel_password`` for the sentinels themselves.
 
 Code outside :mod:`orchestrator.store` catches :data:`StoreError` (every error a store
-call raises when Redis misbehaves or is away) instead of importing ``redis`` itself.
+call raises when Redis misbehaves or is away) instead of importing ``redis`` itself, and
+tells an error reply (:data:`ReplyError`: a script's refusal) from a failure to reach
+Redis by it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import redis.sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError as StoreError
+from redis.exceptions import ResponseError as ReplyError
 from redis.retry import Retry
 
 from orchestrator.errors import ConfigError
@@ -42,6 +45,7 @@ from orchestrator.errors import ConfigError
 __all__ = [
     "CLUSTER_SCHEME",
     "SENTINEL_SCHEME",
+    "ReplyError",
     "SentinelAddress",
     "StoreError",
     "connect",
