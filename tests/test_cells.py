@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from orchestrator.controls.budgets import Budgets
+from orchestrator.controls.budgets import BudgetExceeded, Budgets, cap_holds
 from orchestrator.controls.limits import Limits
 from orchestrator.errors import ConfigError, InputError
 from orchestrator.jobs.model import validate_submission
@@ -147,15 +147,12 @@ def test_costs_add_up_over_the_cells(store: RedisStore) -> None:
     assert Holdings(store).held([again]) == {again: ["outbox", "live"]}
 
 
-def test_caps_and_limits_spanning_tenants_are_refused_naming_the_field(store: RedisStore) -> None:
+def test_limits_spanning_tenants_are_refused_naming_the_key(store: RedisStore) -> None:
     budgets, limits = Budgets(store), Limits(store)
-    for scope in ("global", "tag:team=a"):
+    for key in ("budget:high", "tag:team=a"):
         with pytest.raises(InputError) as caught:
-            budgets.set_cap(scope=scope, limit_usd="5")
-        assert caught.value.field == "scope" and "spans tenants" in str(caught.value)
-    with pytest.raises(InputError) as caught:
-        limits.set("budget:high", 3)
-    assert caught.value.field == "key"
+            limits.set(key, 3)
+        assert caught.value.field == "key" and "spans tenants" in str(caught.value)
     budgets.set_cap(scope="tag:tenant=acme", limit_usd="5")
     limits.set("tag:tenant=acme", 2)
     # Every cell holds the settings its scripts read.
@@ -163,6 +160,69 @@ def test_caps_and_limits_spanning_tenants_are_refused_naming_the_field(store: Re
                for k in store.cells)  # fmt: skip
     assert [c.scope for c in budgets.caps()] == ["tag:tenant=acme"]
     assert limits.all() == {"tag:tenant=acme": 2}
+
+
+def _turn(store: RedisStore, job_id: str, worker_id: str, usd: str) -> None:
+    """The job's turn submitted and posted (its cost in its cell's ledger)."""
+    job, _ = store.begin_attempt(job_id)
+    worker = finished(worker_id, ("0", usd, "0", "0"), 10)
+    assert store.set_submitted(job, worker)
+    assert store.post_turn(store.require_job(job_id), worker, 1_700_000_000_000) is not None
+
+
+def test_a_cap_spanning_tenants_holds_in_the_control_keys_and_counts_each_turn_once(
+    store: RedisStore,
+) -> None:
+    """A global cap over jobs of four tenants in four cells: holds are taken against it
+    in the control keys, so concurrent jobs of any cell never pass it together; each
+    settled turn's cost counts there once (also when its settlement is finished by the
+    reclaim after a crash), and a refused job holds nothing anywhere."""
+    budgets = Budgets(store)  # holds: low $0.25
+    budgets.set_cap(scope="global", limit_usd="1")
+    budgets.set_cap(scope="tag:tenant=t0", limit_usd="0.3")
+    jobs = [store.require_job(_submit(store, "x", tags={"tenant": f"t{i}"})) for i in range(4)]
+    assert len({store.cells.index_of_job(j.id) for j in jobs}) == 4
+    assert [budgets.reserve(j) for j in jobs] == [250_000] * 4
+    late = store.require_job(_submit(store, "late", tags={"tenant": "t9"}))
+    with pytest.raises(BudgetExceeded) as caught:
+        budgets.reserve(late)
+    assert caught.value.cap.scope == "global"
+    assert Holdings(store).held([late.id]) == {late.id: ["outbox", "live"]}
+    # A tenant cap refusing in the cell gives the control-keys hold back whole.
+    second = store.require_job(_submit(store, "t0 again", tags={"tenant": "t0"}))
+    budgets.release(jobs[3].id)  # room on the global cap again
+    with pytest.raises(BudgetExceeded) as caught:
+        budgets.reserve(second)
+    assert caught.value.cap.scope == "tag:tenant=t0"
+    assert "spanning_hold" not in Holdings(store).held([second.id]).get(second.id, [])
+
+    _turn(store, jobs[0].id, "wrk_span_0", "0.10")
+    batch = store.batch()
+    raw = store.r.hget(store.cells.of_job(jobs[0].id).budget_holds, jobs[0].id)
+    budgets.release_into(batch, jobs[0].id, raw)
+    batch.execute()
+    [cap] = [row for row in budgets.status() if row["scope"] == "global"]
+    assert (cap["spent_micro"], cap["reserved_micro"]) == (100_000, 500_000)
+
+    # A crash after the post, before the release: the reclaim settles it, once (and
+    # gives back the hold of jobs[2], still queued: no turn of its runs).
+    _turn(store, jobs[1].id, "wrk_span_1", "0.20")
+    store.transition(jobs[1].id, "completed")
+    assert budgets.reclaim(0) == 2
+    assert budgets.reclaim(0) == 0
+    [cap] = [row for row in budgets.status() if row["scope"] == "global"]
+    assert (cap["spent_micro"], cap["reserved_micro"]) == (300_000, 0)
+    assert store.costs("day")["total"]["model_cost_micro"] == 300_000
+    # A crash between the control-keys hold and the cell's: the reclaim gives it back.
+    orphan = store.require_job(_submit(store, "orphan", tags={"tenant": "t5"}))
+    caps = [c for c in budgets.caps() if c.scope == "global"]
+    assert budgets.spend.reserve(orphan.id, 250_000, 1, cap_holds(caps, 1), spanning=True) is None
+    assert Holdings(store).held([orphan.id])[orphan.id][-2:] == [
+        "spanning_hold", "spanning_hold_time"]
+    budgets.reclaim(0)
+    held = Holdings(store).anywhere()
+    assert "spanning_hold" not in held and "budget_hold" not in held, held
+    assert budgets.spend.reserved("global", "1970-01-01", spanning=True) == 0
 
 
 def test_the_gateway_and_the_followers_work_across_the_cells(store: RedisStore) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from orchestrator.celery import BATCH_QUEUE, make_app
 from orchestrator.facade import Orchestrator
+from orchestrator.ledger import COST_FIELDS
 from orchestrator.ops.collector import read_snapshot
 from orchestrator.ops.rabbitmq import RabbitQueues
 from orchestrator.ops.sentinel import SentinelGroup
@@ -66,6 +67,9 @@ def test_jobs_updates_money_caps_and_schedules_hold(
     env = deployment.env
     emulator.configure(turn_seconds=1.0, events_per_turn=8)
     orch.budgets.set_cap(scope="tag:tenant=capped", limit_usd=CAP_USD)
+    # A cap on everything, never reached: with cells it is held and counted in the
+    # control keys, and must count every turn of every cell once.
+    orch.budgets.set_cap(scope="global", limit_usd="1000")
     worker = celery_worker(env, tmp_path / "worker.log").start()
     beat = celery_beat(env, tmp_path / "beat.log").start()
     every = {"type": "interval", "intervalSeconds": 1}
@@ -106,8 +110,11 @@ def test_jobs_updates_money_caps_and_schedules_hold(
         assert all(j.status in ("completed", "failed") for j in outcomes.values())
         spent = {r["key"]: r for r in orch.costs(by="tag")["rows"]}["tenant=capped"]
         assert spent["turns"] == len(capped) - len(refused)
-        [cap] = orch.budgets.status()
-        assert cap["spent_micro"] <= cap["cap_micro"] and cap["reserved_micro"] == 0, cap
+        caps = {row["scope"]: row for row in orch.budgets.status()}
+        for cap in caps.values():
+            assert cap["spent_micro"] <= cap["cap_micro"] and cap["reserved_micro"] == 0, cap
+        total = orch.costs()["total"]
+        assert caps["global"]["spent_micro"] == sum(total[f] for f in COST_FIELDS), caps
         # Schedule slots: each claimed slot ran once and its job completed.
         ss = ScheduleStore(orch.store)
         wait_for(lambda: not broker_depth(env) and not ss.pending(), 60, "runs taken")

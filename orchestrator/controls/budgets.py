@@ -7,6 +7,11 @@ cap, so concurrent submissions can never together start more than a cap allows. 
 the turn completes its real cost is already in the ledger (which is where "spent" is
 read from) and the hold is released. A turn that costs more than its hold is recorded
 as an overshoot: the upstream bills what it bills.
+
+With several store cells (``STORE_CELLS``) a cell holds one tenant's jobs, so a cap
+spanning tenants is held and counted in the control keys instead: its hold is settled
+there once the turn is posted in its cell, adding the turn's cost to the row the cap
+reads (docs/scaling.md, "Cells").
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from orchestrator.jobs.model import Job
 from orchestrator.ledger import total_cost_micro
 from orchestrator.money import format_usd, to_micro
 from orchestrator.store.batch import Batch
-from orchestrator.store.cells import one_tenant
 from orchestrator.store.jobs import RedisStore, now_ms
 from orchestrator.store.spend import BudgetStore, CapHold
 from orchestrator.wire.models import input_error
@@ -114,6 +118,15 @@ def ledger_member(scope: str, period: Period, at_ms: int) -> tuple[str, str]:
     return f"tag-{period}", f"{tag[0]}={tag[1]}|{key}"
 
 
+def cap_holds(caps: list[BudgetCap], at: int) -> list[CapHold]:
+    """What a reservation at ``at`` checks of each cap (:class:`CapHold`)."""
+    return [
+        CapHold(*ledger_member(cap.scope, cap.period, at), cap.scope,
+                period_key(cap.period, at), cap.limit_micro)
+        for cap in caps
+    ]  # fmt: skip
+
+
 def turn_members(tags: dict[str, str], at_ms: int) -> list[tuple[str, str]]:
     """Extra ledger rollups a turn is posted to, so caps can read spend per period."""
     members = [("month", period_key("month", at_ms))]
@@ -142,7 +155,6 @@ class Budgets:
             cap = BudgetCap.model_validate(fields)
         except ValidationError as exc:
             raise input_error(exc) from None
-        one_tenant(self.store.cells, cap.scope, "scope")
         self.spend.put_cap(cap.name, cap.model_dump_json())
         return cap
 
@@ -161,31 +173,46 @@ class Budgets:
 
     # --- holds ---------------------------------------------------------------------
 
+    def spans(self, cap: BudgetCap) -> bool:
+        """Whether the cap is held and counted in the control keys: with several
+        cells, a cap on more than one tenant (docs/scaling.md)."""
+        cells = self.store.cells
+        return cells.count > 1 and not cap.scope.startswith(f"tag:{cells.tenant_tag}=")
+
     def reserve(self, job: Job, at_ms: int | None = None) -> int:
         """Hold the tier's amount against every applicable cap; returns the hold (micro).
 
         Raises :class:`BudgetExceeded` for the first cap that would be passed; nothing
         is held then. A job that already holds returns at once (a redelivered task).
+        With several cells, the caps spanning tenants are held first, in the control
+        keys; the job's cell then holds its tenant's caps (or none: its hold there
+        marks that the job holds, so every path that gives a hold back runs).
         """
         caps = self.applicable(job)
         if not caps:
             return 0
         at = at_ms or now_ms()
         amount = self.holds.get(job.budget, self.holds["standard"])
-        holds = [
-            CapHold(*ledger_member(cap.scope, cap.period, at), cap.scope,
-                    period_key(cap.period, at), cap.limit_micro)
-            for cap in caps
-        ]  # fmt: skip
-        refused = self.spend.reserve(job.id, amount, at, holds)
+        spanning = [cap for cap in caps if self.spans(cap)]
+        own = [cap for cap in caps if not self.spans(cap)]
+        if spanning:
+            refused = self.spend.reserve(job.id, amount, at, cap_holds(spanning, at), spanning=True)
+            if refused is not None:
+                raise BudgetExceeded(spanning[refused.cap_index], refused.left_micro, amount)
+        refused = self.spend.reserve(job.id, amount, at, cap_holds(own, at))
         if refused is not None:
-            raise BudgetExceeded(caps[refused.cap_index], refused.left_micro, amount)
+            self._settle_spanning(job.id)  # nothing ran: its hold goes back whole
+            raise BudgetExceeded(own[refused.cap_index], refused.left_micro, amount)
         self._warn(caps, at)
         return amount
 
     def release(self, job_id: str) -> int | None:
-        """Release a job's hold (idempotent); returns the amount, or None if none held."""
-        return self.spend.release(job_id)
+        """Release a job's hold (idempotent); returns the amount, or None if none held.
+        Called once its turn is posted, or known to have none."""
+        released = self.spend.release(job_id)
+        if released is not None:  # a hold spanning tenants comes with one in the cell
+            self._settle_spanning(job_id)
+        return released
 
     def hold_into(self, batch: Batch, job_id: str) -> int:
         """Queue a read of the job's raw hold (for :meth:`release_into`); its index."""
@@ -193,8 +220,23 @@ class Budgets:
 
     def release_into(self, batch: Batch, job_id: str, raw_hold: str) -> int:
         """Queue the release of a hold read by :meth:`hold_into`; the index of its reply
-        (1 if released, 0 if it was released already)."""
+        (1 if released, 0 if it was released already). The turn is posted by then: its
+        hold on caps spanning tenants is settled now."""
+        self._settle_spanning(job_id)
         return self.spend.release_into(batch, job_id, raw_hold)
+
+    def _settle_spanning(self, job_id: str) -> None:
+        """Settle the job's hold on caps spanning tenants, if it has one: what its turn
+        posted in its cell (nothing, if none was) counts once against those caps, in the
+        period it is settled in, and the hold goes back."""
+        raw = self.spend.spanning_hold(job_id)
+        if raw is None:
+            return
+        job = self.store.get_job(job_id)
+        at = now_ms()
+        caps = [c for c in self.applicable(job) if self.spans(c)] if job is not None else []
+        rows = sorted({ledger_member(cap.scope, cap.period, at) for cap in caps})
+        self.spend.settle_spanning(job_id, raw, self.store.turn_cost(job_id), rows)
 
     @staticmethod
     def amount_of(raw_hold: str | None) -> int | None:
@@ -214,14 +256,24 @@ class Budgets:
     def reclaim(self, older_than_ms: int) -> int:
         """Release holds older than this (their job died between reserve and settle)."""
         released = 0
-        for job_id in self.spend.holds_before(now_ms() - older_than_ms):
-            job = self.store.get_job(job_id)
-            if job is not None and not job.done and job.status != "queued":
-                continue  # still running: its finalize settles it
-            if self.spend.settling(job_id):
-                continue  # ended here, its turn still upstream: the sweep settles it
+        cutoff = now_ms() - older_than_ms
+        for job_id in self.spend.holds_before(cutoff):
+            if self._live(job_id):
+                continue
             released += self.release(job_id) is not None
+        # A control-keys hold whose cell hold never came (a crash in between) or went.
+        for job_id in self.spend.spanning_holds_before(cutoff):
+            if not self._live(job_id):
+                self._settle_spanning(job_id)
         return released
+
+    def _live(self, job_id: str) -> bool:
+        """Whether a held job's turn may still be running (its settlement gives back
+        its hold: a reclaim must not)."""
+        job = self.store.get_job(job_id)
+        if job is not None and not job.done and job.status != "queued":
+            return True  # still running: its finalize settles it
+        return self.spend.settling(job_id)  # ended here, its turn still upstream
 
     # --- jobs waiting for the next period (``on_exceed: wait``) --------------------
 
@@ -245,8 +297,10 @@ class Budgets:
         rows = []
         overshoots = self.spend.overshoots()
         for cap in self.caps():
-            spent = total_cost_micro(self.spend.spent(*ledger_member(cap.scope, cap.period, at)))
-            reserved = self.spend.reserved(cap.scope, period_key(cap.period, at))
+            spans = self.spans(cap)
+            row = self.spend.spent(*ledger_member(cap.scope, cap.period, at), spanning=spans)
+            spent = total_cost_micro(row)
+            reserved = self.spend.reserved(cap.scope, period_key(cap.period, at), spanning=spans)
             over = overshoots.get(cap.name, {"count": 0, "micro": 0})
             rows.append({
                 "cap": cap.name, "scope": cap.scope, "period": period_key(cap.period, at),

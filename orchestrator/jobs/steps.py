@@ -267,9 +267,13 @@ def finalize(
             rt.ends.mark_ended(job.id)
             release_slots(app, rt, job)
         elif job.done:
-            turn_ended(app, rt, job)  # e.g. failed by the follower: give back its hold
-            if job.status == "failed" and job.worker_id is not None:
-                settle_failed_turn(rt, job)
+            try:
+                if job.status == "failed" and job.worker_id is not None:
+                    settle_failed_turn(rt, job)
+            finally:
+                # e.g. failed by the follower: give back its hold, once its turn is
+                # posted (a hold on caps spanning tenants counts what was posted).
+                turn_ended(app, rt, job)
             hooks.job_ended(store, job.id)  # recorded once, however often this runs
         return "noop"
     worker = rt.client.retrieve(job.worker_id)
@@ -339,7 +343,7 @@ def settle_failed_turn(rt: Runtime, job: Job) -> None:
             log.info("job %s failed while its turn still runs upstream; not settled", job.id)
             return
         try:
-            settle_turn(rt, job, worker)  # the hold was given back already
+            settle_turn(rt, job, worker)  # its hold is given back after (turn_ended)
         except FigureError:
             rt.store.update_snapshot(worker, job.id)  # as finalize does: nothing posted
             raise

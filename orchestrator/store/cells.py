@@ -227,14 +227,14 @@ def _remember(cache: dict[str, int], name: str, cell: int) -> None:
     cache[name] = cell
 
 
-def one_tenant(cells: Cells, scope: str, field: str) -> None:
-    """InputError naming ``field`` for a cap or limit ``scope`` (``tag:k=v``, ``global``,
-    ``budget:<tier>``) that spans tenants, where there are several cells: each is
-    enforced by the scripts of one cell, which hold one tenant's jobs (docs/scaling.md)."""
-    if cells.count > 1 and not scope.startswith(f"tag:{cells.tenant_tag}="):
+def one_tenant(cells: Cells, key: str, field: str) -> None:
+    """InputError naming ``field`` for a limit ``key`` (``tag:k=v``, ``budget:<tier>``)
+    that spans tenants, where there are several cells: a limit's slots are taken by
+    the scripts of one cell, which hold one tenant's jobs (docs/scaling.md)."""
+    if cells.count > 1 and not key.startswith(f"tag:{cells.tenant_tag}="):
         raise InputError(
             field,
-            f"{rules.shown(scope)} spans tenants; with STORE_CELLS={cells.count} caps and limits "
+            f"{rules.shown(key)} spans tenants; with STORE_CELLS={cells.count} limits "
             f"apply to one tenant each (tag:{cells.tenant_tag}=<value>)",
         )
 

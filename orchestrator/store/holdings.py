@@ -29,6 +29,8 @@ HOLDINGS = {
     "live": "an entry in the live index (its limits still swept)",
     "unsettled": "an entry in the ended set (its upstream turn not yet settled)",
     "file_fetch": "a file fetch sent and not begun",
+    "spanning_hold": "a budget hold on caps spanning tenants (several cells: control keys)",
+    "spanning_hold_time": "its entry in the control keys' leaked-hold reclaim index",
 }
 
 
@@ -105,6 +107,25 @@ class Holdings:
                 held.append("file_fetch")
             if held:
                 found[job_id] = held
+        for job_id, names_held in self._spanning(job_ids).items():
+            found.setdefault(job_id, []).extend(names_held)
+        return found
+
+    def _spanning(self, job_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The jobs' holds on caps spanning tenants (control keys; several cells only)."""
+        if self.cells.count == 1:
+            return {}
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hexists(self.keys.budget_holds, job_id)
+                pipe.zscore(self.keys.budget_hold_times, job_id)
+            replies = pipe.execute()
+        found: dict[str, list[str]] = {}
+        for i, job_id in enumerate(job_ids):
+            hold, at = replies[2 * i], replies[2 * i + 1]
+            names = ["spanning_hold"] * bool(hold) + ["spanning_hold_time"] * (at is not None)
+            if names:
+                found[job_id] = names
         return found
 
     def anywhere(self) -> dict[str, int]:
@@ -126,6 +147,10 @@ class Holdings:
                     pipe.scard(k.limit_running(key))
                     pipe.zcard(k.limit_waiting(key))
                     counted += [f"slot {key}", f"queued {key}"]
+            if self.cells.count > 1:
+                pipe.hlen(self.keys.budget_holds)
+                pipe.zcard(self.keys.budget_hold_times)
+                counted += ["spanning_hold", "spanning_hold_time"]
             replies = [int(n) for n in pipe.execute()]
         found: dict[str, int] = {}
         for name, n in zip(counted, replies, strict=True):

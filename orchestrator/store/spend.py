@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from orchestrator.ledger import COST_FIELDS
 from orchestrator.store.batch import Batch, Queue
 from orchestrator.store.jobs import RedisStore
 from orchestrator.store.keys import Keys
@@ -46,6 +47,7 @@ class BudgetStore:
         self.cells = store.cells
         self._reserve = self.r.register_script(scripts.RESERVE_BUDGET)
         self._release = self.r.register_script(scripts.RELEASE_HOLD)
+        self._settle = self.r.register_script(scripts.SETTLE_HOLD)
 
     # --- caps ----------------------------------------------------------------------
 
@@ -70,12 +72,14 @@ class BudgetStore:
     # --- holds ---------------------------------------------------------------------
 
     def reserve(
-        self, job_id: str, amount: int, at_ms: int, caps: Sequence[CapHold]
-    ) -> Refusal | None:
+        self, job_id: str, amount: int, at_ms: int, caps: Sequence[CapHold],
+        *, spanning: bool = False,
+    ) -> Refusal | None:  # fmt: skip
         """Hold ``amount`` against every cap in one script; None when held (or held
         already), else which cap would be passed (nothing is held then). In the job's
-        cell: with several, only caps of its tenant apply (docs/scaling.md)."""
-        k = self.cells.of_job(job_id)
+        cell, or (``spanning``: caps spanning tenants, with several cells) in the
+        control keys, where those caps' spend is counted (:meth:`settle_spanning`)."""
+        k = self.keys if spanning else self.cells.of_job(job_id)
         keys = [k.budget_holds, k.budget_hold_times]
         for cap in caps:
             keys += [k.ledger(cap.dimension, cap.value), k.budget_reserved(cap.scope, cap.period)]
@@ -94,6 +98,33 @@ class BudgetStore:
         index = self.release_into(batch, job_id, raw)
         done = batch.execute()[index]
         return self.amount_of(raw) if int(done) == 1 else None
+
+    def spanning_hold(self, job_id: str) -> str | None:
+        """The job's raw hold in the control keys (caps spanning tenants), or None."""
+        if self.cells.count == 1:
+            return None
+        raw = self.r.hget(self.keys.budget_holds, job_id)
+        return None if raw is None else str(raw)
+
+    def settle_spanning(
+        self, job_id: str, raw_hold: str, cost: dict[str, int] | None,
+        rows: Sequence[tuple[str, str]],
+    ) -> bool:  # fmt: skip
+        """Release the job's control-keys hold (as read: ``raw_hold``) and add what its
+        turn posted (``cost``: the cell's record, None for nothing) to the control-keys
+        ``rows`` its caps read, in one script; False if the hold was gone already."""
+        hold = json.loads(raw_hold)
+        figures = [int((cost or {}).get(f, 0)) for f in COST_FIELDS]
+        keys = [self.keys.budget_holds, self.keys.budget_hold_times,
+                *[self.keys.ledger(dim, value) for dim, value in rows], *hold["keys"]]  # fmt: skip
+        args = [job_id, raw_hold, hold["amount"], len(rows), *figures]
+        return int(self._settle(keys=keys, args=args)) == 1
+
+    def spanning_holds_before(self, cutoff_ms: int) -> list[str]:
+        """Ids of the jobs whose control-keys hold was taken before ``cutoff_ms``."""
+        if self.cells.count == 1:
+            return []
+        return list(self.r.zrangebyscore(self.keys.budget_hold_times, "-inf", cutoff_ms))
 
     def hold_into(self, batch: Batch, job_id: str) -> int:
         """Queue a read of the job's raw hold (for :meth:`release_into`); its index."""
@@ -127,11 +158,12 @@ class BudgetStore:
 
     # --- spend, overshoots, warnings -----------------------------------------------
 
-    def spent(self, dimension: str, value: str) -> dict[str, int]:
+    def spent(self, dimension: str, value: str, *, spanning: bool = False) -> dict[str, int]:
         """The ledger rollup that holds a cap's spend (fields as stored; the cells'
-        rows added up)."""
+        rows added up), or (``spanning``) the control keys' row of a cap spanning
+        tenants."""
         with self.r.pipeline(transaction=False) as pipe:
-            for k in self.cells:
+            for k in (self.keys,) if spanning else self.cells:
                 pipe.hgetall(k.ledger(dimension, value))
             found: dict[str, int] = {}
             for raw in pipe.execute():
@@ -139,10 +171,11 @@ class BudgetStore:
                     found[name] = found.get(name, 0) + int(v)
             return found
 
-    def reserved(self, scope: str, period: str) -> int:
-        """Micro-dollars held by turns in flight for a scope and period key."""
+    def reserved(self, scope: str, period: str, *, spanning: bool = False) -> int:
+        """Micro-dollars held by turns in flight for a scope and period key (in the
+        control keys for a cap spanning tenants)."""
         with self.r.pipeline(transaction=False) as pipe:
-            for k in self.cells:
+            for k in (self.keys,) if spanning else self.cells:
                 pipe.get(k.budget_reserved(scope, period))
             return sum(int(n or 0) for n in pipe.execute())
 

@@ -51,6 +51,30 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
+# A hold on caps spanning tenants, in the control keys while the store has several cells
+# (docs/scaling.md): the turn was posted in its cell; its cost is added here to the rows
+# those caps read, and the hold released, in one step that runs once per hold.
+SETTLE_HOLD = """
+-- KEYS[1] holds hash, KEYS[2] hold-times zset, KEYS[3..2+m] the rows the turn's cost is
+-- added to, KEYS[3+m..] the reserved counters of the hold
+-- ARGV[1] job id, ARGV[2] the hold's JSON as read by the caller, ARGV[3] amount (micro),
+-- ARGV[4] m, ARGV[5..8] the turn's internal, model, sandbox and tool cost (micro)
+-- Returns 1 if settled, 0 if the hold was already gone (settled by someone else).
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+local m = tonumber(ARGV[4])
+local fields = {'internal_cost_micro', 'model_cost_micro', 'sandbox_cost_micro',
+                'tool_cost_micro'}
+for i = 3, 2 + m do
+  for f = 1, 4 do
+    if ARGV[4 + f] ~= '0' then redis.call('HINCRBY', KEYS[i], fields[f], ARGV[4 + f]) end
+  end
+end
+for i = 3 + m, #KEYS do redis.call('DECRBY', KEYS[i], ARGV[3]) end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
 ACQUIRE_SLOTS = """
 -- KEYS[1] limits hash, KEYS[2] parked hash, KEYS[3] waiting sequence counter; for limit
 -- key i (1..n): KEYS[1+3i] its running set, KEYS[2+3i] its groups list, KEYS[3+3i] its
