@@ -110,11 +110,6 @@ def test_jobs_updates_money_caps_and_schedules_hold(
         assert all(j.status in ("completed", "failed") for j in outcomes.values())
         spent = {r["key"]: r for r in orch.costs(by="tag")["rows"]}["tenant=capped"]
         assert spent["turns"] == len(capped) - len(refused)
-        caps = {row["scope"]: row for row in orch.budgets.status()}
-        for cap in caps.values():
-            assert cap["spent_micro"] <= cap["cap_micro"] and cap["reserved_micro"] == 0, cap
-        total = orch.costs()["total"]
-        assert caps["global"]["spent_micro"] == sum(total[f] for f in COST_FIELDS), caps
         # Schedule slots: each claimed slot ran once and its job completed.
         ss = ScheduleStore(orch.store)
         wait_for(lambda: not broker_depth(env) and not ss.pending(), 60, "runs taken")
@@ -126,6 +121,13 @@ def test_jobs_updates_money_caps_and_schedules_hold(
         for run in runs:
             if run["job_id"]:
                 assert orch.wait(run["job_id"], timeout=60).status == "completed"
+        # Caps: never passed, nothing held once every job has ended, and the global
+        # cap's spend (with cells: counted in the control keys) equal to the ledger's.
+        caps = {row["scope"]: row for row in orch.budgets.status()}
+        for cap in caps.values():
+            assert cap["spent_micro"] <= cap["cap_micro"] and cap["reserved_micro"] == 0, cap
+        total = orch.costs()["total"]
+        assert caps["global"]["spent_micro"] == sum(total[f] for f in COST_FIELDS), caps
         # Money: every turn once, our ledger equal to the upstream's.
         ledger = emulator.ledger()
         assert ledger["turns_completed"] == ledger["turns_started"]
