@@ -79,9 +79,11 @@ def topology(
 
             env = stack_env(group.url, prefix, api_url, api_key, **extra)
             yield Topology(name, env, failover)
-    elif name == "cluster":
+    elif name in ("cluster", "cells"):
         need_rabbitmq()
         with RedisCluster(primaries=3, replicas=1) as cluster, TemporaryVhost() as vhost:
+            # The primary of the store's tag; with cells, of the control keys (and of
+            # two cells).
             slot = key_slot(Keys(hash_tag(prefix)).jobs.encode())
 
             def kill_the_tags_primary() -> float:
@@ -90,22 +92,9 @@ def topology(
                 return time.monotonic() - started
 
             extra.update(BROKER_URL=vhost.url, BROKER_PASSWORD=vhost.password)
+            if name == "cells":
+                extra["STORE_CELLS"] = str(CELLS)
             env = stack_env(cluster.url, prefix, api_url, api_key, **extra)
             yield Topology(name, env, kill_the_tags_primary)
-    elif name == "cells":
-        need_rabbitmq()
-        with RedisCluster(primaries=3, replicas=1) as cluster, TemporaryVhost() as vhost:
-            # The control keys' primary also holds two cells: its death stops both.
-            slot = key_slot(Keys(hash_tag(prefix)).jobs.encode())
-
-            def kill_the_control_primary() -> float:
-                started = time.monotonic()
-                cluster.wait_failover(cluster.kill_primary(slot), slot)
-                return time.monotonic() - started
-
-            extra.update(BROKER_URL=vhost.url, BROKER_PASSWORD=vhost.password,
-                         STORE_CELLS=str(CELLS))  # fmt: skip
-            env = stack_env(cluster.url, prefix, api_url, api_key, **extra)
-            yield Topology(name, env, kill_the_control_primary)
     else:
         raise ValueError(name)

@@ -200,6 +200,14 @@ class Cells:
         _remember(self._tenants, tenant, cell)
         return cell
 
+    def wanted(self, sub: Submission) -> tuple[str | None, str | None]:
+        """What placing ``sub`` needs looked up: the worker id whose cell a continue
+        goes to, and the tenant to place (None for either that is not needed)."""
+        if self.count == 1:
+            return None, None
+        continues = sub.kind == "continue" and sub.worker_id and not sub.schedule_id
+        return (sub.worker_id if continues else None), sub.tags.get(self.tenant_tag)
+
     def place(self, sub: Submission, worker: int | None, tenant: int | None) -> int:
         """The cell a new job goes to, given its worker's cell (a continue of a worker
         whose records are kept) and its tenant's: its schedule's (which reads its runs'

@@ -57,17 +57,12 @@ class AsyncJobWriter:
     async def _place(self, sub: Submission) -> int:
         """:meth:`RedisStore.place` on this client."""
         cells = self.cells
-        if cells.count == 1:
-            return 0
-        worker = None
-        if sub.kind == "continue" and sub.worker_id and not sub.schedule_id:
-            worker = cells.known_worker(sub.worker_id)
-            if worker is None:
-                async with self.r.pipeline(transaction=False) as pipe:
-                    for k in cells:
-                        pipe.exists(k.worker(sub.worker_id))
-                    found = [bool(n) for n in await pipe.execute()]
-                worker = cells.found_worker(sub.worker_id, found)
-        tenant = sub.tags.get(cells.tenant_tag)
+        worker_id, tenant = cells.wanted(sub)
+        worker = None if worker_id is None else cells.known_worker(worker_id)
+        if worker_id is not None and worker is None:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for k in cells:
+                    pipe.exists(k.worker(worker_id))
+                worker = cells.found_worker(worker_id, [bool(n) for n in await pipe.execute()])
         placed = None if tenant is None else await cells.place_tenant(tenant)
         return cells.place(sub, worker, placed)

@@ -337,14 +337,10 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
 
     def place(self, sub: Submission) -> int:
         """The cell a new job of ``sub`` goes to (:meth:`Cells.place`)."""
-        cells = self.cells
-        if cells.count == 1:
-            return 0
-        worker = None
-        if sub.kind == "continue" and sub.worker_id and not sub.schedule_id:
-            worker = self.cell_of_worker(sub.worker_id)
-        tenant = sub.tags.get(cells.tenant_tag)
-        return cells.place(sub, worker, None if tenant is None else cells.of_tenant(tenant))
+        worker_id, tenant = self.cells.wanted(sub)
+        worker = None if worker_id is None else self.cell_of_worker(worker_id)
+        placed = None if tenant is None else self.cells.of_tenant(tenant)
+        return self.cells.place(sub, worker, placed)
 
     def cell_of_worker(self, worker_id: str) -> int | None:
         """The cell holding the worker's records (None: none does): remembered, else

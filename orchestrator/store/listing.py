@@ -31,6 +31,19 @@ class Position:
     job_id: str
 
 
+@dataclass(frozen=True)
+class _Window:
+    """What a page reads: at most ``limit`` jobs, ``scan`` entries examined, after
+    ``after``, created in [since, until], accepted by ``keep``."""
+
+    limit: int
+    scan: int
+    after: Position | None
+    since_ms: int | None
+    until_ms: int | None
+    keep: Callable[[Job], bool]
+
+
 @dataclass
 class Page:
     jobs: list[Job]
@@ -73,11 +86,8 @@ class JobIndex:
         end."""
         if isinstance(index, str):
             index = (index,)
-        pages = [
-            self._page(name, limit=limit, scan=scan, after=after, since_ms=since_ms,
-                       until_ms=until_ms, keep=keep)
-            for name in index
-        ]  # fmt: skip
+        window = _Window(limit, scan, after, since_ms, until_ms, keep)
+        pages = [self._page(name, window) for name in index]
         if len(pages) == 1:
             return pages[0]
         stops = [p.after for p in pages if p.after is not None]
@@ -94,19 +104,10 @@ class JobIndex:
             bound = Position(jobs[-1].created_at, jobs[-1].id)
         return Page(jobs, bound)
 
-    def _page(
-        self,
-        index: str,
-        *,
-        limit: int,
-        scan: int,
-        after: Position | None = None,
-        since_ms: int | None = None,
-        until_ms: int | None = None,
-        keep: Callable[[Job], bool] = lambda _job: True,
-    ) -> Page:
-        """Up to ``limit`` jobs of ``index`` created in [since, until], newest first,
-        after ``after``, that ``keep`` accepts; at most ``scan`` entries examined."""
+    def _page(self, index: str, window: _Window) -> Page:
+        """:meth:`page` of one sorted set."""
+        limit, scan, after, keep = window.limit, window.scan, window.after, window.keep
+        until_ms, since_ms = window.until_ms, window.since_ms
         top: float | str = (
             after.created_ms if after else (until_ms if until_ms is not None else "+inf")
         )
