@@ -283,3 +283,17 @@ def test_store_cells_out_of_bounds_is_refused_naming_the_variable(value: str) ->
     with pytest.raises(ConfigError) as caught:
         load_settings(store_cells=value)
     assert caught.value.variable == "STORE_CELLS"
+
+
+def test_the_memory_gauge_samples_every_cell_on_every_server(store: RedisStore) -> None:
+    for i in range(12):
+        job_id = _submit(store, "x" * 90, tags={"tenant": f"m{i}"})
+        job, _ = store.begin_attempt(job_id)
+        store.set_submitted(job, finished(f"wrk_mem_{i}", ("0", "0", "0", "0"), 1))
+        store.append_updates(f"wrk_mem_{i}", 0, ['{"n":0}', '{"n":1}'], job_id)
+    sample = store.memory_sample()
+    assert {"job", "worker", "updates"} <= {k for k, v in sample["kinds"].items() if v > 0}
+    # The jobs are in six cells: seen only if every cell's server was sampled.
+    used = sum(int(s.info("memory")["used_memory"]) for s in store.servers())
+    assert sample["used_memory"] >= used // 2 > 0
+    assert len({store.cells.index_of_job(j) for j in store.recent_jobs(50)}) == CELLS

@@ -232,51 +232,33 @@ class RetentionStore:
     def memory_sample(self, per_kind: int = 50, scan_calls: int = 10) -> dict[str, Any]:
         """Redis memory by record kind, from a bounded sample (the metrics gauge).
 
-        At most ``scan_calls`` SCANs of 1,000 keys of this prefix are read; of the keys
+        At most ``scan_calls`` SCANs of 1,000 keys of this prefix are read on each
+        server holding the store (one, or each primary holding a cell); of the keys
         seen, up to ``per_kind`` of each kind (:meth:`Keys.record_patterns`) are sized
         with MEMORY USAGE. A kind's bytes are its mean sampled size times its estimated
-        count (its share of the keys seen, times DBSIZE). Also ``used_memory`` and
-        ``maxmemory`` from INFO. O(scan_calls x 1,000 + kinds x per_kind), whatever the
-        size of the keyspace.
+        count (its share of the keys seen, times DBSIZE), summed over the servers. Also
+        ``used_memory`` and ``maxmemory`` from INFO, summed. O(scan_calls x 1,000 +
+        kinds x per_kind) a server, whatever the size of the keyspace.
         """
-        server = home_client(self.r, self.keys.jobs)
-        patterns = self.keys.record_patterns()
-        seen: dict[str, list[str]] = {kind: [] for kind in patterns}
-        counts = dict.fromkeys(patterns, 0)
-        cursor, calls = 0, 0
-        for calls in range(1, scan_calls + 1):  # noqa: B007 (calls is read after)
-            cursor, names = server.scan(cursor, match=f"{self.keys.prefix}:*", count=1000)
-            for name in names:
-                for kind, (pattern, other) in patterns.items():
-                    if fnmatchcase(name, pattern) and not (other and name.endswith(other)):
-                        counts[kind] += 1
-                        if len(seen[kind]) < per_kind:
-                            seen[kind].append(name)
-                        break
-            if cursor == 0:
-                break
-        with server.pipeline(transaction=False) as pipe:
-            for names in seen.values():
-                for name in names:
-                    pipe.memory_usage(name)
-            pipe.dbsize()
-            pipe.info("memory")
-            replies = pipe.execute()
-        info, dbsize = replies[-1], int(replies[-2])
-        sizes = iter(replies[:-2])
-        # A SCAN of COUNT 1,000 visits about 1,000 keys: an unfinished scan saw that
-        # share of the keyspace.
-        scale = max(dbsize / (calls * 1000), 1.0) if cursor != 0 else 1.0
+        if self.cells.count == 1:
+            server = home_client(self.r, self.keys.jobs)
+            plans = [(server, f"{self.keys.prefix}:*", self.keys.record_patterns())]
+        else:
+            # Every cell's keys and the control keys: "{p}:..." and "{p:c<i>.<n>}:..."
+            # on a cluster, "p:..." and "p:c<i>:..." elsewhere; kinds by their suffix.
+            prefix = self.keys.prefix
+            match = f"[{{]{prefix[1:-1]}[:}}]*" if prefix.startswith("{") else f"{prefix}:*"
+            patterns = Keys("*").record_patterns()
+            plans = [(server, match, patterns) for server in self.servers()]
         kinds: dict[str, int] = {}
-        for kind, names in seen.items():
-            sampled = [int(next(sizes) or 0) for _ in names]
-            mean = sum(sampled) / len(sampled) if sampled else 0.0
-            kinds[kind] = round(mean * counts[kind] * scale)
-        return {
-            "kinds": kinds,
-            "used_memory": int(info.get("used_memory", 0)),
-            "maxmemory": int(info.get("maxmemory", 0)),
-        }
+        used = maxmemory = 0
+        for server, match, patterns in plans:
+            found, info = _sample(server, match, patterns, per_kind, scan_calls)
+            for kind, size in found.items():
+                kinds[kind] = kinds.get(kind, 0) + size
+            used += int(info.get("used_memory", 0))
+            maxmemory += int(info.get("maxmemory", 0))
+        return {"kinds": kinds, "used_memory": used, "maxmemory": maxmemory}
 
     def memory_info(self) -> tuple[int, int]:
         """Redis ``used_memory`` and ``maxmemory`` (0: no limit), in bytes: summed over
@@ -301,3 +283,42 @@ class RetentionStore:
             for k in self.cells:
                 pipe.zcount(k.retention, now, "+inf")
             return sum(int(n) for n in pipe.execute())
+
+
+def _sample(
+    server: Any, match: str, patterns: dict[str, tuple[str, str]], per_kind: int, scan_calls: int
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """One server's part of :meth:`RetentionStore.memory_sample`: bytes by kind, and
+    its INFO memory."""
+    seen: dict[str, list[str]] = {kind: [] for kind in patterns}
+    counts = dict.fromkeys(patterns, 0)
+    cursor, calls = 0, 0
+    for calls in range(1, scan_calls + 1):  # noqa: B007 (calls is read after)
+        cursor, names = server.scan(cursor, match=match, count=1000)
+        for name in names:
+            for kind, (pattern, other) in patterns.items():
+                if fnmatchcase(name, pattern) and not (other and name.endswith(other)):
+                    counts[kind] += 1
+                    if len(seen[kind]) < per_kind:
+                        seen[kind].append(name)
+                    break
+        if cursor == 0:
+            break
+    with server.pipeline(transaction=False) as pipe:
+        for names in seen.values():
+            for name in names:
+                pipe.memory_usage(name)
+        pipe.dbsize()
+        pipe.info("memory")
+        replies = pipe.execute()
+    info, dbsize = replies[-1], int(replies[-2])
+    sizes = iter(replies[:-2])
+    # A SCAN of COUNT 1,000 visits about 1,000 keys: an unfinished scan saw that share
+    # of the keyspace.
+    scale = max(dbsize / (calls * 1000), 1.0) if cursor != 0 else 1.0
+    kinds: dict[str, int] = {}
+    for kind, names in seen.items():
+        sampled = [int(next(sizes) or 0) for _ in names]
+        mean = sum(sampled) / len(sampled) if sampled else 0.0
+        kinds[kind] = round(mean * counts[kind] * scale)
+    return kinds, info
