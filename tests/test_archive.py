@@ -174,7 +174,18 @@ def test_archive_cli_lists_shows_and_imports_a_day(
     assert off.returncode == 2 and "archive_dir" in off.stderr
 
 
-def test_memory_gauge_by_record_kind(store: RedisStore) -> None:
+def test_memory_gauge_by_record_kind(key_prefix: str) -> None:
+    # A server of its own: the gauge's bounded scan (10,000 keys) must see this test's
+    # few keys, not those the session's other tests left in a shared one.
+    with RedisServer(appendonly=False) as server:
+        store = RedisStore(connect(server.url), key_prefix)
+        try:
+            _gauge_by_kind(store)
+        finally:
+            store.close()
+
+
+def _gauge_by_kind(store: RedisStore) -> None:
     for i in range(3):
         finished_job(store, f"wrk_mem_{i}")
     # A turn still running keeps its updates in a stream (a finished one's are folded).

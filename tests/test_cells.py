@@ -285,7 +285,18 @@ def test_store_cells_out_of_bounds_is_refused_naming_the_variable(value: str) ->
     assert caught.value.variable == "STORE_CELLS"
 
 
-def test_the_memory_gauge_samples_every_cell_on_every_server(store: RedisStore) -> None:
+def test_the_memory_gauge_samples_every_cell_on_every_server(
+    cluster: RedisCluster, key_prefix: str
+) -> None:
+    # On the module's cluster: few keys, so the gauge's bounded scan sees all of them.
+    store = RedisStore.from_url(cluster.url, key_prefix, cells=CELLS)
+    try:
+        _gauge_every_cell(store)
+    finally:
+        store.close()
+
+
+def _gauge_every_cell(store: RedisStore) -> None:
     for i in range(12):
         job_id = _submit(store, "x" * 90, tags={"tenant": f"m{i}"})
         job, _ = store.begin_attempt(job_id)

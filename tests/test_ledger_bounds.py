@@ -304,3 +304,14 @@ def test_finalize_reports_a_falling_figure(rt: Runtime, upstream: Upstream) -> N
     total = rt.store.costs()["total"]
     assert total["model_cost_micro"] == 3_000_000 and total["input_tokens"] == 120
     assert rt.budgets.release(second.id) is None
+
+
+def test_an_error_in_place_of_the_posts_reply_is_no_refusal() -> None:
+    """A cluster failing over answers CLUSTERDOWN where POST_TURN's reply would be: the
+    step raises it as it came and is tried again; only the script's own refusals fail
+    the job (as FigureError)."""
+    down = redis.exceptions.ClusterDownError("The cluster is down")
+    with pytest.raises(redis.exceptions.ClusterDownError):
+        posted_deltas(down)
+    with pytest.raises(FigureError):
+        posted_deltas(redis.ResponseError("BADFIGURE model_cost_micro"))

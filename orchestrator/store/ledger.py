@@ -65,8 +65,12 @@ POST_REFUSALS = ("BADFIGURE", "ROWFULL")
 
 def posted_deltas(reply: Any) -> dict[str, int] | None:
     """The deltas a POST_TURN reply says were posted (None: posted before).
-    FigureError when the script refused the post (nothing was written)."""
+    FigureError when the script refused the post (nothing was written); any other
+    error in its place (Redis away, a cluster failing over) is raised as it came, so
+    the step is tried again rather than the job failed."""
     if isinstance(reply, Exception):
+        if not str(reply).startswith(POST_REFUSALS):
+            raise reply
         raise FigureError("figures", f"refused by the ledger: {reply}")
     return {k: int(v) for k, v in json.loads(reply[0]).items()} if reply else None
 
