@@ -14,7 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.ledger import FIELDS
-from orchestrator.store.cells import by_score
+from orchestrator.store.cells import by_score, each_cell
 from orchestrator.store.compact import raw_hget, snapshot_text
 from orchestrator.store.keys import Keys
 from orchestrator.store.ledger import LEDGER_FIELD, pack_posted, posted_record
@@ -35,17 +35,16 @@ class ArchiveStore:
 
     def due(self, limit: int = 500) -> list[tuple[str, int]]:
         """Finished jobs waiting for the archiver, oldest first, with their end (ms)."""
-        with self.r.pipeline(transaction=False) as pipe:
-            for k in self.cells:
-                pipe.zrange(k.archive_queue, 0, limit - 1, withscores=True)
-            pairs = sorted((p for reply in pipe.execute() for p in reply), key=by_score)
+        replies = each_cell(
+            self.r,
+            self.cells,
+            lambda pipe, k: pipe.zrange(k.archive_queue, 0, limit - 1, withscores=True),
+        )
+        pairs = sorted((p for reply in replies for p in reply), key=by_score)
         return [(str(job_id), int(score)) for job_id, score in pairs[:limit]]
 
     def waiting(self) -> int:
-        with self.r.pipeline(transaction=False) as pipe:
-            for k in self.cells:
-                pipe.zcard(k.archive_queue)
-            return sum(int(n) for n in pipe.execute())
+        return sum(each_cell(self.r, self.cells, lambda pipe, k: pipe.zcard(k.archive_queue)))
 
     def take_turn(self, owner: str, ttl_ms: int) -> bool:
         """One archiver of the fleet at a time writes (a lease of ``ttl_ms``)."""

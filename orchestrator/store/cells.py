@@ -21,7 +21,7 @@ from __future__ import annotations
 import secrets
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -251,3 +251,12 @@ def by_score(pair: tuple[str, float]) -> tuple[float, str]:
     """Sort key of (member, score) pairs merged from the cells' sorted sets: the order
     of one sorted set (ties by member), so a merge reads as one set's range would."""
     return (pair[1], pair[0])
+
+
+def each_cell(client: Any, keys: Iterable[Keys], call: Callable[[Any, Keys], object]) -> list[Any]:
+    """The replies of ``call(pipe, k)`` queued for each cell's keys ``k``, in order, in
+    one round trip (a cluster pipeline sends each node its part)."""
+    with client.pipeline(transaction=False) as pipe:
+        for k in keys:
+            call(pipe, k)
+        return list(pipe.execute())

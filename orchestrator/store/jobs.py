@@ -25,7 +25,7 @@ from orchestrator.jobs.model import (
 from orchestrator.ledger import cumulative
 from orchestrator.store.batch import Batch, Queue
 from orchestrator.store.broker import BrokerLayout, BrokerView
-from orchestrator.store.cells import Cells, by_score
+from orchestrator.store.cells import Cells, by_score, each_cell
 from orchestrator.store.compact import TurnStore, pack_snapshot
 from orchestrator.store.connection import connect
 from orchestrator.store.creation import creation
@@ -242,17 +242,16 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         return [job_id for job_id in found if job_id not in done]
 
     def job_states(self) -> dict[str, int]:
-        with self.r.pipeline(transaction=False) as pipe:
-            for k in self.cells:
-                pipe.hgetall(k.job_states)
-            raws = pipe.execute()
+        raws = each_cell(self.r, self.cells, lambda pipe, k: pipe.hgetall(k.job_states))
         return {s: sum(max(int(raw.get(s, 0)), 0) for raw in raws) for s in STATUSES}
 
     def recent_jobs(self, limit: int = 50) -> list[str]:
-        with self.r.pipeline(transaction=False) as pipe:
-            for k in self.cells:
-                pipe.zrevrange(k.jobs, 0, limit - 1, withscores=True)
-            found = [pair for reply in pipe.execute() for pair in reply]
+        replies = each_cell(
+            self.r,
+            self.cells,
+            lambda pipe, k: pipe.zrevrange(k.jobs, 0, limit - 1, withscores=True),
+        )
+        found = [pair for reply in replies for pair in reply]
         return [job_id for job_id, _ in sorted(found, key=by_score, reverse=True)[:limit]]
 
     def set_submitted(self, job: Job, worker: Worker, *, follow_at: int = 0) -> bool:
@@ -328,10 +327,7 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         return int(self._release(keys=[k.follows, k.follow_owners], args=[job_id, owner])) == 1
 
     def following(self) -> int:
-        with self.r.pipeline(transaction=False) as pipe:
-            for k in self.cells:
-                pipe.zcard(k.follows)
-            return sum(int(n) for n in pipe.execute())
+        return sum(each_cell(self.r, self.cells, lambda pipe, k: pipe.zcard(k.follows)))
 
     # --- cells ---------------------------------------------------------------------
 
@@ -348,18 +344,17 @@ class RedisStore(StatusStore, LedgerStore, RetentionStore, FilesStore, TurnStore
         return self.cells.of_worker(worker_id, self._probe_worker)
 
     def _probe_worker(self, worker_id: str) -> list[bool]:
-        with self.r.pipeline(transaction=False) as pipe:
-            for k in self.cells:
-                pipe.exists(k.worker(worker_id))
-            return [bool(n) for n in pipe.execute()]
+        found = each_cell(self.r, self.cells, lambda pipe, k: pipe.exists(k.worker(worker_id)))
+        return [bool(n) for n in found]
 
     def _each_cell(self, index: Callable[[Keys], str], cutoff: int, limit: int) -> list[str]:
         """Members scored up to ``cutoff`` of a per-cell sorted set, at most ``limit``
         from each cell (lowest scores first)."""
-        with self.r.pipeline(transaction=False) as pipe:
-            for k in self.cells:
-                pipe.zrangebyscore(index(k), "-inf", cutoff, start=0, num=limit)
-            return [member for reply in pipe.execute() for member in reply]
+        replies = each_cell(
+            self.r, self.cells,
+            lambda pipe, k: pipe.zrangebyscore(index(k), "-inf", cutoff, start=0, num=limit),
+        )  # fmt: skip
+        return [member for reply in replies for member in reply]
 
     # --- operations ----------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from orchestrator.ledger import (
     sum_rows,
 )
 from orchestrator.store.batch import Batch, Chain, Queue
-from orchestrator.store.cells import Cells, by_score
+from orchestrator.store.cells import Cells, by_score, each_cell
 from orchestrator.store.keys import LEDGER_DIMENSIONS, Keys
 from orchestrator.store.retention import RetentionPolicy
 from orchestrator.wire.models import Worker
@@ -287,10 +287,10 @@ class LedgerStore:
 
     def _index_values(self, dimension: str) -> list[str]:
         """The values a ledger dimension has rows for, in every cell."""
-        with self.r.pipeline(transaction=False) as pipe:
-            for k in self.cells:
-                pipe.smembers(k.ledger_index(dimension))
-            return sorted(set().union(*pipe.execute()))
+        found = each_cell(
+            self.r, self.cells, lambda pipe, k: pipe.smembers(k.ledger_index(dimension))
+        )
+        return sorted(set().union(*found))
 
     def daily(
         self, by: str, since: date, until: date, *, tag_key: str = "tenant", top: int = 8

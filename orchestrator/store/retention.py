@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from orchestrator.jobs.model import LOCAL_ENDS, TERMINAL
-from orchestrator.store.cells import Cells
+from orchestrator.store.cells import Cells, each_cell
 from orchestrator.store.connection import home_client
 from orchestrator.store.keys import Keys
 from orchestrator.store.scripts.records import HISTORY_MAX
@@ -279,10 +279,9 @@ class RetentionStore:
     def retained(self) -> int:
         """How many finished jobs' records are kept now (their expiry not yet passed)."""
         now = int(time.time() * 1000)
-        with self.r.pipeline(transaction=False) as pipe:
-            for k in self.cells:
-                pipe.zcount(k.retention, now, "+inf")
-            return sum(int(n) for n in pipe.execute())
+        return sum(
+            each_cell(self.r, self.cells, lambda pipe, k: pipe.zcount(k.retention, now, "+inf"))
+        )
 
 
 def _sample(

@@ -17,7 +17,7 @@ from orchestrator import rules
 from orchestrator.errors import UnknownIdError
 from orchestrator.jobs.model import STATUSES, TERMINAL, Submission
 from orchestrator.schedules.timing import CatchUp, Plan, Schedule, Timing
-from orchestrator.store.cells import by_score
+from orchestrator.store.cells import by_score, each_cell
 from orchestrator.store.jobs import RedisStore
 from orchestrator.store.jobs import now_ms as current_ms
 from orchestrator.store.keys import Keys
@@ -172,25 +172,27 @@ class ScheduleStore:
         return [schedule_from_hash(data) for data in replies if data]
 
     def all_ids(self) -> list[str]:
-        with self._r.pipeline(transaction=False) as pipe:
-            for k in self._cells:
-                pipe.zrange(k.schedules_all, 0, -1, withscores=True)
-            found = [pair for reply in pipe.execute() for pair in reply]
+        replies = each_cell(
+            self._r,
+            self._cells,
+            lambda pipe, k: pipe.zrange(k.schedules_all, 0, -1, withscores=True),
+        )
+        found = [pair for reply in replies for pair in reply]
         return [sid for sid, _ in sorted(found, key=by_score)]
 
     def for_worker(self, worker_id: str) -> list[Schedule]:
-        with self._r.pipeline(transaction=False) as pipe:
-            for k in self._cells:
-                pipe.smembers(k.worker_schedules(worker_id))
-            ids = sorted(set().union(*pipe.execute()))
+        sets = each_cell(
+            self._r, self._cells, lambda pipe, k: pipe.smembers(k.worker_schedules(worker_id))
+        )
+        ids = sorted(set().union(*sets))
         found = self.many(ids)
         return sorted(found, key=lambda s: (s.created_at, s.id))
 
     def by_upstream(self, upstream_id: str) -> str | None:
-        with self._r.pipeline(transaction=False) as pipe:
-            for k in self._cells:
-                pipe.hget(k.schedules_upstream, upstream_id)
-            found = [str(sid) for sid in pipe.execute() if sid]
+        replies = each_cell(
+            self._r, self._cells, lambda pipe, k: pipe.hget(k.schedules_upstream, upstream_id)
+        )
+        found = [str(sid) for sid in replies if sid]
         return found[0] if found else None
 
     def set_worker(self, schedule_id: str, worker_id: str) -> None:
@@ -297,10 +299,11 @@ class ScheduleStore:
     def untaken(self, older_than_ms: int, limit: int = 500) -> list[tuple[str, int]]:
         """Runs sent at least ``older_than_ms`` ago that no worker has begun."""
         cutoff = current_ms() - older_than_ms
-        with self._r.pipeline(transaction=False) as pipe:
-            for k in self._cells:
-                pipe.zrangebyscore(k.schedules_dispatched, "-inf", cutoff, 0, limit)
-            return [split_member(m) for reply in pipe.execute() for m in reply]
+        replies = each_cell(
+            self._r, self._cells,
+            lambda pipe, k: pipe.zrangebyscore(k.schedules_dispatched, "-inf", cutoff, 0, limit),
+        )  # fmt: skip
+        return [split_member(m) for reply in replies for m in reply]
 
     def recorded(self, runs: Sequence[tuple[str, int]]) -> list[bool]:
         """Whether each (schedule, slot) already has its run recorded."""
@@ -316,10 +319,7 @@ class ScheduleStore:
         return self._count(lambda k: k.schedules_pending)
 
     def _count(self, index: Callable[[Keys], str]) -> int:
-        with self._r.pipeline(transaction=False) as pipe:
-            for k in self._cells:
-                pipe.zcard(index(k))
-            return sum(int(n) for n in pipe.execute())
+        return sum(each_cell(self._r, self._cells, lambda pipe, k: pipe.zcard(index(k))))
 
     def last_jobs(self, ids: Sequence[str]) -> dict[str, str]:
         """schedule id -> the status of its last run's job ('' none, 'reserved', or status)."""

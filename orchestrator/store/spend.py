@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from orchestrator.ledger import COST_FIELDS
 from orchestrator.store.batch import Batch, Queue
+from orchestrator.store.cells import each_cell
 from orchestrator.store.jobs import RedisStore
 from orchestrator.store.keys import Keys
 from orchestrator.store.scripts import spend as scripts
@@ -151,10 +152,12 @@ class BudgetStore:
 
     def holds_before(self, cutoff_ms: int) -> list[str]:
         """Ids of the jobs whose hold was taken before ``cutoff_ms``."""
-        with self.r.pipeline(transaction=False) as pipe:
-            for k in self.cells:
-                pipe.zrangebyscore(k.budget_hold_times, "-inf", cutoff_ms)
-            return [job_id for reply in pipe.execute() for job_id in reply]
+        replies = each_cell(
+            self.r,
+            self.cells,
+            lambda pipe, k: pipe.zrangebyscore(k.budget_hold_times, "-inf", cutoff_ms),
+        )
+        return [job_id for reply in replies for job_id in reply]
 
     # --- spend, overshoots, warnings -----------------------------------------------
 
@@ -162,22 +165,29 @@ class BudgetStore:
         """The ledger rollup that holds a cap's spend (fields as stored; the cells'
         rows added up), or (``spanning``) the control keys' row of a cap spanning
         tenants."""
-        with self.r.pipeline(transaction=False) as pipe:
-            for k in (self.keys,) if spanning else self.cells:
-                pipe.hgetall(k.ledger(dimension, value))
-            found: dict[str, int] = {}
-            for raw in pipe.execute():
-                for name, v in raw.items():
-                    found[name] = found.get(name, 0) + int(v)
-            return found
+        rows = each_cell(
+            self.r, self._where(spanning), lambda pipe, k: pipe.hgetall(k.ledger(dimension, value))
+        )
+        found: dict[str, int] = {}
+        for raw in rows:
+            for name, v in raw.items():
+                found[name] = found.get(name, 0) + int(v)
+        return found
 
     def reserved(self, scope: str, period: str, *, spanning: bool = False) -> int:
         """Micro-dollars held by turns in flight for a scope and period key (in the
         control keys for a cap spanning tenants)."""
-        with self.r.pipeline(transaction=False) as pipe:
-            for k in (self.keys,) if spanning else self.cells:
-                pipe.get(k.budget_reserved(scope, period))
-            return sum(int(n or 0) for n in pipe.execute())
+        held = each_cell(
+            self.r,
+            self._where(spanning),
+            lambda pipe, k: pipe.get(k.budget_reserved(scope, period)),
+        )
+        return sum(int(n or 0) for n in held)
+
+    def _where(self, spanning: bool) -> tuple[Keys, ...]:
+        """Where a cap's spend and holds are: the control keys for a cap spanning
+        tenants, else every cell (a tenant's in one of them)."""
+        return (self.keys,) if spanning else self.cells.keys
 
     def overshoots(self) -> dict[str, dict[str, int]]:
         """Per cap name: ``{count, micro}`` of turns that cost more than their hold."""
