@@ -24,6 +24,7 @@ from orchestrator.settings import Settings, load_settings
 
 __all__ = [
     "BEAT_READY",
+    "GATEWAY_LISTENING",
     "GATEWAY_READY",
     "QUICK_RETRIES",
     "WORKER_READY",
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 GATEWAY_READY = "Application startup complete"  # uvicorn's, once the lifespan ran
+# uvicorn's once its socket is bound: after the lifespan with one process (whose
+# "startup complete" comes before the bind), before the workers with several.
+GATEWAY_LISTENING = "Uvicorn running on"
 WORKER_READY = "ready."  # Celery's "celery@host ready." once it consumes
 # Retry settings that keep a test or chaos run short when the upstream fails on purpose.
 QUICK_RETRIES = {"MAX_RETRIES": "8", "RETRY_INITIAL_DELAY": "0.05", "RETRY_MAX_DELAY": "0.5"}
@@ -222,7 +226,7 @@ def gateway_server(env: dict[str, str], log: Path, port: int, workers: int = 1) 
         sys.executable, "-m", "orchestrator", "serve", "--port", str(port),
         "--workers", str(workers),
     ]  # fmt: skip
-    return Proc(args, env, log, GATEWAY_READY)
+    return Proc(args, env, log, GATEWAY_LISTENING)
 
 
 def broker_depth(env: dict[str, str], queues: tuple[str, ...] = ("api", "streams")) -> int:
